@@ -1,0 +1,338 @@
+"""User API: :func:`build`, :class:`CompiledModel`, :func:`compile`.
+
+``build`` traces once (torch.export), lowers to tlc's IR and returns a :class:`CompiledModel`;
+emission to Core ML happens when you ``save`` (or ask for ``mlmodel``). Calling a
+``CompiledModel`` runs it on the best backend available: Core ML on macOS, else tlc's NumPy
+runtime. ``@tlc.compile`` specializes on input shapes/dtypes at first call and caches one
+``CompiledModel`` per signature.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from . import __version__
+from .emit import PRECISIONS, convert, package_size, resolve_target, save_atomic
+from .errors import InputError, TlcError
+from .frontend import normalize_inputs, trace
+from .ir import Graph, format_graph
+
+BACKENDS = ("auto", "coreml", "numpy")
+
+
+def _source_of(obj) -> str | None:
+    target = obj if not isinstance(obj, torch.nn.Module) else type(obj)
+    try:
+        return inspect.getsourcefile(target)
+    except (TypeError, OSError):
+        return None
+
+
+def _signature_key(args: tuple, kwargs: dict, kw_order: list | None = None):
+    """Hashable key of an input signature: tree structure, and per leaf (shape, dtype) for
+    tensors/arrays or the value itself for Python scalars."""
+    if kw_order is not None:
+        kwargs = {k: kwargs[k] for k in kw_order if k in kwargs} | {k: v for k, v in kwargs.items() if k not in kw_order}
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    key = []
+    for x in leaves:
+        if isinstance(x, (torch.Tensor, np.ndarray)):
+            key.append(("T", tuple(x.shape), str(x.dtype)))
+        else:
+            key.append(("V", repr(x)))
+    return (str(spec), tuple(key)), leaves
+
+
+class CompiledModel:
+    """A model traced into tlc's IR, ready to save as ``.mlpackage`` or to run.
+
+    Attributes: ``graph`` (the IR :class:`~tlc.ir.Graph`), ``precision`` (``"fp16"``/``"fp32"``),
+    ``minimum_deployment_target``, ``input_names``, ``output_names``, ``timings`` (seconds per
+    stage: ``export``, ``decompose``, ``lower``, then ``emit_mil``/``convert``/``save`` once
+    saved).
+    """
+
+    def __init__(self, graph: Graph, *, precision: str, minimum_deployment_target: str, out_spec, kw_order,
+                 out_torch_dtypes, timings: dict, source: str | None):
+        self.graph = graph
+        self.precision = precision
+        self.minimum_deployment_target = minimum_deployment_target
+        self.timings = dict(timings)
+        self.source = source
+        self._out_spec = out_spec
+        self._kw_order = kw_order
+        self._out_dtypes = out_torch_dtypes
+        self._mlmodel = None
+        self._coreml = None
+
+    @property
+    def input_names(self) -> list[str]:
+        return [v.name for v in self.graph.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.graph.output_names)
+
+    # --------------------------------------------------------------------------- Core ML package
+
+    @property
+    def mlmodel(self):
+        """The ``coremltools.models.MLModel`` (mlprogram), emitted on first access."""
+        if self._mlmodel is None:
+            md = {"tlc.source": self.source} if self.source else {}
+            self._mlmodel, info = convert(self.graph, self.precision, self.minimum_deployment_target, md)
+            self.timings["emit_mil"] = info.build_mil_s
+            self.timings["convert"] = info.convert_s
+        return self._mlmodel
+
+    def save(self, path: str | os.PathLike, force: bool = False) -> Path:
+        """Write the ``.mlpackage`` (temp path + rename). Returns the path.
+
+        After writing, the package is reloaded with coremltools' milproto loader and its
+        input/output names, shapes and dtypes are checked against the IR.
+        Raises :class:`~tlc.errors.OutputExistsError` if ``path`` exists and not ``force``;
+        :class:`~tlc.errors.EmitError` if emission or the check fails.
+        """
+        from .emit import EmitError
+        from .errors import OutputExistsError
+
+        path = Path(path)
+        if path.exists() and not force:  # check before spending time on emission
+            raise OutputExistsError(f"output {str(path)!r} already exists; pass --force (force=True) to replace it")
+        mlm = self.mlmodel
+        t0 = time.perf_counter()
+        out = save_atomic(mlm, path, force=force)
+        self.timings["save"] = time.perf_counter() - t0
+        problems = check_package_io(out, self.graph)
+        if problems:
+            raise EmitError(f"package {str(out)!r} does not match the IR: " + "; ".join(problems))
+        return out
+
+    # --------------------------------------------------------------------------------- running
+
+    def run(self, feeds: dict[str, Any], backend: str = "auto") -> dict[str, np.ndarray]:
+        """Run on named inputs (NumPy arrays or torch tensors); returns ``{output_name: ndarray}``.
+
+        ``backend``: ``"auto"`` (Core ML on macOS, else NumPy), ``"coreml"`` (macOS only; raises
+        :class:`~tlc.errors.TlcError` elsewhere), ``"numpy"``. Raises
+        :class:`~tlc.errors.InputError` for missing/misnamed inputs or wrong shapes/dtypes.
+        """
+        from tlc.runtime import check_inputs, run_graph
+
+        if backend not in BACKENDS:
+            raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        feeds = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in feeds.items()}
+        if backend == "coreml" or (backend == "auto" and coreml_available()):
+            return self._run_coreml(check_inputs(self.graph, feeds))
+        return run_graph(self.graph, feeds)
+
+    def _run_coreml(self, feeds):
+        if not coreml_available():
+            raise TlcError("backend 'coreml' needs macOS with Core ML; use backend='numpy' here")
+        if self._coreml is None:  # pragma: no cover - macOS only
+            import tempfile
+
+            import coremltools as ct
+
+            d = tempfile.mkdtemp(prefix="tlc-")
+            p = save_atomic(self.mlmodel, Path(d) / "model.mlpackage")
+            self._coreml = ct.models.MLModel(str(p), compute_units=ct.ComputeUnit.ALL)
+        res = self._coreml.predict(feeds)  # pragma: no cover - macOS only
+        return {k: np.asarray(res[k]) for k in self.output_names}  # pragma: no cover
+
+    def __call__(self, *args, backend: str = "auto", **kwargs):
+        """Call like the original model; returns the same output structure, as torch tensors when
+        any input is a torch tensor (else NumPy arrays)."""
+        _, leaves = _signature_key(args, kwargs, self._kw_order)
+        tensors = [x for x in leaves if isinstance(x, (torch.Tensor, np.ndarray))]
+        if len(tensors) != len(self.graph.inputs):
+            raise InputError(
+                f"expected {len(self.graph.inputs)} tensor inputs ({', '.join(self.input_names)}), got {len(tensors)}")
+        out = self.run(dict(zip(self.input_names, tensors)), backend=backend)
+        vals = [out[n] for n in self.output_names]
+        if any(isinstance(x, torch.Tensor) for x in tensors):
+            vals = [torch.from_numpy(np.ascontiguousarray(v)).to(dt) for v, dt in zip(vals, self._out_dtypes)]
+        try:
+            return pytree.tree_unflatten(vals, self._out_spec)
+        except Exception:
+            return vals[0] if len(vals) == 1 else tuple(vals)
+
+    # ----------------------------------------------------------------------------------- report
+
+    def summary(self) -> str:
+        """Multi-line text: inputs, outputs, op count and histogram, weights, timings."""
+        g = self.graph
+        lines = [f"inputs:  " + ", ".join(f"{v.name} {v.type}" for v in g.inputs),
+                 f"outputs: " + ", ".join(f"{n} {v.type}" for n, v in zip(g.output_names, g.outputs)),
+                 f"ops:     {g.num_ops} (" + ", ".join(f"{k} {v}" for k, v in g.op_histogram().items()) + ")",
+                 f"weights: {g.weight_bytes() / 2**20:.1f} MiB in fp32, precision {self.precision}, "
+                 f"target {self.minimum_deployment_target}"]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<CompiledModel {len(self.graph.inputs)} inputs -> {self.output_names}, {self.graph.num_ops} ops, {self.precision}>"
+
+
+def coreml_available() -> bool:
+    """True on macOS where coremltools can run Core ML predictions."""
+    if sys.platform != "darwin":
+        return False
+    try:  # pragma: no cover - macOS only
+        from coremltools.libcoremlpython import _MLModelProxy  # noqa: F401
+        return True
+    except Exception:  # pragma: no cover
+        return False
+
+
+def check_package_io(path, g: Graph) -> list[str]:
+    """Reload a saved package (``skip_model_load=True`` + coremltools' milproto loader) and list
+    every mismatch between its ``main`` function's I/O and the IR graph's (names, shapes, dtypes)."""
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
+    from coremltools.converters.mil.mil import types
+
+    m = ct.models.MLModel(str(path), skip_model_load=True)
+    spec = m.get_spec()
+    prog = milproto_load(spec, spec.specificationVersion, m.weights_dir)
+    f = prog.functions["main"]
+    problems = []
+    want_in = {v.name: v.type for v in g.inputs}
+    for name, var in f.inputs.items():
+        t = want_in.pop(name, None)
+        dt = types.builtin_to_string(var.dtype)
+        exp_dt = None if t is None else ("int32" if t.dtype == "bool" else t.dtype)
+        if t is None or tuple(var.shape) != t.shape or dt != exp_dt:
+            problems.append(f"input {name}: package {dt}{list(var.shape)} vs IR {t}")
+    problems += [f"input {n} missing from package" for n in want_in]
+    got_out = [o.name for o in f.outputs]
+    if got_out != list(g.output_names):
+        problems.append(f"outputs {got_out} vs IR {list(g.output_names)}")
+    for o, v in zip(f.outputs, g.outputs):
+        if tuple(o.shape) != v.type.shape:
+            problems.append(f"output {o.name}: package shape {list(o.shape)} vs IR {list(v.type.shape)}")
+    return problems
+
+
+def build(
+    model_or_fn: Callable | torch.nn.Module,
+    example_inputs,
+    *,
+    precision: str = "fp16",
+    minimum_deployment_target: str = "iOS17",
+    strict: bool = False,
+) -> CompiledModel:
+    """Trace ``model_or_fn`` on ``example_inputs`` and lower it to tlc's IR.
+
+    ``example_inputs``: a tensor, a tuple/list of positional inputs, a dict of keyword inputs,
+    or ``(args, kwargs)``; NumPy arrays are accepted. Integer inputs become int32 (Core ML has no
+    int64 I/O), float64 becomes fp32. Shapes are static: the package accepts exactly these shapes.
+    ``precision``: ``"fp16"`` (default) or ``"fp32"``; ``minimum_deployment_target``: ``"iOS17"``
+    (default; = macOS14) or another ``coremltools.target`` name; ``strict``: torch.export mode.
+
+    Raises :class:`~tlc.errors.InputError`, :class:`~tlc.errors.FrontendError` (incl.
+    :class:`~tlc.errors.UnsupportedOpError` naming the op and its source line).
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    resolve_target(minimum_deployment_target)
+    if isinstance(model_or_fn, CompiledFunction):
+        model_or_fn = model_or_fn.fn
+    source = _source_of(model_or_fn)
+    meta = {"tlc.source": source} if source else {}
+    g, info = trace(model_or_fn, example_inputs, strict=strict, meta=meta)
+    args, kwargs = normalize_inputs(example_inputs)
+    out_dtypes = info.extra["out_dtypes"]  # to hand back int64/float64 as the model itself would
+    timings = {"export": info.export_s, "decompose": info.decompose_s, "lower": info.lower_s}
+    return CompiledModel(g, precision=precision, minimum_deployment_target=str(minimum_deployment_target),
+                         out_spec=info.out_spec, kw_order=list(kwargs), out_torch_dtypes=out_dtypes,
+                         timings=timings, source=source)
+
+
+class CompiledFunction:
+    """What ``@tlc.compile`` returns: calls build a :class:`CompiledModel` per input signature
+    (shapes, dtypes, structure, Python scalar values) on first use and reuse it after.
+
+    ``cache`` maps signature -> CompiledModel; ``trace_count`` counts traces (one per new
+    signature). With ``example_inputs``, the first entry is built at decoration time.
+    """
+
+    def __init__(self, fn, *, example_inputs=None, **options):
+        self.fn = fn
+        self.options = options
+        self.cache: dict = {}
+        self.trace_count = 0
+        self.example_inputs = example_inputs
+        functools.update_wrapper(self, fn, updated=()) if not isinstance(fn, torch.nn.Module) else None
+        if example_inputs is not None:
+            self.compiled_for(example_inputs)
+
+    def compiled_for(self, example_inputs) -> CompiledModel:
+        """The CompiledModel for these inputs (built and cached if new)."""
+        args, kwargs = normalize_inputs(example_inputs)
+        key, _ = _signature_key(args, kwargs)
+        cm = self.cache.get(key)
+        if cm is None:
+            cm = build(self.fn, (args, kwargs), **self.options)
+            self.trace_count += 1
+            self.cache[key] = cm
+        return cm
+
+    @property
+    def compiled(self) -> CompiledModel:
+        """The first CompiledModel built (the one for ``example_inputs`` when given)."""
+        if not self.cache:
+            raise TlcError("nothing compiled yet: call the function once or pass example_inputs=")
+        return next(iter(self.cache.values()))
+
+    def __call__(self, *args, **kwargs):
+        return self.compiled_for((args, kwargs))(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__name__", type(self.fn).__name__)
+        return f"<tlc.compile {name}: {len(self.cache)} compiled signature(s)>"
+
+
+def compile(fn=None, *, example_inputs=None, precision: str = "fp16", minimum_deployment_target: str = "iOS17",
+            strict: bool = False):
+    """Decorator/wrapper: ``@tlc.compile``, ``@tlc.compile(example_inputs=...)``,
+    ``tlc.compile(module_instance)`` or on an ``nn.Module`` subclass (instances then run through
+    tlc). Specializes on input shapes/dtypes at first call; see :class:`CompiledFunction`.
+    Options as in :func:`build`.
+    """
+    options = dict(precision=precision, minimum_deployment_target=minimum_deployment_target, strict=strict)
+    if fn is None:
+        return lambda f: compile(f, example_inputs=example_inputs, **options)
+    if isinstance(fn, type) and issubclass(fn, torch.nn.Module):
+        return _compile_module_class(fn, options)
+    return CompiledFunction(fn, example_inputs=example_inputs, **options)
+
+
+class _EagerCall(torch.nn.Module):
+    """Holds a module whose class ``__call__`` is routed through tlc, and calls it eagerly."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args, **kwargs):
+        return torch.nn.Module.__call__(self.inner, *args, **kwargs)
+
+
+def _compile_module_class(cls, options):
+    def __call__(self, *args, **kwargs):
+        cf = self.__dict__.get("_tlc_compiled")
+        if cf is None:
+            cf = CompiledFunction(_EagerCall(self), **options)
+            self.__dict__["_tlc_compiled"] = cf
+        return cf(*args, **kwargs)
+
+    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__, "__doc__": cls.__doc__})

@@ -1,0 +1,247 @@
+"""MIL emission: tlc IR -> coremltools MIL program -> ``ct.convert`` -> ``.mlpackage``.
+
+Each IR node becomes the MIL op(s) of its table row (``emit_mil``), named after the node so a Core
+ML profile maps back to tlc's IR and the user's source. The program is built in fp32; fp16 comes
+from coremltools' ``common::add_fp16_cast`` pass.
+
+**Pass pipeline (deliberate choice).** tlc optimizes its own IR, so coremltools' default
+95-pass pipeline is redundant and slow. ``PassPipeline.EMPTY`` cannot be used: it also drops
+``add_fp16_cast``, which silently yields an fp32 model. :data:`TLC_PIPELINE` keeps exactly what
+a correct fp16 package needs — name de-duplication (``add_fp16_cast`` relies on its unique-name
+cache), the fp16 cast itself, output dtypes, then const folding / DCE / cast cleanup so that the
+inserted casts on weights are folded into fp16 constants instead of staying as runtime casts.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import EmitError, OutputExistsError, TlcError
+from .ir import Graph
+from .ops import get_op
+
+#: coremltools passes run by ``ct.convert`` on tlc's programs (see module docstring for why).
+TLC_PIPELINE = [
+    "common::dead_code_elimination",
+    "common::dedup_op_and_var_names",  # add_fp16_cast uses the unique-name cache this fills
+    "common::add_fp16_cast",  # removed by ct.convert when precision is fp32
+    "common::update_output_dtypes",  # must run after add_fp16_cast
+    "common::const_elimination",  # folds cast(const) into fp16 consts
+    "common::dead_code_elimination",
+    "common::cast_optimization",
+    "common::dead_code_elimination",  # must follow cast_optimization
+]
+
+PRECISIONS = ("fp16", "fp32")
+TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
+
+
+def _ct():
+    """Import coremltools quietly (on Linux it logs that its native runtime is missing, which is
+    expected: tlc never calls Core ML predict off macOS)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        logging.getLogger("coremltools").setLevel(logging.ERROR)
+        import coremltools as ct
+    return ct
+
+
+def resolve_target(name):
+    """``"iOS17"`` / ``ct.target.iOS17`` -> ``ct.target`` member; raises :class:`EmitError`."""
+    ct = _ct()
+    if not isinstance(name, str):
+        return name
+    try:
+        return getattr(ct.target, name)
+    except AttributeError:
+        raise EmitError(f"unknown minimum_deployment_target {name!r} (choose from {', '.join(TARGETS)})") from None
+
+
+class EmitContext:
+    """What an op's ``emit_mil`` may use: ``mb`` (the MIL Builder), ``opset`` (ct.target),
+    ``has_sdpa`` (iOS18+ has ``scaled_dot_product_attention``), and shared helpers."""
+
+    def __init__(self, opset):
+        from coremltools.converters.mil import Builder as mb
+
+        ct = _ct()
+        self.mb = mb
+        self.opset = opset
+        self.has_sdpa = opset >= ct.target.iOS18
+        self._masks: dict = {}
+        self.node = None  #: the IR node being emitted (its output types are the contract)
+
+    def additive_mask(self, mask):
+        """A bool attention mask as an additive fp32 mask (0 / MASK_FILL), built once per mask."""
+        from .ops.linalg import MASK_FILL
+
+        from coremltools.converters.mil.mil import types
+
+        if mask.dtype != types.bool:
+            return mask
+        key = id(mask)
+        if key not in self._masks:
+            if mask.val is not None:
+                add = np.where(mask.val, np.float32(0), np.float32(MASK_FILL)).astype(np.float32)
+                self._masks[key] = self.mb.const(val=add, name=f"{mask.name}_additive")
+            else:
+                # (not mask) * MASK_FILL; MIL `select` with scalar branches mis-infers its shape
+                inv = self.mb.logical_not(x=mask, name=f"{mask.name}_inv")
+                f = self.mb.cast(x=inv, dtype="fp32", name=f"{mask.name}_invf")
+                self._masks[key] = self.mb.mul(x=f, y=np.float32(MASK_FILL), name=f"{mask.name}_additive")
+        return self._masks[key]
+
+
+_MIL_DTYPES = None
+
+
+def _mil_dtype(dt: str):
+    from coremltools.converters.mil.mil import types
+
+    return {"fp32": types.fp32, "fp16": types.fp16, "int32": types.int32, "bool": types.bool}[dt]
+
+
+def to_mil_program(g: Graph, minimum_deployment_target="iOS17"):
+    """Build the coremltools MIL ``Program`` for ``g`` (function ``main``).
+
+    Inputs keep the graph's names; bool inputs are taken as int32 and cast (Core ML has no bool
+    I/O); bool outputs are cast to int32. Raises :class:`EmitError` naming the node whose
+    emission failed.
+    """
+    from coremltools.converters.mil.mil import Function, Program
+    from coremltools.converters.mil import Builder as mb
+
+    opset = resolve_target(minimum_deployment_target)
+    placeholders = {}
+    for v in g.inputs:
+        if v.type.rank == 0:
+            raise EmitError(f"input {v.name!r} is a scalar; Core ML inputs need rank >= 1 (pass shape [1])")
+        dt = "int32" if v.type.dtype == "bool" else v.type.dtype
+        placeholders[v.name] = mb.placeholder(shape=v.type.shape, dtype=_mil_dtype(dt))
+    out_names = set(g.output_names)
+    out_of = {v: n for n, v in zip(g.output_names, g.outputs)}
+    with Function(placeholders, opset_version=opset) as func:
+        ctx = EmitContext(opset)
+        env = {}
+        for v in g.inputs:
+            x = func.inputs[v.name]
+            env[v] = mb.cast(x=x, dtype="bool", name=f"{v.name}_bool") if v.type.dtype == "bool" else x
+        for n in g.nodes:
+            row = get_op(n.op)
+            if row.emit_mil is None:
+                raise EmitError(f"op {n.op} (node {n.name}) has no MIL form; it needs the fallback runtime", loc=n.loc)
+            name = n.name if n.name not in out_names else f"{n.name}_"
+            ctx.node = n
+            try:
+                res = row.emit_mil(ctx, n.attrs, [env[i] for i in n.inputs], name)
+            except TlcError:
+                raise
+            except Exception as e:
+                raise EmitError(f"MIL emission of {n.op} (node {n.name}) failed: {type(e).__name__}: {e}", loc=n.loc) from e
+            outs = res if isinstance(res, (tuple, list)) else (res,)
+            for v, mv in zip(n.outputs, outs):
+                env[v] = mv
+        outputs = []
+        for name, v in zip(g.output_names, g.outputs):
+            x = env[v]
+            if v.type.dtype == "bool":
+                x = mb.cast(x=x, dtype="int32", name=f"{name}_int")
+            if x.op is None or x.op.op_type == "const" or x in outputs:
+                x = mb.identity(x=x, name=name)
+            else:
+                x.name = name
+            outputs.append(x)
+        func.set_outputs(outputs)
+    prog = Program()
+    prog.add_function("main", func)
+    return prog
+
+
+@dataclass
+class EmitInfo:
+    """Timings (seconds) of one emission."""
+
+    build_mil_s: float = 0.0
+    convert_s: float = 0.0
+
+
+def convert(g: Graph, precision: str = "fp16", minimum_deployment_target="iOS17", metadata: dict | None = None):
+    """IR graph -> ``ct.models.MLModel`` (mlprogram, not loaded). Returns ``(mlmodel, EmitInfo)``.
+
+    ``precision``: ``"fp16"`` (compute in float16 via ``common::add_fp16_cast``; I/O stays fp32)
+    or ``"fp32"``. Raises :class:`EmitError`.
+    """
+    ct = _ct()
+    if precision not in PRECISIONS:
+        raise EmitError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    t0 = time.perf_counter()
+    prog = to_mil_program(g, minimum_deployment_target)
+    t1 = time.perf_counter()
+    pipeline = ct.PassPipeline(pass_names=list(TLC_PIPELINE), pipeline_name="tlc")
+    cp = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
+    log = io.StringIO()
+    try:
+        # coremltools prints tqdm progress bars and version warnings; keep them out of the user's way
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            warnings.simplefilter("ignore")
+            mlmodel = ct.convert(
+                prog, convert_to="mlprogram", minimum_deployment_target=resolve_target(minimum_deployment_target),
+                compute_precision=cp, pass_pipeline=pipeline, skip_model_load=True,
+            )
+    except Exception as e:
+        tail = "\n".join(log.getvalue().strip().splitlines()[-5:])
+        raise EmitError(f"coremltools could not convert the MIL program: {type(e).__name__}: {e}", context=tail) from e
+    t2 = time.perf_counter()
+    md = {"tlc.version": __version__, "tlc.precision": precision,
+          "tlc.minimum_deployment_target": str(minimum_deployment_target)}
+    md.update({k: str(v) for k, v in (metadata or {}).items()})
+    for k, v in md.items():
+        mlmodel.user_defined_metadata[k] = v
+    mlmodel.version = __version__
+    mlmodel.short_description = f"Built by tlc {__version__} ({precision})" + (
+        f" from {metadata['tlc.source']}" if metadata and "tlc.source" in metadata else "")
+    return mlmodel, EmitInfo(t1 - t0, t2 - t1)
+
+
+def save_atomic(mlmodel, path: str | os.PathLike, force: bool = False) -> Path:
+    """Write ``mlmodel`` to ``path`` (a ``.mlpackage`` directory) via a temp path in the same
+    directory and a rename, so a failed save never leaves a half-written package.
+
+    Raises :class:`OutputExistsError` if ``path`` exists and ``force`` is False,
+    :class:`EmitError` if ``path`` does not end in ``.mlpackage`` or the write fails.
+    """
+    path = Path(path)
+    if path.suffix != ".mlpackage":
+        raise EmitError(f"output path {str(path)!r} must end in .mlpackage")
+    if path.exists() and not force:
+        raise OutputExistsError(f"output {str(path)!r} already exists; pass --force (force=True) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent))
+    try:
+        staged = tmp / path.name
+        with contextlib.redirect_stdout(io.StringIO()):
+            mlmodel.save(str(staged))
+        if path.exists():
+            old = tmp / "old"
+            os.replace(path, old)
+        os.replace(staged, path)
+    except OSError as e:
+        raise EmitError(f"could not write {str(path)!r}: {e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def package_size(path: str | os.PathLike) -> int:
+    """Bytes on disk of a package directory."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

@@ -1,0 +1,144 @@
+"""Tracing: ``torch.export`` with tlc's decomposition table.
+
+Why these choices (measured with ``benchmarks/bench_spine.py``, which times both modes):
+
+* ``strict=False`` (non-strict, Python-level tracing) is the default: it works on every spine
+  architecture with current ``transformers``, while strict mode (TorchDynamo) is slower to trace
+  and fails on more models. ``strict=True`` can be asked for.
+* The decomposition table is torch's core-ATen table **minus** the ops MIL has natively
+  (:data:`KEEP`): keeping ``linear``, ``layer_norm``, ``gelu``, ``scaled_dot_product_attention``,
+  ``conv*`` ... means emission is 1:1 and no pattern has to re-discover them.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+import warnings
+from typing import Any, Callable
+
+import torch
+
+from ..errors import FrontendError, InputError
+
+aten = torch.ops.aten
+
+#: Composite ops tlc lowers directly instead of letting torch decompose them (all have a MIL
+#: counterpart: linear, conv, layer_norm, gelu, silu, softmax, scaled_dot_product_attention,
+#: gather (embedding), pooling, clip (hardtanh), batch_norm).
+KEEP = [
+    aten.linear.default,
+    aten.conv1d.default,
+    aten.conv2d.default,
+    aten.layer_norm.default,
+    aten.gelu.default,
+    aten.silu.default,
+    aten.softmax.int,
+    aten.scaled_dot_product_attention.default,
+    aten.embedding.default,
+    aten.adaptive_avg_pool2d.default,
+    aten.adaptive_avg_pool1d.default,
+    aten.hardtanh.default,
+    aten.relu6.default,
+    aten.hardsigmoid.default,
+    aten.hardswish.default,
+    aten.max_pool2d.default,
+    aten.max_pool1d.default,
+    aten.avg_pool2d.default,
+    aten.avg_pool1d.default,
+    aten.batch_norm.default,
+    aten.matmul.default,
+    aten.softplus.default,
+    aten.leaky_relu.default,
+]
+
+
+def decomposition_table() -> dict:
+    """torch's default (core ATen) decompositions without the ops in :data:`KEEP`."""
+    table = torch.export.default_decompositions()
+    for op in KEEP:
+        table.pop(op, None)
+    return table
+
+
+class FunctionModule(torch.nn.Module):
+    """Wraps a plain tensor function so ``torch.export`` can trace it; ``forward`` carries the
+    function's own signature, so exported input names are the function's parameter names."""
+
+    def __init__(self, fn: Callable):
+        super().__init__()
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", "function")
+
+    def forward(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
+def as_module(model_or_fn: Any) -> torch.nn.Module:
+    """``nn.Module`` as is; a callable wrapped in :class:`FunctionModule`; anything else raises
+    :class:`InputError`."""
+    if isinstance(model_or_fn, torch.nn.Module):
+        return model_or_fn
+    if callable(model_or_fn):
+        m = FunctionModule(model_or_fn)
+        try:
+            sig = inspect.signature(model_or_fn)
+            # torch.export names placeholders after forward's parameters
+            m.forward = _with_signature(m.forward, sig)
+        except (TypeError, ValueError):
+            pass
+        return m
+    raise InputError(f"expected an nn.Module or a callable, got {type(model_or_fn).__name__}")
+
+
+def _with_signature(f, sig):
+    def forward(*args, **kwargs):
+        return f(*args, **kwargs)
+
+    forward.__signature__ = sig
+    return forward
+
+
+def export(module: torch.nn.Module, args: tuple, kwargs: dict, strict: bool = False):
+    """Trace ``module`` with torch.export and apply :func:`decomposition_table`.
+
+    Returns ``(exported_program, seconds_export, seconds_decompose)``. Raises
+    :class:`FrontendError` with torch's message and the user's source line when tracing fails.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        t0 = time.perf_counter()
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's own pytree deprecation chatter (LeafSpec) is not the user's concern
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            ep = torch.export.export(module, args, kwargs, strict=strict)
+        t1 = time.perf_counter()
+        ep = ep.run_decompositions(decomposition_table())
+        t2 = time.perf_counter()
+    except Exception as e:  # torch raises many types; report them uniformly
+        msg = str(e).strip().splitlines()
+        head = msg[0] if msg else type(e).__name__
+        raise FrontendError(
+            f"torch.export could not trace the model ({type(e).__name__}: {head}). tlc traces with "
+            f"torch.export(strict={strict}); data-dependent Python control flow or unsupported "
+            f"Python constructs are the usual cause.",
+            loc=_user_frame(e),
+        ) from e
+    finally:
+        module.train(was_training)
+    return ep, t1 - t0, t2 - t1
+
+
+def _user_frame(e: BaseException):
+    """SourceLoc of the innermost traceback frame outside torch, if any."""
+    import traceback
+
+    from ..ir import SourceLoc
+
+    torch_dir = torch.__file__.rsplit("/", 1)[0]
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(torch_dir)]
+    frames = [f for f in frames if "/tlc/" not in f.filename and "/compiler/" not in f.filename]
+    if not frames:
+        return None
+    f = frames[-1]
+    return SourceLoc(f.filename, f.lineno, f.line)

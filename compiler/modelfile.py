@@ -1,0 +1,96 @@
+"""Loading a ``model.py`` for the CLI.
+
+The convention (README.md, docs/model-file.md): a model file defines either
+
+* module-level ``model`` (an ``nn.Module`` or a callable) and ``example_inputs`` (a tensor, a
+  tuple/list of tensors, or a dict of named tensors), or
+* exactly one function (or module) wrapped with ``@tlc.compile(example_inputs=...)``.
+
+Optional module-level ``precision`` and ``minimum_deployment_target`` set defaults that CLI flags
+override.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelFileError
+
+
+@dataclass
+class ModelSpec:
+    """What a model file provides."""
+
+    model: Any
+    example_inputs: Any
+    name: str
+    path: Path
+    options: dict = field(default_factory=dict)
+
+
+def load_model_file(path: str | Path, entry: str | None = None) -> ModelSpec:
+    """Import ``path`` and find its model per the convention above.
+
+    ``entry`` names the ``@tlc.compile`` object to use when the file has several.
+    Raises :class:`ModelFileError` when the file is missing, raises while importing (naming the
+    exception and the line in the file), or defines no model / no ``example_inputs``.
+    """
+    from .api import CompiledFunction
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {str(path)!r} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+    if path.suffix != ".py":
+        raise ModelFileError(f"model file {str(path)!r} must be a Python file (.py)")
+    modname = f"_tlc_model_{path.stem}_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(modname, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent.resolve()))
+    try:
+        spec.loader.exec_module(mod)
+    except SystemExit as e:
+        raise ModelFileError(f"model file {str(path)!r} called sys.exit({e.code}) while being imported") from None
+    except BaseException as e:
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+        where = f" at {path}:{frames[-1].lineno}: {frames[-1].line}" if frames else ""
+        from .errors import TlcError
+
+        if isinstance(e, TlcError):  # e.g. an eager @tlc.compile(example_inputs=...) failed
+            raise
+        raise ModelFileError(
+            f"model file {str(path)!r} raised {type(e).__name__}: {e}{where}"
+        ) from e
+    finally:
+        try:
+            sys.path.remove(str(path.parent.resolve()))
+        except ValueError:
+            pass
+    options = {k: getattr(mod, k) for k in ("precision", "minimum_deployment_target") if hasattr(mod, k)}
+    compiled = {k: v for k, v in vars(mod).items() if isinstance(v, CompiledFunction)}
+    if entry is not None:
+        if entry not in compiled:
+            raise ModelFileError(f"model file {str(path)!r} has no @tlc.compile object named {entry!r} "
+                                 f"(found: {', '.join(compiled) or 'none'})")
+        compiled = {entry: compiled[entry]}
+    if hasattr(mod, "model") and entry is None:
+        if not hasattr(mod, "example_inputs"):
+            raise ModelFileError(f"model file {str(path)!r} defines `model` but no `example_inputs` "
+                                 f"(a tensor, tuple of tensors, or dict of named tensors)")
+        return ModelSpec(mod.model, mod.example_inputs, path.stem, path, options)
+    if len(compiled) == 1:
+        name, cf = next(iter(compiled.items()))
+        if cf.example_inputs is None:
+            raise ModelFileError(f"@tlc.compile function {name!r} in {str(path)!r} has no example_inputs=; "
+                                 f"the CLI needs them to trace")
+        return ModelSpec(cf, cf.example_inputs, name, path, {**options, **cf.options})
+    if len(compiled) > 1:
+        raise ModelFileError(f"model file {str(path)!r} has several @tlc.compile objects ({', '.join(compiled)}); "
+                             f"choose one with --entry NAME")
+    raise ModelFileError(
+        f"model file {str(path)!r} defines no model: define module-level `model` and `example_inputs`, "
+        f"or decorate one function with @tlc.compile(example_inputs=...)")

@@ -1,0 +1,249 @@
+"""Elementwise ops: binary arithmetic/comparison/logical (NumPy broadcasting), unary math and
+activations, ``cast``, ``select``, ``clip``.
+
+Semantics: coremltools MIL ``elementwise_binary.py``, ``elementwise_unary.py`` and
+``activation.py`` (iOS15 opset, unchanged through iOS18 for these ops). Binary ops broadcast like
+NumPy. Kernels keep the input dtype (NumPy 2 / NEP 50 keeps fp32 when mixing with Python scalars).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import IRError
+from ..ir import DTYPES, TensorType
+from . import flops_elementwise, register
+
+FLOAT = ("fp32", "fp16")
+
+
+def _broadcast(in_types) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(*[t.shape for t in in_types]))
+    except ValueError:
+        raise IRError(
+            "shapes " + " and ".join(str(list(t.shape)) for t in in_types) + " do not broadcast"
+        ) from None
+
+
+def _same_dtype(in_types, allowed=None) -> str:
+    dts = {t.dtype for t in in_types}
+    if len(dts) != 1:
+        raise IRError(f"operands have different dtypes {sorted(dts)}; insert a cast")
+    dt = dts.pop()
+    if allowed and dt not in allowed:
+        raise IRError(f"dtype {dt} not supported (expected one of {', '.join(allowed)})")
+    return dt
+
+
+# ------------------------------------------------------------------------------------ binary
+
+
+def _binary(name: str, fn, *, out_dtype=None, allowed=None, doc=""):
+    def infer(in_types, attrs):
+        if len(in_types) != 2:
+            raise IRError(f"expects 2 inputs, got {len(in_types)}")
+        dt = _same_dtype(in_types, allowed)
+        return [TensorType(out_dtype or dt, _broadcast(in_types))]
+
+    def kernel(attrs, x, y):
+        r = fn(x, y)
+        return r.astype(DTYPES[out_dtype], copy=False) if out_dtype else r.astype(x.dtype, copy=False)
+
+    kernel.__doc__ = doc or f"MIL ``{name}`` (elementwise_binary.py): broadcasting {name}(x, y)."
+
+    def emit(ctx, attrs, ins, nm):
+        return getattr(ctx.mb, name)(x=ins[0], y=ins[1], name=nm)
+
+    register(name, infer=infer, numpy=kernel, emit_mil=emit)
+
+
+def _floor_div(x, y):
+    return np.floor_divide(x, y)
+
+
+def _real_div(x, y):
+    return np.divide(x, y)
+
+
+_binary("add", np.add)
+_binary("sub", np.subtract)
+_binary("mul", np.multiply)
+_binary("real_div", _real_div, allowed=FLOAT, doc="MIL ``real_div``: x / y in floating point.")
+_binary("floor_div", _floor_div, doc="MIL ``floor_div``: floor(x / y).")
+_binary("mod", np.mod, doc="MIL ``mod``: x - floor(x / y) * y (sign of y, like Python/torch.remainder).")
+_binary("pow", np.power, allowed=FLOAT)
+_binary("maximum", np.maximum)
+_binary("minimum", np.minimum)
+for _n, _f in [
+    ("equal", np.equal),
+    ("not_equal", np.not_equal),
+    ("less", np.less),
+    ("less_equal", np.less_equal),
+    ("greater", np.greater),
+    ("greater_equal", np.greater_equal),
+]:
+    _binary(_n, _f, out_dtype="bool")
+for _n, _f in [("logical_and", np.logical_and), ("logical_or", np.logical_or), ("logical_xor", np.logical_xor)]:
+    _binary(_n, _f, out_dtype="bool", allowed=("bool",))
+
+
+# ------------------------------------------------------------------------------------- unary
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """Error function, computed in float64 and returned in ``x``'s dtype.
+
+    Uses the Chebyshev-fitted erfc of Numerical Recipes (2nd ed., §6.2, ``erfcc``), fractional
+    error < 1.2e-7 everywhere — below fp32 resolution, and NumPy has no erf of its own.
+    """
+    z = np.abs(x.astype(np.float64))
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+            -0.82215223 + t * 0.17087277))))))))
+    erfc = t * np.exp(poly)
+    r = np.where(x >= 0, 1.0 - erfc, erfc - 1.0)
+    # Near 0 use the Maclaurin series: the erfc form loses relative accuracy there.
+    small = z < 0.1
+    if small.any():
+        xs = x.astype(np.float64)
+        r = np.where(small, 2.0 / np.sqrt(np.pi) * (xs - xs**3 / 3 + xs**5 / 10 - xs**7 / 42), r)
+    return r.astype(x.dtype, copy=False)
+
+
+def _sigmoid(x):
+    # exp(-|x|) never overflows; both branches are exact rearrangements of 1/(1+exp(-x)).
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def _softplus(x):
+    return (np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))).astype(x.dtype, copy=False)
+
+
+def _gelu(x, mode):
+    if mode == "EXACT":
+        return (0.5 * x * (1 + erf(x / np.sqrt(2).astype(x.dtype)))).astype(x.dtype, copy=False)
+    if mode == "TANH_APPROXIMATION":
+        c = np.sqrt(2 / np.pi)
+        return (0.5 * x * (1 + np.tanh(c * (x + 0.044715 * x**3)))).astype(x.dtype, copy=False)
+    if mode == "SIGMOID_APPROXIMATION":
+        return (x * _sigmoid(1.702 * x)).astype(x.dtype, copy=False)
+    raise IRError(f"gelu mode {mode!r} unknown")
+
+
+# name -> (kernel(attrs, x), MIL emission kwargs from attrs, dtypes allowed, doc)
+_UNARY = {
+    "exp": (lambda a, x: np.exp(x), None, FLOAT),
+    "log": (lambda a, x: np.log(x + np.asarray(a.get("epsilon", 0.0), x.dtype)), ("epsilon",), FLOAT),
+    "sqrt": (lambda a, x: np.sqrt(x), None, FLOAT),
+    "rsqrt": (lambda a, x: 1 / np.sqrt(x + np.asarray(a.get("epsilon", 0.0), x.dtype)), ("epsilon",), FLOAT),
+    "inverse": (lambda a, x: 1 / (x + np.asarray(a.get("epsilon", 0.0), x.dtype)), ("epsilon",), FLOAT),
+    "tanh": (lambda a, x: np.tanh(x), None, FLOAT),
+    "sigmoid": (lambda a, x: _sigmoid(x), None, FLOAT),
+    "relu": (lambda a, x: np.maximum(x, np.zeros((), x.dtype)), None, None),
+    "erf": (lambda a, x: erf(x), None, FLOAT),
+    "abs": (lambda a, x: np.abs(x), None, None),
+    "sign": (lambda a, x: np.sign(x), None, None),
+    "sin": (lambda a, x: np.sin(x), None, FLOAT),
+    "cos": (lambda a, x: np.cos(x), None, FLOAT),
+    "floor": (lambda a, x: np.floor(x), None, FLOAT),
+    "ceil": (lambda a, x: np.ceil(x), None, FLOAT),
+    "round": (lambda a, x: np.round(x), None, FLOAT),
+    "square": (lambda a, x: x * x, None, None),
+    "logical_not": (lambda a, x: np.logical_not(x), None, ("bool",)),
+    "silu": (lambda a, x: x * _sigmoid(x), None, FLOAT),
+    "softplus": (lambda a, x: _softplus(x), None, FLOAT),
+    "gelu": (lambda a, x: _gelu(x, a.get("mode", "EXACT")), ("mode",), FLOAT),
+    "clip": (lambda a, x: np.clip(x, np.asarray(a["alpha"], x.dtype), np.asarray(a["beta"], x.dtype)), ("alpha", "beta"), FLOAT),
+    "leaky_relu": (lambda a, x: np.where(x >= 0, x, x * np.asarray(a["alpha"], x.dtype)), ("alpha",), FLOAT),
+    "sigmoid_hard": (
+        lambda a, x: np.clip(x * np.asarray(a["alpha"], x.dtype) + np.asarray(a["beta"], x.dtype), 0, 1).astype(x.dtype),
+        ("alpha", "beta"),
+        FLOAT,
+    ),
+}
+
+
+def _unary(name, kernel, attr_names, allowed):
+    def infer(in_types, attrs):
+        if len(in_types) != 1:
+            raise IRError(f"expects 1 input, got {len(in_types)}")
+        t = in_types[0]
+        if allowed and t.dtype not in allowed:
+            raise IRError(f"dtype {t.dtype} not supported (expected one of {', '.join(allowed)})")
+        return [t]
+
+    def numpy_kernel(attrs, x):
+        return np.asarray(kernel(attrs, x)).astype(x.dtype, copy=False)
+
+    numpy_kernel.__doc__ = f"MIL ``{name}`` (elementwise_unary.py / activation.py)."
+
+    def emit(ctx, attrs, ins, nm):
+        kw = {}
+        for k in attr_names or ():
+            if k in attrs:
+                kw[k] = attrs[k]
+        return getattr(ctx.mb, name)(x=ins[0], name=nm, **kw)
+
+    register(name, infer=infer, numpy=numpy_kernel, emit_mil=emit)
+
+
+for _n, (_k, _a, _d) in _UNARY.items():
+    _unary(_n, _k, _a, _d)
+
+
+# -------------------------------------------------------------------------------- cast, select
+
+
+def _infer_cast(in_types, attrs):
+    dt = attrs["dtype"]
+    if dt not in DTYPES:
+        raise IRError(f"cast to unknown dtype {dt!r}")
+    return [TensorType(dt, in_types[0].shape)]
+
+
+def _cast(attrs, x):
+    """MIL ``cast`` (elementwise_unary.py): convert to ``dtype``; float -> int truncates toward 0."""
+    return x.astype(DTYPES[attrs["dtype"]])
+
+
+def _emit_cast(ctx, attrs, ins, nm):
+    return ctx.mb.cast(x=ins[0], dtype=attrs["dtype"], name=nm)
+
+
+register("cast", infer=_infer_cast, numpy=_cast, emit_mil=_emit_cast, flops=lambda i, o, a: 0)
+
+
+def _infer_select(in_types, attrs):
+    c, a, b = in_types
+    if c.dtype != "bool":
+        raise IRError(f"select condition must be bool, got {c.dtype}")
+    dt = _same_dtype([a, b])
+    return [TensorType(dt, _broadcast(in_types))]
+
+
+def _select(attrs, cond, a, b):
+    """MIL ``select`` (control_flow.py): ``where(cond, a, b)`` with broadcasting."""
+    return np.where(cond, a, b)
+
+
+def _emit_select(ctx, attrs, ins, nm):
+    # MIL's select infers its type from `a` and `b` only (iOS15 control_flow.py), so a branch
+    # must already have the full output shape: broadcast a const branch, or add zeros.
+    shape = ctx.node.out.type.shape
+    a, b = ins[1], ins[2]
+    if tuple(np.broadcast_shapes(tuple(a.shape), tuple(b.shape))) != shape:
+        if a.val is not None:
+            a = ctx.mb.const(val=np.broadcast_to(a.val, shape).copy(), name=nm + "_a")
+        elif b.val is not None:
+            b = ctx.mb.const(val=np.broadcast_to(b.val, shape).copy(), name=nm + "_b")
+        else:
+            z = np.zeros(shape, dtype=np.float32 if ctx.node.out.type.dtype in FLOAT else np.int32)
+            a = ctx.mb.add(x=a, y=z, name=nm + "_a")
+    return ctx.mb.select(cond=ins[0], a=a, b=b, name=nm)
+
+
+register("select", infer=_infer_select, numpy=_select, emit_mil=_emit_select)
+
+__all__ = ["erf", "flops_elementwise"]

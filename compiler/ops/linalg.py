@@ -1,0 +1,173 @@
+"""Matrix ops: ``linear``, ``matmul``, ``scaled_dot_product_attention``.
+
+Semantics: coremltools MIL ``linear.py`` (iOS15 ``linear``, ``matmul``) and
+``transformers.py`` (iOS18 ``scaled_dot_product_attention``). Accumulation: NumPy's matmul calls
+BLAS sgemm for fp32, which accumulates in fp32.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import IRError
+from ..ir import TensorType
+from . import register
+from .elementwise import FLOAT, _broadcast, _same_dtype
+
+#: Additive mask value used when a boolean attention mask is lowered to MIL ops for targets
+#: without ``scaled_dot_product_attention`` (iOS17). Finite and fp16-safe (|x| < 65504), and
+#: exp(-30000 - m) underflows to exactly 0 in fp16 and fp32 for any realistic score m, so it matches
+#: torch's -inf except on fully masked rows (where torch returns NaN).
+MASK_FILL = -30000.0
+
+
+def _infer_linear(in_types, attrs):
+    x, w = in_types[0], in_types[1]
+    _same_dtype(in_types, FLOAT)
+    if w.rank != 2 or x.rank < 1 or x.shape[-1] != w.shape[1]:
+        raise IRError(f"linear needs x[..., K] and weight[N, K]; got x{list(x.shape)}, weight{list(w.shape)}")
+    if len(in_types) == 3 and in_types[2].shape != (w.shape[0],):
+        raise IRError(f"linear bias must be [{w.shape[0]}], got {list(in_types[2].shape)}")
+    return [TensorType(x.dtype, x.shape[:-1] + (w.shape[0],))]
+
+
+def _linear(attrs, x, w, b=None):
+    """MIL ``linear`` (iOS15 linear.py): ``x @ weight.T + bias``; x[..., K], weight[N, K], bias[N]."""
+    y = np.matmul(x, w.T)
+    if b is not None:
+        y += b
+    return y
+
+
+def _emit_linear(ctx, attrs, ins, nm):
+    x, w = ins[0], ins[1]
+    b = ins[2] if len(ins) == 3 else None
+    if w.val is not None and (b is None or b.val is not None):
+        kw = {"bias": b} if b is not None else {}
+        return ctx.mb.linear(x=x, weight=w, name=nm, **kw)
+    # MIL linear takes only const weights; a computed weight becomes matmul (+ add).
+    y = ctx.mb.matmul(x=x, y=w, transpose_y=True, name=nm if b is None else nm + "_mm")
+    return y if b is None else ctx.mb.add(x=y, y=b, name=nm)
+
+
+def _flops_linear(i, o, a):
+    return 2 * o[0].size * i[0].shape[-1]
+
+
+register("linear", infer=_infer_linear, numpy=_linear, emit_mil=_emit_linear, flops=_flops_linear)
+
+
+def _mm_dims(t: TensorType, transpose: bool) -> tuple[int, int]:
+    m, k = t.shape[-2], t.shape[-1]
+    return (k, m) if transpose else (m, k)
+
+
+def _infer_matmul(in_types, attrs):
+    x, y = in_types
+    dt = _same_dtype(in_types, FLOAT)
+    if x.rank < 2 or y.rank < 2:
+        raise IRError(f"matmul operands must have rank >= 2, got {x.rank} and {y.rank}")
+    m, k = _mm_dims(x, attrs.get("transpose_x", False))
+    k2, n = _mm_dims(y, attrs.get("transpose_y", False))
+    if k != k2:
+        raise IRError(f"matmul inner dimensions differ: {list(x.shape)} @ {list(y.shape)}")
+    batch = _broadcast([TensorType(dt, x.shape[:-2]), TensorType(dt, y.shape[:-2])])
+    return [TensorType(dt, batch + (m, n))]
+
+
+def _matmul(attrs, x, y):
+    """MIL ``matmul`` (iOS15 linear.py): batched ``x @ y`` with broadcasting batch dims and
+    optional ``transpose_x`` / ``transpose_y`` of the last two axes."""
+    if attrs.get("transpose_x", False):
+        x = np.swapaxes(x, -1, -2)
+    if attrs.get("transpose_y", False):
+        y = np.swapaxes(y, -1, -2)
+    return np.matmul(x, y)
+
+
+def _emit_matmul(ctx, attrs, ins, nm):
+    return ctx.mb.matmul(
+        x=ins[0], y=ins[1], transpose_x=attrs.get("transpose_x", False),
+        transpose_y=attrs.get("transpose_y", False), name=nm,
+    )
+
+
+def _flops_matmul(i, o, a):
+    k = _mm_dims(i[0], a.get("transpose_x", False))[1]
+    return 2 * o[0].size * k
+
+
+register("matmul", infer=_infer_matmul, numpy=_matmul, emit_mil=_emit_matmul, flops=_flops_matmul)
+
+
+# ------------------------------------------------------------------------------------ attention
+
+
+def _infer_sdpa(in_types, attrs):
+    q, k, v = in_types[:3]
+    dt = _same_dtype([q, k, v], FLOAT)
+    if q.rank < 3 or k.shape[-1] != q.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise IRError(f"attention shapes q{list(q.shape)} k{list(k.shape)} v{list(v.shape)} do not fit")
+    out = TensorType(dt, q.shape[:-1] + (v.shape[-1],))
+    if len(in_types) == 4:
+        m = in_types[3]
+        if m.dtype not in ("bool", dt):
+            raise IRError(f"attention mask must be bool or {dt}, got {m.dtype}")
+        _broadcast([m, TensorType(dt, q.shape[:-1] + (k.shape[-2],))])
+    return [out]
+
+
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    """Numerically stable softmax along ``axis`` (max subtracted first), same dtype as ``x``."""
+    m = np.max(x, axis=axis, keepdims=True)
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _sdpa(attrs, q, k, v, mask=None):
+    """MIL ``scaled_dot_product_attention`` (iOS18 transformers.py):
+    ``softmax(q @ k^T * scale + mask) @ v``; q[..., L, E], k[..., S, E], v[..., S, Ev]; a bool mask
+    keeps positions where it is True (others get -inf, as in torch); ``scale`` defaults to
+    1/sqrt(E)."""
+    scale = attrs.get("scale") or 1.0 / np.sqrt(q.shape[-1])
+    s = np.matmul(q, np.swapaxes(k, -1, -2)) * np.asarray(scale, q.dtype)
+    if mask is not None:
+        if mask.dtype == np.bool_:
+            s = np.where(mask, s, np.asarray(-np.inf, s.dtype))
+        else:
+            s = s + mask
+    return np.matmul(softmax(s, -1), v)
+
+
+def _emit_sdpa(ctx, attrs, ins, nm):
+    q, k, v = ins[:3]
+    mask = ins[3] if len(ins) == 4 else None
+    e = q.shape[-1]
+    scale = attrs.get("scale")
+    default = 1.0 / np.sqrt(e)
+    mb = ctx.mb
+    if ctx.has_sdpa:
+        if scale is not None and not np.isclose(scale, default, rtol=1e-6):
+            # MIL's op has a fixed 1/sqrt(E) scale: fold the ratio into q.
+            q = mb.mul(x=q, y=np.float32(scale / default), name=nm + "_qscale")
+        kw = {"attn_mask": mask} if mask is not None else {}
+        return mb.scaled_dot_product_attention(query=q, key=k, value=v, name=nm, **kw)
+    # iOS17 and older: matmul -> scale -> mask -> softmax -> matmul; q is scaled first so that the
+    # scores stay in fp16 range.
+    qs = mb.mul(x=q, y=np.float32(scale if scale is not None else default), name=nm + "_qscale")
+    s = mb.matmul(x=qs, y=k, transpose_y=True, name=nm + "_scores")
+    if mask is not None:
+        s = mb.add(x=s, y=ctx.additive_mask(mask), name=nm + "_masked")
+    p = mb.softmax(x=s, axis=-1, name=nm + "_probs")
+    return mb.matmul(x=p, y=v, name=nm)
+
+
+def _flops_sdpa(i, o, a):
+    q, k, v = i[:3]
+    lead = int(np.prod(o[0].shape[:-2], dtype=np.int64))
+    L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    return lead * (2 * L * S * E + 2 * L * S * Ev + 5 * L * S)
+
+
+register(
+    "scaled_dot_product_attention", infer=_infer_sdpa, numpy=_sdpa, emit_mil=_emit_sdpa, flops=_flops_sdpa
+)

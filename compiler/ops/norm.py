@@ -1,0 +1,170 @@
+"""Normalizations, softmax and reductions: ``layer_norm``, ``batch_norm``, ``softmax``,
+``reduce_{sum,mean,max,min,prod}``.
+
+Semantics: coremltools MIL ``normalization.py``, ``activation.py`` (softmax) and ``reduction.py``
+(iOS15 opset). Statistics are computed in fp32 even for fp16 inputs, then rounded to the input
+dtype (the device's norm kernels accumulate in higher precision; see issue 3 for fp16 fidelity).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import IRError
+from ..ir import TensorType
+from . import register
+from .elementwise import FLOAT, _same_dtype
+from .linalg import softmax as _softmax
+
+
+def norm_axes(axes, rank: int) -> tuple[int, ...]:
+    """Normalize (possibly negative) axes to sorted non-negative ints; raises IRError if out of range."""
+    out = []
+    for a in axes:
+        if not -rank <= a < rank:
+            raise IRError(f"axis {a} out of range for rank {rank}")
+        out.append(a % rank)
+    return tuple(sorted(set(out)))
+
+
+def _infer_layer_norm(in_types, attrs):
+    x = in_types[0]
+    _same_dtype(in_types, FLOAT)
+    axes = norm_axes(attrs["axes"], x.rank)
+    want = tuple(x.shape[a] for a in axes)
+    for t in in_types[1:]:
+        if t.shape != want:
+            raise IRError(f"layer_norm gamma/beta must have shape {list(want)}, got {list(t.shape)}")
+    return [x]
+
+
+def _layer_norm(attrs, x, gamma=None, beta=None):
+    """MIL ``layer_norm`` (iOS15 normalization.py): (x - mean) / sqrt(var + epsilon) * gamma + beta
+    over ``axes`` (biased variance, as torch)."""
+    axes = norm_axes(attrs["axes"], x.ndim)
+    xf = x.astype(np.float32, copy=False)
+    mean = xf.mean(axis=axes, keepdims=True)
+    d = xf - mean
+    var = np.mean(d * d, axis=axes, keepdims=True)
+    y = d / np.sqrt(var + np.float32(attrs.get("epsilon", 1e-5)))
+    shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
+    if gamma is not None:
+        y *= gamma.reshape(shape)
+    if beta is not None:
+        y += beta.reshape(shape)
+    return y.astype(x.dtype, copy=False)
+
+
+def _emit_layer_norm(ctx, attrs, ins, nm):
+    kw = {}
+    if len(ins) > 1:
+        kw["gamma"] = ins[1]
+    if len(ins) > 2:
+        kw["beta"] = ins[2]
+    return ctx.mb.layer_norm(x=ins[0], axes=list(attrs["axes"]), epsilon=np.float32(attrs.get("epsilon", 1e-5)), name=nm, **kw)
+
+
+register("layer_norm", infer=_infer_layer_norm, numpy=_layer_norm, emit_mil=_emit_layer_norm,
+         flops=lambda i, o, a: 8 * o[0].size)
+
+
+def _infer_batch_norm(in_types, attrs):
+    x = in_types[0]
+    _same_dtype(in_types, FLOAT)
+    if x.rank < 2:
+        raise IRError("batch_norm needs rank >= 2")
+    for t in in_types[1:]:
+        if t.shape != (x.shape[1],):
+            raise IRError(f"batch_norm parameters must be [{x.shape[1]}], got {list(t.shape)}")
+    return [x]
+
+
+def _batch_norm(attrs, x, mean, var, gamma=None, beta=None):
+    """MIL ``batch_norm`` (iOS15 normalization.py), inference form over channel axis 1:
+    (x - mean) / sqrt(variance + epsilon) * gamma + beta."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    scale = 1.0 / np.sqrt(var.astype(np.float32) + np.float32(attrs.get("epsilon", 1e-5)))
+    if gamma is not None:
+        scale = scale * gamma
+    shift = -mean * scale
+    if beta is not None:
+        shift = shift + beta
+    return (x * scale.reshape(shape).astype(x.dtype) + shift.reshape(shape).astype(x.dtype)).astype(x.dtype, copy=False)
+
+
+def _emit_batch_norm(ctx, attrs, ins, nm):
+    kw = {}
+    if len(ins) > 3:
+        kw["gamma"] = ins[3]
+    if len(ins) > 4:
+        kw["beta"] = ins[4]
+    return ctx.mb.batch_norm(x=ins[0], mean=ins[1], variance=ins[2], epsilon=np.float32(attrs.get("epsilon", 1e-5)), name=nm, **kw)
+
+
+register("batch_norm", infer=_infer_batch_norm, numpy=_batch_norm, emit_mil=_emit_batch_norm,
+         flops=lambda i, o, a: 2 * o[0].size)
+
+
+def _infer_softmax(in_types, attrs):
+    x = in_types[0]
+    _same_dtype(in_types, FLOAT)
+    norm_axes([attrs.get("axis", -1)], x.rank)
+    return [x]
+
+
+def _softmax_kernel(attrs, x):
+    """MIL ``softmax`` (iOS15 activation.py): exp(x - max) / sum(exp(x - max)) along ``axis``."""
+    return _softmax(x, attrs.get("axis", -1))
+
+
+register("softmax", infer=_infer_softmax, numpy=_softmax_kernel,
+         emit_mil=lambda ctx, a, ins, nm: ctx.mb.softmax(x=ins[0], axis=a.get("axis", -1), name=nm),
+         flops=lambda i, o, a: 5 * o[0].size)
+
+
+# ------------------------------------------------------------------------------------ reductions
+
+
+def _reduce(name, fn, float_only=False):
+    def infer(in_types, attrs):
+        x = in_types[0]
+        if float_only and x.dtype not in FLOAT:
+            raise IRError(f"{name} needs a float input, got {x.dtype}")
+        axes = norm_axes(attrs["axes"], x.rank) if attrs.get("axes") is not None else tuple(range(x.rank))
+        keep = attrs.get("keep_dims", False)
+        shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape) if keep or i not in axes)
+        return [TensorType(x.dtype, shape)]
+
+    def kernel(attrs, x):
+        axes = norm_axes(attrs["axes"], x.ndim) if attrs.get("axes") is not None else None
+        r = fn(x, axis=axes, keepdims=attrs.get("keep_dims", False))
+        return np.asarray(r).astype(x.dtype, copy=False)
+
+    kernel.__doc__ = f"MIL ``{name}`` (iOS15 reduction.py) over ``axes`` (all if None), ``keep_dims``."
+
+    def emit(ctx, attrs, ins, nm):
+        kw = {"axes": list(attrs["axes"])} if attrs.get("axes") is not None else {}
+        return getattr(ctx.mb, name)(x=ins[0], keep_dims=attrs.get("keep_dims", False), name=nm, **kw)
+
+    register(name, infer=infer, numpy=kernel, emit_mil=emit, flops=lambda i, o, a: i[0].size)
+
+
+def _mean(x, axis, keepdims):
+    return np.mean(x, axis=axis, keepdims=keepdims, dtype=np.float32 if x.dtype == np.float16 else None)
+
+
+def _l2(x, axis, keepdims):
+    xf = x.astype(np.float32, copy=False)
+    return np.sqrt(np.sum(xf * xf, axis=axis, keepdims=keepdims))
+
+
+def _l1(x, axis, keepdims):
+    return np.sum(np.abs(x), axis=axis, keepdims=keepdims)
+
+
+_reduce("reduce_sum", np.sum)
+_reduce("reduce_l2_norm", _l2, float_only=True)
+_reduce("reduce_l1_norm", _l1, float_only=True)
+_reduce("reduce_mean", _mean, float_only=True)
+_reduce("reduce_max", np.max)
+_reduce("reduce_min", np.min)
+_reduce("reduce_prod", np.prod)

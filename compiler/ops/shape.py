@@ -1,0 +1,276 @@
+"""Constants and data movement: ``const``, ``identity``, ``reshape``, ``transpose``, ``concat``,
+``split``, ``slice_by_index``, ``expand_dims``, ``squeeze``, ``gather``, ``tile``, ``pad``.
+
+Semantics: coremltools MIL ``tensor_transformation.py``, ``tensor_operation.py`` and
+``scatter_gather.py`` (iOS15 opset; iOS17 adds ``validate_indices`` to ``gather``). All shapes
+and indices are static attributes in tlc's IR.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import IRError
+from ..ir import TensorType, dtype_of
+from . import flops_none, register
+from .norm import norm_axes
+
+
+def _no_ane(reason):
+    return lambda i, o, a: reason
+
+
+# ---------------------------------------------------------------------------------------- const
+
+
+def _const(attrs):
+    """MIL ``const``: the value stored in ``val``."""
+    return attrs["val"]
+
+
+register(
+    "const",
+    infer=lambda i, a: [TensorType(dtype_of(a["val"]), a["val"].shape)],
+    numpy=_const,
+    emit_mil=lambda ctx, a, ins, nm: ctx.mb.const(val=a["val"], name=nm),
+    flops=flops_none,
+)
+
+register(
+    "identity",
+    infer=lambda i, a: [i[0]],
+    numpy=lambda a, x: x,
+    emit_mil=lambda ctx, a, ins, nm: ctx.mb.identity(x=ins[0], name=nm),
+    flops=flops_none,
+)
+
+
+# ------------------------------------------------------------------------------ reshape & co.
+
+
+def _infer_reshape(in_types, attrs):
+    x = in_types[0]
+    shape = tuple(attrs["shape"])
+    if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.int64)) != x.size:
+        raise IRError(f"cannot reshape {list(x.shape)} to {list(shape)} (static, non-negative sizes required)")
+    return [TensorType(x.dtype, shape)]
+
+
+register(
+    "reshape",
+    infer=_infer_reshape,
+    numpy=lambda a, x: x.reshape(a["shape"]),
+    emit_mil=lambda ctx, a, ins, nm: ctx.mb.reshape(x=ins[0], shape=list(a["shape"]), name=nm),
+    flops=flops_none,
+)
+
+
+def _infer_transpose(in_types, attrs):
+    x = in_types[0]
+    perm = tuple(attrs["perm"])
+    if sorted(perm) != list(range(x.rank)):
+        raise IRError(f"perm {list(perm)} is not a permutation of {x.rank} axes")
+    return [TensorType(x.dtype, tuple(x.shape[p] for p in perm))]
+
+
+register(
+    "transpose",
+    infer=_infer_transpose,
+    numpy=lambda a, x: np.transpose(x, a["perm"]),
+    emit_mil=lambda ctx, a, ins, nm: ctx.mb.transpose(x=ins[0], perm=list(a["perm"]), name=nm),
+    flops=flops_none,
+)
+
+
+def _infer_expand_dims(in_types, attrs):
+    x = in_types[0]
+    r = x.rank + len(attrs["axes"])
+    axes = norm_axes(attrs["axes"], r)
+    shape = list(x.shape)
+    for a in axes:
+        shape.insert(a, 1)
+    return [TensorType(x.dtype, tuple(shape))]
+
+
+register(
+    "expand_dims",
+    infer=_infer_expand_dims,
+    numpy=lambda a, x: np.expand_dims(x, tuple(norm_axes(a["axes"], x.ndim + len(a["axes"])))),
+    emit_mil=lambda ctx, a, ins, nm: ctx.mb.expand_dims(x=ins[0], axes=list(a["axes"]), name=nm),
+    flops=flops_none,
+)
+
+
+def _infer_squeeze(in_types, attrs):
+    x = in_types[0]
+    axes = norm_axes(attrs["axes"], x.rank)
+    if any(x.shape[a] != 1 for a in axes):
+        raise IRError(f"squeeze axes {list(axes)} of {list(x.shape)} are not all 1")
+    return [TensorType(x.dtype, tuple(d for i, d in enumerate(x.shape) if i not in axes))]
+
+
+register(
+    "squeeze",
+    infer=_infer_squeeze,
+    numpy=lambda a, x: np.squeeze(x, axis=norm_axes(a["axes"], x.ndim)),
+    emit_mil=lambda ctx, a, ins, nm: ctx.mb.squeeze(x=ins[0], axes=list(a["axes"]), name=nm),
+    flops=flops_none,
+)
+
+
+def _infer_concat(in_types, attrs):
+    x = in_types[0]
+    ax = norm_axes([attrs["axis"]], x.rank)[0]
+    dts = {t.dtype for t in in_types}
+    if len(dts) != 1:
+        raise IRError(f"concat operands have different dtypes {sorted(dts)}")
+    for t in in_types:
+        if t.rank != x.rank or any(t.shape[i] != x.shape[i] for i in range(x.rank) if i != ax):
+            raise IRError(f"concat shapes differ off axis {ax}: {[list(t.shape) for t in in_types]}")
+    shape = list(x.shape)
+    shape[ax] = sum(t.shape[ax] for t in in_types)
+    return [TensorType(x.dtype, tuple(shape))]
+
+
+register(
+    "concat",
+    infer=_infer_concat,
+    numpy=lambda a, *xs: np.concatenate(xs, axis=a["axis"]),
+    emit_mil=lambda ctx, a, ins, nm: ctx.mb.concat(values=list(ins), axis=a["axis"], name=nm),
+    flops=flops_none,
+)
+
+
+def _infer_split(in_types, attrs):
+    x = in_types[0]
+    ax = norm_axes([attrs["axis"]], x.rank)[0]
+    sizes = tuple(attrs["split_sizes"])
+    if sum(sizes) != x.shape[ax]:
+        raise IRError(f"split sizes {list(sizes)} do not sum to {x.shape[ax]}")
+    return [TensorType(x.dtype, x.shape[:ax] + (s,) + x.shape[ax + 1:]) for s in sizes]
+
+
+def _split(attrs, x):
+    """MIL ``split`` (tensor_operation.py) into ``split_sizes`` along ``axis``."""
+    return tuple(np.split(x, np.cumsum(attrs["split_sizes"])[:-1], axis=attrs["axis"]))
+
+
+def _emit_split(ctx, a, ins, nm):
+    return tuple(ctx.mb.split(x=ins[0], split_sizes=list(a["split_sizes"]), axis=a["axis"], name=nm))
+
+
+register("split", infer=_infer_split, numpy=_split, emit_mil=_emit_split, flops=flops_none)
+
+
+def _infer_slice(in_types, attrs):
+    x = in_types[0]
+    b, e, s = attrs["begin"], attrs["end"], attrs["stride"]
+    if not len(b) == len(e) == len(s) == x.rank:
+        raise IRError(f"slice begin/end/stride must have {x.rank} entries")
+    shape = []
+    for i in range(x.rank):
+        if not (0 <= b[i] <= e[i] <= x.shape[i]) or s[i] < 1:
+            raise IRError(f"slice [{b[i]}:{e[i]}:{s[i]}] out of range for axis {i} of size {x.shape[i]}")
+        shape.append(len(range(b[i], e[i], s[i])))
+    sq = attrs.get("squeeze_mask")
+    if sq:
+        shape = [d for d, q in zip(shape, sq) if not q]
+    return [TensorType(x.dtype, tuple(shape))]
+
+
+def _slice(attrs, x):
+    """MIL ``slice_by_index`` (tensor_transformation.py) with non-negative, clamped ``begin``,
+    ``end``, positive ``stride`` per axis, and ``squeeze_mask``."""
+    y = x[tuple(slice(b, e, s) for b, e, s in zip(attrs["begin"], attrs["end"], attrs["stride"]))]
+    sq = attrs.get("squeeze_mask")
+    if sq:
+        y = y.reshape([d for d, q in zip(y.shape, sq) if not q])
+    return y
+
+
+def _emit_slice(ctx, a, ins, nm):
+    kw = {"squeeze_mask": list(a["squeeze_mask"])} if a.get("squeeze_mask") else {}
+    return ctx.mb.slice_by_index(
+        x=ins[0], begin=list(a["begin"]), end=list(a["end"]), stride=list(a["stride"]), name=nm, **kw
+    )
+
+
+register("slice_by_index", infer=_infer_slice, numpy=_slice, emit_mil=_emit_slice, flops=flops_none)
+
+
+def _infer_gather(in_types, attrs):
+    x, idx = in_types
+    ax = norm_axes([attrs.get("axis", 0)], x.rank)[0]
+    if idx.dtype != "int32":
+        raise IRError(f"gather indices must be int32, got {idx.dtype}")
+    if x.dtype == "bool":
+        raise IRError("gather cannot read bool tensors (MIL gather's type domain); cast to int32 first")
+    return [TensorType(x.dtype, x.shape[:ax] + idx.shape + x.shape[ax + 1:])]
+
+
+def _gather(attrs, x, idx):
+    """MIL ``gather`` (iOS17 scatter_gather.py): ``take(x, indices, axis)``; negative indices
+    count from the end; out-of-range indices raise IndexError (``validate_indices``)."""
+    return np.take(x, idx, axis=attrs.get("axis", 0))
+
+
+register(
+    "gather",
+    infer=_infer_gather,
+    numpy=_gather,
+    emit_mil=lambda ctx, a, ins, nm: ctx.mb.gather(x=ins[0], indices=ins[1], axis=a.get("axis", 0), name=nm),
+    ane=_no_ane("gather is not run on the ANE (hollance/neural-engine unsupported-layers.md)"),
+    flops=flops_none,
+)
+
+
+def _infer_tile(in_types, attrs):
+    x = in_types[0]
+    reps = tuple(attrs["reps"])
+    if len(reps) != x.rank or any(r < 1 for r in reps):
+        raise IRError(f"tile reps {list(reps)} must be {x.rank} positive ints")
+    return [TensorType(x.dtype, tuple(d * r for d, r in zip(x.shape, reps)))]
+
+
+register(
+    "tile",
+    infer=_infer_tile,
+    numpy=lambda a, x: np.tile(x, a["reps"]),
+    emit_mil=lambda ctx, a, ins, nm: ctx.mb.tile(x=ins[0], reps=list(a["reps"]), name=nm),
+    flops=flops_none,
+)
+
+
+def _infer_pad(in_types, attrs):
+    x = in_types[0]
+    p = tuple(attrs["pad"])
+    if len(p) % 2 or len(p) // 2 > x.rank or any(v < 0 for v in p):
+        raise IRError(f"pad {list(p)} must be non-negative (before, after) pairs for the last axes of {list(x.shape)}")
+    n = len(p) // 2
+    shape = list(x.shape)
+    for i in range(n):
+        shape[x.rank - n + i] += p[2 * i] + p[2 * i + 1]
+    return [TensorType(x.dtype, tuple(shape))]
+
+
+def _pad(attrs, x):
+    """MIL ``pad`` (tensor_operation.py): ``pad`` holds (before, after) pairs for the last
+    len(pad)/2 axes; ``mode`` constant / reflect / replicate; ``constant_val``."""
+    p = attrs["pad"]
+    n = len(p) // 2
+    widths = [(0, 0)] * (x.ndim - n) + [(p[2 * i], p[2 * i + 1]) for i in range(n)]
+    mode = attrs.get("mode", "constant")
+    if mode == "constant":
+        return np.pad(x, widths, constant_values=np.asarray(attrs.get("constant_val", 0.0), x.dtype))
+    return np.pad(x, widths, mode={"reflect": "reflect", "replicate": "edge"}[mode])
+
+
+register(
+    "pad",
+    infer=_infer_pad,
+    numpy=_pad,
+    emit_mil=lambda ctx, a, ins, nm: ctx.mb.pad(
+        x=ins[0], pad=np.array(a["pad"], np.int32), mode=a.get("mode", "constant"),
+        constant_val=np.float32(a.get("constant_val", 0.0)), name=nm,
+    ),
+    flops=flops_none,
+)

@@ -1,0 +1,88 @@
+"""Reference executor: runs a tlc IR graph with the NumPy kernels of the op table.
+
+This is the reference every other backend is tested against. Values are freed after their last
+use, so peak memory is the live set, not the whole graph.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+
+from tlc.errors import InputError, TlcError
+from tlc.ir import DTYPES, Graph, Node
+from tlc.ops import get_op
+
+
+def check_inputs(g: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Validate named inputs against the graph's input types.
+
+    Integer arrays are cast to int32 and float64 to fp32 (the IR's types); anything else that
+    differs raises :class:`InputError` naming the input, the expected and the given type.
+    """
+    want = {v.name: v for v in g.inputs}
+    missing = [n for n in want if n not in feeds]
+    extra = [n for n in feeds if n not in want]
+    if missing or extra:
+        raise InputError(
+            f"inputs do not match the graph: missing {missing or 'none'}, unexpected {extra or 'none'}; "
+            f"expected {', '.join(f'{v.name}: {v.type}' for v in g.inputs)}"
+        )
+    out = {}
+    for name, v in want.items():
+        a = np.asarray(feeds[name])
+        t = v.type
+        if a.dtype != DTYPES[t.dtype]:
+            ok = (t.dtype == "int32" and a.dtype.kind in "iu") or (t.dtype == "fp32" and a.dtype == np.float64) or (
+                t.dtype == "bool" and a.dtype.kind in "iub")
+            if not ok:
+                raise InputError(f"input {name!r} has dtype {a.dtype}, expected {t.dtype}")
+            a = a.astype(DTYPES[t.dtype])
+        if tuple(a.shape) != t.shape:
+            raise InputError(f"input {name!r} has shape {list(a.shape)}, expected {list(t.shape)}")
+        out[name] = a
+    return out
+
+
+def last_uses(g: Graph) -> dict[int, list]:
+    """Node index -> values whose last reader is that node (graph outputs are never freed)."""
+    last: dict = {}
+    for i, n in enumerate(g.nodes):
+        for v in n.inputs:
+            last[v] = i
+    keep = set(g.outputs)
+    by_node: dict[int, list] = {}
+    for v, i in last.items():
+        if v not in keep:
+            by_node.setdefault(i, []).append(v)
+    return by_node
+
+
+def run_graph(
+    g: Graph,
+    feeds: Mapping[str, np.ndarray],
+    observer: Callable[[Node, tuple], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Execute ``g`` on named NumPy inputs; returns ``{output_name: array}``.
+
+    ``observer(node, outputs)`` is called after each node (used by ``tlc verify`` to compare
+    intermediates). Kernel failures raise :class:`TlcError` naming the node and source line.
+    """
+    env = {v: a for v, a in zip(g.inputs, (check_inputs(g, feeds)[v.name] for v in g.inputs))}
+    free = last_uses(g)
+    for i, n in enumerate(g.nodes):
+        kernel = get_op(n.op).numpy
+        try:
+            res = kernel(n.attrs, *[env[v] for v in n.inputs])
+        except TlcError:
+            raise
+        except Exception as e:  # a kernel bug or bad data: say which node
+            raise TlcError(f"NumPy kernel for {n.op} failed on node {n.name}: {type(e).__name__}: {e}", loc=n.loc) from e
+        outs = res if isinstance(res, tuple) else (res,)
+        for v, a in zip(n.outputs, outs):
+            env[v] = np.asarray(a)
+        if observer is not None:
+            observer(n, outs)
+        for v in free.get(i, ()):
+            env.pop(v, None)
+    return {name: env[v] for name, v in zip(g.output_names, g.outputs)}
