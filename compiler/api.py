@@ -102,12 +102,9 @@ class CompiledModel:
         Raises :class:`~tlc.errors.OutputExistsError` if ``path`` exists and not ``force``;
         :class:`~tlc.errors.EmitError` if emission or the check fails.
         """
-        from .emit import EmitError
-        from .errors import OutputExistsError
+        from .emit import EmitError, check_output_path
 
-        path = Path(path)
-        if path.exists() and not force:  # check before spending time on emission
-            raise OutputExistsError(f"output {str(path)!r} already exists; pass --force (force=True) to replace it")
+        path = check_output_path(path, force)  # before spending time on emission
         mlm = self.mlmodel
         t0 = time.perf_counter()
         out = save_atomic(mlm, path, force=force)

@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .errors import OutputExistsError, TlcError
+from .errors import TlcError
 
 
 def _human(n: float) -> str:
@@ -28,13 +28,11 @@ def _human(n: float) -> str:
 
 def cmd_build(a: argparse.Namespace) -> int:
     from .api import build
-    from .emit import package_size
+    from .emit import check_output_path, package_size
     from .modelfile import load_model_file
 
     t0 = time.perf_counter()
-    out = Path(a.output) if a.output else Path(Path(a.model).stem + ".mlpackage")
-    if out.exists() and not a.force:  # fail before the (slow) trace
-        raise OutputExistsError(f"output {str(out)!r} already exists; pass --force to replace it")
+    out = check_output_path(Path(a.output) if a.output else Path(Path(a.model).stem + ".mlpackage"), a.force)
     spec = load_model_file(a.model, entry=a.entry)
     t_load = time.perf_counter() - t0
     opts = dict(spec.options)

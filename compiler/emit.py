@@ -213,6 +213,17 @@ def convert(g: Graph, precision: str = "fp16", minimum_deployment_target="iOS17"
     return mlmodel, EmitInfo(t1 - t0, t2 - t1)
 
 
+def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
+    """Validate an output path before any work: it must end in ``.mlpackage`` (else
+    :class:`EmitError`) and not exist unless ``force`` (else :class:`OutputExistsError`)."""
+    path = Path(path)
+    if path.suffix != ".mlpackage":
+        raise EmitError(f"output path {str(path)!r} must end in .mlpackage")
+    if path.exists() and not force:
+        raise OutputExistsError(f"output {str(path)!r} already exists; pass --force (force=True) to replace it")
+    return path
+
+
 def save_atomic(mlmodel, path: str | os.PathLike, force: bool = False) -> Path:
     """Write ``mlmodel`` to ``path`` (a ``.mlpackage`` directory) via a temp path in the same
     directory and a rename, so a failed save never leaves a half-written package.
@@ -220,13 +231,12 @@ def save_atomic(mlmodel, path: str | os.PathLike, force: bool = False) -> Path:
     Raises :class:`OutputExistsError` if ``path`` exists and ``force`` is False,
     :class:`EmitError` if ``path`` does not end in ``.mlpackage`` or the write fails.
     """
-    path = Path(path)
-    if path.suffix != ".mlpackage":
-        raise EmitError(f"output path {str(path)!r} must end in .mlpackage")
-    if path.exists() and not force:
-        raise OutputExistsError(f"output {str(path)!r} already exists; pass --force (force=True) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent))
+    path = check_output_path(path, force)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise EmitError(f"cannot create the output directory for {str(path)!r}: {e}") from e
     try:
         staged = tmp / path.name
         with contextlib.redirect_stdout(io.StringIO()):

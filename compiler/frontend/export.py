@@ -112,8 +112,8 @@ def export(module: torch.nn.Module, args: tuple, kwargs: dict, strict: bool = Fa
             # torch's own pytree deprecation chatter (LeafSpec) is not the user's concern
             warnings.filterwarnings("ignore", category=FutureWarning)
             ep = torch.export.export(module, args, kwargs, strict=strict)
-        t1 = time.perf_counter()
-        ep = ep.run_decompositions(decomposition_table())
+            t1 = time.perf_counter()
+            ep = ep.run_decompositions(decomposition_table())
         t2 = time.perf_counter()
     except Exception as e:  # torch raises many types; report them uniformly
         msg = str(e).strip().splitlines()

@@ -1,0 +1,91 @@
+"""MIL emission and package writing: pass pipeline, deployment targets, names, atomic saves."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tlc
+from tlc.emit import TLC_PIPELINE, to_mil_program
+
+
+def attn(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+QKV = tuple(torch.randn(1, 2, 4, 8) for _ in range(3))
+
+
+def mil_ops(prog):
+    return [op.op_type for op in prog.functions["main"].operations if op.op_type != "const"]
+
+
+def test_pipeline_keeps_fp16_cast():
+    assert "common::add_fp16_cast" in TLC_PIPELINE
+    assert TLC_PIPELINE.index("common::dedup_op_and_var_names") < TLC_PIPELINE.index("common::add_fp16_cast")
+
+
+@pytest.mark.parametrize("target,expect", [("iOS17", "softmax"), ("iOS18", "scaled_dot_product_attention")])
+def test_sdpa_by_deployment_target(target, expect):
+    cm = tlc.build(attn, QKV, minimum_deployment_target=target)
+    ops = mil_ops(to_mil_program(cm.graph, target))
+    assert expect in ops
+    if target == "iOS17":
+        assert "scaled_dot_product_attention" not in ops
+
+
+def test_unknown_target_and_precision():
+    with pytest.raises(tlc.EmitError, match="minimum_deployment_target"):
+        tlc.build(attn, QKV, minimum_deployment_target="iOS99")
+    with pytest.raises(tlc.InputError, match="precision"):
+        tlc.build(attn, QKV, precision="int8")
+
+
+def test_mil_op_names_follow_ir_nodes(tmp_path):
+    m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()).eval()
+    cm = tlc.build(m, (torch.randn(2, 4),))
+    prog = to_mil_program(cm.graph)
+    names = {op.name for op in prog.functions["main"].operations}
+    ir_names = {n.name for n in cm.graph.nodes if n.op != "const"}
+    assert ir_names - {cm.graph.outputs[0].name} <= names
+
+
+def test_atomic_save_and_force(tmp_path):
+    import coremltools as ct
+
+    cm = tlc.build(attn, QKV)
+    out = tmp_path / "a.mlpackage"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(tlc.OutputExistsError, match="already exists"):
+        cm.save(out)
+    assert (out / "keep.txt").read_text() == "user data"
+    cm.save(out, force=True)
+    assert not (out / "keep.txt").exists()
+    m = ct.models.MLModel(str(out), skip_model_load=True)
+    assert m.user_defined_metadata["tlc.version"] == tlc.__version__
+    assert m.user_defined_metadata["tlc.source"].endswith("test_emit.py")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mlpackage"]  # no temp dirs left
+
+
+def test_failed_save_writes_nothing(tmp_path):
+    cm = tlc.build(attn, QKV)
+    with pytest.raises(tlc.EmitError, match=r"\.mlpackage"):
+        cm.save(tmp_path / "model.bin")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(tlc.EmitError):
+        cm.save(blocker / "sub" / "m.mlpackage")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_bool_io_is_int32_in_package(tmp_path):
+    cm = tlc.build(lambda x, m: (x * m, m & (x > 0)), (torch.randn(3), torch.tensor([True, False, True])))
+    from coremltools.converters.mil.mil import types
+
+    prog = to_mil_program(cm.graph)
+    f = prog.functions["main"]
+    assert types.builtin_to_string(f.inputs["m"].dtype) == "int32"
+    assert [types.builtin_to_string(o.dtype) for o in f.outputs] == ["fp32", "int32"]
+    out = cm(torch.tensor([1.0, -2.0, 3.0]), torch.tensor([True, True, False]))
+    assert out[1].dtype == torch.bool and out[1].tolist() == [True, False, False]
+    np.testing.assert_allclose(out[0].numpy(), [1.0, -2.0, 0.0])
