@@ -117,6 +117,7 @@ def make_whisper_enc():
 def make_minilm():
     spec = importlib.util.spec_from_file_location("tlc_example_minilm", REPO / "examples" / "minilm.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # strict export (TorchDynamo) re-imports the model's module by name
     spec.loader.exec_module(mod)  # also builds mod.model at import; we build our own below
     mod.model = None
     model = mod.MiniLMEmbedder()
@@ -237,18 +238,19 @@ COLUMNS = ["model", "params_M", "export_nonstrict_s", "decompose_s", "export_str
            "emit_mil_s", "convert_s", "save_s", "size_MB", "ir_ops", "mil_ops"]
 
 
-def fmt(v) -> str:
+def fmt(col: str, v) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.2f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2e}"
+        if col == "rel_l2":
+            return f"{v:.2e}"
+        return f"{v:.3f}" if col.endswith("_s") else f"{v:.1f}" if col == "params_M" else f"{v:.2f}"
     return str(v)
 
 
 def table(rows: list[dict], check: bool) -> str:
     cols = COLUMNS + (["rel_l2"] if check else []) + ["error"]
-    cells = [[(f"{r[c]:.2e}" if c == "rel_l2" and isinstance(r.get(c), float) else fmt(r.get(c))) for c in cols]
-             for r in rows]
+    cells = [[fmt(c, r.get(c)) for c in cols] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
     left = {"model", "export_strict_s", "error"}
 

@@ -102,17 +102,30 @@ class CompiledModel:
         Raises :class:`~tlc.errors.OutputExistsError` if ``path`` exists and not ``force``;
         :class:`~tlc.errors.EmitError` if emission or the check fails.
         """
-        from .emit import EmitError, check_output_path
+        from .emit import check_output_path
 
         path = check_output_path(path, force)  # before spending time on emission
         mlm = self.mlmodel
         t0 = time.perf_counter()
-        out = save_atomic(mlm, path, force=force)
+        out = save_atomic(mlm, path, force=force, check=lambda staged: check_package_io(staged, self.graph))
         self.timings["save"] = time.perf_counter() - t0
-        problems = check_package_io(out, self.graph)
-        if problems:
-            raise EmitError(f"package {str(out)!r} does not match the IR: " + "; ".join(problems))
         return out
+
+    def with_options(self, precision: str | None = None, minimum_deployment_target: str | None = None) -> "CompiledModel":
+        """A copy sharing the traced graph, with other emission options (no re-trace)."""
+        import copy
+
+        cm = copy.copy(self)
+        cm.timings = dict(self.timings)
+        if precision is not None:
+            if precision not in PRECISIONS:
+                raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+            cm.precision = precision
+        if minimum_deployment_target is not None:
+            resolve_target(minimum_deployment_target)
+            cm.minimum_deployment_target = str(minimum_deployment_target)
+        cm._mlmodel = cm._coreml = None
+        return cm
 
     # --------------------------------------------------------------------------------- running
 

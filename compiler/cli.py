@@ -27,7 +27,7 @@ def _human(n: float) -> str:
 
 
 def cmd_build(a: argparse.Namespace) -> int:
-    from .api import build
+    from .api import CompiledFunction, build
     from .emit import check_output_path, package_size
     from .modelfile import load_model_file
 
@@ -41,8 +41,12 @@ def cmd_build(a: argparse.Namespace) -> int:
         opts["precision"] = a.precision
     if a.target:
         opts["minimum_deployment_target"] = a.target
-    model = spec.model.fn if hasattr(spec.model, "cache") else spec.model
-    cm = build(model, spec.example_inputs, strict=a.strict_export, **opts)
+    if isinstance(spec.model, CompiledFunction) and not a.strict_export:
+        # traced already when the file was imported (eager example_inputs=): reuse that trace
+        cm = spec.model.compiled_for(spec.example_inputs).with_options(**opts)
+    else:
+        model = spec.model.fn if isinstance(spec.model, CompiledFunction) else spec.model
+        cm = build(model, spec.example_inputs, strict=a.strict_export, **opts)
     if a.print_ir:
         from .ir import format_graph
 

@@ -102,9 +102,6 @@ class EmitContext:
         return self._masks[key]
 
 
-_MIL_DTYPES = None
-
-
 def _mil_dtype(dt: str):
     from coremltools.converters.mil.mil import types
 
@@ -224,9 +221,12 @@ def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
     return path
 
 
-def save_atomic(mlmodel, path: str | os.PathLike, force: bool = False) -> Path:
+def save_atomic(mlmodel, path: str | os.PathLike, force: bool = False, check=None) -> Path:
     """Write ``mlmodel`` to ``path`` (a ``.mlpackage`` directory) via a temp path in the same
     directory and a rename, so a failed save never leaves a half-written package.
+
+    ``check(staged_path) -> [problem, ...]`` runs on the staged copy before the rename; any
+    problem raises :class:`EmitError` and leaves ``path`` (and an existing package there) as it was.
 
     Raises :class:`OutputExistsError` if ``path`` exists and ``force`` is False,
     :class:`EmitError` if ``path`` does not end in ``.mlpackage`` or the write fails.
@@ -241,6 +241,9 @@ def save_atomic(mlmodel, path: str | os.PathLike, force: bool = False) -> Path:
         staged = tmp / path.name
         with contextlib.redirect_stdout(io.StringIO()):
             mlmodel.save(str(staged))
+        problems = check(staged) if check is not None else []
+        if problems:
+            raise EmitError(f"package for {str(path)!r} does not match the IR: " + "; ".join(problems))
         if path.exists():
             old = tmp / "old"
             os.replace(path, old)

@@ -70,6 +70,20 @@ def load_model_file(path: str | Path, entry: str | None = None) -> ModelSpec:
             sys.path.remove(str(path.parent.resolve()))
         except ValueError:
             pass
+    spec = _find(mod, path, entry)
+    from .errors import InputError
+    from .frontend import normalize_inputs
+
+    try:  # fail here, naming the file, before any slow work
+        normalize_inputs(spec.example_inputs)
+    except InputError as e:
+        raise InputError(f"model file {str(path)!r}: {e.args[0]}") from None
+    return spec
+
+
+def _find(mod, path: Path, entry: str | None) -> ModelSpec:
+    from .api import CompiledFunction
+
     options = {k: getattr(mod, k) for k in ("precision", "minimum_deployment_target") if hasattr(mod, k)}
     compiled = {k: v for k, v in vars(mod).items() if isinstance(v, CompiledFunction)}
     if entry is not None:

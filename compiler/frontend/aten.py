@@ -62,12 +62,7 @@ def _operand(L: Lowerer, x, dtype: str) -> Value:
 def _binary(op: str, compare=False):
     def fn(L: Lowerer, a, b, *, alpha=1):
         out = L.out_type()
-        if compare:
-            ta = a.type.dtype if isinstance(a, Value) else None
-            tb = b.type.dtype if isinstance(b, Value) else None
-            dt = _promote(L, a, b)
-        else:
-            dt = out.dtype
+        dt = _promote(L, a, b) if compare else out.dtype
         x, y = _operand(L, a, dt), _operand(L, b, dt)
         if alpha != 1:
             y = L.add("mul", [y, L.scalar(alpha, dt)], name=L.node.name + "_alpha")
@@ -77,11 +72,17 @@ def _binary(op: str, compare=False):
 
 
 def _promote(L, a, b) -> str:
-    from .lower import ir_dtype
+    """IR dtype both operands of a comparison are cast to (torch's type promotion)."""
+    from .lower import _IR_TO_TORCH, ir_dtype
 
-    ta = a.tensor if isinstance(a, Const) else (torch.empty((), dtype={"fp32": torch.float32, "fp16": torch.float16, "int32": torch.int32, "bool": torch.bool}[a.type.dtype]) if isinstance(a, Value) else a)
-    tb = b.tensor if isinstance(b, Const) else (torch.empty((), dtype={"fp32": torch.float32, "fp16": torch.float16, "int32": torch.int32, "bool": torch.bool}[b.type.dtype]) if isinstance(b, Value) else b)
-    return ir_dtype(torch.result_type(ta, tb), loc=L.loc)
+    def probe(x):
+        if isinstance(x, Const):
+            return x.tensor
+        if isinstance(x, Value):  # a 1-element tensor promotes like a dimensioned tensor of its dtype
+            return torch.empty(1, dtype=_IR_TO_TORCH[x.type.dtype])
+        return x
+
+    return ir_dtype(torch.result_type(probe(a), probe(b)), loc=L.loc)
 
 
 for _names, _op in [

@@ -2,9 +2,9 @@
 
 Why these choices (measured with ``benchmarks/bench_spine.py``, which times both modes):
 
-* ``strict=False`` (non-strict, Python-level tracing) is the default: it works on every spine
-  architecture with current ``transformers``, while strict mode (TorchDynamo) is slower to trace
-  and fails on more models. ``strict=True`` can be asked for.
+* ``strict=False`` (non-strict, Python-level tracing) is the default. Both modes trace all nine
+  spine models on torch 2.13 / transformers 5.23, and non-strict is 3-10x faster (BERT-base:
+  0.9 s vs 8.9 s; ResNet-50: 1.0 s vs 6.0 s). ``strict=True`` (TorchDynamo) can be asked for.
 * The decomposition table is torch's core-ATen table **minus** the ops MIL has natively
   (:data:`KEEP`): keeping ``linear``, ``layer_norm``, ``gelu``, ``scaled_dot_product_attention``,
   ``conv*`` ... means emission is 1:1 and no pattern has to re-discover them.
@@ -12,6 +12,7 @@ Why these choices (measured with ``benchmarks/bench_spine.py``, which times both
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 import warnings
 from typing import Any, Callable
@@ -79,6 +80,11 @@ def as_module(model_or_fn: Any) -> torch.nn.Module:
     if isinstance(model_or_fn, torch.nn.Module):
         return model_or_fn
     if callable(model_or_fn):
+        # torch.export records stack frames only for functions named `forward` or registered as
+        # anchors; register the user's function so its source lines reach tlc's error messages.
+        anchor = getattr(torch.fx.proxy, "_register_stack_trace_anchor", None)
+        if anchor is not None:
+            anchor(model_or_fn)
         m = FunctionModule(model_or_fn)
         try:
             sig = inspect.signature(model_or_fn)
@@ -106,6 +112,11 @@ def export(module: torch.nn.Module, args: tuple, kwargs: dict, strict: bool = Fa
     """
     was_training = module.training
     module.eval()
+    # torch logs a full traceback (log.exception) when fake-tensor propagation fails; tlc reports
+    # the error itself, in one paragraph.
+    fake_log = logging.getLogger("torch._subclasses.fake_tensor")
+    old_level = fake_log.level
+    fake_log.setLevel(logging.CRITICAL)
     try:
         t0 = time.perf_counter()
         with torch.no_grad(), warnings.catch_warnings():
@@ -119,13 +130,14 @@ def export(module: torch.nn.Module, args: tuple, kwargs: dict, strict: bool = Fa
         msg = str(e).strip().splitlines()
         head = msg[0] if msg else type(e).__name__
         raise FrontendError(
-            f"torch.export could not trace the model ({type(e).__name__}: {head}). tlc traces with "
-            f"torch.export(strict={strict}); data-dependent Python control flow or unsupported "
-            f"Python constructs are the usual cause.",
+            f"torch.export could not trace the model ({type(e).__name__}: {head}). The model must run "
+            f"on the example inputs (check their shapes and dtypes); beyond that, data-dependent Python "
+            f"control flow is the usual cause (tlc traces with torch.export(strict={strict})).",
             loc=_user_frame(e),
         ) from e
     finally:
         module.train(was_training)
+        fake_log.setLevel(old_level)
     return ep, t1 - t0, t2 - t1
 
 
@@ -135,9 +147,12 @@ def _user_frame(e: BaseException):
 
     from ..ir import SourceLoc
 
-    torch_dir = torch.__file__.rsplit("/", 1)[0]
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(torch_dir)]
-    frames = [f for f in frames if "/tlc/" not in f.filename and "/compiler/" not in f.filename]
+    import os
+
+    torch_dir = os.path.dirname(torch.__file__)
+    tlc_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # compiler/
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not f.filename.startswith(torch_dir) and not f.filename.startswith(tlc_dir)]
     if not frames:
         return None
     f = frames[-1]

@@ -25,6 +25,7 @@ from ..errors import FrontendError, InputError, TlcError, UnsupportedOpError
 from ..ir import Graph, GraphBuilder, SourceLoc, TensorType, Value
 
 TORCH_DIR = torch.__file__.rsplit("/", 1)[0]
+TLC_DIR = __file__.rsplit("/", 2)[0] + "/"  # compiler/: never blame tlc's own frames
 
 _TORCH_TO_IR = {
     torch.float32: "fp32",
@@ -69,7 +70,7 @@ def source_loc(node: torch.fx.Node) -> SourceLoc:
         module = list(stack.values())[-1][0] or None
     st = node.meta.get("stack_trace") or ""
     frames = re.findall(r'File "([^"]+)", line (\d+), in [^\n]*\n([^\n]*)', st)
-    frames = [f for f in frames if not f[0].startswith(TORCH_DIR)]
+    frames = [f for f in frames if not f[0].startswith(TORCH_DIR) and not f[0].startswith(TLC_DIR)]
     if frames:
         f, line, code = frames[-1]
         return SourceLoc(f, int(line), code.strip(), module)
@@ -133,9 +134,6 @@ class Lowerer:
         sig = ep.graph_signature
         state = ep.state_dict
         consts = ep.constants
-        user_inputs = list(sig.user_inputs)
-        for spec in sig.input_specs:
-            pass
         param_of = {}
         for spec in sig.input_specs:
             if spec.target is not None:

@@ -37,6 +37,7 @@ register(
 
 register(
     "identity",
+    doc="MIL ``identity`` (tensor_operation.py): returns x.",
     infer=lambda i, a: [i[0]],
     numpy=lambda a, x: x,
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.identity(x=ins[0], name=nm),
@@ -57,6 +58,7 @@ def _infer_reshape(in_types, attrs):
 
 register(
     "reshape",
+    doc="MIL ``reshape`` (tensor_transformation.py): row-major reshape to the static ``shape``.",
     infer=_infer_reshape,
     numpy=lambda a, x: x.reshape(a["shape"]),
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.reshape(x=ins[0], shape=list(a["shape"]), name=nm),
@@ -74,6 +76,7 @@ def _infer_transpose(in_types, attrs):
 
 register(
     "transpose",
+    doc="MIL ``transpose`` (tensor_transformation.py): permute axes by ``perm``.",
     infer=_infer_transpose,
     numpy=lambda a, x: np.transpose(x, a["perm"]),
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.transpose(x=ins[0], perm=list(a["perm"]), name=nm),
@@ -93,6 +96,7 @@ def _infer_expand_dims(in_types, attrs):
 
 register(
     "expand_dims",
+    doc="MIL ``expand_dims`` (tensor_transformation.py): insert size-1 axes at ``axes`` (output positions).",
     infer=_infer_expand_dims,
     numpy=lambda a, x: np.expand_dims(x, tuple(norm_axes(a["axes"], x.ndim + len(a["axes"])))),
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.expand_dims(x=ins[0], axes=list(a["axes"]), name=nm),
@@ -110,6 +114,7 @@ def _infer_squeeze(in_types, attrs):
 
 register(
     "squeeze",
+    doc="MIL ``squeeze`` (tensor_transformation.py): drop the size-1 ``axes``.",
     infer=_infer_squeeze,
     numpy=lambda a, x: np.squeeze(x, axis=norm_axes(a["axes"], x.ndim)),
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.squeeze(x=ins[0], axes=list(a["axes"]), name=nm),
@@ -133,6 +138,7 @@ def _infer_concat(in_types, attrs):
 
 register(
     "concat",
+    doc="MIL ``concat`` (tensor_operation.py): join ``values`` along ``axis``.",
     infer=_infer_concat,
     numpy=lambda a, *xs: np.concatenate(xs, axis=a["axis"]),
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.concat(values=list(ins), axis=a["axis"], name=nm),
@@ -233,6 +239,7 @@ def _infer_tile(in_types, attrs):
 
 register(
     "tile",
+    doc="MIL ``tile`` (tensor_operation.py): repeat x ``reps[i]`` times along axis i.",
     infer=_infer_tile,
     numpy=lambda a, x: np.tile(x, a["reps"]),
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.tile(x=ins[0], reps=list(a["reps"]), name=nm),
