@@ -25,6 +25,7 @@ from .emit import PRECISIONS, convert, package_size, resolve_target, save_atomic
 from .errors import InputError, TlcError
 from .frontend import normalize_inputs, trace
 from .ir import Graph, format_graph
+from tlc.runtime import coreml_available
 
 BACKENDS = ("auto", "coreml", "numpy")
 
@@ -190,17 +191,6 @@ class CompiledModel:
 
     def __repr__(self) -> str:
         return f"<CompiledModel {len(self.graph.inputs)} inputs -> {self.output_names}, {self.graph.num_ops} ops, {self.precision}>"
-
-
-def coreml_available() -> bool:
-    """True on macOS where coremltools can run Core ML predictions."""
-    if sys.platform != "darwin":
-        return False
-    try:  # pragma: no cover - macOS only
-        from coremltools.libcoremlpython import _MLModelProxy  # noqa: F401
-        return True
-    except Exception:  # pragma: no cover
-        return False
 
 
 def check_package_io(path, g: Graph) -> list[str]:

@@ -1,6 +1,9 @@
 """``tlc`` command line.
 
     tlc build model.py [-o OUT.mlpackage] [--precision fp16|fp32] [--target iOS17] [--force]
+    tlc run PKG --input NAME=FILE.npy ... [--out DIR] [--backend auto|coreml|interpreter]
+    tlc inspect PKG [--json]
+    tlc verify model.py [--package PKG] [--precision fp16|fp32] [--tol-fp32 1e-5] [--tol-fp16 1e-2]
 
 Errors tlc knows about print one paragraph (what, where) to stderr and exit non-zero
 (:attr:`tlc.errors.TlcError.exit_code`); ``TLC_DEBUG=1`` adds the Python traceback.
@@ -70,6 +73,72 @@ def cmd_build(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .errors import InputError
+    from .runtime_cli import parse_inputs
+    from tlc.runtime import load
+
+    m = load(a.package, backend=a.backend, compute_units=a.compute_units)
+    feeds = parse_inputs(a.input or [])
+    t0 = time.perf_counter()
+    out = m(feeds)
+    dt = time.perf_counter() - t0
+    print(f"ran {a.package} on {m.backend} in {dt * 1e3:.1f} ms")
+    outdir = Path(a.out) if a.out else None
+    if outdir:
+        outdir.mkdir(parents=True, exist_ok=True)
+    for name, arr in out.items():
+        f = arr.astype(np.float64) if arr.dtype.kind == "f" else None
+        stats = (f"min {f.min():.4g} max {f.max():.4g} mean {f.mean():.4g} nan/inf {int((~np.isfinite(f)).sum())}"
+                 if f is not None and f.size else "")
+        line = f"  {name:<24} {arr.dtype.name}{list(arr.shape)}  {stats}"
+        if outdir:
+            np.save(outdir / f"{name}.npy", arr)
+            line += f"  -> {outdir / (name + '.npy')}"
+        print(line)
+    return 0
+
+
+def cmd_inspect(a: argparse.Namespace) -> int:
+    import json
+
+    from tlc.runtime import package_info
+
+    info = package_info(a.package)
+    if a.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['path']}  (mlprogram, spec v{info['specification_version']}, opset {info['opset']}, "
+          f"precision {info['precision']}, {_human(info['size_bytes'])})")
+    for i in info["inputs"]:
+        print(f"  input   {i['name']:<24} {i['dtype']}{i['shape']}")
+    for o in info["outputs"]:
+        print(f"  output  {o['name']:<24} {o['dtype']}{o['shape']}")
+    print(f"  ops     {info['num_ops']}  (" + ", ".join(f"{k} {v}" for k, v in info["ops"].items()) + ")")
+    if info["short_description"]:
+        print(f"  about   {info['short_description']}")
+    for k, v in sorted(info["metadata"].items()):
+        print(f"  meta    {k} = {v}")
+    return 0
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from .modelfile import load_model_file
+    from .verify import verify
+
+    spec = load_model_file(a.model, entry=a.entry)
+    opts = dict(spec.options)
+    opts.pop("strict", None)
+    report = verify(spec.model, spec.example_inputs, package=a.package,
+                    precision=a.precision or opts.get("precision", "fp16"),
+                    minimum_deployment_target=a.target or opts.get("minimum_deployment_target", "iOS17"),
+                    tol={"fp32": a.tol_fp32, "fp16": a.tol_fp16}, keep=a.output)
+    print(report.text())
+    return 0 if report.passed else 1
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tlc",
@@ -95,6 +164,37 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--strict-export", action="store_true", help="trace with torch.export(strict=True)")
     b.add_argument("--print-ir", action="store_true", help="print tlc's IR before emission")
     b.set_defaults(func=cmd_build)
+
+    r = sub.add_parser("run", help="run an .mlpackage on .npy inputs (Core ML on macOS, tlc's MIL interpreter elsewhere)",
+                       description="Run PKG on named inputs given as .npy files and print (or save) the outputs.")
+    r.add_argument("package", help="path to an .mlpackage")
+    r.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="one per model input")
+    r.add_argument("--out", metavar="DIR", help="save each output as DIR/<name>.npy")
+    r.add_argument("--backend", choices=["auto", "coreml", "interpreter"], default="auto")
+    r.add_argument("--compute-units", default="ALL", choices=["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"],
+                   help="Core ML compute units (macOS only)")
+    r.set_defaults(func=cmd_run)
+
+    i = sub.add_parser("inspect", help="show an .mlpackage's inputs, outputs, ops, precision, size, metadata",
+                       description="Describe PKG without running it.")
+    i.add_argument("package", help="path to an .mlpackage")
+    i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    i.set_defaults(func=cmd_inspect)
+
+    v = sub.add_parser(
+        "verify", help="build model.py (or take --package), run it in the MIL interpreter, compare with torch eager",
+        description=("Per output: max abs error, relative L2 error, cosine similarity, NaN/inf count and PASS/FAIL. "
+                     "On FAIL, names the first op whose value departs from tlc's reference runtime, with its "
+                     "source line. Exit code 0 on PASS, 1 on FAIL."))
+    v.add_argument("model", help="path to model.py (same convention as `tlc build`)")
+    v.add_argument("--package", help="verify this existing .mlpackage instead of building one")
+    v.add_argument("-o", "--output", help="keep the built package at this path (default: a temp dir)")
+    v.add_argument("--precision", choices=["fp16", "fp32"])
+    v.add_argument("--target", help="minimum_deployment_target (default iOS17)")
+    v.add_argument("--entry", help="which @tlc.compile object to use when the file has several")
+    v.add_argument("--tol-fp32", type=float, default=1e-5, help="rel-L2 tolerance for fp32 packages (default 1e-5)")
+    v.add_argument("--tol-fp16", type=float, default=1e-2, help="rel-L2 tolerance for fp16/mixed packages (default 1e-2)")
+    v.set_defaults(func=cmd_verify)
     return p
 
 

@@ -1,4 +1,86 @@
-"""tlc runtimes: the NumPy reference executor over tlc's IR (more backends arrive with later issues)."""
-from .numpy_executor import check_inputs, run_graph
+"""tlc runtimes.
 
-__all__ = ["run_graph", "check_inputs"]
+* :func:`run_graph` — the NumPy reference executor over tlc's IR.
+* :class:`MILInterpreter` — executes any mlprogram ``.mlpackage`` with NumPy (no macOS needed).
+* :func:`load` — a package as a callable: Core ML predict on macOS, the interpreter elsewhere.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .mil_interpreter import MILInterpreter, PackageError, UnsupportedMILOpError, load_program, package_info
+from .numpy_executor import check_inputs, run_graph, validate_feeds
+
+BACKENDS = ("auto", "coreml", "interpreter")
+COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
+
+
+def coreml_available() -> bool:
+    """True on macOS where coremltools' native Core ML bindings load."""
+    if sys.platform != "darwin":
+        return False
+    try:  # pragma: no cover - macOS only
+        from coremltools.libcoremlpython import _MLModelProxy  # noqa: F401
+
+        return True
+    except Exception:  # pragma: no cover
+        return False
+
+
+class LoadedModel:
+    """A package ready to run: call with named NumPy arrays, get ``{output_name: array}``.
+
+    ``backend`` is ``"coreml"`` (macOS, Core ML predict with ``compute_units``) or
+    ``"interpreter"`` (tlc's NumPy MIL interpreter); ``inputs``/``outputs`` describe the I/O.
+    """
+
+    def __init__(self, path: str | Path, backend: str = "auto", compute_units: str = "ALL"):
+        from tlc.errors import InputError
+
+        if backend not in BACKENDS:
+            raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if compute_units not in COMPUTE_UNITS:
+            raise InputError(f"compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}")
+        self.path = Path(path)
+        self.interpreter = MILInterpreter(self.path)  # validates the package on every platform
+        self.inputs = self.interpreter.inputs
+        self.outputs = self.interpreter.outputs
+        if backend == "coreml" and not coreml_available():
+            from tlc.errors import TlcError
+
+            raise TlcError("backend 'coreml' needs macOS with Core ML; use backend='interpreter' here")
+        self.backend = "coreml" if backend == "coreml" or (backend == "auto" and coreml_available()) else "interpreter"
+        self._coreml = None
+        if self.backend == "coreml":  # pragma: no cover - macOS only
+            import coremltools as ct
+
+            self._coreml = ct.models.MLModel(str(self.path), compute_units=getattr(ct.ComputeUnit, compute_units))
+
+    def __call__(self, feeds: Mapping[str, np.ndarray] | None = None, **named) -> dict[str, np.ndarray]:
+        feeds = {**(feeds or {}), **named}
+        if self._coreml is not None:  # pragma: no cover - macOS only
+            checked = validate_feeds(self.inputs, feeds, self.path.name)
+            res = self._coreml.predict(checked)
+            return {k: np.asarray(res[k]) for k in self.outputs}
+        return self.interpreter.run(feeds)
+
+    def __repr__(self) -> str:
+        return f"<tlc LoadedModel {self.path.name} on {self.backend}: {[n for n, *_ in self.inputs]} -> {self.outputs}>"
+
+
+def load(path: str | Path, backend: str = "auto", compute_units: str = "ALL") -> LoadedModel:
+    """Load an ``.mlpackage`` as a callable (see :class:`LoadedModel`).
+
+    ``backend="auto"`` uses Core ML predict on macOS and the MIL interpreter elsewhere;
+    ``compute_units`` (Core ML only): ``ALL``, ``CPU_ONLY``, ``CPU_AND_GPU``, ``CPU_AND_NE``.
+    Raises :class:`PackageError` for anything that is not a loadable mlprogram package.
+    """
+    return LoadedModel(path, backend=backend, compute_units=compute_units)
+
+
+__all__ = ["load", "LoadedModel", "MILInterpreter", "PackageError", "UnsupportedMILOpError", "load_program",
+           "package_info", "run_graph", "check_inputs", "validate_feeds", "coreml_available"]

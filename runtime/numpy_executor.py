@@ -14,34 +14,40 @@ from tlc.ir import DTYPES, Graph, Node
 from tlc.ops import get_op
 
 
-def check_inputs(g: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Validate named inputs against the graph's input types.
+def validate_feeds(expected: list[tuple[str, tuple, np.dtype]], feeds: Mapping[str, np.ndarray],
+                   what: str = "the model") -> dict[str, np.ndarray]:
+    """Check named inputs against ``expected`` ``(name, shape, numpy dtype)`` entries.
 
-    Integer arrays are cast to int32 and float64 to fp32 (the IR's types); anything else that
-    differs raises :class:`InputError` naming the input, the expected and the given type.
+    Safe conversions are applied (any int -> int32, float64 -> float32, float32 <-> float16 where
+    the model takes float16, int/bool -> bool); anything else raises :class:`InputError` naming
+    the input, what was expected and what was given.
     """
-    want = {v.name: v for v in g.inputs}
+    want = {n: (tuple(s), np.dtype(d)) for n, s, d in expected}
     missing = [n for n in want if n not in feeds]
     extra = [n for n in feeds if n not in want]
     if missing or extra:
         raise InputError(
-            f"inputs do not match the graph: missing {missing or 'none'}, unexpected {extra or 'none'}; "
-            f"expected {', '.join(f'{v.name}: {v.type}' for v in g.inputs)}"
+            f"inputs do not match {what}: missing {missing or 'none'}, unexpected {extra or 'none'}; "
+            f"expected {', '.join(f'{n}: {d.name}{list(s)}' for n, (s, d) in want.items())}"
         )
     out = {}
-    for name, v in want.items():
+    for name, (shape, dt) in want.items():
         a = np.asarray(feeds[name])
-        t = v.type
-        if a.dtype != DTYPES[t.dtype]:
-            ok = (t.dtype == "int32" and a.dtype.kind in "iu") or (t.dtype == "fp32" and a.dtype == np.float64) or (
-                t.dtype == "bool" and a.dtype.kind in "iub")
+        if a.dtype != dt:
+            ok = ((dt.kind in "iu" and a.dtype.kind in "iub") or (dt.kind == "f" and a.dtype.kind == "f")
+                  or (dt.kind == "b" and a.dtype.kind in "iub"))
             if not ok:
-                raise InputError(f"input {name!r} has dtype {a.dtype}, expected {t.dtype}")
-            a = a.astype(DTYPES[t.dtype])
-        if tuple(a.shape) != t.shape:
-            raise InputError(f"input {name!r} has shape {list(a.shape)}, expected {list(t.shape)}")
+                raise InputError(f"input {name!r} has dtype {a.dtype}, expected {dt.name}")
+            a = a.astype(dt)
+        if tuple(a.shape) != shape:
+            raise InputError(f"input {name!r} has shape {list(a.shape)}, expected {list(shape)}")
         out[name] = a
     return out
+
+
+def check_inputs(g: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:func:`validate_feeds` against the graph's input types."""
+    return validate_feeds([(v.name, v.type.shape, DTYPES[v.type.dtype]) for v in g.inputs], feeds, "the graph")
 
 
 def last_uses(g: Graph) -> dict[int, list]:

@@ -11,6 +11,11 @@ A row (:class:`OpDef`) holds:
   Apple Neural Engine, else the reason (rules and sources: ../shared/ane-rules.md).
 * ``flops(in_types, out_types, attrs) -> int`` — estimated floating-point operations (a multiply
   and an add count as 2).
+* ``mil_inputs`` / ``from_mil`` — how a loaded MIL op of the same name maps onto this row: the MIL
+  input names that are tensor inputs of the kernel (in order), and an optional adapter
+  ``from_mil(vals) -> (arrays, attrs)`` for MIL attributes that need translating (``pad_type``,
+  slice masks, ...). The MIL interpreter (:mod:`tlc.runtime.mil_interpreter`) runs loaded programs
+  with the same kernels through this mapping.
 
 Op names and attribute names follow coremltools' MIL op definitions
 (coremltools/converters/mil/mil/ops/defs/iOS15..iOS18) wherever MIL has the op.
@@ -18,6 +23,8 @@ Op names and attribute names follow coremltools' MIL op definitions
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import IRError
@@ -65,6 +72,8 @@ class OpDef:
     ane: Rule
     flops: Rule
     doc: str = ""
+    mil_inputs: tuple[str, ...] = ("x",)
+    from_mil: Callable[[dict], tuple[list, dict]] | None = None
 
 
 OPS: dict[str, OpDef] = {}
@@ -79,6 +88,8 @@ def register(
     ane: Rule | None = None,
     flops: Rule = flops_elementwise,
     doc: str = "",
+    mil_inputs: tuple[str, ...] = ("x",),
+    from_mil: Callable[[dict], tuple[list, dict]] | None = None,
 ) -> OpDef:
     """Add a row to :data:`OPS`. ``ane`` extra rules run after :func:`ane_common`."""
     if name in OPS:
@@ -87,9 +98,32 @@ def register(
     def ane_rule(i, o, a, _extra=ane):
         return ane_common(i, o, a) or (_extra(i, o, a) if _extra else None)
 
-    d = OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""))
+    d = OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""), tuple(mil_inputs), from_mil)
     OPS[name] = d
     return d
+
+
+def mil_attr(v: Any) -> Any:
+    """A MIL attribute value as an IR attribute: int/bool arrays -> tuples, 0-d -> Python scalars."""
+    if isinstance(v, np.ndarray):
+        if v.ndim == 0:
+            return v.item()
+        if v.dtype.kind in "iub":
+            return tuple(v.tolist())
+        return v
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def args_from_mil(row: "OpDef", vals: dict) -> tuple[list, dict]:
+    """Kernel arguments for a loaded MIL op: ``row.from_mil`` if the row has one, else tensor
+    inputs named by ``row.mil_inputs`` (absent optional ones skipped) and the rest as attrs."""
+    if row.from_mil is not None:
+        return row.from_mil(vals)
+    arrays = [vals[n] for n in row.mil_inputs if vals.get(n) is not None]
+    attrs = {k: mil_attr(v) for k, v in vals.items() if k not in row.mil_inputs and v is not None}
+    return arrays, attrs
 
 
 def get_op(name: str, loc=None) -> OpDef:

@@ -23,6 +23,43 @@ POOL_MAX_KERNEL = 13  # hollance/neural-engine unsupported-layers.md; issues #1,
 POOL_MAX_STRIDE = 2
 
 
+def explicit_pad(pad_type: str, pad, in_sp, kernel, strides, dilations) -> tuple[int, ...]:
+    """MIL ``pad_type`` (iOS15 conv.py / pool.py) as explicit (before, after) pairs.
+
+    ``valid``: none; ``custom``: ``pad``; ``same`` / ``same_lower``: output = ceil(in / stride),
+    total = max((out - 1) * stride + (k - 1) * dilation + 1 - in, 0), split with the odd unit
+    after (``same``) or before (``same_lower``).
+    """
+    nsp = len(in_sp)
+    if pad_type == "valid":
+        return (0,) * (2 * nsp)
+    if pad_type == "custom":
+        return tuple(int(p) for p in pad) if pad is not None else (0,) * (2 * nsp)
+    if pad_type not in ("same", "same_lower"):
+        raise IRError(f"unknown pad_type {pad_type!r}")
+    out = []
+    for i in range(nsp):
+        o = -(-in_sp[i] // strides[i])
+        total = max((o - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in_sp[i], 0)
+        small, big = total // 2, total - total // 2
+        out += [big, small] if pad_type == "same_lower" else [small, big]
+    return tuple(out)
+
+
+def _window_from_mil(vals, kernel, tensor_names):
+    """Shared adapter for conv and pools: resolve pad_type into ``pad``; ints to tuples."""
+    from . import mil_attr
+
+    x = vals["x"]
+    nsp = x.ndim - 2
+    strides = mil_attr(vals.get("strides")) or (1,) * nsp
+    dil = mil_attr(vals.get("dilations")) or (1,) * nsp
+    attrs = {k: mil_attr(v) for k, v in vals.items() if k not in tensor_names and v is not None and k != "pad_type"}
+    attrs["pad"] = explicit_pad(vals.get("pad_type", "valid"), vals.get("pad"), x.shape[2:], kernel, strides, dil)
+    attrs["strides"], attrs["dilations"] = tuple(strides), tuple(dil)
+    return [vals[n] for n in tensor_names if vals.get(n) is not None], attrs
+
+
 def _spatial(attrs, nsp, key, default):
     v = attrs.get(key)
     return tuple(v) if v is not None else (default,) * nsp
@@ -148,7 +185,9 @@ def _flops_conv(i, o, a):
     return 2 * o[0].size * int(np.prod(w.shape[1:]))
 
 
-register("conv", infer=_infer_conv, numpy=_conv, emit_mil=_emit_conv, ane=_ane_conv, flops=_flops_conv)
+register("conv", infer=_infer_conv, numpy=_conv, emit_mil=_emit_conv, ane=_ane_conv, flops=_flops_conv,
+         mil_inputs=("x", "weight", "bias"),
+         from_mil=lambda v: _window_from_mil(v, v["weight"].shape[2:], ("x", "weight", "bias")))
 
 
 # ---------------------------------------------------------------------------------------- pools
@@ -234,5 +273,12 @@ def _flops_pool(i, o, a):
     return o[0].size * int(np.prod(a["kernel_sizes"]))
 
 
-register("max_pool", infer=_infer_pool, numpy=_max_pool, emit_mil=_emit_pool("max_pool"), ane=_ane_pool, flops=_flops_pool)
-register("avg_pool", infer=_infer_pool, numpy=_avg_pool, emit_mil=_emit_pool("avg_pool"), ane=_ane_pool, flops=_flops_pool)
+def _pool_from_mil(v):
+    arrays, attrs = _window_from_mil(v, tuple(int(k) for k in v["kernel_sizes"]), ("x",))
+    attrs.pop("dilations")
+    return arrays, attrs
+
+
+for _kind, _fn in (("max_pool", _max_pool), ("avg_pool", _avg_pool)):
+    register(_kind, infer=_infer_pool, numpy=_fn, emit_mil=_emit_pool(_kind), ane=_ane_pool, flops=_flops_pool,
+             from_mil=_pool_from_mil)

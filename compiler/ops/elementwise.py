@@ -54,7 +54,7 @@ def _binary(name: str, fn, *, out_dtype=None, allowed=None, doc=""):
     def emit(ctx, attrs, ins, nm):
         return getattr(ctx.mb, name)(x=ins[0], y=ins[1], name=nm)
 
-    register(name, infer=infer, numpy=kernel, emit_mil=emit)
+    register(name, infer=infer, numpy=kernel, emit_mil=emit, mil_inputs=("x", "y"))
 
 
 def _floor_div(x, y):
@@ -244,6 +244,6 @@ def _emit_select(ctx, attrs, ins, nm):
     return ctx.mb.select(cond=ins[0], a=a, b=b, name=nm)
 
 
-register("select", infer=_infer_select, numpy=_select, emit_mil=_emit_select)
+register("select", infer=_infer_select, numpy=_select, emit_mil=_emit_select, mil_inputs=("cond", "a", "b"))
 
 __all__ = ["erf", "flops_elementwise"]

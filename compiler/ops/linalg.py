@@ -53,7 +53,8 @@ def _flops_linear(i, o, a):
     return 2 * o[0].size * i[0].shape[-1]
 
 
-register("linear", infer=_infer_linear, numpy=_linear, emit_mil=_emit_linear, flops=_flops_linear)
+register("linear", infer=_infer_linear, numpy=_linear, emit_mil=_emit_linear, flops=_flops_linear,
+         mil_inputs=("x", "weight", "bias"))
 
 
 def _mm_dims(t: TensorType, transpose: bool) -> tuple[int, int]:
@@ -96,7 +97,7 @@ def _flops_matmul(i, o, a):
     return 2 * o[0].size * k
 
 
-register("matmul", infer=_infer_matmul, numpy=_matmul, emit_mil=_emit_matmul, flops=_flops_matmul)
+register("matmul", infer=_infer_matmul, numpy=_matmul, emit_mil=_emit_matmul, flops=_flops_matmul, mil_inputs=("x", "y"))
 
 
 # ------------------------------------------------------------------------------------ attention
@@ -169,5 +170,6 @@ def _flops_sdpa(i, o, a):
 
 
 register(
-    "scaled_dot_product_attention", infer=_infer_sdpa, numpy=_sdpa, emit_mil=_emit_sdpa, flops=_flops_sdpa
+    "scaled_dot_product_attention", infer=_infer_sdpa, numpy=_sdpa, emit_mil=_emit_sdpa, flops=_flops_sdpa,
+    mil_inputs=("query", "key", "value", "attn_mask"),
 )

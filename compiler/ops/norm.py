@@ -63,8 +63,28 @@ def _emit_layer_norm(ctx, attrs, ins, nm):
     return ctx.mb.layer_norm(x=ins[0], axes=list(attrs["axes"]), epsilon=np.float32(attrs.get("epsilon", 1e-5)), name=nm, **kw)
 
 
+def _norm_from_mil(names, default_fill):
+    """Optional gamma/beta may be given independently in MIL; the IR takes them positionally, so a
+    missing gamma before a given beta becomes ones (and a missing beta zeros)."""
+
+    def adapter(vals):
+        from . import mil_attr
+
+        arrays = [vals[n] for n in names[:default_fill]]
+        opt = [vals.get(n) for n in names[default_fill:]]
+        if any(o is not None for o in opt):
+            shape = next(o.shape for o in opt if o is not None)
+            fills = [np.ones, np.zeros]
+            arrays += [o if o is not None else fills[i](shape, np.float32) for i, o in enumerate(opt)]
+        attrs = {k: mil_attr(v) for k, v in vals.items() if k not in names and v is not None}
+        return arrays, attrs
+
+    return adapter
+
+
 register("layer_norm", infer=_infer_layer_norm, numpy=_layer_norm, emit_mil=_emit_layer_norm,
-         flops=lambda i, o, a: 8 * o[0].size)
+         flops=lambda i, o, a: 8 * o[0].size, mil_inputs=("x", "gamma", "beta"),
+         from_mil=_norm_from_mil(("x", "gamma", "beta"), 1))
 
 
 def _infer_batch_norm(in_types, attrs):
@@ -101,7 +121,8 @@ def _emit_batch_norm(ctx, attrs, ins, nm):
 
 
 register("batch_norm", infer=_infer_batch_norm, numpy=_batch_norm, emit_mil=_emit_batch_norm,
-         flops=lambda i, o, a: 2 * o[0].size)
+         flops=lambda i, o, a: 2 * o[0].size, mil_inputs=("x", "mean", "variance", "gamma", "beta"),
+         from_mil=_norm_from_mil(("x", "mean", "variance", "gamma", "beta"), 3))
 
 
 def _infer_softmax(in_types, attrs):

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import IRError
 from ..ir import TensorType, dtype_of
-from . import flops_none, register
+from . import flops_none, mil_attr, register
 from .norm import norm_axes
 
 
@@ -56,8 +56,21 @@ def _infer_reshape(in_types, attrs):
     return [TensorType(x.dtype, shape)]
 
 
+def _reshape_from_mil(v):
+    """MIL ``reshape`` shape entries: -1 is inferred, 0 copies the input's dimension."""
+    x = v["x"]
+    shape = [int(d) for d in v["shape"]]
+    if len(shape) == x.ndim:  # "0 inherits the input's dimension" applies only when ranks match
+        shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    if -1 in shape:
+        rest = int(np.prod([d for d in shape if d != -1], dtype=np.int64))
+        shape[shape.index(-1)] = x.size // max(rest, 1)
+    return [x], {"shape": tuple(shape)}
+
+
 register(
     "reshape",
+    from_mil=_reshape_from_mil,
     doc="MIL ``reshape`` (tensor_transformation.py): row-major reshape to the static ``shape``.",
     infer=_infer_reshape,
     numpy=lambda a, x: x.reshape(a["shape"]),
@@ -114,6 +127,8 @@ def _infer_squeeze(in_types, attrs):
 
 register(
     "squeeze",
+    from_mil=lambda v: ([v["x"]], {"axes": mil_attr(v.get("axes")) if v.get("axes") is not None
+                                   else tuple(i for i, d in enumerate(v["x"].shape) if d == 1)}),
     doc="MIL ``squeeze`` (tensor_transformation.py): drop the size-1 ``axes``.",
     infer=_infer_squeeze,
     numpy=lambda a, x: np.squeeze(x, axis=norm_axes(a["axes"], x.ndim)),
@@ -128,6 +143,8 @@ def _infer_concat(in_types, attrs):
     dts = {t.dtype for t in in_types}
     if len(dts) != 1:
         raise IRError(f"concat operands have different dtypes {sorted(dts)}")
+    if attrs.get("interleave") and len({t.shape[ax] for t in in_types}) != 1:
+        raise IRError("concat with interleave needs equal sizes along the axis")
     for t in in_types:
         if t.rank != x.rank or any(t.shape[i] != x.shape[i] for i in range(x.rank) if i != ax):
             raise IRError(f"concat shapes differ off axis {ax}: {[list(t.shape) for t in in_types]}")
@@ -136,12 +153,23 @@ def _infer_concat(in_types, attrs):
     return [TensorType(x.dtype, tuple(shape))]
 
 
+def _concat(attrs, *xs):
+    """MIL ``concat`` (tensor_operation.py): join ``values`` along ``axis``; with ``interleave``
+    the inputs' slices alternate (A0, B0, A1, B1, ...; all inputs equally long on ``axis``)."""
+    ax = attrs["axis"] % xs[0].ndim
+    if not attrs.get("interleave", False):
+        return np.concatenate(xs, axis=ax)
+    st = np.stack(xs, axis=ax + 1)
+    return st.reshape(xs[0].shape[:ax] + (-1,) + xs[0].shape[ax + 1:])
+
+
 register(
     "concat",
-    doc="MIL ``concat`` (tensor_operation.py): join ``values`` along ``axis``.",
     infer=_infer_concat,
-    numpy=lambda a, *xs: np.concatenate(xs, axis=a["axis"]),
-    emit_mil=lambda ctx, a, ins, nm: ctx.mb.concat(values=list(ins), axis=a["axis"], name=nm),
+    numpy=_concat,
+    mil_inputs=("values",),
+    from_mil=lambda v: (list(v["values"]), {"axis": int(v["axis"]), "interleave": bool(v.get("interleave", False))}),
+    emit_mil=lambda ctx, a, ins, nm: ctx.mb.concat(values=list(ins), axis=a["axis"], interleave=a.get("interleave", False), name=nm),
     flops=flops_none,
 )
 
@@ -164,7 +192,18 @@ def _emit_split(ctx, a, ins, nm):
     return tuple(ctx.mb.split(x=ins[0], split_sizes=list(a["split_sizes"]), axis=a["axis"], name=nm))
 
 
-register("split", infer=_infer_split, numpy=_split, emit_mil=_emit_split, flops=flops_none)
+def _split_from_mil(v):
+    """MIL ``split``: ``split_sizes``, or ``num_splits`` equal parts."""
+    x = v["x"]
+    ax = int(v["axis"]) % x.ndim
+    sizes = v.get("split_sizes")
+    if sizes is None:
+        n = int(v["num_splits"])
+        sizes = [x.shape[ax] // n] * n
+    return [x], {"axis": ax, "split_sizes": tuple(int(s) for s in sizes)}
+
+
+register("split", infer=_infer_split, numpy=_split, emit_mil=_emit_split, flops=flops_none, from_mil=_split_from_mil)
 
 
 def _infer_slice(in_types, attrs):
@@ -200,7 +239,37 @@ def _emit_slice(ctx, a, ins, nm):
     )
 
 
-register("slice_by_index", infer=_infer_slice, numpy=_slice, emit_mil=_emit_slice, flops=flops_none)
+def _slice_from_mil(v):
+    """MIL ``slice_by_index`` (iOS15 tensor_transformation.py) to the IR's normalized form:
+    ``begin_mask``/``end_mask`` take the full range, negative indices count from the end, a
+    ``squeeze_mask`` axis keeps only ``begin``. Negative strides are not supported."""
+    x = v["x"]
+    r = x.ndim
+    begin = [int(b) for b in v["begin"]]
+    end = [int(e) for e in v["end"]]
+    stride = [int(s) for s in v["stride"]] if v.get("stride") is not None else [1] * r
+    bm = v.get("begin_mask") if v.get("begin_mask") is not None else [False] * r
+    em = v.get("end_mask") if v.get("end_mask") is not None else [False] * r
+    sq = v.get("squeeze_mask") if v.get("squeeze_mask") is not None else [False] * r
+    if any(s < 1 for s in stride):
+        raise IRError("slice_by_index with a negative stride is not supported by tlc's interpreter")
+    b2, e2 = [], []
+    for i in range(r):
+        n = x.shape[i]
+        lo, hi, _ = slice(None if bm[i] else begin[i], None if em[i] else end[i], stride[i]).indices(n)
+        if sq[i]:
+            lo = begin[i] % n if n else 0
+            hi = lo + 1
+        b2.append(lo)
+        e2.append(max(hi, lo))
+    attrs = {"begin": tuple(b2), "end": tuple(e2), "stride": tuple(stride)}
+    if any(sq):
+        attrs["squeeze_mask"] = tuple(bool(q) for q in sq)
+    return [x], attrs
+
+
+register("slice_by_index", infer=_infer_slice, numpy=_slice, emit_mil=_emit_slice, flops=flops_none,
+         from_mil=_slice_from_mil)
 
 
 def _infer_gather(in_types, attrs):
@@ -226,7 +295,17 @@ register(
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.gather(x=ins[0], indices=ins[1], axis=a.get("axis", 0), name=nm),
     ane=_no_ane("gather is not run on the ANE (hollance/neural-engine unsupported-layers.md)"),
     flops=flops_none,
+    mil_inputs=("x", "indices"),
+    from_mil=lambda v: _gather_from_mil(v),
 )
+
+
+def _gather_from_mil(v):
+    """MIL ``gather``: indices of any integer dtype (fp16 programs use int16/uint16 after
+    ``add_int16_cast``); ``batch_dims`` must be 0."""
+    if int(v.get("batch_dims", 0) or 0) != 0:
+        raise IRError("gather with batch_dims > 0 is not supported by tlc's interpreter")
+    return [v["x"], np.asarray(v["indices"]).astype(np.int32)], {"axis": int(v.get("axis", 0))}
 
 
 def _infer_tile(in_types, attrs):

@@ -1,0 +1,225 @@
+"""``tlc verify``: execute a package with the MIL interpreter and compare it with torch eager.
+
+Per output: max abs error, relative L2 error, cosine similarity, count of NaN/inf, and PASS/FAIL
+against a tolerance on relative L2 (fp32 packages ``1e-5``, fp16/mixed ``1e-2`` by default).
+On FAIL the run is bisected: tlc's IR runs in the NumPy reference runtime and the package in
+the interpreter, both recording every intermediate; MIL op names carry tlc's node names, so the
+first IR node (in topological order) whose package value departs from the reference by more than
+the tolerance is named with its source line.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from .api import CompiledModel, build
+from .errors import TlcError
+from .frontend import normalize_inputs
+from .ir import Graph, Node
+
+DEFAULT_TOL = {"fp32": 1e-5, "fp16": 1e-2}
+
+
+def rel_l2(got: np.ndarray, ref: np.ndarray) -> float:
+    """||got - ref|| / ||ref|| in float64; inf if ``got`` has NaN/inf where ``ref`` is finite."""
+    g = np.asarray(got, np.float64)
+    r = np.asarray(ref, np.float64)
+    if g.shape != r.shape:
+        return float("inf")
+    bad = ~np.isfinite(g) & np.isfinite(r)
+    if bad.any():
+        return float("inf")
+    denom = np.linalg.norm(r)
+    d = np.linalg.norm(np.nan_to_num(g - r))
+    return float(d / denom) if denom > 0 else float(d)
+
+
+@dataclass
+class OutputCheck:
+    """Comparison of one output with torch eager."""
+
+    name: str
+    shape: tuple
+    max_abs: float
+    rel_l2: float
+    cosine: float
+    nonfinite: int
+    tol: float
+
+    @property
+    def passed(self) -> bool:
+        return self.nonfinite == 0 and self.rel_l2 <= self.tol
+
+
+@dataclass
+class Divergence:
+    """The first IR node whose value in the package departs from tlc's reference runtime."""
+
+    node: Node
+    rel_l2: float
+    mil_op: str
+    ref_max_abs: float = float("nan")
+
+    def hint(self) -> str:
+        """fp16 range diagnosis: values above 65504 overflow, below 2**-14 lose precision."""
+        if self.ref_max_abs > 65504:
+            return f"the reference reaches |x| = {self.ref_max_abs:.3g} > 65504: fp16 overflow"
+        if self.ref_max_abs < 2.0**-14:
+            return (f"the reference never exceeds |x| = {self.ref_max_abs:.3g}, below fp16's normal range "
+                    f"(6.1e-05): fp16 underflow")
+        return ""
+
+    def __str__(self) -> str:
+        h = self.hint()
+        return (f"first diverging op: {self.node.name} ({self.node.op}; MIL op {self.mil_op}), rel-L2 "
+                f"{self.rel_l2:.3g} against tlc's reference runtime" + (f"; {h}" if h else "") +
+                f"\n  at {self.node.loc}")
+
+
+@dataclass
+class VerifyReport:
+    """Result of :func:`verify`: per-output checks, overall verdict, the divergence if any."""
+
+    package: Path
+    precision: str
+    outputs: list[OutputCheck]
+    divergence: Divergence | None = None
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    def text(self) -> str:
+        lines = [f"verify {self.package} ({self.precision}, MIL interpreter vs torch eager)",
+                 f"  {'output':<24} {'shape':<16} {'max_abs':>9} {'rel_l2':>9} {'cosine':>10} {'nan/inf':>7} "
+                 f"{'tol':>7}  result"]
+        for o in self.outputs:
+            lines.append(f"  {o.name:<24} {str(list(o.shape)):<16} {o.max_abs:9.2e} {o.rel_l2:9.2e} {o.cosine:10.7f} "
+                         f"{o.nonfinite:7d} {o.tol:7.0e}  {'PASS' if o.passed else 'FAIL'}")
+        lines.append("PASS" if self.passed else "FAIL")
+        if self.divergence is not None:
+            lines.append(str(self.divergence))
+        return "\n".join(lines)
+
+
+def compare(name: str, got: np.ndarray, ref: np.ndarray, tol: float) -> OutputCheck:
+    """Metrics of ``got`` against ``ref`` (both converted to float64)."""
+    g = np.asarray(got, np.float64)
+    r = np.asarray(ref, np.float64)
+    nonfinite = int((~np.isfinite(g)).sum())
+    if g.shape != r.shape:
+        return OutputCheck(name, g.shape, float("inf"), float("inf"), float("nan"), nonfinite, tol)
+    diff = np.nan_to_num(g - r, nan=np.inf)
+    gn, rn = np.linalg.norm(np.nan_to_num(g)), np.linalg.norm(r)
+    cos = float(np.nan_to_num(g).ravel() @ r.ravel() / (gn * rn)) if gn > 0 and rn > 0 else float(gn == rn)
+    return OutputCheck(name, g.shape, float(np.max(np.abs(diff))) if diff.size else 0.0, rel_l2(g, r), cos, nonfinite, tol)
+
+
+#: Suffixes coremltools or tlc's emission append to an IR node's name in the MIL op name:
+#: ``common::add_fp16_cast`` renames an op computing in fp16 to ``<name>_cast_fp16``; emission
+#: names the op of a graph output ``<name>_`` (the output variable takes the user-facing name).
+_MIL_SUFFIXES = ("_cast_fp16", "_")
+
+
+def ir_node_name(mil_op_name: str) -> str:
+    """The tlc IR node name a MIL op was emitted from (see :data:`_MIL_SUFFIXES`)."""
+    name = mil_op_name
+    for suffix in _MIL_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def first_divergence(graph: Graph, interpreter, feeds: dict, tol: float) -> Divergence | None:
+    """Run ``graph`` (NumPy reference) and the package (interpreter) on ``feeds`` and return the
+    first IR node whose package value has rel-L2 > ``tol`` (or a mismatch, for int/bool values)."""
+    from tlc.runtime import run_graph
+
+    ref: dict[str, np.ndarray] = {}
+    got: dict[str, tuple] = {}
+    run_graph(graph, feeds, observer=lambda n, outs: ref.__setitem__(n.name, outs[0]) if n.op != "const" else None)
+    interpreter.run(feeds, observer=lambda op, outs: got.__setitem__(ir_node_name(op.name), (op.name, outs[0])))
+    for n in graph.nodes:
+        if n.op == "const" or n.name not in ref or n.name not in got:
+            continue
+        a, (mil, b) = ref[n.name], got[n.name]
+        if a.shape != b.shape:
+            continue
+        if a.dtype.kind in "iub":
+            err = 0.0 if np.array_equal(a, np.asarray(b).astype(a.dtype)) else float("inf")
+        else:
+            err = rel_l2(b, a)
+        if err > tol:
+            finite = np.abs(a[np.isfinite(a)]) if a.dtype.kind == "f" else np.abs(a)
+            return Divergence(n, err, mil, float(finite.max()) if finite.size else float("nan"))
+    return None
+
+
+def verify(
+    model_or_fn,
+    example_inputs,
+    *,
+    package: str | Path | None = None,
+    precision: str = "fp16",
+    minimum_deployment_target: str = "iOS17",
+    tol: dict | None = None,
+    compiled: CompiledModel | None = None,
+    keep: str | Path | None = None,
+) -> VerifyReport:
+    """Build (unless ``package`` is given), run in the MIL interpreter, compare with torch eager.
+
+    ``tol``: ``{"fp32": 1e-5, "fp16": 1e-2}`` overrides (relative L2). The tolerance is chosen
+    by the precision the package actually computes in (:func:`tlc.runtime.package_info`).
+    ``keep``: where to write the built package (default: a temp dir, removed afterwards).
+    Raises :class:`TlcError` subclasses for bad models, inputs or packages.
+    """
+    from tlc.runtime import MILInterpreter, package_info
+
+    tols = {**DEFAULT_TOL, **(tol or {})}
+    t0 = time.perf_counter()
+    cm = compiled or build(model_or_fn, example_inputs, precision=precision,
+                           minimum_deployment_target=minimum_deployment_target)
+    tmp = None
+    if package is None:
+        if keep is None:
+            tmp = tempfile.TemporaryDirectory(prefix="tlc-verify-")
+            keep = Path(tmp.name) / "model.mlpackage"
+        package = cm.save(keep, force=True)
+    t_build = time.perf_counter() - t0
+    try:
+        interp = MILInterpreter(package)
+        prec = package_info(package)["precision"]
+        tol_v = tols["fp32"] if prec == "fp32" else tols["fp16"]
+        args, kwargs = normalize_inputs(example_inputs)
+        leaves = pytree.tree_leaves((args, kwargs))
+        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+        feeds = {n: t.detach().cpu().numpy() for n, t in zip(cm.input_names, tensors)}
+        missing = [n for n, *_ in interp.inputs if n not in feeds]
+        if missing:
+            raise TlcError(f"package {str(package)!r} expects inputs {missing} that the model's example inputs do not provide")
+        t1 = time.perf_counter()
+        got = interp.run(feeds)
+        t_interp = time.perf_counter() - t1
+        model = model_or_fn.fn if hasattr(model_or_fn, "cache") else model_or_fn
+        with torch.no_grad():
+            ref_out = model(*args, **kwargs)
+        refs = [t for t in pytree.tree_leaves(ref_out) if isinstance(t, torch.Tensor)]
+        rows = []
+        for name, r in zip(cm.output_names, refs):
+            if name not in got:
+                raise TlcError(f"package {str(package)!r} has no output {name!r} (outputs: {', '.join(got)})")
+            rows.append(compare(name, got[name], r.detach().double().numpy(), tol_v))
+        report = VerifyReport(Path(package), prec, rows, timings={"build": t_build, "interpreter": t_interp})
+        if not report.passed:
+            report.divergence = first_divergence(cm.graph, interp, feeds, tol_v)
+        return report
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
