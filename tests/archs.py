@@ -8,6 +8,8 @@ import torch
 import transformers as T
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from tlc.testing import trained_like_batchnorm
+
 T.logging.set_verbosity_error()
 
 ARCHS = ["bert", "distilbert", "gpt2", "vit", "resnet", "mobilenetv2", "convnext", "whisper_encoder"]
@@ -19,22 +21,6 @@ def _ids(vocab=1000, seq=12):
     mask = torch.ones(2, seq, dtype=torch.long)
     mask[1, seq - 4:] = 0  # second sequence is padded
     return (), {"input_ids": ids, "attention_mask": mask}
-
-
-def calibrate_batchnorm(model: torch.nn.Module, example: torch.Tensor) -> None:
-    """Set every BatchNorm's running statistics from one batch, as training would.
-
-    With transformers' random init (conv std 0.02, BN running var 1) MobileNetV2's activations
-    shrink to ~1e-24 after its 52 conv/BN layers, far below fp16's range, which no trained
-    checkpoint does; fp16 checks would then measure underflow, not the compiler."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average: one batch gives exactly its statistics
-    model.train()
-    with torch.no_grad():
-        model(torch.randn((8,) + tuple(example.shape[1:]), generator=torch.Generator().manual_seed(2)))
-    model.eval()
 
 
 def make(name: str):
@@ -60,7 +46,7 @@ def make(name: str):
     elif name == "mobilenetv2":
         m = T.MobileNetV2Model(T.MobileNetV2Config(depth_multiplier=0.35, image_size=64))
         args, kwargs = (torch.randn(1, 3, 64, 64),), {}
-        calibrate_batchnorm(m, args[0])
+        trained_like_batchnorm(m, args[0])
     elif name == "convnext":
         m = T.ConvNextModel(T.ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1]))
         args, kwargs = (torch.randn(1, 3, 64, 64),), {}
