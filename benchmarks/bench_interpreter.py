@@ -65,7 +65,8 @@ def measure(name: str, runs: int, tmp: Path) -> dict:
     with torch.no_grad():
         row["torch_ms"] = median_ms(lambda: model(*args, **kwargs), runs)
         m64 = copy.deepcopy(model).double()
-        ref = first_leaf(m64(*[a.double() if a.is_floating_point() else a for a in args], **kwargs)).numpy()
+        dbl = lambda t: t.double() if t.is_floating_point() else t  # noqa: E731
+        ref = first_leaf(m64(*[dbl(a) for a in args], **{k: dbl(v) for k, v in kwargs.items()})).numpy()
         del m64
     gc.collect()
     cm = tlc.build(model, (args, kwargs))

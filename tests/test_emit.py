@@ -89,3 +89,13 @@ def test_bool_io_is_int32_in_package(tmp_path):
     out = cm(torch.tensor([1.0, -2.0, 3.0]), torch.tensor([True, True, False]))
     assert out[1].dtype == torch.bool and out[1].tolist() == [True, False, False]
     np.testing.assert_allclose(out[0].numpy(), [1.0, -2.0, 0.0])
+
+
+def test_flip_emits_reverse_and_runs_in_interpreter(tmp_path):
+    from tlc.runtime import MILInterpreter
+
+    x = torch.randn(2, 3, 4)
+    cm = tlc.build(lambda x: torch.flip(x, (0, 2)) * 2, (x,), precision="fp32")
+    assert "reverse" in mil_ops(to_mil_program(cm.graph))
+    out = MILInterpreter(cm.save(tmp_path / "f.mlpackage")).run({"x": x.numpy()})
+    np.testing.assert_allclose(out["output"], (torch.flip(x, (0, 2)) * 2).numpy(), rtol=1e-6)

@@ -110,7 +110,8 @@ def R(a, precision):
     a = np.asarray(a)
     if a.dtype.kind == "f":
         if precision == "fp16":
-            a = a.astype(np.float16)
+            with np.errstate(over="ignore"):  # values above 65504 become inf, as in the package
+                a = a.astype(np.float16)
         return torch.from_numpy(a.astype(np.float64))
     return torch.from_numpy(a.copy())
 
@@ -130,9 +131,12 @@ def check(got, ref, precision, what=""):
         return
     assert got.dtype == np.float32, f"{what}: dtype {got.dtype}, expected float32"
     g = got.astype(np.float64)
-    if precision == "fp16":
-        bad = np.isfinite(ref) & ~np.isfinite(g)
-        assert not bad.any(), f"{what}: fp16 output has {int(bad.sum())} NaN/inf where the reference is finite"
+    fin = np.isfinite(ref)
+    bad = fin & ~np.isfinite(g)
+    assert not bad.any(), f"{what}: {precision} output has {int(bad.sum())} NaN/inf where the reference is finite"
+    if not fin.all():  # where the reference overflows (inf) the output must hold the same value
+        np.testing.assert_array_equal(g[~fin], ref[~fin], err_msg=what)
+        g, ref = np.where(fin, g, 0.0), np.where(fin, ref, 0.0)
     err = float(np.linalg.norm((g - ref).ravel()) / max(float(np.linalg.norm(ref.ravel())), 1e-30))
     if not err <= TOL[precision]:
         d = np.abs(g - ref)
@@ -359,17 +363,21 @@ def test_cast(precision, tmp_path, rng):
     xi = rng.integers(-1000, 1000, (3, 8)).astype(np.int32)
     xi.ravel()[:2] = 0
     xb = rng.random((3, 8)) < 0.5
+    xh = f32([1.0001, 3.14159, -2.0e-8, 65519.0, 65520.0, -1.0e5, 70000.0, 6.1e-5])  # fp16 rounding and overflow
 
-    def build(xf, xi, xb):
+    def build(xf, xi, xb, xh):
         return [mb.cast(x=xf, dtype="int32"), mb.cast(x=xf, dtype="bool"), mb.cast(x=xb, dtype="fp32"),
-                mb.cast(x=xi, dtype="fp32"), mb.cast(x=xi, dtype="bool")]
+                mb.cast(x=xi, dtype="fp32"), mb.cast(x=xi, dtype="bool"),
+                mb.cast(x=mb.cast(x=xh, dtype="fp16"), dtype="fp32")]
 
     # add_fp16_cast leaves cast ops alone: fp32 -> int32/bool reads the fp32 input directly
-    got = run_mil(tmp_path, build, {"xf": xf, "xi": xi, "xb": xb}, precision, "cast", expect_fp16=False)
+    got = run_mil(tmp_path, build, {"xf": xf, "xi": xi, "xb": xb, "xh": xh}, precision, "cast", expect_fp16=False)
     tf, ti, tb = R(xf, precision), R(xi, precision), R(xb, precision)
     refs = [tf.to(torch.int32),  # truncation toward zero
-            tf != 0, tb.to(torch.float64), ti.to(torch.float64), ti != 0]
-    check_all(got, refs, precision, ["fp32->int32", "fp32->bool", "bool->fp32", "int32->fp32", "int32->bool"])
+            tf != 0, tb.to(torch.float64), ti.to(torch.float64), ti != 0,
+            R(xh, precision).to(torch.float16).to(torch.float64)]
+    check_all(got, refs, precision, ["fp32->int32", "fp32->bool", "bool->fp32", "int32->fp32", "int32->bool",
+                                     "fp32->fp16->fp32"])
 
 
 @precisions
@@ -551,6 +559,8 @@ SLICES = [
      (slice(-4, None, 2), 3, slice(None, None, 3))),
     ("negative begin, stride 2", dict(begin=[-4, -6, -7], end=[4, -1, -2], stride=[2, 2, 2]),
      (slice(-4, 4, 2), slice(-6, -1, 2), slice(-7, -2, 2))),
+    ("end past the size (clamped)", dict(begin=[0, 2, 1], end=[10, 100, 7], stride=[3, 1, 1]),
+     (slice(0, 10, 3), slice(2, 100), slice(1, 7))),
 ]
 
 
@@ -567,6 +577,42 @@ def test_slice_by_index(precision, tmp_path, rng):
     t = R(x, precision)
     refs = [t[idx] for _, _, idx in SLICES] + [R(xi, precision)[1::2, -5:6:2]]
     check_all(got, refs, precision, [lab for lab, _, _ in SLICES] + ["int32"])
+
+
+def _index_lists_ref(t, idx):
+    """x[idx] for numpy-style slices (negative steps included) through explicit index lists
+    (torch tensors cannot be sliced with a negative step)."""
+    for ax, sl in enumerate(idx):
+        pos = torch.tensor(list(range(*sl.indices(t.shape[ax]))), dtype=torch.long)
+        t = t.index_select(ax, pos)
+    return t
+
+
+NEG_SLICES = [
+    ("reverse all axes", dict(begin=[0, 0, 0], end=[0, 0, 0], stride=[-1, -1, -1], begin_mask=[True] * 3,
+                              end_mask=[True] * 3),
+     (slice(None, None, -1),) * 3),
+    # A negative index i means max(0, i + n) in MIL (coremltools' solve_slice_by_index_shape fixes
+    # the declared output shape that way), so end=-8 on a size-7 axis is 0 and, with a negative
+    # stride, element 0 is excluded — unlike NumPy's x[-1:-8:-3].
+    ("negative strides with begin/end", dict(begin=[3, 5, -1], end=[0, 0, -8], stride=[-1, -2, -3],
+                                             end_mask=[False, True, False]),
+     (slice(3, 0, -1), slice(5, None, -2), slice(6, 0, -3))),
+]
+
+
+@precisions
+def test_slice_by_index_negative_stride(precision, tmp_path, rng):
+    """MIL slice_by_index allows negative strides (numpy semantics; coremltools'
+    solve_slice_by_index_shape handles them)."""
+    x = f32(rng.normal(size=(4, 6, 7)))
+
+    def build(x):
+        return [mb.slice_by_index(x=x, **kw) for _, kw, _ in NEG_SLICES]
+
+    got = run_mil(tmp_path, build, {"x": x}, precision, "slice_by_index")
+    t = R(x, precision)
+    check_all(got, [_index_lists_ref(t, idx) for _, _, idx in NEG_SLICES], precision, [lab for lab, _, _ in NEG_SLICES])
 
 
 @precisions
@@ -605,6 +651,20 @@ def test_tile(precision, tmp_path, rng):
     t = R(x, precision)
     refs = [t.repeat(2, 3), R(y, precision).repeat(1, 4, 2), t.repeat(1, 1), R(xi, precision).repeat(3, 1)]
     check_all(got, refs, precision, ["reps [2,3]", "reps [1,4,2]", "reps [1,1]", "int32"])
+
+
+@precisions
+def test_reverse(precision, tmp_path, rng):
+    x = f32(rng.normal(size=(2, 3, 4)))
+    xi = rng.integers(-9, 9, (3, 5)).astype(np.int32)
+
+    def build(x, xi):
+        return [mb.reverse(x=x, axes=[0, 2]), mb.reverse(x=x, axes=[-2]), mb.reverse(x=x), mb.reverse(x=xi, axes=[1])]
+
+    got = run_mil(tmp_path, build, {"x": x, "xi": xi}, precision, "reverse")
+    t = R(x, precision)
+    refs = [torch.flip(t, (0, 2)), torch.flip(t, (1,)), torch.flip(t, (0, 1, 2)), torch.flip(R(xi, precision), (1,))]
+    check_all(got, refs, precision, ["axes [0,2]", "axes [-2]", "all axes", "int32"])
 
 
 def _torch_pad(p):
@@ -741,9 +801,9 @@ def _layer_norm_ref(t, axes, gamma, beta, eps):
 
 
 # (axes, gamma, beta, epsilon or None for the default 1e-5).
-# coremltools rejects beta without gamma at build time (layer_norm.type_inference reads
-# gamma.shape to check beta), and an omitted ``axes`` (its default range(rank) cannot be made a
-# const), so neither combination is tested.
+# Not tested because coremltools 9 rejects them at build time: beta without gamma
+# (layer_norm.type_inference reads gamma.shape to check beta: AttributeError) and an omitted
+# ``axes`` (its default range(rank) cannot be made a const: ValueError).
 LAYER_NORMS = [
     ([-1], False, False, None),
     ([-1], True, True, None),
@@ -832,6 +892,8 @@ MATMULS = [
     ((2, 1, 3, 4), (5, 4, 6), False, False),  # batch broadcasting
     ((3, 4), (2, 4, 5), False, False),  # rank-2 x, batched y
     ((2, 3, 6, 4), (1, 3, 5, 4), False, True),
+    # rank-1 operands are not tested: coremltools 9 rejects a rank-1 y (IndexError in
+    # matmul.type_inference) and declares [1, N] instead of [B, N] for x[K] @ y[B, K, N].
 ]
 
 
@@ -934,6 +996,9 @@ CONVS = [
     ((2, 4, 11), (6, 4, 3), "same_lower", None, [2], [2], 1, False),
     ((2, 4, 11), (6, 2, 3), "custom", [1, 0], [1], [3], 2, True),
     ((2, 4, 11), (4, 1, 5), "same", None, [2], [1], 4, False),
+    # 3-D (MIL conv allows up to 3 spatial axes)
+    ((1, 2, 5, 6, 7), (3, 2, 3, 2, 3), "same", None, [2, 1, 2], [1, 1, 1], 1, True),
+    ((1, 2, 5, 6, 7), (4, 1, 2, 3, 2), "custom", [1, 0, 0, 2, 1, 1], [1, 2, 1], [2, 1, 1], 2, False),
 ]
 
 
@@ -960,9 +1025,24 @@ def test_conv(case, precision, tmp_path, rng):
     P = lambda v: None if v is None else R(v, precision)  # noqa: E731
     pads = explicit_pads(pad_type, pad, xs[2:], ws[2:], strides, dil)
     xp = F.pad(P(x), _torch_pad(pads))
-    conv = F.conv2d if len(xs) == 4 else F.conv1d
+    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[len(xs)]
     ref = conv(xp, P(w), P(b), stride=strides, padding=0, dilation=dil, groups=groups)
     check(got, ref, precision, _conv_id(case))
+
+
+@precisions
+def test_conv_dynamic_weight(precision, tmp_path, rng):
+    """conv whose weight is a runtime tensor (MIL allows it without dilations)."""
+    x, w = f32(rng.normal(size=(2, 4, 9, 8))), f32(rng.normal(size=(6, 2, 3, 3)) / 4)
+    b = f32(rng.normal(size=6))
+
+    def build(x, w):
+        return mb.conv(x=x, weight=w, bias=b, pad_type="same", strides=[2, 1], groups=2)
+
+    (got,) = run_mil(tmp_path, build, {"x": x, "w": w}, precision, "conv")
+    P = lambda v: R(v, precision)  # noqa: E731
+    pads = same_pads("same", (9, 8), (3, 3), (2, 1), (1, 1))
+    check(got, F.conv2d(F.pad(P(x), _torch_pad(pads)), P(w), P(b), stride=(2, 1), groups=2), precision)
 
 
 # (x shape, kernel, strides, pad_type, pad, ceil_mode, exclude_padding_from_average)
@@ -986,6 +1066,10 @@ POOLS = [
     ((2, 3, 11), [4], [3], "same_lower", None, False, False),
     ((2, 3, 11), [3], [2], "custom", [2, 0], False, True),
     ((2, 3, 10), [3], [2], "custom", [1, 1], True, False),
+    # 3-D (ceil_mode is 1-D/2-D only in MIL)
+    ((1, 2, 5, 6, 7), [2, 2, 3], [1, 2, 2], "valid", None, False, False),
+    ((1, 2, 5, 6, 7), [2, 3, 3], [2, 1, 2], "same_lower", None, False, True),
+    ((1, 2, 5, 6, 7), [3, 2, 3], [1, 2, 2], "custom", [1, 1, 0, 1, 1, 1], False, True),
 ]
 
 
@@ -996,30 +1080,31 @@ def _pool_id(c):
 
 def _pool_ref(kind, t, kernel, strides, pads, ceil_mode, exclude):
     nsp = len(kernel)
+    maxp = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nsp]
+    avgp = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nsp]
     if ceil_mode:  # symmetric pads: torch's own padding and ceil_mode rules
         p = [pads[2 * i] for i in range(nsp)]
         if kind == "max_pool":
-            return (F.max_pool2d if nsp == 2 else F.max_pool1d)(t, kernel, strides, p, ceil_mode=True)
-        return (F.avg_pool2d if nsp == 2 else F.avg_pool1d)(t, kernel, strides, p, ceil_mode=True,
-                                                               count_include_pad=not exclude)
+            return maxp(t, kernel, strides, p, ceil_mode=True)
+        return avgp(t, kernel, strides, p, ceil_mode=True, count_include_pad=not exclude)
     tp = _torch_pad(pads)
     if kind == "max_pool":
-        return (F.max_pool2d if nsp == 2 else F.max_pool1d)(F.pad(t, tp, value=-math.inf), kernel, strides)
-    avg = F.avg_pool2d if nsp == 2 else F.avg_pool1d
-    y = avg(F.pad(t, tp), kernel, strides)  # padding counted in the divisor
+        return maxp(F.pad(t, tp, value=-math.inf), kernel, strides)
+    y = avgp(F.pad(t, tp), kernel, strides)  # padding counted in the divisor
     if exclude:
         ones = F.pad(torch.ones_like(t), tp)
-        y = y / avg(ones, kernel, strides)  # divide by the fraction of real elements instead
+        y = y / avgp(ones, kernel, strides)  # divide by the fraction of real elements instead
     return y
 
 
+# exclude_padding_from_average is an avg_pool attribute: max_pool takes the other cases
+POOL_CASES = [(kind, c) for c in POOLS for kind in ("max_pool", "avg_pool") if kind == "avg_pool" or not c[-1]]
+
+
 @precisions
-@pytest.mark.parametrize("kind", ["max_pool", "avg_pool"])
-@pytest.mark.parametrize("case", POOLS, ids=[_pool_id(c) for c in POOLS])
-def test_pool(case, kind, precision, tmp_path, rng):
+@pytest.mark.parametrize("kind,case", POOL_CASES, ids=[f"{k}-{_pool_id(c)}" for k, c in POOL_CASES])
+def test_pool(kind, case, precision, tmp_path, rng):
     xs, kernel, strides, pad_type, pad, ceil_mode, exclude = case
-    if kind == "max_pool" and exclude:
-        pytest.skip("exclude_padding_from_average is an avg_pool attribute")
     x = f32(rng.normal(size=xs))
 
     def build(x):
@@ -1053,9 +1138,9 @@ def test_fp16_overflow_is_inf(name, x, build, value, tmp_path):
 
 # ----------------------------------------------------------------------------------- coverage
 
-COVERED = (set(UNARY_OP for _, _, _, UNARY_OP in UNARY.values()) | set(BINARY_FLOAT) | set(BINARY_INT) | set(REDUCE)
+COVERED = ({case[3] for case in UNARY.values()} | set(BINARY_FLOAT) | set(BINARY_INT) | set(REDUCE)
            | {"cast", "select", "reshape", "transpose", "expand_dims", "squeeze", "concat", "split", "slice_by_index",
-              "gather", "tile", "pad", "identity", "softmax", "layer_norm", "batch_norm", "linear", "matmul",
+              "gather", "tile", "reverse", "pad", "identity", "softmax", "layer_norm", "batch_norm", "linear", "matmul",
               "scaled_dot_product_attention", "conv", "max_pool", "avg_pool"})
 
 

@@ -161,6 +161,7 @@ def test_shape_ops():
     check(lambda x: x.flatten(1), x)
     check(lambda x: x.unbind(1)[2], x)
     check(lambda x: x.repeat(1, 2, 1, 1), x, ops=["tile"])
+    check(lambda x: torch.flip(x, (1, -1)), x, ops=["reverse"])
 
 
 def test_integer_inputs_and_gather():

@@ -586,6 +586,12 @@ def _slice(L, x, dim=0, start=None, end=None, step=1):
     return L.add("slice_by_index", [x], {"begin": tuple(begin), "end": tuple(endv), "stride": tuple(stride)})
 
 
+@lower("aten.flip.default")
+def _flip(L, x, dims):
+    r = _dims(x)
+    return L.add("reverse", [x], {"axes": tuple(sorted({_axis(d, r) for d in dims}))})
+
+
 @lower("aten.select.int", "aten.select_copy.int")
 def _select(L, x, dim, index):
     shape = _shape(x)

@@ -216,6 +216,8 @@ def _infer_slice(in_types, attrs):
         if not (0 <= b[i] <= e[i] <= x.shape[i]) or s[i] < 1:
             raise IRError(f"slice [{b[i]}:{e[i]}:{s[i]}] out of range for axis {i} of size {x.shape[i]}")
         shape.append(len(range(b[i], e[i], s[i])))
+    if any(not 0 <= a < x.rank for a in attrs.get("flip") or ()):
+        raise IRError(f"slice flip axes {attrs.get('flip')} out of range for rank {x.rank}")
     sq = attrs.get("squeeze_mask")
     if sq:
         shape = [d for d, q in zip(shape, sq) if not q]
@@ -223,9 +225,12 @@ def _infer_slice(in_types, attrs):
 
 
 def _slice(attrs, x):
-    """MIL ``slice_by_index`` (tensor_transformation.py) with non-negative, clamped ``begin``,
-    ``end``, positive ``stride`` per axis, and ``squeeze_mask``."""
+    """MIL ``slice_by_index`` (tensor_transformation.py) in tlc's normalized form: non-negative,
+    clamped ``begin`` <= ``end``, positive ``stride`` per axis, then the axes in ``flip`` reversed
+    (a negative MIL stride), then ``squeeze_mask``."""
     y = x[tuple(slice(b, e, s) for b, e, s in zip(attrs["begin"], attrs["end"], attrs["stride"]))]
+    if attrs.get("flip"):
+        y = np.flip(y, axis=tuple(attrs["flip"]))
     sq = attrs.get("squeeze_mask")
     if sq:
         y = y.reshape([d for d, q in zip(y.shape, sq) if not q])
@@ -233,6 +238,13 @@ def _slice(attrs, x):
 
 
 def _emit_slice(ctx, a, ins, nm):
+    if a.get("flip"):
+        y = ctx.mb.slice_by_index(x=ins[0], begin=list(a["begin"]), end=list(a["end"]), stride=list(a["stride"]),
+                                  name=nm + "_fwd")
+        y = ctx.mb.reverse(x=y, axes=list(a["flip"]), name=nm + "_rev" if a.get("squeeze_mask") else nm)
+        if a.get("squeeze_mask"):
+            y = ctx.mb.squeeze(x=y, axes=[i for i, q in enumerate(a["squeeze_mask"]) if q], name=nm)
+        return y
     kw = {"squeeze_mask": list(a["squeeze_mask"])} if a.get("squeeze_mask") else {}
     return ctx.mb.slice_by_index(
         x=ins[0], begin=list(a["begin"]), end=list(a["end"]), stride=list(a["stride"]), name=nm, **kw
@@ -240,9 +252,15 @@ def _emit_slice(ctx, a, ins, nm):
 
 
 def _slice_from_mil(v):
-    """MIL ``slice_by_index`` (iOS15 tensor_transformation.py) to the IR's normalized form:
-    ``begin_mask``/``end_mask`` take the full range, negative indices count from the end, a
-    ``squeeze_mask`` axis keeps only ``begin``. Negative strides are not supported."""
+    """MIL ``slice_by_index`` (iOS15 tensor_transformation.py) to the IR's normalized form.
+
+    ``begin_mask``/``end_mask`` take the full range; a ``squeeze_mask`` axis keeps only ``begin``;
+    a negative index i becomes max(0, i + n) — coremltools' type inference
+    (``solve_slice_by_index_shape`` in mil/ops/defs/_utils.py), which fixes the declared output
+    shape, so ``end=-8`` on a size-7 axis with a negative stride stops *before* element 0 (NumPy
+    would include it). A negative stride walks from ``begin`` down to ``end`` (exclusive); the IR
+    slices forwards and records the axis in ``flip``.
+    """
     x = v["x"]
     r = x.ndim
     begin = [int(b) for b in v["begin"]]
@@ -251,18 +269,27 @@ def _slice_from_mil(v):
     bm = v.get("begin_mask") if v.get("begin_mask") is not None else [False] * r
     em = v.get("end_mask") if v.get("end_mask") is not None else [False] * r
     sq = v.get("squeeze_mask") if v.get("squeeze_mask") is not None else [False] * r
-    if any(s < 1 for s in stride):
-        raise IRError("slice_by_index with a negative stride is not supported by tlc's interpreter")
-    b2, e2 = [], []
+    b2, e2, s2, flip = [], [], [], []
     for i in range(r):
-        n = x.shape[i]
-        lo, hi, _ = slice(None if bm[i] else begin[i], None if em[i] else end[i], stride[i]).indices(n)
+        n, st = x.shape[i], stride[i]
+        b = None if bm[i] else (max(0, begin[i] + n) if begin[i] < 0 else begin[i])
+        e = None if em[i] else (max(0, end[i] + n) if end[i] < 0 else end[i])
         if sq[i]:
-            lo = begin[i] % n if n else 0
-            hi = lo + 1
-        b2.append(lo)
-        e2.append(max(hi, lo))
-    attrs = {"begin": tuple(b2), "end": tuple(e2), "stride": tuple(stride)}
+            lo = b or 0
+            b2.append(lo), e2.append(lo + 1), s2.append(1)
+            continue
+        if st > 0:
+            idx = range(0 if b is None else min(b, n), n if e is None else min(e, n), st)
+        else:
+            idx = range(n - 1 if b is None else min(b, n - 1), -1 if e is None else e, st)
+        if st > 0:
+            b2.append(idx.start if idx else 0), e2.append(idx[-1] + 1 if idx else 0), s2.append(st)
+        else:  # walk the same elements forwards, then reverse the axis
+            b2.append(idx[-1] if idx else 0), e2.append(idx[0] + 1 if idx else 0), s2.append(-st)
+            flip.append(i)
+    attrs = {"begin": tuple(b2), "end": tuple(e2), "stride": tuple(s2)}
+    if flip:
+        attrs["flip"] = tuple(flip)
     if any(sq):
         attrs["squeeze_mask"] = tuple(bool(q) for q in sq)
     return [x], attrs
@@ -306,6 +333,28 @@ def _gather_from_mil(v):
     if int(v.get("batch_dims", 0) or 0) != 0:
         raise IRError("gather with batch_dims > 0 is not supported by tlc's interpreter")
     return [v["x"], np.asarray(v["indices"]).astype(np.int32)], {"axis": int(v.get("axis", 0))}
+
+
+def _infer_reverse(in_types, attrs):
+    x = in_types[0]
+    norm_axes(attrs["axes"], x.rank) if attrs.get("axes") is not None else None
+    return [x]
+
+
+def _reverse(attrs, x):
+    """MIL ``reverse`` (tensor_operation.py): reverse the order along ``axes`` (all if None)."""
+    axes = attrs.get("axes")
+    return np.flip(x, axis=None if axes is None else tuple(axes))
+
+
+register(
+    "reverse",
+    infer=_infer_reverse,
+    numpy=_reverse,
+    emit_mil=lambda ctx, a, ins, nm: ctx.mb.reverse(x=ins[0], axes=list(a["axes"]) if a.get("axes") is not None else None,
+                                                    name=nm),
+    flops=flops_none,
+)
 
 
 def _infer_tile(in_types, attrs):
