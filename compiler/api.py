@@ -229,14 +229,18 @@ def build(
     precision: str = "fp16",
     minimum_deployment_target: str = "iOS17",
     strict: bool = False,
+    passes: list[str] | None = None,
+    skip_passes: list[str] | tuple = (),
 ) -> CompiledModel:
-    """Trace ``model_or_fn`` on ``example_inputs`` and lower it to tlc's IR.
+    """Trace ``model_or_fn`` on ``example_inputs``, lower it to tlc's IR and optimize it.
 
     ``example_inputs``: a tensor, a tuple/list of positional inputs, a dict of keyword inputs,
     or ``(args, kwargs)``; NumPy arrays are accepted. Integer inputs become int32 (Core ML has no
     int64 I/O), float64 becomes fp32. Shapes are static: the package accepts exactly these shapes.
     ``precision``: ``"fp16"`` (default) or ``"fp32"``; ``minimum_deployment_target``: ``"iOS17"``
-    (default; = macOS14) or another ``coremltools.target`` name; ``strict``: torch.export mode.
+    (default; = macOS14) or another ``coremltools.target`` name; ``strict``: torch.export mode;
+    ``passes``: the pass pipeline (default :data:`tlc.passes.PIPELINE`), ``skip_passes``: names
+    to leave out of it.
 
     Raises :class:`~tlc.errors.InputError`, :class:`~tlc.errors.FrontendError` (incl.
     :class:`~tlc.errors.UnsupportedOpError` naming the op and its source line).
@@ -249,9 +253,18 @@ def build(
     source = _source_of(model_or_fn)
     meta = {"tlc.source": source} if source else {}
     g, info = trace(model_or_fn, example_inputs, strict=strict, meta=meta)
+    from tlc.passes import PIPELINE, PASSES, run_pipeline
+
+    names = list(PIPELINE if passes is None else passes)
+    unknown = [n for n in list(names) + list(skip_passes) if n not in PASSES]
+    if unknown:
+        raise InputError(f"unknown pass(es) {unknown}; registered: {', '.join(sorted(PASSES))}")
+    t0 = time.perf_counter()
+    g = run_pipeline(g, [n for n in names if n not in set(skip_passes)])
+    t_passes = time.perf_counter() - t0
     args, kwargs = normalize_inputs(example_inputs)
     out_dtypes = info.extra["out_dtypes"]  # to hand back int64/float64 as the model itself would
-    timings = {"export": info.export_s, "decompose": info.decompose_s, "lower": info.lower_s}
+    timings = {"export": info.export_s, "decompose": info.decompose_s, "lower": info.lower_s, "passes": t_passes}
     return CompiledModel(g, precision=precision, minimum_deployment_target=str(minimum_deployment_target),
                          out_spec=info.out_spec, kw_order=list(kwargs), out_torch_dtypes=out_dtypes,
                          timings=timings, source=source)
@@ -309,6 +322,7 @@ def compile(fn=None, *, example_inputs=None, precision: str = "fp16", minimum_de
     Options as in :func:`build`.
     """
     options = dict(precision=precision, minimum_deployment_target=minimum_deployment_target, strict=strict)
+    # pass selection stays a build()/CLI option; @tlc.compile uses the default pipeline
     if fn is None:
         return lambda f: compile(f, example_inputs=example_inputs, **options)
     if isinstance(fn, type) and issubclass(fn, torch.nn.Module):

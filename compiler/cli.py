@@ -44,12 +44,17 @@ def cmd_build(a: argparse.Namespace) -> int:
         opts["precision"] = a.precision
     if a.target:
         opts["minimum_deployment_target"] = a.target
-    if isinstance(spec.model, CompiledFunction) and not a.strict_export:
+    pass_opts = {}
+    if a.passes is not None:
+        pass_opts["passes"] = [p for p in a.passes.split(",") if p]
+    if a.skip_pass:
+        pass_opts["skip_passes"] = list(a.skip_pass)
+    if isinstance(spec.model, CompiledFunction) and not a.strict_export and not pass_opts:
         # traced already when the file was imported (eager example_inputs=): reuse that trace
         cm = spec.model.compiled_for(spec.example_inputs).with_options(**opts)
     else:
         model = spec.model.fn if isinstance(spec.model, CompiledFunction) else spec.model
-        cm = build(model, spec.example_inputs, strict=a.strict_export, **opts)
+        cm = build(model, spec.example_inputs, strict=a.strict_export, **opts, **pass_opts)
     if a.print_ir:
         from .ir import format_graph
 
@@ -68,7 +73,7 @@ def cmd_build(a: argparse.Namespace) -> int:
     print(f"  ops     {g.num_ops}  ({hist}{', ...' if more > 0 else ''})")
     print(f"  size    {_human(package_size(path))}  (weights {_human(g.weight_bytes())} in fp32)")
     print(f"  time    {total:.2f} s  (load {t_load:.2f}, export {t['export']:.2f}, decompose {t['decompose']:.2f}, "
-          f"lower {t['lower']:.2f}, emit {t.get('emit_mil', 0):.2f}, convert {t.get('convert', 0):.2f}, "
+          f"lower {t['lower']:.2f}, passes {t.get('passes', 0):.2f}, emit {t.get('emit_mil', 0):.2f}, convert {t.get('convert', 0):.2f}, "
           f"save {t.get('save', 0):.2f})")
     return 0
 
@@ -162,7 +167,9 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     b.add_argument("--entry", help="which @tlc.compile object to build when the file has several")
     b.add_argument("--strict-export", action="store_true", help="trace with torch.export(strict=True)")
-    b.add_argument("--print-ir", action="store_true", help="print tlc's IR before emission")
+    b.add_argument("--print-ir", action="store_true", help="print tlc's IR (after the passes) before emission")
+    b.add_argument("--passes", metavar="A,B,C", help="run exactly these passes, in this order (empty: none)")
+    b.add_argument("--skip-pass", action="append", metavar="NAME", help="leave this pass out (repeatable)")
     b.set_defaults(func=cmd_build)
 
     r = sub.add_parser("run", help="run an .mlpackage on .npy inputs (Core ML on macOS, tlc's MIL interpreter elsewhere)",

@@ -19,6 +19,14 @@ PASSES: dict[str, Callable[[Graph], Graph]] = {}
 
 #: Default pipeline, in order.
 PIPELINE = [
+    "cleanup::noop",  # first: no-op reshapes/casts would hide the patterns below
+    "cleanup::const_fold",  # folds weight transposes etc. so fusions see plain constants
+    "fuse::pad_conv",  # before conv_batchnorm only for tidiness; the two are independent
+    "fuse::conv_batchnorm",  # needs const conv weights (after const_fold)
+    "fuse::linear_bias",  # after conv_batchnorm: a folded conv already has its bias
+    "layout::channels_first",  # after linear_bias: sinks transposes through linear(+bias) -> 1x1 conv
+    "cleanup::merge_layout",  # merges what layout left adjacent
+    "cleanup::cse",  # after fusions, which create identical constants/ops
     "cleanup::dce",  # last: removes what earlier passes orphaned
 ]
 
@@ -73,3 +81,6 @@ def dce(g: Graph) -> Graph:
     if len(keep) == len(g.nodes):
         return g
     return replace(g, nodes=tuple(reversed(keep)))
+
+
+from . import cleanup, fuse, layout  # noqa: E402,F401  (register their passes)

@@ -16,7 +16,6 @@ from ..errors import InputError
 from ..ir import Graph
 from .export import as_module, decomposition_table, export
 from .lower import ir_dtype, lower
-from tlc.passes import run_pipeline
 
 
 @dataclass
@@ -87,7 +86,7 @@ def trace(model_or_fn, example_inputs, strict: bool = False, meta: dict | None =
     module = as_module(model_or_fn)
     ep, t_exp, t_dec = export(module, args, kwargs, strict=strict)
     t0 = time.perf_counter()
-    g = run_pipeline(lower(ep, meta=meta))
+    g = lower(ep, meta=meta)
     info = TraceInfo(t_exp, t_dec, time.perf_counter() - t0, ep.call_spec.out_spec, ep.call_spec.in_spec)
     out_node = next(n for n in reversed(ep.graph.nodes) if n.op == "output")
     info.extra["out_dtypes"] = [

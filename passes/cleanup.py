@@ -1,0 +1,182 @@
+"""Cleanup passes: common-subexpression elimination, constant folding, no-op removal, merging of
+consecutive transposes / reshapes. (``cleanup::dce`` lives in ``tlc.passes``.)"""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+
+from tlc.ir import DTYPES, Graph, Node, Value, replace
+from tlc.ops import get_op
+
+from . import dce, register_pass
+from .rewrite import Match, Pat, rewrite
+
+#: Constant folding never creates a constant larger than this unless every constant it reads
+#: is used only there (then the inputs disappear and nothing is duplicated).
+FOLD_MAX_BYTES = 1 << 20
+
+
+def _attr_key(v):
+    if isinstance(v, np.ndarray):
+        return ("nd", v.dtype.str, v.shape, v.tobytes())
+    if isinstance(v, (tuple, list)):
+        return tuple(_attr_key(x) for x in v)
+    return v
+
+
+def _substitute(g: Graph, subst: dict[Value, Value], drop: set[int]) -> Graph:
+    def s(v):
+        while v in subst:
+            v = subst[v]
+        return v
+
+    nodes = []
+    for n in g.nodes:
+        if id(n) in drop:
+            continue
+        ins = tuple(s(v) for v in n.inputs)
+        nodes.append(n if all(a is b for a, b in zip(ins, n.inputs)) else Node(n.op, ins, n.outputs, n.attrs, n.name, n.loc))
+    return replace(g, nodes=tuple(nodes), outputs=tuple(s(v) for v in g.outputs))
+
+
+@register_pass("cleanup::cse")
+def cse(g: Graph) -> Graph:
+    """Common-subexpression elimination: a node with the same op, the same inputs and equal
+    attributes as an earlier one (equal constants included) is replaced by it.
+
+    Given:  %a = relu(%x); %b = relu(%x); %c = add(%a, %b)
+    Result: %a = relu(%x); %c = add(%a, %a)
+    """
+    seen: dict = {}
+    subst: dict[Value, Value] = {}
+    drop: set[int] = set()
+    for n in g.nodes:
+        ins = tuple(subst.get(v, v) for v in n.inputs)
+        key = (n.op, tuple(id(v) for v in ins), tuple(sorted((k, _attr_key(v)) for k, v in n.attrs.items())))
+        prev = seen.get(key)
+        if prev is not None:
+            for a, b in zip(n.outputs, prev.outputs):
+                subst[a] = b
+            drop.add(id(n))
+        else:
+            seen[key] = n
+    return g if not drop else _substitute(g, subst, drop)
+
+
+@register_pass("cleanup::const_fold")
+def const_fold(g: Graph) -> Graph:
+    """Evaluate nodes whose inputs are all constants with their NumPy kernel.
+
+    Given:  %w = const; %wt = transpose(%w, perm=(1, 0)); %y = matmul(%x, %wt)
+    Result: %wt = const (transposed); %y = matmul(%x, %wt)
+    Size cap: a result over ``FOLD_MAX_BYTES`` is folded only if every constant input has no
+    other reader (so no weight is duplicated).
+    """
+    uses: dict[Value, int] = {}
+    for n in g.nodes:
+        for v in n.inputs:
+            uses[v] = uses.get(v, 0) + 1
+    consts: dict[Value, np.ndarray] = {n.out: n.attrs["val"] for n in g.nodes if n.op == "const"}
+    new_nodes = []
+    changed = False
+    for n in g.nodes:
+        if n.op != "const" and n.inputs and all(v in consts for v in n.inputs) and len(n.outputs) == 1:
+            big = n.out.type.nbytes > FOLD_MAX_BYTES
+            if not big or all(uses.get(v, 0) == 1 and v not in g.outputs for v in n.inputs):
+                val = np.ascontiguousarray(get_op(n.op).numpy(n.attrs, *[consts[v] for v in n.inputs]))
+                val = val.astype(DTYPES[n.out.type.dtype], copy=False)
+                val.flags.writeable = False
+                folded = Node("const", (), n.outputs, types.MappingProxyType({"val": val}), n.name, n.loc)
+                consts[n.out] = val
+                new_nodes.append(folded)
+                changed = True
+                continue
+        new_nodes.append(n)
+    return dce(replace(g, nodes=tuple(new_nodes))) if changed else g
+
+
+def _is_noop(n: Node) -> bool:
+    a, t = n.attrs, n.inputs[0].type if n.inputs else None
+    if n.op == "reshape":
+        return tuple(a["shape"]) == t.shape
+    if n.op == "transpose":
+        return tuple(a["perm"]) == tuple(range(t.rank))
+    if n.op == "cast":
+        return a["dtype"] == t.dtype
+    if n.op == "slice_by_index":
+        return (tuple(a["begin"]) == (0,) * t.rank and tuple(a["end"]) == t.shape and set(a["stride"]) <= {1}
+                and not a.get("flip") and not any(a.get("squeeze_mask") or ()))
+    if n.op == "tile":
+        return set(a["reps"]) <= {1}
+    if n.op == "pad":
+        return not any(a["pad"])
+    if n.op in ("squeeze", "expand_dims"):
+        return not a["axes"]
+    if n.op == "concat":
+        return len(n.inputs) == 1
+    if n.op == "identity":
+        return True
+    return False
+
+
+@register_pass("cleanup::noop")
+def remove_noops(g: Graph) -> Graph:
+    """Remove ops that return their input unchanged: reshape to the same shape, identity
+    transpose, cast to the same dtype, full slice, tile by ones, zero pad, single-input concat,
+    identity. A no-op whose input is a graph input and whose output is a graph output stays
+    (an output cannot alias an input in the package).
+
+    Given:  %y = reshape(%x, shape=[2, 3])   where %x: fp32[2,3]
+    Result: uses of %y read %x
+    """
+    subst: dict[Value, Value] = {}
+    drop: set[int] = set()
+    ins = set(g.inputs)
+    outs = set(g.outputs)
+    for n in g.nodes:
+        if len(n.outputs) == 1 and n.inputs and _is_noop(n):
+            src = n.inputs[0]
+            while src in subst:
+                src = subst[src]
+            if n.out in outs and (src in ins or src in outs):
+                continue
+            subst[n.out] = src
+            drop.add(id(n))
+    return g if not drop else _substitute(g, subst, drop)
+
+
+def _merge_transposes(m: Match):
+    outer, inner = m["t2"], m["t1"]
+    if not m.single_use("t1"):
+        return None
+    p1, p2 = inner.attrs["perm"], outer.attrs["perm"]
+    perm = tuple(p1[i] for i in p2)
+    src = inner.inputs[0]
+    if perm == tuple(range(len(perm))):
+        return m.add("identity", [src], name=outer.name) if outer.out.type == src.type else None
+    return m.add("transpose", [src], {"perm": perm}, name=outer.name)
+
+
+def _merge_reshapes(m: Match):
+    if not m.single_use("r1"):
+        return None
+    return m.add("reshape", [m["r1"].inputs[0]], {"shape": m["r2"].attrs["shape"]}, name=m["r2"].name)
+
+
+RULES = [
+    (Pat("transpose", (Pat("transpose", name="t1"),), name="t2"), _merge_transposes),
+    (Pat("reshape", (Pat(("reshape", "expand_dims", "squeeze"), name="r1"),), name="r2"), _merge_reshapes),
+]
+
+
+@register_pass("cleanup::merge_layout")
+def merge_layout(g: Graph) -> Graph:
+    """Merge consecutive transposes (composing the permutations; an identity composition
+    disappears) and consecutive reshapes / expand_dims / squeeze into one reshape.
+
+    Given:  %a = transpose(%x, perm=(0, 2, 1)); %b = transpose(%a, perm=(0, 2, 1))
+    Result: uses of %b read %x
+    Fires only when the inner op has no other reader.
+    """
+    return remove_noops(rewrite(g, RULES))

@@ -1,0 +1,136 @@
+"""Fusion passes: fold inference batch_norm and explicit zero padding into conv, absorb bias
+adds into conv/linear, and turn matmul by a constant into linear (the forms MIL and the ANE run
+best). Every fusion checks use-def structure first: an absorbed intermediate must have no other
+reader and must not be a graph output (:meth:`~tlc.passes.rewrite.Match.single_use`)."""
+from __future__ import annotations
+
+import numpy as np
+
+from tlc.ir import Graph
+
+from . import register_pass
+from .rewrite import Match, Pat, const, rewrite
+
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(a, dtype=np.float64).astype(np.float32))
+
+
+# --------------------------------------------------------------------------- conv + batch_norm
+
+
+def _conv_bn(m: Match):
+    conv, bn = m["conv"], m["bn"]
+    if not m.single_use("conv") or len(conv.inputs) < 2:
+        return None
+    w = m.const_val("w")
+    b = m.const_val("b") if len(conv.inputs) == 3 else np.zeros(conv.out.type.shape[1], np.float32)
+    params = [m.const_val(k) for k in ("mean", "var", "gamma", "beta")[: len(bn.inputs) - 1]]
+    if w is None or b is None or any(p is None for p in params):
+        return None
+    mean, var = params[0].astype(np.float64), params[1].astype(np.float64)
+    gamma = params[2].astype(np.float64) if len(params) > 2 else 1.0
+    beta = params[3].astype(np.float64) if len(params) > 3 else 0.0
+    s = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
+    w2 = _f32(w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1)))
+    b2 = _f32((b.astype(np.float64) - mean) * s + beta)
+    return m.add("conv", [conv.inputs[0], m.const(w2, conv.name + "_w_bn"), m.const(b2, conv.name + "_b_bn")],
+                 dict(conv.attrs), name=conv.name)
+
+
+@register_pass("fuse::conv_batchnorm")
+def fuse_conv_batchnorm(g: Graph) -> Graph:
+    """Fold an inference batch_norm into the conv that feeds it.
+
+    Given:  %y = conv(%x, W, b)        ; %z = batch_norm(%y, mean, var, gamma, beta, eps)
+    Result: %z = conv(%x, W * s, (b - mean) * s + beta)   where s = gamma / sqrt(var + eps)
+    Fires only when %y has no other user and is not a graph output, and all parameters are const.
+    """
+    pat = Pat("batch_norm", (Pat("conv", (None, const("w"), const("b")), name="conv"),
+                             const("mean"), const("var"), const("gamma"), const("beta")), name="bn")
+    pat_nobias = Pat("batch_norm", (Pat("conv", (None, const("w")), name="conv"),
+                                    const("mean"), const("var"), const("gamma"), const("beta")), name="bn")
+    return rewrite(g, [(pat, _conv_bn), (pat_nobias, _conv_bn)])
+
+
+# ------------------------------------------------------------------------------------ pad + conv
+
+
+def _pad_conv(m: Match):
+    pad, conv = m["pad"], m["conv"]
+    if not m.single_use("pad") or pad.attrs.get("mode", "constant") != "constant" or pad.attrs.get("constant_val", 0.0) != 0.0:
+        return None
+    rank = conv.inputs[0].type.rank
+    nsp = rank - 2
+    p = list(pad.attrs["pad"])
+    p = [0] * (2 * rank - len(p)) + p  # (before, after) for every axis
+    if any(p[:4]):
+        return None  # batch or channel padding cannot move into conv
+    cp = list(conv.attrs.get("pad") or (0,) * (2 * nsp))
+    attrs = dict(conv.attrs)
+    attrs["pad"] = tuple(a + b for a, b in zip(cp, p[4:]))
+    return m.add("conv", [pad.inputs[0]] + list(conv.inputs[1:]), attrs, name=conv.name)
+
+
+@register_pass("fuse::pad_conv")
+def fuse_pad_conv(g: Graph) -> Graph:
+    """Fold an explicit zero ``pad`` of the spatial axes into the following conv's padding.
+
+    Given:  %p = pad(%x, pad=[0,0,0,0,1,1,1,1], mode=constant, constant_val=0); %y = conv(%p, W, pad=[0,0,0,0])
+    Result: %y = conv(%x, W, pad=[1,1,1,1])
+    Fires only for constant-0 padding of spatial axes, when %p has no other user.
+    """
+    return rewrite(g, [(Pat("conv", (Pat("pad", name="pad"),), name="conv"), _pad_conv)])
+
+
+# ------------------------------------------------------------------------------------------ bias
+
+
+def _bias_vector(c: np.ndarray, channels: int, axis: int, rank: int) -> np.ndarray | None:
+    """``c`` as a [channels] vector if it broadcasts along ``axis`` of a rank-``rank`` tensor only."""
+    if c.size != channels or c.ndim > rank:
+        return None
+    shape = (1,) * (rank - c.ndim) + c.shape
+    if channels != 1 and shape[axis] != channels:
+        return None
+    return c.reshape(channels)
+
+
+def _add_bias(m: Match):
+    op = m["op"]
+    if not m.single_use("op") or len(op.inputs) != 2 or m.const_val("w") is None:
+        return None
+    c = m.const_val("c")
+    t = op.out.type
+    axis = 1 if op.op == "conv" else t.rank - 1
+    vec = _bias_vector(c, t.shape[axis], axis, t.rank) if c is not None else None
+    if vec is None or np.broadcast_shapes(c.shape, t.shape) != t.shape:
+        return None
+    return m.add(op.op, [op.inputs[0], op.inputs[1], m.const(_f32(vec), op.name + "_bias")], dict(op.attrs), name=op.name)
+
+
+def _matmul_to_linear(m: Match):
+    mm = m["mm"]
+    w = m.const_val("w")
+    if w is None or w.ndim != 2 or mm.attrs.get("transpose_x") or mm.inputs[0].type.rank < 2:
+        return None
+    wt = w if mm.attrs.get("transpose_y") else np.ascontiguousarray(w.T)
+    return m.add("linear", [mm.inputs[0], m.const(wt, mm.name + "_wt")], name=mm.name)
+
+
+@register_pass("fuse::linear_bias")
+def fuse_bias(g: Graph) -> Graph:
+    """Absorb a constant per-channel ``add`` into the preceding bias-less conv / linear, and turn
+    matmul by a constant 2-D matrix into ``linear`` (MIL's linear takes a const weight).
+
+    Given:  %y = linear(%x, W); %z = add(%y, b[N])           Result: %z = linear(%x, W, b)
+    Given:  %y = conv(%x, W);   %z = add(%y, b[1,C,1,1])     Result: %z = conv(%x, W, b)
+    Given:  %y = matmul(%x, W[K,N])                           Result: %y = linear(%x, W.T)
+    Fires only when %y has no other user and is not a graph output.
+    """
+    rules = [
+        (Pat("matmul", (None, const("w")), name="mm"), _matmul_to_linear),
+        (Pat("add", (Pat(("conv", "linear"), (None, const("w")), name="op"), const("c"))), _add_bias),
+        (Pat("add", (const("c"), Pat(("conv", "linear"), (None, const("w")), name="op"))), _add_bias),
+    ]
+    return rewrite(g, rules)
