@@ -2,7 +2,7 @@
 
 Public API::
 
-    cm = tlc.build(model, example_inputs, precision="fp16")   # -> CompiledModel
+    cm = tlc.build(model, example_inputs)       # precision="mixed" -> CompiledModel
     cm.save("model.mlpackage"); outputs = cm(*inputs)
 
     @tlc.compile                      # specializes per input signature, caches

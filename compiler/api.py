@@ -56,15 +56,19 @@ def _signature_key(args: tuple, kwargs: dict, kw_order: list | None = None):
 class CompiledModel:
     """A model traced into tlc's IR, ready to save as ``.mlpackage`` or to run.
 
-    Attributes: ``graph`` (the IR :class:`~tlc.ir.Graph`), ``precision`` (``"fp16"``/``"fp32"``),
+    Attributes: ``graph`` (the optimized fp32 IR :class:`~tlc.ir.Graph`; what ``__call__`` runs
+    on Linux, the reference), ``emit_graph`` (the same after the precision pass: what the package
+    holds), ``islands`` (ops kept in fp32 and why), ``precision`` (``"mixed"``/``"fp16"``/``"fp32"``),
     ``minimum_deployment_target``, ``input_names``, ``output_names``, ``timings`` (seconds per
     stage: ``export``, ``decompose``, ``lower``, then ``emit_mil``/``convert``/``save`` once
     saved).
     """
 
     def __init__(self, graph: Graph, *, precision: str, minimum_deployment_target: str, out_spec, kw_order,
-                 out_torch_dtypes, timings: dict, source: str | None):
+                 out_torch_dtypes, timings: dict, source: str | None, calibration: list[dict] | None = None):
         self.graph = graph
+        self.calibration = list(calibration or [])
+        self._emit_graph = None
         self.precision = precision
         self.minimum_deployment_target = minimum_deployment_target
         self.timings = dict(timings)
@@ -86,11 +90,37 @@ class CompiledModel:
     # --------------------------------------------------------------------------- Core ML package
 
     @property
+    def emit_graph(self) -> Graph:
+        """The graph as emitted: :attr:`graph` after ``precision::mixed`` / ``precision::fp16``
+        (calibrated on the example inputs plus ``calibration_inputs``), or :attr:`graph` for fp32."""
+        if self._emit_graph is None:
+            if self.precision == "fp32":
+                self._emit_graph = self.graph
+            else:
+                from tlc.ir import replace
+                from tlc.passes import run_pipeline
+
+                t0 = time.perf_counter()
+                g = replace(self.graph, meta={**dict(self.graph.meta), "tlc.calibration": self.calibration})
+                g = run_pipeline(g, [f"precision::{self.precision}"])
+                meta = {k: v for k, v in g.meta.items() if k != "tlc.calibration"}
+                self._emit_graph = replace(g, meta=meta)
+                self.timings["precision"] = time.perf_counter() - t0
+        return self._emit_graph
+
+    @property
+    def islands(self) -> dict[str, str]:
+        """``{node name: reason}`` of the ops kept in fp32 (empty for ``fp16``; all for ``fp32``)."""
+        return dict(self.emit_graph.meta.get("tlc.islands", {}))
+
+    @property
     def mlmodel(self):
         """The ``coremltools.models.MLModel`` (mlprogram), emitted on first access."""
         if self._mlmodel is None:
             md = {"tlc.source": self.source} if self.source else {}
-            self._mlmodel, info = convert(self.graph, self.precision, self.minimum_deployment_target, md)
+            if self.islands:
+                md["tlc.fp32_islands"] = ",".join(self.islands)
+            self._mlmodel, info = convert(self.emit_graph, self.precision, self.minimum_deployment_target, md)
             self.timings["emit_mil"] = info.build_mil_s
             self.timings["convert"] = info.convert_s
         return self._mlmodel
@@ -108,7 +138,7 @@ class CompiledModel:
         path = check_output_path(path, force)  # before spending time on emission
         mlm = self.mlmodel
         t0 = time.perf_counter()
-        out = save_atomic(mlm, path, force=force, check=lambda staged: check_package_io(staged, self.graph))
+        out = save_atomic(mlm, path, force=force, check=lambda staged: check_package_io(staged, self.emit_graph))
         self.timings["save"] = time.perf_counter() - t0
         return out
 
@@ -126,6 +156,8 @@ class CompiledModel:
             resolve_target(minimum_deployment_target)
             cm.minimum_deployment_target = str(minimum_deployment_target)
         cm._mlmodel = cm._coreml = None
+        if precision is not None:
+            cm._emit_graph = None
         return cm
 
     # --------------------------------------------------------------------------------- running
@@ -187,6 +219,9 @@ class CompiledModel:
                  f"ops:     {g.num_ops} (" + ", ".join(f"{k} {v}" for k, v in g.op_histogram().items()) + ")",
                  f"weights: {g.weight_bytes() / 2**20:.1f} MiB in fp32, precision {self.precision}, "
                  f"target {self.minimum_deployment_target}"]
+        if self.precision == "mixed" and self._emit_graph is not None:
+            isl = self.islands
+            lines.append(f"fp32 islands: {len(isl)}" + "".join(f"\n  {k}: {v}" for k, v in isl.items()))
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -226,9 +261,10 @@ def build(
     model_or_fn: Callable | torch.nn.Module,
     example_inputs,
     *,
-    precision: str = "fp16",
+    precision: str = "mixed",
     minimum_deployment_target: str = "iOS17",
     strict: bool = False,
+    calibration_inputs: list | None = None,
     passes: list[str] | None = None,
     skip_passes: list[str] | tuple = (),
 ) -> CompiledModel:
@@ -237,7 +273,9 @@ def build(
     ``example_inputs``: a tensor, a tuple/list of positional inputs, a dict of keyword inputs,
     or ``(args, kwargs)``; NumPy arrays are accepted. Integer inputs become int32 (Core ML has no
     int64 I/O), float64 becomes fp32. Shapes are static: the package accepts exactly these shapes.
-    ``precision``: ``"fp16"`` (default) or ``"fp32"``; ``minimum_deployment_target``: ``"iOS17"``
+    ``precision``: ``"mixed"`` (default: fp16 with measured fp32 islands), ``"fp16"`` or
+    ``"fp32"``; ``calibration_inputs``: more example inputs (same structure) for the range
+    analysis behind ``mixed``; ``minimum_deployment_target``: ``"iOS17"``
     (default; = macOS14) or another ``coremltools.target`` name; ``strict``: torch.export mode;
     ``passes``: the pass pipeline (default :data:`tlc.passes.PIPELINE`), ``skip_passes``: names
     to leave out of it.
@@ -265,9 +303,17 @@ def build(
     args, kwargs = normalize_inputs(example_inputs)
     out_dtypes = info.extra["out_dtypes"]  # to hand back int64/float64 as the model itself would
     timings = {"export": info.export_s, "decompose": info.decompose_s, "lower": info.lower_s, "passes": t_passes}
+    names = [v.name for v in g.inputs]
+    calibration = []
+    for ex in [example_inputs] + list(calibration_inputs or []):
+        a2, k2 = normalize_inputs(ex)
+        leaves = [x for x in pytree.tree_leaves((a2, k2)) if isinstance(x, torch.Tensor)]
+        if len(leaves) != len(names):
+            raise InputError(f"calibration input has {len(leaves)} tensors; the model takes {len(names)} ({', '.join(names)})")
+        calibration.append({n: t.detach().cpu().numpy() for n, t in zip(names, leaves)})
     return CompiledModel(g, precision=precision, minimum_deployment_target=str(minimum_deployment_target),
                          out_spec=info.out_spec, kw_order=list(kwargs), out_torch_dtypes=out_dtypes,
-                         timings=timings, source=source)
+                         timings=timings, source=source, calibration=calibration)
 
 
 class CompiledFunction:
@@ -314,7 +360,7 @@ class CompiledFunction:
         return f"<tlc.compile {name}: {len(self.cache)} compiled signature(s)>"
 
 
-def compile(fn=None, *, example_inputs=None, precision: str = "fp16", minimum_deployment_target: str = "iOS17",
+def compile(fn=None, *, example_inputs=None, precision: str = "mixed", minimum_deployment_target: str = "iOS17",
             strict: bool = False):
     """Decorator/wrapper: ``@tlc.compile``, ``@tlc.compile(example_inputs=...)``,
     ``tlc.compile(module_instance)`` or on an ``nn.Module`` subclass (instances then run through

@@ -72,8 +72,13 @@ def cmd_build(a: argparse.Namespace) -> int:
         print(f"  output  {n:<24} {v.type}")
     print(f"  ops     {g.num_ops}  ({hist}{', ...' if more > 0 else ''})")
     print(f"  size    {_human(package_size(path))}  (weights {_human(g.weight_bytes())} in fp32)")
+    if cm.precision == "mixed":
+        isl = cm.islands
+        print(f"  fp32    {len(isl)} island op(s)" + ("" if isl else " (everything computes in fp16)"))
+        for name, why in isl.items():
+            print(f"          {name}: {why}")
     print(f"  time    {total:.2f} s  (load {t_load:.2f}, export {t['export']:.2f}, decompose {t['decompose']:.2f}, "
-          f"lower {t['lower']:.2f}, passes {t.get('passes', 0):.2f}, emit {t.get('emit_mil', 0):.2f}, convert {t.get('convert', 0):.2f}, "
+          f"lower {t['lower']:.2f}, passes {t.get('passes', 0):.2f}, precision {t.get('precision', 0):.2f}, emit {t.get('emit_mil', 0):.2f}, convert {t.get('convert', 0):.2f}, "
           f"save {t.get('save', 0):.2f})")
     return 0
 
@@ -137,7 +142,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
     opts = dict(spec.options)
     opts.pop("strict", None)
     report = verify(spec.model, spec.example_inputs, package=a.package,
-                    precision=a.precision or opts.get("precision", "fp16"),
+                    precision=a.precision or opts.get("precision", "mixed"),
                     minimum_deployment_target=a.target or opts.get("minimum_deployment_target", "iOS17"),
                     tol={"fp32": a.tol_fp32, "fp16": a.tol_fp16}, keep=a.output)
     print(report.text())
@@ -162,7 +167,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("model", help="path to model.py")
     b.add_argument("-o", "--output", help="output .mlpackage path (default: ./<model stem>.mlpackage)")
-    b.add_argument("--precision", choices=["fp16", "fp32"], help="compute precision (default fp16, or the file's `precision`)")
+    b.add_argument("--precision", choices=["mixed", "fp16", "fp32"],
+                   help="mixed (default): fp16 with fp32 islands where range analysis finds fp16 unsafe; "
+                        "fp16: everything; fp32: nothing (or the file's `precision`)")
     b.add_argument("--target", help="minimum_deployment_target, e.g. iOS17 (default), iOS18, macOS14")
     b.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     b.add_argument("--entry", help="which @tlc.compile object to build when the file has several")
@@ -196,7 +203,7 @@ def make_parser() -> argparse.ArgumentParser:
     v.add_argument("model", help="path to model.py (same convention as `tlc build`)")
     v.add_argument("--package", help="verify this existing .mlpackage instead of building one")
     v.add_argument("-o", "--output", help="keep the built package at this path (default: a temp dir)")
-    v.add_argument("--precision", choices=["fp16", "fp32"])
+    v.add_argument("--precision", choices=["mixed", "fp16", "fp32"])
     v.add_argument("--target", help="minimum_deployment_target (default iOS17)")
     v.add_argument("--entry", help="which @tlc.compile object to use when the file has several")
     v.add_argument("--tol-fp32", type=float, default=1e-5, help="rel-L2 tolerance for fp32 packages (default 1e-5)")

@@ -1,15 +1,17 @@
 """MIL emission: tlc IR -> coremltools MIL program -> ``ct.convert`` -> ``.mlpackage``.
 
 Each IR node becomes the MIL op(s) of its table row (``emit_mil``), named after the node so a Core
-ML profile maps back to tlc's IR and the user's source. The program is built in fp32; fp16 comes
-from coremltools' ``common::add_fp16_cast`` pass.
+ML profile maps back to tlc's IR and the user's source. The IR arrives already typed per
+value: tlc's ``precision::mixed`` / ``precision::fp16`` passes (tlc.passes.precision) decide
+which ops compute in fp16 and insert the casts, so the program is emitted exactly as typed and
+``ct.convert`` runs with ``compute_precision=FLOAT32`` (which removes coremltools' own
+``common::add_fp16_cast``: it would cast everything, islands included).
 
 **Pass pipeline (deliberate choice).** tlc optimizes its own IR, so coremltools' default
-95-pass pipeline is redundant and slow. ``PassPipeline.EMPTY`` cannot be used: it also drops
-``add_fp16_cast``, which silently yields an fp32 model. :data:`TLC_PIPELINE` keeps exactly what
-a correct fp16 package needs — name de-duplication (``add_fp16_cast`` relies on its unique-name
-cache), the fp16 cast itself, output dtypes, then const folding / DCE / cast cleanup so that the
-inserted casts on weights are folded into fp16 constants instead of staying as runtime casts.
+95-pass pipeline is redundant and slow, and it would undo tlc's decisions (its fp16 cast ignores
+fp32 islands). ``PassPipeline.EMPTY`` would also work now that precision is tlc's; the few
+passes in :data:`TLC_PIPELINE` only tidy what emission leaves (constants of folded casts, dead
+ops, cast chains at fp16/fp32 boundaries).
 """
 from __future__ import annotations
 
@@ -34,16 +36,14 @@ from .ops import get_op
 #: coremltools passes run by ``ct.convert`` on tlc's programs (see module docstring for why).
 TLC_PIPELINE = [
     "common::dead_code_elimination",
-    "common::dedup_op_and_var_names",  # add_fp16_cast uses the unique-name cache this fills
-    "common::add_fp16_cast",  # removed by ct.convert when precision is fp32
-    "common::update_output_dtypes",  # must run after add_fp16_cast
-    "common::const_elimination",  # folds cast(const) into fp16 consts
-    "common::dead_code_elimination",
-    "common::cast_optimization",
+    "common::const_elimination",  # folds ops on constants emission may create (e.g. mask casts)
+    "common::cast_optimization",  # merges cast chains at fp16/fp32 island boundaries
     "common::dead_code_elimination",  # must follow cast_optimization
 ]
 
-PRECISIONS = ("fp16", "fp32")
+#: ``mixed``: fp16 except measured fp32 islands (default); ``fp16``: every float op in fp16;
+#: ``fp32``: no fp16 at all. See tlc.passes.precision.
+PRECISIONS = ("mixed", "fp16", "fp32")
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 
 
@@ -67,38 +67,73 @@ def resolve_target(name):
         raise EmitError(f"unknown minimum_deployment_target {name!r} (choose from {', '.join(TARGETS)})") from None
 
 
+class _TypedBuilder:
+    """The MIL Builder, with float literals typed like the op's ``x``.
+
+    MIL requires scalar parameters (``epsilon``, ``alpha``, ``beta``, ``constant_val``, a scalar
+    ``y``) to have the dtype of ``x``; op rows write them as Python/fp32 numbers, and this proxy
+    casts them to fp16 when ``x`` is fp16 (what coremltools' ``add_fp16_cast`` did before tlc
+    took over precision)."""
+
+    def __init__(self, mb):
+        self._mb = mb
+
+    def __getattr__(self, name):
+        from coremltools.converters.mil.mil import types
+
+        fn = getattr(self._mb, name)
+        if name == "const":
+            return fn
+
+        def call(**kw):
+            x = kw.get("x")
+            dt = getattr(x, "dtype", None)
+            if dt is types.fp16:
+                for k, v in list(kw.items()):
+                    if isinstance(v, (float, np.floating)) and not isinstance(v, bool):
+                        kw[k] = np.float16(v)
+                    elif isinstance(v, np.ndarray) and v.dtype == np.float32:
+                        kw[k] = v.astype(np.float16)
+            return fn(**kw)
+
+        return call
+
+
 class EmitContext:
-    """What an op's ``emit_mil`` may use: ``mb`` (the MIL Builder), ``opset`` (ct.target),
-    ``has_sdpa`` (iOS18+ has ``scaled_dot_product_attention``), and shared helpers."""
+    """What an op's ``emit_mil`` may use: ``mb`` (the MIL Builder, float literals typed like
+    ``x``), ``opset`` (ct.target), ``has_sdpa`` (iOS18+ has ``scaled_dot_product_attention``),
+    ``node`` (the IR node being emitted), and shared helpers."""
 
     def __init__(self, opset):
         from coremltools.converters.mil import Builder as mb
 
         ct = _ct()
-        self.mb = mb
+        self.mb = _TypedBuilder(mb)
         self.opset = opset
         self.has_sdpa = opset >= ct.target.iOS18
         self._masks: dict = {}
         self.node = None  #: the IR node being emitted (its output types are the contract)
 
-    def additive_mask(self, mask):
-        """A bool attention mask as an additive fp32 mask (0 / MASK_FILL), built once per mask."""
-        from .ops.linalg import MASK_FILL
-
+    def additive_mask(self, mask, dtype: str = "fp32"):
+        """A bool attention mask as an additive mask (0 / MASK_FILL) of ``dtype`` (``"fp32"`` or
+        ``"fp16"``), built once per mask and dtype."""
         from coremltools.converters.mil.mil import types
+
+        from .ops.linalg import MASK_FILL
 
         if mask.dtype != types.bool:
             return mask
-        key = id(mask)
+        key = (id(mask), dtype)
+        npdt = np.float16 if dtype == "fp16" else np.float32
         if key not in self._masks:
             if mask.val is not None:
-                add = np.where(mask.val, np.float32(0), np.float32(MASK_FILL)).astype(np.float32)
-                self._masks[key] = self.mb.const(val=add, name=f"{mask.name}_additive")
+                add = np.where(mask.val, 0, MASK_FILL).astype(npdt)
+                self._masks[key] = self.mb.const(val=add, name=f"{mask.name}_additive_{dtype}")
             else:
                 # (not mask) * MASK_FILL; MIL `select` with scalar branches mis-infers its shape
-                inv = self.mb.logical_not(x=mask, name=f"{mask.name}_inv")
-                f = self.mb.cast(x=inv, dtype="fp32", name=f"{mask.name}_invf")
-                self._masks[key] = self.mb.mul(x=f, y=np.float32(MASK_FILL), name=f"{mask.name}_additive")
+                inv = self.mb.logical_not(x=mask, name=f"{mask.name}_inv_{dtype}")
+                f = self.mb.cast(x=inv, dtype=dtype, name=f"{mask.name}_invf_{dtype}")
+                self._masks[key] = self.mb.mul(x=f, y=npdt(MASK_FILL), name=f"{mask.name}_additive_{dtype}")
         return self._masks[key]
 
 
@@ -172,11 +207,10 @@ class EmitInfo:
     convert_s: float = 0.0
 
 
-def convert(g: Graph, precision: str = "fp16", minimum_deployment_target="iOS17", metadata: dict | None = None):
-    """IR graph -> ``ct.models.MLModel`` (mlprogram, not loaded). Returns ``(mlmodel, EmitInfo)``.
-
-    ``precision``: ``"fp16"`` (compute in float16 via ``common::add_fp16_cast``; I/O stays fp32)
-    or ``"fp32"``. Raises :class:`EmitError`.
+def convert(g: Graph, precision: str = "mixed", minimum_deployment_target="iOS17", metadata: dict | None = None):
+    """IR graph (already typed by the precision passes) -> ``ct.models.MLModel`` (mlprogram, not
+    loaded). Returns ``(mlmodel, EmitInfo)``. ``precision`` is recorded in the metadata.
+    Raises :class:`EmitError`.
     """
     ct = _ct()
     if precision not in PRECISIONS:
@@ -185,7 +219,7 @@ def convert(g: Graph, precision: str = "fp16", minimum_deployment_target="iOS17"
     prog = to_mil_program(g, minimum_deployment_target)
     t1 = time.perf_counter()
     pipeline = ct.PassPipeline(pass_names=list(TLC_PIPELINE), pipeline_name="tlc")
-    cp = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
+    cp = ct.precision.FLOAT32  # the IR carries its own dtypes; see the module docstring
     log = io.StringIO()
     try:
         # coremltools prints tqdm progress bars and version warnings; keep them out of the user's way

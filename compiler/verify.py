@@ -167,7 +167,7 @@ def verify(
     example_inputs,
     *,
     package: str | Path | None = None,
-    precision: str = "fp16",
+    precision: str = "mixed",
     minimum_deployment_target: str = "iOS17",
     tol: dict | None = None,
     compiled: CompiledModel | None = None,

@@ -28,7 +28,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from tlc.errors import InputError, TlcError
-from tlc.ops import OPS, args_from_mil
+from tlc.ops import OPS, args_from_mil, run_kernel
 
 from .numpy_executor import validate_feeds
 
@@ -200,17 +200,13 @@ class MILInterpreter:
         row = OPS[op.op_type]
         try:
             arrays, attrs = args_from_mil(row, vals)
-            arrays = [np.asarray(a) for a in arrays]
-            arrays = [a.astype(np.float32) if a.dtype == np.float16 else a for a in arrays]
-            res = row.numpy(attrs, *arrays)
+            res = run_kernel(row, attrs, [np.asarray(a) for a in arrays], [_np_dtype(v.dtype) for v in op.outputs])
         except TlcError as e:
             raise TlcError(f"MIL op {op.name} ({op.op_type}): {e.args[0]}") from None
         except Exception as e:
             raise TlcError(f"MIL op {op.name} ({op.op_type}) failed in tlc's kernel: {type(e).__name__}: {e}") from e
-        res = res if isinstance(res, tuple) else (res,)
         outs = []
         for var, a in zip(op.outputs, res):
-            a = np.asarray(a).astype(_np_dtype(var.dtype), copy=False)
             want = tuple(var.shape)
             if all(isinstance(d, (int, np.integer)) for d in want) and a.shape != tuple(int(d) for d in want):
                 raise TlcError(f"MIL op {op.name} ({op.op_type}) produced shape {list(a.shape)}; "

@@ -1,5 +1,8 @@
 """Reference executor: runs a tlc IR graph with the NumPy kernels of the op table.
 
+fp16 values follow :func:`tlc.ops.run_kernel`'s rule (compute in fp32, round once), the same as
+the MIL interpreter, so an fp16/mixed IR graph runs as its package would.
+
 This is the reference every other backend is tested against. Values are freed after their last
 use, so peak memory is the live set, not the whole graph.
 """
@@ -11,7 +14,7 @@ import numpy as np
 
 from tlc.errors import InputError, TlcError
 from tlc.ir import DTYPES, Graph, Node
-from tlc.ops import get_op
+from tlc.ops import get_op, run_kernel
 
 
 def validate_feeds(expected: list[tuple[str, tuple, np.dtype]], feeds: Mapping[str, np.ndarray],
@@ -77,16 +80,18 @@ def run_graph(
     env = {v: a for v, a in zip(g.inputs, (check_inputs(g, feeds)[v.name] for v in g.inputs))}
     free = last_uses(g)
     for i, n in enumerate(g.nodes):
-        kernel = get_op(n.op).numpy
         try:
-            res = kernel(n.attrs, *[env[v] for v in n.inputs])
+            if n.op == "const":
+                outs = (n.attrs["val"],)
+            else:
+                outs = run_kernel(get_op(n.op), n.attrs, [env[v] for v in n.inputs],
+                                  [DTYPES[v.type.dtype] for v in n.outputs])
         except TlcError:
             raise
         except Exception as e:  # a kernel bug or bad data: say which node
             raise TlcError(f"NumPy kernel for {n.op} failed on node {n.name}: {type(e).__name__}: {e}", loc=n.loc) from e
-        outs = res if isinstance(res, tuple) else (res,)
         for v, a in zip(n.outputs, outs):
-            env[v] = np.asarray(a)
+            env[v] = a
         if observer is not None:
             observer(n, outs)
         for v in free.get(i, ()):

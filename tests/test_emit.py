@@ -19,9 +19,18 @@ def mil_ops(prog):
     return [op.op_type for op in prog.functions["main"].operations if op.op_type != "const"]
 
 
-def test_pipeline_keeps_fp16_cast():
-    assert "common::add_fp16_cast" in TLC_PIPELINE
-    assert TLC_PIPELINE.index("common::dedup_op_and_var_names") < TLC_PIPELINE.index("common::add_fp16_cast")
+def test_precision_is_decided_by_tlc_not_coremltools(tmp_path):
+    """coremltools' add_fp16_cast is not in the pipeline (it would cast fp32 islands too); an fp16
+    package still computes in fp16 because tlc's IR says so."""
+    from coremltools.converters.mil.mil import types
+
+    assert "common::add_fp16_cast" not in TLC_PIPELINE
+    cm = tlc.build(attn, QKV, precision="fp16")
+    prog = to_mil_program(cm.emit_graph)
+    dts = {types.builtin_to_string(op.outputs[0].dtype) for op in prog.functions["main"].operations
+           if op.op_type not in ("const", "cast")}
+    assert dts == {"fp16"}
+    assert to_mil_program(tlc.build(attn, QKV, precision="fp32").emit_graph).functions["main"].inputs["q"].dtype == types.fp32
 
 
 @pytest.mark.parametrize("target,expect", [("iOS17", "softmax"), ("iOS18", "scaled_dot_product_attention")])

@@ -126,6 +126,21 @@ def args_from_mil(row: "OpDef", vals: dict) -> tuple[list, dict]:
     return arrays, attrs
 
 
+def run_kernel(row: OpDef, attrs, arrays, out_dtypes) -> tuple:
+    """Call ``row``'s NumPy kernel with tlc's fp16 rule, shared by every executor.
+
+    fp16 inputs are widened to fp32, the kernel computes in fp32, and each result is rounded once
+    to its declared dtype (``out_dtypes``, NumPy dtypes). Elementwise ops are then exactly a
+    correctly rounded fp16 unit; matmul/conv/reductions accumulate in fp32 before rounding; values
+    above 65504 become +/-inf as on device. (Rationale and sources: runtime/mil_interpreter.py.)
+    """
+    arrays = [a.astype(np.float32) if a.dtype == np.float16 else a for a in arrays]
+    with np.errstate(all="ignore"):  # inf/NaN are results here (fp16 overflow shows as on device)
+        res = row.numpy(attrs, *arrays)
+        res = res if isinstance(res, tuple) else (res,)
+        return tuple(np.asarray(r).astype(dt, copy=False) for r, dt in zip(res, out_dtypes))
+
+
 def get_op(name: str, loc=None) -> OpDef:
     """The table row for ``name``; raises :class:`IRError` for an unknown op."""
     try:

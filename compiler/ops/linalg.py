@@ -157,7 +157,7 @@ def _emit_sdpa(ctx, attrs, ins, nm):
     qs = mb.mul(x=q, y=np.float32(scale if scale is not None else default), name=nm + "_qscale")
     s = mb.matmul(x=qs, y=k, transpose_y=True, name=nm + "_scores")
     if mask is not None:
-        s = mb.add(x=s, y=ctx.additive_mask(mask), name=nm + "_masked")
+        s = mb.add(x=s, y=ctx.additive_mask(mask, ctx.node.out.type.dtype), name=nm + "_masked")
     p = mb.softmax(x=s, axis=-1, name=nm + "_probs")
     return mb.matmul(x=p, y=v, name=nm)
 

@@ -1,0 +1,199 @@
+"""Precision passes: cast the graph to fp16, keeping fp32 islands where fp16 is unsafe.
+
+coremltools' fp16 conversion only checks constants (apple/coremltools#2110, #2603; PR #2669
+shows transformers turning into NaN), so activations that overflow fp16 surface on device. tlc
+measures instead:
+
+1. **Range analysis** runs the fp32 graph in the NumPy runtime on the calibration inputs (the
+   example inputs plus any the user adds) and records max |x| of every value.
+2. **Local fp16 error**: each op is re-run on its fp16-rounded inputs under the device's fp16 rule
+   (:func:`tlc.ops.run_kernel`) and compared with its fp32 result.
+3. An op stays fp32 (an *island*) when one of its float inputs or outputs exceeds
+   :data:`SAFE_MAX` (half of fp16's 65504: a value may double once more before it overflows), or
+   when its fp16 error is over :data:`ERROR_FACTOR` times the graph's median and over
+   :data:`ERROR_FLOOR`. Each island carries its reason.
+
+Before that, ``precision::clamp_sentinels`` replaces constants at or beyond +/-1e30 (attention
+masks built from ``torch.finfo(torch.float32).min``, apple/coremltools PR #2669) with
++/-``MASK_FILL`` (30000): finite in fp16, and exp(-30000 - m) is exactly 0 in both precisions, so
+the masked softmax is unchanged.
+
+The calibration inputs travel in ``graph.meta["tlc.calibration"]`` (a list of feed dicts); the
+decisions are recorded in ``graph.meta["tlc.islands"]`` (``{node name: reason}``).
+"""
+from __future__ import annotations
+
+import types
+import warnings
+
+import numpy as np
+
+from tlc.errors import IRError
+from tlc.ir import DTYPES, Graph, GraphBuilder, Node, Value, dtype_of, replace
+from tlc.ops import get_op, run_kernel
+from tlc.ops.linalg import MASK_FILL
+
+from . import register_pass
+
+SAFE_MAX = 32768.0
+ERROR_FACTOR = 50.0
+ERROR_FLOOR = 1e-3
+SENTINEL = 1e30
+FLOAT = ("fp32", "fp16")
+
+
+@register_pass("precision::clamp_sentinels")
+def clamp_sentinels(g: Graph) -> Graph:
+    """Replace mask sentinels (|c| >= 1e30, e.g. torch.finfo(float32).min) in float constants by
+    +/-MASK_FILL.
+
+    Given:  %m = const([0, -3.4e38]); %s = add(%scores, %m)
+    Result: %m = const([0, -30000]);  %s = add(%scores, %m)
+    """
+    nodes, changed = [], False
+    for n in g.nodes:
+        v = n.attrs.get("val") if n.op == "const" else None
+        if v is not None and v.dtype.kind == "f" and v.size and np.max(np.abs(v)) >= SENTINEL:
+            nv = np.where(v >= SENTINEL, -MASK_FILL, np.where(v <= -SENTINEL, MASK_FILL, v)).astype(v.dtype)
+            nv.flags.writeable = False
+            n = Node("const", (), n.outputs, types.MappingProxyType({"val": nv}), n.name, n.loc)
+            changed = True
+        nodes.append(n)
+    return replace(g, nodes=tuple(nodes)) if changed else g
+
+
+def analyze(g: Graph, feeds_list: list[dict]) -> tuple[dict[Value, float], dict[Node, float]]:
+    """Max |x| per float value over all calibration feeds, and each float op's local fp16 error
+    (rel-L2 of the op on fp16-rounded inputs against its fp32 result; the worst over feeds)."""
+    from tlc.runtime import check_inputs
+
+    maxabs: dict[Value, float] = {}
+    err: dict[Node, float] = {}
+    for feeds in feeds_list:
+        env = dict(zip(g.inputs, (check_inputs(g, feeds)[v.name] for v in g.inputs)))
+        for n in g.nodes:
+            if n.op == "const":
+                outs = (n.attrs["val"],)
+            else:
+                row = get_op(n.op)
+                ins = [env[v] for v in n.inputs]
+                outs = run_kernel(row, n.attrs, ins, [DTYPES[v.type.dtype] for v in n.outputs])
+                if any(v.type.dtype in FLOAT for v in n.outputs):
+                    with np.errstate(all="ignore"):
+                        ins16 = [a.astype(np.float16) if a.dtype == np.float32 else a for a in ins]
+                        o16 = run_kernel(row, n.attrs, ins16, [np.float16 if v.type.dtype in FLOAT else DTYPES[v.type.dtype]
+                                                               for v in n.outputs])
+                    ref = outs[0].astype(np.float64)
+                    d = np.linalg.norm(np.nan_to_num(o16[0].astype(np.float64) - ref, nan=1e30, posinf=1e30, neginf=1e30))
+                    e = float(d / max(np.linalg.norm(ref), 1e-30))
+                    err[n] = max(err.get(n, 0.0), e)
+            for v, a in zip(n.outputs, outs):
+                env[v] = a
+                if v.type.dtype in FLOAT and a.size:
+                    m = float(np.max(np.abs(a[np.isfinite(a)]))) if np.isfinite(a).any() else float("inf")
+                    if not np.isfinite(a).all():
+                        m = float("inf")
+                    maxabs[v] = max(maxabs.get(v, 0.0), m)
+    return maxabs, err
+
+
+def choose_islands(g: Graph, maxabs: dict[Value, float], err: dict[Node, float]) -> dict[str, str]:
+    """``{node name: reason}`` for the ops that must stay fp32 (rules in the module docstring)."""
+    islands: dict[str, str] = {}
+    errs = [e for e in err.values() if e > 0]
+    median = float(np.median(errs)) if errs else 0.0
+    for n in g.nodes:
+        if n.op == "const":
+            continue
+        vals = [v for v in list(n.inputs) + list(n.outputs) if v.type.dtype in FLOAT]
+        big = max((maxabs.get(v, 0.0) for v in vals), default=0.0)
+        if big > SAFE_MAX:
+            islands[n.name] = f"values reach |x| = {big:.3g} > {SAFE_MAX:g} (half of fp16's max 65504)"
+        elif n in err and err[n] > ERROR_FLOOR and err[n] > ERROR_FACTOR * median:
+            islands[n.name] = f"fp16 error {err[n]:.2g} is {err[n] / max(median, 1e-30):.0f}x the graph's median {median:.2g}"
+    return islands
+
+
+def to_half(g: Graph, keep_fp32: set[str]) -> Graph:
+    """Rewrite float values to fp16 except in nodes named in ``keep_fp32``; casts are inserted
+    where the two meet, constants are converted (one copy per dtype, made where first read),
+    graph inputs and outputs stay fp32 (the package's I/O)."""
+    b = GraphBuilder(dict(g.meta))
+    env: dict[Value, Value] = {}
+    versions: dict[tuple[Value, str], Value] = {}
+    consts: dict[Value, Node] = {}
+    for v in g.inputs:
+        b.add_input(v.name, v.type)
+        env[v] = b.inputs[-1]
+
+    def get(v: Value, want: str | None) -> Value:
+        if v in consts:
+            c = consts[v]
+            arr = c.attrs["val"]
+            own = dtype_of(arr)
+            dt = want if (want and own in FLOAT) else own
+            if (v, dt) not in versions:
+                name = c.name if dt == own else f"{c.name}_{dt}"
+                with np.errstate(over="ignore"):
+                    conv = arr.astype(DTYPES[dt], copy=False)
+                if dt == "fp16" and np.isfinite(arr).all() and not np.isfinite(conv).all():
+                    warnings.warn(f"constant {c.name} exceeds fp16's range (max |x| = {np.abs(arr).max():.3g} > 65504) "
+                                  f"and becomes inf in fp16; precision='mixed' keeps its readers in fp32", stacklevel=2)
+                versions[(v, dt)] = b.add("const", [], {"val": conv}, name=name, loc=c.loc).outputs[0]
+            return versions[(v, dt)]
+        nv = env[v]
+        if not want or nv.type.dtype not in FLOAT or nv.type.dtype == want:
+            return nv
+        if (v, want) not in versions:
+            versions[(v, want)] = b.add("cast", [nv], {"dtype": want}, name=f"{v.name}_to_{want}").outputs[0]
+        return versions[(v, want)]
+
+    for n in g.nodes:
+        if n.op == "const":
+            consts[n.out] = n
+            continue
+        floats = any(v.type.dtype in FLOAT for v in list(n.inputs) + list(n.outputs))
+        cd = ("fp32" if n.name in keep_fp32 else "fp16") if floats else None
+        attrs = dict(n.attrs)
+        if n.op == "cast" and attrs["dtype"] in FLOAT and cd:
+            attrs["dtype"] = cd
+        new = b.add(n.op, [get(v, cd) for v in n.inputs], attrs, name=n.name, loc=n.loc)
+        for old, nv in zip(n.outputs, new.outputs):
+            env[old] = nv
+    outs = [get(v, v.type.dtype if v.type.dtype in FLOAT else None) for v in g.outputs]
+    return b.build(outs, g.output_names)
+
+
+def _calibration(g: Graph) -> list[dict]:
+    feeds = g.meta.get("tlc.calibration")
+    if not feeds:
+        raise IRError("precision::mixed needs calibration inputs in graph.meta['tlc.calibration'] "
+                      "(tlc.build passes the example inputs)")
+    return list(feeds)
+
+
+@register_pass("precision::mixed")
+def mixed(g: Graph) -> Graph:
+    """fp16 everywhere range analysis allows; fp32 islands elsewhere (reasons in
+    ``meta["tlc.islands"]``).
+
+    Given:  %h = mul(%x, 1e3); %n = layer_norm(%h)      with |%h| reaching 1e5 on the calibration inputs
+    Result: %x16 = cast(%x, fp16) ... %h, %n computed in fp32, the rest in fp16
+    """
+    g = clamp_sentinels(g)
+    maxabs, err = analyze(g, _calibration(g))
+    islands = choose_islands(g, maxabs, err)
+    out = to_half(g, set(islands))
+    return replace(out, meta={**dict(out.meta), "tlc.islands": islands})
+
+
+@register_pass("precision::fp16")
+def all_fp16(g: Graph) -> Graph:
+    """Every float op in fp16 (no range analysis); inputs/outputs stay fp32.
+
+    Given:  %y = linear(%x: fp32, W: fp32)
+    Result: %x16 = cast(%x, fp16); %y16 = linear(%x16, W16); %y = cast(%y16, fp32)
+    """
+    g = clamp_sentinels(g)
+    out = to_half(g, set())
+    return replace(out, meta={**dict(out.meta), "tlc.islands": {}})

@@ -1,0 +1,106 @@
+"""Mixed precision: range analysis keeps exactly the overflowing region in fp32; fp16 everywhere
+turns it into NaN; mask sentinels are clamped; the island rules."""
+import numpy as np
+import pytest
+import torch
+
+import tlc
+from tlc.ir import GraphBuilder, TensorType
+from tlc.passes.precision import SAFE_MAX, choose_islands
+from tlc.runtime import MILInterpreter
+from tlc.verify import rel_l2
+
+
+class Hot(torch.nn.Module):
+    """A block whose activations exceed 1e5 and feed a norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(16, 16)
+        self.norm = torch.nn.LayerNorm(16)
+
+    def forward(self, x):
+        return self.norm(self.proj(x) * 3e5)
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pre = torch.nn.Linear(16, 16)
+        self.hot = Hot()
+        self.post = torch.nn.Linear(16, 8)
+
+    def forward(self, x):
+        return torch.tanh(self.post(self.hot(torch.nn.functional.gelu(self.pre(x)))))
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return Net().eval(), torch.randn(4, 16)
+
+
+def run_package(cm, x, tmp_path, name):
+    return MILInterpreter(cm.save(tmp_path / f"{name}.mlpackage")).run({"x": x.numpy()})["output"]
+
+
+def test_fp16_overflows_mixed_keeps_exactly_the_hot_region(net, tmp_path):
+    model, x = net
+    with torch.no_grad():
+        ref = model(x).double().numpy()
+    fp16 = tlc.build(model, (x,), precision="fp16")
+    with pytest.warns(UserWarning, match="exceeds fp16's range"):
+        out16 = run_package(fp16, x, tmp_path, "fp16")
+    assert not np.isfinite(out16).all()  # overflow -> inf -> NaN through the norm, as on device
+
+    mixed = tlc.build(model, (x,), precision="mixed")
+    out = run_package(mixed, x, tmp_path, "mixed")
+    assert np.isfinite(out).all()
+    assert rel_l2(out, ref) <= 1e-2
+    hot = {n.name for n in mixed.graph.nodes if n.loc and (n.loc.module or "").startswith("hot") and n.op in ("mul", "layer_norm")}
+    assert set(mixed.islands) == hot and len(hot) == 2
+    assert all(f"> {SAFE_MAX:g}" in why for why in mixed.islands.values())
+    # everything else computes in fp16
+    g = mixed.emit_graph
+    fp32_ops = {n.name for n in g.nodes if n.op not in ("const", "cast") and any(v.type.dtype == "fp32" for v in n.outputs)}
+    assert fp32_ops == hot
+
+
+def test_calibration_inputs_widen_the_ranges(tmp_path):
+    def f(x):
+        return torch.nn.functional.layer_norm(x * 1000.0, (8,))
+
+    small = torch.randn(2, 8) * 0.01  # |x * 1000| ~ 10: safe
+    big = torch.randn(2, 8) * 100  # |x * 1000| ~ 1e5: not
+    assert tlc.build(f, (small,)).islands == {}
+    cm = tlc.build(f, (small,), calibration_inputs=[(big,)])
+    assert set(n for n in cm.islands) == {n.name for n in cm.graph.nodes if n.op in ("mul", "layer_norm")}
+    out = run_package(cm, big, tmp_path, "cal")
+    assert np.isfinite(out).all() and rel_l2(out, f(big.double()).numpy()) < 1e-2
+
+
+def test_float_min_mask_sentinel_is_clamped(tmp_path):
+    def attn(q, k, m):
+        s = q @ k.transpose(-1, -2) + (1.0 - m) * torch.finfo(torch.float32).min
+        return torch.softmax(s, -1)
+
+    q, k = torch.randn(1, 4, 8), torch.randn(1, 6, 8)
+    m = torch.ones(1, 1, 6)
+    m[..., 4:] = 0
+    cm = tlc.build(attn, (q, k, m))
+    assert cm.islands == {}
+    out = MILInterpreter(cm.save(tmp_path / "a.mlpackage")).run({"q": q.numpy(), "k": k.numpy(), "m": m.numpy()})["output"]
+    ref = attn(q.double(), k.double(), m.double()).numpy()
+    assert np.isfinite(out).all() and rel_l2(out, ref) < 1e-2
+    assert np.all(out[..., 4:] == 0)  # masked keys get exactly zero weight
+
+
+def test_error_rule_flags_outliers():
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType("fp32", (4,)))
+    nodes = [b.add("relu", [x]), b.add("tanh", [x]), b.add("exp", [x])]
+    g = b.build([n.out for n in nodes], ["a", "b", "c"])
+    err = {nodes[0]: 1e-4, nodes[1]: 2e-4, nodes[2]: 5e-2}
+    islands = choose_islands(g, {}, err)
+    assert list(islands) == [nodes[2].name] and "median" in islands[nodes[2].name]
+    assert choose_islands(g, {}, {nodes[0]: 1e-4, nodes[1]: 2e-4, nodes[2]: 5e-4}) == {}  # under the floor
