@@ -21,7 +21,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from . import __version__
-from .emit import PRECISIONS, convert, package_size, resolve_target, save_atomic
+from .emit import PRECISIONS, convert, save_atomic, target_name
 from .errors import InputError, TlcError
 from .frontend import normalize_inputs, trace
 from .ir import Graph, format_graph
@@ -56,12 +56,12 @@ def _signature_key(args: tuple, kwargs: dict, kw_order: list | None = None):
 class CompiledModel:
     """A model traced into tlc's IR, ready to save as ``.mlpackage`` or to run.
 
-    Attributes: ``graph`` (the optimized fp32 IR :class:`~tlc.ir.Graph`; what ``__call__`` runs
-    on Linux, the reference), ``emit_graph`` (the same after the precision pass: what the package
+    Attributes: ``graph`` (the optimized IR :class:`~tlc.ir.Graph` in the model's own dtypes; what
+    ``__call__`` runs on Linux, the reference), ``emit_graph`` (the same after the precision pass: what the package
     holds), ``islands`` (ops kept in fp32 and why), ``precision`` (``"mixed"``/``"fp16"``/``"fp32"``),
     ``minimum_deployment_target``, ``input_names``, ``output_names``, ``timings`` (seconds per
-    stage: ``export``, ``decompose``, ``lower``, then ``emit_mil``/``convert``/``save`` once
-    saved).
+    stage: ``export``, ``decompose``, ``lower``, ``passes``, then ``precision``, ``emit_mil``,
+    ``convert``, ``save`` once emitted/saved).
     """
 
     def __init__(self, graph: Graph, *, precision: str, minimum_deployment_target: str, out_spec, kw_order,
@@ -110,7 +110,8 @@ class CompiledModel:
 
     @property
     def islands(self) -> dict[str, str]:
-        """``{node name: reason}`` of the ops kept in fp32 (empty for ``fp16``; all for ``fp32``)."""
+        """``{node name: reason}`` of the ops kept in fp32 by ``mixed`` (empty for ``fp16`` and
+        ``fp32``, where no per-op decision is made)."""
         return dict(self.emit_graph.meta.get("tlc.islands", {}))
 
     @property
@@ -153,8 +154,7 @@ class CompiledModel:
                 raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
             cm.precision = precision
         if minimum_deployment_target is not None:
-            resolve_target(minimum_deployment_target)
-            cm.minimum_deployment_target = str(minimum_deployment_target)
+            cm.minimum_deployment_target = target_name(minimum_deployment_target)
         cm._mlmodel = cm._coreml = None
         if precision is not None:
             cm._emit_graph = None
@@ -184,13 +184,11 @@ class CompiledModel:
         if self._coreml is None:  # pragma: no cover - macOS only
             import tempfile
 
-            import coremltools as ct
+            from tlc.runtime import load
 
-            d = tempfile.mkdtemp(prefix="tlc-")
-            p = save_atomic(self.mlmodel, Path(d) / "model.mlpackage")
-            self._coreml = ct.models.MLModel(str(p), compute_units=ct.ComputeUnit.ALL)
-        res = self._coreml.predict(feeds)  # pragma: no cover - macOS only
-        return {k: np.asarray(res[k]) for k in self.output_names}  # pragma: no cover
+            self._coreml_dir = tempfile.TemporaryDirectory(prefix="tlc-")  # removed with this object
+            self._coreml = load(self.save(Path(self._coreml_dir.name) / "model.mlpackage"), backend="coreml")
+        return self._coreml(feeds)  # pragma: no cover - macOS only
 
     def __call__(self, *args, backend: str = "auto", **kwargs):
         """Call like the original model; returns the same output structure, as torch tensors when
@@ -229,31 +227,31 @@ class CompiledModel:
 
 
 def check_package_io(path, g: Graph) -> list[str]:
-    """Reload a saved package (``skip_model_load=True`` + coremltools' milproto loader) and list
-    every mismatch between its ``main`` function's I/O and the IR graph's (names, shapes, dtypes)."""
-    import coremltools as ct
-    from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
+    """Reload a saved package (coremltools' milproto loader, via :func:`tlc.runtime.load_program`)
+    and list every mismatch between its ``main`` function's I/O and the IR graph's: input names,
+    shapes and dtypes (bool inputs are int32 in a package); output names, shapes and dtypes."""
     from coremltools.converters.mil.mil import types
 
-    m = ct.models.MLModel(str(path), skip_model_load=True)
-    spec = m.get_spec()
-    prog = milproto_load(spec, spec.specificationVersion, m.weights_dir)
+    from tlc.runtime import load_program
+
+    _, _, prog = load_program(path)
     f = prog.functions["main"]
+    io_dtype = lambda t: "int32" if t.dtype == "bool" else t.dtype  # noqa: E731
     problems = []
     want_in = {v.name: v.type for v in g.inputs}
     for name, var in f.inputs.items():
         t = want_in.pop(name, None)
         dt = types.builtin_to_string(var.dtype)
-        exp_dt = None if t is None else ("int32" if t.dtype == "bool" else t.dtype)
-        if t is None or tuple(var.shape) != t.shape or dt != exp_dt:
+        if t is None or tuple(var.shape) != t.shape or dt != io_dtype(t):
             problems.append(f"input {name}: package {dt}{list(var.shape)} vs IR {t}")
     problems += [f"input {n} missing from package" for n in want_in]
     got_out = [o.name for o in f.outputs]
     if got_out != list(g.output_names):
         problems.append(f"outputs {got_out} vs IR {list(g.output_names)}")
     for o, v in zip(f.outputs, g.outputs):
-        if tuple(o.shape) != v.type.shape:
-            problems.append(f"output {o.name}: package shape {list(o.shape)} vs IR {list(v.type.shape)}")
+        dt = types.builtin_to_string(o.dtype)
+        if tuple(o.shape) != v.type.shape or dt != io_dtype(v.type):
+            problems.append(f"output {o.name}: package {dt}{list(o.shape)} vs IR {v.type}")
     return problems
 
 
@@ -280,12 +278,14 @@ def build(
     ``passes``: the pass pipeline (default :data:`tlc.passes.PIPELINE`), ``skip_passes``: names
     to leave out of it.
 
-    Raises :class:`~tlc.errors.InputError`, :class:`~tlc.errors.FrontendError` (incl.
-    :class:`~tlc.errors.UnsupportedOpError` naming the op and its source line).
+    Raises :class:`~tlc.errors.InputError` (bad inputs, precision or pass names),
+    :class:`~tlc.errors.FrontendError` (incl. :class:`~tlc.errors.UnsupportedOpError` naming the
+    op and its source line), :class:`~tlc.errors.EmitError` (unknown deployment target),
+    :class:`~tlc.errors.IRError` (a pass broke the IR contract: a tlc bug).
     """
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    resolve_target(minimum_deployment_target)
+    minimum_deployment_target = target_name(minimum_deployment_target)
     if isinstance(model_or_fn, CompiledFunction):
         model_or_fn = model_or_fn.fn
     source = _source_of(model_or_fn)

@@ -144,7 +144,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
     report = verify(spec.model, spec.example_inputs, package=a.package,
                     precision=a.precision or opts.get("precision", "mixed"),
                     minimum_deployment_target=a.target or opts.get("minimum_deployment_target", "iOS17"),
-                    tol={"fp32": a.tol_fp32, "fp16": a.tol_fp16}, keep=a.output)
+                    tol={"fp32": a.tol_fp32, "fp16": a.tol_fp16}, keep=a.output, force=a.force)
     print(report.text())
     return 0 if report.passed else 1
 
@@ -203,6 +203,7 @@ def make_parser() -> argparse.ArgumentParser:
     v.add_argument("model", help="path to model.py (same convention as `tlc build`)")
     v.add_argument("--package", help="verify this existing .mlpackage instead of building one")
     v.add_argument("-o", "--output", help="keep the built package at this path (default: a temp dir)")
+    v.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     v.add_argument("--precision", choices=["mixed", "fp16", "fp32"])
     v.add_argument("--target", help="minimum_deployment_target (default iOS17)")
     v.add_argument("--entry", help="which @tlc.compile object to use when the file has several")
@@ -228,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tlc {a.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug in tlc or an unexpected environment: still one paragraph
+        if os.environ.get("TLC_DEBUG"):
+            traceback.print_exc()
+        print(f"tlc {a.command}: internal error: {type(e).__name__}: {e}. This is a bug in tlc unless the "
+              f"message says otherwise; rerun with TLC_DEBUG=1 for the traceback.", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -47,24 +47,27 @@ PRECISIONS = ("mixed", "fp16", "fp32")
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 
 
-def _ct():
-    """Import coremltools quietly (on Linux it logs that its native runtime is missing, which is
-    expected: tlc never calls Core ML predict off macOS)."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        logging.getLogger("coremltools").setLevel(logging.ERROR)
-        import coremltools as ct
-    return ct
+from ._coreml import package_size, quiet_coremltools as _ct  # noqa: E402,F401  (re-exported)
 
 
 def resolve_target(name):
     """``"iOS17"`` / ``ct.target.iOS17`` -> ``ct.target`` member; raises :class:`EmitError`."""
     ct = _ct()
     if not isinstance(name, str):
-        return name
+        if name in set(ct.target):
+            return name
+        raise EmitError(f"unknown minimum_deployment_target {name!r} (choose from {', '.join(TARGETS)})")
     try:
         return getattr(ct.target, name)
     except AttributeError:
         raise EmitError(f"unknown minimum_deployment_target {name!r} (choose from {', '.join(TARGETS)})") from None
+
+
+def target_name(target) -> str:
+    """Canonical name (``"iOS17"``) of a target given as a name or a ``ct.target`` member."""
+    t = resolve_target(target)
+    ct = _ct()
+    return next((n for n in TARGETS if getattr(ct.target, n) == t), t.name)
 
 
 class _TypedBuilder:
@@ -271,6 +274,7 @@ def save_atomic(mlmodel, path: str | os.PathLike, force: bool = False, check=Non
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent))
     except OSError as e:
         raise EmitError(f"cannot create the output directory for {str(path)!r}: {e}") from e
+    old = tmp / "old"
     try:
         staged = tmp / path.name
         with contextlib.redirect_stdout(io.StringIO()):
@@ -279,16 +283,14 @@ def save_atomic(mlmodel, path: str | os.PathLike, force: bool = False, check=Non
         if problems:
             raise EmitError(f"package for {str(path)!r} does not match the IR: " + "; ".join(problems))
         if path.exists():
-            old = tmp / "old"
             os.replace(path, old)
         os.replace(staged, path)
-    except OSError as e:
-        raise EmitError(f"could not write {str(path)!r}: {e}") from e
+    except TlcError:
+        raise
+    except Exception as e:
+        if old.exists() and not path.exists():  # put the user's previous package back
+            os.replace(old, path)
+        raise EmitError(f"could not write {str(path)!r}: {type(e).__name__}: {e}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
-
-
-def package_size(path: str | os.PathLike) -> int:
-    """Bytes on disk of a package directory."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

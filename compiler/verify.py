@@ -122,9 +122,9 @@ def compare(name: str, got: np.ndarray, ref: np.ndarray, tol: float) -> OutputCh
     return OutputCheck(name, g.shape, float(np.max(np.abs(diff))) if diff.size else 0.0, rel_l2(g, r), cos, nonfinite, tol)
 
 
-#: Suffixes coremltools or tlc's emission append to an IR node's name in the MIL op name:
-#: ``common::add_fp16_cast`` renames an op computing in fp16 to ``<name>_cast_fp16``; emission
-#: names the op of a graph output ``<name>_`` (the output variable takes the user-facing name).
+#: Suffixes appended to an IR node's name in a MIL op name: emission names the op of a graph
+#: output ``<name>_`` (the output variable takes the user-facing name); ``_cast_fp16`` is what
+#: coremltools' ``add_fp16_cast`` appends, for packages converted with coremltools' own fp16 pass.
 _MIL_SUFFIXES = ("_cast_fp16", "_")
 
 
@@ -172,12 +172,17 @@ def verify(
     tol: dict | None = None,
     compiled: CompiledModel | None = None,
     keep: str | Path | None = None,
+    force: bool = False,
 ) -> VerifyReport:
-    """Build (unless ``package`` is given), run in the MIL interpreter, compare with torch eager.
+    """Trace (or take ``compiled``), save the package (unless ``package`` is given), run it in
+    the MIL interpreter and compare with torch eager (the model in eval mode). The trace is
+    needed even with ``package``: it supplies the input names and the reference graph that
+    bisection compares against.
 
     ``tol``: ``{"fp32": 1e-5, "fp16": 1e-2}`` overrides (relative L2). The tolerance is chosen
     by the precision the package actually computes in (:func:`tlc.runtime.package_info`).
-    ``keep``: where to write the built package (default: a temp dir, removed afterwards).
+    ``keep``: where to write the built package (default: a temp dir, removed afterwards); an
+    existing ``keep`` is replaced only with ``force``.
     Raises :class:`TlcError` subclasses for bad models, inputs or packages.
     """
     from tlc.runtime import MILInterpreter, package_info
@@ -191,7 +196,7 @@ def verify(
         if keep is None:
             tmp = tempfile.TemporaryDirectory(prefix="tlc-verify-")
             keep = Path(tmp.name) / "model.mlpackage"
-        package = cm.save(keep, force=True)
+        package = cm.save(keep, force=force or tmp is not None)
     t_build = time.perf_counter() - t0
     try:
         interp = MILInterpreter(package)
@@ -208,8 +213,15 @@ def verify(
         got = interp.run(feeds)
         t_interp = time.perf_counter() - t1
         model = model_or_fn.fn if hasattr(model_or_fn, "cache") else model_or_fn
-        with torch.no_grad():
-            ref_out = model(*args, **kwargs)
+        modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
+        for m, _ in modes:
+            m.training = False  # the package is an inference trace: compare with eval-mode torch
+        try:
+            with torch.no_grad():
+                ref_out = model(*args, **kwargs)
+        finally:
+            for m, training in modes:
+                m.training = training
         refs = [t for t in pytree.tree_leaves(ref_out) if isinstance(t, torch.Tensor)]
         rows = []
         for name, r in zip(cm.output_names, refs):

@@ -3,7 +3,8 @@
 The default pipeline is a plain list of names (:data:`PIPELINE`), each ordering constraint
 commented beside its entry. :func:`run_pipeline` re-verifies the graph after every pass when
 ``TLC_DEBUG`` or ``TLC_VERIFY`` is set (the test suite sets ``TLC_VERIFY=1``) and prints per-pass timing and op counts at ``TLC_DEBUG=1``.
-The optimization issue grows this into cleanup, fusion and precision passes.
+Passes live in ``cleanup.py``, ``fuse.py``, ``layout.py`` and ``precision.py``; fusions are
+declarative patterns run by the bounded engine in ``rewrite.py``. docs/passes.md lists them.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ PIPELINE = [
     "fuse::pad_conv",  # before conv_batchnorm only for tidiness; the two are independent
     "fuse::conv_batchnorm",  # needs const conv weights (after const_fold)
     "fuse::linear_bias",  # after conv_batchnorm: a folded conv already has its bias
+    "fuse::activations",  # after const_fold: the pattern constants must be plain consts
     "layout::channels_first",  # after linear_bias: sinks transposes through linear(+bias) -> 1x1 conv
     "cleanup::merge_layout",  # merges what layout left adjacent
     "cleanup::cse",  # after fusions, which create identical constants/ops

@@ -7,7 +7,7 @@ import types
 import numpy as np
 
 from tlc.ir import DTYPES, Graph, Node, Value, replace
-from tlc.ops import get_op
+from tlc.ops import get_op, run_kernel
 
 from . import dce, register_pass
 from .rewrite import Match, Pat, rewrite
@@ -84,8 +84,12 @@ def const_fold(g: Graph) -> Graph:
         if n.op != "const" and n.inputs and all(v in consts for v in n.inputs) and len(n.outputs) == 1:
             big = n.out.type.nbytes > FOLD_MAX_BYTES
             if not big or all(uses.get(v, 0) == 1 and v not in g.outputs for v in n.inputs):
-                val = np.ascontiguousarray(get_op(n.op).numpy(n.attrs, *[consts[v] for v in n.inputs]))
-                val = val.astype(DTYPES[n.out.type.dtype], copy=False)
+                try:
+                    (val,) = run_kernel(get_op(n.op), n.attrs, [consts[v] for v in n.inputs], [DTYPES[n.out.type.dtype]])
+                except Exception:  # a kernel that cannot evaluate this constant: leave it to run time
+                    new_nodes.append(n)
+                    continue
+                val = np.ascontiguousarray(val)
                 val.flags.writeable = False
                 folded = Node("const", (), n.outputs, types.MappingProxyType({"val": val}), n.name, n.loc)
                 consts[n.out] = val

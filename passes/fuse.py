@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from tlc.ir import Graph
+from tlc.ir import DTYPES, Graph
 
 from . import register_pass
 from .rewrite import Match, Pat, const, rewrite
 
 
-def _f32(a) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(a, dtype=np.float64).astype(np.float32))
+def _as(a, like: str) -> np.ndarray:
+    """``a`` computed in float64, stored in the IR dtype ``like`` (the fused op's dtype)."""
+    return np.ascontiguousarray(np.asarray(a, dtype=np.float64).astype(DTYPES[like]))
 
 
 # --------------------------------------------------------------------------- conv + batch_norm
@@ -24,7 +25,7 @@ def _conv_bn(m: Match):
     if not m.single_use("conv") or len(conv.inputs) < 2:
         return None
     w = m.const_val("w")
-    b = m.const_val("b") if len(conv.inputs) == 3 else np.zeros(conv.out.type.shape[1], np.float32)
+    b = m.const_val("b") if len(conv.inputs) == 3 else np.zeros(conv.out.type.shape[1])
     params = [m.const_val(k) for k in ("mean", "var", "gamma", "beta")[: len(bn.inputs) - 1]]
     if w is None or b is None or any(p is None for p in params):
         return None
@@ -32,8 +33,9 @@ def _conv_bn(m: Match):
     gamma = params[2].astype(np.float64) if len(params) > 2 else 1.0
     beta = params[3].astype(np.float64) if len(params) > 3 else 0.0
     s = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
-    w2 = _f32(w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1)))
-    b2 = _f32((b.astype(np.float64) - mean) * s + beta)
+    dt = conv.out.type.dtype
+    w2 = _as(w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1)), dt)
+    b2 = _as((b.astype(np.float64) - mean) * s + beta, dt)
     return m.add("conv", [conv.inputs[0], m.const(w2, conv.name + "_w_bn"), m.const(b2, conv.name + "_b_bn")],
                  dict(conv.attrs), name=conv.name)
 
@@ -106,7 +108,8 @@ def _add_bias(m: Match):
     vec = _bias_vector(c, t.shape[axis], axis, t.rank) if c is not None else None
     if vec is None or np.broadcast_shapes(c.shape, t.shape) != t.shape:
         return None
-    return m.add(op.op, [op.inputs[0], op.inputs[1], m.const(_f32(vec), op.name + "_bias")], dict(op.attrs), name=op.name)
+    return m.add(op.op, [op.inputs[0], op.inputs[1], m.const(_as(vec, t.dtype), op.name + "_bias")], dict(op.attrs),
+                 name=op.name)
 
 
 def _matmul_to_linear(m: Match):
@@ -134,3 +137,107 @@ def fuse_bias(g: Graph) -> Graph:
         (Pat("add", (const("c"), Pat(("conv", "linear"), (None, const("w")), name="op"))), _add_bias),
     ]
     return rewrite(g, rules)
+
+
+# ------------------------------------------------------------------- decomposed activations
+
+
+class _Scalar:
+    """Matches a const whose every element is ``value`` (within ``rtol``)."""
+
+    def __init__(self, value: float, rtol: float = 1e-4):
+        self.value, self.rtol = value, rtol
+
+
+def _is(prod, v, pat, bind: dict) -> bool:
+    """Match value ``v`` against a nested tuple pattern ``(op, p1, p2, ...)``; binary
+    commutative ops (add, mul) try both operand orders. ``"x"`` binds (and must re-match) the
+    activation input; a :class:`_Scalar` matches a constant."""
+    if pat == "x":
+        if "x" in bind:
+            return bind["x"] is v
+        bind["x"] = v
+        return True
+    n = prod.get(v)
+    if isinstance(pat, _Scalar):
+        if n is None or n.op != "const":
+            return False
+        c = np.asarray(n.attrs["val"], np.float64)
+        return c.size > 0 and bool(np.allclose(c, pat.value, rtol=pat.rtol, atol=0))
+    if n is None or n.op != pat[0] or len(n.inputs) != len(pat) - 1:
+        return False
+    orders = [n.inputs]
+    if n.op in ("add", "mul") and len(n.inputs) == 2:
+        orders.append(n.inputs[::-1])
+    for ins in orders:
+        trial = dict(bind)
+        if all(_is(prod, iv, sub, trial) for iv, sub in zip(ins, pat[1:])):
+            bind.update(trial)
+            return True
+    return False
+
+
+_C = float(np.sqrt(2 / np.pi))
+#: (pattern, replacement op, attrs); x * 0.5 * (...) is written both ways it appears in practice.
+ACTIVATIONS = [
+    (("mul", ("mul", "x", _Scalar(0.5)),
+      ("add", ("tanh", ("mul", ("add", "x", ("mul", ("pow", "x", _Scalar(3.0)), _Scalar(0.044715))), _Scalar(_C))),
+       _Scalar(1.0))), "gelu", {"mode": "TANH_APPROXIMATION"}),
+    (("mul", "x", ("mul", _Scalar(0.5),
+                   ("add", ("tanh", ("mul", ("add", "x", ("mul", ("pow", "x", _Scalar(3.0)), _Scalar(0.044715))),
+                                     _Scalar(_C))), _Scalar(1.0)))), "gelu", {"mode": "TANH_APPROXIMATION"}),
+    (("mul", ("mul", "x", _Scalar(0.5)), ("add", ("erf", ("mul", "x", _Scalar(1 / np.sqrt(2)))), _Scalar(1.0))),
+     "gelu", {"mode": "EXACT"}),
+    (("mul", ("mul", "x", _Scalar(0.5)), ("add", ("erf", ("real_div", "x", _Scalar(np.sqrt(2)))), _Scalar(1.0))),
+     "gelu", {"mode": "EXACT"}),
+    (("mul", "x", ("sigmoid", "x")), "silu", {}),
+    (("log", ("add", ("exp", "x"), _Scalar(1.0))), "softplus", {}),
+]
+
+
+@register_pass("fuse::activations")
+def fuse_activations(g: Graph) -> Graph:
+    """Recognize decomposed activations and replace them with the MIL op: gelu (tanh form, as
+    GPT-2's ``NewGELU`` writes it, and the erf form), silu (x * sigmoid(x)), softplus
+    (log(1 + exp(x))). Constants must match to 1e-4 relative.
+
+    Given:  %a = mul(%x, 0.5); %p = pow(%x, 3); ... %t = tanh(...); %b = add(%t, 1); %y = mul(%a, %b)
+    Result: %y = gelu(%x, mode=TANH_APPROXIMATION)
+    Fires only when the interior values have no reader outside the pattern.
+    """
+    prod = g.producers()
+    uses: dict = {}
+    for n in g.nodes:
+        for v in n.inputs:
+            uses[v] = uses.get(v, 0) + 1
+    outs = set(g.outputs)
+
+    def interior_private(root, x) -> bool:
+        """Every value between ``x`` and ``root`` is read only inside the pattern."""
+        seen, stack = set(), [root.out]
+        inside = set()
+        while stack:
+            v = stack.pop()
+            if v is x or v in seen:
+                continue
+            seen.add(v)
+            n = prod.get(v)
+            if n is None or n.op == "const":
+                continue
+            inside.add(v)
+            stack.extend(n.inputs)
+        reads = {v: 0 for v in inside}
+        for v in inside:
+            for i in prod[v].inputs:
+                if i in reads:
+                    reads[i] += 1
+        return all(v is root.out or (reads[v] == uses.get(v, 0) and v not in outs) for v in inside)
+
+    def rule(m: Match):
+        for pat, op, attrs in ACTIVATIONS:
+            bind: dict = {}
+            if _is(prod, m.root.out, pat, bind) and interior_private(m.root, bind["x"]):
+                return m.add(op, [bind["x"]], dict(attrs), name=m.root.name)
+        return None
+
+    return rewrite(g, [(Pat(("mul", "log")), rule)])

@@ -62,45 +62,53 @@ def clamp_sentinels(g: Graph) -> Graph:
     return replace(g, nodes=tuple(nodes)) if changed else g
 
 
-def analyze(g: Graph, feeds_list: list[dict]) -> tuple[dict[Value, float], dict[Node, float]]:
-    """Max |x| per float value over all calibration feeds, and each float op's local fp16 error
-    (rel-L2 of the op on fp16-rounded inputs against its fp32 result; the worst over feeds)."""
-    from tlc.runtime import check_inputs
+def analyze(g: Graph, feeds_list: list[dict]) -> tuple[dict[Value, float], dict[Node, float], set[Value]]:
+    """Max |x| per float value over all calibration feeds, and each op's local fp16 error: the
+    op re-run on its fp16-rounded inputs (:func:`tlc.ops.run_kernel`) against its fp32 result —
+    rel-L2 for float results, ``inf`` when an integer/bool result changes (e.g. a float->int cast
+    of 2049); the worst over feeds. Also the float values fp16 cannot hold exactly (for integer
+    results that depend on them). Values come from the reference executor's observer."""
+    from tlc.runtime import check_inputs, run_graph
 
     maxabs: dict[Value, float] = {}
     err: dict[Node, float] = {}
+    inexact: set[Value] = set()
     for feeds in feeds_list:
-        env = dict(zip(g.inputs, (check_inputs(g, feeds)[v.name] for v in g.inputs)))
+        vals: dict[Value, np.ndarray] = dict(zip(g.inputs, (check_inputs(g, feeds)[v.name] for v in g.inputs)))
+        run_graph(g, feeds, observer=lambda n, outs: vals.update(zip(n.outputs, outs)))
+        for v, a in vals.items():
+            if v.type.dtype in FLOAT and a.size:
+                finite = np.isfinite(a)
+                m = float(np.max(np.abs(a))) if finite.all() else float("inf")
+                maxabs[v] = max(maxabs.get(v, 0.0), m)
+                with np.errstate(all="ignore"):
+                    if not np.array_equal(a.astype(np.float16).astype(a.dtype), a, equal_nan=True):
+                        inexact.add(v)
         for n in g.nodes:
-            if n.op == "const":
-                outs = (n.attrs["val"],)
+            if n.op == "const" or not any(v.type.dtype in FLOAT for v in n.inputs):
+                continue
+            with np.errstate(all="ignore"):
+                ins16 = [vals[v].astype(np.float16) if v.type.dtype in FLOAT else vals[v] for v in n.inputs]
+            out_dt = [np.float16 if v.type.dtype in FLOAT else DTYPES[v.type.dtype] for v in n.outputs]
+            o16 = run_kernel(get_op(n.op), n.attrs, ins16, out_dt)[0]
+            ref = vals[n.outputs[0]]
+            if ref.dtype.kind == "f":
+                r64 = ref.astype(np.float64)
+                d = np.linalg.norm(np.nan_to_num(o16.astype(np.float64) - r64, nan=1e30, posinf=1e30, neginf=1e30))
+                e = float(d / max(np.linalg.norm(r64), 1e-30))
             else:
-                row = get_op(n.op)
-                ins = [env[v] for v in n.inputs]
-                outs = run_kernel(row, n.attrs, ins, [DTYPES[v.type.dtype] for v in n.outputs])
-                if any(v.type.dtype in FLOAT for v in n.outputs):
-                    with np.errstate(all="ignore"):
-                        ins16 = [a.astype(np.float16) if a.dtype == np.float32 else a for a in ins]
-                        o16 = run_kernel(row, n.attrs, ins16, [np.float16 if v.type.dtype in FLOAT else DTYPES[v.type.dtype]
-                                                               for v in n.outputs])
-                    ref = outs[0].astype(np.float64)
-                    d = np.linalg.norm(np.nan_to_num(o16[0].astype(np.float64) - ref, nan=1e30, posinf=1e30, neginf=1e30))
-                    e = float(d / max(np.linalg.norm(ref), 1e-30))
-                    err[n] = max(err.get(n, 0.0), e)
-            for v, a in zip(n.outputs, outs):
-                env[v] = a
-                if v.type.dtype in FLOAT and a.size:
-                    m = float(np.max(np.abs(a[np.isfinite(a)]))) if np.isfinite(a).any() else float("inf")
-                    if not np.isfinite(a).all():
-                        m = float("inf")
-                    maxabs[v] = max(maxabs.get(v, 0.0), m)
-    return maxabs, err
+                e = 0.0 if np.array_equal(o16, ref) else float("inf")
+            err[n] = max(err.get(n, 0.0), e)
+    return maxabs, err, inexact
 
 
-def choose_islands(g: Graph, maxabs: dict[Value, float], err: dict[Node, float]) -> dict[str, str]:
-    """``{node name: reason}`` for the ops that must stay fp32 (rules in the module docstring)."""
+def choose_islands(g: Graph, maxabs: dict[Value, float], err: dict[Node, float],
+                   inexact: set[Value] = frozenset()) -> dict[str, str]:
+    """``{node name: reason}`` for the ops that must stay fp32 (rules in the module docstring).
+    An op whose integer/bool result fp16 would change also keeps in fp32 the float ops feeding
+    it whose values fp16 cannot hold exactly (``inexact``), transitively."""
     islands: dict[str, str] = {}
-    errs = [e for e in err.values() if e > 0]
+    errs = [e for e in err.values() if 0 < e < float("inf")]
     median = float(np.median(errs)) if errs else 0.0
     for n in g.nodes:
         if n.op == "const":
@@ -109,8 +117,19 @@ def choose_islands(g: Graph, maxabs: dict[Value, float], err: dict[Node, float])
         big = max((maxabs.get(v, 0.0) for v in vals), default=0.0)
         if big > SAFE_MAX:
             islands[n.name] = f"values reach |x| = {big:.3g} > {SAFE_MAX:g} (half of fp16's max 65504)"
+        elif err.get(n) == float("inf") and not any(v.type.dtype in FLOAT for v in n.outputs):
+            islands[n.name] = "rounding its float inputs to fp16 changes its integer/bool result"
         elif n in err and err[n] > ERROR_FLOOR and err[n] > ERROR_FACTOR * median:
             islands[n.name] = f"fp16 error {err[n]:.2g} is {err[n] / max(median, 1e-30):.0f}x the graph's median {median:.2g}"
+    producer = g.producers()
+    todo = [n for n in g.nodes if islands.get(n.name, "").startswith("rounding")]
+    while todo:
+        n = todo.pop()
+        for v in n.inputs:
+            p = producer.get(v)
+            if p is not None and p.op != "const" and v in inexact and p.name not in islands:
+                islands[p.name] = f"feeds the integer result of {n.name} with values fp16 cannot hold exactly"
+                todo.append(p)
     return islands
 
 
@@ -181,8 +200,8 @@ def mixed(g: Graph) -> Graph:
     Result: %x16 = cast(%x, fp16) ... %h, %n computed in fp32, the rest in fp16
     """
     g = clamp_sentinels(g)
-    maxabs, err = analyze(g, _calibration(g))
-    islands = choose_islands(g, maxabs, err)
+    maxabs, err, inexact = analyze(g, _calibration(g))
+    islands = choose_islands(g, maxabs, err, inexact)
     out = to_half(g, set(islands))
     return replace(out, meta={**dict(out.meta), "tlc.islands": islands})
 

@@ -141,7 +141,7 @@ def rewrite_once(g: Graph, rules: Sequence[Rule]) -> tuple[Graph, list[str]]:
     consumed: set[int] = set()
     fired: list[str] = []
     for idx, node in enumerate(g.nodes):
-        if idx in consumed or len(node.outputs) != 1:
+        if id(node) in consumed or len(node.outputs) != 1:
             continue
         for pat, fn in rules:
             nodes: dict[str, Node] = {}

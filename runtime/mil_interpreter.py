@@ -27,6 +27,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from tlc._coreml import package_size, quiet_coremltools
 from tlc.errors import InputError, TlcError
 from tlc.ops import OPS, args_from_mil, run_kernel
 
@@ -44,13 +45,6 @@ class UnsupportedMILOpError(TlcError):
     """The program uses a MIL op tlc's interpreter has no kernel for."""
 
 
-def _coremltools():
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        logging.getLogger("coremltools").setLevel(logging.ERROR)
-        import coremltools as ct
-    return ct
-
-
 def load_program(path: str | Path):
     """Load ``path`` (an ``.mlpackage`` directory) and return ``(mlmodel, spec, program)``.
 
@@ -58,7 +52,7 @@ def load_program(path: str | Path):
     ``Manifest.json``); a neuralnetwork (not mlprogram) model; an unreadable spec; weights that
     are truncated or corrupted.
     """
-    ct = _coremltools()
+    ct = quiet_coremltools()
     from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
 
     path = Path(path)
@@ -239,7 +233,7 @@ def package_info(path: str | Path) -> dict:
             precision = "fp16"
     desc = interp.spec.description
     md = dict(desc.metadata.userDefined)
-    size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    size = package_size(path)
     return {
         "path": str(path),
         "inputs": [{"name": n, "shape": list(s), "dtype": d.name} for n, s, d in interp.inputs],

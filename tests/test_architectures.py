@@ -41,10 +41,9 @@ def test_package_io(built, precision, tmp_path):
     from coremltools.converters.mil.mil import types
 
     name, model, args, kwargs, cm = built
-    cm.precision = precision
-    cm._mlmodel = None
+    cm = cm.with_options(precision=precision)
     path = cm.save(tmp_path / f"{name}.mlpackage")
-    assert check_package_io(path, cm.graph) == []
+    assert check_package_io(path, cm.emit_graph) == []
     m = ct.models.MLModel(str(path), skip_model_load=True)
     spec = m.get_spec()
     assert spec.WhichOneof("Type") == "mlProgram"

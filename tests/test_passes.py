@@ -182,3 +182,26 @@ def test_channels_first_must_not_add_transposes():
     # the channels-last result is the output: sinking cannot cancel anything, so nothing changes
     g, g2 = run_pass("layout::channels_first", lambda x: F.gelu(F.linear(x.permute(0, 2, 3, 1), w)), torch.randn(1, 8, 3, 3))
     assert ops(g2) == ops(g)
+
+
+@pytest.mark.parametrize("fn,op", [
+    (lambda x: 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * (x + 0.044715 * torch.pow(x, 3.0)))), "gelu"),
+    (lambda x: x * 0.5 * (1.0 + torch.erf(x / 1.4142135623730951)), "gelu"),
+    (lambda x: x * torch.sigmoid(x), "silu"),
+    (lambda x: torch.log(1 + torch.exp(x)), "softplus"),
+])
+def test_activation_recognition(fn, op):
+    g, g2 = run_pass("fuse::activations", fn, torch.randn(3, 7))
+    assert ops(g2) == [op], ops(g2)
+
+
+def test_activation_recognition_must_not_fire_on_shared_interior():
+    # the tanh value is also returned: fusing would have to keep it, so nothing changes
+    def f(x):
+        t = torch.tanh(0.7978845608028654 * (x + 0.044715 * torch.pow(x, 3.0)))
+        return 0.5 * x * (1.0 + t), t
+
+    g, g2 = run_pass("fuse::activations", f, torch.randn(3, 7))
+    assert ops(g2) == ops(g)
+    g, g2 = run_pass("fuse::activations", lambda x: x * torch.sigmoid(x * 2), torch.randn(4))  # not silu
+    assert "silu" not in ops(g2)

@@ -104,3 +104,15 @@ def test_error_rule_flags_outliers():
     islands = choose_islands(g, {}, err)
     assert list(islands) == [nodes[2].name] and "median" in islands[nodes[2].name]
     assert choose_islands(g, {}, {nodes[0]: 1e-4, nodes[1]: 2e-4, nodes[2]: 5e-4}) == {}  # under the floor
+
+
+def test_float_to_int_cast_that_fp16_would_change_stays_fp32(tmp_path):
+    def f(x):
+        return (x * 1.0).to(torch.int32) + 1
+
+    x = torch.tensor([2049.0, 3.0])
+    cm = tlc.build(f, (x,))
+    cast = next(n.name for n in cm.graph.nodes if n.op == "cast")
+    assert cast in cm.islands and "integer" in cm.islands[cast]
+    out = MILInterpreter(cm.save(tmp_path / "c.mlpackage")).run({"x": x.numpy()})["output"]
+    assert out.tolist() == [2050, 4]

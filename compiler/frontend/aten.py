@@ -14,7 +14,7 @@ import torch
 
 from ..errors import FrontendError, UnsupportedOpError
 from ..ir import Value
-from .lower import Const, Lowerer
+from .lower import _IR_TO_TORCH, Const, Lowerer
 
 LOWERINGS: dict[str, Callable] = {}
 
@@ -145,6 +145,10 @@ lower("aten.bitwise_xor.Tensor", "aten.logical_xor.default")(_logical("logical_x
 
 @lower("aten.bitwise_not.default", "aten.logical_not.default")
 def _not(L, x):
+    if L.node.target == torch.ops.aten.bitwise_not.default and L.out_type().dtype == "int32":
+        # two's complement: ~x == -x - 1
+        neg = L.add("mul", [L.v(x), L.scalar(-1, "int32")], name=L.node.name + "_neg")
+        return L.add("sub", [neg, L.scalar(1, "int32")])
     return L.add("logical_not", [L.cast(x, "bool")])
 
 
@@ -185,8 +189,8 @@ def _clip(L, x, lo=None, hi=None):
     if L.node.target == torch.ops.aten.hardtanh.default:
         lo = -1.0 if lo is None else lo
         hi = 1.0 if hi is None else hi
-    x = L.v(x)
-    dt = x.type.dtype
+    dt = L.out_type().dtype  # torch promotes an int tensor clamped by a float bound to float
+    x = L.cast(L.v(x), dt)
     if dt in ("fp32", "fp16") and lo is not None and hi is not None:
         return L.add("clip", [x], {"alpha": float(lo), "beta": float(hi)})
     y = x
@@ -225,14 +229,19 @@ def _leaky_relu(L, x, negative_slope=0.01):
 
 @lower("aten.softplus.default")
 def _softplus(L, x, beta=1, threshold=20):
-    # torch switches to identity above `threshold` (beta * x > threshold); the difference from
-    # the exact softplus there is < 2e-9 relative, below fp32 resolution.
-    if beta == 1:
-        return L.add("softplus", [x])
+    """torch: x where beta * x > threshold, else log(1 + exp(beta * x)) / beta. With the default
+    threshold (20) the switch changes the result by < 2e-9 relative, below fp32 resolution, so
+    it is dropped; a smaller threshold is honoured with a select."""
     dt = L.out_type().dtype
-    bx = L.add("mul", [x, L.scalar(beta, dt)], name=L.node.name + "_beta")
-    s = L.add("softplus", [bx], name=L.node.name + "_sp")
-    return L.add("real_div", [s, L.scalar(beta, dt)])
+    x = L.v(x)
+    bx = x if beta == 1 else L.add("mul", [x, L.scalar(beta, dt)], name=L.node.name + "_beta")
+    s = L.add("softplus", [bx], name=L.node.name + "_sp" if (beta != 1 or threshold < 20) else None)
+    if beta != 1:
+        s = L.add("real_div", [s, L.scalar(beta, dt)], name=L.node.name + "_div" if threshold < 20 else None)
+    if threshold < 20:
+        above = L.add("greater", [bx, L.scalar(threshold, dt)], name=L.node.name + "_above")
+        s = L.add("select", [above, x, s])
+    return s
 
 
 @lower("aten.where.self", "aten.where.ScalarSelf", "aten.where.ScalarOther", "aten.where.Scalar")
@@ -387,8 +396,9 @@ def _bn(L, x, w, b, mean, var, eps):
     ins = [x, mean, var]
     if w is not None or b is not None:
         c = _shape(x)[1]
-        ins += [w if w is not None else Const(torch.ones(c), L.node.name + "_gamma"),
-                b if b is not None else Const(torch.zeros(c), L.node.name + "_beta")]
+        tdt = _IR_TO_TORCH[L.v(x).type.dtype]
+        ins += [w if w is not None else Const(torch.ones(c, dtype=tdt), L.node.name + "_gamma"),
+                b if b is not None else Const(torch.zeros(c, dtype=tdt), L.node.name + "_beta")]
     return L.add("batch_norm", ins, {"epsilon": float(eps)})
 
 
@@ -398,7 +408,7 @@ def _layer_norm(L, x, shape, w=None, b=None, eps=1e-5, cudnn_enable=False):
     axes = tuple(range(r - len(shape), r))
     ins = [x]
     if w is not None or b is not None:
-        ins += [w if w is not None else Const(torch.ones(shape), L.node.name + "_gamma")]
+        ins += [w if w is not None else Const(torch.ones(shape, dtype=_IR_TO_TORCH[L.v(x).type.dtype]), L.node.name + "_gamma")]
         if b is not None:
             ins.append(b)
     return L.add("layer_norm", ins, {"axes": axes, "epsilon": float(eps)})
@@ -633,7 +643,7 @@ def _index(L, x, indices):
     else:
         lin_v = None
         for t, d in zip(idx, dims):
-            t = L.cast(t, "int32")
+            t = L.add("mod", [L.cast(t, "int32"), L.scalar(d, "int32")], name=L.node.name + "_wrap")  # -1 -> d-1
             lin_v = t if lin_v is None else L.add("add", [L.add("mul", [lin_v, L.scalar(d, "int32")], name=L.node.name + "_lin"), t], name=L.node.name + "_lin")
     xv = L.v(x)
     is_bool = xv.type.dtype == "bool"

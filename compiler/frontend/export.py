@@ -110,7 +110,9 @@ def export(module: torch.nn.Module, args: tuple, kwargs: dict, strict: bool = Fa
     Returns ``(exported_program, seconds_export, seconds_decompose)``. Raises
     :class:`FrontendError` with torch's message and the user's source line when tracing fails.
     """
-    was_training = module.training
+    # remember every submodule's mode (a wrapper's .train() would otherwise switch the user's
+    # own modules into training mode)
+    modes = [(m, m.training) for m in module.modules()]
     module.eval()
     # torch logs a full traceback (log.exception) when fake-tensor propagation fails; tlc reports
     # the error itself, in one paragraph.
@@ -136,7 +138,8 @@ def export(module: torch.nn.Module, args: tuple, kwargs: dict, strict: bool = Fa
             loc=_user_frame(e),
         ) from e
     finally:
-        module.train(was_training)
+        for m, training in modes:
+            m.training = training
         fake_log.setLevel(old_level)
     return ep, t1 - t0, t2 - t1
 

@@ -208,11 +208,11 @@ class Lowerer:
         vals = val if isinstance(val, (tuple, list)) else (val,)
         for r, tv in zip(outs, vals):
             if isinstance(r, Value) and isinstance(tv, torch.Tensor):
-                want = tuple(int(d) for d in tv.shape)
-                if r.type.shape != want:
+                want = TensorType(ir_dtype(tv.dtype, loc=self.loc), tuple(int(d) for d in tv.shape))
+                if r.type != want:
                     raise FrontendError(
-                        f"lowering of {self.node.target} (node {self.node.name}) produced shape "
-                        f"{list(r.type.shape)} but torch computes {list(want)}", loc=self.loc)
+                        f"lowering of {self.node.target} (node {self.node.name}) produced {r.type} "
+                        f"but torch computes {want}", loc=self.loc)
 
     def fold(self, target, args, kwargs):
         def to_t(x):

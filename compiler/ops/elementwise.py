@@ -111,7 +111,7 @@ def erf(x: np.ndarray) -> np.ndarray:
     poly -= z * z
     np.exp(poly, out=poly)
     poly *= t
-    r = 1.0 - poly  # erf(|x|)
+    r = np.asarray(1.0 - poly)  # erf(|x|); asarray keeps 0-d inputs assignable
     small = z < 0.1
     if small.any():
         zs = z[small]
@@ -247,6 +247,8 @@ def _emit_select(ctx, attrs, ins, nm):
             a = ctx.mb.const(val=np.broadcast_to(a.val, shape).copy(), name=nm + "_a")
         elif b.val is not None:
             b = ctx.mb.const(val=np.broadcast_to(b.val, shape).copy(), name=nm + "_b")
+        elif ctx.node.out.type.dtype == "bool":
+            a = ctx.mb.logical_or(x=a, y=np.zeros(shape, dtype=bool), name=nm + "_a")
         else:
             z = np.zeros(shape, dtype=np.float32 if ctx.node.out.type.dtype in FLOAT else np.int32)
             a = ctx.mb.add(x=a, y=z, name=nm + "_a")

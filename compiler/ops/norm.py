@@ -3,7 +3,7 @@
 
 Semantics: coremltools MIL ``normalization.py``, ``activation.py`` (softmax) and ``reduction.py``
 (iOS15 opset). Statistics are computed in fp32 even for fp16 inputs, then rounded to the input
-dtype (the device's norm kernels accumulate in higher precision; see issue 3 for fp16 fidelity).
+dtype (the fp16 rule of :func:`tlc.ops.run_kernel`; rationale in runtime/mil_interpreter.py).
 """
 from __future__ import annotations
 
