@@ -8,7 +8,7 @@ nothing is downloaded) it measures:
   decomposition pass (``tlc.frontend.export.export(module, args, kwargs, strict=False)``);
 * ``export_strict_s``: the same trace with ``strict=True`` (TorchDynamo), or
   ``FAIL: <first 60 chars of the underlying torch error>`` when it raises;
-* ``compile_s`` = ``lower_s + emit_mil_s + convert_s + save_s``: everything tlc does after
+* ``compile_s`` = ``lower_s + passes_s + precision_s + emit_mil_s + convert_s + save_s``: everything tlc does after
   ``torch.export`` (ATen -> IR lowering, MIL emission, ``ct.convert``, writing the package), taken
   from ``cm.timings`` of ``tlc.build(model, example_inputs)`` + ``cm.save(...)``;
 * ``size_MB``: the saved ``.mlpackage`` on disk (fp16, the default precision; MB = 10**6 bytes);
@@ -212,11 +212,12 @@ def measure(name: str, check: bool) -> dict:
             log(f"{name}: save ({cm.graph.num_ops} IR ops)")
             cm.save(path)
             t = cm.timings
-            for k in ("lower", "emit_mil", "convert", "save"):
-                row[f"{k}_s"] = t[k]
-            row["compile_s"] = t["lower"] + t["emit_mil"] + t["convert"] + t["save"]
+            for k in ("lower", "passes", "precision", "emit_mil", "convert", "save"):
+                row[f"{k}_s"] = t.get(k, 0.0)
+            row["compile_s"] = sum(t.get(k, 0.0) for k in ("lower", "passes", "precision", "emit_mil", "convert", "save"))
             row["size_MB"] = package_size(path) / 1e6
             row["mil_ops"] = mil_op_count(path)
+            row["islands"] = len(cm.islands)
         except Exception as e:
             errors.append(_err(e))
         if check and cm is not None:
@@ -239,7 +240,7 @@ def measure(name: str, check: bool) -> dict:
 # -------------------------------------------------------------------------------------- table
 
 COLUMNS = ["model", "params_M", "export_nonstrict_s", "decompose_s", "export_strict_s", "compile_s", "lower_s",
-           "emit_mil_s", "convert_s", "save_s", "size_MB", "ir_ops", "mil_ops"]
+           "passes_s", "precision_s", "emit_mil_s", "convert_s", "save_s", "size_MB", "ir_ops", "mil_ops", "islands"]
 
 
 def fmt(col: str, v) -> str:
@@ -289,7 +290,7 @@ def main(argv=None) -> int:
             Path(a.json).write_text(json.dumps(rows, indent=2))
 
     print(f"tlc {tlc.__version__}, torch {torch.__version__}, transformers {transformers.__version__}; "
-          f"times in seconds, sizes in MB (10**6 bytes), fp16 packages")
+          f"times in seconds, sizes in MB (10**6 bytes), default (mixed) precision packages")
     print(table(rows, a.check))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
