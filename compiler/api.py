@@ -81,10 +81,12 @@ class CompiledModel:
 
     @property
     def input_names(self) -> list[str]:
+        """Graph (and package) input names, in call order."""
         return [v.name for v in self.graph.inputs]
 
     @property
     def output_names(self) -> list[str]:
+        """Graph (and package) output names, in the model's flattened output order."""
         return list(self.graph.output_names)
 
     # --------------------------------------------------------------------------- Core ML package

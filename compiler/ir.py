@@ -58,6 +58,7 @@ class TensorType:
 
     @property
     def rank(self) -> int:
+        """Number of axes (0 for a scalar)."""
         return len(self.shape)
 
     @property
@@ -67,6 +68,7 @@ class TensorType:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the tensor's data (elements x dtype size)."""
         return self.size * DTYPES[self.dtype].itemsize
 
     def __str__(self) -> str:
@@ -221,6 +223,7 @@ class GraphBuilder:
         return name
 
     def add_input(self, name: str, type: TensorType) -> Value:
+        """Declare a graph input named ``name`` (must be a unique identifier; else :class:`IRError`)."""
         v = Value(self.unique(name), type)
         if v.name != name:
             raise IRError(f"graph input name {name!r} is not unique or not a valid identifier")
@@ -264,6 +267,8 @@ class GraphBuilder:
         return node
 
     def build(self, outputs: Sequence[Value], output_names: Sequence[str]) -> Graph:
+        """Finish: the graph returning ``outputs`` under ``output_names``, verified
+        (:func:`verify` raises :class:`IRError` if the contract is broken)."""
         g = Graph(
             tuple(self.inputs),
             tuple(self.nodes),

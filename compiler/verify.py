@@ -97,6 +97,7 @@ class VerifyReport:
         return all(o.passed for o in self.outputs)
 
     def text(self) -> str:
+        """The report as a table: one row per output, the verdict, and the divergence if any."""
         lines = [f"verify {self.package} ({self.precision}, MIL interpreter vs torch eager)",
                  f"  {'output':<24} {'shape':<16} {'max_abs':>9} {'rel_l2':>9} {'cosine':>10} {'nan/inf':>7} "
                  f"{'tol':>7}  result"]

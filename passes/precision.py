@@ -78,24 +78,34 @@ def analyze(g: Graph, feeds_list: list[dict]) -> tuple[dict[Value, float], dict[
         run_graph(g, feeds, observer=lambda n, outs: vals.update(zip(n.outputs, outs)))
         for v, a in vals.items():
             if v.type.dtype in FLOAT and a.size:
-                finite = np.isfinite(a)
-                m = float(np.max(np.abs(a))) if finite.all() else float("inf")
-                maxabs[v] = max(maxabs.get(v, 0.0), m)
+                m = max(float(a.max()), -float(a.min()))  # NaN propagates, so non-finite -> inf below
+                maxabs[v] = max(maxabs.get(v, 0.0), m if np.isfinite(m) else float("inf"))
+        rounded: dict[Value, np.ndarray] = {}
+        const_values = {n.out for n in g.nodes if n.op == "const"}
+
+        def r16(v: Value) -> np.ndarray:
+            """``v``'s values rounded to fp16 and held in fp32 (once per value; run_kernel then
+            computes exactly as on fp16 inputs, without converting again)."""
+            if v not in rounded:
+                a = vals[v]
                 with np.errstate(all="ignore"):
-                    if not np.array_equal(a.astype(np.float16).astype(a.dtype), a, equal_nan=True):
-                        inexact.add(v)
+                    rounded[v] = a.astype(np.float16).astype(np.float32)
+                if v not in const_values and not np.array_equal(rounded[v], a, equal_nan=True):
+                    inexact.add(v)  # (constants never need it: the upstream walk stops at them)
+            return rounded[v]
+
         for n in g.nodes:
             if n.op == "const" or not any(v.type.dtype in FLOAT for v in n.inputs):
                 continue
-            with np.errstate(all="ignore"):
-                ins16 = [vals[v].astype(np.float16) if v.type.dtype in FLOAT else vals[v] for v in n.inputs]
+            ins16 = [r16(v) if v.type.dtype in FLOAT else vals[v] for v in n.inputs]
             out_dt = [np.float16 if v.type.dtype in FLOAT else DTYPES[v.type.dtype] for v in n.outputs]
             o16 = run_kernel(get_op(n.op), n.attrs, ins16, out_dt)[0]
             ref = vals[n.outputs[0]]
             if ref.dtype.kind == "f":
-                r64 = ref.astype(np.float64)
-                d = np.linalg.norm(np.nan_to_num(o16.astype(np.float64) - r64, nan=1e30, posinf=1e30, neginf=1e30))
-                e = float(d / max(np.linalg.norm(r64), 1e-30))
+                with np.errstate(all="ignore"):
+                    diff = o16.astype(np.float32) - ref
+                    d = np.linalg.norm(np.nan_to_num(diff, nan=1e30, posinf=1e30, neginf=1e30))
+                    e = float(d / max(float(np.linalg.norm(ref)), 1e-30))
             else:
                 e = 0.0 if np.array_equal(o16, ref) else float("inf")
             err[n] = max(err.get(n, 0.0), e)

@@ -76,6 +76,7 @@ class Match:
         return self._ctx.add(op, inputs, attrs or {}, name or self.root.name, loc or self.root.loc).outputs[0]
 
     def const(self, val: np.ndarray, name: str) -> Value:
+        """Add a ``const`` node holding ``val`` (an IR dtype array) before the root."""
         return self._ctx.add("const", [], {"val": np.asarray(val)}, name, self.root.loc).outputs[0]
 
 

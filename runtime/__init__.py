@@ -61,6 +61,8 @@ class LoadedModel:
             self._coreml = ct.models.MLModel(str(self.path), compute_units=getattr(ct.ComputeUnit, compute_units))
 
     def __call__(self, feeds: Mapping[str, np.ndarray] | None = None, **named) -> dict[str, np.ndarray]:
+        """Run on named arrays (a dict and/or keywords); returns ``{output_name: array}``.
+        Raises :class:`~tlc.errors.InputError` for missing/misnamed inputs or wrong shape/dtype."""
         feeds = {**(feeds or {}), **named}
         if self._coreml is not None:  # pragma: no cover - macOS only
             checked = validate_feeds(self.inputs, feeds, self.path.name)

@@ -148,6 +148,7 @@ class MILInterpreter:
                     f"interpreter; supported: {', '.join(sorted(OPS))}")
 
     def op_histogram(self) -> dict[str, int]:
+        """Count of non-const ops per MIL op type, most frequent first."""
         h: dict[str, int] = {}
         for op in self._ops:
             h[op.op_type] = h.get(op.op_type, 0) + 1

@@ -117,6 +117,7 @@ class Lowerer:
         return n.outputs[0] if len(n.outputs) == 1 else n.outputs
 
     def cast(self, x: Value, dtype: str) -> Value:
+        """``x`` as IR ``dtype``: itself if it already is, else a new ``cast`` node."""
         x = self.v(x)
         return x if x.type.dtype == dtype else self.add("cast", [x], {"dtype": dtype}, name=self.node.name + "_cast")
 
@@ -130,6 +131,8 @@ class Lowerer:
     # --- driver -------------------------------------------------------------------------------
 
     def run(self, input_names: list[str] | None = None) -> Graph:
+        """Lower every fx node in order; returns the verified graph. Raises
+        :class:`FrontendError` / :class:`UnsupportedOpError` with the node's source location."""
         ep = self.ep
         sig = ep.graph_signature
         state = ep.state_dict

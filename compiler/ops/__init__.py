@@ -58,6 +58,7 @@ def flops_elementwise(in_types, out_types, attrs) -> int:
 
 
 def flops_none(in_types, out_types, attrs) -> int:
+    """No arithmetic (data movement and constants)."""
     return 0
 
 
