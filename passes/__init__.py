@@ -26,6 +26,7 @@ PIPELINE = [
     "fuse::conv_batchnorm",  # needs const conv weights (after const_fold)
     "fuse::linear_bias",  # after conv_batchnorm: a folded conv already has its bias
     "fuse::activations",  # after const_fold: the pattern constants must be plain consts
+    "fuse::norm_attention",  # after const_fold, like fuse::activations
     "layout::channels_first",  # after linear_bias: sinks transposes through linear(+bias) -> 1x1 conv
     "cleanup::merge_layout",  # merges what layout left adjacent
     "cleanup::cse",  # after fusions, which create identical constants/ops

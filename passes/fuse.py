@@ -241,3 +241,173 @@ def fuse_activations(g: Graph) -> Graph:
         return None
 
     return rewrite(g, [(Pat(("mul", "log")), rule)])
+
+
+# ------------------------------------------------------------------ decomposed layer_norm / attention
+
+
+def _private(g_prod, uses, outs, root, stop: set) -> bool:
+    """Every value computed between the ``stop`` values and ``root`` is read only inside that
+    region and is not a graph output (so replacing ``root`` leaves nothing dangling)."""
+    seen, stack, inside = set(), [root.out], set()
+    while stack:
+        v = stack.pop()
+        if v in stop or v in seen:
+            continue
+        seen.add(v)
+        n = g_prod.get(v)
+        if n is None or n.op == "const":
+            continue
+        inside.add(v)
+        stack.extend(n.inputs)
+    reads = {v: 0 for v in inside}
+    for v in inside:
+        for i in g_prod[v].inputs:
+            if i in reads:
+                reads[i] += 1
+    return all(v is root.out or (reads[v] == uses.get(v, 0) and v not in outs) for v in inside)
+
+
+def _scalar_of(prod, v) -> float | None:
+    n = prod.get(v)
+    if n is None or n.op != "const" or n.attrs["val"].size != 1:
+        return None
+    return float(np.asarray(n.attrs["val"]).reshape(()))
+
+
+def _layer_norm_parts(prod, root):
+    """(x, axes, eps) if ``root`` computes (x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps)
+    (also with ``mul(.., rsqrt(..))`` and ``mul(d, d)`` for the square)."""
+    n = root
+    if n.op == "real_div":
+        d, s = n.inputs
+        sn = prod.get(s)
+        if sn is None or sn.op != "sqrt":
+            return None
+        ve = sn.inputs[0]
+    elif n.op == "mul":
+        for d, r in (n.inputs, n.inputs[::-1]):
+            rn = prod.get(r)
+            if rn is not None and rn.op == "rsqrt" and not rn.attrs.get("epsilon"):
+                ve = rn.inputs[0]
+                break
+        else:
+            return None
+    else:
+        return None
+    ven = prod.get(ve)
+    if ven is None or ven.op != "add":
+        return None
+    var, eps = None, None
+    for a, b in (ven.inputs, ven.inputs[::-1]):
+        if _scalar_of(prod, b) is not None:
+            var, eps = a, _scalar_of(prod, b)
+    vn = prod.get(var) if var is not None else None
+    if vn is None or vn.op != "reduce_mean" or not vn.attrs.get("keep_dims"):
+        return None
+    sq = prod.get(vn.inputs[0])
+    if sq is None or not ((sq.op == "pow" and sq.inputs[0] is d and _scalar_of(prod, sq.inputs[1]) == 2.0)
+                          or (sq.op == "mul" and sq.inputs[0] is d and sq.inputs[1] is d)):
+        return None
+    dn = prod.get(d)
+    if dn is None or dn.op != "sub":
+        return None
+    x, m = dn.inputs
+    mn = prod.get(m)
+    if mn is None or mn.op != "reduce_mean" or mn.inputs[0] is not x or not mn.attrs.get("keep_dims"):
+        return None
+    rank = x.type.rank
+    axes = tuple(sorted(a % rank for a in mn.attrs["axes"]))
+    if axes != tuple(sorted(a % rank for a in vn.attrs["axes"])) or axes != tuple(range(rank - len(axes), rank)):
+        return None
+    return x, axes, eps
+
+
+def _attention_parts(prod, root):
+    """(q, k, v, mask, scale) if ``root`` = matmul(softmax(scores [+ mask], axis=-1), v) with
+    scores = matmul(q, transpose(k)) * scale (or / divisor, or transpose_y)."""
+    if root.op != "matmul" or root.attrs.get("transpose_x") or root.attrs.get("transpose_y"):
+        return None
+    p, v = root.inputs
+    sm = prod.get(p)
+    if sm is None or sm.op != "softmax" or sm.attrs.get("axis", -1) % p.type.rank != p.type.rank - 1:
+        return None
+    s = sm.inputs[0]
+    mask = None
+    sn = prod.get(s)
+    if sn is not None and sn.op == "add":
+        for a, b in (sn.inputs, sn.inputs[::-1]):
+            an = prod.get(a)
+            if an is not None and an.op in ("mul", "real_div", "matmul"):
+                s, mask = a, b
+                break
+        else:
+            return None
+        sn = prod.get(s)
+    scale = 1.0
+    if sn is not None and sn.op in ("mul", "real_div"):
+        c = _scalar_of(prod, sn.inputs[1])
+        if c is None and sn.op == "mul":
+            c, s_in = _scalar_of(prod, sn.inputs[0]), sn.inputs[1]
+        else:
+            s_in = sn.inputs[0]
+        if c is None or c == 0:
+            return None
+        scale = c if sn.op == "mul" else 1.0 / c
+        s = s_in
+        sn = prod.get(s)
+    if sn is None or sn.op != "matmul" or sn.attrs.get("transpose_x"):
+        return None
+    q, kt = sn.inputs
+    if sn.attrs.get("transpose_y"):
+        k = kt
+    else:
+        tn = prod.get(kt)
+        r = kt.type.rank
+        if tn is None or tn.op != "transpose" or tuple(tn.attrs["perm"]) != tuple(range(r - 2)) + (r - 1, r - 2):
+            return None
+        k = tn.inputs[0]
+    if q.type.rank < 3 or k.type.shape[-1] != q.type.shape[-1]:
+        return None
+    return q, k, v, mask, scale
+
+
+@register_pass("fuse::norm_attention")
+def fuse_norm_attention(g: Graph) -> Graph:
+    """Recognize a decomposed layer_norm (mean / subtract / square / mean / add eps / sqrt or
+    rsqrt / divide or multiply over the last axes) and decomposed attention (matmul(q, k^T) *
+    scale [+ mask] -> softmax over the last axis -> matmul(v)).
+
+    Given:  %m = reduce_mean(%x, axes=(-1,), keep_dims=True); %d = sub(%x, %m); %p = pow(%d, 2)
+            %v = reduce_mean(%p, ...); %e = add(%v, 1e-5); %s = sqrt(%e); %y = real_div(%d, %s)
+    Result: %y = layer_norm(%x, axes=(-1,), epsilon=1e-5)
+    Given:  %s = matmul(%q, transpose(%k)); %t = mul(%s, 0.125); %p = softmax(%t, -1); %o = matmul(%p, %v)
+    Result: %o = scaled_dot_product_attention(%q, %k, %v, scale=0.125)
+    Fires only when the interior values have no reader outside the pattern.
+    """
+    prod = g.producers()
+    uses: dict = {}
+    for n in g.nodes:
+        for v in n.inputs:
+            uses[v] = uses.get(v, 0) + 1
+    outs = set(g.outputs)
+
+    def ln(m: Match):
+        parts = _layer_norm_parts(prod, m.root)
+        if parts is None or not _private(prod, uses, outs, m.root, {parts[0]}):
+            return None
+        x, axes, eps = parts
+        return m.add("layer_norm", [x], {"axes": axes, "epsilon": float(eps)}, name=m.root.name)
+
+    def attn(m: Match):
+        parts = _attention_parts(prod, m.root)
+        if parts is None:
+            return None
+        q, k, v, mask, scale = parts
+        stop = {q, k, v} | ({mask} if mask is not None else set())
+        if not _private(prod, uses, outs, m.root, stop):
+            return None
+        ins = [q, k, v] + ([mask] if mask is not None else [])
+        return m.add("scaled_dot_product_attention", ins, {"scale": float(scale)}, name=m.root.name)
+
+    return rewrite(g, [(Pat(("real_div", "mul")), ln), (Pat("matmul"), attn)])

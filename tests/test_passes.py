@@ -205,3 +205,41 @@ def test_activation_recognition_must_not_fire_on_shared_interior():
     assert ops(g2) == ops(g)
     g, g2 = run_pass("fuse::activations", lambda x: x * torch.sigmoid(x * 2), torch.randn(4))  # not silu
     assert "silu" not in ops(g2)
+
+
+@pytest.mark.parametrize("form", ["div_sqrt", "mul_rsqrt", "mul_square"])
+def test_layer_norm_recognition(form):
+    def ln(x):
+        m = x.mean(-1, keepdim=True)
+        d = x - m
+        var = (d * d if form == "mul_square" else d.pow(2)).mean(-1, keepdim=True)
+        return d * torch.rsqrt(var + 1e-5) if form == "mul_rsqrt" else d / torch.sqrt(var + 1e-5)
+
+    g, g2 = run_pass("fuse::norm_attention", ln, torch.randn(2, 5, 16) * 3 + 1)
+    assert ops(g2) == ["layer_norm"]
+    assert next(n for n in g2.nodes if n.op == "layer_norm").attrs["epsilon"] == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_recognition(masked):
+    mask = torch.zeros(1, 1, 6, 6)
+    mask[..., 4:] = -1e4
+
+    def attn(q, k, v):
+        s = torch.matmul(q, k.transpose(-1, -2)) * 0.25
+        if masked:
+            s = s + mask
+        return torch.matmul(torch.softmax(s, -1), v)
+
+    g, g2 = run_pass("fuse::norm_attention", attn, torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16),
+                     torch.randn(1, 2, 6, 8))
+    assert ops(g2) == ["scaled_dot_product_attention"]
+
+
+def test_norm_attention_must_not_fire_when_probs_are_returned():
+    def attn(q, k, v):
+        p = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * 0.25, -1)
+        return torch.matmul(p, v), p
+
+    g, g2 = run_pass("fuse::norm_attention", attn, torch.randn(1, 4, 8), torch.randn(1, 4, 8), torch.randn(1, 4, 8))
+    assert "scaled_dot_product_attention" not in ops(g2)
