@@ -34,7 +34,6 @@ import torch  # noqa: E402
 
 import tlc  # noqa: E402
 from bench_spine import MODELS, log  # noqa: E402
-from tlc.frontend import export as tlc_export  # noqa: E402
 
 
 def mil_ops(path: Path) -> collections.Counter:

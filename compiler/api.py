@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,11 +19,10 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from . import __version__
 from .emit import PRECISIONS, convert, save_atomic, target_name
 from .errors import InputError, TlcError
 from .frontend import normalize_inputs, trace
-from .ir import Graph, format_graph
+from .ir import Graph
 from tlc.runtime import coreml_available
 
 BACKENDS = ("auto", "coreml", "numpy")
@@ -214,8 +212,8 @@ class CompiledModel:
     def summary(self) -> str:
         """Multi-line text: inputs, outputs, op count and histogram, weights, timings."""
         g = self.graph
-        lines = [f"inputs:  " + ", ".join(f"{v.name} {v.type}" for v in g.inputs),
-                 f"outputs: " + ", ".join(f"{n} {v.type}" for n, v in zip(g.output_names, g.outputs)),
+        lines = ["inputs:  " + ", ".join(f"{v.name} {v.type}" for v in g.inputs),
+                 "outputs: " + ", ".join(f"{n} {v.type}" for n, v in zip(g.output_names, g.outputs)),
                  f"ops:     {g.num_ops} (" + ", ".join(f"{k} {v}" for k, v in g.op_histogram().items()) + ")",
                  f"weights: {g.weight_bytes() / 2**20:.1f} MiB in fp32, precision {self.precision}, "
                  f"target {self.minimum_deployment_target}"]

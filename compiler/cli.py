@@ -86,7 +86,6 @@ def cmd_build(a: argparse.Namespace) -> int:
 def cmd_run(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from .errors import InputError
     from .runtime_cli import parse_inputs
     from tlc.runtime import load
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 import shutil
 import tempfile
@@ -164,7 +163,6 @@ def to_mil_program(g: Graph, minimum_deployment_target="iOS17"):
         dt = "int32" if v.type.dtype == "bool" else v.type.dtype
         placeholders[v.name] = mb.placeholder(shape=v.type.shape, dtype=_mil_dtype(dt))
     out_names = set(g.output_names)
-    out_of = {v: n for n, v in zip(g.output_names, g.outputs)}
     with Function(placeholders, opset_version=opset) as func:
         ctx = EmitContext(opset)
         env = {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import types
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 

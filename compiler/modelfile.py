@@ -40,8 +40,6 @@ def load_model_file(path: str | Path, entry: str | None = None) -> ModelSpec:
     Raises :class:`ModelFileError` when the file is missing, raises while importing (naming the
     exception and the line in the file), or defines no model / no ``example_inputs``.
     """
-    from .api import CompiledFunction
-
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {str(path)!r} does not exist" + (" (it is a directory)" if path.is_dir() else ""))

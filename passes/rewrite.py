@@ -13,9 +13,8 @@ reader and is not a graph output — fusions must check it before absorbing a va
 """
 from __future__ import annotations
 
-import types
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import warnings
 from pathlib import Path
 from typing import Callable, Mapping
@@ -28,7 +27,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from tlc._coreml import package_size, quiet_coremltools
-from tlc.errors import InputError, TlcError
+from tlc.errors import TlcError
 from tlc.ops import OPS, args_from_mil, run_kernel
 
 from .numpy_executor import validate_feeds

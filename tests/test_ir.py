@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tlc.errors import IRError
-from tlc.ir import Graph, GraphBuilder, Node, SourceLoc, TensorType, Value, format_graph, verify
+from tlc.ir import GraphBuilder, Node, SourceLoc, TensorType, Value, format_graph, verify
 from tlc.runtime import run_graph
 from tlc.runtime.numpy_executor import last_uses
 
@@ -102,7 +102,7 @@ def test_dce_pass():
     x = b.add_input("x", TensorType("fp32", (3,)))
     a = b.add("relu", [x]).out
     b.add("exp", [x])  # dead
-    c = b.const(np.ones(3, np.float32), name="unused")  # dead
+    b.const(np.ones(3, np.float32), name="unused")  # dead
     g = b.build([a], ["a"])
     g2 = run_pipeline(g, ["cleanup::dce"])
     assert [n.op for n in g2.nodes] == ["relu"]

@@ -1,7 +1,6 @@
 """tlc.runtime.load, `tlc run`, `tlc inspect`, and bad packages / bad inputs: each a clear
 error naming what is wrong and what was expected."""
 import json
-import os
 import shutil
 import subprocess
 import sys

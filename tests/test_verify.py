@@ -4,13 +4,12 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import torch
 
 import tlc
 from pkgtools import corrupt_weights
-from tlc.verify import first_divergence, ir_node_name, verify
+from tlc.verify import ir_node_name, verify
 
 
 class Mlp(torch.nn.Module):
