@@ -136,7 +136,8 @@ class MILInterpreter:
         self.path = Path(path)
         self.mlmodel, self.spec, self.program = load_program(self.path)
         self.function = self.program.functions["main"]
-        self.opset = str(self.function.opset_version)
+        ov = self.function.opset_version
+        self.opset = getattr(ov, "name", str(ov))  # e.g. "iOS17"
         self.inputs = [(n, tuple(int(d) for d in v.shape), _np_dtype(v.dtype)) for n, v in self.function.inputs.items()]
         self.outputs = [v.name for v in self.function.outputs]
         self._ops = [op for op in self.function.operations if op.op_type != "const"]
