@@ -10,8 +10,9 @@ measures instead:
    (:func:`tlc.ops.run_kernel`) and compared with its fp32 result.
 3. An op stays fp32 (an *island*) when one of its float inputs or outputs exceeds
    :data:`SAFE_MAX` (half of fp16's 65504: a value may double once more before it overflows), or
-   when its fp16 error is over :data:`ERROR_FACTOR` times the graph's median and over
-   :data:`ERROR_FLOOR`. Each island carries its reason.
+   when its fp16 error (judged against the scale of what it flows into, see :func:`analyze`) is
+   over :data:`ERROR_FACTOR` times the graph's median and over :data:`ERROR_FLOOR`. Each island
+   carries its reason.
 
 Before that, ``precision::clamp_sentinels`` replaces constants at or beyond +/-1e30 (attention
 masks built from ``torch.finfo(torch.float32).min``, apple/coremltools PR #2669) with
@@ -62,17 +63,24 @@ def clamp_sentinels(g: Graph) -> Graph:
     return replace(g, nodes=tuple(nodes)) if changed else g
 
 
+def _rms(a: np.ndarray) -> float:
+    a = np.asarray(a, dtype=np.float32)
+    return float(np.sqrt(np.mean(np.square(a, dtype=np.float64)))) if a.size else 0.0
+
+
 def analyze(g: Graph, feeds_list: list[dict]) -> tuple[dict[Value, float], dict[Node, float], set[Value]]:
     """Max |x| per float value over all calibration feeds, and each op's local fp16 error: the
     op re-run on its fp16-rounded inputs (:func:`tlc.ops.run_kernel`) against its fp32 result —
-    rel-L2 for float results, ``inf`` when an integer/bool result changes (e.g. a float->int cast
-    of 2049); the worst over feeds. Also the float values fp16 cannot hold exactly (for integer
+    for float results the RMS of the difference over the RMS of the larger of the result and the
+    largest float result reading it (an error is judged against what it flows into), ``inf`` when
+    an integer/bool result changes (e.g. a float->int cast of 2049); the worst over feeds. Also the float values fp16 cannot hold exactly (for integer
     results that depend on them). Values come from the reference executor's observer."""
     from tlc.runtime import check_inputs, run_graph
 
     maxabs: dict[Value, float] = {}
     err: dict[Node, float] = {}
     inexact: set[Value] = set()
+    readers = g.users()
     for feeds in feeds_list:
         vals: dict[Value, np.ndarray] = dict(zip(g.inputs, (check_inputs(g, feeds)[v.name] for v in g.inputs)))
         run_graph(g, feeds, observer=lambda n, outs: vals.update(zip(n.outputs, outs)))
@@ -82,6 +90,16 @@ def analyze(g: Graph, feeds_list: list[dict]) -> tuple[dict[Value, float], dict[
                 maxabs[v] = max(maxabs.get(v, 0.0), m if np.isfinite(m) else float("inf"))
         rounded: dict[Value, np.ndarray] = {}
         const_values = {n.out for n in g.nodes if n.op == "const"}
+
+        def scale_of_readers(n: Node) -> float:
+            """RMS of the largest float result that reads ``n``'s output: an error that is
+            small next to what it is added into (a 1e-6 layer scale on a residual) is harmless."""
+            best = 0.0
+            for r in readers.get(n.outputs[0], ()):
+                for o in r.outputs:
+                    if o.type.dtype in FLOAT and o in vals:
+                        best = max(best, _rms(vals[o]))
+            return best
 
         def r16(v: Value) -> np.ndarray:
             """``v``'s values rounded to fp16 and held in fp32 (once per value; run_kernel then
@@ -104,8 +122,8 @@ def analyze(g: Graph, feeds_list: list[dict]) -> tuple[dict[Value, float], dict[
             if ref.dtype.kind == "f":
                 with np.errstate(all="ignore"):
                     diff = o16.astype(np.float32) - ref
-                    d = np.linalg.norm(np.nan_to_num(diff, nan=1e30, posinf=1e30, neginf=1e30))
-                    e = float(d / max(float(np.linalg.norm(ref)), 1e-30))
+                    d = _rms(np.nan_to_num(diff, nan=1e30, posinf=1e30, neginf=1e30))
+                    e = float(d / max(_rms(ref), scale_of_readers(n), 1e-30))
             else:
                 e = 0.0 if np.array_equal(o16, ref) else float("inf")
             err[n] = max(err.get(n, 0.0), e)
