@@ -173,6 +173,14 @@ class Graph:
                 u.setdefault(v, []).append(n)
         return u
 
+    def use_counts(self) -> dict[Value, int]:
+        """Number of node inputs reading each value (graph outputs not counted)."""
+        n_uses: dict[Value, int] = {}
+        for n in self.nodes:
+            for v in n.inputs:
+                n_uses[v] = n_uses.get(v, 0) + 1
+        return n_uses
+
     def op_histogram(self, include_const: bool = False) -> dict[str, int]:
         """Count of nodes per op name, most frequent first."""
         h: dict[str, int] = {}

@@ -73,10 +73,7 @@ def const_fold(g: Graph) -> Graph:
     Size cap: a result over ``FOLD_MAX_BYTES`` is folded only if every constant input has no
     other reader (so no weight is duplicated).
     """
-    uses: dict[Value, int] = {}
-    for n in g.nodes:
-        for v in n.inputs:
-            uses[v] = uses.get(v, 0) + 1
+    uses = g.use_counts()
     consts: dict[Value, np.ndarray] = {n.out: n.attrs["val"] for n in g.nodes if n.op == "const"}
     new_nodes = []
     changed = False

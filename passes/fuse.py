@@ -205,38 +205,12 @@ def fuse_activations(g: Graph) -> Graph:
     Result: %y = gelu(%x, mode=TANH_APPROXIMATION)
     Fires only when the interior values have no reader outside the pattern.
     """
-    prod = g.producers()
-    uses: dict = {}
-    for n in g.nodes:
-        for v in n.inputs:
-            uses[v] = uses.get(v, 0) + 1
-    outs = set(g.outputs)
-
-    def interior_private(root, x) -> bool:
-        """Every value between ``x`` and ``root`` is read only inside the pattern."""
-        seen, stack = set(), [root.out]
-        inside = set()
-        while stack:
-            v = stack.pop()
-            if v is x or v in seen:
-                continue
-            seen.add(v)
-            n = prod.get(v)
-            if n is None or n.op == "const":
-                continue
-            inside.add(v)
-            stack.extend(n.inputs)
-        reads = {v: 0 for v in inside}
-        for v in inside:
-            for i in prod[v].inputs:
-                if i in reads:
-                    reads[i] += 1
-        return all(v is root.out or (reads[v] == uses.get(v, 0) and v not in outs) for v in inside)
+    prod, uses, outs = g.producers(), g.use_counts(), set(g.outputs)
 
     def rule(m: Match):
         for pat, op, attrs in ACTIVATIONS:
             bind: dict = {}
-            if _is(prod, m.root.out, pat, bind) and interior_private(m.root, bind["x"]):
+            if _is(prod, m.root.out, pat, bind) and _private(prod, uses, outs, m.root, {bind["x"]}):
                 return m.add(op, [bind["x"]], dict(attrs), name=m.root.name)
         return None
 
@@ -385,12 +359,7 @@ def fuse_norm_attention(g: Graph) -> Graph:
     Result: %o = scaled_dot_product_attention(%q, %k, %v, scale=0.125)
     Fires only when the interior values have no reader outside the pattern.
     """
-    prod = g.producers()
-    uses: dict = {}
-    for n in g.nodes:
-        for v in n.inputs:
-            uses[v] = uses.get(v, 0) + 1
-    outs = set(g.outputs)
+    prod, uses, outs = g.producers(), g.use_counts(), set(g.outputs)
 
     def ln(m: Match):
         parts = _layer_norm_parts(prod, m.root)

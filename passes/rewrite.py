@@ -86,10 +86,7 @@ class _Ctx:
     def __init__(self, g: Graph):
         self.g = g
         self.producer = g.producers()
-        self.uses: dict[Value, int] = {}
-        for n in g.nodes:
-            for v in n.inputs:
-                self.uses[v] = self.uses.get(v, 0) + 1
+        self.uses = g.use_counts()
         self.outputs = set(g.outputs)
         self.names = {v.name for v in g.inputs} | {v.name for n in g.nodes for v in n.outputs}
         self.pending: list[Node] = []
