@@ -829,6 +829,11 @@ LAYER_NORMS = [
 ]
 
 
+def _given(**kw):
+    """The keyword arguments that are not None (MIL's optional inputs)."""
+    return {k: v for k, v in kw.items() if v is not None}
+
+
 @precisions
 @pytest.mark.parametrize("axes,gamma,beta,eps", LAYER_NORMS, ids=[f"{a}-g{int(g)}-b{int(b)}-eps{e}" for a, g, b, e in LAYER_NORMS])
 def test_layer_norm(axes, gamma, beta, eps, precision, tmp_path, rng):
@@ -838,13 +843,7 @@ def test_layer_norm(axes, gamma, beta, eps, precision, tmp_path, rng):
     b = f32(rng.normal(0.0, 0.5, nshape)) if beta else None
 
     def build(x):
-        kw = {}
-        if g is not None:
-            kw["gamma"] = g
-        if b is not None:
-            kw["beta"] = b
-        if eps is not None:
-            kw["epsilon"] = np.float32(eps)
+        kw = _given(gamma=g, beta=b, epsilon=None if eps is None else np.float32(eps))
         return mb.layer_norm(x=x, axes=axes, **kw)
 
     (got,) = run_mil(tmp_path, build, {"x": x}, precision, "layer_norm")
@@ -864,13 +863,7 @@ def test_batch_norm(shape, gamma, beta, eps, precision, tmp_path, rng):
     b = f32(rng.normal(0.0, 0.5, c)) if beta else None
 
     def build(x):
-        kw = {}
-        if g is not None:
-            kw["gamma"] = g
-        if b is not None:
-            kw["beta"] = b
-        if eps is not None:
-            kw["epsilon"] = np.float32(eps)
+        kw = _given(gamma=g, beta=b, epsilon=None if eps is None else np.float32(eps))
         return mb.batch_norm(x=x, mean=mean, variance=var, **kw)
 
     (got,) = run_mil(tmp_path, build, {"x": x}, precision, "batch_norm")
