@@ -16,9 +16,12 @@ def test_every_row_is_complete():
 
 
 def test_ane_rules_give_reasons():
-    x = T("fp32", (1, 8, 16, 16))
-    w = T("fp32", (8, 8, 3, 3))
+    x = T("fp16", (1, 8, 16, 16))
+    w = T("fp16", (8, 8, 3, 3))
     assert get_op("conv").ane([x, w], [x], {"dilations": (1, 1)}) is None
+    x32 = T("fp32", (1, 8, 16, 16))
+    assert "float16" in get_op("conv").ane([x32, T("fp32", (8, 8, 3, 3))], [x32], {})
+    assert "coremltools#2365" in get_op("add").ane([T("int32", (4,))] * 2, [T("int32", (4,))], {})
     reason = get_op("conv").ane([x, w], [x], {"dilations": (2, 2)})
     assert "dilated" in reason and "hollance" in reason
     assert "gather" in get_op("gather").ane([T("fp32", (10, 4)), T("int32", (3,))], [T("fp32", (3, 4))], {})

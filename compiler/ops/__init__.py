@@ -52,6 +52,18 @@ def ane_common(in_types: Sequence[TensorType], out_types: Sequence[TensorType], 
     return None
 
 
+def ane_dtype(in_types: Sequence[TensorType], out_types: Sequence[TensorType]) -> str | None:
+    """The ANE computes in float16 (and int8/uint8 for some weights): any other tensor dtype keeps
+    an op off it. Sources (../shared/ane-rules.md): hollance/neural-engine docs/16-bit.md, tinygrad
+    extra/accel/ane/README.md; int32 tensors force casts on the CPU (apple/coremltools#2365)."""
+    for t in list(in_types) + list(out_types):
+        if t.dtype != "fp16":
+            why = ("int32 tensors force casts on the CPU (apple/coremltools#2365)" if t.dtype == "int32"
+                   else "the ANE computes in float16 (hollance/neural-engine docs/16-bit.md)")
+            return f"{t.dtype} tensor: {why}; Core ML runs this op on the GPU/CPU"
+    return None
+
+
 def flops_elementwise(in_types, out_types, attrs) -> int:
     """One operation per output element."""
     return sum(t.size for t in out_types)
@@ -92,12 +104,13 @@ def register(
     mil_inputs: tuple[str, ...] = ("x",),
     from_mil: Callable[[dict], tuple[list, dict]] | None = None,
 ) -> OpDef:
-    """Add a row to :data:`OPS`. ``ane`` extra rules run after :func:`ane_common`."""
+    """Add a row to :data:`OPS`. The row's ``ane`` rule is :func:`ane_common`, then the op's own
+    ``ane`` rule (the more specific reason), then :func:`ane_dtype`."""
     if name in OPS:
         raise IRError(f"op {name!r} registered twice")
 
     def ane_rule(i, o, a, _extra=ane):
-        return ane_common(i, o, a) or (_extra(i, o, a) if _extra else None)
+        return ane_common(i, o, a) or (_extra(i, o, a) if _extra else None) or ane_dtype(i, o)
 
     d = OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""), tuple(mil_inputs), from_mil)
     OPS[name] = d
