@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
+from .artifact import bundle_path, check_package_io, write_bundle
 from .emit import PRECISIONS, convert, save_atomic, target_name
 from .errors import InputError, TlcError
 from .frontend import normalize_inputs, trace
@@ -26,6 +27,14 @@ from .ir import Graph
 from tlc.runtime import coreml_available
 
 BACKENDS = ("auto", "coreml", "numpy")
+TARGETS = ("ane", "gpu", "cpu")
+
+
+def _check_target(target: str) -> str:
+    if target not in TARGETS:
+        raise InputError(f"target must be one of {TARGETS} (where capable ops run; the OS version is "
+                         f"minimum_deployment_target), got {target!r}")
+    return target
 
 
 def _source_of(obj) -> str | None:
@@ -57,14 +66,20 @@ class CompiledModel:
     Attributes: ``graph`` (the optimized IR :class:`~tlc.ir.Graph` in the model's own dtypes; what
     ``__call__`` runs on Linux, the reference), ``emit_graph`` (the same after the precision pass: what the package
     holds), ``islands`` (ops kept in fp32 and why), ``precision`` (``"mixed"``/``"fp16"``/``"fp32"``),
-    ``minimum_deployment_target``, ``input_names``, ``output_names``, ``timings`` (seconds per
+    ``minimum_deployment_target``, ``target`` (``"ane"``: capable ops to Core ML; ``"gpu"``/``"cpu"``:
+    everything to tlc's fallback runtime), ``placement`` and ``segments`` (the partition of
+    ``emit_graph``), ``is_bundle`` (whether :meth:`save` writes a bundle), ``input_names``,
+    ``output_names``, ``timings`` (seconds per
     stage: ``export``, ``decompose``, ``lower``, ``passes``, then ``precision``, ``emit_mil``,
     ``convert``, ``save`` once emitted/saved).
     """
 
     def __init__(self, graph: Graph, *, precision: str, minimum_deployment_target: str, out_spec, kw_order,
-                 out_torch_dtypes, timings: dict, source: str | None, calibration: list[dict] | None = None):
+                 out_torch_dtypes, timings: dict, source: str | None, calibration: list[dict] | None = None,
+                 target: str = "ane"):
         self.graph = graph
+        self.target = _check_target(target)
+        self._placement = None
         self.calibration = list(calibration or [])
         self._emit_graph = None
         self.precision = precision
@@ -115,27 +130,85 @@ class CompiledModel:
         return dict(self.emit_graph.meta.get("tlc.islands", {}))
 
     @property
+    def placement(self):
+        """Where every op of :attr:`emit_graph` runs (:class:`tlc.passes.partition.Placement`)."""
+        if self._placement is None:
+            from tlc.passes.partition import assign
+
+            t0 = time.perf_counter()
+            self._placement = assign(self.emit_graph, target=self.target)
+            self.timings["partition"] = time.perf_counter() - t0
+        return self._placement
+
+    @property
+    def segments(self) -> list:
+        """:attr:`emit_graph` split into :class:`tlc.passes.partition.Segment` graphs, in order."""
+        from tlc.passes.partition import split
+
+        return split(self.emit_graph, self.placement)
+
+    @property
+    def is_bundle(self) -> bool:
+        """True when the model needs tlc's fallback runtime for some ops (or ``target`` is gpu/cpu):
+        :meth:`save` then writes a bundle directory ``NAME.tlc`` instead of one ``.mlpackage``."""
+        segs = set(self.placement.segment.values())
+        return len(segs) > 1 or any(t != "ane" for t in self.placement.target.values())
+
+    def report(self):
+        """:class:`tlc.report.PlacementReport`: segments, static ANE residency, every op not on the
+        ANE with its reason and source line (text via ``str``, JSON, HTML)."""
+        from .report import build_report
+
+        name = Path(self.source).name if self.source else "model"
+        return build_report(self.emit_graph, self.segments, self.placement, model=name, precision=self.precision)
+
+    def _metadata(self) -> dict:
+        md = {"tlc.source": self.source} if self.source else {}
+        if self.islands:
+            md["tlc.fp32_islands"] = ",".join(self.islands)
+        return md
+
+    @property
     def mlmodel(self):
-        """The ``coremltools.models.MLModel`` (mlprogram), emitted on first access."""
+        """The ``coremltools.models.MLModel`` (mlprogram), emitted on first access. Raises
+        :class:`~tlc.errors.EmitError` when the model is a bundle (see :attr:`is_bundle`)."""
         if self._mlmodel is None:
-            md = {"tlc.source": self.source} if self.source else {}
-            if self.islands:
-                md["tlc.fp32_islands"] = ",".join(self.islands)
-            self._mlmodel, info = convert(self.emit_graph, self.precision, self.minimum_deployment_target, md)
+            if self.is_bundle:
+                from .errors import EmitError
+
+                raise EmitError("this model is not one Core ML program (ops run in tlc's fallback runtime: "
+                                "see report()); save() writes a bundle")
+            self._mlmodel, info = convert(self.emit_graph, self.precision, self.minimum_deployment_target,
+                                          self._metadata())
             self.timings["emit_mil"] = info.build_mil_s
             self.timings["convert"] = info.convert_s
         return self._mlmodel
 
-    def save(self, path: str | os.PathLike, force: bool = False) -> Path:
-        """Write the ``.mlpackage`` (temp path + rename). Returns the path.
+    def output_path(self, path: str | os.PathLike) -> Path:
+        """Where :meth:`save` writes for a requested ``path``: the path itself for a plain package
+        (``.mlpackage``) or an explicit ``.tlc``; for a bundle, ``path`` with suffix ``.tlc``."""
+        path = Path(path)
+        return bundle_path(path) if self.is_bundle or path.suffix == ".tlc" else path
 
-        After writing, the package is reloaded with coremltools' milproto loader and its
+    def save(self, path: str | os.PathLike, force: bool = False) -> Path:
+        """Write the artifact (temp path + rename) and return its path (see :meth:`output_path`):
+        one ``.mlpackage`` when the whole model runs in Core ML, else a bundle ``NAME.tlc``.
+
+        After writing, each package is reloaded with coremltools' milproto loader and its
         input/output names, shapes and dtypes are checked against the IR.
-        Raises :class:`~tlc.errors.OutputExistsError` if ``path`` exists and not ``force``;
+        Raises :class:`~tlc.errors.OutputExistsError` if the path exists and not ``force``;
         :class:`~tlc.errors.EmitError` if emission or the check fails.
         """
         from .emit import check_output_path
 
+        path = self.output_path(path)
+        if path.suffix == ".tlc":
+            t0 = time.perf_counter()
+            out = write_bundle(path, self.emit_graph, self.segments, precision=self.precision,
+                               minimum_deployment_target=self.minimum_deployment_target,
+                               metadata=self._metadata(), force=force)
+            self.timings["save"] = time.perf_counter() - t0
+            return out
         path = check_output_path(path, force)  # before spending time on emission
         mlm = self.mlmodel
         t0 = time.perf_counter()
@@ -143,12 +216,16 @@ class CompiledModel:
         self.timings["save"] = time.perf_counter() - t0
         return out
 
-    def with_options(self, precision: str | None = None, minimum_deployment_target: str | None = None) -> "CompiledModel":
+    def with_options(self, precision: str | None = None, minimum_deployment_target: str | None = None,
+                     target: str | None = None) -> "CompiledModel":
         """A copy sharing the traced graph, with other emission options (no re-trace)."""
         import copy
 
         cm = copy.copy(self)
         cm.timings = dict(self.timings)
+        cm._placement = None
+        if target is not None:
+            cm.target = _check_target(target)
         if precision is not None:
             if precision not in PRECISIONS:
                 raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -226,41 +303,13 @@ class CompiledModel:
         return f"<CompiledModel {len(self.graph.inputs)} inputs -> {self.output_names}, {self.graph.num_ops} ops, {self.precision}>"
 
 
-def check_package_io(path, g: Graph) -> list[str]:
-    """Reload a saved package (coremltools' milproto loader, via :func:`tlc.runtime.load_program`)
-    and list every mismatch between its ``main`` function's I/O and the IR graph's: input names,
-    shapes and dtypes (bool inputs are int32 in a package); output names, shapes and dtypes."""
-    from coremltools.converters.mil.mil import types
-
-    from tlc.runtime import load_program
-
-    _, _, prog = load_program(path)
-    f = prog.functions["main"]
-    io_dtype = lambda t: "int32" if t.dtype == "bool" else t.dtype  # noqa: E731
-    problems = []
-    want_in = {v.name: v.type for v in g.inputs}
-    for name, var in f.inputs.items():
-        t = want_in.pop(name, None)
-        dt = types.builtin_to_string(var.dtype)
-        if t is None or tuple(var.shape) != t.shape or dt != io_dtype(t):
-            problems.append(f"input {name}: package {dt}{list(var.shape)} vs IR {t}")
-    problems += [f"input {n} missing from package" for n in want_in]
-    got_out = [o.name for o in f.outputs]
-    if got_out != list(g.output_names):
-        problems.append(f"outputs {got_out} vs IR {list(g.output_names)}")
-    for o, v in zip(f.outputs, g.outputs):
-        dt = types.builtin_to_string(o.dtype)
-        if tuple(o.shape) != v.type.shape or dt != io_dtype(v.type):
-            problems.append(f"output {o.name}: package {dt}{list(o.shape)} vs IR {v.type}")
-    return problems
-
-
 def build(
     model_or_fn: Callable | torch.nn.Module,
     example_inputs,
     *,
-    precision: str = "mixed",
+    precision: str | None = None,
     minimum_deployment_target: str = "iOS17",
+    target: str = "ane",
     strict: bool = False,
     calibration_inputs: list | None = None,
     passes: list[str] | None = None,
@@ -271,8 +320,11 @@ def build(
     ``example_inputs``: a tensor, a tuple/list of positional inputs, a dict of keyword inputs,
     or ``(args, kwargs)``; NumPy arrays are accepted. Integer inputs become int32 (Core ML has no
     int64 I/O), float64 becomes fp32. Shapes are static: the package accepts exactly these shapes.
-    ``precision``: ``"mixed"`` (default: fp16 with measured fp32 islands), ``"fp16"`` or
-    ``"fp32"``; ``calibration_inputs``: more example inputs (same structure) for the range
+    ``precision``: ``"mixed"`` (default for ``target="ane"``: fp16 with measured fp32 islands),
+    ``"fp16"`` or ``"fp32"`` (default for ``target="gpu"``/``"cpu"``); ``target``: ``"ane"`` (default:
+    every op Core ML can run goes into an mlprogram, the rest to tlc's fallback runtime, placed by
+    :mod:`tlc.passes.partition`), ``"gpu"`` or ``"cpu"`` (everything in tlc's fallback runtime);
+    ``calibration_inputs``: more example inputs (same structure) for the range
     analysis behind ``mixed``; ``minimum_deployment_target``: ``"iOS17"``
     (default; = macOS14) or another ``coremltools.target`` name; ``strict``: torch.export mode;
     ``passes``: the pass pipeline (default :data:`tlc.passes.PIPELINE`), ``skip_passes``: names
@@ -283,6 +335,9 @@ def build(
     op and its source line), :class:`~tlc.errors.EmitError` (unknown deployment target),
     :class:`~tlc.errors.IRError` (a pass broke the IR contract: a tlc bug).
     """
+    _check_target(target)
+    if precision is None:
+        precision = "mixed" if target == "ane" else "fp32"
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     minimum_deployment_target = target_name(minimum_deployment_target)
@@ -313,7 +368,7 @@ def build(
         calibration.append({n: t.detach().cpu().numpy() for n, t in zip(names, leaves)})
     return CompiledModel(g, precision=precision, minimum_deployment_target=str(minimum_deployment_target),
                          out_spec=info.out_spec, kw_order=list(kwargs), out_torch_dtypes=out_dtypes,
-                         timings=timings, source=source, calibration=calibration)
+                         timings=timings, source=source, calibration=calibration, target=target)
 
 
 class CompiledFunction:
@@ -360,14 +415,15 @@ class CompiledFunction:
         return f"<tlc.compile {name}: {len(self.cache)} compiled signature(s)>"
 
 
-def compile(fn=None, *, example_inputs=None, precision: str = "mixed", minimum_deployment_target: str = "iOS17",
-            strict: bool = False):
+def compile(fn=None, *, example_inputs=None, precision: str | None = None, minimum_deployment_target: str = "iOS17",
+            target: str = "ane", strict: bool = False):
     """Decorator/wrapper: ``@tlc.compile``, ``@tlc.compile(example_inputs=...)``,
     ``tlc.compile(module_instance)`` or on an ``nn.Module`` subclass (instances then run through
     tlc). Specializes on input shapes/dtypes at first call; see :class:`CompiledFunction`.
     Options as in :func:`build`.
     """
-    options = dict(precision=precision, minimum_deployment_target=minimum_deployment_target, strict=strict)
+    options = dict(precision=precision, minimum_deployment_target=minimum_deployment_target, target=target,
+                   strict=strict)
     # pass selection stays a build()/CLI option; @tlc.compile uses the default pipeline
     if fn is None:
         return lambda f: compile(f, example_inputs=example_inputs, **options)

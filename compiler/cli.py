@@ -1,8 +1,9 @@
 """``tlc`` command line.
 
-    tlc build model.py [-o OUT.mlpackage] [--precision fp16|fp32] [--target iOS17] [--force]
-    tlc run PKG --input NAME=FILE.npy ... [--out DIR] [--backend auto|coreml|interpreter]
-    tlc inspect PKG [--json]
+    tlc build model.py [-o OUT] [--precision mixed|fp16|fp32] [--target ane|gpu|cpu]
+              [--minimum-deployment-target iOS17] [--report] [--report-json F] [--report-html F] [--force]
+    tlc run PKG|BUNDLE --input NAME=FILE.npy ... [--out DIR] [--backend auto|coreml|interpreter]
+    tlc inspect PKG|BUNDLE [--json]
     tlc verify model.py [--package PKG] [--precision fp16|fp32] [--tol-fp32 1e-5] [--tol-fp16 1e-2]
 
 Errors tlc knows about print one paragraph (what, where) to stderr and exit non-zero
@@ -35,15 +36,19 @@ def cmd_build(a: argparse.Namespace) -> int:
     from .modelfile import load_model_file
 
     t0 = time.perf_counter()
-    out = check_output_path(Path(a.output) if a.output else Path(Path(a.model).stem + ".mlpackage"), a.force)
+    requested = Path(a.output) if a.output else Path(Path(a.model).stem + ".mlpackage")
+    if requested.suffix != ".tlc":
+        check_output_path(requested, a.force)  # fail fast, before tracing
     spec = load_model_file(a.model, entry=a.entry)
     t_load = time.perf_counter() - t0
     opts = dict(spec.options)
     opts.pop("strict", None)
     if a.precision:
         opts["precision"] = a.precision
+    if a.minimum_deployment_target:
+        opts["minimum_deployment_target"] = a.minimum_deployment_target
     if a.target:
-        opts["minimum_deployment_target"] = a.target
+        opts["target"] = a.target
     pass_opts = {}
     if a.passes is not None:
         pass_opts["passes"] = [p for p in a.passes.split(",") if p]
@@ -59,6 +64,16 @@ def cmd_build(a: argparse.Namespace) -> int:
         from .ir import format_graph
 
         print(format_graph(cm.graph, show_loc=True))
+    out = cm.output_path(requested)
+    if out != requested and a.output:
+        print(f"note: {len(set(cm.placement.segment.values()))} segment(s), some ops run in tlc's fallback runtime; "
+              f"writing the bundle {out} instead of {requested}")
+    if out.suffix != ".tlc":
+        check_output_path(out, a.force)
+    elif out.exists() and not a.force:
+        from .errors import OutputExistsError
+
+        raise OutputExistsError(f"{str(out)!r} already exists; pass --force to replace it")
     path = cm.save(out, force=a.force)
     total = time.perf_counter() - t0
     g = cm.graph
@@ -72,6 +87,18 @@ def cmd_build(a: argparse.Namespace) -> int:
         print(f"  output  {n:<24} {v.type}")
     print(f"  ops     {g.num_ops}  ({hist}{', ...' if more > 0 else ''})")
     print(f"  size    {_human(package_size(path))}  (weights {_human(g.weight_bytes())} in fp32)")
+    rep = cm.report()
+    print(f"  placed  {len(rep.segments)} segment(s) ("
+          + ", ".join(f"{s.index}: {s.target} {s.num_ops} ops" for s in rep.segments)
+          + f"), static ANE residency {100 * rep.residency:.1f}% of FLOPs")
+    if a.report:
+        print(rep.text())
+    if a.report_json:
+        rep.write_json(a.report_json)
+        print(f"  report  {a.report_json}")
+    if a.report_html:
+        rep.write_html(a.report_html)
+        print(f"  report  {a.report_html}")
     if cm.precision == "mixed":
         isl = cm.islands
         print(f"  fp32    {len(isl)} island op(s)" + ("" if isl else " (everything computes in fp16)"))
@@ -79,7 +106,7 @@ def cmd_build(a: argparse.Namespace) -> int:
             print(f"          {name}: {why}")
     print(f"  time    {total:.2f} s  (load {t_load:.2f}, export {t['export']:.2f}, decompose {t['decompose']:.2f}, "
           f"lower {t['lower']:.2f}, passes {t.get('passes', 0):.2f}, precision {t.get('precision', 0):.2f}, emit {t.get('emit_mil', 0):.2f}, convert {t.get('convert', 0):.2f}, "
-          f"save {t.get('save', 0):.2f})")
+          f"partition {t.get('partition', 0):.2f}, save {t.get('save', 0):.2f})")
     return 0
 
 
@@ -113,8 +140,10 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_inspect(a: argparse.Namespace) -> int:
     import json
 
-    from tlc.runtime import package_info
+    from tlc.runtime import is_bundle, package_info
 
+    if is_bundle(a.package):
+        return _inspect_bundle(Path(a.package), a.json)
     info = package_info(a.package)
     if a.json:
         print(json.dumps(info, indent=2))
@@ -133,6 +162,32 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_bundle(path: Path, as_json: bool) -> int:
+    import json
+
+    from ._coreml import package_size
+    from tlc.runtime import BundleModel, package_info
+
+    m = BundleModel(path, backend="interpreter").manifest  # validates the manifest and segment files
+    for e in m["segments"]:
+        if e["target"] == "ane":
+            e["package"] = package_info(path / e["path"])
+    if as_json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(f"{path}  (tlc bundle v{m['version']}, {len(m['segments'])} segments, precision {m['precision']}, "
+          f"{m['minimum_deployment_target']}, {_human(package_size(path))})")
+    for i in m["inputs"]:
+        print(f"  input   {i['name']:<24} {i['dtype']}{i['shape']}")
+    for o in m["outputs"]:
+        print(f"  output  {o['name']:<24} {o['dtype']}{o['shape']}  (value {o['value']})")
+    for e in m["segments"]:
+        kind = "Core ML" if e["target"] == "ane" else "tlc fallback"
+        print(f"  segment {e['index']:<3} {e['target']:<4} {kind:<13} {e['num_ops']:>4} ops  {e['path']}  "
+              f"in: {', '.join(e['inputs'])}  out: {', '.join(e['outputs'])}")
+    return 0
+
+
 def cmd_verify(a: argparse.Namespace) -> int:
     from .modelfile import load_model_file
     from .verify import verify
@@ -141,11 +196,20 @@ def cmd_verify(a: argparse.Namespace) -> int:
     opts = dict(spec.options)
     opts.pop("strict", None)
     report = verify(spec.model, spec.example_inputs, package=a.package,
-                    precision=a.precision or opts.get("precision", "mixed"),
-                    minimum_deployment_target=a.target or opts.get("minimum_deployment_target", "iOS17"),
+                    precision=a.precision or opts.get("precision"),
+                    minimum_deployment_target=a.minimum_deployment_target or opts.get("minimum_deployment_target", "iOS17"),
+                    target=a.target or opts.get("target", "ane"),
                     tol={"fp32": a.tol_fp32, "fp16": a.tol_fp16}, keep=a.output, force=a.force)
     print(report.text())
     return 0 if report.passed else 1
+
+
+def _placement_target(v: str) -> str:
+    if v in ("ane", "gpu", "cpu"):
+        return v
+    hint = (f"; {v!r} looks like an OS version: use --minimum-deployment-target {v}"
+            if v[:3].lower() in ("ios", "mac", "tvo", "wat", "vis") else "")
+    raise argparse.ArgumentTypeError(f"must be ane, gpu or cpu{hint}")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -165,11 +229,20 @@ def make_parser() -> argparse.ArgumentParser:
         ),
     )
     b.add_argument("model", help="path to model.py")
-    b.add_argument("-o", "--output", help="output .mlpackage path (default: ./<model stem>.mlpackage)")
+    b.add_argument("-o", "--output", help="output path (default: ./<model stem>.mlpackage, or <stem>.tlc when some "
+                                          "ops need tlc's fallback runtime: then a .mlpackage suffix becomes .tlc)")
     b.add_argument("--precision", choices=["mixed", "fp16", "fp32"],
                    help="mixed (default): fp16 with fp32 islands where range analysis finds fp16 unsafe; "
                         "fp16: everything; fp32: nothing (or the file's `precision`)")
-    b.add_argument("--target", help="minimum_deployment_target, e.g. iOS17 (default), iOS18, macOS14")
+    b.add_argument("--target", type=_placement_target, metavar="{ane,gpu,cpu}",
+                   help="where capable ops run: ane (default: Core ML; the rest in tlc's fallback runtime), "
+                        "gpu or cpu (everything in tlc's fallback runtime; precision defaults to fp32)")
+    b.add_argument("--minimum-deployment-target", "--deployment-target", dest="minimum_deployment_target",
+                   metavar="OS", help="Core ML minimum_deployment_target, e.g. iOS17 (default), iOS18, macOS14")
+    b.add_argument("--report", action="store_true", help="print the placement report: segments, ANE residency, "
+                                                         "every op not on the ANE with its reason and source line")
+    b.add_argument("--report-json", metavar="FILE", help="write the placement report as JSON")
+    b.add_argument("--report-html", metavar="FILE", help="write the placement report as HTML (graph drawn, segments coloured)")
     b.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     b.add_argument("--entry", help="which @tlc.compile object to build when the file has several")
     b.add_argument("--strict-export", action="store_true", help="trace with torch.export(strict=True)")
@@ -180,7 +253,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run an .mlpackage on .npy inputs (Core ML on macOS, tlc's MIL interpreter elsewhere)",
                        description="Run PKG on named inputs given as .npy files and print (or save) the outputs.")
-    r.add_argument("package", help="path to an .mlpackage")
+    r.add_argument("package", help="path to an .mlpackage or a tlc bundle (NAME.tlc)")
     r.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="one per model input")
     r.add_argument("--out", metavar="DIR", help="save each output as DIR/<name>.npy")
     r.add_argument("--backend", choices=["auto", "coreml", "interpreter"], default="auto")
@@ -190,7 +263,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="show an .mlpackage's inputs, outputs, ops, precision, size, metadata",
                        description="Describe PKG without running it.")
-    i.add_argument("package", help="path to an .mlpackage")
+    i.add_argument("package", help="path to an .mlpackage or a tlc bundle (NAME.tlc)")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     i.set_defaults(func=cmd_inspect)
 
@@ -204,7 +277,9 @@ def make_parser() -> argparse.ArgumentParser:
     v.add_argument("-o", "--output", help="keep the built package at this path (default: a temp dir)")
     v.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     v.add_argument("--precision", choices=["mixed", "fp16", "fp32"])
-    v.add_argument("--target", help="minimum_deployment_target (default iOS17)")
+    v.add_argument("--target", type=_placement_target, metavar="{ane,gpu,cpu}", help="placement (default ane)")
+    v.add_argument("--minimum-deployment-target", "--deployment-target", dest="minimum_deployment_target",
+                   metavar="OS", help="Core ML minimum_deployment_target (default iOS17)")
     v.add_argument("--entry", help="which @tlc.compile object to use when the file has several")
     v.add_argument("--tol-fp32", type=float, default=1e-5, help="rel-L2 tolerance for fp32 packages (default 1e-5)")
     v.add_argument("--tol-fp16", type=float, default=1e-2, help="rel-L2 tolerance for fp16/mixed packages (default 1e-2)")

@@ -98,7 +98,8 @@ class VerifyReport:
 
     def text(self) -> str:
         """The report as a table: one row per output, the verdict, and the divergence if any."""
-        lines = [f"verify {self.package} ({self.precision}, MIL interpreter vs torch eager)",
+        runtime = "hybrid runtime" if self.package.suffix == ".tlc" else "MIL interpreter"
+        lines = [f"verify {self.package} ({self.precision}, {runtime} vs torch eager)",
                  f"  {'output':<24} {'shape':<16} {'max_abs':>9} {'rel_l2':>9} {'cosine':>10} {'nan/inf':>7} "
                  f"{'tol':>7}  result"]
         for o in self.outputs:
@@ -138,15 +139,21 @@ def ir_node_name(mil_op_name: str) -> str:
     return name
 
 
-def first_divergence(graph: Graph, interpreter, feeds: dict, tol: float) -> Divergence | None:
-    """Run ``graph`` (NumPy reference) and the package (interpreter) on ``feeds`` and return the
-    first IR node whose package value has rel-L2 > ``tol`` (or a mismatch, for int/bool values)."""
-    from tlc.runtime import run_graph
+def first_divergence(graph: Graph, runner, feeds: dict, tol: float) -> Divergence | None:
+    """Run ``graph`` (NumPy reference) and the artifact on ``feeds`` and return the first IR node
+    whose artifact value has rel-L2 > ``tol`` (or a mismatch, for int/bool values).
+
+    ``runner``: a :class:`tlc.runtime.MILInterpreter` (package) or :class:`tlc.runtime.BundleModel`."""
+    from tlc.runtime import BundleModel, run_graph
 
     ref: dict[str, np.ndarray] = {}
     got: dict[str, tuple] = {}
     run_graph(graph, feeds, observer=lambda n, outs: ref.__setitem__(n.name, outs[0]) if n.op != "const" else None)
-    interpreter.run(feeds, observer=lambda op, outs: got.__setitem__(ir_node_name(op.name), (op.name, outs[0])))
+    record = lambda name, outs: got.__setitem__(ir_node_name(name), (name, outs[0]))  # noqa: E731
+    if isinstance(runner, BundleModel):
+        runner.run(feeds, observer=record)
+    else:
+        runner.run(feeds, observer=lambda op, outs: record(op.name, outs))
     for n in graph.nodes:
         if n.op == "const" or n.name not in ref or n.name not in got:
             continue
@@ -168,15 +175,16 @@ def verify(
     example_inputs,
     *,
     package: str | Path | None = None,
-    precision: str = "mixed",
+    precision: str | None = None,
     minimum_deployment_target: str = "iOS17",
+    target: str = "ane",
     tol: dict | None = None,
     compiled: CompiledModel | None = None,
     keep: str | Path | None = None,
     force: bool = False,
 ) -> VerifyReport:
-    """Trace (or take ``compiled``), save the package (unless ``package`` is given), run it in
-    the MIL interpreter and compare with torch eager (the model in eval mode). The trace is
+    """Trace (or take ``compiled``), save the package or bundle (unless ``package`` is given), run
+    it with the MIL interpreter (bundles: the hybrid runtime) and compare with torch eager (the model in eval mode). The trace is
     needed even with ``package``: it supplies the input names and the reference graph that
     bisection compares against.
 
@@ -186,12 +194,12 @@ def verify(
     existing ``keep`` is replaced only with ``force``.
     Raises :class:`TlcError` subclasses for bad models, inputs or packages.
     """
-    from tlc.runtime import MILInterpreter, package_info
+    from tlc.runtime import BundleModel, MILInterpreter, is_bundle, package_info
 
     tols = {**DEFAULT_TOL, **(tol or {})}
     t0 = time.perf_counter()
     cm = compiled or build(model_or_fn, example_inputs, precision=precision,
-                           minimum_deployment_target=minimum_deployment_target)
+                           minimum_deployment_target=minimum_deployment_target, target=target)
     tmp = None
     if package is None:
         if keep is None:
@@ -200,8 +208,12 @@ def verify(
         package = cm.save(keep, force=force or tmp is not None)
     t_build = time.perf_counter() - t0
     try:
-        interp = MILInterpreter(package)
-        prec = package_info(package)["precision"]
+        if is_bundle(package):
+            interp = BundleModel(package, backend="interpreter")
+            prec = interp.manifest["precision"]
+        else:
+            interp = MILInterpreter(package)
+            prec = package_info(package)["precision"]
         tol_v = tols["fp32"] if prec == "fp32" else tols["fp16"]
         args, kwargs = normalize_inputs(example_inputs)
         leaves = pytree.tree_leaves((args, kwargs))
@@ -211,7 +223,7 @@ def verify(
         if missing:
             raise TlcError(f"package {str(package)!r} expects inputs {missing} that the model's example inputs do not provide")
         t1 = time.perf_counter()
-        got = interp.run(feeds)
+        got = interp.run(feeds)  # MILInterpreter.run / BundleModel.run
         t_interp = time.perf_counter() - t1
         model = model_or_fn.fn if hasattr(model_or_fn, "cache") else model_or_fn
         modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []

@@ -86,4 +86,4 @@ def dce(g: Graph) -> Graph:
     return replace(g, nodes=tuple(reversed(keep)))
 
 
-from . import cleanup, fuse, layout, precision  # noqa: E402,F401  (register their passes)
+from . import cleanup, fuse, layout, partition, precision  # noqa: E402,F401  (register their passes)

@@ -2,7 +2,8 @@
 
 * :func:`run_graph` — the NumPy reference executor over tlc's IR.
 * :class:`MILInterpreter` — executes any mlprogram ``.mlpackage`` with NumPy (no macOS needed).
-* :func:`load` — a package as a callable: Core ML predict on macOS, the interpreter elsewhere.
+* :func:`load` — a package as a callable: Core ML predict on macOS, the interpreter elsewhere; a
+  bundle (``NAME.tlc/``) as a :class:`BundleModel` running its segments in order.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .bundle import BundleModel, is_bundle
 from .mil_interpreter import MILInterpreter, PackageError, UnsupportedMILOpError, load_program, package_info
 from .numpy_executor import check_inputs, run_graph, validate_feeds
 
@@ -74,15 +76,19 @@ class LoadedModel:
         return f"<tlc LoadedModel {self.path.name} on {self.backend}: {[n for n, *_ in self.inputs]} -> {self.outputs}>"
 
 
-def load(path: str | Path, backend: str = "auto", compute_units: str = "ALL") -> LoadedModel:
-    """Load an ``.mlpackage`` as a callable (see :class:`LoadedModel`).
+def load(path: str | Path, backend: str = "auto", compute_units: str = "ALL") -> LoadedModel | BundleModel:
+    """Load an ``.mlpackage`` (:class:`LoadedModel`) or a tlc bundle directory (:class:`BundleModel`)
+    as a callable mapping named arrays to ``{output_name: array}``.
 
-    ``backend="auto"`` uses Core ML predict on macOS and the MIL interpreter elsewhere;
-    ``compute_units`` (Core ML only): ``ALL``, ``CPU_ONLY``, ``CPU_AND_GPU``, ``CPU_AND_NE``.
-    Raises :class:`PackageError` for anything that is not a loadable mlprogram package.
+    ``backend`` (Core ML parts): ``"auto"`` uses Core ML predict on macOS and the MIL interpreter
+    elsewhere; ``compute_units`` (Core ML only): ``ALL``, ``CPU_ONLY``, ``CPU_AND_GPU``,
+    ``CPU_AND_NE``. A bundle's fallback segments run in tlc's NumPy executor.
+    Raises :class:`PackageError` for anything that is not a loadable package or bundle.
     """
+    if is_bundle(path):
+        return BundleModel(path, backend=backend, compute_units=compute_units)
     return LoadedModel(path, backend=backend, compute_units=compute_units)
 
 
-__all__ = ["load", "LoadedModel", "MILInterpreter", "PackageError", "UnsupportedMILOpError", "load_program",
+__all__ = ["load", "LoadedModel", "BundleModel", "is_bundle", "MILInterpreter", "PackageError", "UnsupportedMILOpError", "load_program",
            "package_info", "run_graph", "check_inputs", "validate_feeds", "coreml_available"]

@@ -103,14 +103,17 @@ def register(
     doc: str = "",
     mil_inputs: tuple[str, ...] = ("x",),
     from_mil: Callable[[dict], tuple[list, dict]] | None = None,
+    ane_dtype_exempt: tuple[int, ...] = (),
 ) -> OpDef:
     """Add a row to :data:`OPS`. The row's ``ane`` rule is :func:`ane_common`, then the op's own
-    ``ane`` rule (the more specific reason), then :func:`ane_dtype`."""
+    ``ane`` rule (the more specific reason), then :func:`ane_dtype` over the tensors except the inputs
+    at positions ``ane_dtype_exempt`` (inputs that emission turns into fp16, e.g. a bool mask)."""
     if name in OPS:
         raise IRError(f"op {name!r} registered twice")
 
     def ane_rule(i, o, a, _extra=ane):
-        return ane_common(i, o, a) or (_extra(i, o, a) if _extra else None) or ane_dtype(i, o)
+        return (ane_common(i, o, a) or (_extra(i, o, a) if _extra else None)
+                or ane_dtype([t for k, t in enumerate(i) if k not in ane_dtype_exempt], o))
 
     d = OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""), tuple(mil_inputs), from_mil)
     OPS[name] = d

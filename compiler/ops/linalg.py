@@ -172,4 +172,5 @@ def _flops_sdpa(i, o, a):
 register(
     "scaled_dot_product_attention", infer=_infer_sdpa, numpy=_sdpa, emit_mil=_emit_sdpa, flops=_flops_sdpa,
     mil_inputs=("query", "key", "value", "attn_mask"),
+    ane_dtype_exempt=(3,),  # a bool mask is emitted as an fp16 additive mask (EmitContext.additive_mask)
 )

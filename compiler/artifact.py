@@ -1,0 +1,167 @@
+"""Build artifacts: the bundle directory ``NAME.tlc/`` for graphs that are not entirely Core ML.
+
+Layout (../shared/design.md "Artifacts")::
+
+    NAME.tlc/
+      manifest.json            format, version, model I/O, segments in execution order
+      segments/00.mlpackage    a Core ML segment (target "ane")
+      segments/01.json         a fallback segment (target "gpu"/"cpu"): tlc IR, see tlc.serialize
+      segments/01.safetensors  its weights
+
+``manifest.json`` (``"format": "tlc-bundle"``, ``"version": 1``)::
+
+    {"inputs":  [{"name": "x", "dtype": "fp32", "shape": [1, 3, 64, 64]}],
+     "outputs": [{"name": "logits", "value": "linear_3", "dtype": "fp32", "shape": [1, 10]}],
+     "segments": [{"index": 0, "target": "ane", "path": "segments/00.mlpackage",
+                   "inputs": ["x"], "outputs": ["conv_2"], "num_ops": 12, "flops": 123456}, ...],
+     "precision": "mixed", "minimum_deployment_target": "iOS17", "tlc_version": "0.1.0", "metadata": {}}
+
+Values pass between segments by IR value name; ``outputs[i].value`` names the value a model output
+reads. Everything is written under a temp directory next to the destination, checked (each Core
+ML segment reloaded with coremltools' milproto loader and its I/O compared with its IR), then
+renamed into place: a failed build leaves nothing half-written and keeps an existing bundle.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .errors import EmitError, OutputExistsError, TlcError
+from .ir import Graph
+
+FORMAT = "tlc-bundle"
+VERSION = 1
+SUFFIX = ".tlc"
+
+
+def check_package_io(path, g: Graph) -> list[str]:
+    """Reload a saved package (coremltools' milproto loader, via :func:`tlc.runtime.load_program`)
+    and list every mismatch between its ``main`` function's I/O and the IR graph's: input names,
+    shapes and dtypes (bool inputs are int32 in a package); output names, shapes and dtypes."""
+    from coremltools.converters.mil.mil import types
+
+    from tlc.runtime import load_program
+
+    _, _, prog = load_program(path)
+    f = prog.functions["main"]
+    io_dtype = lambda t: "int32" if t.dtype == "bool" else t.dtype  # noqa: E731
+    problems = []
+    want_in = {v.name: v.type for v in g.inputs}
+    for name, var in f.inputs.items():
+        t = want_in.pop(name, None)
+        dt = types.builtin_to_string(var.dtype)
+        if t is None or tuple(var.shape) != t.shape or dt != io_dtype(t):
+            problems.append(f"input {name}: package {dt}{list(var.shape)} vs IR {t}")
+    problems += [f"input {n} missing from package" for n in want_in]
+    got_out = [o.name for o in f.outputs]
+    if got_out != list(g.output_names):
+        problems.append(f"outputs {got_out} vs IR {list(g.output_names)}")
+    for o, v in zip(f.outputs, g.outputs):
+        dt = types.builtin_to_string(o.dtype)
+        if tuple(o.shape) != v.type.shape or dt != io_dtype(v.type):
+            problems.append(f"output {o.name}: package {dt}{list(o.shape)} vs IR {v.type}")
+    return problems
+
+
+def atomic_dir(path: Path, force: bool, write: Callable[[Path], None]) -> Path:
+    """Create directory artifact ``path`` by calling ``write(staged)`` on a temp path in the same
+    directory, then renaming it into place (an existing ``path`` is replaced only if ``force``, and
+    put back if the rename fails). ``write`` raises to abort; nothing is left behind.
+
+    Raises :class:`OutputExistsError` if ``path`` exists and not ``force``; re-raises
+    :class:`TlcError` from ``write``; wraps anything else in :class:`EmitError`.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(f"{str(path)!r} already exists; pass force=True (CLI: --force) to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise EmitError(f"cannot create the output directory for {str(path)!r}: {e}") from e
+    old = tmp / "old"
+    try:
+        staged = tmp / path.name
+        write(staged)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(staged, path)
+    except TlcError:
+        raise
+    except Exception as e:
+        if old.exists() and not path.exists():  # put the user's previous artifact back
+            os.replace(old, path)
+        raise EmitError(f"could not write {str(path)!r}: {type(e).__name__}: {e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def bundle_path(path: str | os.PathLike) -> Path:
+    """``path`` with the bundle suffix ``.tlc`` (an ``.mlpackage`` suffix is replaced)."""
+    path = Path(path)
+    return path.with_suffix(SUFFIX) if path.suffix in (".mlpackage", "") else path
+
+
+def _io(v, name=None) -> dict:
+    d = {"name": name or v.name}
+    if name is not None:
+        d["value"] = v.name
+    return {**d, "dtype": v.type.dtype, "shape": list(v.type.shape)}
+
+
+def write_bundle(path: str | os.PathLike, graph: Graph, segments, *, precision: str, minimum_deployment_target: str,
+                 metadata: dict | None = None, force: bool = False) -> Path:
+    """Write the bundle for ``graph`` split into ``segments`` (:class:`tlc.passes.partition.Segment`
+    list, execution order) at ``path`` (must end in ``.tlc``). Core ML segments are converted with
+    :func:`tlc.emit.convert` and checked; fallback segments are saved with
+    :func:`tlc.serialize.save_graph`. Returns the path.
+
+    Raises :class:`EmitError` (bad suffix, conversion or check failure; nothing written),
+    :class:`OutputExistsError` (``path`` exists and not ``force``).
+    """
+    from .emit import convert
+    from .serialize import save_graph
+
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        raise EmitError(f"bundle path {str(path)!r} must end in {SUFFIX}")
+
+    def write(staged: Path):
+        (staged / "segments").mkdir(parents=True)
+        entries = []
+        for seg in segments:
+            stem = f"segments/{seg.index:02d}"
+            e = {"index": seg.index, "target": seg.target, "inputs": [v.name for v in seg.graph.inputs],
+                 "outputs": list(seg.graph.output_names), "num_ops": seg.num_ops, "flops": int(seg.flops)}
+            if seg.target == "ane":
+                md = dict(metadata or {}, **{"tlc.segment": f"{seg.index} of {len(segments)} in {path.name}"})
+                mlm, _ = convert(seg.graph, precision, minimum_deployment_target, md)
+                pkg = staged / f"{stem}.mlpackage"
+                with contextlib.redirect_stdout(io.StringIO()):
+                    mlm.save(str(pkg))
+                problems = check_package_io(pkg, seg.graph)
+                if problems:
+                    raise EmitError(f"segment {seg.index} package does not match the IR: " + "; ".join(problems))
+                e["path"] = f"{stem}.mlpackage"
+            else:
+                save_graph(seg.graph, staged / f"{stem}.json", staged / f"{stem}.safetensors")
+                e["path"] = f"{stem}.json"
+            entries.append(e)
+        manifest = {
+            "format": FORMAT, "version": VERSION, "tlc_version": __version__, "precision": precision,
+            "minimum_deployment_target": str(minimum_deployment_target),
+            "inputs": [_io(v) for v in graph.inputs],
+            "outputs": [_io(v, n) for n, v in zip(graph.output_names, graph.outputs)],
+            "segments": entries, "metadata": {k: str(v) for k, v in (metadata or {}).items()},
+        }
+        (staged / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+    return atomic_dir(path, force, write)

@@ -1,0 +1,120 @@
+"""Hybrid runtime: runs a bundle (``NAME.tlc/``, format in :mod:`tlc.artifact`) segment by segment.
+
+Core ML segments run through Core ML predict on macOS or tlc's MIL interpreter elsewhere; fallback
+segments (tlc IR) run in tlc's NumPy executor. Values pass between segments by IR value name and
+are dropped after the last segment that reads them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from tlc.ir import DTYPES
+
+from .mil_interpreter import PackageError
+from .numpy_executor import run_graph, validate_feeds
+
+MANIFEST = "manifest.json"
+
+
+def is_bundle(path: str | Path) -> bool:
+    """True if ``path`` is a directory holding a tlc bundle manifest."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+class _FallbackSegment:
+    def __init__(self, path: Path):
+        from tlc.errors import IRError
+        from tlc.serialize import load_graph
+
+        try:
+            self.graph = load_graph(path)
+        except IRError as e:
+            raise PackageError(f"bundle segment {path.name}: {e}") from None
+        self.backend = "numpy"
+
+    def __call__(self, feeds):
+        return run_graph(self.graph, feeds)
+
+
+class BundleModel:
+    """A bundle ready to run: call with named arrays, get ``{output_name: array}``.
+
+    ``segments``: per segment ``(index, target, backend)``; ``inputs``: ``(name, shape, numpy
+    dtype)`` per model input; ``outputs``: output names; ``backend``: a summary such as
+    ``"interpreter+numpy"``. Raises :class:`PackageError` for a missing/damaged manifest or segment.
+    """
+
+    def __init__(self, path: str | Path, backend: str = "auto", compute_units: str = "ALL"):
+        from . import LoadedModel
+
+        self.path = Path(path)
+        try:
+            m = json.loads((self.path / MANIFEST).read_text())
+        except (OSError, ValueError) as e:
+            raise PackageError(f"{self.path}: cannot read the bundle manifest: {e}") from None
+        if m.get("format") != "tlc-bundle" or m.get("version") != 1:
+            raise PackageError(f"{self.path}: not a tlc-bundle v1 manifest "
+                               f"(format {m.get('format')!r}, version {m.get('version')!r})")
+        self.manifest = m
+        try:
+            self.inputs = [(d["name"], tuple(d["shape"]), DTYPES[d["dtype"]]) for d in m["inputs"]]
+            self.outputs = [d["name"] for d in m["outputs"]]
+            self._out_values = {d["name"]: d["value"] for d in m["outputs"]}
+            self._segments = []
+            for e in m["segments"]:
+                p = self.path / e["path"]
+                if not p.exists():
+                    raise PackageError(f"{self.path}: segment {e['index']} file {e['path']} is missing")
+                if e["target"] == "ane":
+                    runner = LoadedModel(p, backend="interpreter" if backend == "interpreter" else backend,
+                                         compute_units=compute_units)
+                else:
+                    runner = _FallbackSegment(p)
+                self._segments.append((e, runner))
+        except KeyError as e:
+            raise PackageError(f"{self.path}: manifest entry lacks {e.args[0]!r} (damaged or hand-edited)") from None
+        last_use: dict[str, int] = {}
+        for i, (e, _) in enumerate(self._segments):
+            for name in e["inputs"]:
+                last_use[name] = i
+        self._drop_after = [[n for n, i2 in last_use.items() if i2 == i and n not in self._out_values.values()]
+                            for i in range(len(self._segments))]
+        self.backend = "+".join(dict.fromkeys(r.backend for _, r in self._segments))
+
+    @property
+    def segments(self) -> list[tuple[int, str, str]]:
+        """``(index, target, backend)`` per segment, in execution order."""
+        return [(e["index"], e["target"], r.backend) for e, r in self._segments]
+
+    def __call__(self, feeds: Mapping[str, np.ndarray] | None = None, **named) -> dict[str, np.ndarray]:
+        """Run on named arrays (a dict and/or keywords); returns ``{output_name: array}``.
+        Raises :class:`~tlc.errors.InputError` for missing/misnamed inputs or wrong shape/dtype."""
+        return self.run({**(feeds or {}), **named})
+
+    def run(self, feeds: Mapping[str, np.ndarray], observer=None) -> dict[str, np.ndarray]:
+        """Like calling the model; ``observer(op_name, outputs)`` is called after every op of every
+        segment (MIL op names for Core ML segments run by the interpreter, IR node names for
+        fallback segments). Not available for segments run by Core ML predict."""
+        env = validate_feeds(self.inputs, feeds, self.path.name)
+        for i, (e, runner) in enumerate(self._segments):
+            sub = {n: env[n] for n in e["inputs"]}
+            if observer is None:
+                out = runner(sub)
+            elif isinstance(runner, _FallbackSegment):
+                out = run_graph(runner.graph, sub, observer=lambda n, outs: observer(n.name, outs))
+            elif runner.backend == "interpreter":
+                out = runner.interpreter.run(sub, observer=lambda op, outs: observer(op.name, outs))
+            else:  # pragma: no cover - macOS only
+                out = runner(sub)
+            env.update(out)
+            for n in self._drop_after[i]:
+                env.pop(n, None)
+        return {name: env[v] for name, v in self._out_values.items()}
+
+    def __repr__(self) -> str:
+        segs = ", ".join(f"{i}:{t}/{b}" for i, t, b in self.segments)
+        return f"<tlc BundleModel {self.path.name} [{segs}]: {[n for n, *_ in self.inputs]} -> {self.outputs}>"
