@@ -142,7 +142,10 @@ def load_graph(json_path: str | Path) -> Graph:
     json_path = Path(json_path)
     try:
         doc = json.loads(json_path.read_text())
-        tensors = load_file(str(json_path.parent / doc["weights"])) if doc.get("weights") else {}
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError) as e:
         raise IRError(f"cannot read {json_path}: {e}") from None
+    try:
+        tensors = load_file(str(json_path.parent / doc["weights"])) if doc.get("weights") else {}
+    except Exception as e:  # safetensors raises its own SafetensorError for damaged files
+        raise IRError(f"cannot read the weights of {json_path} ({doc.get('weights')}): {type(e).__name__}: {e}") from None
     return graph_from_json(doc, tensors, what=str(json_path))
