@@ -137,6 +137,12 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def _print_io(inputs: list[dict], outputs: list[dict]) -> None:
+    for kind, rows in (("input", inputs), ("output", outputs)):
+        for r in rows:
+            print(f"  {kind:<7} {r['name']:<24} {r['dtype']}{r['shape']}" + (f"  (value {r['value']})" if "value" in r else ""))
+
+
 def cmd_inspect(a: argparse.Namespace) -> int:
     import json
 
@@ -150,10 +156,7 @@ def cmd_inspect(a: argparse.Namespace) -> int:
         return 0
     print(f"{info['path']}  (mlprogram, spec v{info['specification_version']}, opset {info['opset']}, "
           f"precision {info['precision']}, {_human(info['size_bytes'])})")
-    for i in info["inputs"]:
-        print(f"  input   {i['name']:<24} {i['dtype']}{i['shape']}")
-    for o in info["outputs"]:
-        print(f"  output  {o['name']:<24} {o['dtype']}{o['shape']}")
+    _print_io(info["inputs"], info["outputs"])
     print(f"  ops     {info['num_ops']}  (" + ", ".join(f"{k} {v}" for k, v in info["ops"].items()) + ")")
     if info["short_description"]:
         print(f"  about   {info['short_description']}")
@@ -177,10 +180,7 @@ def _inspect_bundle(path: Path, as_json: bool) -> int:
         return 0
     print(f"{path}  (tlc bundle v{m['version']}, {len(m['segments'])} segments, precision {m['precision']}, "
           f"{m['minimum_deployment_target']}, {_human(package_size(path))})")
-    for i in m["inputs"]:
-        print(f"  input   {i['name']:<24} {i['dtype']}{i['shape']}")
-    for o in m["outputs"]:
-        print(f"  output  {o['name']:<24} {o['dtype']}{o['shape']}  (value {o['value']})")
+    _print_io(m["inputs"], m["outputs"])
     for e in m["segments"]:
         kind = "Core ML" if e["target"] == "ane" else "tlc fallback"
         print(f"  segment {e['index']:<3} {e['target']:<4} {kind:<13} {e['num_ops']:>4} ops  {e['path']}  "
