@@ -45,6 +45,14 @@ def _source_of(obj) -> str | None:
         return None
 
 
+def _model_name(obj) -> str:
+    """``ClassName`` for a module, ``fn_name`` for a function (for reports)."""
+    if isinstance(obj, torch.nn.Module):
+        inner = getattr(obj, "inner", None)  # @tlc.compile on a module class wraps instances
+        return type(inner if isinstance(inner, torch.nn.Module) and type(obj).__name__ == "_EagerCall" else obj).__name__
+    return getattr(obj, "__name__", type(obj).__name__)
+
+
 def _signature_key(args: tuple, kwargs: dict, kw_order: list | None = None):
     """Hashable key of an input signature: tree structure, and per leaf (shape, dtype) for
     tensors/arrays or the value itself for Python scalars."""
@@ -76,9 +84,11 @@ class CompiledModel:
 
     def __init__(self, graph: Graph, *, precision: str, minimum_deployment_target: str, out_spec, kw_order,
                  out_torch_dtypes, timings: dict, source: str | None, calibration: list[dict] | None = None,
-                 target: str = "ane"):
+                 target: str = "ane", cost=None, name: str = "model"):
         self.graph = graph
         self.target = _check_target(target)
+        self.cost = cost
+        self.name = name
         self._placement = None
         self.calibration = list(calibration or [])
         self._emit_graph = None
@@ -136,7 +146,8 @@ class CompiledModel:
             from tlc.passes.partition import assign
 
             t0 = time.perf_counter()
-            self._placement = assign(self.emit_graph, target=self.target)
+            kw = {"cost": self.cost} if self.cost is not None else {}
+            self._placement = assign(self.emit_graph, target=self.target, **kw)
             self.timings["partition"] = time.perf_counter() - t0
         return self._placement
 
@@ -159,8 +170,7 @@ class CompiledModel:
         ANE with its reason and source line (text via ``str``, JSON, HTML)."""
         from .report import build_report
 
-        name = Path(self.source).name if self.source else "model"
-        return build_report(self.emit_graph, self.segments, self.placement, model=name, precision=self.precision)
+        return build_report(self.emit_graph, self.segments, self.placement, model=self.name, precision=self.precision)
 
     def _metadata(self) -> dict:
         md = {"tlc.source": self.source} if self.source else {}
@@ -310,6 +320,7 @@ def build(
     precision: str | None = None,
     minimum_deployment_target: str = "iOS17",
     target: str = "ane",
+    profile: str | os.PathLike | None = None,
     strict: bool = False,
     calibration_inputs: list | None = None,
     passes: list[str] | None = None,
@@ -324,6 +335,8 @@ def build(
     ``"fp16"`` or ``"fp32"`` (default for ``target="gpu"``/``"cpu"``); ``target``: ``"ane"`` (default:
     every op Core ML can run goes into an mlprogram, the rest to tlc's fallback runtime, placed by
     :mod:`tlc.passes.partition`), ``"gpu"`` or ``"cpu"`` (everything in tlc's fallback runtime);
+    ``profile``: a ``tlc profile`` file whose measured per-op costs replace the placement cost
+    model's estimates (:func:`tlc.profile.cost_model`);
     ``calibration_inputs``: more example inputs (same structure) for the range
     analysis behind ``mixed``; ``minimum_deployment_target``: ``"iOS17"``
     (default; = macOS14) or another ``coremltools.target`` name; ``strict``: torch.export mode;
@@ -336,6 +349,11 @@ def build(
     :class:`~tlc.errors.IRError` (a pass broke the IR contract: a tlc bug).
     """
     _check_target(target)
+    cost = None
+    if profile is not None:
+        from .profile import cost_model
+
+        cost = cost_model(profile)
     if precision is None:
         precision = "mixed" if target == "ane" else "fp32"
     if precision not in PRECISIONS:
@@ -368,7 +386,8 @@ def build(
         calibration.append({n: t.detach().cpu().numpy() for n, t in zip(names, leaves)})
     return CompiledModel(g, precision=precision, minimum_deployment_target=str(minimum_deployment_target),
                          out_spec=info.out_spec, kw_order=list(kwargs), out_torch_dtypes=out_dtypes,
-                         timings=timings, source=source, calibration=calibration, target=target)
+                         timings=timings, source=source, calibration=calibration, target=target,
+                         cost=cost, name=_model_name(model_or_fn))
 
 
 class CompiledFunction:

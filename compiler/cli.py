@@ -49,12 +49,14 @@ def cmd_build(a: argparse.Namespace) -> int:
         opts["minimum_deployment_target"] = a.minimum_deployment_target
     if a.target:
         opts["target"] = a.target
+    if a.profile:
+        opts["profile"] = a.profile
     pass_opts = {}
     if a.passes is not None:
         pass_opts["passes"] = [p for p in a.passes.split(",") if p]
     if a.skip_pass:
         pass_opts["skip_passes"] = list(a.skip_pass)
-    if isinstance(spec.model, CompiledFunction) and not a.strict_export and not pass_opts:
+    if isinstance(spec.model, CompiledFunction) and not a.strict_export and not pass_opts and not a.profile:
         # traced already when the file was imported (eager example_inputs=): reuse that trace
         cm = spec.model.compiled_for(spec.example_inputs).with_options(**opts)
     else:
@@ -204,6 +206,37 @@ def cmd_verify(a: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def cmd_profile(a: argparse.Namespace) -> int:
+    import torch
+    import torch.utils._pytree as pytree
+
+    from .api import CompiledFunction, build
+    from .frontend import normalize_inputs
+    from .modelfile import load_model_file
+    from .profile import write
+
+    spec = load_model_file(a.model, entry=a.entry)
+    model = spec.model.fn if isinstance(spec.model, CompiledFunction) else spec.model
+    cm = build(model, spec.example_inputs, precision="fp32", target="cpu")
+    args, kwargs = normalize_inputs(spec.example_inputs)
+    tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    feeds = {n: t.detach().cpu().numpy() for n, t in zip(cm.input_names, tensors)}
+    from .profile import measure
+
+    rows = measure(cm.graph, feeds, runs=a.runs)
+    out = Path(a.output or Path(a.model).stem + ".profile.json")
+    doc = write(out, {"cpu": rows}, source=str(spec.path))
+    total = sum(r["s"] for r in rows)
+    print(f"profiled {len(rows)} ops of {spec.path} on the NumPy executor ({a.runs} runs, median): "
+          f"{total * 1e3:.1f} ms per run -> {out}")
+    ops = sorted(doc["backends"]["cpu"]["ops"].items(), key=lambda kv: -sum(r["s"] for r in rows if r["op"] == kv[0]))
+    for op, d in ops[:10]:
+        t = sum(r["s"] for r in rows if r["op"] == op)
+        print(f"  {op:<30} {d['n']:>4} ops {t * 1e3:9.2f} ms  overhead {d['overhead_s'] * 1e6:8.1f} us  "
+              f"{(1 / d['s_per_flop'] / 1e9 if d['s_per_flop'] else float('inf')):8.1f} GFLOP/s")
+    return 0
+
+
 def _placement_target(v: str) -> str:
     if v in ("ane", "gpu", "cpu"):
         return v
@@ -239,6 +272,7 @@ def make_parser() -> argparse.ArgumentParser:
                         "gpu or cpu (everything in tlc's fallback runtime; precision defaults to fp32)")
     b.add_argument("--minimum-deployment-target", "--deployment-target", dest="minimum_deployment_target",
                    metavar="OS", help="Core ML minimum_deployment_target, e.g. iOS17 (default), iOS18, macOS14")
+    b.add_argument("--profile", metavar="FILE", help="measured per-op costs from `tlc profile` for the placement cost model")
     b.add_argument("--report", action="store_true", help="print the placement report: segments, ANE residency, "
                                                          "every op not on the ANE with its reason and source line")
     b.add_argument("--report-json", metavar="FILE", help="write the placement report as JSON")
@@ -266,6 +300,16 @@ def make_parser() -> argparse.ArgumentParser:
     i.add_argument("package", help="path to an .mlpackage or a tlc bundle (NAME.tlc)")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     i.set_defaults(func=cmd_inspect)
+
+    pr = sub.add_parser("profile", help="measure per-op costs of model.py on tlc's fallback runtime (for --profile)",
+                        description="Run the model's IR on tlc's NumPy executor, time every op (median over --runs), "
+                                    "fit seconds = overhead + FLOPs x s_per_flop per op kind and write a JSON profile "
+                                    "that `tlc build --profile FILE` uses for placement decisions.")
+    pr.add_argument("model", help="path to model.py (same convention as `tlc build`)")
+    pr.add_argument("-o", "--output", help="profile path (default: ./<model stem>.profile.json)")
+    pr.add_argument("--runs", type=int, default=5, help="timed runs after one warm-up (default 5)")
+    pr.add_argument("--entry", help="which @tlc.compile object to use when the file has several")
+    pr.set_defaults(func=cmd_profile)
 
     v = sub.add_parser(
         "verify", help="build model.py (or take --package), run it in the MIL interpreter, compare with torch eager",

@@ -48,7 +48,9 @@ class CostModel:
     fp32 rate (order of what this project's NumPy executor sustains on a laptop core pair). The
     transition and per-op overheads are assumptions, stated as such: a Core ML ``predict`` call plus
     the host copy of its inputs/outputs (``segment_transition_s``), a GPU kernel launch, and tlc's
-    per-op dispatch on CPU. A non-ANE op inside a Core ML program is charged its GPU compute time
+    per-op dispatch on CPU. ``measured``: ``{"cpu"|"gpu": {op: (overhead_s, s_per_flop)}}`` from a
+    ``tlc profile`` file (:func:`tlc.profile.cost_model`) replaces the fallback estimates for the op
+    kinds it covers. A non-ANE op inside a Core ML program is charged its GPU compute time
     only: Core ML's internal hand-offs are taken as cheaper than tlc's dispatch, so a graph Core ML
     can run whole is never split (a single plain ``.mlpackage``). A profile measured by ``tlc profile`` is meant to replace them.
     """
@@ -62,6 +64,7 @@ class CostModel:
     gpu_launch_s: float = 10e-6
     cpu_op_s: float = 5e-6
     host_device_bandwidth: float = 20e9  # bytes/s, host <-> discrete GPU copies (unified memory: higher)
+    measured: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
 
     def _time(self, flops: int, nbytes: int, rate: float) -> float:
         return flops / (rate * self.utilization) + nbytes / self.bandwidth
@@ -74,13 +77,19 @@ class CostModel:
         """Seconds for a non-ANE op that Core ML places on its GPU/CPU inside the program."""
         return self._time(flops, nbytes, self.gpu_flops)
 
-    def gpu(self, flops: int, nbytes: int) -> float:
-        """Seconds for an op in tlc's GPU fallback runtime."""
-        return self._time(flops, nbytes, self.gpu_flops) + self.gpu_launch_s
+    def _measured(self, backend: str, op: str | None, flops: int) -> float | None:
+        line = self.measured.get(backend, {}).get(op) if op else None
+        return None if line is None else line[0] + flops * line[1]
 
-    def cpu(self, flops: int, nbytes: int) -> float:
-        """Seconds for an op in tlc's NumPy fallback runtime."""
-        return self._time(flops, nbytes, self.cpu_flops) + self.cpu_op_s
+    def gpu(self, flops: int, nbytes: int, op: str | None = None) -> float:
+        """Seconds for an op (kind ``op``) in tlc's GPU fallback runtime."""
+        m = self._measured("gpu", op, flops)
+        return m if m is not None else self._time(flops, nbytes, self.gpu_flops) + self.gpu_launch_s
+
+    def cpu(self, flops: int, nbytes: int, op: str | None = None) -> float:
+        """Seconds for an op (kind ``op``) in tlc's NumPy fallback runtime."""
+        m = self._measured("cpu", op, flops)
+        return m if m is not None else self._time(flops, nbytes, self.cpu_flops) + self.cpu_op_s
 
     def boundary(self, nbytes: int) -> float:
         """Seconds for one tensor crossing between Core ML and tlc's runtime."""
@@ -157,7 +166,7 @@ def label_nodes(g: Graph, cost: CostModel = DEFAULT_COST, target: str = "ane") -
     G.add_nodes_from(("S", "T"))
     for i, n in enumerate(nodes):
         flops, nbytes = node_cost_inputs(n)
-        fb = min(cost.cpu(flops, nbytes), cost.gpu(flops, nbytes))
+        fb = min(cost.cpu(flops, nbytes, n.op), cost.gpu(flops, nbytes, n.op))
         if get_op(n.op).emit_mil is None:
             G.add_edge(i, "T")  # no capacity = infinite: n can never be on the coreml side
             continue
@@ -251,8 +260,8 @@ def _fallback_device(g: Graph, members: list[Node], cost: CostModel) -> str:
     cpu = gpu = 0.0
     for n in members:
         flops, nbytes = node_cost_inputs(n)
-        cpu += cost.cpu(flops, nbytes)
-        gpu += cost.gpu(flops, nbytes)
+        cpu += cost.cpu(flops, nbytes, n.op)
+        gpu += cost.gpu(flops, nbytes, n.op)
     return "gpu" if gpu + copy_s < cpu else "cpu"
 
 

@@ -279,3 +279,40 @@ def test_report_html_in_headless_chromium(tmp_path):
     assert c.seg == {s.index: s.target for s in rep.segments}
     assert {k: len(v) for k, v in c.ops.items()} == {s.index: s.num_ops for s in rep.segments}
     assert "3 segments, 5 ops drawn" in r.stdout
+
+
+# ------------------------------------------------------------------------------------- profile
+
+
+def test_profile_fit_and_cost_model(tmp_path):
+    from tlc.errors import InputError
+    from tlc.profile import cost_model, fit, measure, write
+
+    rows = [{"node": f"c{i}", "op": "conv", "flops": f, "s": 2e-5 + f * 1e-10} for i, f in enumerate([1e6, 4e6, 9e6])]
+    rows.append({"node": "r", "op": "relu", "flops": 0, "s": 3e-6})
+    lines = fit(rows)
+    assert lines["conv"]["overhead_s"] == pytest.approx(2e-5) and lines["conv"]["s_per_flop"] == pytest.approx(1e-10)
+    assert lines["relu"] == {"overhead_s": 3e-6, "s_per_flop": 0.0, "n": 1}
+    write(tmp_path / "p.json", {"cpu": rows})
+    cm = cost_model(tmp_path / "p.json")
+    assert cm.cpu(5e6, 0, "conv") == pytest.approx(2e-5 + 5e-4)
+    assert cm.cpu(5e6, 0, "matmul") == CostModel().cpu(5e6, 0)  # not profiled: the default estimate
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(InputError, match="tlc-profile"):
+        cost_model(tmp_path / "bad.json")
+    # measure() times every non-const node of a real graph
+    m = small_cnn()
+    x = torch.randn(1, 3, 16, 16)
+    built = tlc.build(m, (x,), precision="fp32")
+    got = measure(built.graph, {built.input_names[0]: x.numpy()}, runs=2)
+    assert [r["op"] for r in got] == ["conv", "relu", "conv"] and all(r["s"] > 0 for r in got)
+
+
+def test_cli_profile_then_build_with_it(tmp_path):
+    (tmp_path / "model.py").write_text(MODEL_FILE)
+    r = cli("profile", "model.py", "--runs", "2", cwd=tmp_path)
+    assert r.returncode == 0 and "model.profile.json" in r.stdout, r.stderr
+    doc = json.loads((tmp_path / "model.profile.json").read_text())
+    assert set(doc["backends"]["cpu"]["ops"]) == {"conv", "relu"}
+    r = cli("build", "model.py", "--profile", "model.profile.json", cwd=tmp_path)
+    assert r.returncode == 0 and "model.mlpackage" in r.stdout, r.stderr
