@@ -5,6 +5,7 @@
     tlc run PKG|BUNDLE --input NAME=FILE.npy ... [--out DIR] [--backend auto|coreml|interpreter]
     tlc inspect PKG|BUNDLE [--json]
     tlc verify model.py [--package PKG] [--precision fp16|fp32] [--tol-fp32 1e-5] [--tol-fp16 1e-2]
+    tlc bench model.py [--runs 50] [--warmup 10] [--batch B] [--backends eager,tlc-torch,...] [--json FILE]
 
 Errors tlc knows about print one paragraph (what, where) to stderr and exit non-zero
 (:attr:`tlc.errors.TlcError.exit_code`); ``TLC_DEBUG=1`` adds the Python traceback.
@@ -245,6 +246,28 @@ def _placement_target(v: str) -> str:
     raise argparse.ArgumentTypeError(f"must be ane, gpu or cpu{hint}")
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from . import bench
+    from .modelfile import load_model_file
+
+    spec = load_model_file(a.model, entry=a.entry)
+    backends = [b for b in a.backends.split(",") if b]
+    devs = [d for d in a.device.split(",") if d] if a.device else None
+    caps = [c for c in (a.capture or "").split(",") if c]
+    log = (lambda s: print(f"  ... {s}", file=sys.stderr, flush=True))
+    res = bench.bench(spec.model, spec.example_inputs, backends=backends, devices_=devs, captures=caps, runs=a.runs,
+                      warmup=a.warmup, batch=a.batch, dtype=a.dtype, log=log)
+    env = bench.environment()
+    print(f"tlc bench {spec.path}  ({a.dtype}, {a.runs} runs after {a.warmup} warm-up, interleaved; "
+          f"torch {env['torch']}{', ' + env['cuda_device'] if 'cuda_device' in env else ''})")
+    print(bench.table(res))
+    if a.json:
+        Path(a.json).write_text(bench.to_json(res, model=str(spec.path), runs=a.runs, warmup=a.warmup,
+                                              dtype=a.dtype, **env))
+        print(f"wrote {a.json}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tlc",
@@ -328,6 +351,24 @@ def make_parser() -> argparse.ArgumentParser:
     v.add_argument("--tol-fp32", type=float, default=1e-5, help="rel-L2 tolerance for fp32 packages (default 1e-5)")
     v.add_argument("--tol-fp16", type=float, default=1e-2, help="rel-L2 tolerance for fp16/mixed packages (default 1e-2)")
     v.set_defaults(func=cmd_verify)
+
+    bn = sub.add_parser(
+        "bench", help="latency/throughput of model.py on each backend here, beside torch eager on the same device",
+        description=("Trace model.py once, then time torch eager and tlc's backends (torch-device executor on "
+                     "cpu/cuda/mps, NumPy executor, Core ML on macOS) in one process, interleaved round by round: "
+                     "median and p90 latency, throughput, ratio to eager on the same device. See compiler/bench.py."))
+    bn.add_argument("model", help="path to model.py (same convention as `tlc build`)")
+    bn.add_argument("--entry", help="which @tlc.compile object to use when the file has several")
+    bn.add_argument("--runs", type=int, default=50, help="timed calls per backend (default 50)")
+    bn.add_argument("--warmup", type=int, default=10, help="untimed calls per backend first (default 10)")
+    bn.add_argument("--batch", type=int, help="repeat/cut the example inputs' first axis to this size")
+    bn.add_argument("--backends", default="eager,tlc-torch,tlc-numpy,coreml",
+                    help="comma-separated subset of eager,tlc-torch,tlc-numpy,coreml (default: all available)")
+    bn.add_argument("--device", help="torch devices for eager/tlc-torch, comma-separated (default: cpu + cuda/mps)")
+    bn.add_argument("--capture", help="extra torch-executor captures to time: none,cuda_graph,compile,compile+cuda_graph")
+    bn.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    bn.add_argument("--json", metavar="FILE", help="also write the results (with every run's time) as JSON")
+    bn.set_defaults(func=cmd_bench)
     return p
 
 

@@ -16,6 +16,15 @@ A row (:class:`OpDef`) holds:
   ``from_mil(vals) -> (arrays, attrs)`` for MIL attributes that need translating (``pad_type``,
   slice masks, ...). The MIL interpreter (:mod:`tlc.runtime.mil_interpreter`) runs loaded programs
   with the same kernels through this mapping.
+* ``torch(attrs, *tensors) -> tensor | tuple`` — the same semantics as ``numpy`` with torch ops, run
+  by the torch-device executor (:mod:`tlc.runtime.torch_executor`) on ``cuda`` / ``mps`` / CPU.
+  Inputs are tensors of the IR dtypes on one device; the result has the declared output dtype on the
+  same device. A torch kernel never reads host data while running (no ``.item()``, no tensors built
+  from NumPy), so a run can be captured as a CUDA graph. fp16 inputs are computed as torch computes
+  them on the device, not with the NumPy kernels' "widen, compute, round once" rule (see
+  :func:`run_kernel`): elementwise ops agree (torch's CUDA kernels widen fp16 to fp32 internally),
+  matmul/conv/attention may differ by a few fp16 ulps (tensor cores, fp16 partial reductions).
+  ``host_only`` (a reason) marks a row with no torch kernel; every row has one or the other.
 
 Op names and attribute names follow coremltools' MIL op definitions
 (coremltools/converters/mil/mil/ops/defs/iOS15..iOS18) wherever MIL has the op.
@@ -87,6 +96,8 @@ class OpDef:
     doc: str = ""
     mil_inputs: tuple[str, ...] = ("x",)
     from_mil: Callable[[dict], tuple[list, dict]] | None = None
+    torch: Callable[..., Any] | None = None
+    host_only: str | None = None
 
 
 OPS: dict[str, OpDef] = {}
@@ -104,10 +115,14 @@ def register(
     mil_inputs: tuple[str, ...] = ("x",),
     from_mil: Callable[[dict], tuple[list, dict]] | None = None,
     ane_dtype_exempt: tuple[int, ...] = (),
+    torch: Callable[..., Any] | None = None,
+    host_only: str | None = None,
 ) -> OpDef:
     """Add a row to :data:`OPS`. The row's ``ane`` rule is :func:`ane_common`, then the op's own
     ``ane`` rule (the more specific reason), then :func:`ane_dtype` over the tensors except the inputs
-    at positions ``ane_dtype_exempt`` (inputs that emission turns into fp16, e.g. a bool mask)."""
+    at positions ``ane_dtype_exempt`` (inputs that emission turns into fp16, e.g. a bool mask).
+    Every row should give a ``torch`` kernel or a ``host_only`` reason (tests/test_gpu_runtime.py
+    checks)."""
     if name in OPS:
         raise IRError(f"op {name!r} registered twice")
 
@@ -115,7 +130,8 @@ def register(
         return (ane_common(i, o, a) or (_extra(i, o, a) if _extra else None)
                 or ane_dtype([t for k, t in enumerate(i) if k not in ane_dtype_exempt], o))
 
-    d = OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""), tuple(mil_inputs), from_mil)
+    d = OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""), tuple(mil_inputs), from_mil,
+              torch, host_only)
     OPS[name] = d
     return d
 

@@ -6,13 +6,17 @@ Layout is channels-first: x[N, C, *spatial], weight[C_out, C_in / groups, *kerne
 
 Kernels: im2col (a strided window view, contracted with the weights by BLAS ``tensordot``);
 1x1 stride-1 convs are a single matmul; depthwise convs accumulate one shifted multiply-add per
-kernel tap, which avoids the im2col copy.
+kernel tap, which avoids the im2col copy. Torch kernels call ``F.conv{1,2}d`` / ``F.{max,avg}_pool2d``
+(1-D as 2-D with a unit height), padding natively where the padding is symmetric and, for pools,
+at most half the kernel (torch's limits); otherwise they pad explicitly first.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ..errors import IRError
 from ..ir import TensorType
@@ -164,6 +168,26 @@ def _conv(attrs, x, w, b=None):
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
+def _t_pads(pad, nsp) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """Split IR ``pad`` into torch's symmetric ``padding`` and, when asymmetric, an ``F.pad`` list
+    (last axis first) with zero native padding."""
+    pad = tuple(pad or (0,) * (2 * nsp))
+    if all(pad[2 * i] == pad[2 * i + 1] for i in range(nsp)):
+        return pad[0::2], None
+    return (0,) * nsp, tuple(p for i in reversed(range(nsp)) for p in (pad[2 * i], pad[2 * i + 1]))
+
+
+def _t_conv(attrs, x, w, b=None):
+    """Torch kernel of ``conv``: ``F.conv1d`` / ``F.conv2d`` (cuDNN on CUDA)."""
+    nsp = x.dim() - 2
+    padding, explicit = _t_pads(attrs.get("pad"), nsp)
+    if explicit is not None:
+        x = F.pad(x, explicit)
+    conv = F.conv1d if nsp == 1 else F.conv2d
+    return conv(x, w, b, stride=_spatial(attrs, nsp, "strides", 1), padding=padding,
+                dilation=_spatial(attrs, nsp, "dilations", 1), groups=attrs.get("groups", 1))
+
+
 def _emit_conv(ctx, attrs, ins, nm):
     nsp = ins[0].rank - 2
     kw = {"bias": ins[2]} if len(ins) == 3 else {}
@@ -187,7 +211,8 @@ def _flops_conv(i, o, a):
 
 register("conv", infer=_infer_conv, numpy=_conv, emit_mil=_emit_conv, ane=_ane_conv, flops=_flops_conv,
          mil_inputs=("x", "weight", "bias"),
-         from_mil=lambda v: _window_from_mil(v, v["weight"].shape[2:], ("x", "weight", "bias")))
+         from_mil=lambda v: _window_from_mil(v, v["weight"].shape[2:], ("x", "weight", "bias")),
+         torch=_t_conv)
 
 
 # ---------------------------------------------------------------------------------------- pools
@@ -246,6 +271,52 @@ def _avg_pool(attrs, x):
     return (s / cnt).astype(x.dtype)
 
 
+def _t_pool(kind):
+    """Torch kernel of ``max_pool`` / ``avg_pool`` (1-D pools run as 2-D with a unit height).
+
+    Native ``F.*_pool2d`` padding when it is symmetric and at most half the kernel (torch's rule;
+    ``count_include_pad`` = not ``exclude_padding_from_average``, which counts explicit padding and
+    not ``ceil_mode`` overhang, as the NumPy kernel). Otherwise the input is padded explicitly
+    (with -inf for max; the right side also by the ``ceil_mode`` overhang) and the average divides
+    window sums by the count of counted elements, pooled from a ones tensor made on the device.
+    """
+
+    def kernel(attrs, x):
+        k = tuple(attrs["kernel_sizes"])
+        nsp = len(k)
+        strides = _spatial(attrs, nsp, "strides", 1)
+        pad = tuple(attrs.get("pad") or (0,) * (2 * nsp))
+        ceil_mode = bool(attrs.get("ceil_mode", False))
+        if nsp == 1:
+            x, k, strides, pad = x.unsqueeze(2), (1,) + k, (1,) + strides, (0, 0) + pad
+        half = pad[0::2]
+        if all(pad[2 * i] == pad[2 * i + 1] and pad[2 * i] <= k[i] // 2 for i in range(2)):
+            if kind == "max_pool":
+                y = F.max_pool2d(x, k, strides, half, ceil_mode=ceil_mode)
+            else:
+                y = F.avg_pool2d(x, k, strides, half, ceil_mode=ceil_mode,
+                                 count_include_pad=not attrs.get("exclude_padding_from_average", False))
+            return y.squeeze(2) if nsp == 1 else y
+        sp = x.shape[2:]
+        out = [out_size(sp[i], k[i], strides[i], 1, pad[2 * i], pad[2 * i + 1], ceil_mode) for i in range(2)]
+        extra = [max((out[i] - 1) * strides[i] + k[i] - (sp[i] + pad[2 * i] + pad[2 * i + 1]), 0) for i in range(2)]
+        full = (pad[2], pad[3] + extra[1], pad[0], pad[1] + extra[0])  # F.pad order: last axis first
+        if kind == "max_pool":
+            y = F.max_pool2d(F.pad(x, full, value=-float("inf")), k, strides)
+        else:
+            s = F.avg_pool2d(F.pad(x, full), k, strides, divisor_override=1)
+            ones = torch.ones((1, 1) + tuple(sp), dtype=x.dtype, device=x.device)
+            if attrs.get("exclude_padding_from_average", False):
+                cnt = F.pad(ones, full)
+            else:  # explicit padding counts, ceil_mode overhang does not
+                cnt = F.pad(F.pad(ones, (pad[2], pad[3], pad[0], pad[1]), value=1.0), (0, extra[1], 0, extra[0]))
+            y = s / F.avg_pool2d(cnt, k, strides, divisor_override=1)
+        y = y[:, :, :out[0], :out[1]]
+        return y.squeeze(2) if nsp == 1 else y
+
+    return kernel
+
+
 def _emit_pool(kind):
     def emit(ctx, attrs, ins, nm):
         nsp = ins[0].rank - 2
@@ -281,4 +352,5 @@ def _pool_from_mil(v):
 
 for _kind, _fn in (("max_pool", _max_pool), ("avg_pool", _avg_pool)):
     register(_kind, infer=_infer_pool, numpy=_fn, emit_mil=_emit_pool(_kind), ane=_ane_pool, flops=_flops_pool,
-             from_mil=_pool_from_mil)
+             from_mil=_pool_from_mil,
+             torch=_t_pool(_kind))

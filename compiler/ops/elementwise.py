@@ -4,10 +4,14 @@ activations, ``cast``, ``select``, ``clip``.
 Semantics: coremltools MIL ``elementwise_binary.py``, ``elementwise_unary.py`` and
 ``activation.py`` (iOS15 opset, unchanged through iOS18 for these ops). Binary ops broadcast like
 NumPy. Kernels keep the input dtype (NumPy 2 / NEP 50 keeps fp32 when mixing with Python scalars).
+Torch kernels (``torch=`` of each row) do the same with torch ops; a Python-scalar operand never
+changes a tensor's dtype in torch either.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ..errors import IRError
 from ..ir import DTYPES, TensorType
@@ -38,7 +42,11 @@ def _same_dtype(in_types, allowed=None) -> str:
 # ------------------------------------------------------------------------------------ binary
 
 
-def _binary(name: str, fn, *, out_dtype=None, allowed=None, doc=""):
+#: IR dtype name -> torch dtype (the torch executor's tensors).
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int32": torch.int32, "bool": torch.bool}
+
+
+def _binary(name: str, fn, tfn, *, out_dtype=None, allowed=None, doc=""):
     def infer(in_types, attrs):
         if len(in_types) != 2:
             raise IRError(f"expects 2 inputs, got {len(in_types)}")
@@ -51,10 +59,14 @@ def _binary(name: str, fn, *, out_dtype=None, allowed=None, doc=""):
 
     kernel.__doc__ = doc or f"MIL ``{name}`` (elementwise_binary.py): broadcasting {name}(x, y)."
 
+    def torch_kernel(attrs, x, y):
+        return tfn(x, y)  # same-dtype operands (infer): torch keeps the dtype, comparisons give bool
+
     def emit(ctx, attrs, ins, nm):
         return getattr(ctx.mb, name)(x=ins[0], y=ins[1], name=nm)
 
-    register(name, infer=infer, numpy=kernel, emit_mil=emit, mil_inputs=("x", "y"))
+    register(name, infer=infer, numpy=kernel, emit_mil=emit, mil_inputs=("x", "y"),
+             torch=torch_kernel)
 
 
 def _floor_div(x, y):
@@ -65,26 +77,28 @@ def _real_div(x, y):
     return np.divide(x, y)
 
 
-_binary("add", np.add)
-_binary("sub", np.subtract)
-_binary("mul", np.multiply)
-_binary("real_div", _real_div, allowed=FLOAT, doc="MIL ``real_div``: x / y in floating point.")
-_binary("floor_div", _floor_div, doc="MIL ``floor_div``: floor(x / y).")
-_binary("mod", np.mod, doc="MIL ``mod``: x - floor(x / y) * y (sign of y, like Python/torch.remainder).")
-_binary("pow", np.power, allowed=FLOAT)
-_binary("maximum", np.maximum)
-_binary("minimum", np.minimum)
-for _n, _f in [
-    ("equal", np.equal),
-    ("not_equal", np.not_equal),
-    ("less", np.less),
-    ("less_equal", np.less_equal),
-    ("greater", np.greater),
-    ("greater_equal", np.greater_equal),
+_binary("add", np.add, torch.add)
+_binary("sub", np.subtract, torch.sub)
+_binary("mul", np.multiply, torch.mul)
+_binary("real_div", _real_div, torch.div, allowed=FLOAT, doc="MIL ``real_div``: x / y in floating point.")
+_binary("floor_div", _floor_div, torch.floor_divide, doc="MIL ``floor_div``: floor(x / y).")
+_binary("mod", np.mod, torch.remainder,
+        doc="MIL ``mod``: x - floor(x / y) * y (sign of y, like Python/torch.remainder).")
+_binary("pow", np.power, torch.pow, allowed=FLOAT)
+_binary("maximum", np.maximum, torch.maximum)
+_binary("minimum", np.minimum, torch.minimum)
+for _n, _f, _t in [
+    ("equal", np.equal, torch.eq),
+    ("not_equal", np.not_equal, torch.ne),
+    ("less", np.less, torch.lt),
+    ("less_equal", np.less_equal, torch.le),
+    ("greater", np.greater, torch.gt),
+    ("greater_equal", np.greater_equal, torch.ge),
 ]:
-    _binary(_n, _f, out_dtype="bool")
-for _n, _f in [("logical_and", np.logical_and), ("logical_or", np.logical_or), ("logical_xor", np.logical_xor)]:
-    _binary(_n, _f, out_dtype="bool", allowed=("bool",))
+    _binary(_n, _f, _t, out_dtype="bool")
+for _n, _f, _t in [("logical_and", np.logical_and, torch.logical_and), ("logical_or", np.logical_or, torch.logical_or),
+                   ("logical_xor", np.logical_xor, torch.logical_xor)]:
+    _binary(_n, _f, _t, out_dtype="bool", allowed=("bool",))
 
 
 # ------------------------------------------------------------------------------------- unary
@@ -174,6 +188,47 @@ _UNARY = {
 }
 
 
+def _t_gelu(x, mode):
+    if mode == "EXACT":
+        return F.gelu(x)
+    if mode == "TANH_APPROXIMATION":
+        return F.gelu(x, approximate="tanh")
+    if mode == "SIGMOID_APPROXIMATION":
+        return x * torch.sigmoid(1.702 * x)
+    raise IRError(f"gelu mode {mode!r} unknown")
+
+
+#: name -> torch kernel(attrs, x), the same semantics as :data:`_UNARY`'s NumPy kernels. torch's
+#: ``round`` rounds half to even like NumPy's; ``softplus`` uses torch's threshold 20 (above it,
+#: x itself: equal to NumPy's formula in fp32 and fp16).
+_TORCH_UNARY = {
+    "exp": lambda a, x: torch.exp(x),
+    "log": lambda a, x: torch.log(x + a.get("epsilon", 0.0)),
+    "sqrt": lambda a, x: torch.sqrt(x),
+    "rsqrt": lambda a, x: torch.rsqrt(x + a.get("epsilon", 0.0)),
+    "inverse": lambda a, x: torch.reciprocal(x + a.get("epsilon", 0.0)),
+    "tanh": lambda a, x: torch.tanh(x),
+    "sigmoid": lambda a, x: torch.sigmoid(x),
+    "relu": lambda a, x: torch.relu(x),
+    "erf": lambda a, x: torch.erf(x),
+    "abs": lambda a, x: torch.abs(x),
+    "sign": lambda a, x: torch.sign(x),
+    "sin": lambda a, x: torch.sin(x),
+    "cos": lambda a, x: torch.cos(x),
+    "floor": lambda a, x: torch.floor(x),
+    "ceil": lambda a, x: torch.ceil(x),
+    "round": lambda a, x: torch.round(x),
+    "square": lambda a, x: x * x,
+    "logical_not": lambda a, x: torch.logical_not(x),
+    "silu": lambda a, x: F.silu(x),
+    "softplus": lambda a, x: F.softplus(x),
+    "gelu": lambda a, x: _t_gelu(x, a.get("mode", "EXACT")),
+    "clip": lambda a, x: torch.clamp(x, a["alpha"], a["beta"]),
+    "leaky_relu": lambda a, x: torch.where(x >= 0, x, x * a["alpha"]),
+    "sigmoid_hard": lambda a, x: torch.clamp(x * a["alpha"] + a["beta"], 0, 1),
+}
+
+
 def _unary(name, kernel, attr_names, allowed):
     def infer(in_types, attrs):
         if len(in_types) != 1:
@@ -195,7 +250,8 @@ def _unary(name, kernel, attr_names, allowed):
                 kw[k] = attrs[k]
         return getattr(ctx.mb, name)(x=ins[0], name=nm, **kw)
 
-    register(name, infer=infer, numpy=numpy_kernel, emit_mil=emit)
+    register(name, infer=infer, numpy=numpy_kernel, emit_mil=emit,
+             torch=_TORCH_UNARY[name])
 
 
 for _n, (_k, _a, _d) in _UNARY.items():
@@ -221,7 +277,8 @@ def _emit_cast(ctx, attrs, ins, nm):
     return ctx.mb.cast(x=ins[0], dtype=attrs["dtype"], name=nm)
 
 
-register("cast", infer=_infer_cast, numpy=_cast, emit_mil=_emit_cast, flops=lambda i, o, a: 0)
+register("cast", infer=_infer_cast, numpy=_cast, emit_mil=_emit_cast, flops=lambda i, o, a: 0,
+         torch=lambda a, x: x.to(TORCH_DTYPES[a["dtype"]]))
 
 
 def _infer_select(in_types, attrs):
@@ -255,6 +312,7 @@ def _emit_select(ctx, attrs, ins, nm):
     return ctx.mb.select(cond=ins[0], a=a, b=b, name=nm)
 
 
-register("select", infer=_infer_select, numpy=_select, emit_mil=_emit_select, mil_inputs=("cond", "a", "b"))
+register("select", infer=_infer_select, numpy=_select, emit_mil=_emit_select, mil_inputs=("cond", "a", "b"),
+         torch=lambda a, cond, x, y: torch.where(cond, x, y))
 
-__all__ = ["erf", "flops_elementwise"]
+__all__ = ["erf", "flops_elementwise", "TORCH_DTYPES"]

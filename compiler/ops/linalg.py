@@ -7,6 +7,8 @@ BLAS sgemm for fp32, which accumulates in fp32.
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ..errors import IRError
 from ..ir import TensorType
@@ -54,7 +56,8 @@ def _flops_linear(i, o, a):
 
 
 register("linear", infer=_infer_linear, numpy=_linear, emit_mil=_emit_linear, flops=_flops_linear,
-         mil_inputs=("x", "weight", "bias"))
+         mil_inputs=("x", "weight", "bias"),
+         torch=lambda a, x, w, b=None: F.linear(x, w, b))
 
 
 def _mm_dims(t: TensorType, transpose: bool) -> tuple[int, int]:
@@ -85,6 +88,14 @@ def _matmul(attrs, x, y):
     return np.matmul(x, y)
 
 
+def _t_matmul(attrs, x, y):
+    if attrs.get("transpose_x", False):
+        x = x.transpose(-1, -2)
+    if attrs.get("transpose_y", False):
+        y = y.transpose(-1, -2)
+    return torch.matmul(x, y)
+
+
 def _emit_matmul(ctx, attrs, ins, nm):
     return ctx.mb.matmul(
         x=ins[0], y=ins[1], transpose_x=attrs.get("transpose_x", False),
@@ -97,7 +108,8 @@ def _flops_matmul(i, o, a):
     return 2 * o[0].size * k
 
 
-register("matmul", infer=_infer_matmul, numpy=_matmul, emit_mil=_emit_matmul, flops=_flops_matmul, mil_inputs=("x", "y"))
+register("matmul", infer=_infer_matmul, numpy=_matmul, emit_mil=_emit_matmul, flops=_flops_matmul, mil_inputs=("x", "y"),
+         torch=_t_matmul)
 
 
 # ------------------------------------------------------------------------------------ attention
@@ -139,6 +151,14 @@ def _sdpa(attrs, q, k, v, mask=None):
     return np.matmul(softmax(s, -1), v)
 
 
+def _t_sdpa(attrs, q, k, v, mask=None):
+    """Torch kernel of ``scaled_dot_product_attention``: ``F.scaled_dot_product_attention`` (same
+    bool-mask convention: True keeps). Unlike the NumPy kernel, a fully masked row may give 0
+    instead of NaN, depending on the backend torch picks."""
+    scale = attrs.get("scale") or 1.0 / float(np.sqrt(q.shape[-1]))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
 def _emit_sdpa(ctx, attrs, ins, nm):
     q, k, v = ins[:3]
     mask = ins[3] if len(ins) == 4 else None
@@ -173,4 +193,5 @@ register(
     "scaled_dot_product_attention", infer=_infer_sdpa, numpy=_sdpa, emit_mil=_emit_sdpa, flops=_flops_sdpa,
     mil_inputs=("query", "key", "value", "attn_mask"),
     ane_dtype_exempt=(3,),  # a bool mask is emitted as an fp16 additive mask (EmitContext.additive_mask)
+    torch=_t_sdpa,
 )

@@ -4,10 +4,15 @@
 Semantics: coremltools MIL ``normalization.py``, ``activation.py`` (softmax) and ``reduction.py``
 (iOS15 opset). Statistics are computed in fp32 even for fp16 inputs, then rounded to the input
 dtype (the fp16 rule of :func:`tlc.ops.run_kernel`; rationale in runtime/mil_interpreter.py).
+The torch kernels use ``F.layer_norm`` / ``F.batch_norm`` / ``torch.softmax`` and torch reductions,
+which also accumulate fp16 in fp32 on CUDA; integer sums and products are cast back from torch's
+int64 to the input dtype (int32 wrap-around, as NumPy).
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ..errors import IRError
 from ..ir import TensorType
@@ -54,6 +59,24 @@ def _layer_norm(attrs, x, gamma=None, beta=None):
     return y.astype(x.dtype, copy=False)
 
 
+def _t_layer_norm(attrs, x, gamma=None, beta=None):
+    """Torch kernel of ``layer_norm``: ``F.layer_norm`` when ``axes`` are the trailing axes, else the
+    formula in fp32 (as the NumPy kernel)."""
+    axes = norm_axes(attrs["axes"], x.dim())
+    eps = float(attrs.get("epsilon", 1e-5))
+    if axes == tuple(range(x.dim() - len(axes), x.dim())):
+        return F.layer_norm(x, x.shape[x.dim() - len(axes):], gamma, beta, eps)
+    xf = x.float()
+    var, mean = torch.var_mean(xf, dim=axes, keepdim=True, correction=0)
+    y = (xf - mean) * torch.rsqrt(var + eps)
+    shape = [x.shape[i] if i in axes else 1 for i in range(x.dim())]
+    if gamma is not None:
+        y = y * gamma.reshape(shape)
+    if beta is not None:
+        y = y + beta.reshape(shape)
+    return y.to(x.dtype)
+
+
 def _emit_layer_norm(ctx, attrs, ins, nm):
     kw = {}
     if len(ins) > 1:
@@ -84,7 +107,8 @@ def _norm_from_mil(names, default_fill):
 
 register("layer_norm", infer=_infer_layer_norm, numpy=_layer_norm, emit_mil=_emit_layer_norm,
          flops=lambda i, o, a: 8 * o[0].size, mil_inputs=("x", "gamma", "beta"),
-         from_mil=_norm_from_mil(("x", "gamma", "beta"), 1))
+         from_mil=_norm_from_mil(("x", "gamma", "beta"), 1),
+         torch=_t_layer_norm)
 
 
 def _infer_batch_norm(in_types, attrs):
@@ -122,7 +146,9 @@ def _emit_batch_norm(ctx, attrs, ins, nm):
 
 register("batch_norm", infer=_infer_batch_norm, numpy=_batch_norm, emit_mil=_emit_batch_norm,
          flops=lambda i, o, a: 2 * o[0].size, mil_inputs=("x", "mean", "variance", "gamma", "beta"),
-         from_mil=_norm_from_mil(("x", "mean", "variance", "gamma", "beta"), 3))
+         from_mil=_norm_from_mil(("x", "mean", "variance", "gamma", "beta"), 3),
+         torch=lambda a, x, mean, var, gamma=None, beta=None: F.batch_norm(
+             x, mean, var, gamma, beta, training=False, eps=float(a.get("epsilon", 1e-5))))
 
 
 def _infer_softmax(in_types, attrs):
@@ -139,13 +165,14 @@ def _softmax_kernel(attrs, x):
 
 register("softmax", infer=_infer_softmax, numpy=_softmax_kernel,
          emit_mil=lambda ctx, a, ins, nm: ctx.mb.softmax(x=ins[0], axis=a.get("axis", -1), name=nm),
-         flops=lambda i, o, a: 5 * o[0].size)
+         flops=lambda i, o, a: 5 * o[0].size,
+         torch=lambda a, x: torch.softmax(x, a.get("axis", -1)))
 
 
 # ------------------------------------------------------------------------------------ reductions
 
 
-def _reduce(name, fn, float_only=False):
+def _reduce(name, fn, tfn, float_only=False):
     def infer(in_types, attrs):
         x = in_types[0]
         if float_only and x.dtype not in FLOAT:
@@ -162,11 +189,18 @@ def _reduce(name, fn, float_only=False):
 
     kernel.__doc__ = f"MIL ``{name}`` (iOS15 reduction.py) over ``axes`` (all if None), ``keep_dims``."
 
+    def torch_kernel(attrs, x):
+        axes = norm_axes(attrs["axes"], x.dim()) if attrs.get("axes") is not None else tuple(range(x.dim()))
+        if not axes:  # torch reads dim=() as "all axes"; the IR means "none"
+            return x
+        return tfn(x, axes, bool(attrs.get("keep_dims", False))).to(x.dtype)
+
     def emit(ctx, attrs, ins, nm):
         kw = {"axes": list(attrs["axes"])} if attrs.get("axes") is not None else {}
         return getattr(ctx.mb, name)(x=ins[0], keep_dims=attrs.get("keep_dims", False), name=nm, **kw)
 
-    register(name, infer=infer, numpy=kernel, emit_mil=emit, flops=lambda i, o, a: i[0].size)
+    register(name, infer=infer, numpy=kernel, emit_mil=emit, flops=lambda i, o, a: i[0].size,
+             torch=torch_kernel)
 
 
 def _mean(x, axis, keepdims):
@@ -182,10 +216,20 @@ def _l1(x, axis, keepdims):
     return np.sum(np.abs(x), axis=axis, keepdims=keepdims)
 
 
-_reduce("reduce_sum", np.sum)
-_reduce("reduce_l2_norm", _l2, float_only=True)
-_reduce("reduce_l1_norm", _l1, float_only=True)
-_reduce("reduce_mean", _mean, float_only=True)
-_reduce("reduce_max", np.max)
-_reduce("reduce_min", np.min)
-_reduce("reduce_prod", np.prod)
+def _t_prod(x, axes, keep):
+    for a in sorted(axes, reverse=True):  # torch.prod takes one axis at a time
+        x = torch.prod(x, a, keepdim=keep)
+    return x
+
+
+def _t_l2(x, axes, keep):
+    return torch.linalg.vector_norm(x.float(), 2, dim=axes, keepdim=keep)
+
+
+_reduce("reduce_sum", np.sum, lambda x, ax, k: torch.sum(x, ax, keepdim=k))
+_reduce("reduce_l2_norm", _l2, _t_l2, float_only=True)
+_reduce("reduce_l1_norm", _l1, lambda x, ax, k: torch.sum(torch.abs(x), ax, keepdim=k), float_only=True)
+_reduce("reduce_mean", _mean, lambda x, ax, k: torch.mean(x, ax, keepdim=k), float_only=True)
+_reduce("reduce_max", np.max, lambda x, ax, k: torch.amax(x, ax, keepdim=k))
+_reduce("reduce_min", np.min, lambda x, ax, k: torch.amin(x, ax, keepdim=k))
+_reduce("reduce_prod", np.prod, _t_prod)

@@ -3,11 +3,14 @@
 
 Semantics: coremltools MIL ``tensor_transformation.py``, ``tensor_operation.py`` and
 ``scatter_gather.py`` (iOS15 opset; iOS17 adds ``validate_indices`` to ``gather``). All shapes
-and indices are static attributes in tlc's IR.
+and indices are static attributes in tlc's IR. Torch kernels return views where torch can (reshape,
+permute, slicing), as the NumPy kernels do.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ..errors import IRError
 from ..ir import TensorType, dtype_of
@@ -33,6 +36,7 @@ register(
     numpy=_const,
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.const(val=a["val"], name=nm),
     flops=flops_none,
+    torch=lambda a: torch.from_numpy(np.array(a["val"])),  # host tensor; executors move it once
 )
 
 register(
@@ -42,6 +46,7 @@ register(
     numpy=lambda a, x: x,
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.identity(x=ins[0], name=nm),
     flops=flops_none,
+    torch=lambda a, x: x,
 )
 
 
@@ -76,6 +81,7 @@ register(
     numpy=lambda a, x: x.reshape(a["shape"]),
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.reshape(x=ins[0], shape=list(a["shape"]), name=nm),
     flops=flops_none,
+    torch=lambda a, x: x.reshape(a["shape"]),
 )
 
 
@@ -94,17 +100,21 @@ register(
     numpy=lambda a, x: np.transpose(x, a["perm"]),
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.transpose(x=ins[0], perm=list(a["perm"]), name=nm),
     flops=flops_none,
+    torch=lambda a, x: x.permute(a["perm"]),
 )
+
+
+def _expanded_shape(shape: tuple, axes) -> tuple:
+    """``shape`` with size-1 axes inserted at ``axes`` (positions in the output)."""
+    out = list(shape)
+    for a in norm_axes(axes, len(shape) + len(axes)):
+        out.insert(a, 1)
+    return tuple(out)
 
 
 def _infer_expand_dims(in_types, attrs):
     x = in_types[0]
-    r = x.rank + len(attrs["axes"])
-    axes = norm_axes(attrs["axes"], r)
-    shape = list(x.shape)
-    for a in axes:
-        shape.insert(a, 1)
-    return [TensorType(x.dtype, tuple(shape))]
+    return [TensorType(x.dtype, _expanded_shape(x.shape, attrs["axes"]))]
 
 
 register(
@@ -114,6 +124,7 @@ register(
     numpy=lambda a, x: np.expand_dims(x, tuple(norm_axes(a["axes"], x.ndim + len(a["axes"])))),
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.expand_dims(x=ins[0], axes=list(a["axes"]), name=nm),
     flops=flops_none,
+    torch=lambda a, x: x.reshape(_expanded_shape(tuple(x.shape), a["axes"])),
 )
 
 
@@ -134,6 +145,7 @@ register(
     numpy=lambda a, x: np.squeeze(x, axis=norm_axes(a["axes"], x.ndim)),
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.squeeze(x=ins[0], axes=list(a["axes"]), name=nm),
     flops=flops_none,
+    torch=lambda a, x: x.reshape([d for i, d in enumerate(x.shape) if i not in norm_axes(a["axes"], x.dim())]),
 )
 
 
@@ -163,6 +175,13 @@ def _concat(attrs, *xs):
     return st.reshape(xs[0].shape[:ax] + (-1,) + xs[0].shape[ax + 1:])
 
 
+def _t_concat(attrs, *xs):
+    ax = attrs["axis"] % xs[0].dim()
+    if not attrs.get("interleave", False):
+        return torch.cat(xs, ax)
+    return torch.stack(xs, ax + 1).reshape(xs[0].shape[:ax] + (-1,) + xs[0].shape[ax + 1:])
+
+
 register(
     "concat",
     infer=_infer_concat,
@@ -171,6 +190,7 @@ register(
     from_mil=lambda v: (list(v["values"]), {"axis": int(v["axis"]), "interleave": bool(v.get("interleave", False))}),
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.concat(values=list(ins), axis=a["axis"], interleave=a.get("interleave", False), name=nm),
     flops=flops_none,
+    torch=_t_concat,
 )
 
 
@@ -203,7 +223,8 @@ def _split_from_mil(v):
     return [x], {"axis": ax, "split_sizes": tuple(int(s) for s in sizes)}
 
 
-register("split", infer=_infer_split, numpy=_split, emit_mil=_emit_split, flops=flops_none, from_mil=_split_from_mil)
+register("split", infer=_infer_split, numpy=_split, emit_mil=_emit_split, flops=flops_none, from_mil=_split_from_mil,
+         torch=lambda a, x: tuple(torch.split(x, list(a["split_sizes"]), a["axis"])))
 
 
 def _infer_slice(in_types, attrs):
@@ -231,6 +252,16 @@ def _slice(attrs, x):
     y = x[tuple(slice(b, e, s) for b, e, s in zip(attrs["begin"], attrs["end"], attrs["stride"]))]
     if attrs.get("flip"):
         y = np.flip(y, axis=tuple(attrs["flip"]))
+    sq = attrs.get("squeeze_mask")
+    if sq:
+        y = y.reshape([d for d, q in zip(y.shape, sq) if not q])
+    return y
+
+
+def _t_slice(attrs, x):
+    y = x[tuple(slice(b, e, s) for b, e, s in zip(attrs["begin"], attrs["end"], attrs["stride"]))]
+    if attrs.get("flip"):
+        y = torch.flip(y, tuple(attrs["flip"]))
     sq = attrs.get("squeeze_mask")
     if sq:
         y = y.reshape([d for d, q in zip(y.shape, sq) if not q])
@@ -296,7 +327,8 @@ def _slice_from_mil(v):
 
 
 register("slice_by_index", infer=_infer_slice, numpy=_slice, emit_mil=_emit_slice, flops=flops_none,
-         from_mil=_slice_from_mil)
+         from_mil=_slice_from_mil,
+         torch=_t_slice)
 
 
 def _infer_gather(in_types, attrs):
@@ -315,8 +347,18 @@ def _gather(attrs, x, idx):
     return np.take(x, idx, axis=attrs.get("axis", 0))
 
 
+def _t_gather(attrs, x, idx):
+    """Torch kernel of ``gather``: ``index_select`` on the flattened indices, negative indices
+    wrapped on the device. Out-of-range indices are not checked (CUDA asserts, CPU raises)."""
+    ax = attrs.get("axis", 0) % x.dim()
+    flat = idx.reshape(-1)
+    flat = torch.where(flat < 0, flat + x.shape[ax], flat)
+    return x.index_select(ax, flat).reshape(x.shape[:ax] + idx.shape + x.shape[ax + 1:])
+
+
 register(
     "gather",
+    torch=_t_gather,
     infer=_infer_gather,
     numpy=_gather,
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.gather(x=ins[0], indices=ins[1], axis=a.get("axis", 0), name=nm),
@@ -354,6 +396,7 @@ register(
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.reverse(x=ins[0], axes=list(a["axes"]) if a.get("axes") is not None else None,
                                                     name=nm),
     flops=flops_none,
+    torch=lambda a, x: torch.flip(x, tuple(range(x.dim())) if a.get("axes") is None else tuple(a["axes"])),
 )
 
 
@@ -372,6 +415,7 @@ register(
     numpy=lambda a, x: np.tile(x, a["reps"]),
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.tile(x=ins[0], reps=list(a["reps"]), name=nm),
     flops=flops_none,
+    torch=lambda a, x: x.repeat(a["reps"]),
 )
 
 
@@ -399,8 +443,30 @@ def _pad(attrs, x):
     return np.pad(x, widths, mode={"reflect": "reflect", "replicate": "edge"}[mode])
 
 
+def _t_pad(attrs, x):
+    """Torch kernel of ``pad``: ``F.pad`` for constant mode; reflect/replicate built per axis from
+    slices (``F.pad``'s own modes cover only some ranks), so any rank works."""
+    p = attrs["pad"]
+    n = len(p) // 2
+    mode = attrs.get("mode", "constant")
+    if mode == "constant":
+        return F.pad(x, [v for i in reversed(range(n)) for v in (p[2 * i], p[2 * i + 1])],
+                     value=float(attrs.get("constant_val", 0.0)))
+    for i in range(n):
+        ax, (b, e) = x.dim() - n + i, (p[2 * i], p[2 * i + 1])
+        size = x.shape[ax]
+        if mode == "reflect":
+            left, right = x.narrow(ax, 1, b).flip(ax), x.narrow(ax, size - 1 - e, e).flip(ax)
+        else:  # replicate
+            left = x.narrow(ax, 0, 1).expand(*x.shape[:ax], b, *x.shape[ax + 1:])
+            right = x.narrow(ax, size - 1, 1).expand(*x.shape[:ax], e, *x.shape[ax + 1:])
+        x = torch.cat([left, x, right], ax)
+    return x
+
+
 register(
     "pad",
+    torch=_t_pad,
     infer=_infer_pad,
     numpy=_pad,
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.pad(
