@@ -142,7 +142,7 @@ def main(argv=None) -> int:
                         cap = r.backend.split(":")[2] if r.backend.count(":") == 2 else "cuda_graph"
                         row[f"{cap}_ms"] = r.median_ms
                         row[f"{cap}_x"] = r.vs_eager
-                        row[f"{cap}_err"] = r.max_abs_err
+                        row[f"{cap}_err"] = r.rel_err
                         if "fell back" in r.note:
                             row["note"] += " " + r.note
                 if a.profile or row["cuda_graph_x"] > 1.0:
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
                 gc.collect()
                 torch.cuda.empty_cache()
     caps = ["cuda_graph", "none"] + extra
-    head = ["model", "batch", "dtype", "eager_ms"] + [f"{c}_{s}" for c in caps for s in ("ms", "x")] + ["max_err"]
+    head = ["model", "batch", "dtype", "eager_ms"] + [f"{c}_{s}" for c in caps for s in ("ms", "x")] + ["rel_err"]
     print(f"tlc torch-device executor vs torch eager, {bench.environment().get('cuda_device')}, torch {torch.__version__}; "
           f"median of {a.runs} interleaved runs after {a.warmup} warm-up; x = tlc / eager (below 1: tlc faster)")
     print(" | ".join(head))

@@ -17,7 +17,8 @@ so they time the model, not host transfers; ``tlc-numpy`` and ``coreml`` take an
 arrays. Each timed call ends with a device synchronize. Reported per backend: ``median_ms`` and
 ``p90_ms`` over ``runs`` calls after ``warmup`` untimed calls, ``throughput`` = batch / median
 (samples per second), ``vs_eager`` = median / median of torch eager on the same device (below 1:
-faster than eager), and ``max_abs_err`` of the first output against torch eager on that device.
+faster than eager), and ``rel_err``: relative L2 error ``||tlc - eager|| / ||eager||`` of the first
+output against torch eager on that device.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class Result:
     p90_ms: float
     throughput: float
     vs_eager: float | None = None
-    max_abs_err: float | None = None
+    rel_err: float | None = None
     note: str = ""
     times_ms: list = field(default_factory=list, repr=False)
 
@@ -210,18 +211,19 @@ def bench(model, example_inputs, *, backends=("eager", "tlc-torch", "tlc-numpy",
             ref = next(x for x in results if x.backend == ref_name)
             r.vs_eager = r.median_ms / ref.median_ms
             a, b = firsts[r.backend], firsts[ref_name]
-            r.max_abs_err = float(np.abs(a.astype(np.float64) - b).max()) if a.shape == b.shape else float("nan")
+            a, b = a.astype(np.float64), b.astype(np.float64)
+            r.rel_err = float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)) if a.shape == b.shape else float("nan")
     return results
 
 
 def table(results: list[Result]) -> str:
     """Plain-text table of results (one row per backend)."""
-    cols = ["backend", "batch", "median_ms", "p90_ms", "throughput", "vs_eager", "max_abs_err", "note"]
+    cols = ["backend", "batch", "median_ms", "p90_ms", "throughput", "vs_eager", "rel_err", "note"]
     rows = []
     for r in results:
         rows.append([r.backend, str(r.batch), f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.throughput:.1f}",
                      "-" if r.vs_eager is None else f"{r.vs_eager:.2f}x",
-                     "-" if r.max_abs_err is None else f"{r.max_abs_err:.1e}", r.note])
+                     "-" if r.rel_err is None else f"{r.rel_err:.1e}", r.note])
     widths = [max(len(c), *(len(x[i]) for x in rows)) for i, c in enumerate(cols)]
     line = lambda vals: "  ".join(v.ljust(w) if i in (0, 7) else v.rjust(w)  # noqa: E731
                                   for i, (v, w) in enumerate(zip(vals, widths))).rstrip()

@@ -27,6 +27,7 @@ PIPELINE = [
     "fuse::linear_bias",  # after conv_batchnorm: a folded conv already has its bias
     "fuse::activations",  # after const_fold: the pattern constants must be plain consts
     "fuse::norm_attention",  # after const_fold, like fuse::activations
+    "cleanup::attention_mask",  # after const_fold and norm_attention: masks are plain consts by then
     "layout::channels_first",  # after linear_bias: sinks transposes through linear(+bias) -> 1x1 conv
     "cleanup::merge_layout",  # merges what layout left adjacent
     "cleanup::cse",  # after fusions, which create identical constants/ops

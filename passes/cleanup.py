@@ -181,3 +181,29 @@ def merge_layout(g: Graph) -> Graph:
     Fires only when the inner op has no other reader.
     """
     return remove_noops(rewrite(g, RULES))
+
+
+def _keeps_everything(mask: np.ndarray) -> bool:
+    """A constant attention mask that masks nothing: all True (bool) or all 0 (additive float)."""
+    return bool(mask.all()) if mask.dtype == np.bool_ else not np.any(mask)
+
+
+@register_pass("cleanup::attention_mask")
+def drop_trivial_attention_mask(g: Graph) -> Graph:
+    """Drop a constant attention mask that masks nothing (all True, or all 0.0 when additive).
+
+    Given:  %m = const(bool[1,1,L,S], all True); %o = scaled_dot_product_attention(%q, %k, %v, %m)
+    Result: %o = scaled_dot_product_attention(%q, %k, %v)
+    torch.export of HF ViT/encoders without padding yields such masks; without one, attention
+    reads no mask (torch picks its fastest fused kernel; MIL's op has no mask input). The output
+    type never depends on the mask. Must not fire on a mask that is computed or masks anything.
+    """
+    consts = {n.out: n.attrs["val"] for n in g.nodes if n.op == "const"}
+    nodes, changed = [], False
+    for n in g.nodes:
+        if (n.op == "scaled_dot_product_attention" and len(n.inputs) == 4 and n.inputs[3] in consts
+                and _keeps_everything(consts[n.inputs[3]])):
+            n = Node(n.op, n.inputs[:3], n.outputs, n.attrs, n.name, n.loc)
+            changed = True
+        nodes.append(n)
+    return dce(replace(g, nodes=tuple(nodes))) if changed else g

@@ -243,3 +243,19 @@ def test_norm_attention_must_not_fire_when_probs_are_returned():
 
     g, g2 = run_pass("fuse::norm_attention", attn, torch.randn(1, 4, 8), torch.randn(1, 4, 8), torch.randn(1, 4, 8))
     assert "scaled_dot_product_attention" not in ops(g2)
+
+
+@pytest.mark.parametrize("mask", [torch.ones(1, 1, 6, 6, dtype=torch.bool), torch.zeros(1, 1, 6, 6)])
+def test_trivial_attention_mask_dropped(mask):
+    attn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # noqa: E731
+    g, g2 = run_pass("cleanup::attention_mask", attn, *[torch.randn(1, 2, 6, 8) for _ in range(3)])
+    sdpa = lambda gr: next(n for n in gr.nodes if n.op == "scaled_dot_product_attention")  # noqa: E731
+    assert len(sdpa(g).inputs) == 4 and len(sdpa(g2).inputs) == 3
+    assert not any(n.op == "const" for n in g2.nodes)
+
+
+def test_attention_mask_must_not_fire_on_a_real_mask():
+    mask = torch.ones(1, 1, 6, 6, dtype=torch.bool).tril()
+    attn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # noqa: E731
+    g, g2 = run_pass("cleanup::attention_mask", attn, *[torch.randn(1, 2, 6, 8) for _ in range(3)])
+    assert g2 is g
