@@ -349,3 +349,38 @@ def test_chained_executors_stay_on_device():
     assert mid["h"].device.type == GPU
     y = s2.run(mid)["y"]
     np.testing.assert_allclose(y, np.tanh(np.maximum(xv @ wv.T, 0)), rtol=1e-3, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------- tlc bench
+
+
+def test_tlc_bench_cli(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    f = tmp_path / "mlp.py"
+    f.write_text("import torch\ntorch.manual_seed(0)\n"
+                 "model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))\n"
+                 "example_inputs = (torch.randn(2, 16),)\n")
+    out = tmp_path / "b.json"
+    r = subprocess.run([sys.executable, "-m", "tlc.cli", "bench", str(f), "--runs", "3", "--warmup", "1", "--batch", "5",
+                        "--backends", "eager,tlc-torch,tlc-numpy", "--device", "cpu", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "median_ms" in r.stdout and "tlc-torch:cpu" in r.stdout
+    res = {x["backend"]: x for x in json.loads(out.read_text())["results"]}
+    assert set(res) == {"eager:cpu", "tlc-torch:cpu", "tlc-numpy"}
+    for x in res.values():
+        assert x["batch"] == 5 and len(x["times_ms"]) == 3 and x["median_ms"] > 0 and x["rel_err"] < 1e-5
+    bad = subprocess.run([sys.executable, "-m", "tlc.cli", "bench", str(f), "--backends", "eager,tensorrt"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "unknown backend" in bad.stderr
+
+
+def test_bench_batched_inputs():
+    from tlc.bench import batched
+
+    args, kwargs = batched(((torch.arange(6).reshape(2, 3),), {"m": torch.ones(2, 4)}), 5)
+    assert args[0].shape == (5, 3) and kwargs["m"].shape == (5, 4)
+    assert args[0][2].tolist() == [0, 1, 2]  # rows repeat in order
