@@ -2,8 +2,8 @@
 
 ``build`` traces once (torch.export), lowers to tlc's IR and returns a :class:`CompiledModel`;
 emission to Core ML happens when you ``save`` (or ask for ``mlmodel``). Calling a
-``CompiledModel`` runs it on the best backend available: Core ML on macOS, else tlc's NumPy
-runtime. ``@tlc.compile`` specializes on input shapes/dtypes at first call and caches one
+``CompiledModel`` runs it on the best backend available: Core ML on macOS, else tlc's torch-device
+executor on a GPU, else tlc's NumPy runtime. ``@tlc.compile`` specializes on input shapes/dtypes at first call and caches one
 ``CompiledModel`` per signature.
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ from .emit import PRECISIONS, convert, save_atomic, target_name
 from .errors import InputError, TlcError
 from .frontend import normalize_inputs, trace
 from .ir import Graph
-from tlc.runtime import coreml_available
+from tlc.runtime import coreml_available, gpu_available
 
-BACKENDS = ("auto", "coreml", "numpy")
+BACKENDS = ("auto", "coreml", "torch", "numpy")
 TARGETS = ("ane", "gpu", "cpu")
 
 
@@ -101,6 +101,7 @@ class CompiledModel:
         self._out_dtypes = out_torch_dtypes
         self._mlmodel = None
         self._coreml = None
+        self._torch = None
 
     @property
     def input_names(self) -> list[str]:
@@ -242,7 +243,7 @@ class CompiledModel:
             cm.precision = precision
         if minimum_deployment_target is not None:
             cm.minimum_deployment_target = target_name(minimum_deployment_target)
-        cm._mlmodel = cm._coreml = None
+        cm._mlmodel = cm._coreml = cm._torch = None
         if precision is not None:
             cm._emit_graph = None
         return cm
@@ -252,16 +253,28 @@ class CompiledModel:
     def run(self, feeds: dict[str, Any], backend: str = "auto") -> dict[str, np.ndarray]:
         """Run on named inputs (NumPy arrays or torch tensors); returns ``{output_name: ndarray}``.
 
-        ``backend``: ``"auto"`` (Core ML on macOS, else NumPy), ``"coreml"`` (macOS only; raises
-        :class:`~tlc.errors.TlcError` elsewhere), ``"numpy"``. Raises
+        ``backend``: ``"auto"`` picks by availability, Core ML (macOS) -> GPU (tlc's torch-device
+        executor on ``mps``/``cuda``) -> NumPy; ``"coreml"`` (macOS only; raises
+        :class:`~tlc.errors.TlcError` elsewhere); ``"torch"`` (the torch-device executor on the
+        best device here, the CPU if there is no GPU); ``"numpy"`` (tlc's reference executor).
+        The torch and NumPy backends run :attr:`graph` (the model's own dtypes); the executor is
+        built on first use and kept (weights stay on the device). Raises
         :class:`~tlc.errors.InputError` for missing/misnamed inputs or wrong shapes/dtypes.
         """
         from tlc.runtime import check_inputs, run_graph
 
         if backend not in BACKENDS:
             raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "auto":
+            backend = "coreml" if coreml_available() else "torch" if gpu_available() else "numpy"
+        if backend == "torch":
+            if self._torch is None:
+                from tlc.runtime.torch_executor import TorchExecutor
+
+                self._torch = TorchExecutor(self.graph)
+            return self._torch.run(feeds)
         feeds = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in feeds.items()}
-        if backend == "coreml" or (backend == "auto" and coreml_available()):
+        if backend == "coreml":
             return self._run_coreml(check_inputs(self.graph, feeds))
         return run_graph(self.graph, feeds)
 

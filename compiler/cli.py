@@ -119,7 +119,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .runtime_cli import parse_inputs
     from tlc.runtime import load
 
-    m = load(a.package, backend=a.backend, compute_units=a.compute_units)
+    m = load(a.package, backend=a.backend, compute_units=a.compute_units, fallback=a.fallback)
     feeds = parse_inputs(a.input or [])
     t0 = time.perf_counter()
     out = m(feeds)
@@ -314,6 +314,9 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="one per model input")
     r.add_argument("--out", metavar="DIR", help="save each output as DIR/<name>.npy")
     r.add_argument("--backend", choices=["auto", "coreml", "interpreter"], default="auto")
+    r.add_argument("--fallback", default="auto", choices=["auto", "numpy", "torch"],
+                   help="bundles: where fallback segments run (auto: gpu segments on tlc's torch-device executor "
+                        "when a GPU is here, the rest on NumPy)")
     r.add_argument("--compute-units", default="ALL", choices=["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"],
                    help="Core ML compute units (macOS only)")
     r.set_defaults(func=cmd_run)

@@ -21,6 +21,13 @@ BACKENDS = ("auto", "coreml", "interpreter")
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 
 
+def gpu_available() -> bool:
+    """True when torch sees a GPU tlc's torch-device executor can use (``mps`` or ``cuda``)."""
+    from .torch_executor import default_device
+
+    return default_device().type != "cpu"
+
+
 def coreml_available() -> bool:
     """True on macOS where coremltools' native Core ML bindings load."""
     if sys.platform != "darwin":
@@ -76,19 +83,22 @@ class LoadedModel:
         return f"<tlc LoadedModel {self.path.name} on {self.backend}: {[n for n, *_ in self.inputs]} -> {self.outputs}>"
 
 
-def load(path: str | Path, backend: str = "auto", compute_units: str = "ALL") -> LoadedModel | BundleModel:
+def load(path: str | Path, backend: str = "auto", compute_units: str = "ALL",
+         fallback: str = "auto") -> LoadedModel | BundleModel:
     """Load an ``.mlpackage`` (:class:`LoadedModel`) or a tlc bundle directory (:class:`BundleModel`)
     as a callable mapping named arrays to ``{output_name: array}``.
 
     ``backend`` (Core ML parts): ``"auto"`` uses Core ML predict on macOS and the MIL interpreter
     elsewhere; ``compute_units`` (Core ML only): ``ALL``, ``CPU_ONLY``, ``CPU_AND_GPU``,
-    ``CPU_AND_NE``. A bundle's fallback segments run in tlc's NumPy executor.
+    ``CPU_AND_NE``. A bundle's fallback segments run as ``fallback`` says (:class:`BundleModel`):
+    by default, ``gpu`` segments on tlc's torch-device executor when a GPU is here, the rest on the
+    NumPy executor.
     Raises :class:`PackageError` for anything that is not a loadable package or bundle.
     """
     if is_bundle(path):
-        return BundleModel(path, backend=backend, compute_units=compute_units)
+        return BundleModel(path, backend=backend, compute_units=compute_units, fallback=fallback)
     return LoadedModel(path, backend=backend, compute_units=compute_units)
 
 
 __all__ = ["load", "LoadedModel", "BundleModel", "is_bundle", "MILInterpreter", "PackageError", "UnsupportedMILOpError", "load_program",
-           "package_info", "run_graph", "check_inputs", "validate_feeds", "coreml_available"]
+           "package_info", "run_graph", "check_inputs", "validate_feeds", "coreml_available", "gpu_available"]

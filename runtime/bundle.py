@@ -1,8 +1,11 @@
 """Hybrid runtime: runs a bundle (``NAME.tlc/``, format in :mod:`tlc.artifact`) segment by segment.
 
-Core ML segments run through Core ML predict on macOS or tlc's MIL interpreter elsewhere; fallback
-segments (tlc IR) run in tlc's NumPy executor. Values pass between segments by IR value name and
-are dropped after the last segment that reads them.
+Core ML segments run through Core ML predict on macOS or tlc's MIL interpreter elsewhere. Fallback
+segments (tlc IR) placed on ``gpu`` run in tlc's torch-device executor when a GPU is here (``mps``
+or ``cuda``), and consecutive device segments hand each other device tensors (no host round trip);
+``cpu`` segments, and ``gpu`` segments on a machine without a GPU, run in tlc's NumPy executor.
+Values pass between segments by IR value name and are dropped after the last segment that reads
+them.
 """
 from __future__ import annotations
 
@@ -26,7 +29,9 @@ def is_bundle(path: str | Path) -> bool:
 
 
 class _FallbackSegment:
-    def __init__(self, path: Path):
+    """A fallback segment on the NumPy executor, or (``device=True``) the torch-device executor."""
+
+    def __init__(self, path: Path, device: bool):
         from tlc.errors import IRError
         from tlc.serialize import load_graph
 
@@ -34,10 +39,22 @@ class _FallbackSegment:
             self.graph = load_graph(path)
         except IRError as e:
             raise PackageError(f"bundle segment {path.name}: {e}") from None
-        self.backend = "numpy"
+        self.torch = None
+        if device:
+            from .torch_executor import TorchExecutor
+
+            self.torch = TorchExecutor(self.graph)
+        self.backend = f"torch:{self.torch.device.type}" if self.torch is not None else "numpy"
 
     def __call__(self, feeds):
-        return run_graph(self.graph, feeds)
+        if self.torch is not None:
+            return self.torch.run(feeds, keep_on_device=True)
+        return run_graph(self.graph, {k: _host(v) for k, v in feeds.items()})
+
+
+def _host(a):
+    """A device tensor from a torch segment as a NumPy array (anything else unchanged)."""
+    return a.detach().cpu().numpy() if hasattr(a, "detach") else a
 
 
 class BundleModel:
@@ -45,11 +62,19 @@ class BundleModel:
 
     ``segments``: per segment ``(index, target, backend)``; ``inputs``: ``(name, shape, numpy
     dtype)`` per model input; ``outputs``: output names; ``backend``: a summary such as
-    ``"interpreter+numpy"``. Raises :class:`PackageError` for a missing/damaged manifest or segment.
+    ``"interpreter+numpy"``. ``fallback``: ``"auto"`` (``gpu`` segments on the torch-device executor
+    when a GPU is here), ``"numpy"`` (every fallback segment on the NumPy executor) or ``"torch"``
+    (every fallback segment on the torch-device executor, on the best device here).
+    Raises :class:`PackageError` for a missing/damaged manifest or segment.
     """
 
-    def __init__(self, path: str | Path, backend: str = "auto", compute_units: str = "ALL"):
-        from . import LoadedModel
+    def __init__(self, path: str | Path, backend: str = "auto", compute_units: str = "ALL", fallback: str = "auto"):
+        from tlc.errors import InputError
+
+        from . import LoadedModel, gpu_available
+
+        if fallback not in ("auto", "numpy", "torch"):
+            raise InputError(f"fallback must be 'auto', 'numpy' or 'torch', got {fallback!r}")
 
         self.path = Path(path)
         try:
@@ -73,7 +98,8 @@ class BundleModel:
                     runner = LoadedModel(p, backend="interpreter" if backend == "interpreter" else backend,
                                          compute_units=compute_units)
                 else:
-                    runner = _FallbackSegment(p)
+                    on_device = fallback == "torch" or (fallback == "auto" and e["target"] == "gpu" and gpu_available())
+                    runner = _FallbackSegment(p, on_device)
                 self._segments.append((e, runner))
         except KeyError as e:
             raise PackageError(f"{self.path}: manifest entry lacks {e.args[0]!r} (damaged or hand-edited)") from None
@@ -102,6 +128,8 @@ class BundleModel:
         env = validate_feeds(self.inputs, feeds, self.path.name)
         for i, (e, runner) in enumerate(self._segments):
             sub = {n: env[n] for n in e["inputs"]}
+            if not (isinstance(runner, _FallbackSegment) and runner.torch is not None):
+                sub = {k: _host(v) for k, v in sub.items()}
             if observer is None:
                 out = runner(sub)
             elif isinstance(runner, _FallbackSegment):
@@ -113,7 +141,7 @@ class BundleModel:
             env.update(out)
             for n in self._drop_after[i]:
                 env.pop(n, None)
-        return {name: env[v] for name, v in self._out_values.items()}
+        return {name: _host(env[v]) for name, v in self._out_values.items()}
 
     def __repr__(self) -> str:
         segs = ", ".join(f"{i}:{t}/{b}" for i, t, b in self.segments)

@@ -316,3 +316,22 @@ def test_cli_profile_then_build_with_it(tmp_path):
     assert set(doc["backends"]["cpu"]["ops"]) == {"conv", "relu"}
     r = cli("build", "model.py", "--profile", "model.profile.json", cwd=tmp_path)
     assert r.returncode == 0 and "model.mlpackage" in r.stdout, r.stderr
+
+
+def test_bundle_fallback_on_torch_executor_and_backend_choice(tmp_path):
+    """gpu segments run on the torch-device executor (the CPU device here when there is no GPU);
+    CompiledModel.run's backends agree with torch eager."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GELU(), torch.nn.Conv2d(8, 4, 3)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    ref = m(x).detach().numpy()
+    cm = tlc.build(m, (x,), target="gpu")
+    path = cm.save(tmp_path / "m.tlc")
+    for fallback, backend in (("torch", "torch:"), ("numpy", "numpy")):
+        b = load(path, fallback=fallback)
+        assert b.segments[0][2].startswith(backend)
+        assert rel(b({"input": x.numpy()})["output"], ref) < 1e-5
+    with pytest.raises(tlc.InputError, match="fallback"):
+        load(path, fallback="gpu")
+    for backend in ("numpy", "torch", "auto"):
+        assert rel(cm.run({"input": x}, backend=backend)["output"], ref) < 1e-5
