@@ -5,7 +5,10 @@ The contract (../shared/design.md, "The IR contract"):
 * One node type (:class:`Node`), immutable once built. A :class:`Graph` is its inputs, its nodes in
   topological order and its outputs (with user-facing output names).
 * Every :class:`Value` carries a :class:`TensorType`: a dtype (``"fp32"``, ``"fp16"``, ``"int32"``,
-  ``"bool"``) and a static shape (a tuple of non-negative ints; ``()`` is a scalar).
+  ``"bool"``, ``"complex64"``) and a shape (a tuple of non-negative ints; ``()`` is a scalar). A
+  dimension may be *symbolic* — a string naming a data-dependent size such as ``"u0"`` (torch's
+  unbacked SymInts, from ``nonzero`` or boolean-mask indexing) — but only on values of fallback ops
+  (:mod:`tlc.ops.fallback`); every op that can go to Core ML has static shapes.
 * Op semantics live in one table row per op (:mod:`tlc.ops`); the graph only names the op.
 * Nodes carry the user's :class:`SourceLoc` so every error and report can point at the line of
   Python that produced the node.
@@ -26,11 +29,13 @@ from .errors import IRError
 
 #: IR dtype name -> NumPy dtype. The IR has no int64/float64: Core ML mlprogram I/O and most MIL
 #: ops take int32/fp32/fp16 (coremltools MIL types: ``types.int32``, ``types.fp32``, ``types.fp16``).
+#: ``complex64`` exists only for fallback ops (FFT, complex arithmetic): MIL has no complex type.
 DTYPES: dict[str, np.dtype] = {
     "fp32": np.dtype(np.float32),
     "fp16": np.dtype(np.float16),
     "int32": np.dtype(np.int32),
     "bool": np.dtype(np.bool_),
+    "complex64": np.dtype(np.complex64),
 }
 
 
@@ -44,17 +49,24 @@ def dtype_of(array: np.ndarray) -> str:
 
 @dataclass(frozen=True)
 class TensorType:
-    """Type of an IR value: ``dtype`` (a key of :data:`DTYPES`) and a static ``shape``."""
+    """Type of an IR value: ``dtype`` (a key of :data:`DTYPES`) and a ``shape``.
+
+    Each dimension is a non-negative int or, for a data-dependent size, a non-empty string naming
+    it (torch's unbacked SymInt as printed: ``"u0"``, ``"(u0//2)"``); see :attr:`is_static`.
+    Raises :class:`IRError` for an unknown dtype or a malformed shape.
+    """
 
     dtype: str
-    shape: tuple[int, ...]
+    shape: tuple[int | str, ...]
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise IRError(f"unknown IR dtype {self.dtype!r} (supported: {', '.join(DTYPES)})")
-        if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in self.shape):
-            raise IRError(f"shape {self.shape} must be a tuple of non-negative ints")
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        ok = all((isinstance(d, (int, np.integer)) and d >= 0)
+                 or (isinstance(d, str) and d) for d in self.shape)
+        if not ok:
+            raise IRError(f"shape {self.shape} must be a tuple of non-negative ints or symbolic size names")
+        object.__setattr__(self, "shape", tuple(d if isinstance(d, str) else int(d) for d in self.shape))
 
     @property
     def rank(self) -> int:
@@ -62,13 +74,19 @@ class TensorType:
         return len(self.shape)
 
     @property
+    def is_static(self) -> bool:
+        """True when every dimension is an int (no data-dependent size)."""
+        return not any(isinstance(d, str) for d in self.shape)
+
+    @property
     def size(self) -> int:
-        """Number of elements."""
-        return int(np.prod(self.shape, dtype=np.int64))
+        """Number of elements. A symbolic dimension counts as 1, so for a data-dependent shape
+        this is a lower bound (enough for reports, which must not crash on such values)."""
+        return int(np.prod([1 if isinstance(d, str) else d for d in self.shape], dtype=np.int64))
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the tensor's data (elements x dtype size)."""
+        """Bytes of the tensor's data (elements x dtype size; a lower bound when not static)."""
         return self.size * DTYPES[self.dtype].itemsize
 
     def __str__(self) -> str:
@@ -240,10 +258,12 @@ class GraphBuilder:
 
     def const(self, val: np.ndarray, name: str = "const", loc: SourceLoc | None = None) -> Value:
         """Add a ``const`` node holding ``val`` (converted to an IR dtype: float64 -> fp32,
-        int64 -> int32)."""
+        int64 -> int32, complex128 -> complex64)."""
         val = np.asarray(val)
         if val.dtype == np.float64:
             val = val.astype(np.float32)
+        elif val.dtype == np.complex128:
+            val = val.astype(np.complex64)
         elif val.dtype in (np.int64, np.int16, np.int8, np.uint8):
             val = val.astype(np.int32)
         return self.add("const", (), {"val": val}, name=name, loc=loc).outputs[0]

@@ -78,7 +78,8 @@ def const_fold(g: Graph) -> Graph:
     new_nodes = []
     changed = False
     for n in g.nodes:
-        if n.op != "const" and n.inputs and all(v in consts for v in n.inputs) and len(n.outputs) == 1:
+        if (n.op != "const" and n.inputs and all(v in consts for v in n.inputs) and len(n.outputs) == 1
+                and n.out.type.is_static):  # a data-dependent shape stays a run-time value
             big = n.out.type.nbytes > FOLD_MAX_BYTES
             if not big or all(uses.get(v, 0) == 1 and v not in g.outputs for v in n.inputs):
                 try:

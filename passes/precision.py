@@ -63,6 +63,13 @@ def clamp_sentinels(g: Graph) -> Graph:
     return replace(g, nodes=tuple(nodes)) if changed else g
 
 
+def _fallback_only(n: Node) -> bool:
+    """Ops MIL cannot express (``emit_mil is None``: FFT, complex, data-dependent shapes, custom
+    ops; tlc.ops.fallback) run in a fallback runtime in the precision the model wrote: they are
+    never cast to fp16 nor analyzed (an fp16-rounded input may even change their output shape)."""
+    return get_op(n.op).emit_mil is None
+
+
 def _rms(a: np.ndarray) -> float:
     a = np.asarray(a, dtype=np.float32)
     return float(np.sqrt(np.mean(np.square(a, dtype=np.float64)))) if a.size else 0.0
@@ -113,7 +120,7 @@ def analyze(g: Graph, feeds_list: list[dict]) -> tuple[dict[Value, float], dict[
             return rounded[v]
 
         for n in g.nodes:
-            if n.op == "const" or not any(v.type.dtype in FLOAT for v in n.inputs):
+            if n.op == "const" or _fallback_only(n) or not any(v.type.dtype in FLOAT for v in n.inputs):
                 continue
             ins16 = [r16(v) if v.type.dtype in FLOAT else vals[v] for v in n.inputs]
             out_dt = [np.float16 if v.type.dtype in FLOAT else DTYPES[v.type.dtype] for v in n.outputs]
@@ -204,7 +211,11 @@ def to_half(g: Graph, keep_fp32: set[str]) -> Graph:
         attrs = dict(n.attrs)
         if n.op == "cast" and attrs["dtype"] in FLOAT and cd:
             attrs["dtype"] = cd
-        new = b.add(n.op, [get(v, cd) for v in n.inputs], attrs, name=n.name, loc=n.loc)
+        if _fallback_only(n):  # its inputs keep the dtypes the front-end gave them
+            ins = [get(v, v.type.dtype if v.type.dtype in FLOAT else None) for v in n.inputs]
+        else:
+            ins = [get(v, cd) for v in n.inputs]
+        new = b.add(n.op, ins, attrs, name=n.name, loc=n.loc)
         for old, nv in zip(n.outputs, new.outputs):
             env[old] = nv
     outs = [get(v, v.type.dtype if v.type.dtype in FLOAT else None) for v in g.outputs]

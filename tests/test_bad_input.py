@@ -214,6 +214,8 @@ def test_cli_example_inputs_wrong_type(tmp_path):
 
 
 # ---------------------------------------------------------------------------- 6. unknown op
+# An op without a lowering (or with complex values) becomes a fallback node (issue 5); a plain
+# .mlpackage cannot hold it, so `tlc build -o m.mlpackage` stops at emission, naming the op and line.
 
 _UNKNOWN_OP_SOURCES = {
     "module": """
@@ -284,7 +286,7 @@ def test_cli_complex_example_input(tmp_path):
 
 @pytest.mark.parametrize(
     "expr, needle",
-    [("torch.view_as_complex(x).abs()", "aten.view_as_complex"), ("(x * 1j).abs()", "complex")],
+    [("torch.view_as_complex(x).abs()", "aten.view_as_complex"), ("(x * 1j).abs()", "aten.mul.Tensor")],
     ids=["view_as_complex", "mul_1j"],
 )
 def test_cli_model_creates_complex_tensor(tmp_path, expr, needle):
@@ -489,36 +491,42 @@ def _assert_loc_here(err: tlc.TlcError, name: str):
     assert f"{Path(__file__).name}:{err.loc.line}" in str(err)
 
 
-def test_api_unknown_op_module():
-    with pytest.raises(tlc.UnsupportedOpError) as ei:
-        tlc.build(_CumsumModule(), (torch.randn(4, 4),))
+def _assert_falls_back(model, x, needle: str, marker: str, tmp_path):
+    """Issue 5: an op MIL cannot express (no lowering, complex values) no longer stops the build: it
+    becomes a fallback node that keeps its torch name and runs in the NumPy runtime. Writing a
+    plain .mlpackage then fails with a clear error naming the op and the user's line."""
+    cm = tlc.build(model, (x,), precision="fp32")
+    with torch.no_grad():
+        ref = model(x)
+    assert torch.allclose(cm(x), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(tlc.EmitError) as ei:
+        cm.save(tmp_path / "m.mlpackage")
     msg = str(ei.value)
-    assert "aten.cumsum" in msg and "fallback runtime" in msg
-    _assert_loc_here(ei.value, "cumsum-module")
+    assert needle in msg and "fallback runtime" in msg, msg
+    _assert_loc_here(ei.value, marker)
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_api_unknown_op_function():
+def test_api_unknown_op_module(tmp_path):
+    _assert_falls_back(_CumsumModule(), torch.randn(4, 4), "aten.cumsum.default", "cumsum-module", tmp_path)
+
+
+def test_api_unknown_op_function(tmp_path):
     # Plain tensor functions are a first-class input to tlc.build; the location must be the
     # user's line, not tlc's FunctionModule.forward wrapper.
-    with pytest.raises(tlc.UnsupportedOpError) as ei:
-        tlc.build(_cumsum_fn, (torch.randn(4, 4),))
-    assert "aten.cumsum" in str(ei.value)
-    _assert_loc_here(ei.value, "cumsum-fn")
+    _assert_falls_back(_cumsum_fn, torch.randn(4, 4), "aten.cumsum.default", "cumsum-fn", tmp_path)
 
 
 @pytest.mark.parametrize(
-    "kind, shape, err_type, needle",
+    "kind, shape, needle",
     [
-        ("view_as_complex", (4, 2), tlc.UnsupportedOpError, "aten.view_as_complex"),
-        ("rfft", (4, 8), tlc.UnsupportedOpError, "fft"),
-        ("mul_1j", (4, 2), tlc.FrontendError, "complex"),
+        ("view_as_complex", (4, 2), "aten.view_as_complex.default"),
+        ("rfft", (4, 8), "aten._fft_r2c.default"),
+        ("mul_1j", (4, 2), "aten.mul.Tensor"),
     ],
 )
-def test_api_model_creates_complex_tensor(kind, shape, err_type, needle):
-    with pytest.raises(err_type) as ei:
-        tlc.build(_ComplexModule(kind), (torch.randn(*shape),))
-    assert needle in str(ei.value)
-    _assert_loc_here(ei.value, kind)
+def test_api_model_creates_complex_tensor(kind, shape, needle, tmp_path):
+    _assert_falls_back(_ComplexModule(kind), torch.randn(*shape), needle, kind, tmp_path)
 
 
 def test_api_save_existing_output(tmp_path):

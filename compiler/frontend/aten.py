@@ -618,7 +618,8 @@ def _select(L, x, dim, index):
 @lower("aten.index.Tensor")
 def _index(L, x, indices):
     """Advanced indexing with integer index tensors on consecutive axes: flatten those axes and
-    ``gather`` with the linearized index. Boolean masks have data-dependent shapes (not static)."""
+    ``gather`` with the linearized index. Boolean masks have data-dependent shapes: those nodes
+    (like every case declined with :class:`UnsupportedOpError`) stay torch ops in the fallback runtime."""
     shape = _shape(x)
     pos = [i for i, t in enumerate(indices) if t is not None]
     if pos != list(range(pos[0], pos[-1] + 1)):
@@ -627,9 +628,8 @@ def _index(L, x, indices):
     for t in idx:
         dt = t.tensor.dtype if isinstance(t, Const) else t.type.dtype
         if dt in (torch.bool, "bool"):
-            raise UnsupportedOpError(
-                "boolean-mask indexing produces a data-dependent shape, which a static mlprogram cannot hold. "
-                "Partitioning will send such ops to the fallback runtime; until then the build stops.")
+            raise UnsupportedOpError(  # the front-end keeps it as a fallback op (tlc.ops.fallback)
+                "boolean-mask indexing produces a data-dependent shape, which a static mlprogram cannot hold")
     k, m = pos[0], len(pos)
     dims = shape[k:k + m]
     if all(isinstance(t, Const) for t in idx):

@@ -8,6 +8,12 @@
 * Every other op goes through its lowering in :mod:`tlc.frontend.aten`; the lowered value's type
   is checked against torch's own shape/dtype (``node.meta["val"]``), so a lowering bug is caught
   where it happens, with the source line.
+* An op is never a reason to stop the build: an ATen or custom op without a lowering (or whose
+  lowering declines its arguments), and any op reading or producing a complex value or a
+  data-dependent shape (unbacked SymInts ``u0`` from ``nonzero`` / boolean-mask indexing) becomes a
+  *fallback node* that keeps the torch op's name and arguments (:mod:`tlc.ops.fallback`). A
+  symbolic size used as a number (``x[mask].shape[0]``) is a 0-d int32 value; Python arithmetic
+  on it (``operator.add`` ...) lowers to the IR's elementwise ops.
 """
 from __future__ import annotations
 
@@ -23,33 +29,50 @@ import torch.utils._pytree as pytree
 from .. import __version__
 from ..errors import FrontendError, InputError, TlcError, UnsupportedOpError
 from ..ir import Graph, GraphBuilder, SourceLoc, TensorType, Value
+from ..ops.fallback import TORCH_DTYPES, encode
 
 TORCH_DIR = torch.__file__.rsplit("/", 1)[0]
 TLC_DIR = __file__.rsplit("/", 2)[0] + "/"  # compiler/: never blame tlc's own frames
 
-_TORCH_TO_IR = {
-    torch.float32: "fp32",
-    torch.float64: "fp32",
-    torch.float16: "fp16",
-    torch.int64: "int32",
-    torch.int32: "int32",
-    torch.int16: "int32",
-    torch.int8: "int32",
-    torch.uint8: "int32",
-    torch.bool: "bool",
-}
-_IR_TO_TORCH = {"fp32": torch.float32, "fp16": torch.float16, "int32": torch.int32, "bool": torch.bool}
+_TORCH_TO_IR = {getattr(torch, name): ir for name, ir in TORCH_DTYPES.items()}
+_IR_TO_TORCH = {"fp32": torch.float32, "fp16": torch.float16, "int32": torch.int32, "bool": torch.bool,
+                "complex64": torch.complex64}
 
 
 def ir_dtype(dt: torch.dtype, what: str = "tensor", loc=None) -> str:
-    """IR dtype for a torch dtype; raises :class:`FrontendError` for complex/bfloat16/others."""
+    """IR dtype for a torch dtype (64-bit types narrowed); raises :class:`FrontendError` for
+    bfloat16 and others the IR cannot hold."""
     if dt in _TORCH_TO_IR:
         return _TORCH_TO_IR[dt]
-    if dt.is_complex:
-        raise FrontendError(
-            f"{what} has complex dtype {dt}: Core ML mlprogram has no complex tensors. Partitioning "
-            f"will send complex ops to the fallback runtime; until then the build stops.", loc=loc)
     raise FrontendError(f"{what} has dtype {dt}, which tlc does not support (use float32/float16/int/bool)", loc=loc)
+
+
+def ir_shape(shape) -> tuple:
+    """IR shape of a torch (fake) tensor's size: ints, and the printed name (``"u0"``) for each
+    data-dependent size (an unbacked SymInt)."""
+    out = []
+    for d in shape:
+        if isinstance(d, torch.SymInt):
+            known = d.node.maybe_as_int()
+            d = str(d) if known is None else known
+        out.append(d if isinstance(d, str) else int(d))
+    return tuple(out)
+
+
+def fallback_reason(v) -> str | None:
+    """Why an fx value (``meta["val"]``, or a list of them) can only live in the fallback
+    runtime: a complex dtype, a data-dependent shape, or a symbolic scalar; else None."""
+    if isinstance(v, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        return f"it computes with the data-dependent size {v}"
+    if isinstance(v, torch.Tensor):
+        if v.dtype.is_complex:
+            return f"it reads or produces a {str(v.dtype).removeprefix('torch.')} tensor (Core ML has no complex dtype)"
+        shape = ir_shape(v.shape)
+        if any(isinstance(d, str) for d in shape):
+            return f"it reads or produces the data-dependent shape {list(shape)}"
+    if isinstance(v, (tuple, list)):
+        return next((r for r in map(fallback_reason, v) if r), None)
+    return None
 
 
 @dataclass(eq=False)
@@ -99,6 +122,7 @@ class Lowerer:
                 t = x.tensor.detach()
                 if t.dtype == torch.bfloat16:
                     t = t.float()
+                t = t.resolve_conj().resolve_neg()
                 arr = t.cpu().numpy() if t.dtype != torch.bool else t.cpu().numpy().astype(np.bool_)
                 ir_dtype(t.dtype, f"constant {x.name}", self.loc)
                 x.value = self.b.const(np.ascontiguousarray(arr), name=x.name, loc=self.loc)
@@ -126,7 +150,7 @@ class Lowerer:
         val = self.node.meta.get("val")
         if i is not None:
             val = val[i]
-        return TensorType(ir_dtype(val.dtype, f"result of {self.node.target}", self.loc), tuple(int(d) for d in val.shape))
+        return TensorType(ir_dtype(val.dtype, f"result of {self.node.target}", self.loc), ir_shape(val.shape))
 
     # --- driver -------------------------------------------------------------------------------
 
@@ -187,20 +211,31 @@ class Lowerer:
         leaves = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, (Value, Const))]
         if all(isinstance(x, Const) for x in leaves) and key not in NO_FOLD:
             return self.fold(target, args, kwargs)
+        if target in SYM_OPS:
+            return self.sym_op(target, args)
         fn = LOWERINGS.get(key)
+        ins = [a.meta.get("val") for a in node.all_input_nodes]
+        why = fallback_reason([v for v in ins if isinstance(v, torch.Tensor)] + [node.meta.get("val")])
+        if why:
+            return self.fallback(why)
         if fn is None:
-            raise UnsupportedOpError(
-                f"ATen op {key} has no lowering in tlc's front-end (node {node.name}). Partitioning will "
-                f"send such ops to the fallback runtime; until then the build stops.",
-                loc=self.loc,
-            )
+            return self.fallback(f"tlc has no lowering for {key}")
+        # a symbolic size argument (x[mask].shape[0]) arrives as a 0-d int32 value; a lowering
+        # written for a Python int may not take it, and then the torch op is kept instead
+        sym_arg = fallback_reason([v for v in ins if not isinstance(v, torch.Tensor)])
         try:
             res = fn(self, *args, **kwargs)
+        except UnsupportedOpError as e:  # the lowering declines these arguments: keep the torch op
+            return self.fallback(f"tlc's lowering of {key} declines it: {e.args[0]}")
         except TlcError as e:
+            if sym_arg:
+                return self.fallback(sym_arg)
             if e.loc is None:
                 e.loc = self.loc
             raise
         except Exception as e:
+            if sym_arg:
+                return self.fallback(sym_arg)
             raise FrontendError(f"lowering {key} (node {node.name}) failed: {type(e).__name__}: {e}", loc=self.loc) from e
         self._check(res)
         return res
@@ -211,11 +246,87 @@ class Lowerer:
         vals = val if isinstance(val, (tuple, list)) else (val,)
         for r, tv in zip(outs, vals):
             if isinstance(r, Value) and isinstance(tv, torch.Tensor):
-                want = TensorType(ir_dtype(tv.dtype, loc=self.loc), tuple(int(d) for d in tv.shape))
+                want = TensorType(ir_dtype(tv.dtype, loc=self.loc), ir_shape(tv.shape))
                 if r.type != want:
                     raise FrontendError(
                         f"lowering of {self.node.target} (node {self.node.name}) produced {r.type} "
                         f"but torch computes {want}", loc=self.loc)
+
+    def fallback(self, why: str):
+        """Lower the current node as a fallback op (format: :mod:`tlc.ops.fallback`): the torch
+        op's name, its arguments with IR values as numbered inputs, and torch's output types.
+        Returns its output value (a tuple, ``None`` where torch returns ``None``, for ops with
+        several results). Raises :class:`UnsupportedOpError` for a callable that is not a torch
+        operator (nothing could run it later)."""
+        node, target = self.node, self.node.target
+        if not isinstance(target, torch._ops.OpOverload):
+            raise UnsupportedOpError(
+                f"{getattr(target, '__name__', target)} (node {node.name}) is not a torch operator, so the "
+                f"fallback runtime cannot run it either ({why})", loc=self.loc)
+        inputs: list[Value] = []
+
+        def ref(a):
+            if not isinstance(a, torch.fx.Node):
+                return None
+            r, val = self.env[a], a.meta.get("val")
+            if not isinstance(r, (Value, Const)):
+                return _Literal(r)  # folded to a Python value (or None)
+            if isinstance(r, Const):
+                val = r.tensor if r.tensor.dtype != torch.bfloat16 else r.tensor.float()
+            v = self.v(r)
+            i = next((k for k, w in enumerate(inputs) if w is v), None)
+            if i is None:
+                i, _ = len(inputs), inputs.append(v)
+            if isinstance(val, torch.Tensor):
+                return ("$in", i, str(val.dtype).removeprefix("torch."))
+            return ("$bool" if isinstance(val, (bool, torch.SymBool)) else
+                    "$float" if isinstance(val, (float, torch.SymFloat)) else "$int", i)
+
+        def as_input(a):
+            r = ref(a)
+            return encode(r.value, as_input) if isinstance(r, _Literal) else r
+
+        attrs = {
+            "args": encode(tuple(node.args), as_input),
+            "kwargs": tuple((k, encode(v, as_input)) for k, v in node.kwargs.items()),
+            "out_types": None,
+            "why": why,
+        }
+        val = node.meta.get("val")
+        many = isinstance(val, (tuple, list))
+        entries = tuple(self._out_entry(v) for v in (val if many else (val,)))
+        if all(e is None for e in entries):
+            return None
+        attrs["out_types"] = entries
+        res = self.add(str(target), inputs, attrs)
+        outs = iter(res if isinstance(res, tuple) else (res,))
+        if not many:
+            return next(outs)
+        return tuple(None if e is None else next(outs) for e in entries)
+
+    def _out_entry(self, v):
+        """``out_types`` entry of one torch result: ``(ir_dtype, shape)``, or None."""
+        if v is None:
+            return None
+        if isinstance(v, torch.Tensor):
+            return (ir_dtype(v.dtype, f"result of {self.node.target}", self.loc), ir_shape(v.shape))
+        if isinstance(v, (bool, torch.SymBool)):
+            return ("bool", ())
+        if isinstance(v, (int, torch.SymInt)):
+            return ("int32", ())
+        if isinstance(v, (float, torch.SymFloat)):
+            return ("fp32", ())
+        raise UnsupportedOpError(f"{self.node.target} returns a {type(v).__name__}, which tlc's IR cannot hold",
+                                 loc=self.loc)
+
+    def sym_op(self, target, args):
+        """Python arithmetic/comparison on symbolic sizes (0-d int32 values) as an IR op."""
+        a, b = args
+        is_float = target is operator.truediv or any(
+            isinstance(x, float) or (isinstance(x, Value) and x.type.dtype == "fp32") for x in (a, b))
+        dt = "fp32" if is_float else "int32"
+        x, y = ((self.cast(t, dt) if isinstance(t, (Value, Const)) else self.scalar(t, dt)) for t in (a, b))
+        return self.add(SYM_OPS[target], [x, y])
 
     def fold(self, target, args, kwargs):
         def to_t(x):
@@ -235,6 +346,20 @@ class Lowerer:
 
 #: Ops never constant-folded (side effects or assertions).
 NO_FOLD: set[str] = set()
+
+#: Python operators torch.export records on symbolic sizes -> IR op on 0-d values.
+SYM_OPS = {
+    operator.add: "add", operator.sub: "sub", operator.mul: "mul", operator.floordiv: "floor_div",
+    operator.mod: "mod", operator.truediv: "real_div", operator.eq: "equal", operator.ne: "not_equal",
+    operator.lt: "less", operator.le: "less_equal", operator.gt: "greater", operator.ge: "greater_equal",
+}
+
+
+@dataclass
+class _Literal:
+    """An fx argument the front-end folded to a Python value (stored in attrs as itself)."""
+
+    value: Any
 
 
 def output_names(ep, n: int) -> list[str]:

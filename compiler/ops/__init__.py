@@ -50,7 +50,16 @@ ANE_MAX_SPATIAL = 16384
 
 
 def ane_common(in_types: Sequence[TensorType], out_types: Sequence[TensorType], attrs) -> str | None:
-    """Limits every op shares: rank <= 5 and dimension limits (see module docstring for sources)."""
+    """Limits every op shares (sources: ../shared/ane-rules.md): no complex values (the ANE
+    computes in float16), no data-dependent shapes (unbounded dynamic shapes stay off the ANE),
+    rank <= 5, dimension limits."""
+    for t in list(in_types) + list(out_types):
+        if t.dtype == "complex64":
+            return ("complex64 tensor: ANE computes in float16 (int8 for some weights) and Core ML mlprogram "
+                    "has no complex dtype (hollance/neural-engine docs/16-bit.md)")
+        if not t.is_static:
+            return (f"data-dependent shape [{', '.join(map(str, t.shape))}]; unbounded dynamic shapes do not "
+                    f"run on the ANE (Apple Developer Forums thread 724930)")
     for t in list(in_types) + list(out_types):
         if t.rank > ANE_MAX_RANK:
             return f"rank {t.rank} > {ANE_MAX_RANK} (ANE rejects rank-6 tensors; apple/coremltools#2536)"
@@ -118,22 +127,33 @@ def register(
     torch: Callable[..., Any] | None = None,
     host_only: str | None = None,
 ) -> OpDef:
-    """Add a row to :data:`OPS`. The row's ``ane`` rule is :func:`ane_common`, then the op's own
-    ``ane`` rule (the more specific reason), then :func:`ane_dtype` over the tensors except the inputs
-    at positions ``ane_dtype_exempt`` (inputs that emission turns into fp16, e.g. a bool mask).
-    Every row should give a ``torch`` kernel or a ``host_only`` reason (tests/test_gpu_runtime.py
-    checks)."""
+    """Add a row to :data:`OPS` (built by :func:`make_row`); raises :class:`IRError` for a name
+    registered twice. Every row should give a ``torch`` kernel or a ``host_only`` reason
+    (tests/test_gpu_runtime.py checks)."""
     if name in OPS:
         raise IRError(f"op {name!r} registered twice")
+    OPS[name] = d = make_row(name, infer=infer, numpy=numpy, emit_mil=emit_mil, ane=ane, flops=flops, doc=doc,
+                             mil_inputs=mil_inputs, from_mil=from_mil, ane_dtype_exempt=ane_dtype_exempt,
+                             torch=torch, host_only=host_only)
+    return d
+
+
+def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Callable[..., Any] | None,
+             ane: Rule | None = None, flops: Rule = flops_elementwise, doc: str = "",
+             mil_inputs: tuple[str, ...] = ("x",), from_mil: Callable[[dict], tuple[list, dict]] | None = None,
+             ane_dtype_exempt: tuple[int, ...] = (), torch: Callable[..., Any] | None = None,
+             host_only: str | None = None) -> OpDef:
+    """An :class:`OpDef` (not added to :data:`OPS`). Its ``ane`` rule is :func:`ane_common`, then
+    the op's own ``ane`` rule (the more specific reason), then :func:`ane_dtype` over the tensors
+    except the inputs at positions ``ane_dtype_exempt`` (inputs that emission turns into fp16,
+    e.g. a bool mask)."""
 
     def ane_rule(i, o, a, _extra=ane):
         return (ane_common(i, o, a) or (_extra(i, o, a) if _extra else None)
                 or ane_dtype([t for k, t in enumerate(i) if k not in ane_dtype_exempt], o))
 
-    d = OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""), tuple(mil_inputs), from_mil,
-              torch, host_only)
-    OPS[name] = d
-    return d
+    return OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""), tuple(mil_inputs), from_mil,
+                 torch, host_only)
 
 
 def mil_attr(v: Any) -> Any:
@@ -175,12 +195,19 @@ def run_kernel(row: OpDef, attrs, arrays, out_dtypes) -> tuple:
 
 
 def get_op(name: str, loc=None) -> OpDef:
-    """The table row for ``name``; raises :class:`IRError` for an unknown op."""
-    try:
-        return OPS[name]
-    except KeyError:
-        raise IRError(f"unknown IR op {name!r}", loc=loc) from None
+    """The table row for ``name``; raises :class:`IRError` for an unknown op.
+
+    A torch operator name (``ns.op.overload``: ``aten.cumsum.default``, ``mylib.myop.default``)
+    without a row of its own gets the generic fallback row, made on first use
+    (:func:`tlc.ops.fallback.generic_row`), so every name the front-end produces resolves in any
+    process."""
+    row = OPS.get(name)
+    if row is not None:
+        return row
+    if fallback.is_torch_op_name(name):
+        return fallback.generic_row(name)
+    raise IRError(f"unknown IR op {name!r}", loc=loc)
 
 
 # Populate the table (each module registers its rows on import).
-from . import elementwise, linalg, conv, norm, shape  # noqa: E402,F401
+from . import elementwise, linalg, conv, norm, shape, fallback  # noqa: E402,F401
