@@ -358,7 +358,8 @@ def build(
 
     Raises :class:`~tlc.errors.InputError` (bad inputs, precision or pass names),
     :class:`~tlc.errors.FrontendError` (incl. :class:`~tlc.errors.UnsupportedOpError` naming the
-    op and its source line), :class:`~tlc.errors.EmitError` (unknown deployment target),
+    op and its source line, for what not even a fallback op can hold; ops MIL cannot express become
+    fallback nodes, :mod:`tlc.ops.fallback`), :class:`~tlc.errors.EmitError` (unknown deployment target),
     :class:`~tlc.errors.IRError` (a pass broke the IR contract: a tlc bug).
     """
     _check_target(target)

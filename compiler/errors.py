@@ -36,7 +36,10 @@ class FrontendError(TlcError):
 
 
 class UnsupportedOpError(FrontendError):
-    """An ATen op has no lowering into tlc's IR."""
+    """Something tlc's IR cannot represent even as a fallback op: a traced callable that is not a
+    torch operator, or an argument/result type the IR cannot store. (An ATen or custom op without
+    a lowering is *not* an error: it becomes a fallback node, see tlc.ops.fallback. Lowerings also
+    raise it to decline arguments; the front-end then keeps the torch op as a fallback node.)"""
 
 
 class InputError(TlcError):

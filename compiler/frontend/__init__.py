@@ -80,7 +80,9 @@ def trace(model_or_fn, example_inputs, strict: bool = False, meta: dict | None =
     """Trace and lower; returns the IR graph and :class:`TraceInfo`.
 
     Raises :class:`InputError` (bad example inputs), :class:`FrontendError` (tracing failed),
-    :class:`UnsupportedOpError` (an ATen op without lowering; names the op and source line).
+    :class:`UnsupportedOpError` (only for what cannot be a fallback op either; names the op and
+    source line). Ops without a lowering, complex values and data-dependent shapes become
+    fallback nodes (:mod:`tlc.ops.fallback`).
     """
     args, kwargs = normalize_inputs(example_inputs)
     module = as_module(model_or_fn)

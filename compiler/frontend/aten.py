@@ -2,7 +2,9 @@
 
 Each function receives the :class:`~tlc.frontend.lower.Lowerer` and the op's arguments with fx
 nodes replaced by IR values / constants, and returns the IR value(s). Arguments follow the ATen
-schemas in ``native_functions.yaml``.
+schemas in ``native_functions.yaml``. A lowering raises :class:`UnsupportedOpError` to decline
+arguments MIL cannot express; the front-end then keeps the torch op as a fallback node
+(:mod:`tlc.ops.fallback`), with the message as the node's reason.
 """
 from __future__ import annotations
 

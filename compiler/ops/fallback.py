@@ -187,7 +187,9 @@ def _reason(text: str | None):
     return ane
 
 
-def _kernel(name: str, fn: Callable) -> Callable:
+def _kernel(fn: Callable) -> Callable:
+    """A row kernel: decode the attributes, call ``fn``, keep the results that are node outputs."""
+
     def kernel(attrs, *arrays):
         args, kwargs = decode(attrs, arrays)
         return _select(fn(*args, **kwargs), attrs["out_types"])
@@ -202,7 +204,7 @@ def fallback_op(name: str, reason: str | None):
     the ANE (None: the node's ``why``)."""
 
     def deco(fn):
-        register(name, infer=_infer, numpy=_kernel(name, fn), emit_mil=None, ane=_reason(reason), flops=_flops,
+        register(name, infer=_infer, numpy=_kernel(fn), emit_mil=None, ane=_reason(reason), flops=_flops,
                  doc=fn.__doc__ or "")
         return fn
 
