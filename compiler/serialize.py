@@ -38,7 +38,7 @@ VERSION = 1
 
 def _enc(v: Any, key: str, tensors: dict[str, np.ndarray]) -> Any:
     if isinstance(v, np.ndarray):
-        tensors[key] = np.ascontiguousarray(v)
+        tensors[key] = v if v.flags.c_contiguous else v.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
         return {"tensor": key}
     if isinstance(v, (tuple, list)):
         return [_enc(x, f"{key}.{i}", tensors) for i, x in enumerate(v)]
