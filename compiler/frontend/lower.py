@@ -69,7 +69,7 @@ def fallback_reason(v) -> str | None:
             return f"it reads or produces a {str(v.dtype).removeprefix('torch.')} tensor (Core ML has no complex dtype)"
         shape = ir_shape(v.shape)
         if any(isinstance(d, str) for d in shape):
-            return f"it reads or produces the data-dependent shape {list(shape)}"
+            return f"it reads or produces the data-dependent shape [{', '.join(map(str, shape))}]"
     if isinstance(v, (tuple, list)):
         return next((r for r in map(fallback_reason, v) if r), None)
     return None
@@ -260,6 +260,10 @@ class Lowerer:
         operator (nothing could run it later)."""
         node, target = self.node, self.node.target
         if not isinstance(target, torch._ops.OpOverload):
+            from .aten import SKIP
+
+            if node.users and all(str(u.target) in SKIP for u in node.users):
+                return None  # a symbolic condition only run-time assertions read (tlc drops those)
             raise UnsupportedOpError(
                 f"{getattr(target, '__name__', target)} (node {node.name}) is not a torch operator, so the "
                 f"fallback runtime cannot run it either ({why})", loc=self.loc)
@@ -274,9 +278,9 @@ class Lowerer:
             if isinstance(r, Const):
                 val = r.tensor if r.tensor.dtype != torch.bfloat16 else r.tensor.float()
             v = self.v(r)
-            i = next((k for k, w in enumerate(inputs) if w is v), None)
-            if i is None:
-                i, _ = len(inputs), inputs.append(v)
+            if not any(w is v for w in inputs):
+                inputs.append(v)
+            i = next(k for k, w in enumerate(inputs) if w is v)
             if isinstance(val, torch.Tensor):
                 return ("$in", i, str(val.dtype).removeprefix("torch."))
             return ("$bool" if isinstance(val, (bool, torch.SymBool)) else
