@@ -52,6 +52,12 @@ TORCH_DTYPES = {
     "complex128": "complex64",
 }
 _SCALAR_TAGS = {"$int": "int32", "$float": "fp32", "$bool": "bool"}
+
+#: Every fallback row is host-only for the torch-device executor (its ``torch`` kernel contract:
+#: no host reads, capturable as a CUDA graph), which data-dependent shapes and symbolic scalars
+#: break; :func:`torch_call` runs any of them as the original torch op on a device when wanted.
+HOST_ONLY = ("fallback op: runs on the host (NumPy kernel, or the original torch op on CPU); data-dependent "
+             "shapes and symbolic sizes read host data")
 _OBJECT_TAGS = ("$dtype", "$device", "$layout", "$memory_format")
 _NAME = re.compile(r"^[A-Za-z_]\w*\.[A-Za-z_]\w*\.[A-Za-z_]\w*$")
 
@@ -205,7 +211,7 @@ def fallback_op(name: str, reason: str | None):
 
     def deco(fn):
         register(name, infer=_infer, numpy=_kernel(fn), emit_mil=None, ane=_reason(reason), flops=_flops,
-                 doc=fn.__doc__ or "")
+                 doc=fn.__doc__ or "", host_only=HOST_ONLY)
         return fn
 
     return deco
@@ -284,7 +290,7 @@ def generic_row(name: str) -> OpDef:
         why = (f"custom op {name} (torch.library): Core ML cannot run it; runs as the torch op on CPU" if custom
                else None)
         row = _GENERIC[name] = make_row(name, infer=_infer, numpy=kernel, emit_mil=None, ane=_reason(why),
-                                        flops=_flops)
+                                        flops=_flops, host_only=HOST_ONLY)
     return row
 
 
