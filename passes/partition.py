@@ -9,7 +9,8 @@ fallback (every op has a NumPy kernel).
 Labels minimise an estimated latency (:class:`CostModel`): each node's compute time on its side
 plus, for every tensor that crosses between the two sides, a transition charge and its bytes.
 That is a two-label energy with pairwise terms, solved exactly as an s-t minimum cut
-(networkx). Segments are then the label-alternation phases of the DAG, placed as late as possible
+(networkx). Scalars (rank-0 values) are tied to their readers: Core ML inputs and outputs need
+rank >= 1, so a scalar never crosses between segments. Segments are then the label-alternation phases of the DAG, placed as late as possible
 (ALAP), so they are convex (no path leaves a segment and comes back) and the segment graph is
 acyclic by construction; :func:`check_segments` re-checks both with networkx.
 
@@ -179,6 +180,10 @@ def label_nodes(g: Graph, cost: CostModel = DEFAULT_COST, target: str = "ane") -
             p = prod.get(v)
             if p is None:
                 continue
+            if v.type.rank == 0:  # Core ML I/O needs rank >= 1: a scalar never crosses segments
+                G.add_edge(index[p], index[n])
+                G.add_edge(index[n], index[p])
+                continue
             w = _ns(cost.boundary(v.type.nbytes))
             a, b = index[p], index[n]
             for u, t in ((a, b), (b, a)):
@@ -253,6 +258,8 @@ def assign(g: Graph, cost: CostModel = DEFAULT_COST, target: str = "ane") -> Pla
 
 
 def _fallback_device(g: Graph, members: list[Node], cost: CostModel) -> str:
+    if any(get_op(n.op).host_only for n in members):
+        return "cpu"  # an op with no torch kernel (data-dependent shapes, ...) runs on the host
     inside = {v for n in members for v in n.outputs}
     boundary = {v for n in members for v in n.inputs if v not in inside}
     boundary |= inside  # outputs may leave; an upper bound on what is copied back

@@ -29,7 +29,8 @@ def is_bundle(path: str | Path) -> bool:
 
 
 class _FallbackSegment:
-    """A fallback segment on the NumPy executor, or (``device=True``) the torch-device executor."""
+    """A fallback segment on the NumPy executor, or (``device=True``) the torch-device executor
+    unless it holds a host-only op (no torch kernel: data-dependent shapes, ...)."""
 
     def __init__(self, path: Path, device: bool):
         from tlc.errors import IRError
@@ -40,7 +41,9 @@ class _FallbackSegment:
         except IRError as e:
             raise PackageError(f"bundle segment {path.name}: {e}") from None
         self.torch = None
-        if device:
+        from tlc.ops import get_op
+
+        if device and not any(get_op(n.op).host_only for n in self.graph.nodes):
             from .torch_executor import TorchExecutor
 
             self.torch = TorchExecutor(self.graph)

@@ -335,3 +335,99 @@ def test_bundle_fallback_on_torch_executor_and_backend_choice(tmp_path):
         load(path, fallback="gpu")
     for backend in ("numpy", "torch", "auto"):
         assert rel(cm.run({"input": x}, backend=backend)["output"], ref) < 1e-5
+
+
+# ------------------------------------------------------- segment counts with fallback-only ops
+
+CHEAP = CostModel(segment_transition_s=1e-9)  # transitions ~free: every ANE-capable op goes to Core ML
+
+
+class Conv(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.c(x)
+
+
+def sort(x):
+    return torch.sort(x, dim=-1).values  # MIL has no sort: fallback-only
+
+
+class ConvSortConv(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = Conv(), Conv()
+
+    def forward(self, x):
+        return self.b(sort(self.a(x)))
+
+
+class TwoBranches(torch.nn.Module):
+    """branch 1: conv -> sort (coreml -> fallback); branch 2: sort -> conv -> sort (F -> C -> F).
+    The minimum is 3 segments; scheduling branch 1 as early as possible would give 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = Conv(), Conv()
+
+    def forward(self, x, y):
+        return sort(self.a(x)), sort(self.b(sort(y)))
+
+
+def placed(model, *xs, cost=CHEAP, target="ane"):
+    cm = tlc.build(model.eval(), xs, precision="fp16")
+    g = cm.emit_graph
+    segs = split(g, assign(g, cost=cost, target=target))
+    check_segments(g, segs)
+    return g, segs
+
+
+def test_fallback_op_between_ane_ops_makes_three_segments():
+    x = torch.randn(1, 4, 8, 8)
+    g, segs = placed(ConvSortConv(), x)
+    assert [s.target for s in segs] == ["ane", "cpu", "ane"]
+    assert [n.op for n in segs[1].graph.nodes if n.op != "const"] == ["aten.sort.default"]
+
+
+def test_small_ane_island_between_fallback_ops_is_absorbed():
+    """Default costs: two Core ML transitions cost more than running the small convs in the
+    fallback runtime, so the whole model is one fallback segment."""
+    x = torch.randn(1, 4, 8, 8)
+    g, segs = placed(ConvSortConv(), x, cost=CostModel())
+    assert len(segs) == 1 and segs[0].target in ("cpu", "gpu")
+    p = assign(g)
+    conv = next(n.name for n in g.nodes if n.op == "conv")
+    assert "cheaper than two Core ML transitions" in p.reasons[conv]
+
+
+def test_independent_branches_share_segments():
+    x, y = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    g, segs = placed(TwoBranches(), x, y)
+    assert [s.target for s in segs] == ["cpu", "ane", "cpu"]
+
+
+def test_host_only_ops_keep_their_segment_on_the_cpu():
+    x = torch.randn(1, 4, 8, 8)
+    g, segs = placed(ConvSortConv(), x, target="gpu")
+    assert [s.target for s in segs] == ["gpu"]  # forced: the runtime runs host-only ops on NumPy
+    big = CostModel(gpu_launch_s=0.0, gpu_flops=1e18)  # the GPU would win everything...
+    g, segs = placed(ConvSortConv(), x, cost=big)
+    assert [s.target for s in segs] == ["cpu"]  # ...but sort has no torch-device kernel
+
+
+def test_three_segment_bundle_runs_end_to_end(tmp_path):
+    torch.manual_seed(0)
+    m = ConvSortConv().eval()
+    x = torch.randn(1, 4, 8, 8)
+    cm = tlc.build(m, (x,), precision="fp32")
+    from tlc.passes.partition import assign as _assign
+
+    cm._placement = _assign(cm.emit_graph, cost=CHEAP)  # the placement under test: ane, cpu, ane
+    assert [s.target for s in cm.segments] == ["ane", "cpu", "ane"]
+    path = cm.save(tmp_path / "m.mlpackage")
+    assert path.suffix == ".tlc" and sorted(p.name for p in (path / "segments").iterdir()) == [
+        "00.mlpackage", "01.json", "01.safetensors", "02.mlpackage"]
+    out = load(path)({cm.input_names[0]: x.numpy()})[cm.output_names[0]]
+    assert rel(out, m(x).detach().numpy()) < 1e-5
