@@ -249,9 +249,9 @@ def _scalar_of(prod, v) -> float | None:
     return float(np.asarray(n.attrs["val"]).reshape(()))
 
 
-def _layer_norm_parts(prod, root):
-    """(x, axes, eps) if ``root`` computes (x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps)
-    (also with ``mul(.., rsqrt(..))`` and ``mul(d, d)`` for the square)."""
+def _normalized_parts(prod, root):
+    """(d, reduce node, eps) if ``root`` computes d / sqrt(mean(d^2) + eps) (also as
+    ``mul(d, rsqrt(..))``, and with ``mul(d, d)`` for the square) over trailing axes."""
     n = root
     if n.op == "real_div":
         d, s = n.inputs
@@ -283,18 +283,43 @@ def _layer_norm_parts(prod, root):
     if sq is None or not ((sq.op == "pow" and sq.inputs[0] is d and _scalar_of(prod, sq.inputs[1]) == 2.0)
                           or (sq.op == "mul" and sq.inputs[0] is d and sq.inputs[1] is d)):
         return None
+    rank = d.type.rank
+    axes = tuple(sorted(a % rank for a in vn.attrs["axes"]))
+    if not axes or axes != tuple(range(rank - len(axes), rank)):
+        return None
+    return d, axes, eps
+
+
+def _norm_parts(prod, root):
+    """``("layer_norm", x, axes, eps)`` if ``root`` normalizes d = x - mean(x) over the same
+    axes, else ``("rms_norm", d, axes, eps)`` for d / sqrt(mean(d^2) + eps); ``None`` if neither."""
+    parts = _normalized_parts(prod, root)
+    if parts is None:
+        return None
+    d, axes, eps = parts
     dn = prod.get(d)
-    if dn is None or dn.op != "sub":
+    if dn is not None and dn.op == "sub":
+        x, m = dn.inputs
+        mn = prod.get(m)
+        if (mn is not None and mn.op == "reduce_mean" and mn.inputs[0] is x and mn.attrs.get("keep_dims")
+                and tuple(sorted(a % x.type.rank for a in mn.attrs["axes"])) == axes):
+            return "layer_norm", x, axes, eps
+    return "rms_norm", d, axes, eps
+
+
+def _rms_gamma(m: Match):
+    """Absorb a constant scale over the normalized axes into a gamma-less rms_norm."""
+    rn = m["rn"]
+    g = m.const_val("g")
+    x = rn.inputs[0]
+    axes = rn.attrs["axes"]
+    want = tuple(x.type.shape[a] for a in axes)
+    if len(rn.inputs) != 1 or not m.single_use("rn") or g is None or g.dtype != DTYPES[x.type.dtype]:
         return None
-    x, m = dn.inputs
-    mn = prod.get(m)
-    if mn is None or mn.op != "reduce_mean" or mn.inputs[0] is not x or not mn.attrs.get("keep_dims"):
+    if g.shape[len(g.shape) - len(want):] != want or g.size != int(np.prod(want)) or g.ndim > x.type.rank:
         return None
-    rank = x.type.rank
-    axes = tuple(sorted(a % rank for a in mn.attrs["axes"]))
-    if axes != tuple(sorted(a % rank for a in vn.attrs["axes"])) or axes != tuple(range(rank - len(axes), rank)):
-        return None
-    return x, axes, eps
+    return m.add("rms_norm", [x, m.const(np.ascontiguousarray(g.reshape(want)), m["g"].name)], dict(rn.attrs),
+                 name=m.root.name)
 
 
 def _attention_parts(prod, root):
@@ -349,24 +374,30 @@ def _attention_parts(prod, root):
 @register_pass("fuse::norm_attention")
 def fuse_norm_attention(g: Graph) -> Graph:
     """Recognize a decomposed layer_norm (mean / subtract / square / mean / add eps / sqrt or
-    rsqrt / divide or multiply over the last axes) and decomposed attention (matmul(q, k^T) *
-    scale [+ mask] -> softmax over the last axis -> matmul(v)).
+    rsqrt / divide or multiply over the last axes), a decomposed RMS norm (the same without the
+    centring, as torch.export writes ``torch.nn.RMSNorm``, ``F.rms_norm`` and transformers'
+    ``LlamaRMSNorm``; a following multiply by a constant weight becomes its gamma) and decomposed
+    attention (matmul(q, k^T) * scale [+ mask] -> softmax over the last axis -> matmul(v)).
 
     Given:  %m = reduce_mean(%x, axes=(-1,), keep_dims=True); %d = sub(%x, %m); %p = pow(%d, 2)
             %v = reduce_mean(%p, ...); %e = add(%v, 1e-5); %s = sqrt(%e); %y = real_div(%d, %s)
     Result: %y = layer_norm(%x, axes=(-1,), epsilon=1e-5)
+    Given:  %p = pow(%x, 2); %v = reduce_mean(%p, axes=(-1,), keep_dims=True); %e = add(%v, 1e-6)
+            %r = rsqrt(%e); %n = mul(%x, %r); %y = mul(W, %n)
+    Result: %y = rms_norm(%x, W, axes=(-1,), epsilon=1e-6)
     Given:  %s = matmul(%q, transpose(%k)); %t = mul(%s, 0.125); %p = softmax(%t, -1); %o = matmul(%p, %v)
     Result: %o = scaled_dot_product_attention(%q, %k, %v, scale=0.125)
-    Fires only when the interior values have no reader outside the pattern.
+    Fires only when the interior values have no reader outside the pattern (and the weight only
+    when the rms_norm result has no other reader).
     """
     prod, uses, outs = g.producers(), g.use_counts(), set(g.outputs)
 
-    def ln(m: Match):
-        parts = _layer_norm_parts(prod, m.root)
-        if parts is None or not _private(prod, uses, outs, m.root, {parts[0]}):
+    def norm(m: Match):
+        parts = _norm_parts(prod, m.root)
+        if parts is None or not _private(prod, uses, outs, m.root, {parts[1]}):
             return None
-        x, axes, eps = parts
-        return m.add("layer_norm", [x], {"axes": axes, "epsilon": float(eps)}, name=m.root.name)
+        op, x, axes, eps = parts
+        return m.add(op, [x], {"axes": axes, "epsilon": float(eps)}, name=m.root.name)
 
     def attn(m: Match):
         parts = _attention_parts(prod, m.root)
@@ -379,4 +410,6 @@ def fuse_norm_attention(g: Graph) -> Graph:
         ins = [q, k, v] + ([mask] if mask is not None else [])
         return m.add("scaled_dot_product_attention", ins, {"scale": float(scale)}, name=m.root.name)
 
-    return rewrite(g, [(Pat(("real_div", "mul")), ln), (Pat("matmul"), attn)])
+    rn = Pat("rms_norm", name="rn")
+    return rewrite(g, [(Pat("mul", (rn, const("g"))), _rms_gamma), (Pat("mul", (const("g"), rn)), _rms_gamma),
+                       (Pat(("real_div", "mul")), norm), (Pat("matmul"), attn)])

@@ -1150,7 +1150,12 @@ COVERED = ({case[3] for case in UNARY.values()} | set(BINARY_FLOAT) | set(BINARY
               "scaled_dot_product_attention", "conv", "max_pool", "avg_pool"})
 
 
+#: IR ops with no MIL op of that name: emitted as several MIL ops (each covered above) and tested
+#: end to end elsewhere (rms_norm: tests/test_rms_norm.py).
+IR_ONLY = {"rms_norm"}
+
+
 def test_every_interpreter_op_is_covered():
     mil_ops = {name for name, row in tlc.ops.OPS.items() if row.emit_mil is not None}  # not fallback-only ops
-    missing = mil_ops - {"const"} - COVERED
+    missing = mil_ops - {"const"} - IR_ONLY - COVERED
     assert not missing, f"MIL ops the interpreter supports but this file does not test: {sorted(missing)}"

@@ -259,3 +259,55 @@ def test_attention_mask_must_not_fire_on_a_real_mask():
     attn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # noqa: E731
     g, g2 = run_pass("cleanup::attention_mask", attn, *[torch.randn(1, 2, 6, 8) for _ in range(3)])
     assert g2 is g
+
+
+class LlamaStyleRMSNorm(torch.nn.Module):
+    """transformers' LlamaRMSNorm, written out as in modeling_llama.py."""
+
+    def __init__(self, n, eps=1e-6):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(n))
+        self.eps = eps
+
+    def forward(self, x):
+        dt = x.dtype
+        x = x.to(torch.float32)
+        var = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(var + self.eps)).to(dt)
+
+
+@pytest.mark.parametrize("fn,gamma", [
+    (LlamaStyleRMSNorm(16), True),
+    (torch.nn.RMSNorm(16, eps=1e-5), True),
+    (torch.nn.RMSNorm(16), True),  # eps=None: torch uses finfo(fp32).eps
+    (lambda x: F.rms_norm(x, (16,), eps=1e-5), False),
+    (lambda x: x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6), False),
+])
+def test_rms_norm_recognition(fn, gamma):
+    if isinstance(fn, torch.nn.Module):
+        torch.nn.init.normal_(fn.weight)
+    g, g2 = run_pass("fuse::norm_attention", fn, torch.randn(2, 5, 16) * 3)
+    assert ops(g2) == ["rms_norm"], ops(g2)
+    rn = next(n for n in g2.nodes if n.op == "rms_norm")
+    assert rn.attrs["axes"] == (2,) and len(rn.inputs) == (2 if gamma else 1)
+
+
+def test_rms_norm_must_not_fire():
+    # the mean of squares is also returned: fusing would have to keep it
+    def shared(x):
+        var = x.pow(2).mean(-1, keepdim=True)
+        return x * torch.rsqrt(var + 1e-6), var
+
+    g, g2 = run_pass("fuse::norm_attention", shared, torch.randn(2, 16))
+    assert ops(g2) == ops(g)
+    # over a leading axis only: not a trailing-axes norm
+    g, g2 = run_pass("fuse::norm_attention", lambda x: x * torch.rsqrt(x.pow(2).mean(0, keepdim=True) + 1e-6),
+                     torch.randn(4, 16))
+    assert ops(g2) == ops(g)
+    # a weight over the rows, not the normalized axis, stays a separate mul; a centred norm is a layer_norm
+    w = torch.randn(4, 1)
+    g, g2 = run_pass("fuse::norm_attention", lambda x: w * F.rms_norm(x, (16,), eps=1e-5), torch.randn(4, 16))
+    assert sorted(ops(g2)) == ["mul", "rms_norm"]
+    g, g2 = run_pass("fuse::norm_attention", lambda x: F.rms_norm(x - x.mean(-1, keepdim=True), (16,), eps=1e-5),
+                     torch.randn(4, 16))
+    assert ops(g2) == ["layer_norm"]

@@ -1,4 +1,4 @@
-"""Normalizations, softmax and reductions: ``layer_norm``, ``batch_norm``, ``softmax``,
+"""Normalizations, softmax and reductions: ``layer_norm``, ``rms_norm``, ``batch_norm``, ``softmax``,
 ``reduce_{sum,mean,max,min,prod}``.
 
 Semantics: coremltools MIL ``normalization.py``, ``activation.py`` (softmax) and ``reduction.py``
@@ -38,7 +38,7 @@ def _infer_layer_norm(in_types, attrs):
     want = tuple(x.shape[a] for a in axes)
     for t in in_types[1:]:
         if t.shape != want:
-            raise IRError(f"layer_norm gamma/beta must have shape {list(want)}, got {list(t.shape)}")
+            raise IRError(f"layer_norm/rms_norm gamma/beta must have shape {list(want)}, got {list(t.shape)}")
     return [x]
 
 
@@ -109,6 +109,59 @@ register("layer_norm", infer=_infer_layer_norm, numpy=_layer_norm, emit_mil=_emi
          flops=lambda i, o, a: 8 * o[0].size, mil_inputs=("x", "gamma", "beta"),
          from_mil=_norm_from_mil(("x", "gamma", "beta"), 1),
          torch=_t_layer_norm)
+
+
+def _rms_norm(attrs, x, gamma=None):
+    """RMS norm (``torch.nn.RMSNorm``, transformers' ``LlamaRMSNorm``): x / sqrt(mean(x^2) + epsilon)
+    * gamma over ``axes``. Statistics in fp32 like ``layer_norm`` (MIL has no rms_norm op; see
+    :func:`_emit_rms_norm` for how it is emitted)."""
+    axes = norm_axes(attrs["axes"], x.ndim)
+    xf = x.astype(np.float32, copy=False)
+    y = xf / np.sqrt(np.mean(xf * xf, axis=axes, keepdims=True) + np.float32(attrs.get("epsilon", 1e-5)))
+    if gamma is not None:
+        y *= gamma.reshape([x.shape[i] if i in axes else 1 for i in range(x.ndim)])
+    return y.astype(x.dtype, copy=False)
+
+
+def _emit_rms_norm(ctx, attrs, ins, nm):
+    """MIL has no rms_norm: emit ``layer_norm`` over ``concat([x, -x])`` and keep the first half.
+
+    The pair has mean exactly 0 and variance mean(x^2), so layer_norm computes x / sqrt(mean(x^2)
+    + epsilon), epsilon included exactly (gamma is concatenated with itself). Chosen over the
+    decomposed form (pow, reduce_mean, add, rsqrt, mul: x^2 overflows fp16 for |x| > 256,
+    huggingface/swift-transformers#95, pytorch/executorch#8641) and over ``reduce_l2_norm``
+    (pytorch/executorch#19523: exact only with a floored epsilon) because layer_norm is one fused
+    op the ANE runs without fp16 overflow of x^2 (the ANEMLL trick, apple/coremltools#2585;
+    coremltools' own max|x| rescaling inflates epsilon, apple/coremltools#2821). 4 MIL ops:
+    mul, concat, layer_norm, slice_by_index — all in tlc's op table, so the interpreter runs them.
+    """
+    x = ins[0]
+    rank = len(x.shape)
+    axes = norm_axes(attrs["axes"], rank)
+    ax, n = axes[-1], x.shape[axes[-1]]
+    pair = ctx.mb.concat(values=[x, ctx.mb.mul(x=x, y=-1.0, name=f"{nm}_neg")], axis=ax, name=f"{nm}_pair")
+    kw = {}
+    if len(ins) > 1:
+        g = ins[1]
+        kw["gamma"] = ctx.mb.concat(values=[g, g], axis=len(axes) - 1, name=f"{nm}_gamma")
+    y = ctx.mb.layer_norm(x=pair, axes=list(axes), epsilon=np.float32(attrs.get("epsilon", 1e-5)), name=f"{nm}_ln", **kw)
+    end = [int(d) for d in x.shape]
+    end[ax] = n
+    return ctx.mb.slice_by_index(x=y, begin=[0] * rank, end=end, name=nm)
+
+
+def _t_rms_norm(attrs, x, gamma=None):
+    """Torch kernel of ``rms_norm``: the formula in fp32 (as the NumPy kernel), then the input dtype."""
+    axes = norm_axes(attrs["axes"], x.dim())
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.square().mean(dim=axes, keepdim=True) + float(attrs.get("epsilon", 1e-5)))
+    if gamma is not None:
+        y = y * gamma.reshape([x.shape[i] if i in axes else 1 for i in range(x.dim())])
+    return y.to(x.dtype)
+
+
+register("rms_norm", infer=_infer_layer_norm, numpy=_rms_norm, emit_mil=_emit_rms_norm,
+         flops=lambda i, o, a: 6 * o[0].size, mil_inputs=("x", "gamma"), torch=_t_rms_norm)
 
 
 def _infer_batch_norm(in_types, attrs):
