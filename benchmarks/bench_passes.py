@@ -5,11 +5,13 @@ and are measured in the same run:
 
 * coremltools: ``ct.convert(exported_program.run_decompositions({}), convert_to="mlprogram",
   minimum_deployment_target=iOS17)`` (its default fp16 and 95-pass pipeline), then ``save``;
-* tlc: lowering + tlc's passes + precision (``mixed``) + MIL emission + ``ct.convert`` with
-  tlc's short pipeline + save (``cm.timings``).
+* tlc: lowering + tlc's passes + precision (``mixed``) + MIL emission + coremltools' graph
+  passes (tlc's short pipeline) + milproto serialization + save (``cm.timings``), with fp32 I/O.
 
-Printed per model: non-const MIL op count of each package, their ``pad`` and ``transpose`` counts,
-conversion times and the ratio tlc/coremltools, and where tlc's time goes.
+Printed per model: non-const MIL op count of coremltools' package (fp32 inputs, fp16 outputs)
+and of tlc's with fp32 I/O (``tlc_ops``) and fp16 I/O (``tlc16_ops``, ``io_dtype="float16"``),
+their ``pad`` and ``transpose`` counts, conversion times and the ratio tlc/coremltools, and where
+tlc's time goes (seconds per stage: ``t_lower`` ... ``t_save``).
 
 Run::
 
@@ -69,7 +71,7 @@ def measure(name: str, tmp: Path) -> dict:
     cm = tlc.build(model, (args, kwargs))
     cm.save(tmp / f"tlc_{name}.mlpackage")
     t = cm.timings
-    parts = ["lower", "passes", "precision", "emit_mil", "convert", "save"]
+    parts = ["lower", "passes", "precision", "emit_mil", "mil_passes", "serialize", "save"]
     row.update({f"t_{p}": t.get(p, 0.0) for p in parts})
     row["tlc_s"] = sum(t.get(p, 0.0) for p in parts)
     c = mil_ops(tmp / f"tlc_{name}.mlpackage")
@@ -77,23 +79,31 @@ def measure(name: str, tmp: Path) -> dict:
     row["ratio"] = row["tlc_s"] / row["ct_s"]
     row["islands"] = len(cm.islands)
     row["tlc_hist"] = dict(c)
+    cm16 = cm.with_options(io_dtype="float16")
+    cm16.save(tmp / f"tlc16_{name}.mlpackage")
+    row["tlc16_ops"] = sum(mil_ops(tmp / f"tlc16_{name}.mlpackage").values())
     return row
 
 
-COLS = ["model", "ct_ops", "tlc_ops", "ct_pad", "tlc_pad", "ct_transpose", "tlc_transpose", "ct_s", "tlc_s", "ratio",
-        "t_lower", "t_passes", "t_precision", "t_emit_mil", "t_convert", "t_save", "islands"]
+COLS = ["model", "ct_ops", "tlc_ops", "tlc16_ops", "ct_pad", "tlc_pad", "ct_transpose", "tlc_transpose", "ct_s",
+        "tlc_s", "ratio", "t_lower", "t_passes", "t_precision", "t_emit_mil", "t_mil_passes", "t_serialize", "t_save",
+        "islands"]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="resnet50,mobilenetv2,convnext")
+    p.add_argument("--repeat", type=int, default=1, help="measure each model this many times (side by side)")
     p.add_argument("--json")
     a = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        for name in a.models.split(","):
-            rows.append(measure(name, Path(d)))
-            gc.collect()
+        for i in range(a.repeat):
+            for name in a.models.split(","):
+                sub = Path(d) / str(i)
+                sub.mkdir(exist_ok=True)
+                rows.append(measure(name, sub))
+                gc.collect()
     print(f"tlc {tlc.__version__}, torch {torch.__version__}; seconds; ops = non-const MIL ops of the saved package")
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
     widths = [max(len(c), *(len(fmt(r[c])) for r in rows)) for c in COLS]

@@ -37,6 +37,29 @@ def _check_target(target: str) -> str:
     return target
 
 
+#: ``io_dtype`` names (coremltools' ``ct.TensorType(dtype=np.float32 / np.float16)``) -> IR dtype.
+IO_DTYPES = {"float32": "fp32", "float16": "fp16"}
+
+
+def check_io_dtype(io_dtype: str, minimum_deployment_target) -> str:
+    """The IR dtype (``"fp32"``/``"fp16"``) of the package's float inputs and outputs.
+
+    ``"float16"`` needs ``minimum_deployment_target`` iOS16 / macOS13 or newer: fp16 model I/O
+    arrived with Core ML 6, and coremltools refuses ``ct.TensorType(dtype=np.float16)`` for
+    older targets. Raises :class:`~tlc.errors.InputError` for an unknown name or an older target.
+    """
+    from ._coreml import quiet_coremltools
+    from .emit import resolve_target
+
+    if io_dtype not in IO_DTYPES:
+        raise InputError(f"io_dtype must be one of {', '.join(IO_DTYPES)}, got {io_dtype!r}")
+    if io_dtype == "float16" and resolve_target(minimum_deployment_target) < quiet_coremltools().target.iOS16:
+        raise InputError(f"io_dtype='float16' needs minimum_deployment_target iOS16/macOS13 or newer "
+                         f"(got {target_name(minimum_deployment_target)}): Core ML takes fp16 inputs and outputs "
+                         f"from iOS16 on")
+    return IO_DTYPES[io_dtype]
+
+
 def _source_of(obj) -> str | None:
     target = obj if not isinstance(obj, torch.nn.Module) else type(obj)
     try:
@@ -79,16 +102,17 @@ class CompiledModel:
     ``emit_graph``), ``is_bundle`` (whether :meth:`save` writes a bundle), ``input_names``,
     ``output_names``, ``timings`` (seconds per
     stage: ``export``, ``decompose``, ``lower``, ``passes``, then ``precision``, ``emit_mil``,
-    ``convert``, ``save`` once emitted/saved).
+    ``mil_passes``, ``serialize`` (their sum: ``convert``), ``save`` once emitted/saved).
     """
 
     def __init__(self, graph: Graph, *, precision: str, minimum_deployment_target: str, out_spec, kw_order,
                  out_torch_dtypes, timings: dict, source: str | None, calibration: list[dict] | None = None,
-                 target: str = "ane", cost=None, name: str = "model"):
+                 target: str = "ane", cost=None, name: str = "model", io_dtype: str = "float32"):
         self.graph = graph
         self.target = _check_target(target)
         self.cost = cost
         self.name = name
+        self.io_dtype = io_dtype
         self._placement = None
         self.calibration = list(calibration or [])
         self._emit_graph = None
@@ -117,17 +141,20 @@ class CompiledModel:
 
     @property
     def emit_graph(self) -> Graph:
-        """The graph as emitted: :attr:`graph` after ``precision::mixed`` / ``precision::fp16``
-        (calibrated on the example inputs plus ``calibration_inputs``), or :attr:`graph` for fp32."""
+        """The graph as emitted: :attr:`graph` after ``precision::mixed`` / ``precision::fp16`` /
+        ``precision::fp32`` (calibrated on the example inputs plus ``calibration_inputs``; float
+        inputs/outputs in :attr:`io_dtype`), or :attr:`graph` itself for fp32 with fp32 I/O."""
         if self._emit_graph is None:
-            if self.precision == "fp32":
+            io = IO_DTYPES[self.io_dtype]
+            if self.precision == "fp32" and io == "fp32":
                 self._emit_graph = self.graph
             else:
                 from tlc.ir import replace
                 from tlc.passes import run_pipeline
 
                 t0 = time.perf_counter()
-                g = replace(self.graph, meta={**dict(self.graph.meta), "tlc.calibration": self.calibration})
+                g = replace(self.graph, meta={**dict(self.graph.meta), "tlc.calibration": self.calibration,
+                                              "tlc.io_dtype": io})
                 g = run_pipeline(g, [f"precision::{self.precision}"])
                 meta = {k: v for k, v in g.meta.items() if k != "tlc.calibration"}
                 self._emit_graph = replace(g, meta=meta)
@@ -175,6 +202,7 @@ class CompiledModel:
 
     def _metadata(self) -> dict:
         md = {"tlc.source": self.source} if self.source else {}
+        md["tlc.io_dtype"] = self.io_dtype
         if self.islands:
             md["tlc.fp32_islands"] = ",".join(self.islands)
         return md
@@ -192,6 +220,8 @@ class CompiledModel:
             self._mlmodel, info = convert(self.emit_graph, self.precision, self.minimum_deployment_target,
                                           self._metadata())
             self.timings["emit_mil"] = info.build_mil_s
+            self.timings["mil_passes"] = info.mil_passes_s
+            self.timings["serialize"] = info.serialize_s
             self.timings["convert"] = info.convert_s
         return self._mlmodel
 
@@ -228,8 +258,9 @@ class CompiledModel:
         return out
 
     def with_options(self, precision: str | None = None, minimum_deployment_target: str | None = None,
-                     target: str | None = None) -> "CompiledModel":
-        """A copy sharing the traced graph, with other emission options (no re-trace)."""
+                     target: str | None = None, io_dtype: str | None = None) -> "CompiledModel":
+        """A copy sharing the traced graph, with other emission options (no re-trace). Raises
+        :class:`~tlc.errors.InputError` for a bad precision, target or io_dtype (see :func:`check_io_dtype`)."""
         import copy
 
         cm = copy.copy(self)
@@ -243,8 +274,11 @@ class CompiledModel:
             cm.precision = precision
         if minimum_deployment_target is not None:
             cm.minimum_deployment_target = target_name(minimum_deployment_target)
+        if io_dtype is not None:
+            cm.io_dtype = io_dtype
+        check_io_dtype(cm.io_dtype, cm.minimum_deployment_target)
         cm._mlmodel = cm._coreml = cm._torch = None
-        if precision is not None:
+        if precision is not None or io_dtype is not None:
             cm._emit_graph = None
         return cm
 
@@ -258,8 +292,10 @@ class CompiledModel:
         :class:`~tlc.errors.TlcError` elsewhere); ``"torch"`` (the torch-device executor on the
         best device here, the CPU if there is no GPU); ``"numpy"`` (tlc's reference executor).
         The torch and NumPy backends run :attr:`graph` (the model's own dtypes); the executor is
-        built on first use and kept (weights stay on the device). Raises
-        :class:`~tlc.errors.InputError` for missing/misnamed inputs or wrong shapes/dtypes.
+        built on first use and kept (weights stay on the device). Float inputs may be fp32 or fp16
+        whatever :attr:`io_dtype` is (converted); float outputs come in :attr:`io_dtype`, as the
+        package returns them. Raises :class:`~tlc.errors.InputError` for missing/misnamed inputs
+        or wrong shapes/dtypes.
         """
         from tlc.runtime import check_inputs, run_graph
 
@@ -272,11 +308,16 @@ class CompiledModel:
                 from tlc.runtime.torch_executor import TorchExecutor
 
                 self._torch = TorchExecutor(self.graph)
-            return self._torch.run(feeds)
-        feeds = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in feeds.items()}
-        if backend == "coreml":
-            return self._run_coreml(check_inputs(self.graph, feeds))
-        return run_graph(self.graph, feeds)
+            out = self._torch.run(feeds)
+        else:
+            feeds = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+                     for k, v in feeds.items()}
+            if backend == "coreml":
+                return self._run_coreml(check_inputs(self.graph, feeds))
+            out = run_graph(self.graph, feeds)
+        if self.io_dtype == "float16":
+            out = {k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in out.items()}
+        return out
 
     def _run_coreml(self, feeds):
         if not coreml_available():
@@ -288,7 +329,7 @@ class CompiledModel:
 
             self._coreml_dir = tempfile.TemporaryDirectory(prefix="tlc-")  # removed with this object
             self._coreml = load(self.save(Path(self._coreml_dir.name) / "model.mlpackage"), backend="coreml")
-        return self._coreml(feeds)  # pragma: no cover - macOS only
+        return self._coreml(feeds)  # pragma: no cover - macOS only (LoadedModel converts fp32 <-> fp16 I/O)
 
     def __call__(self, *args, backend: str = "auto", **kwargs):
         """Call like the original model; returns the same output structure, as torch tensors when
@@ -338,6 +379,7 @@ def build(
     calibration_inputs: list | None = None,
     passes: list[str] | None = None,
     skip_passes: list[str] | tuple = (),
+    io_dtype: str = "float32",
 ) -> CompiledModel:
     """Trace ``model_or_fn`` on ``example_inputs``, lower it to tlc's IR and optimize it.
 
@@ -354,7 +396,10 @@ def build(
     analysis behind ``mixed``; ``minimum_deployment_target``: ``"iOS17"``
     (default; = macOS14) or another ``coremltools.target`` name; ``strict``: torch.export mode;
     ``passes``: the pass pipeline (default :data:`tlc.passes.PIPELINE`), ``skip_passes``: names
-    to leave out of it.
+    to leave out of it; ``io_dtype``: ``"float32"`` (default) or ``"float16"``, the dtype of the
+    package's float inputs and outputs, as coremltools' ``ct.TensorType(dtype=np.float16)``
+    (iOS16+; an fp16 first/last op then needs no cast; ``CompiledModel`` and tlc's runtimes
+    accept fp32 arrays for fp16 inputs).
 
     Raises :class:`~tlc.errors.InputError` (bad inputs, precision or pass names),
     :class:`~tlc.errors.FrontendError` (incl. :class:`~tlc.errors.UnsupportedOpError` naming the
@@ -373,6 +418,7 @@ def build(
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     minimum_deployment_target = target_name(minimum_deployment_target)
+    check_io_dtype(io_dtype, minimum_deployment_target)
     if isinstance(model_or_fn, CompiledFunction):
         model_or_fn = model_or_fn.fn
     source = _source_of(model_or_fn)
@@ -401,7 +447,7 @@ def build(
     return CompiledModel(g, precision=precision, minimum_deployment_target=str(minimum_deployment_target),
                          out_spec=info.out_spec, kw_order=list(kwargs), out_torch_dtypes=out_dtypes,
                          timings=timings, source=source, calibration=calibration, target=target,
-                         cost=cost, name=_model_name(model_or_fn))
+                         cost=cost, name=_model_name(model_or_fn), io_dtype=io_dtype)
 
 
 class CompiledFunction:
@@ -449,14 +495,14 @@ class CompiledFunction:
 
 
 def compile(fn=None, *, example_inputs=None, precision: str | None = None, minimum_deployment_target: str = "iOS17",
-            target: str = "ane", strict: bool = False):
+            target: str = "ane", strict: bool = False, io_dtype: str = "float32"):
     """Decorator/wrapper: ``@tlc.compile``, ``@tlc.compile(example_inputs=...)``,
     ``tlc.compile(module_instance)`` or on an ``nn.Module`` subclass (instances then run through
     tlc). Specializes on input shapes/dtypes at first call; see :class:`CompiledFunction`.
     Options as in :func:`build`.
     """
     options = dict(precision=precision, minimum_deployment_target=minimum_deployment_target, target=target,
-                   strict=strict)
+                   strict=strict, io_dtype=io_dtype)
     # pass selection stays a build()/CLI option; @tlc.compile uses the default pipeline
     if fn is None:
         return lambda f: compile(f, example_inputs=example_inputs, **options)

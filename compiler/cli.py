@@ -1,7 +1,7 @@
 """``tlc`` command line.
 
     tlc build model.py [-o OUT] [--precision mixed|fp16|fp32] [--target ane|gpu|cpu]
-              [--minimum-deployment-target iOS17] [--report] [--report-json F] [--report-html F] [--force]
+              [--minimum-deployment-target iOS17] [--io-dtype float16] [--report] [--report-json F] [--report-html F] [--force]
     tlc run PKG|BUNDLE --input NAME=FILE.npy ... [--out DIR] [--backend auto|coreml|interpreter]
     tlc inspect PKG|BUNDLE [--json]
     tlc verify model.py [--package PKG] [--precision fp16|fp32] [--tol-fp32 1e-5] [--tol-fp16 1e-2]
@@ -52,6 +52,8 @@ def cmd_build(a: argparse.Namespace) -> int:
         opts["target"] = a.target
     if a.profile:
         opts["profile"] = a.profile
+    if a.io_dtype:
+        opts["io_dtype"] = a.io_dtype
     pass_opts = {}
     if a.passes is not None:
         pass_opts["passes"] = [p for p in a.passes.split(",") if p]
@@ -83,10 +85,11 @@ def cmd_build(a: argparse.Namespace) -> int:
     t = cm.timings
     hist = ", ".join(f"{k} {v}" for k, v in list(g.op_histogram().items())[:8])
     more = len(g.op_histogram()) - 8
-    print(f"built {path}  ({cm.precision}, {cm.minimum_deployment_target}) from {spec.path}")
-    for v in g.inputs:
+    print(f"built {path}  ({cm.precision}, {cm.minimum_deployment_target}, {cm.io_dtype} I/O) from {spec.path}")
+    eg = cm.emit_graph  # the package's I/O types (fp16 with --io-dtype float16)
+    for v in eg.inputs:
         print(f"  input   {v.name:<24} {v.type}")
-    for n, v in zip(g.output_names, g.outputs):
+    for n, v in zip(eg.output_names, eg.outputs):
         print(f"  output  {n:<24} {v.type}")
     print(f"  ops     {g.num_ops}  ({hist}{', ...' if more > 0 else ''})")
     print(f"  size    {_human(package_size(path))}  (weights {_human(g.weight_bytes())} in fp32)")
@@ -108,7 +111,8 @@ def cmd_build(a: argparse.Namespace) -> int:
         for name, why in isl.items():
             print(f"          {name}: {why}")
     print(f"  time    {total:.2f} s  (load {t_load:.2f}, export {t['export']:.2f}, decompose {t['decompose']:.2f}, "
-          f"lower {t['lower']:.2f}, passes {t.get('passes', 0):.2f}, precision {t.get('precision', 0):.2f}, emit {t.get('emit_mil', 0):.2f}, convert {t.get('convert', 0):.2f}, "
+          f"lower {t['lower']:.2f}, passes {t.get('passes', 0):.2f}, precision {t.get('precision', 0):.2f}, emit {t.get('emit_mil', 0):.2f}, "
+          f"mil passes {t.get('mil_passes', 0):.2f}, serialize {t.get('serialize', 0):.2f}, "
           f"partition {t.get('partition', 0):.2f}, save {t.get('save', 0):.2f})")
     return 0
 
@@ -202,6 +206,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
                     precision=a.precision or opts.get("precision"),
                     minimum_deployment_target=a.minimum_deployment_target or opts.get("minimum_deployment_target", "iOS17"),
                     target=a.target or opts.get("target", "ane"),
+                    io_dtype=a.io_dtype or opts.get("io_dtype", "float32"),
                     tol={"fp32": a.tol_fp32, "fp16": a.tol_fp16}, keep=a.output, force=a.force)
     print(report.text())
     return 0 if report.passed else 1
@@ -300,6 +305,9 @@ def make_parser() -> argparse.ArgumentParser:
                                                          "every op not on the ANE with its reason and source line")
     b.add_argument("--report-json", metavar="FILE", help="write the placement report as JSON")
     b.add_argument("--report-html", metavar="FILE", help="write the placement report as HTML (graph drawn, segments coloured)")
+    b.add_argument("--io-dtype", choices=["float32", "float16"],
+                   help="dtype of the package's float inputs/outputs: float32 (default) or float16 (iOS16+; "
+                        "coremltools' ct.TensorType(dtype=np.float16)); or the file's `io_dtype`")
     b.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     b.add_argument("--entry", help="which @tlc.compile object to build when the file has several")
     b.add_argument("--strict-export", action="store_true", help="trace with torch.export(strict=True)")
@@ -350,6 +358,7 @@ def make_parser() -> argparse.ArgumentParser:
     v.add_argument("--target", type=_placement_target, metavar="{ane,gpu,cpu}", help="placement (default ane)")
     v.add_argument("--minimum-deployment-target", "--deployment-target", dest="minimum_deployment_target",
                    metavar="OS", help="Core ML minimum_deployment_target (default iOS17)")
+    v.add_argument("--io-dtype", choices=["float32", "float16"], help="float inputs/outputs of the built package")
     v.add_argument("--entry", help="which @tlc.compile object to use when the file has several")
     v.add_argument("--tol-fp32", type=float, default=1e-5, help="rel-L2 tolerance for fp32 packages (default 1e-5)")
     v.add_argument("--tol-fp16", type=float, default=1e-2, help="rel-L2 tolerance for fp16/mixed packages (default 1e-2)")

@@ -202,38 +202,96 @@ def to_mil_program(g: Graph, minimum_deployment_target="iOS17"):
 
 @dataclass
 class EmitInfo:
-    """Timings (seconds) of one emission."""
+    """Timings (seconds) of one emission: building the MIL program, coremltools' graph passes,
+    milproto serialization (weights written) + package creation; ``convert_s`` is the last two."""
 
     build_mil_s: float = 0.0
-    convert_s: float = 0.0
+    mil_passes_s: float = 0.0
+    serialize_s: float = 0.0
+
+    @property
+    def convert_s(self) -> float:
+        return self.mil_passes_s + self.serialize_s
+
+
+def run_mil_passes(prog, minimum_deployment_target) -> None:
+    """Run on ``prog`` (in place) exactly the coremltools graph passes ``ct.convert`` runs for a
+    MIL program with ``pass_pipeline`` = :data:`TLC_PIPELINE`: coremltools' own frontend/backend
+    pipelines for ``milinternal`` -> ``mlprogram`` (``_construct_other_pipelines``: name
+    sanitizing, I/O dtype adjustment, dedup of names, ...), around tlc's pipeline.
+
+    Unlike ``ct.convert`` (coremltools/converters/_converters_entry.py, converter.py), the program
+    is validated once at the end instead of before and after every pass, no debug string of the
+    whole program is built, and no ``gc.collect()`` runs (ResNet-50: those took 0.5 s of 0.7 s,
+    measured with cProfile; docs/benchmarks.md). Raises :class:`EmitError` naming the pass that
+    failed or an op newer than the target.
+    """
+    from coremltools.converters.mil.converter import _construct_other_pipelines
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+
+    ct = _ct()
+    opset = resolve_target(minimum_deployment_target)
+    newest, op = prog._get_max_opset_version_and_op()
+    if newest is not None and newest > opset:
+        raise EmitError(f"MIL op {op.op_type} needs minimum_deployment_target {newest.name} or newer")
+    main = ct.PassPipeline(pass_names=list(TLC_PIPELINE), pipeline_name="tlc")
+    front, back = _construct_other_pipelines(main, "milinternal", "mlprogram")
+    for pipe in (front, main, back):
+        for name in pipe.passes:
+            graph_pass = PASS_REGISTRY[name]
+            graph_pass.set_options(pipe.get_options(name))
+            try:
+                graph_pass(prog)
+            except Exception as e:
+                raise EmitError(f"coremltools pass {name} failed on tlc's MIL program: {type(e).__name__}: {e}") from e
+    prog.validate()
+    prog._check_early_error_out_for_invalid_program()
 
 
 def convert(g: Graph, precision: str = "mixed", minimum_deployment_target="iOS17", metadata: dict | None = None):
     """IR graph (already typed by the precision passes) -> ``ct.models.MLModel`` (mlprogram, not
-    loaded). Returns ``(mlmodel, EmitInfo)``. ``precision`` is recorded in the metadata.
-    Raises :class:`EmitError`.
+    loaded, backed by a temporary package). Returns ``(mlmodel, EmitInfo)``. ``precision`` is
+    recorded in the metadata. Raises :class:`EmitError`.
+
+    The steps ``ct.convert(prog, convert_to="mlprogram", compute_precision=FLOAT32,
+    pass_pipeline=TLC_PIPELINE)`` takes, through the same coremltools functions, minus its
+    per-pass validation and ``gc.collect`` (see :func:`run_mil_passes`): MIL program ->
+    coremltools' milproto backend (``backend.mil.load.load``: spec + weight blob file) ->
+    ``models.utils._create_mlpackage`` -> ``MLModel``, with coremltools' build metadata
+    (``_record_build_metadata``) and tlc's. tests/test_emit.py checks the resulting spec equals
+    ``ct.convert``'s.
     """
     ct = _ct()
     if precision not in PRECISIONS:
         raise EmitError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    from coremltools.converters._converters_entry import _record_build_metadata
+    from coremltools.converters.mil.backend.mil.load import load as milproto_export
+    from coremltools.converters.mil.converter import _reset_conversion_state
+    from coremltools.models.utils import _create_mlpackage
+
     t0 = time.perf_counter()
     prog = to_mil_program(g, minimum_deployment_target)
     t1 = time.perf_counter()
-    pipeline = ct.PassPipeline(pass_names=list(TLC_PIPELINE), pipeline_name="tlc")
-    cp = ct.precision.FLOAT32  # the IR carries its own dtypes; see the module docstring
+    opset = resolve_target(minimum_deployment_target)
+    try:
+        run_mil_passes(prog, opset)
+    finally:
+        _reset_conversion_state()
+    t2 = time.perf_counter()
     log = io.StringIO()
     try:
-        # coremltools prints tqdm progress bars and version warnings; keep them out of the user's way
-        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
+                tempfile.TemporaryDirectory(prefix="tlc-weights-") as weights:
             warnings.simplefilter("ignore")
-            mlmodel = ct.convert(
-                prog, convert_to="mlprogram", minimum_deployment_target=resolve_target(minimum_deployment_target),
-                compute_precision=cp, pass_pipeline=pipeline, skip_model_load=True,
-            )
+            proto = milproto_export(prog, weights_dir=weights, specification_version=opset.value,
+                                    convert_from="milinternal", convert_to="mlprogram")
+            package = _create_mlpackage(proto, weights)
+            mlmodel = ct.models.MLModel(package, is_temp_package=True, mil_program=prog, skip_model_load=True)
     except Exception as e:
         tail = "\n".join(log.getvalue().strip().splitlines()[-5:])
-        raise EmitError(f"coremltools could not convert the MIL program: {type(e).__name__}: {e}", context=tail) from e
-    t2 = time.perf_counter()
+        raise EmitError(f"coremltools could not serialize the MIL program: {type(e).__name__}: {e}", context=tail) from e
+    _record_build_metadata(mlmodel, "milinternal")
+    t3 = time.perf_counter()
     md = {"tlc.version": __version__, "tlc.precision": precision,
           "tlc.minimum_deployment_target": str(minimum_deployment_target)}
     md.update({k: str(v) for k, v in (metadata or {}).items()})
@@ -242,7 +300,7 @@ def convert(g: Graph, precision: str = "mixed", minimum_deployment_target="iOS17
     mlmodel.version = __version__
     mlmodel.short_description = f"Built by tlc {__version__} ({precision})" + (
         f" from {metadata['tlc.source']}" if metadata and "tlc.source" in metadata else "")
-    return mlmodel, EmitInfo(t1 - t0, t2 - t1)
+    return mlmodel, EmitInfo(t1 - t0, t2 - t1, t3 - t2)
 
 
 def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:

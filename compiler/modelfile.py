@@ -6,7 +6,7 @@ The convention (README.md, docs/model-file.md): a model file defines either
   tuple/list of tensors, or a dict of named tensors), or
 * exactly one function (or module) wrapped with ``@tlc.compile(example_inputs=...)``.
 
-Optional module-level ``precision`` and ``minimum_deployment_target`` set defaults that CLI flags
+Optional module-level ``precision``, ``minimum_deployment_target`` and ``io_dtype`` set defaults that CLI flags
 override.
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ def load_model_file(path: str | Path, entry: str | None = None) -> ModelSpec:
 def _find(mod, path: Path, entry: str | None) -> ModelSpec:
     from .api import CompiledFunction
 
-    options = {k: getattr(mod, k) for k in ("precision", "minimum_deployment_target") if hasattr(mod, k)}
+    options = {k: getattr(mod, k) for k in ("precision", "minimum_deployment_target", "io_dtype") if hasattr(mod, k)}
     compiled = {k: v for k, v in vars(mod).items() if isinstance(v, CompiledFunction)}
     if entry is not None:
         if entry not in compiled:

@@ -178,6 +178,7 @@ def verify(
     precision: str | None = None,
     minimum_deployment_target: str = "iOS17",
     target: str = "ane",
+    io_dtype: str = "float32",
     tol: dict | None = None,
     compiled: CompiledModel | None = None,
     keep: str | Path | None = None,
@@ -188,6 +189,8 @@ def verify(
     needed even with ``package``: it supplies the input names and the reference graph that
     bisection compares against.
 
+    ``io_dtype``: the built package's float I/O (``"float16"``: inputs are given to it as fp32
+    and converted, as ``ct.TensorType(dtype=np.float16)`` packages take them on device).
     ``tol``: ``{"fp32": 1e-5, "fp16": 1e-2}`` overrides (relative L2). The tolerance is chosen
     by the precision the package actually computes in (:func:`tlc.runtime.package_info`).
     ``keep``: where to write the built package (default: a temp dir, removed afterwards); an
@@ -199,7 +202,7 @@ def verify(
     tols = {**DEFAULT_TOL, **(tol or {})}
     t0 = time.perf_counter()
     cm = compiled or build(model_or_fn, example_inputs, precision=precision,
-                           minimum_deployment_target=minimum_deployment_target, target=target)
+                           minimum_deployment_target=minimum_deployment_target, target=target, io_dtype=io_dtype)
     tmp = None
     if package is None:
         if keep is None:

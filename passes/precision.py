@@ -30,7 +30,7 @@ import warnings
 import numpy as np
 
 from tlc.errors import IRError
-from tlc.ir import DTYPES, Graph, GraphBuilder, Node, Value, dtype_of, replace
+from tlc.ir import DTYPES, Graph, GraphBuilder, Node, TensorType, Value, dtype_of, replace
 from tlc.ops import get_op, run_kernel
 from tlc.ops.linalg import MASK_FILL
 
@@ -75,19 +75,29 @@ def _rms(a: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(a, dtype=np.float64)))) if a.size else 0.0
 
 
-def analyze(g: Graph, feeds_list: list[dict]) -> tuple[dict[Value, float], dict[Node, float], set[Value]]:
+def analyze(g: Graph, feeds_list: list[dict], half_consts: dict | None = None
+            ) -> tuple[dict[Value, float], dict[Node, float], set[Value]]:
     """Max |x| per float value over all calibration feeds, and each op's local fp16 error: the
     op re-run on its fp16-rounded inputs (:func:`tlc.ops.run_kernel`) against its fp32 result —
-    for float results the RMS of the difference over the RMS of the larger of the result and the
+    for float results the RMS of the difference over the RMS of the larger of its result and the
     largest float result reading it (an error is judged against what it flows into), ``inf`` when
-    an integer/bool result changes (e.g. a float->int cast of 2049); the worst over feeds. Also the float values fp16 cannot hold exactly (for integer
-    results that depend on them). Values come from the reference executor's observer."""
+    an integer/bool result changes (e.g. a float->int cast of 2049); the worst over feeds. Also
+    the float values fp16 cannot hold exactly (for integer results that depend on them). Values
+    come from the reference executor's observer.
+
+    ``half_consts``: if given, filled with ``{const value: fp16 array}`` for the float constants
+    the analysis rounded, so :func:`to_half` reuses them (converting ResNet-50's 25M weights to
+    fp16 is a third of the analysis; measured in docs/benchmarks.md). Each float value is rounded
+    once and each value's RMS computed once per feed.
+    """
     from tlc.runtime import check_inputs, run_graph
 
     maxabs: dict[Value, float] = {}
     err: dict[Node, float] = {}
     inexact: set[Value] = set()
     readers = g.users()
+    const_nodes = {n.out: n for n in g.nodes if n.op == "const"}
+    halves = half_consts if half_consts is not None else {}
     for feeds in feeds_list:
         vals: dict[Value, np.ndarray] = dict(zip(g.inputs, (check_inputs(g, feeds)[v.name] for v in g.inputs)))
         run_graph(g, feeds, observer=lambda n, outs: vals.update(zip(n.outputs, outs)))
@@ -96,17 +106,18 @@ def analyze(g: Graph, feeds_list: list[dict]) -> tuple[dict[Value, float], dict[
                 m = max(float(a.max()), -float(a.min()))  # NaN propagates, so non-finite -> inf below
                 maxabs[v] = max(maxabs.get(v, 0.0), m if np.isfinite(m) else float("inf"))
         rounded: dict[Value, np.ndarray] = {}
-        const_values = {n.out for n in g.nodes if n.op == "const"}
+        rms: dict[Value, float] = {}
+
+        def rms_of(v: Value) -> float:
+            if v not in rms:
+                rms[v] = _rms(vals[v])
+            return rms[v]
 
         def scale_of_readers(n: Node) -> float:
             """RMS of the largest float result that reads ``n``'s output: an error that is
             small next to what it is added into (a 1e-6 layer scale on a residual) is harmless."""
-            best = 0.0
-            for r in readers.get(n.outputs[0], ()):
-                for o in r.outputs:
-                    if o.type.dtype in FLOAT and o in vals:
-                        best = max(best, _rms(vals[o]))
-            return best
+            return max((rms_of(o) for r in readers.get(n.outputs[0], ()) for o in r.outputs
+                        if o.type.dtype in FLOAT and o in vals), default=0.0)
 
         def r16(v: Value) -> np.ndarray:
             """``v``'s values rounded to fp16 and held in fp32 (once per value; run_kernel then
@@ -114,9 +125,12 @@ def analyze(g: Graph, feeds_list: list[dict]) -> tuple[dict[Value, float], dict[
             if v not in rounded:
                 a = vals[v]
                 with np.errstate(all="ignore"):
-                    rounded[v] = a.astype(np.float16).astype(np.float32)
-                if v not in const_values and not np.array_equal(rounded[v], a, equal_nan=True):
-                    inexact.add(v)  # (constants never need it: the upstream walk stops at them)
+                    h = halves[v] if v in halves else a.astype(np.float16)
+                    rounded[v] = h.astype(np.float32)
+                if v in const_nodes:
+                    halves[v] = h  # (constants never need the exactness check: the upstream walk stops at them)
+                elif not np.array_equal(rounded[v], a, equal_nan=True):
+                    inexact.add(v)
             return rounded[v]
 
         for n in g.nodes:
@@ -128,9 +142,10 @@ def analyze(g: Graph, feeds_list: list[dict]) -> tuple[dict[Value, float], dict[
             ref = vals[n.outputs[0]]
             if ref.dtype.kind == "f":
                 with np.errstate(all="ignore"):
-                    diff = o16.astype(np.float32) - ref
-                    d = _rms(np.nan_to_num(diff, nan=1e30, posinf=1e30, neginf=1e30))
-                    e = float(d / max(_rms(ref), scale_of_readers(n), 1e-30))
+                    diff = np.subtract(o16, ref, dtype=np.float32)
+                    if not np.isfinite(diff).all():
+                        diff = np.nan_to_num(diff, nan=1e30, posinf=1e30, neginf=1e30)
+                    e = float(_rms(diff) / max(rms_of(n.outputs[0]), scale_of_readers(n), 1e-30))
             else:
                 e = 0.0 if np.array_equal(o16, ref) else float("inf")
             err[n] = max(err.get(n, 0.0), e)
@@ -168,16 +183,24 @@ def choose_islands(g: Graph, maxabs: dict[Value, float], err: dict[Node, float],
     return islands
 
 
-def to_half(g: Graph, keep_fp32: set[str]) -> Graph:
+def to_half(g: Graph, keep_fp32: set[str], io_dtype: str = "fp32", half_consts: dict | None = None) -> Graph:
     """Rewrite float values to fp16 except in nodes named in ``keep_fp32``; casts are inserted
-    where the two meet, constants are converted (one copy per dtype, made where first read),
-    graph inputs and outputs stay fp32 (the package's I/O)."""
+    where the two meet, constants are converted (one copy per dtype, made where first read;
+    ``half_consts`` maps const values to fp16 arrays already made, see :func:`analyze`).
+
+    ``io_dtype`` (``"fp32"`` or ``"fp16"``) is the dtype of the float graph inputs and outputs
+    (the package's I/O, coremltools' ``ct.TensorType(dtype=np.float16)`` semantics): with
+    ``"fp16"`` an fp16 first/last op needs no cast at the boundary. Raises :class:`IRError` for
+    another ``io_dtype``."""
+    if io_dtype not in FLOAT:
+        raise IRError(f"io_dtype must be 'fp32' or 'fp16', got {io_dtype!r}")
     b = GraphBuilder(dict(g.meta))
     env: dict[Value, Value] = {}
     versions: dict[tuple[Value, str], Value] = {}
     consts: dict[Value, Node] = {}
+    halves = half_consts or {}
     for v in g.inputs:
-        b.add_input(v.name, v.type)
+        b.add_input(v.name, TensorType(io_dtype, v.type.shape) if v.type.dtype in FLOAT else v.type)
         env[v] = b.inputs[-1]
 
     def get(v: Value, want: str | None) -> Value:
@@ -189,7 +212,7 @@ def to_half(g: Graph, keep_fp32: set[str]) -> Graph:
             if (v, dt) not in versions:
                 name = c.name if dt == own else f"{c.name}_{dt}"
                 with np.errstate(over="ignore"):
-                    conv = arr.astype(DTYPES[dt], copy=False)
+                    conv = halves[v] if dt == "fp16" and v in halves else arr.astype(DTYPES[dt], copy=False)
                 if dt == "fp16" and np.isfinite(arr).all() and not np.isfinite(conv).all():
                     warnings.warn(f"constant {c.name} exceeds fp16's range (max |x| = {np.abs(arr).max():.3g} > 65504) "
                                   f"and becomes inf in fp16; precision='mixed' keeps its readers in fp32", stacklevel=2)
@@ -218,8 +241,13 @@ def to_half(g: Graph, keep_fp32: set[str]) -> Graph:
         new = b.add(n.op, ins, attrs, name=n.name, loc=n.loc)
         for old, nv in zip(n.outputs, new.outputs):
             env[old] = nv
-    outs = [get(v, v.type.dtype if v.type.dtype in FLOAT else None) for v in g.outputs]
+    outs = [get(v, io_dtype if v.type.dtype in FLOAT else None) for v in g.outputs]
     return b.build(outs, g.output_names)
+
+
+def _io_dtype(g: Graph) -> str:
+    """The package's float I/O dtype, ``graph.meta["tlc.io_dtype"]`` (``"fp32"`` if unset)."""
+    return g.meta.get("tlc.io_dtype", "fp32")
 
 
 def _calibration(g: Graph) -> list[dict]:
@@ -239,19 +267,36 @@ def mixed(g: Graph) -> Graph:
     Result: %x16 = cast(%x, fp16) ... %h, %n computed in fp32, the rest in fp16
     """
     g = clamp_sentinels(g)
-    maxabs, err, inexact = analyze(g, _calibration(g))
+    halves: dict = {}
+    maxabs, err, inexact = analyze(g, _calibration(g), halves)
     islands = choose_islands(g, maxabs, err, inexact)
-    out = to_half(g, set(islands))
+    out = to_half(g, set(islands), _io_dtype(g), halves)
     return replace(out, meta={**dict(out.meta), "tlc.islands": islands})
 
 
 @register_pass("precision::fp16")
 def all_fp16(g: Graph) -> Graph:
-    """Every float op in fp16 (no range analysis); inputs/outputs stay fp32.
+    """Every float op in fp16 (no range analysis); float inputs/outputs in ``meta["tlc.io_dtype"]``
+    (fp32 unless set).
 
     Given:  %y = linear(%x: fp32, W: fp32)
     Result: %x16 = cast(%x, fp16); %y16 = linear(%x16, W16); %y = cast(%y16, fp32)
     """
     g = clamp_sentinels(g)
-    out = to_half(g, set())
+    out = to_half(g, set(), _io_dtype(g))
+    return replace(out, meta={**dict(out.meta), "tlc.islands": {}})
+
+
+@register_pass("precision::fp32")
+def all_fp32(g: Graph) -> Graph:
+    """Every op in fp32; float inputs/outputs in ``meta["tlc.io_dtype"]``: with fp16 I/O, casts
+    at the boundary (a no-op for fp32 I/O).
+
+    Given:  %y = linear(%x, W)                                   with meta["tlc.io_dtype"] = "fp16"
+    Result: %x32 = cast(%x: fp16, fp32); %y32 = linear(%x32, W); %y = cast(%y32, fp16)
+    """
+    io = _io_dtype(g)
+    if io == "fp32":
+        return g
+    out = to_half(g, {n.name for n in g.nodes}, io)
     return replace(out, meta={**dict(out.meta), "tlc.islands": {}})

@@ -108,3 +108,33 @@ def test_flip_emits_reverse_and_runs_in_interpreter(tmp_path):
     assert "reverse" in mil_ops(to_mil_program(cm.graph))
     out = MILInterpreter(cm.save(tmp_path / "f.mlpackage")).run({"x": x.numpy()})
     np.testing.assert_allclose(out["output"], (torch.flip(x, (0, 2)) * 2).numpy(), rtol=1e-6)
+
+
+def test_serialization_matches_ct_convert(tmp_path):
+    """tlc's emission runs coremltools' passes and milproto backend itself (no ct.convert); the
+    package must be what ct.convert(prog, pass_pipeline=TLC_PIPELINE) writes: same spec (metadata
+    aside: conversion date) and the same weight file, byte for byte."""
+    import coremltools as ct
+
+    from tlc.emit import convert, resolve_target
+
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                            torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10), torch.nn.LayerNorm(10)).eval()
+    cm = tlc.build(m, (torch.randn(1, 3, 8, 8),))
+    g = cm.emit_graph
+    ours, info = convert(g, "mixed", "iOS17")
+    assert info.build_mil_s > 0 and info.mil_passes_s > 0 and info.serialize_s > 0
+    theirs = ct.convert(to_mil_program(g, "iOS17"), convert_to="mlprogram",
+                        minimum_deployment_target=resolve_target("iOS17"), compute_precision=ct.precision.FLOAT32,
+                        pass_pipeline=ct.PassPipeline(pass_names=list(TLC_PIPELINE), pipeline_name="tlc"),
+                        skip_model_load=True)
+    a, b = ours.get_spec(), theirs.get_spec()
+    assert {k for k in b.description.metadata.userDefined} <= {k for k in a.description.metadata.userDefined}
+    a.description.metadata.Clear()
+    b.description.metadata.Clear()
+    assert a.SerializeToString() == b.SerializeToString()
+    ours.save(str(tmp_path / "a.mlpackage"))
+    theirs.save(str(tmp_path / "b.mlpackage"))
+    wa = sorted((tmp_path / "a.mlpackage").rglob("weight.bin"))
+    wb = sorted((tmp_path / "b.mlpackage").rglob("weight.bin"))
+    assert len(wa) == len(wb) == 1 and wa[0].read_bytes() == wb[0].read_bytes()
