@@ -1,11 +1,12 @@
-"""MIL emission: tlc IR -> coremltools MIL program -> ``ct.convert`` -> ``.mlpackage``.
+"""MIL emission: tlc IR -> coremltools MIL program -> coremltools' graph passes and milproto
+backend -> ``.mlpackage`` (the steps of ``ct.convert``, called directly: :func:`convert`).
 
 Each IR node becomes the MIL op(s) of its table row (``emit_mil``), named after the node so a Core
 ML profile maps back to tlc's IR and the user's source. The IR arrives already typed per
 value: tlc's ``precision::mixed`` / ``precision::fp16`` passes (tlc.passes.precision) decide
 which ops compute in fp16 and insert the casts, so the program is emitted exactly as typed and
-``ct.convert`` runs with ``compute_precision=FLOAT32`` (which removes coremltools' own
-``common::add_fp16_cast``: it would cast everything, islands included).
+coremltools' ``common::add_fp16_cast`` never runs (it would cast everything, islands included;
+``ct.convert`` with ``compute_precision=FLOAT32`` would give the same program).
 
 **Pass pipeline (deliberate choice).** tlc optimizes its own IR, so coremltools' default
 95-pass pipeline is redundant and slow, and it would undo tlc's decisions (its fp16 cast ignores
