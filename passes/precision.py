@@ -9,8 +9,8 @@ measures instead:
 2. **Local fp16 error**: each op is re-run on its fp16-rounded inputs under the device's fp16 rule
    (:func:`tlc.ops.run_kernel`) and compared with its fp32 result; for ``conv`` / ``linear``
    with a constant weight the input/weight part of that error is estimated from per-channel
-   statistics instead (:func:`_weighted_sum_error_sq`; within 0.85-1.3x of the re-run on the
-   spine models, tests/test_precision.py), which halves the analysis on conv nets.
+   statistics instead (:func:`_weighted_sum_error_sq`; 0.85-1.3x of the re-run on the spine
+   models, one ConvNeXt op 3.2x; tests/test_precision.py), which halves the analysis on conv nets.
 3. An op stays fp32 (an *island*) when one of its float inputs or outputs exceeds
    :data:`SAFE_MAX` (half of fp16's 65504: a value may double once more before it overflows), or
    when its fp16 error (judged against the scale of what it flows into, see :func:`analyze`) is

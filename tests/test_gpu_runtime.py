@@ -98,6 +98,8 @@ SAMPLES = [
     ("avg_pool1d", "avg_pool", [R(2, 3, 10)], {"kernel_sizes": (3,), "strides": (2,), "pad": (1, 1)}),
     ("layer_norm", "layer_norm", [R(2, 3, 8), R(8), R(8)], {"axes": (-1,), "epsilon": 1e-5}),
     ("layer_norm_mid", "layer_norm", [R(2, 3, 8), R(3)], {"axes": (1,)}),
+    ("rms_norm", "rms_norm", [R(2, 3, 8), R(8)], {"axes": (-1,), "epsilon": 1e-6}),
+    ("rms_norm_2axes", "rms_norm", [R(2, 3, 8)], {"axes": (1, 2)}),
     ("batch_norm", "batch_norm", [IMG, R(4), R(4, **POS), R(4), R(4)], {"epsilon": 1e-3}),
     ("softmax", "softmax", [R(2, 5, 3)], {"axis": 1}),
     *[(f"{op}_{k}", op, [R(2, 3, 4, lo=0.5, hi=1.5)], {"axes": ax, "keep_dims": k})

@@ -84,3 +84,21 @@ def test_large_activations_stay_finite_in_fp16(tmp_path):
         assert "rms_norm" in cm.graph.op_histogram() and cm.islands == {}
         out = run(cm, precision)
         assert np.isfinite(out).all() and rel_l2(out, ref) <= 1e-2, (precision, rel_l2(out, ref))
+
+
+def test_rms_norm_over_two_axes_package(tmp_path):
+    """Normalized over the last two axes: emission concatenates along the last one and
+    layer_norm spans both (gamma doubled along its last axis)."""
+    torch.manual_seed(0)
+    w = torch.randn(3, 8)
+
+    def f(x):
+        return w * (x * torch.rsqrt(x.pow(2).mean((-2, -1), keepdim=True) + 1e-6))
+
+    x = torch.randn(2, 3, 8) * 5
+    ref = f(x.double()).numpy()
+    for precision, tol in (("fp32", 1e-6), ("mixed", 1e-2)):
+        cm = tlc.build(f, (x,), precision=precision)
+        assert cm.graph.op_histogram() == {"rms_norm": 1}
+        out = MILInterpreter(cm.save(tmp_path / f"{precision}.mlpackage")).run({"x": x.numpy()})["output"]
+        assert rel_l2(out, ref) <= tol
