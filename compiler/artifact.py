@@ -104,6 +104,17 @@ def atomic_dir(path: Path, force: bool, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def write_package(mlmodel, dest: Path, check: Callable[[Path], list[str]] | None = None) -> None:
+    """Save ``mlmodel`` (coremltools ``MLModel``) as the package ``dest`` and run ``check(dest) ->
+    [problem, ...]`` on it; raises :class:`EmitError` listing the problems (the caller discards
+    ``dest``, which is always inside a staging directory)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        mlmodel.save(str(dest))
+    problems = check(dest) if check is not None else []
+    if problems:
+        raise EmitError(f"package {dest.name} does not match the IR: " + "; ".join(problems))
+
+
 def bundle_path(path: str | os.PathLike) -> Path:
     """``path`` with the bundle suffix ``.tlc`` (an ``.mlpackage`` suffix is replaced)."""
     path = Path(path)
@@ -144,12 +155,7 @@ def write_bundle(path: str | os.PathLike, graph: Graph, segments, *, precision: 
             if seg.target == "ane":
                 md = dict(metadata or {}, **{"tlc.segment": f"{seg.index} of {len(segments)} in {path.name}"})
                 mlm, _ = convert(seg.graph, precision, minimum_deployment_target, md)
-                pkg = staged / f"{stem}.mlpackage"
-                with contextlib.redirect_stdout(io.StringIO()):
-                    mlm.save(str(pkg))
-                problems = check_package_io(pkg, seg.graph)
-                if problems:
-                    raise EmitError(f"segment {seg.index} package does not match the IR: " + "; ".join(problems))
+                write_package(mlm, staged / f"{stem}.mlpackage", lambda pkg: check_package_io(pkg, seg.graph))
                 e["path"] = f"{stem}.mlpackage"
             else:
                 save_graph(seg.graph, staged / f"{stem}.json", staged / f"{stem}.safetensors")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -325,29 +324,7 @@ def save_atomic(mlmodel, path: str | os.PathLike, force: bool = False, check=Non
     Raises :class:`OutputExistsError` if ``path`` exists and ``force`` is False,
     :class:`EmitError` if ``path`` does not end in ``.mlpackage`` or the write fails.
     """
+    from .artifact import atomic_dir, write_package
+
     path = check_output_path(path, force)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent))
-    except OSError as e:
-        raise EmitError(f"cannot create the output directory for {str(path)!r}: {e}") from e
-    old = tmp / "old"
-    try:
-        staged = tmp / path.name
-        with contextlib.redirect_stdout(io.StringIO()):
-            mlmodel.save(str(staged))
-        problems = check(staged) if check is not None else []
-        if problems:
-            raise EmitError(f"package for {str(path)!r} does not match the IR: " + "; ".join(problems))
-        if path.exists():
-            os.replace(path, old)
-        os.replace(staged, path)
-    except TlcError:
-        raise
-    except Exception as e:
-        if old.exists() and not path.exists():  # put the user's previous package back
-            os.replace(old, path)
-        raise EmitError(f"could not write {str(path)!r}: {type(e).__name__}: {e}") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return atomic_dir(path, force, lambda staged: write_package(mlmodel, staged, check))
