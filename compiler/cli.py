@@ -273,6 +273,22 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def _build_options(p: argparse.ArgumentParser) -> None:
+    """The build options `tlc build` and `tlc verify` share."""
+    p.add_argument("--precision", choices=["mixed", "fp16", "fp32"],
+                   help="mixed (default): fp16 with fp32 islands where range analysis finds fp16 unsafe; "
+                        "fp16: everything; fp32: nothing (or the file's `precision`)")
+    p.add_argument("--target", type=_placement_target, metavar="{ane,gpu,cpu}",
+                   help="where capable ops run: ane (default: Core ML; the rest in tlc's fallback runtime), "
+                        "gpu or cpu (everything in tlc's fallback runtime; precision defaults to fp32)")
+    p.add_argument("--minimum-deployment-target", "--deployment-target", dest="minimum_deployment_target",
+                   metavar="OS", help="Core ML minimum_deployment_target, e.g. iOS17 (default), iOS18, macOS14")
+    p.add_argument("--io-dtype", choices=["float32", "float16"],
+                   help="dtype of the package's float inputs/outputs: float32 (default) or float16 (iOS16+; "
+                        "coremltools' ct.TensorType(dtype=np.float16)); or the file's `io_dtype`")
+    p.add_argument("--entry", help="which @tlc.compile object to use when the file has several")
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tlc",
@@ -292,24 +308,13 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("model", help="path to model.py")
     b.add_argument("-o", "--output", help="output path (default: ./<model stem>.mlpackage, or <stem>.tlc when some "
                                           "ops need tlc's fallback runtime: then a .mlpackage suffix becomes .tlc)")
-    b.add_argument("--precision", choices=["mixed", "fp16", "fp32"],
-                   help="mixed (default): fp16 with fp32 islands where range analysis finds fp16 unsafe; "
-                        "fp16: everything; fp32: nothing (or the file's `precision`)")
-    b.add_argument("--target", type=_placement_target, metavar="{ane,gpu,cpu}",
-                   help="where capable ops run: ane (default: Core ML; the rest in tlc's fallback runtime), "
-                        "gpu or cpu (everything in tlc's fallback runtime; precision defaults to fp32)")
-    b.add_argument("--minimum-deployment-target", "--deployment-target", dest="minimum_deployment_target",
-                   metavar="OS", help="Core ML minimum_deployment_target, e.g. iOS17 (default), iOS18, macOS14")
+    _build_options(b)
     b.add_argument("--profile", metavar="FILE", help="measured per-op costs from `tlc profile` for the placement cost model")
     b.add_argument("--report", action="store_true", help="print the placement report: segments, ANE residency, "
                                                          "every op not on the ANE with its reason and source line")
     b.add_argument("--report-json", metavar="FILE", help="write the placement report as JSON")
     b.add_argument("--report-html", metavar="FILE", help="write the placement report as HTML (graph drawn, segments coloured)")
-    b.add_argument("--io-dtype", choices=["float32", "float16"],
-                   help="dtype of the package's float inputs/outputs: float32 (default) or float16 (iOS16+; "
-                        "coremltools' ct.TensorType(dtype=np.float16)); or the file's `io_dtype`")
     b.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
-    b.add_argument("--entry", help="which @tlc.compile object to build when the file has several")
     b.add_argument("--strict-export", action="store_true", help="trace with torch.export(strict=True)")
     b.add_argument("--print-ir", action="store_true", help="print tlc's IR (after the passes) before emission")
     b.add_argument("--passes", metavar="A,B,C", help="run exactly these passes, in this order (empty: none)")
@@ -354,12 +359,7 @@ def make_parser() -> argparse.ArgumentParser:
     v.add_argument("--package", help="verify this existing .mlpackage instead of building one")
     v.add_argument("-o", "--output", help="keep the built package at this path (default: a temp dir)")
     v.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
-    v.add_argument("--precision", choices=["mixed", "fp16", "fp32"])
-    v.add_argument("--target", type=_placement_target, metavar="{ane,gpu,cpu}", help="placement (default ane)")
-    v.add_argument("--minimum-deployment-target", "--deployment-target", dest="minimum_deployment_target",
-                   metavar="OS", help="Core ML minimum_deployment_target (default iOS17)")
-    v.add_argument("--io-dtype", choices=["float32", "float16"], help="float inputs/outputs of the built package")
-    v.add_argument("--entry", help="which @tlc.compile object to use when the file has several")
+    _build_options(v)
     v.add_argument("--tol-fp32", type=float, default=1e-5, help="rel-L2 tolerance for fp32 packages (default 1e-5)")
     v.add_argument("--tol-fp16", type=float, default=1e-2, help="rel-L2 tolerance for fp16/mixed packages (default 1e-2)")
     v.set_defaults(func=cmd_verify)
