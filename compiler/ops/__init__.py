@@ -179,6 +179,26 @@ def args_from_mil(row: "OpDef", vals: dict) -> tuple[list, dict]:
     return arrays, attrs
 
 
+def bind_kernel(row: OpDef, attrs, in_dtypes, out_dtypes) -> Callable[[Sequence[np.ndarray]], tuple]:
+    """:func:`run_kernel` resolved once for inputs of ``in_dtypes`` (NumPy dtypes): returns
+    ``call(arrays) -> tuple of arrays`` that applies the same fp16 rule without re-deciding it per
+    call (executors bind each node once per graph). ``call`` does not set ``np.errstate``: the
+    caller ignores floating-point errors around its loop, as :func:`run_kernel` does."""
+    fn = row.numpy
+    out_dtypes = tuple(out_dtypes)
+    widen = any(np.dtype(d) == np.float16 for d in in_dtypes)
+
+    def call(arrays):
+        if widen:
+            arrays = [a.astype(np.float32) if a.dtype == np.float16 else a for a in arrays]
+        res = fn(attrs, *arrays)
+        if not isinstance(res, tuple):
+            res = (res,)
+        return tuple(np.asarray(r).astype(dt, copy=False) for r, dt in zip(res, out_dtypes))
+
+    return call
+
+
 def run_kernel(row: OpDef, attrs, arrays, out_dtypes) -> tuple:
     """Call ``row``'s NumPy kernel with tlc's fp16 rule, shared by every executor.
 
@@ -187,11 +207,8 @@ def run_kernel(row: OpDef, attrs, arrays, out_dtypes) -> tuple:
     correctly rounded fp16 unit; matmul/conv/reductions accumulate in fp32 before rounding; values
     above 65504 become +/-inf as on device. (Rationale and sources: runtime/mil_interpreter.py.)
     """
-    arrays = [a.astype(np.float32) if a.dtype == np.float16 else a for a in arrays]
     with np.errstate(all="ignore"):  # inf/NaN are results here (fp16 overflow shows as on device)
-        res = row.numpy(attrs, *arrays)
-        res = res if isinstance(res, tuple) else (res,)
-        return tuple(np.asarray(r).astype(dt, copy=False) for r, dt in zip(res, out_dtypes))
+        return bind_kernel(row, attrs, [a.dtype for a in arrays], out_dtypes)(arrays)
 
 
 def get_op(name: str, loc=None) -> OpDef:

@@ -4,11 +4,21 @@ Semantics: coremltools MIL ``conv.py`` and ``pool.py`` (iOS15 opset) with ``pad_
 ``pad`` lists (before, after) per spatial axis, flattened: ``[h_before, h_after, w_before, w_after]``.
 Layout is channels-first: x[N, C, *spatial], weight[C_out, C_in / groups, *kernel].
 
-Kernels: im2col (a strided window view, contracted with the weights by BLAS ``tensordot``);
-1x1 stride-1 convs are a single matmul; depthwise convs accumulate one shifted multiply-add per
-kernel tap, which avoids the im2col copy. Torch kernels call ``F.conv{1,2}d`` / ``F.{max,avg}_pool2d``
-(1-D as 2-D with a unit height), padding natively where the padding is symmetric and, for pools,
-at most half the kernel (torch's limits); otherwise they pad explicitly first.
+Kernels (all accumulate in fp32 through BLAS sgemm or NumPy's fp32 loops):
+
+* ``conv``, dense or grouped: im2col — one copy of the strided window view into a contiguous
+  ``[N, groups, Cin/groups * prod(kernel), prod(out)]`` buffer, then one batched GEMM with the
+  weights ``[groups, Cout/groups, Cin/groups * prod(kernel)]``, which yields NCHW directly (no
+  transpose of the result). A 1x1 conv with stride 1 skips the copy: its input already is the
+  column matrix.
+* ``conv``, depthwise (groups == Cin == Cout): the padded input split into stride phases once,
+  then one multiply and one add per kernel tap over contiguous slices of those planes; channel
+  blocks spread over threads (:func:`tlc.ops.parallel.parallel_for`).
+* ``max_pool`` / ``avg_pool``: the same tap loop with ``maximum`` / ``add``.
+
+Torch kernels call ``F.conv{1,2}d`` / ``F.{max,avg}_pool2d`` (1-D as 2-D with a unit height),
+padding natively where the padding is symmetric and, for pools, at most half the kernel (torch's
+limits); otherwise they pad explicitly first.
 """
 from __future__ import annotations
 
@@ -22,6 +32,7 @@ from ..errors import IRError
 from ..ir import TensorType
 from . import register
 from .elementwise import FLOAT, _same_dtype
+from .parallel import parallel_for
 
 POOL_MAX_KERNEL = 13  # hollance/neural-engine unsupported-layers.md; issues #1, #2
 POOL_MAX_STRIDE = 2
@@ -126,6 +137,89 @@ def _windows(xp, kernel, strides, dil, out_sp):
     return win[idx]
 
 
+def _taps(kernel, strides, dil, out_sp):
+    """For each kernel tap: the index of the tap and the spatial slices of the padded input that
+    the tap reads for every output position (``[N, C, *out_sp]`` views)."""
+    for tap in np.ndindex(*kernel):
+        yield tap, (slice(None), slice(None)) + tuple(
+            slice(t * d, t * d + (o - 1) * s + 1, s) for t, d, o, s in zip(tap, dil, out_sp, strides))
+
+
+def _conv_gemm(xp, w, g, strides, dil, out_sp):
+    """Dense/grouped conv as im2col + one batched GEMM; returns [N, Cout, *out_sp]."""
+    n, cin = xp.shape[:2]
+    cout, cg = w.shape[:2]
+    kernel = w.shape[2:]
+    taps = int(np.prod(kernel))
+    cols = np.ascontiguousarray(  # [N, Cin, *k, *out]: rows ordered (c, *k) like the weights
+        np.moveaxis(_windows(xp, kernel, strides, dil, out_sp), tuple(range(-len(kernel), 0)),
+                    tuple(range(2, 2 + len(kernel)))))
+    cols = cols.reshape(n, g, cg * taps, -1)
+    wm = w.reshape(g, cout // g, cg * taps)
+    if g == 1 and n == 1:
+        return np.matmul(wm[0], cols[0, 0]).reshape((n, cout) + out_sp)
+    return np.matmul(wm, cols).reshape((n, cout) + out_sp)
+
+
+def _phase_planes(x, pad, strides, out_sp, reach):
+    """The zero-padded input split into stride phases, flattened: [s_h, s_w, N, C, Hq * Wq] with
+    plane (p, q)[a, b] = padded_x[a * s_h + p, b * s_w + q]. A kernel tap at padded offset
+    (i, j) = (u * s_h + p, v * s_w + q) then reads plane (p, q) at flat offset u * Wq + v for every
+    output position (row pitch Wq), a contiguous slice. Hq = oh + reach_h + 1 (the extra row keeps
+    every tap's slice inside the plane), Wq = ow + reach_w, where reach = max tap offset in
+    phase units. x is [N, C, H, W]; pad (top, bottom, left, right)."""
+    n, c, h, wd = x.shape
+    (sh, sw), (oh, ow), (rh, rw) = strides, out_sp, reach
+    hq, wq = oh + rh + 1, ow + rw
+    planes = np.zeros((sh, sw, n, c, hq, wq), x.dtype)
+    for p in range(sh):
+        a0 = max(0, -(-(pad[0] - p) // sh))  # first plane row holding real data
+        a1 = min(hq, -(-(h + pad[0] - p) // sh))
+        for q in range(sw):
+            b0 = max(0, -(-(pad[2] - q) // sw))
+            b1 = min(wq, -(-(wd + pad[2] - q) // sw))
+            if a1 > a0 and b1 > b0:
+                r0, c0 = a0 * sh + p - pad[0], b0 * sw + q - pad[2]
+                planes[p, q, :, :, a0:a1, b0:b1] = x[:, :, r0:r0 + (a1 - a0 - 1) * sh + 1:sh,
+                                                     c0:c0 + (b1 - b0 - 1) * sw + 1:sw]
+    return planes.reshape(sh, sw, n, c, hq * wq), wq
+
+
+def _conv_depthwise(x, w, strides, dil, pad, out_sp):
+    """Depthwise 2-D conv (one filter per channel, x unpadded [N, C, H, W]): per kernel tap one
+    multiply and one add over a contiguous slice of the stride-phase plane (:func:`_phase_planes`;
+    NumPy's inner loops then run over whole planes instead of one output row), accumulating in
+    fp32 in tap order; channel blocks of about one tile run on threads."""
+    n, c = x.shape[:2]
+    kh, kw = w.shape[2:]
+    (sh, sw), (dh, dw), (oh, ow) = strides, dil, out_sp
+    taps = [(ti, tj) + divmod(ti * dh, sh) + divmod(tj * dw, sw) for ti in range(kh) for tj in range(kw)]
+    reach = (max(t[2] for t in taps), max(t[4] for t in taps))
+    planes, wq = _phase_planes(x, pad, strides, out_sp, reach)
+    length = oh * wq
+    y = np.empty((n, c, oh, ow), x.dtype)
+
+    def block(a, b):
+        step = max(1, (1 << 15) // max(1, n * length))
+        for c0 in range(a, b, step):
+            c1 = min(b, c0 + step)
+            acc = np.empty((n, c1 - c0, length), x.dtype)
+            tmp = np.empty_like(acc)
+            for k, (ti, tj, u, p, v, q) in enumerate(taps):
+                off = u * wq + v
+                src = planes[p, q, :, c0:c1, off:off + length]
+                wk = w[c0:c1, 0, ti, tj].reshape(-1, 1)
+                if k == 0:
+                    np.multiply(src, wk, out=acc)
+                else:
+                    np.multiply(src, wk, out=tmp)
+                    acc += tmp
+            y[:, c0:c1] = acc.reshape(n, c1 - c0, oh, wq)[..., :ow]
+
+    parallel_for(block, c, grain=max(1, (1 << 15) // max(1, n * length)))
+    return y
+
+
 def _conv(attrs, x, w, b=None):
     """MIL ``conv`` (iOS15 conv.py): x[N, Cin, *sp] * weight[Cout, Cin/groups, *k] + bias[Cout],
     with ``strides``, ``dilations``, custom ``pad`` and ``groups``."""
@@ -135,36 +229,20 @@ def _conv(attrs, x, w, b=None):
     dil = _spatial(attrs, nsp, "dilations", 1)
     pad = tuple(attrs.get("pad") or (0,) * (2 * nsp))
     g = attrs.get("groups", 1)
-    n, cin = x.shape[:2]
-    cout = w.shape[0]
+    cin, cout = x.shape[1], w.shape[0]
     out_sp = tuple(
         out_size(x.shape[2 + i], kernel[i], strides[i], dil[i], pad[2 * i], pad[2 * i + 1]) for i in range(nsp)
     )
-    xp = _pad_array(x, pad)
-    if g == 1 and all(k == 1 for k in kernel) and all(s == 1 for s in strides):
-        y = np.matmul(w.reshape(cout, cin), xp.reshape(n, cin, -1)).reshape((n, cout) + out_sp)
-    elif g == cin and w.shape[1] == 1 and cout == cin:
-        # depthwise: one shifted multiply-add per kernel tap
-        y = np.zeros((n, cout) + out_sp, dtype=x.dtype)
-        for tap in np.ndindex(*kernel):
-            sl = (slice(None), slice(None)) + tuple(
-                slice(t * d, t * d + (o - 1) * s + 1, s) for t, d, o, s in zip(tap, dil, out_sp, strides)
-            )
-            wt = w[(slice(None), 0) + tap].reshape((1, cout) + (1,) * nsp)
-            y += xp[sl] * wt
+    if g == cin and w.shape[1] == 1 and cout == cin and g > 1:
+        if nsp == 1:  # as a 2-D conv over a [1, L] image
+            y = _conv_depthwise(x[:, :, None], w[:, :, None], (1,) + strides, (1,) + dil, (0, 0) + pad,
+                                (1,) + out_sp)[:, :, 0]
+        else:
+            y = _conv_depthwise(x, w, strides, dil, pad, out_sp)
     else:
-        win = _windows(xp, kernel, strides, dil, out_sp)  # [N, Cin, *out, *k]
-        cg, og = cin // g, cout // g
-        outs = []
-        kaxes = tuple(range(2 + nsp, 2 + 2 * nsp))
-        for gi in range(g):
-            wg = w[gi * og:(gi + 1) * og]  # [og, cg, *k]
-            wi = win[:, gi * cg:(gi + 1) * cg]
-            yg = np.tensordot(wi, wg, axes=((1,) + kaxes, (1,) + tuple(range(2, 2 + nsp))))  # [N, *out, og]
-            outs.append(np.moveaxis(yg, -1, 1))
-        y = outs[0] if g == 1 else np.concatenate(outs, axis=1)
+        y = _conv_gemm(_pad_array(x, pad), w, g, strides, dil, out_sp)
     if b is not None:
-        y = y + b.reshape((1, cout) + (1,) * nsp)
+        y += b.reshape((1, cout) + (1,) * nsp).astype(y.dtype, copy=False)
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
@@ -227,7 +305,8 @@ def _infer_pool(in_types, attrs):
     return [TensorType(x.dtype, x.shape[:2] + sp)]
 
 
-def _pool_windows(attrs, x, fill):
+def _pool_input(attrs, x, fill):
+    """Padded input, the padding used, output size, strides and taps of a pool."""
     k = tuple(attrs["kernel_sizes"])
     nsp = len(k)
     strides = _spatial(attrs, nsp, "strides", 1)
@@ -241,34 +320,48 @@ def _pool_windows(attrs, x, fill):
         if need > 0:
             pad[2 * i + 1] += need
     xp = _pad_array(x, pad, fill)
-    return _windows(xp, k, strides, (1,) * nsp, out_sp), pad, out_sp, strides
+    return xp, pad, out_sp, list(_taps(k, strides, (1,) * nsp, out_sp))
+
+
+def _tap_reduce(op, xp, taps, out_sp):
+    """``op``-reduce (``np.maximum`` / ``np.add``) the taps' views of xp[N, C, ...] into a new
+    [N, C, *out_sp] array, in tap order; channel blocks run on threads."""
+    n, c = xp.shape[:2]
+    y = np.empty((n, c) + out_sp, xp.dtype)
+
+    def block(a, b):
+        yb = y[:, a:b]
+        for i, (_, sl) in enumerate(taps):
+            src = xp[(slice(None), slice(a, b)) + sl[2:]]
+            if i == 0:
+                yb[...] = src
+            else:
+                op(yb, src, out=yb)
+
+    parallel_for(block, c, grain=max(1, (1 << 15) // max(1, n * int(np.prod(out_sp)))))
+    return y
 
 
 def _max_pool(attrs, x):
     """MIL ``max_pool`` (iOS15 pool.py): window max; padding never wins (filled with -inf)."""
-    win, *_ = _pool_windows(attrs, x, -np.inf)
-    nsp = x.ndim - 2
-    return np.ascontiguousarray(win.max(axis=tuple(range(-nsp, 0))))
+    xp, _, out_sp, taps = _pool_input(attrs, x, -np.inf)
+    return _tap_reduce(np.maximum, xp, taps, out_sp)
 
 
 def _avg_pool(attrs, x):
     """MIL ``avg_pool`` (iOS15 pool.py): window mean; ``exclude_padding_from_average`` divides by
     the count of real (unpadded) elements, as torch's ``count_include_pad=False``."""
-    win, pad, out_sp, strides = _pool_windows(attrs, x, 0.0)
+    xp, pad, out_sp, taps = _pool_input(attrs, x, 0.0)
+    s = _tap_reduce(np.add, xp, taps, out_sp)
     nsp = x.ndim - 2
-    axes = tuple(range(-nsp, 0))
-    s = win.sum(axis=axes)
-    k = tuple(attrs["kernel_sizes"])
     if attrs.get("exclude_padding_from_average", False):
         ones = _pad_array(np.ones((1, 1) + x.shape[2:], x.dtype), pad, 0.0)
-        cnt = _windows(ones, k, strides, (1,) * nsp, out_sp).sum(axis=axes)
-        return (s / cnt).astype(x.dtype)
-    # torch (count_include_pad=True) counts explicit padding but not ceil_mode overhang
-    orig = list(attrs.get("pad") or (0,) * (2 * nsp))
-    ones = _pad_array(np.ones((1, 1) + x.shape[2:], x.dtype), orig, 1.0)
-    ones = _pad_array(ones, [0 if j % 2 == 0 else pad[j] - orig[j] for j in range(2 * nsp)], 0.0)
-    cnt = _windows(ones, k, strides, (1,) * nsp, out_sp).sum(axis=axes)
-    return (s / cnt).astype(x.dtype)
+    else:  # torch (count_include_pad=True) counts explicit padding but not ceil_mode overhang
+        orig = list(attrs.get("pad") or (0,) * (2 * nsp))
+        ones = _pad_array(np.ones((1, 1) + x.shape[2:], x.dtype), orig, 1.0)
+        ones = _pad_array(ones, [0 if j % 2 == 0 else pad[j] - orig[j] for j in range(2 * nsp)], 0.0)
+    s /= _tap_reduce(np.add, ones, taps, out_sp)
+    return s
 
 
 def _t_pool(kind):

@@ -9,6 +9,8 @@ changes a tensor's dtype in torch either.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from ..errors import IRError
 from ..ir import DTYPES, TensorType
 from . import flops_elementwise, register
+from .parallel import map_rows
 
 FLOAT = ("fp32", "fp16")
 
@@ -104,34 +107,48 @@ for _n, _f, _t in [("logical_and", np.logical_and, torch.logical_and), ("logical
 # ------------------------------------------------------------------------------------- unary
 
 
-_ERFC_COEF = (0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418,
-              0.37409196, 1.00002368, -1.26551223)
+def _erf_table(step: int, limit: int) -> tuple[np.ndarray, ...]:
+    """fp32 Taylor coefficients of erf at the grid points k/step, |k/step| <= limit: erf, erf',
+    erf''/2 and erf'''/6 (erf' = 2/sqrt(pi) exp(-x^2), erf'' = -2x erf', erf''' = (4x^2 - 2) erf'),
+    computed in float64 (:func:`math.erf`)."""
+    x0 = np.arange(-limit * step, limit * step + 1) / step
+    d1 = 2.0 / math.sqrt(math.pi) * np.exp(-x0 * x0)
+    cols = (np.array([math.erf(v) for v in x0]), d1, -x0 * d1, (4 * x0 * x0 - 2) * d1 / 6)
+    return tuple(c.astype(np.float32) for c in cols)
+
+
+_ERF_STEP, _ERF_LIMIT = 256, 4
+_ERF_T0, _ERF_T1, _ERF_T2, _ERF_T3 = _erf_table(_ERF_STEP, _ERF_LIMIT)
 
 
 def erf(x: np.ndarray) -> np.ndarray:
-    """Error function, computed in float64 and returned in ``x``'s dtype.
+    """Error function computed in fp32, returned in ``x``'s dtype (NumPy has no erf of its own).
 
-    Uses the Chebyshev-fitted erfc of Numerical Recipes (2nd ed., §6.2, ``erfcc``), fractional
-    error < 1.2e-7 everywhere — below fp32 resolution (NumPy has no erf of its own) — and the
-    Maclaurin series for |x| < 0.1, where 1 - erfc loses relative accuracy.
+    Table-driven (the method of P. T. P. Tang, "Table-driven implementation of the exponential
+    function", ACM TOMS 15(2), 1989): x is clipped to [-4, 4] (beyond, erf rounds to +/-1 in fp32:
+    erf(4) = 1 - 1.5e-8), split exactly into a grid point x0 = k/256 plus h, |h| <= 1/512 (x * 256
+    and x - x0 are exact in fp32), and erf(x0 + h) is the third-order Taylor expansion at x0 from
+    :func:`_erf_table` (truncation error < 1e-12). Measured against float64 ``torch.erf`` on 2e6
+    points of [-6, 6] and 1e5 of [1e-30, 1]: absolute error <= 6e-8 (about 1 fp32 ulp near 1),
+    relative error <= 2.1 ulp near 0. NaN stays NaN.
     """
-    xd = x.astype(np.float64)
-    z = np.abs(xd)
-    t = 1.0 / (1.0 + 0.5 * z)
-    poly = np.full_like(t, _ERFC_COEF[0])
-    for c in _ERFC_COEF[1:]:  # Horner, in place
-        poly *= t
-        poly += c
-    poly -= z * z
-    np.exp(poly, out=poly)
-    poly *= t
-    r = np.asarray(1.0 - poly)  # erf(|x|); asarray keeps 0-d inputs assignable
-    small = z < 0.1
-    if small.any():
-        zs = z[small]
-        z2 = zs * zs
-        r[small] = 2.0 / np.sqrt(np.pi) * zs * (1 - z2 / 3 + z2 * z2 / 10 - z2 * z2 * z2 / 42)
-    return np.copysign(r, xd).astype(x.dtype, copy=False)
+    x = np.asarray(x)
+    xc = np.clip(x.astype(np.float32, copy=False).reshape(-1), np.float32(-_ERF_LIMIT), np.float32(_ERF_LIMIT))
+    k = xc * np.float32(_ERF_STEP)
+    np.rint(k, out=k)
+    h = k * np.float32(1.0 / _ERF_STEP)
+    np.subtract(xc, h, out=h)  # a NaN input gives a NaN h, hence a NaN result
+    np.fmax(k, np.float32(-_ERF_LIMIT * _ERF_STEP), out=k)  # NaN -> a valid table index
+    i = k.astype(np.intp)
+    i += _ERF_LIMIT * _ERF_STEP
+    r = np.take(_ERF_T3, i)
+    r *= h
+    r += np.take(_ERF_T2, i)
+    r *= h
+    r += np.take(_ERF_T1, i)
+    r *= h
+    r += np.take(_ERF_T0, i)
+    return r.reshape(x.shape).astype(x.dtype, copy=False)
 
 
 def _sigmoid(x):
@@ -140,19 +157,47 @@ def _sigmoid(x):
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
 
 
+def _relu(x):
+    # np.clip has a SIMD loop; np.maximum with a scalar runs ~3x slower (NumPy 2.4, measured).
+    # Both keep NaN.
+    if x.dtype.kind == "f":
+        return np.clip(x, np.zeros((), x.dtype), np.asarray(np.inf, x.dtype))
+    return np.maximum(x, np.zeros((), x.dtype))
+
+
+def _silu(x):
+    return x * _sigmoid(x)
+
+
 def _softplus(x):
     return (np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))).astype(x.dtype, copy=False)
 
 
+_SQRT_2_PI = np.float32(np.sqrt(2 / np.pi))
+
+
+def _gelu_exact(x):
+    return 0.5 * x * (1 + erf(x / np.sqrt(2).astype(x.dtype)))
+
+
+def _gelu_tanh(x):
+    # fp32 throughout (x*x*x, not x**3: NumPy's float power is ~300x slower than two multiplies)
+    return 0.5 * x * (1 + np.tanh(_SQRT_2_PI.astype(x.dtype) * (x + np.asarray(0.044715, x.dtype) * (x * x * x))))
+
+
+def _gelu_sigmoid(x):
+    return x * _sigmoid(np.asarray(1.702, x.dtype) * x)
+
+
+_GELU = {"EXACT": _gelu_exact, "TANH_APPROXIMATION": _gelu_tanh, "SIGMOID_APPROXIMATION": _gelu_sigmoid}
+
+
 def _gelu(x, mode):
-    if mode == "EXACT":
-        return (0.5 * x * (1 + erf(x / np.sqrt(2).astype(x.dtype)))).astype(x.dtype, copy=False)
-    if mode == "TANH_APPROXIMATION":
-        c = np.sqrt(2 / np.pi)
-        return (0.5 * x * (1 + np.tanh(c * (x + 0.044715 * x**3)))).astype(x.dtype, copy=False)
-    if mode == "SIGMOID_APPROXIMATION":
-        return (x * _sigmoid(1.702 * x)).astype(x.dtype, copy=False)
-    raise IRError(f"gelu mode {mode!r} unknown")
+    """MIL ``gelu`` (activation.py) in ``mode`` EXACT (0.5 x (1 + erf(x / sqrt 2))),
+    TANH_APPROXIMATION or SIGMOID_APPROXIMATION; computed tile by tile (:func:`map_rows`)."""
+    if mode not in _GELU:
+        raise IRError(f"gelu mode {mode!r} unknown")
+    return map_rows(_GELU[mode], x)
 
 
 # name -> (kernel(attrs, x), MIL emission kwargs from attrs, dtypes allowed, doc)
@@ -163,9 +208,9 @@ _UNARY = {
     "rsqrt": (lambda a, x: 1 / np.sqrt(x + np.asarray(a.get("epsilon", 0.0), x.dtype)), ("epsilon",), FLOAT),
     "inverse": (lambda a, x: 1 / (x + np.asarray(a.get("epsilon", 0.0), x.dtype)), ("epsilon",), FLOAT),
     "tanh": (lambda a, x: np.tanh(x), None, FLOAT),
-    "sigmoid": (lambda a, x: _sigmoid(x), None, FLOAT),
-    "relu": (lambda a, x: np.maximum(x, np.zeros((), x.dtype)), None, None),
-    "erf": (lambda a, x: erf(x), None, FLOAT),
+    "sigmoid": (lambda a, x: map_rows(_sigmoid, x), None, FLOAT),
+    "relu": (lambda a, x: _relu(x), None, None),
+    "erf": (lambda a, x: map_rows(erf, x), None, FLOAT),
     "abs": (lambda a, x: np.abs(x), None, None),
     "sign": (lambda a, x: np.sign(x), None, None),
     "sin": (lambda a, x: np.sin(x), None, FLOAT),
@@ -175,7 +220,7 @@ _UNARY = {
     "round": (lambda a, x: np.round(x), None, FLOAT),
     "square": (lambda a, x: x * x, None, None),
     "logical_not": (lambda a, x: np.logical_not(x), None, ("bool",)),
-    "silu": (lambda a, x: x * _sigmoid(x), None, FLOAT),
+    "silu": (lambda a, x: map_rows(_silu, x), None, FLOAT),
     "softplus": (lambda a, x: _softplus(x), None, FLOAT),
     "gelu": (lambda a, x: _gelu(x, a.get("mode", "EXACT")), ("mode",), FLOAT),
     "clip": (lambda a, x: np.clip(x, np.asarray(a["alpha"], x.dtype), np.asarray(a["beta"], x.dtype)), ("alpha", "beta"), FLOAT),

@@ -14,6 +14,7 @@ from ..errors import IRError
 from ..ir import TensorType
 from . import register
 from .elementwise import FLOAT, _broadcast, _same_dtype
+from .parallel import map_rows
 
 #: Additive mask value used when a boolean attention mask is lowered to MIL ops for targets
 #: without ``scaled_dot_product_attention`` (iOS17). Finite and fp16-safe (|x| < 65504), and
@@ -32,9 +33,20 @@ def _infer_linear(in_types, attrs):
     return [TensorType(x.dtype, x.shape[:-1] + (w.shape[0],))]
 
 
+#: Below this many rows of x, ``linear`` computes ``(weight @ x^T)^T``: OpenBLAS 0.3.31's sgemm is
+#: 25-40% faster in that operand order for short x (32x384 @ 384x1536: 0.52 vs 0.85 ms on one
+#: core, measured), and equal from ~128 rows on, where the extra transpose copy would not pay.
+LINEAR_SHORT_ROWS = 64
+
+
 def _linear(attrs, x, w, b=None):
-    """MIL ``linear`` (iOS15 linear.py): ``x @ weight.T + bias``; x[..., K], weight[N, K], bias[N]."""
-    y = np.matmul(x, w.T)
+    """MIL ``linear`` (iOS15 linear.py): ``x @ weight.T + bias``; x[..., K], weight[N, K], bias[N].
+    One BLAS sgemm (fp32 accumulation) in the faster operand order (:data:`LINEAR_SHORT_ROWS`)."""
+    rows = x.size // max(x.shape[-1], 1)
+    if x.ndim >= 1 and 0 < rows < LINEAR_SHORT_ROWS and x.flags.c_contiguous:
+        y = np.ascontiguousarray(np.matmul(w, x.reshape(rows, -1).T).T).reshape(x.shape[:-1] + (w.shape[0],))
+    else:
+        y = np.matmul(x, w.T)
     if b is not None:
         y += b
     return y
@@ -129,11 +141,19 @@ def _infer_sdpa(in_types, attrs):
     return [out]
 
 
+def _softmax_rows(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = x - np.max(x, axis=axis, keepdims=True)
+    np.exp(e, out=e)
+    e /= np.sum(e, axis=axis, keepdims=True)
+    return e
+
+
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    """Numerically stable softmax along ``axis`` (max subtracted first), same dtype as ``x``."""
-    m = np.max(x, axis=axis, keepdims=True)
-    e = np.exp(x - m)
-    return e / np.sum(e, axis=axis, keepdims=True)
+    """Numerically stable softmax along ``axis`` (max subtracted first), same dtype as ``x``;
+    along the last axis it runs on row tiles over threads (:func:`tlc.ops.parallel.map_rows`)."""
+    if axis % max(x.ndim, 1) == x.ndim - 1 and x.ndim:
+        return map_rows(_softmax_rows, x, x.shape[-1])
+    return _softmax_rows(x, axis)
 
 
 def _sdpa(attrs, q, k, v, mask=None):
@@ -142,7 +162,8 @@ def _sdpa(attrs, q, k, v, mask=None):
     keeps positions where it is True (others get -inf, as in torch); ``scale`` defaults to
     1/sqrt(E)."""
     scale = attrs.get("scale") or 1.0 / np.sqrt(q.shape[-1])
-    s = np.matmul(q, np.swapaxes(k, -1, -2)) * np.asarray(scale, q.dtype)
+    s = np.matmul(q, np.swapaxes(k, -1, -2))
+    s *= np.asarray(scale, q.dtype)
     if mask is not None:
         if mask.dtype == np.bool_:
             s = np.where(mask, s, np.asarray(-np.inf, s.dtype))

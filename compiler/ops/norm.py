@@ -19,6 +19,7 @@ from ..ir import TensorType
 from . import register
 from .elementwise import FLOAT, _same_dtype
 from .linalg import softmax as _softmax
+from .parallel import map_rows
 
 
 def norm_axes(axes, rank: int) -> tuple[int, ...]:
@@ -44,18 +45,29 @@ def _infer_layer_norm(in_types, attrs):
 
 def _layer_norm(attrs, x, gamma=None, beta=None):
     """MIL ``layer_norm`` (iOS15 normalization.py): (x - mean) / sqrt(var + epsilon) * gamma + beta
-    over ``axes`` (biased variance, as torch)."""
+    over ``axes`` (biased variance, as torch). Over trailing axes it runs as rows of a
+    ``[-1, prod(normalized shape)]`` view, tiled over threads (:func:`tlc.ops.parallel.map_rows`)."""
     axes = norm_axes(attrs["axes"], x.ndim)
-    xf = x.astype(np.float32, copy=False)
-    mean = xf.mean(axis=axes, keepdims=True)
-    d = xf - mean
-    var = np.mean(d * d, axis=axes, keepdims=True)
-    y = d / np.sqrt(var + np.float32(attrs.get("epsilon", 1e-5)))
+    eps = np.float32(attrs.get("epsilon", 1e-5))
     shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
-    if gamma is not None:
-        y *= gamma.reshape(shape)
-    if beta is not None:
-        y += beta.reshape(shape)
+    trailing = axes == tuple(range(x.ndim - len(axes), x.ndim))
+    row = int(np.prod(shape)) if trailing else 0
+    g = gamma.reshape(-1 if trailing else shape) if gamma is not None else None
+    b = beta.reshape(-1 if trailing else shape) if beta is not None else None
+
+    def norm(xs, red=tuple(axes) if not trailing else -1):
+        xf = xs.astype(np.float32, copy=False)
+        d = xf - xf.mean(axis=red, keepdims=True)
+        var = np.mean(d * d, axis=red, keepdims=True)
+        var += eps
+        d /= np.sqrt(var)
+        if g is not None:
+            d *= g
+        if b is not None:
+            d += b
+        return d
+
+    y = map_rows(norm, x, row, np.float32) if trailing else norm(x)
     return y.astype(x.dtype, copy=False)
 
 
