@@ -144,13 +144,20 @@ def plan(g: Graph) -> Plan:
     return p
 
 
-def _build_plan(g: Graph) -> Plan:
+def value_slots(g: Graph) -> dict:
+    """Value -> slot index: graph inputs first, then every node output in graph order (the
+    executors' value numbering: a run keeps its values in a list indexed by slot)."""
     slot: dict = {}
     for v in g.inputs:
         slot[v] = len(slot)
     for n in g.nodes:
         for v in n.outputs:
             slot[v] = len(slot)
+    return slot
+
+
+def _build_plan(g: Graph) -> Plan:
+    slot = value_slots(g)
     init: list = [None] * len(slot)
     free = last_uses(g)
     steps = []

@@ -54,7 +54,7 @@ from tlc.ir import DTYPES, Graph
 from tlc.ops import get_op
 from tlc.ops.elementwise import TORCH_DTYPES
 
-from .numpy_executor import last_uses, validate_feeds
+from .numpy_executor import last_uses, validate_feeds, value_slots
 
 CAPTURES = ("none", "cuda_graph", "compile", "compile+cuda_graph")
 
@@ -117,12 +117,7 @@ class TorchExecutor:
 
     def _plan(self) -> None:
         g = self.graph
-        slot: dict = {}
-        for v in g.inputs:
-            slot[v] = len(slot)
-        for n in g.nodes:
-            for v in n.outputs:
-                slot[v] = len(slot)
+        slot = value_slots(g)
         host_only = sorted({f"{n.op} ({get_op(n.op).host_only})" for n in g.nodes if get_op(n.op).torch is None})
         if host_only:
             raise TlcError(f"the torch executor cannot run host-only ops: {', '.join(host_only)}")
