@@ -5,8 +5,10 @@ and are measured in the same run:
 
 * coremltools: ``ct.convert(exported_program.run_decompositions({}), convert_to="mlprogram",
   minimum_deployment_target=iOS17)`` (its default fp16 and 95-pass pipeline), then ``save``;
-* tlc: lowering + tlc's passes + precision (``mixed``) + MIL emission + coremltools' graph
-  passes (tlc's short pipeline) + milproto serialization + save (``cm.timings``), with fp32 I/O.
+* tlc: lowering + tlc's passes + precision (``mixed``) + partition + MIL emission + coremltools'
+  graph passes (tlc's short pipeline) + milproto serialization + save (``cm.timings``), with fp32
+  I/O; ``fp16_s``: the same with ``precision="fp16"`` (no range analysis: the work coremltools
+  does), re-using the trace and passes (their times counted again).
 
 Printed per model: non-const MIL op count of coremltools' package (fp32 inputs, fp16 outputs)
 and of tlc's with fp32 I/O (``tlc_ops``) and fp16 I/O (``tlc16_ops``, ``io_dtype="float16"``),
@@ -71,7 +73,7 @@ def measure(name: str, tmp: Path) -> dict:
     cm = tlc.build(model, (args, kwargs))
     cm.save(tmp / f"tlc_{name}.mlpackage")
     t = cm.timings
-    parts = ["lower", "passes", "precision", "emit_mil", "mil_passes", "serialize", "save"]
+    parts = ["lower", "passes", "precision", "partition", "emit_mil", "mil_passes", "serialize", "save"]
     row.update({f"t_{p}": t.get(p, 0.0) for p in parts})
     row["tlc_s"] = sum(t.get(p, 0.0) for p in parts)
     c = mil_ops(tmp / f"tlc_{name}.mlpackage")
@@ -82,12 +84,17 @@ def measure(name: str, tmp: Path) -> dict:
     cm16 = cm.with_options(io_dtype="float16")
     cm16.save(tmp / f"tlc16_{name}.mlpackage")
     row["tlc16_ops"] = sum(mil_ops(tmp / f"tlc16_{name}.mlpackage").values())
+    # the same work coremltools does (no range analysis): precision="fp16", same trace and passes
+    f16 = cm.with_options(precision="fp16")
+    f16.save(tmp / f"tlcfp16_{name}.mlpackage")
+    row["fp16_s"] = sum(f16.timings.get(p, 0.0) for p in parts)
+    row["fp16_ratio"] = row["fp16_s"] / row["ct_s"]
     return row
 
 
 COLS = ["model", "ct_ops", "tlc_ops", "tlc16_ops", "ct_pad", "tlc_pad", "ct_transpose", "tlc_transpose", "ct_s",
-        "tlc_s", "ratio", "t_lower", "t_passes", "t_precision", "t_emit_mil", "t_mil_passes", "t_serialize", "t_save",
-        "islands"]
+        "tlc_s", "ratio", "fp16_s", "fp16_ratio", "t_lower", "t_passes", "t_precision", "t_partition", "t_emit_mil",
+        "t_mil_passes", "t_serialize", "t_save", "islands"]
 
 
 def main(argv=None) -> int:
@@ -111,12 +118,13 @@ def main(argv=None) -> int:
     for r in rows:
         print("  ".join(fmt(r[c]).ljust(w) for c, w in zip(COLS, widths)))
     if a.repeat > 1:  # the machine is shared: the minimum of each column is the least disturbed run
-        print(f"minimum over {a.repeat} runs (ratio = min tlc_s / min ct_s)")
+        print(f"minimum over {a.repeat} runs (ratio = min tlc_s / min ct_s, fp16_ratio = min fp16_s / min ct_s)")
         best = []
         for name in a.models.split(","):
             rs = [r for r in rows if r["model"] == name]
             b = {c: (min(r[c] for r in rs) if isinstance(rs[0][c], float) else rs[0][c]) for c in COLS}
             b["ratio"] = b["tlc_s"] / b["ct_s"]
+            b["fp16_ratio"] = b["fp16_s"] / b["ct_s"]
             best.append(b)
         for r in best:
             print("  ".join(fmt(r[c]).ljust(w) for c, w in zip(COLS, widths)))

@@ -173,9 +173,10 @@ class CompiledModel:
         if self._placement is None:
             from tlc.passes.partition import assign
 
+            g = self.emit_graph  # precision first: its time is counted as "precision"
             t0 = time.perf_counter()
             kw = {"cost": self.cost} if self.cost is not None else {}
-            self._placement = assign(self.emit_graph, target=self.target, **kw)
+            self._placement = assign(g, target=self.target, **kw)
             self.timings["partition"] = time.perf_counter() - t0
         return self._placement
 
