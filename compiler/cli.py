@@ -213,31 +213,23 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_profile(a: argparse.Namespace) -> int:
-    import torch
-    import torch.utils._pytree as pytree
-
     from .api import CompiledFunction, build
-    from .frontend import normalize_inputs
     from .modelfile import load_model_file
-    from .profile import write
+    from .profile import measure, write
 
     spec = load_model_file(a.model, entry=a.entry)
     model = spec.model.fn if isinstance(spec.model, CompiledFunction) else spec.model
     cm = build(model, spec.example_inputs, precision="fp32", target="cpu")
-    args, kwargs = normalize_inputs(spec.example_inputs)
-    tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-    feeds = {n: t.detach().cpu().numpy() for n, t in zip(cm.input_names, tensors)}
-    from .profile import measure
-
-    rows = measure(cm.graph, feeds, runs=a.runs)
+    rows = measure(cm.graph, cm.calibration[0], runs=a.runs)  # calibration[0]: the example inputs by name
     out = Path(a.output or Path(a.model).stem + ".profile.json")
     doc = write(out, {"cpu": rows}, source=str(spec.path))
-    total = sum(r["s"] for r in rows)
+    per_op: dict[str, float] = {}
+    for r in rows:
+        per_op[r["op"]] = per_op.get(r["op"], 0.0) + r["s"]
     print(f"profiled {len(rows)} ops of {spec.path} on the NumPy executor ({a.runs} runs, median): "
-          f"{total * 1e3:.1f} ms per run -> {out}")
-    ops = sorted(doc["backends"]["cpu"]["ops"].items(), key=lambda kv: -sum(r["s"] for r in rows if r["op"] == kv[0]))
-    for op, d in ops[:10]:
-        t = sum(r["s"] for r in rows if r["op"] == op)
+          f"{sum(per_op.values()) * 1e3:.1f} ms per run -> {out}")
+    for op, t in sorted(per_op.items(), key=lambda kv: -kv[1])[:10]:
+        d = doc["backends"]["cpu"]["ops"][op]
         print(f"  {op:<30} {d['n']:>4} ops {t * 1e3:9.2f} ms  overhead {d['overhead_s'] * 1e6:8.1f} us  "
               f"{(1 / d['s_per_flop'] / 1e9 if d['s_per_flop'] else float('inf')):8.1f} GFLOP/s")
     return 0

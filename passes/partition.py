@@ -242,7 +242,7 @@ def assign(g: Graph, cost: CostModel = DEFAULT_COST, target: str = "ane") -> Pla
         elif target in ("gpu", "cpu"):
             seg_target[s] = target
         else:
-            seg_target[s] = _fallback_device(g, members, cost)
+            seg_target[s] = _fallback_device(members, cost)
     reasons: dict[str, str] = {}
     for n, coreml in label.items():
         why = ane_reason(n)
@@ -257,7 +257,7 @@ def assign(g: Graph, cost: CostModel = DEFAULT_COST, target: str = "ane") -> Pla
                      reasons)
 
 
-def _fallback_device(g: Graph, members: list[Node], cost: CostModel) -> str:
+def _fallback_device(members: list[Node], cost: CostModel) -> str:
     if any(get_op(n.op).host_only for n in members):
         return "cpu"  # an op with no torch kernel (data-dependent shapes, ...) runs on the host
     inside = {v for n in members for v in n.outputs}

@@ -79,7 +79,7 @@ def test_forced_fallback_target(tmp_path, target):
     assert all(f"target={target}" in o.reason for o in cm.report().not_on_ane())
 
 
-def test_segments_are_valid_for_all_segment_assignments():
+def test_split_rejects_a_non_convex_placement():
     """split() rejects a placement whose segments read values produced later (not convex)."""
     g = sandwich(fp32_island)
     names = [n.name for n in g.nodes if n.op != "const"]
