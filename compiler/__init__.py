@@ -13,11 +13,13 @@ See README.md and docs/ for the model.py convention used by ``tlc build``.
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
-    EmitError, FrontendError, InputError, IRError, ModelFileError, OutputExistsError, TlcError, UnsupportedOpError,
+    EmitError, FrontendError, InputError, IRError, ModelFileError, NotShippableError, OutputExistsError, TlcError,
+    UnsupportedOpError,
 )
 from .api import CompiledFunction, CompiledModel, build, compile  # noqa: E402
 
 __all__ = [
     "build", "compile", "CompiledModel", "CompiledFunction", "TlcError", "IRError", "FrontendError",
-    "UnsupportedOpError", "InputError", "ModelFileError", "EmitError", "OutputExistsError", "__version__",
+    "UnsupportedOpError", "InputError", "ModelFileError", "EmitError", "OutputExistsError", "NotShippableError",
+    "__version__",
 ]

@@ -21,7 +21,7 @@ import torch.utils._pytree as pytree
 
 from .artifact import bundle_path, check_package_io, write_bundle
 from .emit import PRECISIONS, convert, save_atomic, target_name
-from .errors import InputError, TlcError
+from .errors import InputError, NotShippableError, TlcError
 from .frontend import normalize_inputs, trace
 from .ir import Graph
 from tlc.runtime import coreml_available, gpu_available
@@ -58,6 +58,29 @@ def check_io_dtype(io_dtype: str, minimum_deployment_target) -> str:
                          f"(got {target_name(minimum_deployment_target)}): Core ML takes fp16 inputs and outputs "
                          f"from iOS16 on")
     return IO_DTYPES[io_dtype]
+
+
+def check_shippable(g: Graph | None, target: str) -> None:
+    """Raise unless graph ``g`` can be one ``.mlpackage`` (``fallback=False``): :class:`InputError`
+    for a target other than ``"ane"``, :class:`NotShippableError` listing every op Core ML cannot
+    hold (:func:`tlc.passes.partition.coreml_reason`), with its reason and source line."""
+    if target != "ane":
+        raise InputError(f"fallback=False (one .mlpackage) needs target='ane'; target={target!r} runs everything in "
+                         f"tlc's fallback runtime")
+    if g is None:
+        return
+    from tlc.passes.partition import blockers, coreml_reason
+
+    bad = blockers(g)
+    if bad:
+        raise NotShippableError([(n.op, n.name, coreml_reason(n), _where(n.loc)) for n in bad])
+
+
+def _where(loc) -> str:
+    """``file:line`` (and code) of a node's source location, or ``""``."""
+    if loc is None or not loc.file:
+        return ""
+    return f"{loc.file}:{loc.line}" + (f"  {loc.code.strip()}" if loc.code else "")
 
 
 def _source_of(obj) -> str | None:
@@ -107,8 +130,10 @@ class CompiledModel:
 
     def __init__(self, graph: Graph, *, precision: str, minimum_deployment_target: str, out_spec, kw_order,
                  out_torch_dtypes, timings: dict, source: str | None, calibration: list[dict] | None = None,
-                 target: str = "ane", cost=None, name: str = "model", io_dtype: str = "float32"):
+                 target: str = "ane", cost=None, name: str = "model", io_dtype: str = "float32",
+                 fallback: bool = True):
         self.graph = graph
+        self.fallback = fallback
         self.target = _check_target(target)
         self.cost = cost
         self.name = name
@@ -176,7 +201,7 @@ class CompiledModel:
             g = self.emit_graph  # precision first: its time is counted as "precision"
             t0 = time.perf_counter()
             kw = {"cost": self.cost} if self.cost is not None else {}
-            self._placement = assign(g, target=self.target, **kw)
+            self._placement = assign(g, target=self.target, fallback=self.fallback, **kw)
             self.timings["partition"] = time.perf_counter() - t0
         return self._placement
 
@@ -193,6 +218,13 @@ class CompiledModel:
         :meth:`save` then writes a bundle directory ``NAME.tlc`` instead of one ``.mlpackage``."""
         segs = set(self.placement.segment.values())
         return len(segs) > 1 or any(t != "ane" for t in self.placement.target.values())
+
+    def fallback_ops(self) -> list[tuple[str, str, str, str]]:
+        """``(op, node name, reason, source)`` for every op that runs in tlc's fallback runtime
+        instead of Core ML (empty when :meth:`save` writes one ``.mlpackage``), in graph order."""
+        p = self.placement
+        nodes = {n.name: n for n in self.emit_graph.nodes}
+        return [(nodes[k].op, k, p.reasons.get(k, ""), _where(nodes[k].loc)) for k, t in p.target.items() if t != "ane"]
 
     def report(self):
         """:class:`tlc.report.PlacementReport`: segments, static ANE residency, every op not on the
@@ -259,9 +291,11 @@ class CompiledModel:
         return out
 
     def with_options(self, precision: str | None = None, minimum_deployment_target: str | None = None,
-                     target: str | None = None, io_dtype: str | None = None) -> "CompiledModel":
+                     target: str | None = None, io_dtype: str | None = None,
+                     fallback: bool | None = None) -> "CompiledModel":
         """A copy sharing the traced graph, with other emission options (no re-trace). Raises
-        :class:`~tlc.errors.InputError` for a bad precision, target or io_dtype (see :func:`check_io_dtype`)."""
+        :class:`~tlc.errors.InputError` for a bad precision, target or io_dtype (see :func:`check_io_dtype`),
+        :class:`~tlc.errors.NotShippableError` for ``fallback=False`` when ops need the fallback runtime."""
         import copy
 
         cm = copy.copy(self)
@@ -269,6 +303,10 @@ class CompiledModel:
         cm._placement = None
         if target is not None:
             cm.target = _check_target(target)
+        if fallback is not None:
+            cm.fallback = bool(fallback)
+        if not cm.fallback:
+            check_shippable(cm.graph, cm.target)
         if precision is not None:
             if precision not in PRECISIONS:
                 raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -343,7 +381,7 @@ class CompiledModel:
         out = self.run(dict(zip(self.input_names, tensors)), backend=backend)
         vals = [out[n] for n in self.output_names]
         if any(isinstance(x, torch.Tensor) for x in tensors):
-            vals = [torch.from_numpy(np.ascontiguousarray(v)).to(dt) for v, dt in zip(vals, self._out_dtypes)]
+            vals = [torch.from_numpy(np.array(v, order="C")).to(dt) for v, dt in zip(vals, self._out_dtypes)]
         try:
             return pytree.tree_unflatten(vals, self._out_spec)
         except Exception:
@@ -381,6 +419,7 @@ def build(
     passes: list[str] | None = None,
     skip_passes: list[str] | tuple = (),
     io_dtype: str = "float32",
+    fallback: bool = True,
 ) -> CompiledModel:
     """Trace ``model_or_fn`` on ``example_inputs``, lower it to tlc's IR and optimize it.
 
@@ -400,15 +439,23 @@ def build(
     to leave out of it; ``io_dtype``: ``"float32"`` (default) or ``"float16"``, the dtype of the
     package's float inputs and outputs, as coremltools' ``ct.TensorType(dtype=np.float16)``
     (iOS16+; an fp16 first/last op then needs no cast; ``CompiledModel`` and tlc's runtimes
-    accept fp32 arrays for fp16 inputs).
+    accept fp32 arrays for fp16 inputs); ``fallback``: ``True`` (default) lets ops Core ML cannot run
+    go to tlc's fallback runtime (the artifact is then a bundle ``NAME.tlc``, which needs tlc's Python
+    runtime); ``False`` demands one shippable ``.mlpackage``: every op MIL can express is placed in
+    Core ML whatever the cost model says, and any other op raises
+    :class:`~tlc.errors.NotShippableError` listing it (op, reason, source line) before anything is
+    written (CLI: ``--no-fallback``).
 
-    Raises :class:`~tlc.errors.InputError` (bad inputs, precision or pass names),
+    Raises :class:`~tlc.errors.InputError` (bad inputs, precision or pass names, ``fallback=False``
+    with a target other than ``"ane"``), :class:`~tlc.errors.NotShippableError` (``fallback=False``),
     :class:`~tlc.errors.FrontendError` (incl. :class:`~tlc.errors.UnsupportedOpError` naming the
     op and its source line, for what not even a fallback op can hold; ops MIL cannot express become
     fallback nodes, :mod:`tlc.ops.fallback`), :class:`~tlc.errors.EmitError` (unknown deployment target),
     :class:`~tlc.errors.IRError` (a pass broke the IR contract: a tlc bug).
     """
     _check_target(target)
+    if not fallback and target != "ane":
+        check_shippable(None, target)
     cost = None
     if profile is not None:
         from .profile import cost_model
@@ -445,10 +492,12 @@ def build(
         if len(leaves) != len(names):
             raise InputError(f"calibration input has {len(leaves)} tensors; the model takes {len(names)} ({', '.join(names)})")
         calibration.append({n: t.detach().cpu().numpy() for n, t in zip(names, leaves)})
+    if not fallback:
+        check_shippable(g, target)
     return CompiledModel(g, precision=precision, minimum_deployment_target=str(minimum_deployment_target),
                          out_spec=info.out_spec, kw_order=list(kwargs), out_torch_dtypes=out_dtypes,
                          timings=timings, source=source, calibration=calibration, target=target,
-                         cost=cost, name=_model_name(model_or_fn), io_dtype=io_dtype)
+                         cost=cost, name=_model_name(model_or_fn), io_dtype=io_dtype, fallback=fallback)
 
 
 class CompiledFunction:
@@ -496,14 +545,14 @@ class CompiledFunction:
 
 
 def compile(fn=None, *, example_inputs=None, precision: str | None = None, minimum_deployment_target: str = "iOS17",
-            target: str = "ane", strict: bool = False, io_dtype: str = "float32"):
+            target: str = "ane", strict: bool = False, io_dtype: str = "float32", fallback: bool = True):
     """Decorator/wrapper: ``@tlc.compile``, ``@tlc.compile(example_inputs=...)``,
     ``tlc.compile(module_instance)`` or on an ``nn.Module`` subclass (instances then run through
     tlc). Specializes on input shapes/dtypes at first call; see :class:`CompiledFunction`.
     Options as in :func:`build`.
     """
     options = dict(precision=precision, minimum_deployment_target=minimum_deployment_target, target=target,
-                   strict=strict, io_dtype=io_dtype)
+                   strict=strict, io_dtype=io_dtype, fallback=fallback)
     # pass selection stays a build()/CLI option; @tlc.compile uses the default pipeline
     if fn is None:
         return lambda f: compile(f, example_inputs=example_inputs, **options)

@@ -44,20 +44,22 @@ SUFFIX = ".tlc"
 def check_package_io(path, g: Graph) -> list[str]:
     """Reload a saved package (coremltools' milproto loader, via :func:`tlc.runtime.load_program`)
     and list every mismatch between its ``main`` function's I/O and the IR graph's: input names,
-    shapes and dtypes (bool inputs are int32 in a package); output names, shapes and dtypes."""
+    shapes and dtypes (bool inputs are int32 in a package, 0-d values ``[1]``); output names, shapes
+    and dtypes; and the :data:`tlc.emit.SCALAR_IO_KEY` record of the 0-d ones."""
     from coremltools.converters.mil.mil import types
 
     from tlc.runtime import load_program
 
-    _, _, prog = load_program(path)
+    mlmodel, _, prog = load_program(path)
     f = prog.functions["main"]
     io_dtype = lambda t: "int32" if t.dtype == "bool" else t.dtype  # noqa: E731
+    io_shape = lambda t: t.shape or (1,)  # noqa: E731  (0-d is [1] at the boundary: tlc.emit.SCALAR_IO_KEY)
     problems = []
     want_in = {v.name: v.type for v in g.inputs}
     for name, var in f.inputs.items():
         t = want_in.pop(name, None)
         dt = types.builtin_to_string(var.dtype)
-        if t is None or tuple(var.shape) != t.shape or dt != io_dtype(t):
+        if t is None or tuple(var.shape) != io_shape(t) or dt != io_dtype(t):
             problems.append(f"input {name}: package {dt}{list(var.shape)} vs IR {t}")
     problems += [f"input {n} missing from package" for n in want_in]
     got_out = [o.name for o in f.outputs]
@@ -65,8 +67,14 @@ def check_package_io(path, g: Graph) -> list[str]:
         problems.append(f"outputs {got_out} vs IR {list(g.output_names)}")
     for o, v in zip(f.outputs, g.outputs):
         dt = types.builtin_to_string(o.dtype)
-        if tuple(o.shape) != v.type.shape or dt != io_dtype(v.type):
+        if tuple(o.shape) != io_shape(v.type) or dt != io_dtype(v.type):
             problems.append(f"output {o.name}: package {dt}{list(o.shape)} vs IR {v.type}")
+    from .emit import SCALAR_IO_KEY, scalar_io
+
+    want = scalar_io(g)
+    got = json.loads(mlmodel.user_defined_metadata.get(SCALAR_IO_KEY) or '{"inputs": [], "outputs": []}')
+    if got != want:
+        problems.append(f"scalar I/O record {got} vs IR {want}")
     return problems
 
 

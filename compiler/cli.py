@@ -1,7 +1,8 @@
 """``tlc`` command line.
 
     tlc build model.py [-o OUT] [--precision mixed|fp16|fp32] [--target ane|gpu|cpu]
-              [--minimum-deployment-target iOS17] [--io-dtype float16] [--report] [--report-json F] [--report-html F] [--force]
+              [--minimum-deployment-target iOS17] [--io-dtype float16] [--no-fallback] [--report] [--report-json F]
+              [--report-html F] [--force]
     tlc run PKG|BUNDLE --input NAME=FILE.npy ... [--out DIR] [--backend auto|coreml|interpreter]
     tlc inspect PKG|BUNDLE [--json]
     tlc verify model.py [--package PKG] [--precision fp16|fp32] [--tol-fp32 1e-5] [--tol-fp16 1e-2]
@@ -54,6 +55,8 @@ def cmd_build(a: argparse.Namespace) -> int:
         opts["profile"] = a.profile
     if a.io_dtype:
         opts["io_dtype"] = a.io_dtype
+    if a.no_fallback:
+        opts["fallback"] = False
     pass_opts = {}
     if a.passes is not None:
         pass_opts["passes"] = [p for p in a.passes.split(",") if p]
@@ -86,6 +89,7 @@ def cmd_build(a: argparse.Namespace) -> int:
     hist = ", ".join(f"{k} {v}" for k, v in list(g.op_histogram().items())[:8])
     more = len(g.op_histogram()) - 8
     print(f"built {path}  ({cm.precision}, {cm.minimum_deployment_target}, {cm.io_dtype} I/O) from {spec.path}")
+    _print_shippable(cm)
     eg = cm.emit_graph  # the package's I/O types (fp16 with --io-dtype float16)
     for v in eg.inputs:
         print(f"  input   {v.name:<24} {v.type}")
@@ -115,6 +119,21 @@ def cmd_build(a: argparse.Namespace) -> int:
           f"mil passes {t.get('mil_passes', 0):.2f}, serialize {t.get('serialize', 0):.2f}, "
           f"partition {t.get('partition', 0):.2f}, save {t.get('save', 0):.2f})")
     return 0
+
+
+def _print_shippable(cm) -> None:
+    """The first thing a user must know: does this ship as one .mlpackage?"""
+    off = cm.fallback_ops()
+    if not off:
+        print("  ships   one .mlpackage: every op is in Core ML (drop it into Xcode)")
+        return
+    nseg = len(set(cm.placement.segment.values()))
+    print(f"  ships   NOT one .mlpackage: a tlc bundle of {nseg} segment(s); {len(off)} op(s) run in tlc's fallback "
+          f"runtime, which an iOS/macOS app does not have (--no-fallback makes this an error):")
+    for op, name, why, src in off[:12]:
+        print(f"          {op} ({name}): {why}" + (f"  [{src.split('  ')[0]}]" if src else ""))
+    if len(off) > 12:
+        print(f"          ... and {len(off) - 12} more (--report lists every op)")
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -301,6 +320,9 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", help="output path (default: ./<model stem>.mlpackage, or <stem>.tlc when some "
                                           "ops need tlc's fallback runtime: then a .mlpackage suffix becomes .tlc)")
     _build_options(b)
+    b.add_argument("--no-fallback", action="store_true",
+                   help="demand one shippable .mlpackage: every op Core ML can hold goes there; fail (writing nothing) "
+                        "listing each op that would need tlc's fallback runtime")
     b.add_argument("--profile", metavar="FILE", help="measured per-op costs from `tlc profile` for the placement cost model")
     b.add_argument("--report", action="store_true", help="print the placement report: segments, ANE residency, "
                                                          "every op not on the ANE with its reason and source line")

@@ -62,3 +62,19 @@ class OutputExistsError(TlcError):
     """The output path exists and ``force`` was not given."""
 
     exit_code = 2
+
+
+class NotShippableError(TlcError):
+    """``fallback=False`` (``tlc build --no-fallback``) was asked for, and some ops cannot be in the
+    one ``.mlpackage`` an app ships. ``ops``: one ``(op, node name, reason, source)`` per blocking
+    op, in graph order; the message lists them. Nothing was written."""
+
+    exit_code = 2
+
+    def __init__(self, ops: list[tuple[str, str, str, str]]):
+        lines = [f"  {op} (node {name}): {why}" + (f"\n      at {src}" if src else "") for op, name, why, src in ops]
+        super().__init__(
+            f"not one .mlpackage: {len(ops)} op(s) cannot run in Core ML, so the model would need tlc's fallback "
+            f"runtime (a NAME.tlc bundle, which an iOS/macOS app cannot ship). Nothing was written.\n" + "\n".join(lines)
+            + "\nWithout --no-fallback (fallback=False) tlc builds the bundle instead.")
+        self.ops = ops

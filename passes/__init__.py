@@ -30,6 +30,7 @@ PIPELINE = [
     "cleanup::attention_mask",  # after const_fold and norm_attention: masks are plain consts by then
     "layout::channels_first",  # after linear_bias: sinks transposes through linear(+bias) -> 1x1 conv
     "cleanup::merge_layout",  # merges what layout left adjacent
+    "layout::fold_rank",  # after merge_layout (fewer views to fold); before cse/dce, which tidy what it leaves
     "cleanup::cse",  # after fusions, which create identical constants/ops
     "cleanup::dce",  # last: removes what earlier passes orphaned
 ]
@@ -87,4 +88,4 @@ def dce(g: Graph) -> Graph:
     return replace(g, nodes=tuple(reversed(keep)))
 
 
-from . import cleanup, fuse, layout, partition, precision  # noqa: E402,F401  (register their passes)
+from . import cleanup, fuse, layout, partition, precision, rank  # noqa: E402,F401  (register their passes)

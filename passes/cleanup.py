@@ -102,7 +102,7 @@ def const_fold(g: Graph) -> Graph:
                 except Exception:  # a kernel that cannot evaluate this constant: leave it to run time
                     new_nodes.append(n)
                     continue
-                val = np.ascontiguousarray(val)
+                val = np.ascontiguousarray(val).reshape(val.shape)  # (ascontiguousarray makes 0-d 1-d)
                 val.flags.writeable = False
                 folded = Node("const", (), n.outputs, types.MappingProxyType({"val": val}), n.name, n.loc)
                 consts[n.out] = val

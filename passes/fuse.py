@@ -14,7 +14,8 @@ from .rewrite import Match, Pat, const, rewrite
 
 def _as(a, like: str) -> np.ndarray:
     """``a`` computed in float64, stored in the IR dtype ``like`` (the fused op's dtype)."""
-    return np.ascontiguousarray(np.asarray(a, dtype=np.float64).astype(DTYPES[like]))
+    a = np.asarray(a, dtype=np.float64)
+    return np.ascontiguousarray(a.astype(DTYPES[like])).reshape(a.shape)  # (keeps 0-d)
 
 
 # --------------------------------------------------------------------------- conv + batch_norm

@@ -140,13 +140,30 @@ def node_cost_inputs(n: Node) -> tuple[int, int]:
     return int(row.flops(ins, outs, n.attrs)), sum(t.nbytes for t in ins + outs)
 
 
-def ane_reason(n: Node) -> str | None:
-    """``None`` if ``n`` is predicted to run on the ANE, else why not."""
+def coreml_reason(n: Node) -> str | None:
+    """``None`` if ``n`` can be emitted into a Core ML program, else why not: its op has no MIL
+    form (``emit_mil is None``), or a tensor it reads or writes has rank > 5 (Core ML rejects
+    those: coremltools ``Program._check_invalid_tensor_rank``; what ``layout::fold_rank`` could not
+    fold) or no elements (Core ML tensors have no zero-size dimensions)."""
     row = get_op(n.op)
     if row.emit_mil is None:
         return row.ane([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs) or \
             f"MIL has no form of {n.op}; it runs in tlc's fallback runtime"
-    return row.ane([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs)
+    for v in list(n.inputs) + list(n.outputs):
+        if v.type.rank > 5:
+            return (f"%{v.name} has rank {v.type.rank}: Core ML takes rank <= 5 and layout::fold_rank could not merge "
+                    f"its axes; runs in tlc's fallback runtime")
+        if v.type.is_static and v.type.size == 0:
+            return f"%{v.name} has no elements ({v.type}): Core ML tensors cannot be empty; runs in tlc's fallback runtime"
+    return None
+
+
+def ane_reason(n: Node) -> str | None:
+    """``None`` if ``n`` is predicted to run on the ANE, else why not."""
+    why = coreml_reason(n)
+    if why:
+        return why
+    return get_op(n.op).ane([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs)
 
 
 def _ns(seconds: float) -> int:
@@ -168,7 +185,7 @@ def label_nodes(g: Graph, cost: CostModel = DEFAULT_COST, target: str = "ane") -
     for i, n in enumerate(nodes):
         flops, nbytes = node_cost_inputs(n)
         fb = min(cost.cpu(flops, nbytes, n.op), cost.gpu(flops, nbytes, n.op))
-        if get_op(n.op).emit_mil is None:
+        if coreml_reason(n):
             G.add_edge(i, "T")  # no capacity = infinite: n can never be on the coreml side
             continue
         on_coreml = cost.ane(flops, nbytes) if ane_reason(n) is None else cost.coreml_other(flops, nbytes)
@@ -228,9 +245,19 @@ def _phases(g: Graph, label: Mapping[Node, bool]) -> dict[Node, int]:
     return alap
 
 
-def assign(g: Graph, cost: CostModel = DEFAULT_COST, target: str = "ane") -> Placement:
-    """Label, group into segments and pick each fallback segment's device. See the module docstring."""
-    label = label_nodes(g, cost, target)
+def blockers(g: Graph) -> list[Node]:
+    """The nodes of ``g`` that cannot be in a Core ML program (:func:`coreml_reason`), in order."""
+    return [n for n in g.nodes if n.op != "const" and coreml_reason(n)]
+
+
+def assign(g: Graph, cost: CostModel = DEFAULT_COST, target: str = "ane", fallback: bool = True) -> Placement:
+    """Label, group into segments and pick each fallback segment's device. See the module docstring.
+    ``fallback=False`` puts every op Core ML can hold into Core ML regardless of cost (the caller
+    rejects the graph if :func:`blockers` is not empty)."""
+    if fallback:
+        label = label_nodes(g, cost, target)
+    else:
+        label = {n: coreml_reason(n) is None for n in g.nodes if n.op != "const"}
     phase = _phases(g, label)
     order = sorted(set(phase.values()))
     seg_of = {n: order.index(ph) for n, ph in phase.items()}

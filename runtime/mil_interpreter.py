@@ -178,7 +178,15 @@ class MILInterpreter:
                 for var in _input_vars(op):
                     if last.get(var.name) == i and var.name not in keep:
                         env.pop(var.name, None)
-        return {n: env[n] for n in self.outputs}
+        return {n: env[n] if n in env else self._constant_output(n) for n in self.outputs}
+
+    def _constant_output(self, name: str) -> np.ndarray:
+        """An output no op computes: a constant of the program (coremltools' const_elimination
+        turns an output that does not depend on the inputs into a ``const`` op)."""
+        var = next(v for v in self.function.outputs if v.name == name)
+        if var.val is None:
+            raise TlcError(f"output {name} is neither computed by an op nor a constant of the program")
+        return np.array(var.val, dtype=_np_dtype(var.dtype))
 
     def _run_op(self, op, env) -> tuple:
         def value(var):

@@ -127,6 +127,31 @@ SAMPLES = [
     ("pad", "pad", [R(2, 3, 4)], {"pad": (1, 2, 0, 3), "constant_val": 1.5}),
     ("pad_reflect", "pad", [R(2, 3, 4)], {"pad": (1, 2, 2, 1), "mode": "reflect"}),
     ("pad_replicate", "pad", [R(2, 3, 4)], {"pad": (0, 1, 1, 2, 3, 0), "mode": "replicate"}),
+    # issue 10 rows
+    *[(op, op, [R(3, 4, lo=-0.9, hi=0.9)], {}) for op in ("sinh", "cosh", "tan", "asin", "acos", "atan", "atanh", "exp2")],
+    ("gather_along_axis", "gather_along_axis", [R(3, 5), np.array([[0, 4], [2, 2], [1, -1]], np.int32)], {"axis": 1}),
+    ("gather_nd", "gather_nd", [R(4, 5, 3), np.array([[0, 4], [3, 1], [2, -2]], np.int32)], {}),
+    *[(f"scatter_{m}", "scatter", [R(5, 3), np.array([3, 0], np.int32), R(2, 3)], {"axis": 0, "mode": m})
+      for m in ("update", "add", "sub", "mul", "max", "min")],
+    *[(f"scatter_along_axis_{m}", "scatter_along_axis", [R(3, 5), np.array([[0, 4], [2, 1], [3, 1]], np.int32), R(3, 2)],
+       {"axis": 1, "mode": m}) for m in ("update", "add", "max")],
+    *[(f"scatter_nd_{m}", "scatter_nd", [R(4, 3), np.array([[2], [0], [2]], np.int32)[:2 if m == "update" else 3], R(2 if m == "update" else 3, 3)],
+       {"mode": m}) for m in ("update", "add", "min")],
+    ("cumsum", "cumsum", [R(3, 4)], {"axis": 1}),
+    ("cumsum_excl_rev", "cumsum", [R(3, 4)], {"axis": 0, "exclusive": True, "reverse": True}),
+    ("cumsum_int", "cumsum", [I(3, 4)], {"axis": 1}),
+    ("topk", "topk", [R(3, 5)], {"k": 2, "axis": 1}),
+    ("topk_asc", "topk", [R(3, 5)], {"k": 3, "axis": 0, "ascending": True}),
+    ("argsort", "argsort", [R(3, 5)], {"axis": -1}),
+    ("argsort_asc", "argsort", [R(3, 5)], {"axis": 0, "ascending": True}),
+    ("reduce_argmax", "reduce_argmax", [R(3, 5)], {"axis": 1}),
+    ("reduce_argmin", "reduce_argmin", [R(3, 5)], {"axis": 0, "keep_dims": True}),
+    ("conv3d", "conv", [R(1, 2, 4, 4, 4), R(3, 2, 2, 2, 2), R(3)], {"pad": (1, 0, 0, 1, 1, 1), "strides": (1, 2, 1)}),
+    ("conv_transpose", "conv_transpose", [R(2, 4, 5, 5), R(4, 3, 3, 3), R(3)],
+     {"strides": (2, 2), "pad": (1, 1, 1, 1), "output_padding": (1, 1)}),
+    ("conv_transpose_groups", "conv_transpose", [R(1, 4, 6), R(4, 1, 3)], {"strides": (2,), "pad": (0, 1), "groups": 4}),
+    ("upsample_nearest_neighbor", "upsample_nearest_neighbor", [IMG], {"scale_factor_height": 2, "scale_factor_width": 3}),
+    ("group_norm", "group_norm", [IMG, R(4), R(4)], {"num_groups": 2, "epsilon": 1e-5}),
 ]
 
 

@@ -150,17 +150,17 @@ def test_bundle_write_is_atomic(tmp_path):
     with pytest.raises(OutputExistsError):
         cm.save(tmp_path / "m.tlc")
     assert sorted(p.name for p in path.rglob("*")) == before
-    # a build that fails half-way (a Core ML segment with a scalar input cannot be emitted)
+    # a build that fails half-way (a Core ML segment with a rank-6 tensor cannot be emitted)
     # leaves the existing bundle as it was and no temp files
     from tlc.artifact import write_bundle
     from tlc.passes.partition import Segment
 
     b = GraphBuilder()
-    s = b.add_input("s", TensorType("fp16", ()))
-    y = b.add("relu", [s]).out
+    s = b.add_input("s", TensorType("fp16", (2, 3, 4)))
+    y = b.add("relu", [b.add("reshape", [s], {"shape": (1, 2, 1, 3, 2, 2)}).out]).out
     bad = b.build([y], ["y"])
     segs = [Segment(0, "cpu", cm.segments[0].graph, 0), Segment(1, "ane", bad, 0)]
-    with pytest.raises(EmitError, match="scalar"):
+    with pytest.raises(EmitError, match="rank"):
         write_bundle(path, cm.emit_graph, segs, precision="fp32", minimum_deployment_target="iOS17", force=True)
     assert sorted(p.name for p in path.rglob("*")) == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.tlc"]
@@ -352,7 +352,8 @@ class Conv(torch.nn.Module):
 
 
 def sort(x):
-    return torch.sort(x, dim=-1).values  # MIL has no sort: fallback-only
+    """A fallback-only op (MIL cannot express nextafter; since issue 10 sorting lowers to MIL topk)."""
+    return torch.nextafter(x, torch.zeros_like(x))
 
 
 class ConvSortConv(torch.nn.Module):
@@ -388,7 +389,7 @@ def test_fallback_op_between_ane_ops_makes_three_segments():
     x = torch.randn(1, 4, 8, 8)
     g, segs = placed(ConvSortConv(), x)
     assert [s.target for s in segs] == ["ane", "cpu", "ane"]
-    assert [n.op for n in segs[1].graph.nodes if n.op != "const"] == ["aten.sort.default"]
+    assert [n.op for n in segs[1].graph.nodes if n.op != "const"] == ["aten.nextafter.default"]
 
 
 def test_small_ane_island_between_fallback_ops_is_absorbed():
@@ -414,7 +415,7 @@ def test_host_only_ops_keep_their_segment_on_the_cpu():
     assert [s.target for s in segs] == ["gpu"]  # forced: the runtime runs host-only ops on NumPy
     big = CostModel(gpu_launch_s=0.0, gpu_flops=1e18)  # the GPU would win everything...
     g, segs = placed(ConvSortConv(), x, cost=big)
-    assert [s.target for s in segs] == ["cpu"]  # ...but sort has no torch-device kernel
+    assert [s.target for s in segs] == ["cpu"]  # ...but fallback ops have no torch-device kernel
 
 
 def test_three_segment_bundle_runs_end_to_end(tmp_path):

@@ -120,31 +120,6 @@ def _rsub(L, a, b, alpha=1):
     return L.add("sub", [_operand(L, b, dt), x])
 
 
-@lower("aten.div.Tensor_mode")
-def _div_mode(L, a, b, *, rounding_mode=None):
-    dt = L.out_type().dtype
-    x, y = _operand(L, a, dt), _operand(L, b, dt)
-    if rounding_mode is None:
-        return L.add("real_div", [x, y])
-    if rounding_mode == "floor":
-        return L.add("floor_div", [x, y])
-    raise UnsupportedOpError(f"div with rounding_mode={rounding_mode!r} is not supported yet")
-
-
-def _logical(op):
-    def fn(L, a, b):
-        if L.out_type().dtype != "bool":
-            raise UnsupportedOpError(f"bitwise {op} on integer tensors has no MIL op; only bool is supported")
-        return L.add(op, [_operand(L, a, "bool"), _operand(L, b, "bool")])
-
-    return fn
-
-
-lower("aten.bitwise_and.Tensor", "aten.logical_and.default")(_logical("logical_and"))
-lower("aten.bitwise_or.Tensor", "aten.logical_or.default")(_logical("logical_or"))
-lower("aten.bitwise_xor.Tensor", "aten.logical_xor.default")(_logical("logical_xor"))
-
-
 @lower("aten.bitwise_not.default", "aten.logical_not.default")
 def _not(L, x):
     if L.node.target == torch.ops.aten.bitwise_not.default and L.out_type().dtype == "int32":
@@ -193,7 +168,7 @@ def _clip(L, x, lo=None, hi=None):
         hi = 1.0 if hi is None else hi
     dt = L.out_type().dtype  # torch promotes an int tensor clamped by a float bound to float
     x = L.cast(L.v(x), dt)
-    if dt in ("fp32", "fp16") and lo is not None and hi is not None:
+    if dt in ("fp32", "fp16") and lo is not None and hi is not None and lo <= hi:  # (lo > hi: all hi, as torch)
         return L.add("clip", [x], {"alpha": float(lo), "beta": float(hi)})
     y = x
     if lo is not None:
@@ -338,136 +313,20 @@ def _embedding(L, w, ids, padding_idx=-1, scale_grad_by_freq=False, sparse=False
     return L.add("gather", [w, L.cast(ids, "int32")], {"axis": 0})
 
 
-# ----------------------------------------------------------------------------------------- conv
-
-
-def _conv_pad(padding, kernel, dilation, nsp):
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0,) * (2 * nsp)
-        if padding == "same":
-            pads = []
-            for k, d in zip(kernel, dilation):
-                tot = d * (k - 1)
-                pads += [tot // 2, tot - tot // 2]
-            return tuple(pads)
-        raise FrontendError(f"conv padding {padding!r} unknown")
-    padding = list(padding) if isinstance(padding, (list, tuple)) else [padding] * nsp
-    if len(padding) == 1:
-        padding = padding * nsp
-    return tuple(p for p in padding for _ in range(2))
-
-
-def _tuple(v, n):
-    v = list(v) if isinstance(v, (list, tuple)) else [v]
-    return tuple(v * n if len(v) == 1 else v)
-
-
-@lower("aten.conv1d.default", "aten.conv2d.default", "aten.conv1d.padding", "aten.conv2d.padding")
-def _conv(L, x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
-    nsp = _dims(w) - 2
-    kernel = _shape(w)[2:]
-    dil = _tuple(dilation, nsp)
-    attrs = {
-        "strides": _tuple(stride, nsp),
-        "pad": _conv_pad(padding, kernel, dil, nsp),
-        "dilations": dil,
-        "groups": int(groups),
-    }
-    return L.add("conv", [x, w] + ([b] if b is not None else []), attrs)
-
-
-@lower("aten.convolution.default")
-def _convolution(L, x, w, b, stride, padding, dilation, transposed, output_padding, groups):
-    if transposed:
-        raise UnsupportedOpError("transposed convolution is not supported yet")
-    return _conv(L, x, w, b, stride, padding, dilation, groups)
-
-
-@lower("aten._native_batch_norm_legit_no_training.default")
-def _bn_no_training(L, x, w, b, mean, var, momentum, eps):
-    return (_bn(L, x, w, b, mean, var, eps), None, None)
-
-
-@lower("aten.batch_norm.default")
-def _batch_norm(L, x, w, b, mean, var, training, momentum, eps, cudnn_enabled=False):
-    return _bn(L, x, w, b, mean, var, eps)
-
-
-def _bn(L, x, w, b, mean, var, eps):
-    ins = [x, mean, var]
-    if w is not None or b is not None:
-        c = _shape(x)[1]
-        tdt = _IR_TO_TORCH[L.v(x).type.dtype]
-        ins += [w if w is not None else Const(torch.ones(c, dtype=tdt), L.node.name + "_gamma"),
-                b if b is not None else Const(torch.zeros(c, dtype=tdt), L.node.name + "_beta")]
-    return L.add("batch_norm", ins, {"epsilon": float(eps)})
-
-
-@lower("aten.layer_norm.default")
-def _layer_norm(L, x, shape, w=None, b=None, eps=1e-5, cudnn_enable=False):
-    r = _dims(x)
-    axes = tuple(range(r - len(shape), r))
-    ins = [x]
-    if w is not None or b is not None:
-        ins += [w if w is not None else Const(torch.ones(shape, dtype=_IR_TO_TORCH[L.v(x).type.dtype]), L.node.name + "_gamma")]
-        if b is not None:
-            ins.append(b)
-    return L.add("layer_norm", ins, {"axes": axes, "epsilon": float(eps)})
-
-
-@lower("aten.softmax.int", "aten._softmax.default")
-def _softmax(L, x, dim, half_to_float=None):
-    x = L.cast(x, L.out_type().dtype)
-    return L.add("softmax", [x], {"axis": int(dim)})
-
-
-def _pool_attrs(kernel, stride, padding, nsp, ceil_mode):
-    k = _tuple(kernel, nsp)
-    s = _tuple(stride, nsp) if stride not in (None, [], ()) else k
-    p = _tuple(padding, nsp)
-    return {"kernel_sizes": k, "strides": s, "pad": tuple(v for v in p for _ in range(2)), "ceil_mode": bool(ceil_mode)}
-
-
-@lower("aten.max_pool2d.default", "aten.max_pool1d.default")
-def _max_pool(L, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
-    nsp = _dims(x) - 2
-    if any(d != 1 for d in _tuple(dilation, nsp)):
-        raise UnsupportedOpError("max_pool with dilation > 1 has no MIL op")
-    return L.add("max_pool", [x], _pool_attrs(kernel, stride, padding, nsp, ceil_mode))
-
-
-@lower("aten.avg_pool2d.default", "aten.avg_pool1d.default")
-def _avg_pool(L, x, kernel, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
-    if divisor_override:
-        raise UnsupportedOpError("avg_pool with divisor_override has no MIL op")
-    nsp = _dims(x) - 2
-    a = _pool_attrs(kernel, stride, padding, nsp, ceil_mode)
-    a["exclude_padding_from_average"] = not count_include_pad
-    return L.add("avg_pool", [x], a)
-
-
-@lower("aten.adaptive_avg_pool2d.default", "aten.adaptive_avg_pool1d.default")
-def _adaptive_avg_pool(L, x, output_size):
-    shape = _shape(x)
-    nsp = len(shape) - 2
-    out = _tuple(output_size, nsp)
-    if all(o == 1 for o in out):
-        return L.add("reduce_mean", [x], {"axes": tuple(range(2, 2 + nsp)), "keep_dims": True})
-    if all(i % o == 0 for i, o in zip(shape[2:], out)):
-        k = tuple(i // o for i, o in zip(shape[2:], out))
-        return L.add("avg_pool", [x], {"kernel_sizes": k, "strides": k, "pad": (0,) * (2 * nsp)})
-    raise UnsupportedOpError(f"adaptive_avg_pool from {list(shape[2:])} to {list(out)} (not a divisor) is not supported yet")
-
-
 # ------------------------------------------------------------------------------- reductions
 
 
 def _reduce(op):
     def fn(L, x, dims=None, keepdim=False, *, dtype=None):
-        x = L.cast(x, L.out_type().dtype)
+        out = L.out_type().dtype
+        x = L.cast(x, out)
         r = x.type.rank
+        if r == 0:  # reducing a scalar over its (only) axis 0 is the scalar itself
+            return L.add("identity", [x])
         axes = tuple(range(r)) if dims in (None, [], ()) else tuple(_axis(d, r) for d in (dims if isinstance(dims, (list, tuple)) else [dims]))
+        if out == "bool":  # MIL reductions take fp16/fp32/int32
+            y = L.add(op, [L.cast(x, "int32")], {"axes": axes, "keep_dims": bool(keepdim)}, name=L.node.name + "_int")
+            return L.add("cast", [y], {"dtype": "bool"})
         return L.add(op, [x], {"axes": axes, "keep_dims": bool(keepdim)})
 
     return fn
@@ -480,197 +339,12 @@ lower("aten.amin.default")(_reduce("reduce_min"))
 lower("aten.prod.dim_int")(_reduce("reduce_prod"))
 
 
-@lower("aten.linalg_vector_norm.default")
-def _vector_norm(L, x, ord=2, dim=None, keepdim=False, *, dtype=None):
-    op = {2: "reduce_l2_norm", 2.0: "reduce_l2_norm", 1: "reduce_l1_norm", 1.0: "reduce_l1_norm"}.get(ord)
-    if op is None:
-        raise UnsupportedOpError(f"linalg_vector_norm with ord={ord} is not supported yet (only 1 and 2)")
-    return _reduce(op)(L, x, dim, keepdim)
+lower("aten.max.default")(_reduce("reduce_max"))
+lower("aten.min.default")(_reduce("reduce_min"))
+lower("aten.prod.default")(_reduce("reduce_prod"))
 
 
-# ------------------------------------------------------------------------------------- shapes
-
-
-@lower("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default")
-def _view(L, x, shape):
-    return L.add("reshape", [x], {"shape": L.out_type().shape})
-
-
-@lower("aten.permute.default")
-def _permute(L, x, dims):
-    r = _dims(x)
-    return L.add("transpose", [x], {"perm": tuple(_axis(d, r) for d in dims)})
-
-
-@lower("aten.t.default")
-def _t(L, x):
-    return x if _dims(x) < 2 else L.add("transpose", [x], {"perm": (1, 0)})
-
-
-@lower("aten.transpose.int")
-def _transpose(L, x, a, b):
-    r = _dims(x)
-    perm = list(range(r))
-    perm[_axis(a, r)], perm[_axis(b, r)] = perm[_axis(b, r)], perm[_axis(a, r)]
-    return L.add("transpose", [x], {"perm": tuple(perm)})
-
-
-@lower("aten.unsqueeze.default")
-def _unsqueeze(L, x, dim):
-    r = _dims(x) + 1
-    return L.add("expand_dims", [x], {"axes": (_axis(dim, r),)})
-
-
-@lower("aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default")
-def _squeeze(L, x, dims=None):
-    shape = _shape(x)
-    r = len(shape)
-    if dims is None:
-        axes = tuple(i for i, d in enumerate(shape) if d == 1)
-    else:
-        axes = tuple(a for a in (_axis(d, r) for d in (dims if isinstance(dims, (list, tuple)) else [dims])) if shape[a] == 1)
-    return x if not axes else L.add("squeeze", [x], {"axes": axes})
-
-
-@lower("aten.expand.default", "aten.expand_copy.default")
-def _expand(L, x, size, *, implicit=False):
-    out = L.out_type().shape
-    x = L.v(x)
-    shape = x.type.shape
-    if len(out) > len(shape):
-        shape = (1,) * (len(out) - len(shape)) + shape
-        x = L.add("reshape", [x], {"shape": shape}, name=L.node.name + "_rank")
-    reps = tuple(o // s if s != o else 1 for o, s in zip(out, shape))
-    return x if all(r == 1 for r in reps) else L.add("tile", [x], {"reps": reps})
-
-
-@lower("aten.repeat.default")
-def _repeat(L, x, repeats):
-    x = L.v(x)
-    shape = x.type.shape
-    if len(repeats) > len(shape):
-        shape = (1,) * (len(repeats) - len(shape)) + shape
-        x = L.add("reshape", [x], {"shape": shape}, name=L.node.name + "_rank")
-    return L.add("tile", [x], {"reps": tuple(repeats)})
-
-
-@lower("aten.cat.default")
-def _cat(L, tensors, dim=0):
-    vals = [t for t in tensors if _shape(t) != (0,)]
-    dt = L.out_type().dtype
-    vals = [L.cast(t, dt) for t in vals]
-    if len(vals) == 1:
-        return vals[0]
-    return L.add("concat", vals, {"axis": _axis(dim, _dims(vals[0]))})
-
-
-@lower("aten.split_with_sizes.default", "aten.split.Tensor")
-def _split(L, x, sizes, dim=0):
-    shape = _shape(x)
-    ax = _axis(dim, len(shape))
-    if isinstance(sizes, int):
-        n = shape[ax]
-        sizes = [min(sizes, n - i) for i in range(0, n, sizes)]
-    outs = L.add("split", [x], {"split_sizes": tuple(sizes), "axis": ax})
-    return outs if isinstance(outs, tuple) else (outs,)
-
-
-@lower("aten.unbind.int")
-def _unbind(L, x, dim=0):
-    shape = _shape(x)
-    ax = _axis(dim, len(shape))
-    parts = _split(L, x, [1] * shape[ax], ax)
-    return tuple(L.add("squeeze", [p], {"axes": (ax,)}, name=f"{L.node.name}_{i}") for i, p in enumerate(parts))
-
-
-@lower("aten.slice.Tensor", "aten.slice_copy.Tensor")
-def _slice(L, x, dim=0, start=None, end=None, step=1):
-    shape = _shape(x)
-    r = len(shape)
-    ax = _axis(dim, r)
-    n = shape[ax]
-    s, e, st = slice(start, end, step).indices(n)
-    e = max(e, s)
-    if s == 0 and e == n and st == 1:
-        return x
-    begin, endv, stride = [0] * r, list(shape), [1] * r
-    begin[ax], endv[ax], stride[ax] = s, e, st
-    return L.add("slice_by_index", [x], {"begin": tuple(begin), "end": tuple(endv), "stride": tuple(stride)})
-
-
-@lower("aten.flip.default")
-def _flip(L, x, dims):
-    r = _dims(x)
-    return L.add("reverse", [x], {"axes": tuple(sorted({_axis(d, r) for d in dims}))})
-
-
-@lower("aten.select.int", "aten.select_copy.int")
-def _select(L, x, dim, index):
-    shape = _shape(x)
-    r = len(shape)
-    ax = _axis(dim, r)
-    i = index % shape[ax]
-    begin, endv = [0] * r, list(shape)
-    begin[ax], endv[ax] = i, i + 1
-    mask = [False] * r
-    mask[ax] = True
-    return L.add("slice_by_index", [x], {"begin": tuple(begin), "end": tuple(endv), "stride": (1,) * r, "squeeze_mask": tuple(mask)})
-
-
-@lower("aten.index.Tensor")
-def _index(L, x, indices):
-    """Advanced indexing with integer index tensors on consecutive axes: flatten those axes and
-    ``gather`` with the linearized index. Boolean masks have data-dependent shapes: those nodes
-    (like every case declined with :class:`UnsupportedOpError`) stay torch ops in the fallback runtime."""
-    shape = _shape(x)
-    pos = [i for i, t in enumerate(indices) if t is not None]
-    if pos != list(range(pos[0], pos[-1] + 1)):
-        raise UnsupportedOpError("index with non-consecutive index tensors is not supported yet")
-    idx = [indices[i] for i in pos]
-    for t in idx:
-        dt = t.tensor.dtype if isinstance(t, Const) else t.type.dtype
-        if dt in (torch.bool, "bool"):
-            raise UnsupportedOpError(  # the front-end keeps it as a fallback op (tlc.ops.fallback)
-                "boolean-mask indexing produces a data-dependent shape, which a static mlprogram cannot hold")
-    k, m = pos[0], len(pos)
-    dims = shape[k:k + m]
-    if all(isinstance(t, Const) for t in idx):
-        ts = torch.broadcast_tensors(*[t.tensor.long() for t in idx])
-        lin = torch.zeros_like(ts[0])
-        for t, d in zip(ts, dims):
-            lin = lin * d + (t % d)
-        lin_v = Const(lin.to(torch.int32), L.node.name + "_idx")
-    elif m == 1:
-        lin_v = L.cast(idx[0], "int32")
-    else:
-        lin_v = None
-        for t, d in zip(idx, dims):
-            t = L.add("mod", [L.cast(t, "int32"), L.scalar(d, "int32")], name=L.node.name + "_wrap")  # -1 -> d-1
-            lin_v = t if lin_v is None else L.add("add", [L.add("mul", [lin_v, L.scalar(d, "int32")], name=L.node.name + "_lin"), t], name=L.node.name + "_lin")
-    xv = L.v(x)
-    is_bool = xv.type.dtype == "bool"
-    if is_bool:  # MIL gather has no bool domain
-        xv = L.cast(xv, "int32")
-    if m > 1:
-        xv = L.add("reshape", [xv], {"shape": shape[:k] + (int(np.prod(dims)),) + shape[k + m:]}, name=L.node.name + "_flat")
-    if is_bool:
-        g = L.add("gather", [xv, lin_v], {"axis": k}, name=L.node.name + "_int")
-        return L.add("cast", [g], {"dtype": "bool"})
-    return L.add("gather", [xv, lin_v], {"axis": k})
-
-
-@lower("aten.constant_pad_nd.default")
-def _constant_pad(L, x, pad, value=0.0):
-    # torch lists (before, after) pairs from the last axis backwards; MIL from the first padded axis
-    pairs = [(pad[i], pad[i + 1]) for i in range(0, len(pad), 2)][::-1]
-    if any(p < 0 for pr in pairs for p in pr):
-        raise UnsupportedOpError("constant_pad_nd with negative padding (cropping) is not supported yet")
-    return L.add("pad", [x], {"pad": tuple(p for pr in pairs for p in pr), "mode": "constant", "constant_val": float(value)})
-
-
-@lower("aten.flatten.using_ints")
-def _flatten(L, x, start_dim=0, end_dim=-1):
-    return L.add("reshape", [x], {"shape": L.out_type().shape})
-
+# Lowerings of the other op families register themselves into LOWERINGS on import.
+from . import aten_math, aten_nn, aten_shape  # noqa: E402,F401
 
 __all__ = ["LOWERINGS", "SKIP", "math"]

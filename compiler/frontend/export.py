@@ -50,6 +50,20 @@ KEEP = [
     aten.matmul.default,
     aten.softplus.default,
     aten.leaky_relu.default,
+    # resampling: every upsample lowers to per-axis matrices torch computes (tlc.frontend.aten_nn);
+    # decomposed, bicubic alone becomes ~150 index/arithmetic ops
+    aten.upsample_nearest1d.vec, aten.upsample_nearest3d.vec, aten.upsample_nearest2d.default,
+    aten._upsample_nearest_exact1d.vec, aten._upsample_nearest_exact2d.vec, aten._upsample_nearest_exact3d.vec,
+    aten.upsample_linear1d.vec, aten.upsample_trilinear3d.vec, aten.upsample_bicubic2d.vec,
+    aten._upsample_bilinear2d_aa.vec, aten._upsample_bicubic2d_aa.vec,
+    # padding modes MIL `pad` has (decomposed, they become gathers with computed indices)
+    aten.pad.default, aten._pad_circular.default,
+    aten.reflection_pad1d.default, aten.reflection_pad2d.default, aten.reflection_pad3d.default,
+    aten.replication_pad1d.default, aten.replication_pad2d.default, aten.replication_pad3d.default,
+    # F.unfold / F.fold as one-hot convs (decomposed: gathers / index_put with computed indices)
+    aten.im2col.default, aten.col2im.default,
+    aten.conv3d.default, aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input,
+    aten.max_pool3d.default, aten.adaptive_avg_pool3d.default, aten.group_norm.default,
 ]
 
 

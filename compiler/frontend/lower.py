@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import operator
 import re
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from .. import __version__
 from ..errors import FrontendError, InputError, TlcError, UnsupportedOpError
 from ..ir import Graph, GraphBuilder, SourceLoc, TensorType, Value
 from ..ops.fallback import TORCH_DTYPES, encode
+from .aten_complex import Complex, lower_complex
 
 TORCH_DIR = torch.__file__.rsplit("/", 1)[0]
 TLC_DIR = __file__.rsplit("/", 2)[0] + "/"  # compiler/: never blame tlc's own frames
@@ -57,6 +59,36 @@ def ir_shape(shape) -> tuple:
             d = str(d) if known is None else known
         out.append(d if isinstance(d, str) else int(d))
     return tuple(out)
+
+
+def _empty_result(val):
+    """Constants for an op whose tensor results all have zero elements (static shapes), else None."""
+    vals = val if isinstance(val, (tuple, list)) else (val,)
+    if not vals or not all(isinstance(t, torch.Tensor) for t in vals) or data_dependent(list(vals)):
+        return None
+    if any(t.numel() for t in vals) or any(t.dtype.is_complex or t.dtype == torch.bfloat16 for t in vals):
+        return None
+    res = tuple(Const(torch.zeros(tuple(int(d) for d in t.shape), dtype=t.dtype), "empty") for t in vals)
+    return res if isinstance(val, (tuple, list)) else res[0]
+
+
+def data_dependent(v) -> bool:
+    """Whether an fx value (or a list of them) has a data-dependent shape or is a symbolic scalar."""
+    if isinstance(v, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        return True
+    if isinstance(v, torch.Tensor):
+        return any(isinstance(d, str) for d in ir_shape(v.shape))
+    if isinstance(v, (tuple, list)):
+        return any(map(data_dependent, v))
+    return False
+
+
+def _is_complex(v) -> bool:
+    if isinstance(v, torch.Tensor):
+        return v.dtype.is_complex
+    if isinstance(v, (tuple, list)):
+        return any(map(_is_complex, v))
+    return False
 
 
 def fallback_reason(v) -> str | None:
@@ -114,9 +146,12 @@ class Lowerer:
     # --- helpers for lowering functions -------------------------------------------------------
 
     def v(self, x) -> Value:
-        """IR value for an argument: materializes a :class:`Const` into a ``const`` node."""
+        """IR value for an argument: materializes a :class:`Const` into a ``const`` node and a
+        complex pair into a complex64 value (:meth:`materialize`)."""
         if isinstance(x, Value):
             return x
+        if isinstance(x, Complex):
+            return self.materialize(x)
         if isinstance(x, Const):
             if x.value is None:
                 t = x.tensor.detach()
@@ -125,7 +160,7 @@ class Lowerer:
                 t = t.resolve_conj().resolve_neg()
                 arr = t.cpu().numpy() if t.dtype != torch.bool else t.cpu().numpy().astype(np.bool_)
                 ir_dtype(t.dtype, f"constant {x.name}", self.loc)
-                x.value = self.b.const(np.ascontiguousarray(arr), name=x.name, loc=self.loc)
+                x.value = self.b.const(np.array(arr, order="C"), name=x.name, loc=self.loc)  # (ascontiguousarray makes 0-d 1-d)
             return x.value
         raise FrontendError(f"expected a tensor argument, got {type(x).__name__} {x!r}", loc=self.loc)
 
@@ -145,12 +180,49 @@ class Lowerer:
         x = self.v(x)
         return x if x.type.dtype == dtype else self.add("cast", [x], {"dtype": dtype}, name=self.node.name + "_cast")
 
+    def materialize(self, c: "Complex") -> Value:
+        """The complex64 IR value of a pair, for a fallback op or a model output: an
+        ``aten.complex.default`` fallback node (made once per pair)."""
+        if c.value is None:
+            im = c.im if c.im is not None else self.add("mul", [c.re, self.scalar(0.0, c.re.type.dtype)],
+                                                        name=self.node.name + "_zero_im")
+            re, im = self.cast(c.re, "fp32"), self.cast(im, "fp32")
+            attrs = {"args": (("$in", 0, "float32"), ("$in", 1, "float32")), "kwargs": (),
+                     "out_types": (("complex64", re.type.shape),),
+                     "why": "a complex value read by an op tlc lowers only in the fallback runtime (or a complex "
+                            "model output): Core ML has no complex dtype"}
+            c.value = self.b.add("aten.complex.default", [re, im], attrs, name=self.node.name + "_complex",
+                                 loc=self.loc).outputs[0]
+        return c.value
+
+    @contextlib.contextmanager
+    def real_types(self):
+        """Within: :meth:`out_type` reports complex results as fp32 (the type of each part, for
+        real lowerings applied to the parts of a pair: tlc.frontend.aten_complex)."""
+        self._real_parts = True
+        try:
+            yield
+        finally:
+            self._real_parts = False
+
+    def result_used(self, i: int) -> bool:
+        """Whether result ``i`` of the current (multi-result) node is read by any later node."""
+        for u in self.node.users:
+            if u.target is operator.getitem and u.args[1] == i and u.users:
+                return True
+            if u.target is not operator.getitem:
+                return True  # the tuple itself is used (an output of the model): assume every result is
+        return False
+
     def out_type(self, i: int | None = None) -> TensorType:
         """Torch's own type of the current node's output (``i``-th for tuples)."""
         val = self.node.meta.get("val")
         if i is not None:
             val = val[i]
-        return TensorType(ir_dtype(val.dtype, f"result of {self.node.target}", self.loc), ir_shape(val.shape))
+        dt = ir_dtype(val.dtype, f"result of {self.node.target}", self.loc)
+        if dt == "complex64" and getattr(self, "_real_parts", False):
+            dt = "fp32"
+        return TensorType(dt, ir_shape(val.shape))
 
     # --- driver -------------------------------------------------------------------------------
 
@@ -161,15 +233,23 @@ class Lowerer:
         sig = ep.graph_signature
         state = ep.state_dict
         consts = ep.constants
+        from torch.export.graph_signature import InputKind, OutputKind
+
         param_of = {}
+        tokens = set()
         for spec in sig.input_specs:
-            if spec.target is not None:
+            if spec.kind == InputKind.TOKEN:
+                tokens.add(spec.arg.name)
+            elif spec.target is not None:
                 param_of[spec.arg.name] = spec.target
+        user_out = [spec.kind == OutputKind.USER_OUTPUT for spec in sig.output_specs]
         names = iter(input_names or [])
         for node in ep.graph.nodes:
             self.node, self.loc = node, source_loc(node)
             if node.op == "placeholder":
-                if node.name in param_of:
+                if node.name in tokens:
+                    self.env[node] = EFFECT_TOKEN
+                elif node.name in param_of:
                     tgt = param_of[node.name]
                     t = state[tgt] if tgt in state else consts[tgt]
                     self.env[node] = Const(t, tgt)
@@ -185,10 +265,18 @@ class Lowerer:
                 self.env[node] = self.lower_call(node)
             elif node.op == "output":
                 outs = pytree.tree_leaves(node.args[0])
+                if len(user_out) == len(outs):  # effect tokens (and mutations) are not model outputs
+                    outs = [o for o, keep in zip(outs, user_out) if keep]
                 vals = []
                 for o in outs:
                     r = self.env[o] if isinstance(o, torch.fx.Node) else o
-                    if isinstance(r, Value) and (r in self.b.inputs or any(r is w for w in vals)):
+                    if r is None and isinstance(o, torch.fx.Node) and isinstance(o.meta.get("val"), torch.Tensor):
+                        t = o.meta["val"]  # a result tlc leaves out (a training buffer): torch's empty tensor
+                        r = Const(torch.zeros(tuple(int(d) for d in t.shape), dtype=t.dtype), o.name)
+                    if isinstance(r, Const):  # a model output that is a constant: give it a node of its own
+                        r = self.add("identity", [r], name=f"{o.name}_out")
+                    if isinstance(r, Value) and (r in self.b.inputs or any(r is w for w in vals)
+                                                 or self._is_const(r)):
                         r = self.add("identity", [r], name=f"{o.name}_out")
                     vals.append(self.v(r) if not isinstance(r, Value) else r)
                 return self.b.build(vals, output_names(ep, len(vals)))
@@ -203,19 +291,32 @@ class Lowerer:
         if target is operator.getitem:
             src, idx = node.args
             return self.env[src][idx]
+        if target is torch.ops.higher_order.with_effects:
+            return self.with_effects(node)
         key = str(target)
         if key in SKIP:
             return None
         args = pytree.tree_map_only(torch.fx.Node, lambda n: self.env[n], node.args)
         kwargs = pytree.tree_map_only(torch.fx.Node, lambda n: self.env[n], node.kwargs)
-        leaves = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, (Value, Const))]
+        leaves = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, (Value, Const, Complex))]
         if all(isinstance(x, Const) for x in leaves) and key not in NO_FOLD:
             return self.fold(target, args, kwargs)
         if target in SYM_OPS:
             return self.sym_op(target, args)
+        empty = _empty_result(node.meta.get("val"))
+        if empty is not None:  # no elements: the result is known (Core ML tensors cannot be empty anyway)
+            return empty
         fn = LOWERINGS.get(key)
         ins = [a.meta.get("val") for a in node.all_input_nodes]
-        why = fallback_reason([v for v in ins if isinstance(v, torch.Tensor)] + [node.meta.get("val")])
+        tensors = [v for v in ins if isinstance(v, torch.Tensor)] + [node.meta.get("val")]
+        why = fallback_reason(tensors)
+        if why and not data_dependent(tensors) and _is_complex(tensors):
+            try:  # complex values as (re, im) pairs of real MIL ops (tlc.frontend.aten_complex)
+                res = lower_complex(self, key, args, kwargs)
+            except UnsupportedOpError as e:
+                res, why = None, f"{why}; its pair lowering declines: {e.args[0]}"
+            if res is not None:
+                return res
         if why:
             return self.fallback(why)
         if fn is None:
@@ -240,6 +341,26 @@ class Lowerer:
         self._check(res)
         return res
 
+    def _is_const(self, v: Value) -> bool:
+        return any(n.op == "const" and n.outputs[0] is v for n in reversed(self.b.nodes))
+
+    def with_effects(self, node: torch.fx.Node):
+        """``with_effects(token, op, *args)``: torch.export's wrapper of an op with side effects
+        (``aten._linalg_check_errors`` after ``linalg_inv_ex`` and the other linalg ops, printing,
+        ...). The token only orders effects; tlc's graphs have no side effects, so the wrapper is
+        dropped: a check/assertion (an op returning nothing) is skipped like the other run-time
+        assertions (:data:`tlc.frontend.aten.SKIP`), any other op is lowered as itself with its
+        results after the token. Returns ``(token, *results)``."""
+        _, op, *args = node.args
+        schema = getattr(op, "_schema", None)
+        if schema is None or not schema.returns or str(op) in _SKIP_EFFECTS:
+            return (EFFECT_TOKEN,)
+        val = node.meta.get("val")
+        inner = val[1:] if isinstance(val, (tuple, list)) else val
+        res = self.fallback(f"{op} runs with side effects (torch.export with_effects)", target=op,
+                            args=tuple(args), kwargs=dict(node.kwargs), val=tuple(inner))
+        return (EFFECT_TOKEN, *(res if isinstance(res, tuple) else (res,)))
+
     def _check(self, res):
         val = self.node.meta.get("val")
         outs = res if isinstance(res, tuple) else (res,)
@@ -252,13 +373,17 @@ class Lowerer:
                         f"lowering of {self.node.target} (node {self.node.name}) produced {r.type} "
                         f"but torch computes {want}", loc=self.loc)
 
-    def fallback(self, why: str):
+    def fallback(self, why: str, target=None, args=None, kwargs=None, val=None):
         """Lower the current node as a fallback op (format: :mod:`tlc.ops.fallback`): the torch
         op's name, its arguments with IR values as numbered inputs, and torch's output types.
         Returns its output value (a tuple, ``None`` where torch returns ``None``, for ops with
-        several results). Raises :class:`UnsupportedOpError` for a callable that is not a torch
-        operator (nothing could run it later)."""
-        node, target = self.node, self.node.target
+        several results). ``target``/``args``/``kwargs``/``val`` replace the node's own (an op
+        unwrapped from a higher-order op). Raises :class:`UnsupportedOpError` for a callable
+        that is not a torch operator (nothing could run it later)."""
+        node = self.node
+        target = node.target if target is None else target
+        node_args = tuple(node.args) if args is None else args
+        node_kwargs = dict(node.kwargs) if kwargs is None else kwargs
         if not isinstance(target, torch._ops.OpOverload):
             from .aten import SKIP
 
@@ -273,6 +398,8 @@ class Lowerer:
             if not isinstance(a, torch.fx.Node):
                 return None
             r, val = self.env[a], a.meta.get("val")
+            if isinstance(r, Complex):
+                r = self.materialize(r)
             if not isinstance(r, (Value, Const)):
                 return _Literal(r)  # folded to a Python value (or None)
             if isinstance(r, Const):
@@ -291,12 +418,12 @@ class Lowerer:
             return encode(r.value, as_input) if isinstance(r, _Literal) else r
 
         attrs = {
-            "args": encode(tuple(node.args), as_input),
-            "kwargs": tuple((k, encode(v, as_input)) for k, v in node.kwargs.items()),
+            "args": encode(node_args, as_input),
+            "kwargs": tuple((k, encode(v, as_input)) for k, v in node_kwargs.items()),
             "out_types": None,
             "why": why,
         }
-        val = node.meta.get("val")
+        val = node.meta.get("val") if val is None else (val[0] if len(val) == 1 else val)
         many = isinstance(val, (tuple, list))
         entries = tuple(self._out_entry(v) for v in (val if many else (val,)))
         if all(e is None for e in entries):
@@ -347,6 +474,18 @@ class Lowerer:
             return tuple(Const(x, f"{name}_{i}") if isinstance(x, torch.Tensor) else x for i, x in enumerate(r))
         return r
 
+
+class _EffectToken:
+    """The effect token torch.export threads through ``with_effects`` (ordering only)."""
+
+    def __repr__(self):
+        return "<effect token>"
+
+
+EFFECT_TOKEN = _EffectToken()
+
+#: Effectful ops that only check or assert (dropped like run-time assertions).
+_SKIP_EFFECTS = {"aten._linalg_check_errors.default"}
 
 #: Ops never constant-folded (side effects or assertions).
 NO_FOLD: set[str] = set()

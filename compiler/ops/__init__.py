@@ -227,4 +227,4 @@ def get_op(name: str, loc=None) -> OpDef:
 
 
 # Populate the table (each module registers its rows on import).
-from . import elementwise, linalg, conv, norm, shape, fallback  # noqa: E402,F401
+from . import elementwise, linalg, conv, norm, shape, index, resample, fallback  # noqa: E402,F401

@@ -1,4 +1,5 @@
-"""Convolution and pooling: ``conv``, ``max_pool``, ``avg_pool`` (1-D and 2-D).
+"""Convolution and pooling: ``conv``, ``conv_transpose``, ``max_pool``, ``avg_pool`` (1-D, 2-D and
+3-D).
 
 Semantics: coremltools MIL ``conv.py`` and ``pool.py`` (iOS15 opset) with ``pad_type="custom"``:
 ``pad`` lists (before, after) per spatial axis, flattened: ``[h_before, h_after, w_before, w_after]``.
@@ -109,8 +110,8 @@ def _infer_conv(in_types, attrs):
     x, w = in_types[0], in_types[1]
     _same_dtype(in_types, FLOAT)
     g = attrs.get("groups", 1)
-    if x.rank not in (3, 4) or w.rank != x.rank:
-        raise IRError(f"conv supports 1-D/2-D: x{list(x.shape)}, weight{list(w.shape)}")
+    if x.rank not in (3, 4, 5) or w.rank != x.rank:
+        raise IRError(f"conv supports 1-D/2-D/3-D: x{list(x.shape)}, weight{list(w.shape)}")
     if x.shape[1] != w.shape[1] * g or w.shape[0] % g:
         raise IRError(f"conv channels: x has {x.shape[1]}, weight{list(w.shape)} with groups={g}")
     if len(in_types) == 3 and in_types[2].shape != (w.shape[0],):
@@ -222,7 +223,8 @@ def _conv_depthwise(x, w, strides, dil, pad, out_sp):
 
 def _conv(attrs, x, w, b=None):
     """MIL ``conv`` (iOS15 conv.py): x[N, Cin, *sp] * weight[Cout, Cin/groups, *k] + bias[Cout],
-    with ``strides``, ``dilations``, custom ``pad`` and ``groups``."""
+    with ``strides``, ``dilations``, custom ``pad`` and ``groups``; 1 to 3 spatial axes (3-D and
+    depthwise 3-D run as im2col + GEMM)."""
     nsp = x.ndim - 2
     kernel = w.shape[2:]
     strides = _spatial(attrs, nsp, "strides", 1)
@@ -233,7 +235,7 @@ def _conv(attrs, x, w, b=None):
     out_sp = tuple(
         out_size(x.shape[2 + i], kernel[i], strides[i], dil[i], pad[2 * i], pad[2 * i + 1]) for i in range(nsp)
     )
-    if g == cin and w.shape[1] == 1 and cout == cin and g > 1:
+    if g == cin and w.shape[1] == 1 and cout == cin and g > 1 and nsp <= 2:
         if nsp == 1:  # as a 2-D conv over a [1, L] image
             y = _conv_depthwise(x[:, :, None], w[:, :, None], (1,) + strides, (1,) + dil, (0, 0) + pad,
                                 (1,) + out_sp)[:, :, 0]
@@ -256,12 +258,12 @@ def _t_pads(pad, nsp) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
 
 
 def _t_conv(attrs, x, w, b=None):
-    """Torch kernel of ``conv``: ``F.conv1d`` / ``F.conv2d`` (cuDNN on CUDA)."""
+    """Torch kernel of ``conv``: ``F.conv1d`` / ``F.conv2d`` / ``F.conv3d`` (cuDNN on CUDA)."""
     nsp = x.dim() - 2
     padding, explicit = _t_pads(attrs.get("pad"), nsp)
     if explicit is not None:
         x = F.pad(x, explicit)
-    conv = F.conv1d if nsp == 1 else F.conv2d
+    conv = (F.conv1d, F.conv2d, F.conv3d)[nsp - 1]
     return conv(x, w, b, stride=_spatial(attrs, nsp, "strides", 1), padding=padding,
                 dilation=_spatial(attrs, nsp, "dilations", 1), groups=attrs.get("groups", 1))
 
@@ -291,6 +293,153 @@ register("conv", infer=_infer_conv, numpy=_conv, emit_mil=_emit_conv, ane=_ane_c
          mil_inputs=("x", "weight", "bias"),
          from_mil=lambda v: _window_from_mil(v, v["weight"].shape[2:], ("x", "weight", "bias")),
          torch=_t_conv)
+
+
+# ------------------------------------------------------------------------------ conv_transpose
+
+
+def _infer_conv_transpose(in_types, attrs):
+    x, w = in_types[0], in_types[1]
+    _same_dtype(in_types, FLOAT)
+    g = attrs.get("groups", 1)
+    nsp = x.rank - 2
+    if x.rank not in (3, 4, 5) or w.rank != x.rank or x.shape[1] != w.shape[0] or w.shape[0] % g:
+        raise IRError(f"conv_transpose needs x[N, Cin, *sp] and weight[Cin, Cout/groups, *k]: x{list(x.shape)}, "
+                      f"weight{list(w.shape)}, groups={g}")
+    cout = w.shape[1] * g
+    if len(in_types) == 3 and in_types[2].shape != (cout,):
+        raise IRError(f"conv_transpose bias must be [{cout}], got {list(in_types[2].shape)}")
+    strides, dil = _spatial(attrs, nsp, "strides", 1), _spatial(attrs, nsp, "dilations", 1)
+    pad = tuple(attrs.get("pad") or (0,) * (2 * nsp))
+    op = _spatial(attrs, nsp, "output_padding", 0)
+    sp = []
+    for i in range(nsp):
+        full = (x.shape[2 + i] - 1) * strides[i] + dil[i] * (w.shape[2 + i] - 1) + 1
+        o = full - pad[2 * i] - pad[2 * i + 1] + op[i]
+        if o < 1 or min(pad) < 0 or op[i] < 0:
+            raise IRError(f"conv_transpose output size {o} along spatial axis {i} (pad {list(pad)}, output_padding "
+                          f"{list(op)}) is not positive")
+        sp.append(o)
+    return [TensorType(x.dtype, (x.shape[0], cout) + tuple(sp))]
+
+
+def _conv_transpose(attrs, x, w, b=None):
+    """Transposed convolution as torch computes it (``F.conv_transpose1d/2d/3d``; MIL
+    ``conv_transpose``, iOS15 conv.py): x[N, Cin, *sp], weight[Cin, Cout/groups, *k]. The full
+    result ((L-1) * stride + dilation * (k-1) + 1 per axis) is cropped by ``pad`` (before, after)
+    pairs and extended by ``output_padding`` zeros (plus bias) at the end.
+
+    Kernel: one batched GEMM ``weight^T @ x`` per group ([Cout/g * prod(k), L_in] columns), then
+    each kernel tap's columns added into the strided output (col2im), accumulating in fp32."""
+    nsp = x.ndim - 2
+    n, cin = x.shape[:2]
+    g = attrs.get("groups", 1)
+    cog, k = w.shape[1], w.shape[2:]
+    strides, dil = _spatial(attrs, nsp, "strides", 1), _spatial(attrs, nsp, "dilations", 1)
+    pad = tuple(attrs.get("pad") or (0,) * (2 * nsp))
+    op = _spatial(attrs, nsp, "output_padding", 0)
+    taps = int(np.prod(k))
+    xs = x.reshape(n, g, cin // g, -1).astype(np.float32, copy=False)
+    wm = w.reshape(g, cin // g, cog * taps).astype(np.float32, copy=False)
+    cols = np.matmul(np.swapaxes(wm, 1, 2), xs)  # [N, g, Cout/g * taps, L_in]
+    cols = cols.reshape((n, g * cog) + tuple(k) + x.shape[2:])  # memory order [N][g][Cout/g][taps][L_in]
+    full = tuple((x.shape[2 + i] - 1) * strides[i] + dil[i] * (k[i] - 1) + 1 for i in range(nsp))
+    y = np.zeros((n, g * cog) + full, np.float32)
+    for tap in np.ndindex(*k):
+        sl = (slice(None), slice(None)) + tuple(
+            slice(t * d, t * d + (L - 1) * s + 1, s) for t, d, L, s in zip(tap, dil, x.shape[2:], strides))
+        y[sl] += cols[(slice(None), slice(None)) + tap]
+    out = _infer_conv_transpose([TensorType("fp32", x.shape), TensorType("fp32", w.shape)], attrs)[0].shape
+    res = np.zeros(out, np.float32)
+    keep = tuple(slice(0, min(out[2 + i], full[i] - pad[2 * i])) for i in range(nsp))
+    src = tuple(slice(pad[2 * i], pad[2 * i] + (keep[i].stop - keep[i].start)) for i in range(nsp))
+    res[(slice(None), slice(None)) + keep] = y[(slice(None), slice(None)) + src]
+    if b is not None:
+        res += b.reshape((1, -1) + (1,) * nsp)
+    return res.astype(x.dtype, copy=False)
+
+
+def _t_conv_transpose(attrs, x, w, b=None):
+    """Torch kernel of ``conv_transpose``: ``F.conv_transpose1d/2d/3d`` with torch's own padding
+    when ``pad`` is symmetric, else the full result cropped (and ``output_padding`` zeros added)."""
+    nsp = x.dim() - 2
+    fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[nsp - 1]
+    strides, dil = _spatial(attrs, nsp, "strides", 1), _spatial(attrs, nsp, "dilations", 1)
+    pad = tuple(attrs.get("pad") or (0,) * (2 * nsp))
+    op = _spatial(attrs, nsp, "output_padding", 0)
+    g = attrs.get("groups", 1)
+    if all(pad[2 * i] == pad[2 * i + 1] and op[i] < max(strides[i], dil[i]) for i in range(nsp)):
+        return fn(x, w, b, strides, pad[0::2], op, g, dil)
+    y = fn(x, w, None, strides, 0, 0, g, dil)
+    for i in range(nsp):
+        ax = 2 + i
+        y = y.narrow(ax, pad[2 * i], max(0, min(y.shape[ax] - pad[2 * i], y.shape[ax] - pad[2 * i] - pad[2 * i + 1] + op[i])))
+        want = (x.shape[ax] - 1) * strides[i] + dil[i] * (w.shape[ax] - 1) + 1 - pad[2 * i] - pad[2 * i + 1] + op[i]
+        if y.shape[ax] < want:
+            y = torch.cat([y, y.new_zeros(y.shape[:ax] + (want - y.shape[ax],) + y.shape[ax + 1:])], ax)
+    return y if b is None else y + b.reshape((1, -1) + (1,) * nsp)
+
+
+def _emit_conv_transpose(ctx, attrs, ins, nm):
+    """One MIL ``conv_transpose`` (custom pad, bias) when there is no ``output_padding``; else the
+    valid (full) result, sliced, zero-padded at the end and the bias added (4 ops)."""
+    mb = ctx.mb
+    x, w = ins[0], ins[1]
+    nsp = x.rank - 2
+    strides, dil = _spatial(attrs, nsp, "strides", 1), _spatial(attrs, nsp, "dilations", 1)
+    pad = list(attrs.get("pad") or (0,) * (2 * nsp))
+    op = _spatial(attrs, nsp, "output_padding", 0)
+    kw = dict(x=x, weight=w, strides=list(strides), dilations=list(dil), groups=attrs.get("groups", 1))
+    if not any(op):
+        if len(ins) == 3:
+            kw["bias"] = ins[2]
+        return mb.conv_transpose(pad_type="custom", pad=pad, name=nm, **kw)
+    y = mb.conv_transpose(pad_type="valid", name=nm + "_full", **kw)
+    out = ctx.node.out.type.shape
+    full = tuple(int(d) for d in y.shape)
+    end = [full[0], full[1]] + [min(full[2 + i], pad[2 * i] + out[2 + i]) for i in range(nsp)]
+    y = mb.slice_by_index(x=y, begin=[0, 0] + [pad[2 * i] for i in range(nsp)], end=end, name=nm + "_crop")
+    extra = [out[2 + i] - (end[2 + i] - pad[2 * i]) for i in range(nsp)]
+    if any(extra):
+        y = mb.pad(x=y, pad=np.array([v for e in extra for v in (0, e)], np.int32), mode="constant",
+                   constant_val=0.0, name=nm + "_pad" if len(ins) == 3 else nm)
+    if len(ins) == 3:
+        bias = ins[2].val.reshape((-1,) + (1,) * nsp)
+        y = mb.add(x=y, y=bias, name=nm)
+    elif not any(extra):
+        y = mb.identity(x=y, name=nm)
+    return y
+
+
+def _flops_conv_transpose(i, o, a):
+    return 2 * i[0].size * int(np.prod(i[1].shape[1:]))
+
+
+def _conv_transpose_from_mil(v):
+    """MIL ``conv_transpose``: ``pad_type`` valid / custom (``same`` and ``output_shape`` are
+    resolved to the declared output shape by cropping at the end)."""
+    from . import mil_attr
+
+    x, w = v["x"], v["weight"]
+    nsp = x.ndim - 2
+    attrs = {"strides": tuple(mil_attr(v.get("strides")) or (1,) * nsp),
+             "dilations": tuple(mil_attr(v.get("dilations")) or (1,) * nsp),
+             "groups": int(v.get("groups", 1) or 1)}
+    pt = v.get("pad_type", "valid")
+    attrs["pad"] = tuple(int(p) for p in v["pad"]) if pt == "custom" and v.get("pad") is not None else (0,) * (2 * nsp)
+    if pt == "same" or v.get("output_shape") is not None:
+        want = ([x.shape[2 + i] * attrs["strides"][i] for i in range(nsp)] if v.get("output_shape") is None
+                else [int(d) for d in v["output_shape"]][-nsp:])
+        full = [(x.shape[2 + i] - 1) * attrs["strides"][i] + attrs["dilations"][i] * (w.shape[2 + i] - 1) + 1
+                for i in range(nsp)]
+        attrs["pad"] = tuple(p for i in range(nsp) for p in (0, max(0, full[i] - want[i])))
+        attrs["output_padding"] = tuple(max(0, want[i] - full[i]) for i in range(nsp))
+    return [a for a in (x, w, v.get("bias")) if a is not None], attrs
+
+
+register("conv_transpose", infer=_infer_conv_transpose, numpy=_conv_transpose, emit_mil=_emit_conv_transpose,
+         flops=_flops_conv_transpose, mil_inputs=("x", "weight", "bias"), from_mil=_conv_transpose_from_mil,
+         torch=_t_conv_transpose)
 
 
 # ---------------------------------------------------------------------------------------- pools
@@ -365,13 +514,15 @@ def _avg_pool(attrs, x):
 
 
 def _t_pool(kind):
-    """Torch kernel of ``max_pool`` / ``avg_pool`` (1-D pools run as 2-D with a unit height).
+    """Torch kernel of ``max_pool`` / ``avg_pool`` (1-D pools run as 2-D with a unit height; 3-D
+    with ``F.*_pool3d``).
 
-    Native ``F.*_pool2d`` padding when it is symmetric and at most half the kernel (torch's rule;
-    ``count_include_pad`` = not ``exclude_padding_from_average``, which counts explicit padding and
-    not ``ceil_mode`` overhang, as the NumPy kernel). Otherwise the input is padded explicitly
-    (with -inf for max; the right side also by the ``ceil_mode`` overhang) and the average divides
-    window sums by the count of counted elements, pooled from a ones tensor made on the device.
+    Native ``F.*_pool{2,3}d`` padding when it is symmetric and at most half the kernel (torch's
+    rule; ``count_include_pad`` = not ``exclude_padding_from_average``, which counts explicit
+    padding and not ``ceil_mode`` overhang, as the NumPy kernel). Otherwise the input is padded
+    explicitly (with -inf for max; the right side also by the ``ceil_mode`` overhang) and the
+    average divides window sums by the count of counted elements, pooled from a ones tensor made on
+    the device.
     """
 
     def kernel(attrs, x):
@@ -380,32 +531,36 @@ def _t_pool(kind):
         strides = _spatial(attrs, nsp, "strides", 1)
         pad = tuple(attrs.get("pad") or (0,) * (2 * nsp))
         ceil_mode = bool(attrs.get("ceil_mode", False))
-        if nsp == 1:
+        one_d = nsp == 1
+        if one_d:
             x, k, strides, pad = x.unsqueeze(2), (1,) + k, (1,) + strides, (0, 0) + pad
+        m = len(k)
+        mp, ap = (F.max_pool2d, F.avg_pool2d) if m == 2 else (F.max_pool3d, F.avg_pool3d)
         half = pad[0::2]
-        if all(pad[2 * i] == pad[2 * i + 1] and pad[2 * i] <= k[i] // 2 for i in range(2)):
+        if all(pad[2 * i] == pad[2 * i + 1] and pad[2 * i] <= k[i] // 2 for i in range(m)):
             if kind == "max_pool":
-                y = F.max_pool2d(x, k, strides, half, ceil_mode=ceil_mode)
+                y = mp(x, k, strides, half, ceil_mode=ceil_mode)
             else:
-                y = F.avg_pool2d(x, k, strides, half, ceil_mode=ceil_mode,
-                                 count_include_pad=not attrs.get("exclude_padding_from_average", False))
-            return y.squeeze(2) if nsp == 1 else y
+                y = ap(x, k, strides, half, ceil_mode=ceil_mode,
+                       count_include_pad=not attrs.get("exclude_padding_from_average", False))
+            return y.squeeze(2) if one_d else y
         sp = x.shape[2:]
-        out = [out_size(sp[i], k[i], strides[i], 1, pad[2 * i], pad[2 * i + 1], ceil_mode) for i in range(2)]
-        extra = [max((out[i] - 1) * strides[i] + k[i] - (sp[i] + pad[2 * i] + pad[2 * i + 1]), 0) for i in range(2)]
-        full = (pad[2], pad[3] + extra[1], pad[0], pad[1] + extra[0])  # F.pad order: last axis first
+        out = [out_size(sp[i], k[i], strides[i], 1, pad[2 * i], pad[2 * i + 1], ceil_mode) for i in range(m)]
+        extra = [max((out[i] - 1) * strides[i] + k[i] - (sp[i] + pad[2 * i] + pad[2 * i + 1]), 0) for i in range(m)]
+        full = tuple(v for i in reversed(range(m)) for v in (pad[2 * i], pad[2 * i + 1] + extra[i]))  # last axis first
         if kind == "max_pool":
-            y = F.max_pool2d(F.pad(x, full, value=-float("inf")), k, strides)
+            y = mp(F.pad(x, full, value=-float("inf")), k, strides)
         else:
-            s = F.avg_pool2d(F.pad(x, full), k, strides, divisor_override=1)
+            s = ap(F.pad(x, full), k, strides, divisor_override=1)
             ones = torch.ones((1, 1) + tuple(sp), dtype=x.dtype, device=x.device)
             if attrs.get("exclude_padding_from_average", False):
                 cnt = F.pad(ones, full)
             else:  # explicit padding counts, ceil_mode overhang does not
-                cnt = F.pad(F.pad(ones, (pad[2], pad[3], pad[0], pad[1]), value=1.0), (0, extra[1], 0, extra[0]))
-            y = s / F.avg_pool2d(cnt, k, strides, divisor_override=1)
-        y = y[:, :, :out[0], :out[1]]
-        return y.squeeze(2) if nsp == 1 else y
+                explicit = tuple(v for i in reversed(range(m)) for v in (pad[2 * i], pad[2 * i + 1]))
+                cnt = F.pad(F.pad(ones, explicit, value=1.0), tuple(v for i in reversed(range(m)) for v in (0, extra[i])))
+            y = s / ap(cnt, k, strides, divisor_override=1)
+        y = y[(slice(None), slice(None)) + tuple(slice(0, o) for o in out)]
+        return y.squeeze(2) if one_d else y
 
     return kernel
 

@@ -49,7 +49,14 @@ def _same_dtype(in_types, allowed=None) -> str:
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int32": torch.int32, "bool": torch.bool}
 
 
+#: Names of the elementwise rows (one tensor input / two broadcasting inputs), for passes that
+#: treat every elementwise op alike (tlc.passes.rank).
+UNARY_OPS: list[str] = ["cast", "identity"]
+BINARY_OPS: list[str] = []
+
+
 def _binary(name: str, fn, tfn, *, out_dtype=None, allowed=None, doc=""):
+    BINARY_OPS.append(name)
     def infer(in_types, attrs):
         if len(in_types) != 2:
             raise IRError(f"expects 2 inputs, got {len(in_types)}")
@@ -66,10 +73,26 @@ def _binary(name: str, fn, tfn, *, out_dtype=None, allowed=None, doc=""):
         return tfn(x, y)  # same-dtype operands (infer): torch keeps the dtype, comparisons give bool
 
     def emit(ctx, attrs, ins, nm):
-        return getattr(ctx.mb, name)(x=ins[0], y=ins[1], name=nm)
+        x, y = ins
+        if x.dtype == types_bool() and not name.startswith("logical_"):
+            # MIL's arithmetic and comparisons take fp16/fp32/int32 (iOS15 elementwise_binary.py):
+            # bool operands are computed as int32 (nonzero is true), as torch does
+            x = ctx.mb.cast(x=x, dtype="int32", name=nm + "_x")
+            y = ctx.mb.cast(x=y, dtype="int32", name=nm + "_y")
+            if out_dtype is None:  # a bool result of arithmetic: nonzero
+                r = getattr(ctx.mb, name)(x=x, y=y, name=nm + "_int")
+                return ctx.mb.cast(x=r, dtype="bool", name=nm)
+        return getattr(ctx.mb, name)(x=x, y=y, name=nm)
 
     register(name, infer=infer, numpy=kernel, emit_mil=emit, mil_inputs=("x", "y"),
              torch=torch_kernel)
+
+
+def types_bool():
+    """coremltools' MIL bool type (imported lazily: emission only)."""
+    from coremltools.converters.mil.mil import types
+
+    return types.bool
 
 
 def _floor_div(x, y):
@@ -208,6 +231,14 @@ _UNARY = {
     "rsqrt": (lambda a, x: 1 / np.sqrt(x + np.asarray(a.get("epsilon", 0.0), x.dtype)), ("epsilon",), FLOAT),
     "inverse": (lambda a, x: 1 / (x + np.asarray(a.get("epsilon", 0.0), x.dtype)), ("epsilon",), FLOAT),
     "tanh": (lambda a, x: np.tanh(x), None, FLOAT),
+    "sinh": (lambda a, x: np.sinh(x), None, FLOAT),
+    "cosh": (lambda a, x: np.cosh(x), None, FLOAT),
+    "tan": (lambda a, x: np.tan(x), None, FLOAT),
+    "asin": (lambda a, x: np.arcsin(x), None, FLOAT),
+    "acos": (lambda a, x: np.arccos(x), None, FLOAT),
+    "atan": (lambda a, x: np.arctan(x), None, FLOAT),
+    "atanh": (lambda a, x: np.arctanh(x), None, FLOAT),
+    "exp2": (lambda a, x: np.exp2(x), None, FLOAT),
     "sigmoid": (lambda a, x: map_rows(_sigmoid, x), None, FLOAT),
     "relu": (lambda a, x: _relu(x), None, None),
     "erf": (lambda a, x: map_rows(erf, x), None, FLOAT),
@@ -253,6 +284,14 @@ _TORCH_UNARY = {
     "rsqrt": lambda a, x: torch.rsqrt(x + a.get("epsilon", 0.0)),
     "inverse": lambda a, x: torch.reciprocal(x + a.get("epsilon", 0.0)),
     "tanh": lambda a, x: torch.tanh(x),
+    "sinh": lambda a, x: torch.sinh(x),
+    "cosh": lambda a, x: torch.cosh(x),
+    "tan": lambda a, x: torch.tan(x),
+    "asin": lambda a, x: torch.asin(x),
+    "acos": lambda a, x: torch.acos(x),
+    "atan": lambda a, x: torch.atan(x),
+    "atanh": lambda a, x: torch.atanh(x),
+    "exp2": lambda a, x: torch.exp2(x),
     "sigmoid": lambda a, x: torch.sigmoid(x),
     "relu": lambda a, x: torch.relu(x),
     "erf": lambda a, x: torch.erf(x),
@@ -275,6 +314,7 @@ _TORCH_UNARY = {
 
 
 def _unary(name, kernel, attr_names, allowed):
+    UNARY_OPS.append(name)
     def infer(in_types, attrs):
         if len(in_types) != 1:
             raise IRError(f"expects 1 input, got {len(in_types)}")
@@ -360,4 +400,4 @@ def _emit_select(ctx, attrs, ins, nm):
 register("select", infer=_infer_select, numpy=_select, emit_mil=_emit_select, mil_inputs=("cond", "a", "b"),
          torch=lambda a, cond, x, y: torch.where(cond, x, y))
 
-__all__ = ["erf", "flops_elementwise", "TORCH_DTYPES"]
+__all__ = ["erf", "flops_elementwise", "TORCH_DTYPES", "UNARY_OPS", "BINARY_OPS"]

@@ -1,5 +1,5 @@
-"""Normalizations, softmax and reductions: ``layer_norm``, ``rms_norm``, ``batch_norm``, ``softmax``,
-``reduce_{sum,mean,max,min,prod}``.
+"""Normalizations, softmax and reductions: ``layer_norm``, ``rms_norm``, ``group_norm``, ``batch_norm``,
+``softmax``, ``reduce_{sum,mean,max,min,prod}``.
 
 Semantics: coremltools MIL ``normalization.py``, ``activation.py`` (softmax) and ``reduction.py``
 (iOS15 opset). Statistics are computed in fp32 even for fp16 inputs, then rounded to the input
@@ -90,12 +90,21 @@ def _t_layer_norm(attrs, x, gamma=None, beta=None):
 
 
 def _emit_layer_norm(ctx, attrs, ins, nm):
-    kw = {}
-    if len(ins) > 1:
-        kw["gamma"] = ins[1]
-    if len(ins) > 2:
-        kw["beta"] = ins[2]
-    return ctx.mb.layer_norm(x=ins[0], axes=list(attrs["axes"]), epsilon=np.float32(attrs.get("epsilon", 1e-5)), name=nm, **kw)
+    """MIL ``layer_norm`` (gamma/beta must be constants there: computed ones become a ``mul`` /
+    ``add`` after a plain layer_norm, reshaped to broadcast over the normalized axes)."""
+    x = ins[0]
+    axes = norm_axes(attrs["axes"], x.rank)
+    eps = np.float32(attrs.get("epsilon", 1e-5))
+    params = list(ins[1:])
+    if all(p.val is not None for p in params):
+        kw = dict(zip(("gamma", "beta"), params))
+        return ctx.mb.layer_norm(x=x, axes=list(axes), epsilon=eps, name=nm, **kw)
+    y = ctx.mb.layer_norm(x=x, axes=list(axes), epsilon=eps, name=nm + "_norm")
+    shape = [int(x.shape[i]) if i in axes else 1 for i in range(x.rank)]
+    for k, (p, op) in enumerate(zip(params, ("mul", "add"))):
+        p = ctx.mb.reshape(x=p, shape=np.array(shape, np.int32), name=f"{nm}_p{k}")
+        y = getattr(ctx.mb, op)(x=y, y=p, name=nm if k == len(params) - 1 else f"{nm}_{op}")
+    return y
 
 
 def _norm_from_mil(names, default_fill):
@@ -176,6 +185,74 @@ register("rms_norm", infer=_infer_layer_norm, numpy=_rms_norm, emit_mil=_emit_rm
          flops=lambda i, o, a: 6 * o[0].size, mil_inputs=("x", "gamma"), torch=_t_rms_norm)
 
 
+def _infer_group_norm(in_types, attrs):
+    x = in_types[0]
+    _same_dtype(in_types, FLOAT)
+    g = attrs["num_groups"]
+    if x.rank < 2 or g < 1 or x.shape[1] % g:
+        raise IRError(f"group_norm needs x[N, C, ...] with C divisible by num_groups={g}; got {list(x.shape)}")
+    for t in in_types[1:]:
+        if t.shape != (x.shape[1],):
+            raise IRError(f"group_norm weight/bias must be [{x.shape[1]}], got {list(t.shape)}")
+    return [x]
+
+
+def _group_norm(attrs, x, gamma=None, beta=None):
+    """Group norm (``torch.nn.GroupNorm``, Wu & He 2018): channels split into ``num_groups``
+    groups; each (sample, group) normalized over its channels and spatial positions with the
+    biased variance and ``epsilon``, then per-channel ``gamma``/``beta``. Statistics in fp32.
+    MIL has no group_norm op (see :func:`_emit_group_norm`)."""
+    n, c = x.shape[:2]
+    g = attrs["num_groups"]
+    xf = x.astype(np.float32, copy=False).reshape(n, g, -1)
+    mean = xf.mean(-1, keepdims=True)
+    d = xf - mean
+    var = np.mean(d * d, axis=-1, keepdims=True)
+    y = (d / np.sqrt(var + np.float32(attrs.get("epsilon", 1e-5)))).reshape(x.shape)
+    shape = (1, c) + (1,) * (x.ndim - 2)
+    if gamma is not None:
+        y = y * gamma.reshape(shape)
+    if beta is not None:
+        y = y + beta.reshape(shape)
+    return y.astype(x.dtype, copy=False)
+
+
+def _emit_group_norm(ctx, attrs, ins, nm):
+    """``reshape`` to [N, G, C/G, *spatial] (spatial axes merged only beyond rank 5), one
+    ``layer_norm`` over every axis after G, ``reshape`` back, then per-channel ``mul``/``add``.
+    coremltools' own torch frontend (``_group_norm_impl``) spells the statistics out (reduce_mean,
+    variance, sqrt, real_div); one fused layer_norm keeps the ANE's fp16-safe normalization and
+    leaves spatial axes unmerged (an axis over 65536 would leave the ANE: ane-rules.md)."""
+    mb = ctx.mb
+    x = ins[0]
+    shape = [int(d) for d in x.shape]
+    n, c, sp = shape[0], shape[1], shape[2:]
+    g = attrs["num_groups"]
+    while len(sp) > 2:  # [N, G, C/G] + at most 2 spatial axes keeps rank <= 5
+        sp = [sp[0] * sp[1]] + sp[2:]
+    grouped = [n, g, c // g] + sp
+    y = mb.reshape(x=x, shape=np.array(grouped, np.int32), name=nm + "_groups")
+    y = mb.layer_norm(x=y, axes=list(range(2, len(grouped))), epsilon=np.float32(attrs.get("epsilon", 1e-5)),
+                      name=nm + "_norm")
+    last = nm if len(ins) == 1 else nm + "_ungroup"
+    y = mb.reshape(x=y, shape=np.array(shape, np.int32), name=last)
+    bshape = (c,) + (1,) * (len(shape) - 2)
+    if len(ins) > 1:
+        y = mb.mul(x=y, y=mb.reshape(x=ins[1], shape=np.array(bshape, np.int32), name=nm + "_gamma"),
+                   name=nm if len(ins) == 2 else nm + "_scaled")
+    if len(ins) > 2:
+        y = mb.add(x=y, y=mb.reshape(x=ins[2], shape=np.array(bshape, np.int32), name=nm + "_beta"), name=nm)
+    return y
+
+
+def _t_group_norm(attrs, x, gamma=None, beta=None):
+    return F.group_norm(x, attrs["num_groups"], gamma, beta, float(attrs.get("epsilon", 1e-5)))
+
+
+register("group_norm", infer=_infer_group_norm, numpy=_group_norm, emit_mil=_emit_group_norm,
+         flops=lambda i, o, a: 8 * o[0].size, mil_inputs=("x", "gamma", "beta"), torch=_t_group_norm)
+
+
 def _infer_batch_norm(in_types, attrs):
     x = in_types[0]
     _same_dtype(in_types, FLOAT)
@@ -237,7 +314,12 @@ register("softmax", infer=_infer_softmax, numpy=_softmax_kernel,
 # ------------------------------------------------------------------------------------ reductions
 
 
+#: Names of the ``reduce_*`` rows (``axes``, ``keep_dims``), for passes (tlc.passes.rank).
+REDUCE_OPS: list[str] = []
+
+
 def _reduce(name, fn, tfn, float_only=False):
+    REDUCE_OPS.append(name)
     def infer(in_types, attrs):
         x = in_types[0]
         if float_only and x.dtype not in FLOAT:

@@ -79,7 +79,7 @@ register(
     doc="MIL ``reshape`` (tensor_transformation.py): row-major reshape to the static ``shape``.",
     infer=_infer_reshape,
     numpy=lambda a, x: x.reshape(a["shape"]),
-    emit_mil=lambda ctx, a, ins, nm: ctx.mb.reshape(x=ins[0], shape=list(a["shape"]), name=nm),
+    emit_mil=lambda ctx, a, ins, nm: ctx.mb.reshape(x=ins[0], shape=np.array(a["shape"], np.int32), name=nm),
     flops=flops_none,
     torch=lambda a, x: x.reshape(a["shape"]),
 )
@@ -413,7 +413,7 @@ register(
     doc="MIL ``tile`` (tensor_operation.py): repeat x ``reps[i]`` times along axis i.",
     infer=_infer_tile,
     numpy=lambda a, x: np.tile(x, a["reps"]),
-    emit_mil=lambda ctx, a, ins, nm: ctx.mb.tile(x=ins[0], reps=list(a["reps"]), name=nm),
+    emit_mil=lambda ctx, a, ins, nm: ctx.mb.tile(x=ins[0], reps=np.array(a["reps"], np.int32), name=nm),
     flops=flops_none,
     torch=lambda a, x: x.repeat(a["reps"]),
 )

@@ -1,0 +1,515 @@
+"""ATen -> IR lowerings for neural-network layers: convolutions, normalizations, softmax, pooling,
+resampling and padding (registered into :data:`tlc.frontend.aten.LOWERINGS`)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import FrontendError, UnsupportedOpError
+from .aten import _IR_TO_TORCH, Const, _axis, _dims, _shape, lower
+
+# ----------------------------------------------------------------------------------------- conv
+
+
+def _conv_pad(padding, kernel, dilation, nsp):
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0,) * (2 * nsp)
+        if padding == "same":
+            pads = []
+            for k, d in zip(kernel, dilation):
+                tot = d * (k - 1)
+                pads += [tot // 2, tot - tot // 2]
+            return tuple(pads)
+        raise FrontendError(f"conv padding {padding!r} unknown")
+    padding = list(padding) if isinstance(padding, (list, tuple)) else [padding] * nsp
+    if len(padding) == 1:
+        padding = padding * nsp
+    return tuple(p for p in padding for _ in range(2))
+
+
+def _tuple(v, n):
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return tuple(v * n if len(v) == 1 else v)
+
+
+@lower("aten.conv1d.default", "aten.conv2d.default", "aten.conv3d.default", "aten.conv1d.padding",
+       "aten.conv2d.padding", "aten.conv3d.padding")
+def _conv(L, x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    nsp = _dims(w) - 2
+    kernel = _shape(w)[2:]
+    dil = _tuple(dilation, nsp)
+    attrs = {
+        "strides": _tuple(stride, nsp),
+        "pad": _conv_pad(padding, kernel, dil, nsp),
+        "dilations": dil,
+        "groups": int(groups),
+    }
+    return L.add("conv", [x, w] + ([b] if b is not None else []), attrs)
+
+
+@lower("aten.convolution.default")
+def _convolution(L, x, w, b, stride, padding, dilation, transposed, output_padding, groups):
+    if transposed:
+        return _conv_transpose(L, x, w, b, stride, padding, output_padding, groups, dilation)
+    return _conv(L, x, w, b, stride, padding, dilation, groups)
+
+
+@lower("aten.conv_transpose1d.default", "aten.conv_transpose2d.input", "aten.conv_transpose3d.input")
+def _conv_transpose(L, x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """torch's transposed convolution -> ``conv_transpose`` (MIL takes only a constant weight)."""
+    if not isinstance(w, Const):
+        raise UnsupportedOpError("transposed convolution with a computed weight: MIL conv_transpose takes a "
+                                 "constant weight")
+    nsp = _dims(w) - 2
+    attrs = {"strides": _tuple(stride, nsp), "pad": tuple(p for p in _tuple(padding, nsp) for _ in range(2)),
+             "output_padding": _tuple(output_padding, nsp), "dilations": _tuple(dilation, nsp),
+             "groups": int(groups)}
+    return L.add("conv_transpose", [x, w] + ([b] if b is not None else []), attrs)
+
+
+@lower("aten._native_batch_norm_legit_no_training.default")
+def _bn_no_training(L, x, w, b, mean, var, momentum, eps):
+    return (_bn(L, x, w, b, mean, var, eps), None, None)
+
+
+@lower("aten.batch_norm.default")
+def _batch_norm(L, x, w, b, mean, var, training, momentum, eps, cudnn_enabled=False):
+    return _bn(L, x, w, b, mean, var, eps)
+
+
+def _bn(L, x, w, b, mean, var, eps):
+    ins = [x, mean, var]
+    if w is not None or b is not None:
+        c = _shape(x)[1]
+        tdt = _IR_TO_TORCH[L.v(x).type.dtype]
+        ins += [w if w is not None else Const(torch.ones(c, dtype=tdt), L.node.name + "_gamma"),
+                b if b is not None else Const(torch.zeros(c, dtype=tdt), L.node.name + "_beta")]
+    return L.add("batch_norm", ins, {"epsilon": float(eps)})
+
+
+@lower("aten.layer_norm.default")
+def _layer_norm(L, x, shape, w=None, b=None, eps=1e-5, cudnn_enable=False):
+    r = _dims(x)
+    axes = tuple(range(r - len(shape), r))
+    ins = [x]
+    if w is not None or b is not None:
+        ins += [w if w is not None else Const(torch.ones(shape, dtype=_IR_TO_TORCH[L.v(x).type.dtype]), L.node.name + "_gamma")]
+        if b is not None:
+            ins.append(b)
+    return L.add("layer_norm", ins, {"axes": axes, "epsilon": float(eps)})
+
+
+@lower("aten.native_group_norm.default")
+def _native_group_norm(L, x, w, b, n, c, hw, group, eps):
+    """``native_group_norm`` -> ``group_norm`` (its mean/rstd results are training outputs)."""
+    if L.result_used(1) or L.result_used(2):
+        raise UnsupportedOpError("native_group_norm's mean/rstd results are read; only the normalized output "
+                                 "is lowered")
+    return (_group_norm(L, x, group, w, b, eps), None, None)
+
+
+@lower("aten.group_norm.default")
+def _group_norm(L, x, num_groups, w=None, b=None, eps=1e-5, cudnn_enabled=True):
+    ins = [x]
+    if w is not None or b is not None:
+        c = _shape(x)[1]
+        tdt = _IR_TO_TORCH[L.v(x).type.dtype]
+        ins += [w if w is not None else Const(torch.ones(c, dtype=tdt), L.node.name + "_gamma")]
+        if b is not None:
+            ins.append(b)
+    return L.add("group_norm", ins, {"num_groups": int(num_groups), "epsilon": float(eps)})
+
+
+@lower("aten.softmax.int", "aten._softmax.default")
+def _softmax(L, x, dim, half_to_float=None):
+    x = L.cast(x, L.out_type().dtype)
+    return L.add("softmax", [x], {"axis": int(dim)})
+
+
+def _pool_attrs(kernel, stride, padding, nsp, ceil_mode):
+    k = _tuple(kernel, nsp)
+    s = _tuple(stride, nsp) if stride not in (None, [], ()) else k
+    p = _tuple(padding, nsp)
+    return {"kernel_sizes": k, "strides": s, "pad": tuple(v for v in p for _ in range(2)), "ceil_mode": bool(ceil_mode)}
+
+
+@lower("aten.max_pool1d.default", "aten.max_pool2d.default", "aten.max_pool3d.default")
+def _max_pool(L, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
+    nsp = _dims(x) - 2
+    a = _pool_attrs(kernel, stride, padding, nsp, ceil_mode)
+    dil = _tuple(dilation, nsp)
+    if any(d != 1 for d in dil):
+        return _dilated_max_pool(L, L.v(x), a, dil)
+    return L.add("max_pool", [x], a)
+
+
+@lower("aten.max_pool2d_with_indices.default", "aten.max_pool3d_with_indices.default")
+def _max_pool_with_indices(L, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
+    if L.result_used(1):
+        raise UnsupportedOpError("max_pool's indices are read; MIL max_pool returns only the values")
+    return (_max_pool(L, x, kernel, stride, padding, dilation, ceil_mode), None)
+
+
+def _dilated_max_pool(L, x, a, dil):
+    """MIL ``max_pool`` has no dilation: the max over the kernel taps, each tap a strided slice of
+    the input padded with -inf (``ceil_mode`` overhang padded too). prod(kernel) slices and
+    maximums, exact."""
+    from ..ops.conv import out_size
+
+    k, st, pad = a["kernel_sizes"], a["strides"], list(a["pad"])
+    shape = x.type.shape
+    nsp = len(k)
+    out = [out_size(shape[2 + i], k[i], st[i], dil[i], pad[2 * i], pad[2 * i + 1], a["ceil_mode"]) for i in range(nsp)]
+    for i in range(nsp):
+        need = (out[i] - 1) * st[i] + dil[i] * (k[i] - 1) + 1 - (shape[2 + i] + pad[2 * i] + pad[2 * i + 1])
+        pad[2 * i + 1] += max(need, 0)
+    if any(pad):
+        x = L.add("pad", [x], {"pad": tuple(pad), "mode": "constant", "constant_val": float("-inf")},
+                  name=L.node.name + "_pad")
+    y = None
+    for tap in np.ndindex(*k):
+        begin = [0, 0] + [t * d for t, d in zip(tap, dil)]
+        end = list(x.type.shape[:2]) + [t * d + (o - 1) * s + 1 for t, d, o, s in zip(tap, dil, out, st)]
+        sl = L.add("slice_by_index", [x], {"begin": tuple(begin), "end": tuple(end), "stride": (1, 1) + tuple(st)},
+                   name=L.node.name + "_tap")
+        y = sl if y is None else L.add("maximum", [y, sl], name=L.node.name + "_max")
+    return y
+
+
+@lower("aten.avg_pool1d.default", "aten.avg_pool2d.default", "aten.avg_pool3d.default")
+def _avg_pool(L, x, kernel, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    nsp = _dims(x) - 2
+    a = _pool_attrs(kernel, stride, padding, nsp, ceil_mode)
+    if divisor_override:
+        if ceil_mode:
+            raise UnsupportedOpError("avg_pool with divisor_override and ceil_mode has no MIL form")
+        # sum / divisor = mean over the window (padding counted) * prod(kernel) / divisor
+        a["exclude_padding_from_average"] = False
+        y = L.add("avg_pool", [x], a, name=L.node.name + "_mean")
+        dt = y.type.dtype
+        return L.add("mul", [y, L.scalar(float(np.prod(a["kernel_sizes"])) / divisor_override, dt)])
+    a["exclude_padding_from_average"] = not count_include_pad
+    return L.add("avg_pool", [x], a)
+
+
+# ---------------------------------------------------------------------- adaptive pools, resampling
+
+
+def _axis_matrix(call, n_in: int) -> np.ndarray:
+    """The [n_out, n_in] matrix of a linear 1-axis resampling, computed by torch itself:
+    ``call(E)`` on the one-hot batch E (float64, the signal axis of length n_in, sample b = e_b)
+    returns [n_in, ..., n_out, ...] whose sample b is column b of the matrix."""
+    e = torch.eye(n_in, dtype=torch.float64)
+    with torch.no_grad():
+        y = call(e)
+    return y.reshape(n_in, -1).T.numpy()
+
+
+def _apply_axis_matrices(L, x, mats: dict) -> object:
+    """x with each ``{axis: A[n_out, n_in]}`` applied along its axis as a matmul with a constant
+    (last axis: x @ A^T; second to last: A @ x; others: a [before, n_in, after] view). Identity
+    matrices are skipped; axes that shrink go first (less work for the rest)."""
+    x = L.v(x)
+    order = sorted(mats, key=lambda ax: mats[ax].shape[0] / mats[ax].shape[1])
+    for ax in order:
+        A = mats[ax]
+        if A.shape[0] == A.shape[1] and np.array_equal(A, np.eye(A.shape[0])):
+            continue
+        shape = x.type.shape
+        r = len(shape)
+        dt = x.type.dtype
+        name = f"{L.node.name}_axis{ax}"
+        if ax == r - 1:
+            m = Const(torch.from_numpy(np.ascontiguousarray(A.T, dtype=np.float32)), name + "_t")
+            x = L.add("matmul", [x, L.cast(m, dt)], name=name)
+        elif ax == r - 2:
+            m = Const(torch.from_numpy(np.ascontiguousarray(A, dtype=np.float32)), name + "_m")
+            x = L.add("matmul", [L.cast(m, dt), x], name=name)
+        else:
+            before, after = int(np.prod(shape[:ax])), int(np.prod(shape[ax + 1:]))
+            v = L.add("reshape", [x], {"shape": (before, shape[ax], after)}, name=name + "_view")
+            m = Const(torch.from_numpy(np.ascontiguousarray(A, dtype=np.float32)), name + "_m")
+            v = L.add("matmul", [L.cast(m, dt), v], name=name)
+            x = L.add("reshape", [v], {"shape": shape[:ax] + (A.shape[0],) + shape[ax + 1:]}, name=name + "_back")
+    return x
+
+
+def _repeat_factor(A: np.ndarray) -> int | None:
+    """k if A is nearest upsampling by the integer k (row o reads column o // k), else None."""
+    n_out, n_in = A.shape
+    if n_out % n_in:
+        return None
+    k = n_out // n_in
+    want = np.zeros_like(A)
+    want[np.arange(n_out), np.arange(n_out) // k] = 1
+    return k if np.array_equal(A, want) else None
+
+
+_UPSAMPLE = [f"aten.{op}.{ov}" for op in (
+    "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
+    "_upsample_nearest_exact2d", "_upsample_nearest_exact3d", "upsample_linear1d", "upsample_bilinear2d",
+    "upsample_trilinear3d", "upsample_bicubic2d", "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa")
+    for ov in ("vec", "default")]
+
+
+@lower(*_UPSAMPLE)
+def _upsample(L, x, *args, **kwargs):
+    """Every torch upsampling (nearest, nearest-exact, linear, bilinear, trilinear, bicubic,
+    antialiased; sizes or scale factors; ``align_corners`` either way) is linear and separable
+    per spatial axis, so it lowers to one matmul per changed axis with the matrix torch itself
+    computes (:func:`_axis_matrix`, the op run on one-hot signals): no resampling rule is
+    re-implemented, and the result is torch's up to rounding. Nearest upsampling of the last two
+    axes by integer factors becomes MIL ``upsample_nearest_neighbor`` instead (the ANE's own
+    op, no matmul)."""
+    op = L.node.target
+    names = [a.name for a in op._schema.arguments]
+    bound = dict(zip(names[1:], args))
+    bound.update(kwargs)
+    shape = _shape(x)
+    nsp = len(shape) - 2
+    out_sp = L.out_type().shape[2:]
+    mats = {}
+    for i in range(nsp):
+        kw = dict(bound)
+        # the other spatial axes: length 2, kept (torch's antialiased kernels mishandle length 1)
+        if kw.get("output_size") is not None:
+            kw["output_size"] = [out_sp[j] if j == i else 2 for j in range(nsp)]
+        if kw.get("scale_factors") is not None:
+            kw["scale_factors"] = [float(kw["scale_factors"][j]) if j == i else 1.0 for j in range(nsp)]
+        for j, nm in enumerate(n for n in names if n.startswith("scales")):
+            if nm in kw and j != i:
+                kw[nm] = None
+        if kw.get("output_size") is None and kw.get("scale_factors") is None:
+            kw["output_size"] = [out_sp[j] if j == i else 2 for j in range(nsp)]
+
+        def call(e, i=i, kw=kw):
+            n_in = shape[2 + i]
+            sig = e.reshape((n_in, 1) + tuple(n_in if j == i else 1 for j in range(nsp)))
+            sig = sig.expand((n_in, 1) + tuple(n_in if j == i else 2 for j in range(nsp))).contiguous()
+            y = op(sig, **kw)
+            return y[(slice(None), slice(None)) + tuple(slice(None) if j == i else 0 for j in range(nsp))]
+
+        mats[2 + i] = _axis_matrix(call, shape[2 + i])
+    reps = {ax: _repeat_factor(A) for ax, A in mats.items()}
+    changed = [ax for ax, A in mats.items() if not (A.shape[0] == A.shape[1] and np.array_equal(A, np.eye(A.shape[0])))]
+    r = len(shape)
+    if changed and all(reps[ax] and ax >= r - 2 for ax in changed) and L.v(x).type.dtype in ("fp32", "fp16"):
+        sh = reps.get(r - 2) if r - 2 >= 2 else 1
+        return L.add("upsample_nearest_neighbor", [x], {"scale_factor_height": int(sh or 1),
+                                                        "scale_factor_width": int(reps.get(r - 1) or 1)})
+    return _apply_axis_matrices(L, x, mats)
+
+
+@lower("aten.adaptive_avg_pool1d.default", "aten.adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d.default",
+       "aten.adaptive_avg_pool3d.default", "aten._adaptive_avg_pool3d.default")
+def _adaptive_avg_pool(L, x, output_size):
+    """Global -> ``reduce_mean``; windows that tile the input -> ``avg_pool``; otherwise the
+    per-axis averaging matrices torch uses (:func:`_axis_matrix`) as matmuls."""
+    shape = _shape(x)
+    nsp = len(shape) - 2
+    out = L.out_type().shape[2:]
+    if all(o == 1 for o in out):
+        return L.add("reduce_mean", [x], {"axes": tuple(range(2, 2 + nsp)), "keep_dims": True})
+    if all(i % o == 0 for i, o in zip(shape[2:], out)) and nsp <= 3:
+        k = tuple(i // o for i, o in zip(shape[2:], out))
+        return L.add("avg_pool", [x], {"kernel_sizes": k, "strides": k, "pad": (0,) * (2 * nsp)})
+    mats = {2 + i: _axis_matrix(lambda e, n=out[i]: torch.nn.functional.adaptive_avg_pool1d(e[:, None], n),
+                                shape[2 + i]) for i in range(nsp)}
+    return _apply_axis_matrices(L, x, mats)
+
+
+@lower("aten.adaptive_max_pool1d.default", "aten.adaptive_max_pool2d.default", "aten.adaptive_max_pool3d.default")
+def _adaptive_max_pool(L, x, output_size):
+    """Values of torch's adaptive max pooling, one axis at a time (max is separable): windows
+    [floor(i n / o), ceil((i+1) n / o)) — a reshape + ``reduce_max`` where they tile the axis,
+    else a ``gather`` of each window (short ones repeat their last element) + ``reduce_max``."""
+    if L.result_used(1):
+        raise UnsupportedOpError("adaptive_max_pool's indices are read; only the values are lowered")
+    shape = _shape(x)
+    out = L.out_type(0).shape[2:]
+    y = L.v(x)
+    for i, o in enumerate(out):
+        ax, n = 2 + i, shape[2 + i]
+        cur = y.type.shape
+        name = f"{L.node.name}_axis{ax}"
+        if n == o:
+            continue
+        if n % o == 0:
+            v = L.add("reshape", [y], {"shape": cur[:ax] + (o, n // o) + cur[ax + 1:]}, name=name + "_win")
+        else:
+            starts = [(j * n) // o for j in range(o)]
+            ends = [-(-((j + 1) * n) // o) for j in range(o)]
+            width = max(e - s for s, e in zip(starts, ends))
+            idx = np.array([[min(s + t, e - 1) for t in range(width)] for s, e in zip(starts, ends)], np.int32)
+            v = L.add("gather", [y, Const(torch.from_numpy(idx), name + "_idx")], {"axis": ax}, name=name + "_win")
+        y = L.add("reduce_max", [v], {"axes": (ax + 1,), "keep_dims": False}, name=name)
+    return (y, None)
+
+
+# ---------------------------------------------------------------------------------------- padding
+
+
+def _pairs(pad, rank):
+    """torch's pad list (last axis first: before, after, ...) -> {axis: (before, after)}."""
+    return {rank - 1 - i // 2: (int(pad[i]), int(pad[i + 1])) for i in range(0, len(pad), 2)}
+
+
+def _narrow(L, x, ax, start, length, tag):
+    shape = x.type.shape
+    begin = [0] * len(shape)
+    end = list(shape)
+    begin[ax], end[ax] = start, start + length
+    return L.add("slice_by_index", [x], {"begin": tuple(begin), "end": tuple(end), "stride": (1,) * len(shape)},
+                 name=f"{L.node.name}_{tag}")
+
+
+def _pad_by_concat(L, x, pairs: dict, mode: str, value=0.0):
+    """Pad (or crop, for negative amounts) axis by axis with slices and ``concat``: constant
+    blocks, the reflected edge (a ``reverse``d slice), the repeated edge (``tile``) or the
+    wrapped-around other end (circular). Exact for every dtype; used where MIL ``pad`` cannot
+    (integer/bool tensors, negative padding, reflect/replicate over more than 2 axes, circular)."""
+    from ..ir import DTYPES
+
+    x = L.v(x)
+    for ax, (b, a) in sorted(pairs.items()):
+        if mode == "replicate" and min(b, a) < 0:  # torch: out[i] = x[clamp(i - before, 0, n - 1)]
+            from .aten_shape import _take
+
+            n = x.type.shape[ax]
+            x = _take(L, x, ax, np.clip(np.arange(n + b + a) - b, 0, n - 1), name=f"{L.node.name}_rep{ax}")
+            continue
+        if b < 0:
+            x = _narrow(L, x, ax, -b, x.type.shape[ax] + b, f"crop{ax}")
+            b = 0
+        if a < 0:
+            x = _narrow(L, x, ax, 0, x.type.shape[ax] + a, f"crop{ax}")
+            a = 0
+        if not (b or a):
+            continue
+        n = x.type.shape[ax]
+        parts = []
+        for side, amount in (("before", b), ("after", a)):
+            if not amount:
+                parts.append(None)
+                continue
+            tag = f"{side}{ax}"
+            if mode == "constant":
+                shape = list(x.type.shape)
+                shape[ax] = amount
+                block = np.full(shape, value, DTYPES[x.type.dtype])
+                part = Const(torch.from_numpy(block), f"{L.node.name}_{tag}")
+            elif mode == "reflect":
+                part = _narrow(L, x, ax, 1 if side == "before" else n - 1 - amount, amount, tag)
+                part = L.add("reverse", [part], {"axes": (ax,)}, name=f"{L.node.name}_{tag}_rev")
+            elif mode == "replicate":
+                edge = _narrow(L, x, ax, 0 if side == "before" else n - 1, 1, tag)
+                reps = [1] * x.type.rank
+                reps[ax] = amount
+                part = L.add("tile", [edge], {"reps": tuple(reps)}, name=f"{L.node.name}_{tag}_rep")
+            elif mode == "circular":
+                part = _narrow(L, x, ax, n - amount if side == "before" else 0, amount, tag)
+            else:
+                raise UnsupportedOpError(f"pad mode {mode!r} unknown")
+            parts.append(part)
+        vals = [p for p in (parts[0], x, parts[1]) if p is not None]
+        x = L.add("concat", [L.v(p) for p in vals], {"axis": ax}, name=f"{L.node.name}_pad{ax}")
+    return x
+
+
+def _pad(L, x, pad, mode, value=0.0):
+    """torch padding of any mode -> MIL ``pad`` when it can (float, non-negative amounts, reflect /
+    replicate on at most the last 2 axes), else :func:`_pad_by_concat`."""
+    x = L.v(x)
+    pairs = {ax: p for ax, p in _pairs(pad, x.type.rank).items() if p != (0, 0)}
+    if not pairs:
+        return x
+    float_ok = x.type.dtype in ("fp32", "fp16") and all(v >= 0 for p in pairs.values() for v in p)
+    if mode == "reflect" and any(max(p) >= x.type.shape[ax] for ax, p in pairs.items()):
+        raise UnsupportedOpError("reflect padding wider than the input")
+    native = float_ok and (mode == "constant" or (mode in ("reflect", "replicate")
+                                                  and min(pairs) >= x.type.rank - 2))
+    if not native:
+        return _pad_by_concat(L, x, pairs, mode, value)
+    first = min(pairs)
+    flat = tuple(v for ax in range(first, x.type.rank) for v in pairs.get(ax, (0, 0)))
+    return L.add("pad", [x], {"pad": flat, "mode": mode, "constant_val": float(value or 0.0)})
+
+
+@lower("aten.constant_pad_nd.default")
+def _constant_pad(L, x, pad, value=0.0):
+    return _pad(L, x, pad, "constant", value)
+
+
+@lower("aten.reflection_pad1d.default", "aten.reflection_pad2d.default", "aten.reflection_pad3d.default")
+def _reflection_pad(L, x, padding):
+    return _pad(L, x, padding, "reflect")
+
+
+@lower("aten.replication_pad1d.default", "aten.replication_pad2d.default", "aten.replication_pad3d.default")
+def _replication_pad(L, x, padding):
+    return _pad(L, x, padding, "replicate")
+
+
+@lower("aten._pad_circular.default")
+def _circular_pad(L, x, pad):
+    return _pad(L, x, pad, "circular")
+
+
+@lower("aten.pad.default")
+def _pad_any(L, x, pad, mode="constant", value=None):
+    return _pad(L, x, pad, mode, 0.0 if value is None else value)
+
+
+# ---------------------------------------------------------------------------- im2col / col2im
+
+
+def _one_hot_kernel(c: int, kernel: tuple, dtype: str):
+    """[C * prod(kernel), 1, *kernel] weights: output channel c * prod(k) + t picks tap t of
+    channel c (torch's im2col row order), for a ``groups=C`` conv."""
+    taps = int(np.prod(kernel))
+    w = np.zeros((c * taps, 1) + tuple(kernel), np.float32)
+    for ch in range(c):
+        for t, tap in enumerate(np.ndindex(*kernel)):
+            w[(ch * taps + t, 0) + tap] = 1.0
+    return torch.from_numpy(w)
+
+
+@lower("aten.im2col.default")
+def _im2col(L, x, kernel_size, dilation, padding, stride):
+    """``F.unfold``: a ``groups=C`` conv with one-hot weights (each output channel copies one
+    kernel tap of one channel: multiplying by 1 and adding zeros is exact in fp16 too), reshaped to
+    [N, C * prod(k), L]. The ANE runs convs; a gather of the patches it would not."""
+    x = L.v(x)
+    unbatched = x.type.rank == 3
+    if unbatched:
+        x = L.add("expand_dims", [x], {"axes": (0,)}, name=L.node.name + "_batch")
+    n, c = x.type.shape[:2]
+    k = _tuple(kernel_size, 2)
+    w = L.cast(Const(_one_hot_kernel(c, k, x.type.dtype), L.node.name + "_taps"), x.type.dtype)
+    y = L.add("conv", [x, w], {"strides": _tuple(stride, 2), "dilations": _tuple(dilation, 2),
+                               "pad": tuple(p for p in _tuple(padding, 2) for _ in range(2)), "groups": c},
+              name=L.node.name + "_conv")
+    return L.add("reshape", [y], {"shape": L.out_type().shape})
+
+
+@lower("aten.col2im.default")
+def _col2im(L, x, output_size, kernel_size, dilation, padding, stride):
+    """``F.fold``: the transposed conv of the same one-hot weights sums every patch back into
+    place (overlaps add, as torch's col2im does); ``padding`` is cropped by conv_transpose."""
+    x = L.v(x)
+    out = L.out_type().shape
+    unbatched = len(out) == 3
+    c = out[-3]
+    k = _tuple(kernel_size, 2)
+    st, dil, pad = _tuple(stride, 2), _tuple(dilation, 2), _tuple(padding, 2)
+    blocks = [(out[-2 + i] + 2 * pad[i] - dil[i] * (k[i] - 1) - 1) // st[i] + 1 for i in range(2)]
+    n = 1 if unbatched else x.type.shape[0]
+    v = L.add("reshape", [x], {"shape": (n, c * int(np.prod(k)), blocks[0], blocks[1])}, name=L.node.name + "_blocks")
+    w = L.cast(Const(_one_hot_kernel(c, k, x.type.dtype), L.node.name + "_taps"), x.type.dtype)
+    full = [(blocks[i] - 1) * st[i] + dil[i] * (k[i] - 1) + 1 for i in range(2)]
+    extra = [out[-2 + i] + 2 * pad[i] - full[i] for i in range(2)]
+    y = L.add("conv_transpose", [v, w], {"strides": st, "dilations": dil, "groups": c,
+                                         "pad": (pad[0], pad[0], pad[1], pad[1]), "output_padding": tuple(extra)},
+              name=L.node.name + ("_fold" if unbatched else ""))
+    return L.add("reshape", [y], {"shape": out}) if unbatched else y

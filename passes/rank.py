@@ -1,0 +1,294 @@
+"""``layout::fold_rank``: keep tensors of rank > 5 out of the MIL program by merging axes that move
+together.
+
+Core ML rejects tensors of rank 6 and more (coremltools ``Program._check_invalid_tensor_rank``:
+"Core ML only supports tensors with rank <= 5"; the ANE limit, apple/coremltools#2536). torch code
+reaches rank 6 through views: Swin's window partition ``[B, H/w, w, W/w, w, C]`` and its reverse,
+pixel shuffle ``[N, C, r, r, H, W]``, space-to-depth, patch embeddings. Most such tensors are
+redundant: the permutation moves whole runs of axes at once, so each run can be one axis.
+
+**Method.** The *region* is every value of rank > 5 and the nodes that read or write one. Each
+such value's non-unit axes are split into groups at *cuts*; a reshape constrains nothing (any
+grouping of its input and output is again a valid row-major reshape), while
+
+* ``transpose``: two axes can share a group only if the permutation keeps them adjacent and in
+  order; a cut on one side is a cut on the other;
+* elementwise ops (broadcasting): adjacent output axes share a group only if every operand is
+  either full-size on both or broadcast (size 1 / missing) on both; operand and output cuts
+  mirror each other;
+* ``reduce_*``: reduced and kept axes never share a group; ``softmax``: its axis is a group alone.
+
+Cuts are added until nothing changes (each round adds one, so at most the number of axis
+boundaries rounds). Every region value then takes its merged shape (unit axes dropped), and each
+region node is rebuilt on merged operands: transposes permute groups, reshapes reshape to the
+merged shape, broadcast operands from outside the region are reshaped to match (constants
+folded). A region is rewritten only if every merged rank is <= 5, it reads and writes rank > 5
+values only through these ops, and no rank > 5 value is a graph input or output; otherwise it is
+left unchanged and its ops run in tlc's fallback runtime (the partitioner's reason names the rank).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tlc.ir import Graph, GraphBuilder, Node, Value
+from tlc.ops.elementwise import BINARY_OPS, UNARY_OPS
+from tlc.ops.norm import REDUCE_OPS, norm_axes
+
+from . import register_pass
+
+MAX_RANK = 5
+_ELEMENTWISE = set(UNARY_OPS) | set(BINARY_OPS) | {"select"}
+_SUPPORTED = _ELEMENTWISE | set(REDUCE_OPS) | {"reshape", "transpose", "softmax", "expand_dims", "squeeze"}
+
+
+def _high(v: Value) -> bool:
+    return v.type.is_static and v.type.rank > MAX_RANK
+
+
+class _Cuts:
+    """Per high value: its non-unit axes and the set of cut positions (a cut at j separates
+    non-unit axes j-1 and j)."""
+
+    def __init__(self, values):
+        self.nu = {v: [i for i, d in enumerate(v.type.shape) if d != 1] for v in values}
+        self.cuts: dict[Value, set[int]] = {v: set() for v in values}
+        self.changed = False
+
+    def cut_between(self, v: Value, a: int, b: int) -> None:
+        """Cut v between its axes a < b if they are consecutive non-unit axes."""
+        nu = self.nu[v]
+        if a in nu and b in nu and nu.index(b) == nu.index(a) + 1 and nu.index(b) not in self.cuts[v]:
+            self.cuts[v].add(nu.index(b))
+            self.changed = True
+
+    def split(self, v: Value, a: int, b: int) -> bool:
+        """Whether v's consecutive non-unit axes a, b are in different groups."""
+        nu = self.nu[v]
+        return nu.index(b) in self.cuts[v]
+
+    def pairs(self, v: Value):
+        nu = self.nu[v]
+        return [(nu[j - 1], nu[j]) for j in range(1, len(nu))]
+
+    def groups(self, v: Value) -> list[list[int]]:
+        nu = self.nu[v]
+        out: list[list[int]] = []
+        for j, a in enumerate(nu):
+            if j == 0 or j in self.cuts[v]:
+                out.append([a])
+            else:
+                out[-1].append(a)
+        return out
+
+    def merged(self, v: Value) -> tuple[int, ...]:
+        return tuple(int(np.prod([v.type.shape[a] for a in g])) for g in self.groups(v))
+
+
+def _aligned(operand: Value, out: Value, axis: int) -> int | None:
+    """The operand axis aligned (NumPy broadcasting, trailing) with output ``axis``, or None."""
+    k = axis - (out.type.rank - operand.type.rank)
+    return k if k >= 0 else None
+
+
+def _permuted(c: _Cuts, high: set, src: Value, dst: Value, to_dst: dict) -> None:
+    """Transpose constraint seen from ``src``: two consecutive non-unit axes of src share a group
+    only if ``to_dst`` keeps them adjacent (unit axes aside) and in order in ``dst``; a cut of
+    src between them is then a cut of dst too."""
+    if src not in high:
+        return
+    for a, b in c.pairs(src):
+        da, db = to_dst[a], to_dst[b]
+        apart = db < da or any(dst.type.shape[i] != 1 for i in range(da + 1, db))
+        if apart:
+            c.cut_between(src, a, b)
+        elif dst in high and c.split(src, a, b):
+            c.cut_between(dst, da, db)
+
+
+def _constrain(n: Node, c: _Cuts, high: set) -> None:
+    """Add the cuts node ``n`` requires (see the module docstring)."""
+    if n.op == "transpose":
+        x, y = n.inputs[0], n.out
+        perm = n.attrs["perm"]
+        to_y = {a: i for i, a in enumerate(perm)}  # x axis -> y axis
+        _permuted(c, high, x, y, to_y)
+        _permuted(c, high, y, x, dict(enumerate(perm)))
+    elif n.op in _ELEMENTWISE:
+        y = n.out
+        ops = [v for v in n.inputs]
+        for p, q in (c.pairs(y) if y in high else []):
+            for v in ops:
+                kp, kq = _aligned(v, y, p), _aligned(v, y, q)
+                full = [k is not None and v.type.shape[k] == y.type.shape[ax] for k, ax in ((kp, p), (kq, q))]
+                if full[0] != full[1]:
+                    c.cut_between(y, p, q)
+                elif full[0] and v in high and c.split(v, kp, kq):
+                    c.cut_between(y, p, q)
+            if c.split(y, p, q):
+                for v in ops:
+                    kp, kq = _aligned(v, y, p), _aligned(v, y, q)
+                    if v in high and kp is not None and kq is not None:
+                        c.cut_between(v, kp, kq)
+    elif n.op in REDUCE_OPS or n.op == "softmax":
+        x, y = n.inputs[0], n.out
+        axes = (norm_axes(n.attrs["axes"], x.type.rank) if n.attrs.get("axes") is not None
+                else tuple(range(x.type.rank))) if n.op != "softmax" else norm_axes([n.attrs.get("axis", -1)], x.type.rank)
+        if n.op == "softmax":
+            for a, b in c.pairs(x):
+                if a in axes or b in axes:
+                    c.cut_between(x, a, b)
+            if y in high:
+                for a, b in c.pairs(x):
+                    if c.split(x, a, b):
+                        c.cut_between(y, a, b)
+                for a, b in c.pairs(y):
+                    if c.split(y, a, b):
+                        c.cut_between(x, a, b)
+            return
+        if x in high:
+            for a, b in c.pairs(x):
+                if (a in axes) != (b in axes):
+                    c.cut_between(x, a, b)
+        keep = n.attrs.get("keep_dims", False)
+        ymap = {a: (a if keep else a - sum(1 for r in axes if r < a)) for a in range(x.type.rank) if a not in axes}
+        if x in high and y in high:
+            for a, b in c.pairs(x):
+                if a in ymap and b in ymap:
+                    if c.split(x, a, b):
+                        c.cut_between(y, ymap[a], ymap[b])
+            inv = {v: k for k, v in ymap.items()}
+            for a, b in c.pairs(y):
+                if c.split(y, a, b):
+                    c.cut_between(x, inv[a], inv[b])
+
+
+def _regions(g: Graph, high: set) -> list[tuple[set, list]]:
+    """Connected components of high values (linked through any node touching two of them)."""
+    parent = {v: v for v in high}
+
+    def find(v):
+        while parent[v] is not v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+
+    for n in g.nodes:
+        hv = [v for v in list(n.inputs) + list(n.outputs) if v in high]
+        for v in hv[1:]:
+            parent[find(v)] = find(hv[0])
+    comps: dict[Value, tuple[set, list]] = {}
+    for v in high:
+        comps.setdefault(find(v), (set(), []))[0].add(v)
+    for n in g.nodes:
+        hv = [v for v in list(n.inputs) + list(n.outputs) if v in high]
+        if hv:
+            comps[find(hv[0])][1].append(n)
+    return list(comps.values())
+
+
+def _solve(g: Graph, values: set, nodes: list) -> _Cuts | None:
+    """The cuts of one region, or None if it cannot be folded to rank <= 5."""
+    if any(v in values for v in list(g.inputs) + list(g.outputs)):
+        return None
+    if any(n.op not in _SUPPORTED for n in nodes):
+        return None
+    c = _Cuts(values)
+    limit = sum(len(ax) for ax in c.nu.values()) + 1
+    for _ in range(limit):
+        c.changed = False
+        for n in nodes:
+            _constrain(n, c, values)
+        if not c.changed:
+            break
+    if any(len(c.groups(v)) > MAX_RANK for v in values):
+        return None
+    return c
+
+
+def _operand_shape(v: Value, y: Value, c: _Cuts) -> tuple[int, ...]:
+    """Shape of a (non-region) broadcast operand ``v`` of region output ``y`` in y's groups."""
+    out = []
+    for grp in c.groups(y):
+        dims = [v.type.shape[k] for k in (_aligned(v, y, a) for a in grp) if k is not None]
+        out.append(int(np.prod(dims)) if dims else 1)
+    return tuple(out)
+
+
+@register_pass("layout::fold_rank")
+def fold_rank(g: Graph) -> Graph:
+    """Rewrite rank > 5 reshape/transpose/elementwise/reduce regions at rank <= 5 (module docstring).
+
+    Given:  %v: fp32[1,2,4,2,4,8] = reshape(%x: fp32[1,8,8,8]) ; %p = transpose(%v, perm=(0,1,3,2,4,5))
+            %w: fp32[4,16,8] = reshape(%p)
+    Result: %v: fp32[2,4,2,32] = reshape(%x) ; %p: fp32[2,2,4,32] = transpose(%v, perm=(0,2,1,3))
+            %w: fp32[4,16,8] = reshape(%p)
+    """
+    high = {v for n in g.nodes for v in list(n.inputs) + list(n.outputs) if _high(v)}
+    if not high:
+        return g
+    plan: dict[Value, _Cuts] = {}
+    rewrite: set[Node] = set()
+    for values, nodes in _regions(g, high):
+        c = _solve(g, values, nodes)
+        if c is None:
+            continue
+        for v in values:
+            plan[v] = c
+        rewrite.update(nodes)
+    if not rewrite:
+        return g
+    b = GraphBuilder(dict(g.meta))
+    env: dict[Value, Value] = {}
+    for v in g.inputs:
+        env[v] = b.add_input(v.name, v.type)
+    consts = {n.out: n for n in g.nodes if n.op == "const"}
+
+    for n in g.nodes:
+        if n not in rewrite:
+            new = b.add(n.op, [env[v] for v in n.inputs], dict(n.attrs), name=n.name, loc=n.loc)
+            env.update(zip(n.outputs, new.outputs))
+            continue
+        y = n.out
+        cy = plan.get(y)
+        shape_y = cy.merged(y) if cy else y.type.shape
+        if n.op in ("reshape", "expand_dims", "squeeze"):
+            out = b.add("reshape", [env[n.inputs[0]]], {"shape": shape_y}, name=n.name, loc=n.loc).out
+        elif n.op == "transpose":
+            x = n.inputs[0]
+            cx = plan[x]
+            perm = n.attrs["perm"]
+            xg = cx.groups(x)
+            new_perm = tuple(next(i for i, grp in enumerate(xg) if perm[grp_y[0]] in grp) for grp_y in cy.groups(y))
+            out = b.add("transpose", [env[x]], {"perm": new_perm}, name=n.name, loc=n.loc).out
+        elif n.op in _ELEMENTWISE:
+            ins = []
+            for k, v in enumerate(n.inputs):
+                if v in plan:
+                    ins.append(env[v])
+                    continue
+                want = _operand_shape(v, y, cy)
+                if v in consts:
+                    arr = np.asarray(consts[v].attrs["val"]).reshape(want)
+                    ins.append(b.const(arr, name=f"{n.name}_in{k}", loc=n.loc))
+                elif v.type.shape == want:
+                    ins.append(env[v])
+                else:
+                    ins.append(b.add("reshape", [env[v]], {"shape": want}, name=f"{n.name}_in{k}", loc=n.loc).out)
+            out = b.add(n.op, ins, dict(n.attrs), name=n.name, loc=n.loc).out
+        else:  # reductions and softmax over groups
+            x = n.inputs[0]
+            cx = plan[x]
+            xg = cx.groups(x)
+            if n.op == "softmax":
+                ax = norm_axes([n.attrs.get("axis", -1)], x.type.rank)[0]
+                gi = next(i for i, grp in enumerate(xg) if ax in grp)
+                out = b.add("softmax", [env[x]], {**dict(n.attrs), "axis": gi}, name=n.name, loc=n.loc).out
+            else:
+                axes = norm_axes(n.attrs["axes"], x.type.rank) if n.attrs.get("axes") is not None else tuple(range(x.type.rank))
+                red = tuple(i for i, grp in enumerate(xg) if grp[0] in axes)
+                out = b.add(n.op, [env[x]], {"axes": red, "keep_dims": False}, name=n.name, loc=n.loc).out
+        if out.type.shape != shape_y:  # a region output read outside (its rank is <= 5): original shape
+            out = b.add("reshape", [out], {"shape": shape_y}, name=n.name + "_shape", loc=n.loc).out
+        env[y] = out
+    outs = [env[v] for v in g.outputs]
+    return b.build(outs, g.output_names)

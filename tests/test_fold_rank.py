@@ -1,0 +1,130 @@
+"""``layout::fold_rank``: rank > 5 view chains rewritten at rank <= 5 by merging axes that move
+together (issue 10). Per pass: op lists before/after, numerics against the unoptimized graph in the
+NumPy runtime, and must-not-fire cases (a permutation that moves every axis; a rank-6 graph
+output)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tlc
+from tlc.ir import GraphBuilder, TensorType, verify
+from tlc.passes import run_pipeline
+from tlc.passes.partition import coreml_reason
+from tlc.runtime import run_graph
+
+from shipcheck import ship
+
+
+def _ranks(g):
+    return [v.type.rank for n in g.nodes for v in n.outputs]
+
+
+def _same(g, h, feeds):
+    a, b = run_graph(g, feeds), run_graph(h, feeds)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def _window_partition_graph():
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType("fp32", (1, 8, 8, 8)))
+    v = b.add("reshape", [x], {"shape": (1, 2, 4, 2, 4, 8)}).out
+    p = b.add("transpose", [v], {"perm": (0, 1, 3, 2, 4, 5)}).out
+    s = b.add("mul", [p, b.const(np.float32(2.0))]).out
+    w = b.add("reshape", [s], {"shape": (4, 16, 8)}).out
+    return b.build([w], ["y"])
+
+
+def test_window_partition_folds_to_rank_4():
+    g = _window_partition_graph()
+    h = run_pipeline(g, ["layout::fold_rank"])
+    verify(h)
+    assert max(_ranks(g)) == 6 and max(_ranks(h)) == 4
+    assert [n.op for n in h.nodes if n.op != "const"] == ["reshape", "transpose", "mul", "reshape"]
+    t = next(n for n in h.nodes if n.op == "transpose")
+    assert t.attrs["perm"] == (0, 2, 1, 3) and t.inputs[0].type.shape == (2, 4, 2, 32)
+    x = np.random.default_rng(0).standard_normal((1, 8, 8, 8)).astype(np.float32)
+    _same(g, h, {"x": x})
+
+
+def test_broadcast_operand_and_reduction_fold():
+    """A rank-6 value times a per-channel constant, then reduced over one axis: the constant is
+    reshaped to the merged groups and the reduction keeps its own group."""
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType("fp32", (2, 3, 4, 210)))
+    v = b.add("reshape", [x], {"shape": (2, 3, 4, 5, 6, 7)}).out
+    c = b.const(np.random.default_rng(1).standard_normal((6, 7)).astype(np.float32))
+    y = b.add("mul", [v, c]).out
+    r = b.add("reduce_sum", [y], {"axes": (1,), "keep_dims": False}).out  # rank 5 out
+    g = b.build([r], ["y"])
+    h = run_pipeline(g, ["layout::fold_rank"])
+    verify(h)
+    assert max(_ranks(h)) <= 5
+    mul = next(n for n in h.nodes if n.op == "mul")
+    assert mul.out.type.shape == (2, 3, 20, 42)  # groups (2), (3) reduced, (4, 5) and (6, 7) where c broadcasts
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 4, 210)).astype(np.float32)}
+    out_g, out_h = run_graph(g, feeds)["y"], run_graph(h, feeds)["y"]
+    np.testing.assert_allclose(out_h, out_g, rtol=1e-6, atol=1e-6)
+
+
+def test_a_permutation_of_every_axis_must_not_fold():
+    """(0, 2, 4, 1, 3, 5) keeps no two axes together: the pass leaves the graph as it is, and the
+    partitioner sends those ops to the fallback runtime with the reason."""
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType("fp32", (2, 3 * 4 * 5, 42)))
+    v = b.add("reshape", [x], {"shape": (2, 3, 4, 5, 6, 7)}).out
+    p = b.add("transpose", [v], {"perm": (0, 2, 4, 1, 3, 5)}).out
+    y = b.add("reshape", [p], {"shape": (2, 2520)}).out
+    g = b.build([y], ["y"])
+    h = run_pipeline(g, ["layout::fold_rank"])
+    assert h is g
+    t = next(n for n in h.nodes if n.op == "transpose")
+    assert "rank 6" in coreml_reason(t) and "fold_rank" in coreml_reason(t)
+
+
+def test_a_rank_6_graph_output_must_not_fold():
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType("fp32", (4, 6)))
+    v = b.add("reshape", [x], {"shape": (1, 2, 2, 2, 3, 1)}).out
+    g = b.build([b.add("relu", [v]).out], ["y"])
+    assert run_pipeline(g, ["layout::fold_rank"]) is g
+
+
+def test_unit_axes_drop_out():
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType("fp32", (2, 3, 4)))
+    v = b.add("reshape", [x], {"shape": (1, 2, 1, 3, 1, 4, 1)}).out
+    p = b.add("transpose", [v], {"perm": (6, 5, 4, 3, 2, 1, 0)}).out
+    y = b.add("reshape", [p], {"shape": (4, 3, 2)}).out
+    g = b.build([y], ["y"])
+    h = run_pipeline(g, ["layout::fold_rank"])
+    assert max(_ranks(h)) == 3
+    _same(g, h, {"x": np.arange(24, dtype=np.float32).reshape(2, 3, 4)})
+
+
+@pytest.mark.parametrize("fn, shape", [
+    (lambda x: F.pixel_shuffle(x, 2), (1, 8, 5, 6)),
+    (lambda x: F.pixel_unshuffle(x, 2), (1, 3, 6, 4)),
+    (lambda x: F.pixel_unshuffle(F.pixel_shuffle(x, 3), 3) * 2 + x, (2, 9, 3, 3)),
+    (lambda x: x.reshape(2, 2, 2, 3, 2, 2).permute(0, 1, 3, 2, 4, 5).softmax(-1).reshape(2, 48), (2, 48)),
+], ids=["pixel_shuffle", "pixel_unshuffle", "shuffle_roundtrip", "softmax_rank6"])
+def test_models_with_rank_6_views_are_one_package(fn, shape, tmp_path):
+    torch.manual_seed(0)
+    cm = ship(fn, (torch.randn(*shape),), tmp_path, tol=1e-6, name="r6")
+    assert max(_ranks(cm.graph)) <= 5
+
+
+def test_unfoldable_rank_6_runs_in_the_fallback_runtime(tmp_path):
+    def fn(x):
+        return (x.permute(0, 2, 4, 1, 3, 5) * 2).sum()
+
+    x = torch.randn(2, 3, 4, 5, 6, 7)
+    cm = tlc.build(fn, (x,), precision="fp32")
+    assert cm.is_bundle
+    reasons = [why for _, _, why, _ in cm.fallback_ops()]
+    assert any("rank 6" in r for r in reasons)
+    out = tlc.runtime.load(cm.save(tmp_path / "m.mlpackage"))({"x": x.numpy()})["output"]
+    assert abs(float(out) - float(fn(x))) <= 1e-3 * abs(float(fn(x)))
