@@ -60,6 +60,15 @@ def check_io_dtype(io_dtype: str, minimum_deployment_target) -> str:
     return IO_DTYPES[io_dtype]
 
 
+def _complex_boundary(g: Graph):
+    """The complex inputs/outputs of ``g`` (tlc.boundary); 0-d values need no conversion in tlc's
+    own runtimes."""
+    from .boundary import Boundary, of_graph
+
+    b = of_graph(g)
+    return Boundary(complex_inputs=b.complex_inputs, complex_outputs=b.complex_outputs)
+
+
 def check_shippable(g: Graph | None, target: str) -> None:
     """Raise unless graph ``g`` can be one ``.mlpackage`` (``fallback=False``): :class:`InputError`
     for a target other than ``"ane"``, :class:`NotShippableError` listing every op Core ML cannot
@@ -148,6 +157,7 @@ class CompiledModel:
         self._out_spec = out_spec
         self._kw_order = kw_order
         self._out_dtypes = out_torch_dtypes
+        self.boundary = _complex_boundary(graph)  # complex model I/O are real [..., 2] pairs in the IR
         self._mlmodel = None
         self._coreml = None
         self._torch = None
@@ -236,6 +246,7 @@ class CompiledModel:
     def _metadata(self) -> dict:
         md = {"tlc.source": self.source} if self.source else {}
         md["tlc.io_dtype"] = self.io_dtype
+        md.update(self.boundary.metadata())  # complex model I/O (a bundle's manifest needs it too)
         if self.islands:
             md["tlc.fp32_islands"] = ",".join(self.islands)
         return md
@@ -334,12 +345,19 @@ class CompiledModel:
         built on first use and kept (weights stay on the device). Float inputs may be fp32 or fp16
         whatever :attr:`io_dtype` is (converted); float outputs come in :attr:`io_dtype`, as the
         package returns them. Raises :class:`~tlc.errors.InputError` for missing/misnamed inputs
-        or wrong shapes/dtypes.
+        or wrong shapes/dtypes. Complex model inputs/outputs are complex64 arrays here (real
+        ``[..., 2]`` pairs inside the graph and the package: :mod:`tlc.boundary`).
         """
-        from tlc.runtime import check_inputs, run_graph
-
         if backend not in BACKENDS:
             raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if self.boundary.complex_inputs or self.boundary.complex_outputs:
+            feeds = self.boundary.to_package(feeds)
+            return self.boundary.from_package(self._run(feeds, backend))
+        return self._run(feeds, backend)
+
+    def _run(self, feeds, backend):
+        from tlc.runtime import check_inputs, run_graph
+
         if backend == "auto":
             backend = "coreml" if coreml_available() else "torch" if gpu_available() else "numpy"
         if backend == "torch":
@@ -491,7 +509,7 @@ def build(
         leaves = [x for x in pytree.tree_leaves((a2, k2)) if isinstance(x, torch.Tensor)]
         if len(leaves) != len(names):
             raise InputError(f"calibration input has {len(leaves)} tensors; the model takes {len(names)} ({', '.join(names)})")
-        calibration.append({n: t.detach().cpu().numpy() for n, t in zip(names, leaves)})
+        calibration.append(_complex_boundary(g).to_package({n: t.detach().cpu().numpy() for n, t in zip(names, leaves)}))
     if not fallback:
         check_shippable(g, target)
     return CompiledModel(g, precision=precision, minimum_deployment_target=str(minimum_deployment_target),

@@ -45,7 +45,7 @@ def check_package_io(path, g: Graph) -> list[str]:
     """Reload a saved package (coremltools' milproto loader, via :func:`tlc.runtime.load_program`)
     and list every mismatch between its ``main`` function's I/O and the IR graph's: input names,
     shapes and dtypes (bool inputs are int32 in a package, 0-d values ``[1]``); output names, shapes
-    and dtypes; and the :data:`tlc.emit.SCALAR_IO_KEY` record of the 0-d ones."""
+    and dtypes; and the :mod:`tlc.boundary` record of the 0-d and complex ones."""
     from coremltools.converters.mil.mil import types
 
     from tlc.runtime import load_program
@@ -69,12 +69,11 @@ def check_package_io(path, g: Graph) -> list[str]:
         dt = types.builtin_to_string(o.dtype)
         if tuple(o.shape) != io_shape(v.type) or dt != io_dtype(v.type):
             problems.append(f"output {o.name}: package {dt}{list(o.shape)} vs IR {v.type}")
-    from .emit import SCALAR_IO_KEY, scalar_io
+    from .boundary import Boundary, of_graph
 
-    want = scalar_io(g)
-    got = json.loads(mlmodel.user_defined_metadata.get(SCALAR_IO_KEY) or '{"inputs": [], "outputs": []}')
+    want, got = of_graph(g), Boundary.from_metadata(dict(mlmodel.user_defined_metadata))
     if got != want:
-        problems.append(f"scalar I/O record {got} vs IR {want}")
+        problems.append(f"boundary record {got} vs IR {want}")
     return problems
 
 

@@ -139,19 +139,6 @@ class EmitContext:
         return self._masks[key]
 
 
-#: Package metadata key listing the model inputs and outputs that are 0-d in the model and ``[1]``
-#: at the package boundary (Core ML inputs and outputs need rank >= 1): ``{"inputs": [...],
-#: "outputs": [...]}`` as JSON. tlc's runtime (:class:`tlc.runtime.LoadedModel`) takes and returns
-#: them as 0-d arrays again; other Core ML callers see ``[1]``.
-SCALAR_IO_KEY = "tlc.scalar_io"
-
-
-def scalar_io(g: Graph) -> dict[str, list[str]]:
-    """Names of ``g``'s 0-d inputs and outputs (the :data:`SCALAR_IO_KEY` record)."""
-    return {"inputs": [v.name for v in g.inputs if v.type.rank == 0],
-            "outputs": [n for n, v in zip(g.output_names, g.outputs) if v.type.rank == 0]}
-
-
 def _mil_dtype(dt: str):
     from coremltools.converters.mil.mil import types
 
@@ -163,7 +150,7 @@ def to_mil_program(g: Graph, minimum_deployment_target="iOS17"):
 
     Inputs keep the graph's names; bool inputs are taken as int32 and cast (Core ML has no bool
     I/O); bool outputs are cast to int32; 0-d inputs and outputs are ``[1]`` at the boundary
-    (squeezed / expanded inside; listed under :data:`SCALAR_IO_KEY` in the metadata). Raises :class:`EmitError` naming the node whose
+    (squeezed / expanded inside; recorded in the metadata by :func:`convert`, :mod:`tlc.boundary`). Raises :class:`EmitError` naming the node whose
     emission failed.
     """
     from coremltools.converters.mil.mil import Function, Program
@@ -173,7 +160,7 @@ def to_mil_program(g: Graph, minimum_deployment_target="iOS17"):
     placeholders = {}
     for v in g.inputs:
         dt = "int32" if v.type.dtype == "bool" else v.type.dtype
-        # Core ML I/O needs rank >= 1: a 0-d input is [1] at the boundary (SCALAR_IO_KEY)
+        # Core ML I/O needs rank >= 1: a 0-d input is [1] at the boundary (tlc.boundary)
         placeholders[v.name] = mb.placeholder(shape=v.type.shape or (1,), dtype=_mil_dtype(dt))
     out_names = set(g.output_names)
     with Function(placeholders, opset_version=opset) as func:
@@ -181,7 +168,7 @@ def to_mil_program(g: Graph, minimum_deployment_target="iOS17"):
         env = {}
         for v in g.inputs:
             x = func.inputs[v.name]
-            if v.type.rank == 0:
+            if v.type.rank == 0:  # [1] at the boundary (tlc.boundary)
                 x = mb.squeeze(x=x, axes=[0], name=f"{v.name}_scalar")
             env[v] = mb.cast(x=x, dtype="bool", name=f"{v.name}_bool") if v.type.dtype == "bool" else x
         for n in g.nodes:
@@ -204,7 +191,7 @@ def to_mil_program(g: Graph, minimum_deployment_target="iOS17"):
             x = env[v]
             if v.type.dtype == "bool":
                 x = mb.cast(x=x, dtype="int32", name=f"{name}_int")
-            if v.type.rank == 0:  # widened to [1] at the boundary (SCALAR_IO_KEY)
+            if v.type.rank == 0:  # widened to [1] at the boundary (tlc.boundary)
                 x = mb.expand_dims(x=x, axes=[0], name=name)
             elif x.op is None or x.op.op_type == "const" or x in outputs:
                 x = mb.identity(x=x, name=name)
@@ -315,11 +302,9 @@ def convert(g: Graph, precision: str = "mixed", minimum_deployment_target="iOS17
     md = {"tlc.version": __version__, "tlc.precision": precision,
           "tlc.minimum_deployment_target": str(minimum_deployment_target)}
     md.update({k: str(v) for k, v in (metadata or {}).items()})
-    scalars = scalar_io(g)
-    if scalars["inputs"] or scalars["outputs"]:
-        import json
+    from .boundary import of_graph
 
-        md[SCALAR_IO_KEY] = json.dumps(scalars)
+    md.update(of_graph(g).metadata())  # 0-d and complex model I/O, for tlc's runtimes (tlc.boundary)
     for k, v in md.items():
         mlmodel.user_defined_metadata[k] = v
     mlmodel.version = __version__

@@ -27,7 +27,12 @@ DEFAULT_TOL = {"fp32": 1e-5, "fp16": 1e-2}
 
 
 def rel_l2(got: np.ndarray, ref: np.ndarray) -> float:
-    """||got - ref|| / ||ref|| in float64; inf if ``got`` has NaN/inf where ``ref`` is finite."""
+    """||got - ref|| / ||ref|| in float64 (complex values as their real/imaginary pairs); inf if
+    ``got`` has NaN/inf where ``ref`` is finite."""
+    got, ref = np.asarray(got), np.asarray(ref)
+    if got.dtype.kind == "c" or ref.dtype.kind == "c":
+        got, ref = (np.stack([a.real, a.imag], -1) if a.dtype.kind == "c" else np.stack([a, np.zeros_like(a)], -1)
+                    for a in (got, ref))
     g = np.asarray(got, np.float64)
     r = np.asarray(ref, np.float64)
     if g.shape != r.shape:

@@ -13,6 +13,9 @@ from typing import Mapping
 
 import numpy as np
 
+from tlc.boundary import Boundary
+from tlc.errors import TlcError
+
 from .bundle import BundleModel, is_bundle
 from .mil_interpreter import MILInterpreter, PackageError, UnsupportedMILOpError, load_program, package_info
 from .numpy_executor import check_inputs, run_graph, validate_feeds
@@ -40,29 +43,14 @@ def coreml_available() -> bool:
         return False
 
 
-def scalar_io_of(spec) -> tuple[set[str], set[str]]:
-    """The package's 0-d model inputs and outputs (``[1]`` at the Core ML boundary), from the
-    :data:`tlc.emit.SCALAR_IO_KEY` metadata tlc writes; empty sets for other packages."""
-    import json
-
-    raw = dict(spec.description.metadata.userDefined).get("tlc.scalar_io")
-    if not raw:
-        return set(), set()
-    try:
-        d = json.loads(raw)
-        return set(d.get("inputs", ())), set(d.get("outputs", ()))
-    except (ValueError, AttributeError):
-        raise PackageError("metadata tlc.scalar_io is not the JSON record tlc writes (damaged package)") from None
-
-
 class LoadedModel:
     """A package ready to run: call with named NumPy arrays, get ``{output_name: array}``.
 
     ``backend`` is ``"coreml"`` (macOS, Core ML predict with ``compute_units``) or
     ``"interpreter"`` (tlc's NumPy MIL interpreter); ``inputs``/``outputs`` describe the I/O.
-    Inputs and outputs that are 0-d in the model (``[1]`` inside the package, recorded under
-    ``tlc.scalar_io``) are taken and returned as 0-d arrays (``scalar_inputs`` /
-    ``scalar_outputs``).
+    Inputs and outputs that are 0-d or complex in the model (``[1]`` / real ``[..., 2]`` inside the
+    package, recorded in its metadata: :mod:`tlc.boundary`) are taken and returned as 0-d /
+    complex64 arrays (``boundary``; ``scalar_inputs`` / ``scalar_outputs``).
     """
 
     def __init__(self, path: str | Path, backend: str = "auto", compute_units: str = "ALL"):
@@ -74,8 +62,12 @@ class LoadedModel:
             raise InputError(f"compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}")
         self.path = Path(path)
         self.interpreter = MILInterpreter(self.path)  # validates the package on every platform
-        self.scalar_inputs, self.scalar_outputs = scalar_io_of(self.interpreter.spec)
-        self.inputs = [(n, () if n in self.scalar_inputs else s, d) for n, s, d in self.interpreter.inputs]
+        try:
+            self.boundary = Boundary.from_metadata(dict(self.interpreter.spec.description.metadata.userDefined))
+        except TlcError as e:
+            raise PackageError(f"{str(self.path)!r}: {e}") from None
+        self.scalar_inputs, self.scalar_outputs = self.boundary.scalar_inputs, self.boundary.scalar_outputs
+        self.inputs = self.boundary.user_inputs(self.interpreter.inputs)
         self.outputs = self.interpreter.outputs
         if backend == "coreml" and not coreml_available():
             from tlc.errors import TlcError
@@ -91,14 +83,14 @@ class LoadedModel:
     def __call__(self, feeds: Mapping[str, np.ndarray] | None = None, **named) -> dict[str, np.ndarray]:
         """Run on named arrays (a dict and/or keywords); returns ``{output_name: array}``.
         Raises :class:`~tlc.errors.InputError` for missing/misnamed inputs or wrong shape/dtype."""
-        feeds = validate_feeds(self.inputs, {**(feeds or {}), **named}, self.path.name)
-        feeds = {k: v.reshape(1) if k in self.scalar_inputs else v for k, v in feeds.items()}
+        feeds = self.boundary.to_package({**(feeds or {}), **named})
+        feeds = validate_feeds(self.interpreter.inputs, feeds, self.path.name)
         if self._coreml is not None:  # pragma: no cover - macOS only
             res = self._coreml.predict(feeds)
             out = {k: np.asarray(res[k]) for k in self.outputs}
         else:
             out = self.interpreter.run(feeds)
-        return {k: v.reshape(()) if k in self.scalar_outputs else v for k, v in out.items()}
+        return self.boundary.from_package(out)
 
     def __repr__(self) -> str:
         return f"<tlc LoadedModel {self.path.name} on {self.backend}: {[n for n, *_ in self.inputs]} -> {self.outputs}>"

@@ -88,8 +88,17 @@ class BundleModel:
             raise PackageError(f"{self.path}: not a tlc-bundle v1 manifest "
                                f"(format {m.get('format')!r}, version {m.get('version')!r})")
         self.manifest = m
+        from tlc.boundary import Boundary
+        from tlc.errors import TlcError
+
         try:
-            self.inputs = [(d["name"], tuple(d["shape"]), DTYPES[d["dtype"]]) for d in m["inputs"]]
+            self.boundary = Boundary.from_metadata(m.get("metadata") or {})
+        except TlcError as e:
+            raise PackageError(f"{self.path}: {e}") from None
+        self.boundary.scalar_inputs, self.boundary.scalar_outputs = set(), set()  # 0-d is native in bundles
+        try:
+            self._inputs = [(d["name"], tuple(d["shape"]), DTYPES[d["dtype"]]) for d in m["inputs"]]
+            self.inputs = self.boundary.user_inputs(self._inputs)
             self.outputs = [d["name"] for d in m["outputs"]]
             self._out_values = {d["name"]: d["value"] for d in m["outputs"]}
             self._segments = []
@@ -128,7 +137,7 @@ class BundleModel:
         """Like calling the model; ``observer(op_name, outputs)`` is called after every op of every
         segment (MIL op names for Core ML segments run by the interpreter, IR node names for
         fallback segments). Not available for segments run by Core ML predict."""
-        env = validate_feeds(self.inputs, feeds, self.path.name)
+        env = validate_feeds(self._inputs, self.boundary.to_package(feeds), self.path.name)
         for i, (e, runner) in enumerate(self._segments):
             sub = {n: env[n] for n in e["inputs"]}
             if not (isinstance(runner, _FallbackSegment) and runner.torch is not None):
@@ -144,7 +153,7 @@ class BundleModel:
             env.update(out)
             for n in self._drop_after[i]:
                 env.pop(n, None)
-        return {name: _host(env[v]) for name, v in self._out_values.items()}
+        return self.boundary.from_package({name: _host(env[v]) for name, v in self._out_values.items()})
 
     def __repr__(self) -> str:
         segs = ", ".join(f"{i}:{t}/{b}" for i, t, b in self.segments)

@@ -212,18 +212,31 @@ def test_constant_outputs_run_from_the_package(tmp_path):
 # ----------------------------------------------------------------------- fallback never aborts
 
 
+_SPD = torch.randn(4, 4)
+
+
 @pytest.mark.parametrize("fn, inputs", [
     (lambda x: torch.linalg.inv(x), (torch.randn(4, 4) + 4 * torch.eye(4),)),
     (lambda a, b: torch.linalg.solve(a, b), (torch.randn(3, 3) + 3 * torch.eye(3), torch.randn(3))),
-    (lambda x: torch.linalg.cholesky(x @ x.T + torch.eye(3)), (torch.randn(3, 3),)),
+    (lambda x: torch.linalg.cholesky(x @ x.T + torch.eye(4)), (_SPD,)),
+    (lambda x: torch.linalg.slogdet(x), (torch.randn(2, 3, 3) + 2 * torch.eye(3),)),
+], ids=["inv", "solve", "cholesky", "slogdet"])
+def test_small_linalg_is_unrolled_into_core_ml(fn, inputs, tmp_path):
+    """Gaussian elimination with partial pivoting / Cholesky, unrolled for the static n (issue 10;
+    torch.export wraps their error checks in ``with_effects``, which tlc drops)."""
+    ship(fn, inputs, tmp_path, tol=1e-5, double=False, name="la")
+
+
+@pytest.mark.parametrize("fn, inputs", [
     (lambda x: torch.linalg.qr(x), (torch.randn(4, 3),)),
     (lambda x: torch.linalg.svd(x)[1], (torch.randn(4, 3),)),
     (lambda x: torch.linalg.eigh(x + x.T)[0], (torch.randn(3, 3),)),
-], ids=["inv", "solve", "cholesky", "qr", "svdvals", "eigh"])
-def test_linalg_runs_in_the_fallback_runtime(fn, inputs, tmp_path):
-    """torch.export wraps their error checks in ``with_effects``; tlc drops the check and runs
-    the op in the fallback runtime (a bundle), matching torch."""
+], ids=["qr", "svdvals", "eigh"])
+def test_iterative_linalg_runs_in_the_fallback_runtime(fn, inputs, tmp_path):
+    """QR/SVD/eigendecompositions (iterative in LAPACK) stay torch ops in the fallback runtime: the
+    build never aborts and the bundle matches torch."""
     cm = tlc.build(fn, inputs, precision="fp32")
+    assert cm.is_bundle
     refs = reference(fn, inputs, double=False)
     path = cm.save(tmp_path / "la.mlpackage")
     out = load(path)({n: x.numpy() for n, x in zip(cm.input_names, inputs)})

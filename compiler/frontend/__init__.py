@@ -34,7 +34,8 @@ def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
     """Accept a tensor, a tuple/list of positional inputs, a dict of keyword inputs, or a
     ``(args_tuple, kwargs_dict)`` pair; NumPy arrays become torch tensors.
 
-    Raises :class:`InputError` for other types and for complex dtypes.
+    Complex tensors are taken as complex64 (a package holds them as real ``[..., 2]`` pairs,
+    :mod:`tlc.boundary`). Raises :class:`InputError` for other types and for complex32.
     """
     if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
         args, kwargs = (example_inputs,), {}
@@ -57,9 +58,13 @@ def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(x)
         if isinstance(x, torch.Tensor):
+            if x.dtype == torch.complex128:
+                x = x.to(torch.complex64)  # the IR holds complex64 (no 64-bit types)
+            elif x.is_complex() and x.dtype != torch.complex64:
+                raise InputError(f"example input {where} has complex dtype {x.dtype}; tlc takes complex64 "
+                                 f"(Core ML I/O then holds it as a real [..., 2] pair)")
             if x.is_complex():
-                raise InputError(f"example input {where} has complex dtype {x.dtype}; Core ML mlprogram "
-                                 f"has no complex tensors (pass real and imaginary parts separately)")
+                return x.resolve_conj()
             try:
                 ir_dtype(x.dtype, f"example input {where}")
             except Exception as e:

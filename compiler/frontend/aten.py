@@ -252,17 +252,6 @@ def _linear(L, x, w, b=None):
     return L.add("linear", ins)
 
 
-@lower("aten.addmm.default")
-def _addmm(L, bias, x, w, *, beta=1, alpha=1):
-    if beta != 1 or alpha != 1:
-        raise UnsupportedOpError("addmm with beta/alpha != 1 is not supported yet")
-    if isinstance(w, Const) and _shape(bias)[-1:] == (_shape(w)[1],) and len(_shape(bias)) == 1:
-        wt = Const(w.tensor.t().contiguous(), w.name + "_t")
-        return L.add("linear", [x, wt, bias])
-    mm = L.add("matmul", [x, w], name=L.node.name + "_mm")
-    return L.add("add", [mm, L.v(bias)])
-
-
 @lower("aten.mm.default", "aten.bmm.default")
 def _mm(L, x, y):
     return L.add("matmul", [x, y])
@@ -345,6 +334,6 @@ lower("aten.prod.default")(_reduce("reduce_prod"))
 
 
 # Lowerings of the other op families register themselves into LOWERINGS on import.
-from . import aten_math, aten_nn, aten_shape  # noqa: E402,F401
+from . import aten_blas, aten_linalg, aten_math, aten_nn, aten_sample, aten_scan, aten_shape, aten_special, aten_strided  # noqa: E402,F401
 
 __all__ = ["LOWERINGS", "SKIP", "math"]

@@ -247,7 +247,7 @@ def _angle(L, x):
     return _atan2(L, _im(L, c), c.re)
 
 
-@clower("aten._conj.default", "aten.conj_physical.default", "aten.conj.default")
+@clower("aten._conj.default", "aten.conj_physical.default", "aten._conj_physical.default", "aten.conj.default")
 def _conj(L, x):
     c = _pair(L, x)
     return Complex(c.re, L.add("mul", [_im(L, c), L.scalar(-1.0, "fp32")], name=_n(L, "neg_im")))

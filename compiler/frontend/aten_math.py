@@ -423,9 +423,15 @@ def _log_softmax(L, x, dim, half_to_float=False, dtype=None):
 def _native_layer_norm(L, x, shape, w, b, eps):
     from .aten_nn import _layer_norm
 
-    if L.result_used(1) or L.result_used(2):
-        raise UnsupportedOpError("native_layer_norm's mean/rstd results are read; only the output is lowered")
-    return (_layer_norm(L, x, shape, w, b, eps), None, None)
+    y = _layer_norm(L, x, shape, w, b, eps)
+    if not (L.result_used(1) or L.result_used(2)):
+        return (y, None, None)
+    v = L.v(x)  # mean / rstd over the normalized axes, kept as size-1 axes (torch's shapes)
+    axes = tuple(range(v.type.rank - len(shape), v.type.rank))
+    var, mean = _var(L, v, axes, 0, True, "stats")
+    rstd = L.add("rsqrt", [L.add("add", [var, _c(L, float(eps), v.type.dtype)], name=_n(L, "veps"))], {"epsilon": 0.0},
+                 name=_n(L, "rstd"))
+    return (y, mean, rstd)
 
 
 @lower("aten._native_batch_norm_legit.default", "aten.native_batch_norm.default",
@@ -513,6 +519,21 @@ def _bitwise(L, a, b):
     if L.out_type().dtype != "bool":
         raise UnsupportedOpError("bitwise and/or/xor of integer tensors has no MIL op; only bool is lowered")
     return L.add(op, [_operand(L, a, "bool"), _operand(L, b, "bool")])
+
+
+@lower("aten.angle.default")
+def _angle_real(L, x):
+    """angle of a real tensor: pi where x < 0, else 0 (NaN stays NaN)."""
+    dt = L.out_type().dtype
+    v = L.cast(x, dt)
+    r = L.add("select", [L.add("less", [v, _c(L, 0.0, dt)], name=_n(L, "neg")), _c(L, math.pi, dt), _c(L, 0.0, dt)],
+              name=_n(L, "pi"))
+    return L.add("select", [L.add("not_equal", [v, v], name=_n(L, "isnan")), v, r])  # NaN stays NaN
+
+
+@lower("aten._conj_physical.default", "aten.conj_physical.default")
+def _conj_real(L, x):
+    return L.add("identity", [L.v(x)])
 
 
 def _nan_aware(op):

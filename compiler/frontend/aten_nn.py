@@ -2,6 +2,8 @@
 resampling and padding (registered into :data:`tlc.frontend.aten.LOWERINGS`)."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -57,10 +59,8 @@ def _convolution(L, x, w, b, stride, padding, dilation, transposed, output_paddi
 
 @lower("aten.conv_transpose1d.default", "aten.conv_transpose2d.input", "aten.conv_transpose3d.input")
 def _conv_transpose(L, x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
-    """torch's transposed convolution -> ``conv_transpose`` (MIL takes only a constant weight)."""
-    if not isinstance(w, Const):
-        raise UnsupportedOpError("transposed convolution with a computed weight: MIL conv_transpose takes a "
-                                 "constant weight")
+    """torch's transposed convolution -> ``conv_transpose`` (a computed weight needs iOS17+,
+    where MIL conv_transpose takes a non-constant weight: iOS17 conv.py)."""
     nsp = _dims(w) - 2
     attrs = {"strides": _tuple(stride, nsp), "pad": tuple(p for p in _tuple(padding, nsp) for _ in range(2)),
              "output_padding": _tuple(output_padding, nsp), "dilations": _tuple(dilation, nsp),
@@ -102,11 +102,20 @@ def _layer_norm(L, x, shape, w=None, b=None, eps=1e-5, cudnn_enable=False):
 
 @lower("aten.native_group_norm.default")
 def _native_group_norm(L, x, w, b, n, c, hw, group, eps):
-    """``native_group_norm`` -> ``group_norm`` (its mean/rstd results are training outputs)."""
-    if L.result_used(1) or L.result_used(2):
-        raise UnsupportedOpError("native_group_norm's mean/rstd results are read; only the normalized output "
-                                 "is lowered")
-    return (_group_norm(L, x, group, w, b, eps), None, None)
+    """``native_group_norm`` -> ``group_norm``; its mean / rstd results ([N, G], biased variance),
+    when read, as reductions over each group."""
+    y = _group_norm(L, x, group, w, b, eps)
+    if not (L.result_used(1) or L.result_used(2)):
+        return (y, None, None)
+    from .aten_math import _var
+
+    v = L.v(x)
+    grouped = L.add("reshape", [v], {"shape": (v.type.shape[0], int(group), v.type.size //
+                                               (v.type.shape[0] * int(group)))}, name=L.node.name + "_groups")
+    var, mean = _var(L, grouped, -1, 0, False, "stats")
+    rstd = L.add("rsqrt", [L.add("add", [var, L.scalar(float(eps), v.type.dtype)], name=L.node.name + "_veps")],
+                 {"epsilon": 0.0}, name=L.node.name + "_rstd")
+    return (y, mean, rstd)
 
 
 @lower("aten.group_norm.default")
@@ -146,9 +155,51 @@ def _max_pool(L, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
 
 @lower("aten.max_pool2d_with_indices.default", "aten.max_pool3d_with_indices.default")
 def _max_pool_with_indices(L, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
-    if L.result_used(1):
-        raise UnsupportedOpError("max_pool's indices are read; MIL max_pool returns only the values")
-    return (_max_pool(L, x, kernel, stride, padding, dilation, ceil_mode), None)
+    if not L.result_used(1):
+        return (_max_pool(L, x, kernel, stride, padding, dilation, ceil_mode), None)
+    from ..ops.conv import out_size
+
+    shape = _shape(x)
+    nsp = len(shape) - 2
+    a = _pool_attrs(kernel, stride, padding, nsp, ceil_mode)
+    k, st, dil = a["kernel_sizes"], a["strides"], _tuple(dilation, nsp)
+    pad = a["pad"]
+    out = [out_size(shape[2 + i], k[i], st[i], dil[i], pad[2 * i], pad[2 * i + 1], ceil_mode) for i in range(nsp)]
+    axes = [[[o * st[i] - pad[2 * i] + t * dil[i] for t in range(k[i])] for o in range(out[i])] for i in range(nsp)]
+    return _window_argmax(L, L.v(x), axes)
+
+
+def _window_argmax(L, x, axes: list):
+    """Max pooling with torch's indices, for any windows: ``axes[i][o]`` lists the input positions
+    (along spatial axis i; out-of-range ones are padding) of output o's window. The spatial axes
+    are flattened; one ``gather`` with a constant [outputs, taps] table reads every window (padding
+    reads a -inf column appended to the input), ``reduce_max`` gives the values and
+    ``reduce_argmax`` (first maximum, NaN first, as torch) picks the tap, mapped to the flat input
+    index torch reports by a second constant table. Returns (values, int32 indices)."""
+    shape = x.type.shape
+    n, c, sp = shape[0], shape[1], shape[2:]
+    size = int(np.prod(sp))
+    rows, flats = [], []
+    for window in itertools.product(*[range(len(a)) for a in axes]):
+        taps = list(itertools.product(*[axes[i][o] for i, o in enumerate(window)]))
+        flat = [int(np.ravel_multi_index(t, sp)) if all(0 <= t[i] < sp[i] for i in range(len(sp))) else size
+                for t in taps]
+        rows.append(flat)
+    width = max(len(r) for r in rows)
+    table = np.array([r + [r[-1]] * (width - len(r)) for r in rows], np.int32)  # [O, K]
+    flats = np.where(table == size, 0, table)
+    v = L.add("reshape", [x], {"shape": (n, c, size)}, name=L.node.name + "_flat")
+    ninf = Const(torch.full((n, c, 1), float("-inf"), dtype=_IR_TO_TORCH[x.type.dtype]), L.node.name + "_ninf")
+    v = L.add("concat", [v, L.cast(ninf, x.type.dtype)], {"axis": 2}, name=L.node.name + "_padded")
+    win = L.add("gather", [v, Const(torch.from_numpy(table), L.node.name + "_windows")], {"axis": 2},
+                name=L.node.name + "_win")  # [N, C, O, K]
+    out_sp = tuple(len(a) for a in axes)
+    val = L.add("reduce_max", [win], {"axes": (3,), "keep_dims": False}, name=L.node.name + "_max")
+    arg = L.add("reduce_argmax", [win], {"axis": 3, "keep_dims": True}, name=L.node.name + "_arg")
+    where = Const(torch.from_numpy(np.broadcast_to(flats, (n, c) + flats.shape).copy()), L.node.name + "_where")
+    idx = L.add("gather_along_axis", [L.v(where), arg], {"axis": 3}, name=L.node.name + "_index")
+    return (L.add("reshape", [val], {"shape": (n, c) + out_sp}, name=L.node.name + "_values"),
+            L.add("reshape", [idx], {"shape": (n, c) + out_sp}, name=L.node.name + "_indices"))
 
 
 def _dilated_max_pool(L, x, a, dil):
@@ -182,13 +233,19 @@ def _avg_pool(L, x, kernel, stride=(), padding=0, ceil_mode=False, count_include
     nsp = _dims(x) - 2
     a = _pool_attrs(kernel, stride, padding, nsp, ceil_mode)
     if divisor_override:
-        if ceil_mode:
-            raise UnsupportedOpError("avg_pool with divisor_override and ceil_mode has no MIL form")
-        # sum / divisor = mean over the window (padding counted) * prod(kernel) / divisor
-        a["exclude_padding_from_average"] = False
-        y = L.add("avg_pool", [x], a, name=L.node.name + "_mean")
-        dt = y.type.dtype
-        return L.add("mul", [y, L.scalar(float(np.prod(a["kernel_sizes"])) / divisor_override, dt)])
+        # window sums / divisor: a depthwise conv with a kernel of 1 / divisor (padding, and the
+        # ceil_mode overhang, add zeros to the sums), exact for every window
+        from ..ops.conv import out_size
+
+        v = L.v(x)
+        shape, k, st = v.type.shape, a["kernel_sizes"], a["strides"]
+        pad = list(a["pad"])
+        for i in range(nsp):
+            o = out_size(shape[2 + i], k[i], st[i], 1, pad[2 * i], pad[2 * i + 1], ceil_mode)
+            pad[2 * i + 1] += max(0, (o - 1) * st[i] + k[i] - (shape[2 + i] + pad[2 * i] + pad[2 * i + 1]))
+        c = shape[1]
+        w = L.cast(Const(torch.full((c, 1) + tuple(k), 1.0 / divisor_override), L.node.name + "_sum"), v.type.dtype)
+        return L.add("conv", [v, w], {"strides": tuple(st), "pad": tuple(pad), "groups": c})
     a["exclude_padding_from_average"] = not count_include_pad
     return L.add("avg_pool", [x], a)
 
@@ -324,10 +381,11 @@ def _adaptive_max_pool(L, x, output_size):
     """Values of torch's adaptive max pooling, one axis at a time (max is separable): windows
     [floor(i n / o), ceil((i+1) n / o)) — a reshape + ``reduce_max`` where they tile the axis,
     else a ``gather`` of each window (short ones repeat their last element) + ``reduce_max``."""
-    if L.result_used(1):
-        raise UnsupportedOpError("adaptive_max_pool's indices are read; only the values are lowered")
     shape = _shape(x)
     out = L.out_type(0).shape[2:]
+    if L.result_used(1):  # torch's indices too: every window gathered whole
+        axes = [[list(range((j * n) // o, -(-((j + 1) * n) // o))) for j in range(o)] for n, o in zip(shape[2:], out)]
+        return _window_argmax(L, L.v(x), axes)
     y = L.v(x)
     for i, o in enumerate(out):
         ax, n = 2 + i, shape[2 + i]

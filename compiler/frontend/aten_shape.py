@@ -204,6 +204,15 @@ def _index(L, x, indices):
     op in the fallback runtime."""
     xv = L.v(x)
     shape = xv.type.shape
+    if any(isinstance(t, Const) and _is_bool(t) for t in indices):  # a constant mask: its positions are known
+        expanded = []
+        for t in indices:
+            if isinstance(t, Const) and _is_bool(t):
+                expanded += [Const(c.to(torch.int32), f"{L.node.name}_mask{len(expanded)}")
+                             for c in torch.nonzero(t.tensor, as_tuple=True)]
+            else:
+                expanded.append(t)
+        indices = expanded
     pos = [i for i, t in enumerate(indices) if t is not None]
     idx = [indices[i] for i in pos]
     if any(_is_bool(t) for t in idx):
@@ -239,6 +248,30 @@ def _index(L, x, indices):
         xv = L.cast(xv, "int32")
     g = L.add("gather", [xv, L.v(lin_v)], {"axis": k}, name=L.node.name + ("_int" if is_bool else ""))
     return L.add("cast", [g], {"dtype": "bool"}) if is_bool else g
+
+
+@lower("aten.sym_size.int")
+def _sym_size(L, x, dim):
+    """``x.shape[dim]`` of a value whose shape the lowering resolved (a constant mask)."""
+    v = L.v(x)
+    d = v.type.shape[_axis(dim, v.type.rank)]
+    if not isinstance(d, int):
+        raise UnsupportedOpError("a data-dependent size")
+    return d
+
+
+@lower("aten.masked_select.default")
+def _masked_select(L, x, mask):
+    """``masked_select`` with a constant mask: the selected flat positions are known, one
+    gather (a computed mask has a data-dependent count: declined)."""
+    if not isinstance(mask, Const):
+        raise UnsupportedOpError("masked_select with a computed mask has a data-dependent output size")
+    xv = L.v(x)
+    shape = tuple(torch.broadcast_shapes(tuple(xv.type.shape), tuple(mask.tensor.shape)))
+    m = mask.tensor.broadcast_to(shape).reshape(-1)
+    full = _broadcast_to(L, xv, shape, "x")
+    flat = L.add("reshape", [full], {"shape": (int(np.prod(shape)),)}, name=L.node.name + "_flat")
+    return _take(L, flat, 0, torch.nonzero(m).reshape(-1).numpy())
 
 
 @lower("aten.index_select.default")

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import operator
 import re
 from dataclasses import dataclass
@@ -49,14 +50,20 @@ def ir_dtype(dt: torch.dtype, what: str = "tensor", loc=None) -> str:
     raise FrontendError(f"{what} has dtype {dt}, which tlc does not support (use float32/float16/int/bool)", loc=loc)
 
 
+#: Data-dependent sizes whose value the lowering found static (a mask that is a constant):
+#: symbol name -> int, for the lowering under way (:meth:`Lowerer.resolve`).
+_KNOWN_SIZES: contextvars.ContextVar[dict] = contextvars.ContextVar("tlc_known_sizes", default={})
+
+
 def ir_shape(shape) -> tuple:
     """IR shape of a torch (fake) tensor's size: ints, and the printed name (``"u0"``) for each
-    data-dependent size (an unbacked SymInt)."""
+    data-dependent size (an unbacked SymInt) not resolved to a value by the lowering."""
+    known_sizes = _KNOWN_SIZES.get()
     out = []
     for d in shape:
         if isinstance(d, torch.SymInt):
             known = d.node.maybe_as_int()
-            d = str(d) if known is None else known
+            d = known_sizes.get(str(d), str(d)) if known is None else known
         out.append(d if isinstance(d, str) else int(d))
     return tuple(out)
 
@@ -66,16 +73,17 @@ def _empty_result(val):
     vals = val if isinstance(val, (tuple, list)) else (val,)
     if not vals or not all(isinstance(t, torch.Tensor) for t in vals) or data_dependent(list(vals)):
         return None
-    if any(t.numel() for t in vals) or any(t.dtype.is_complex or t.dtype == torch.bfloat16 for t in vals):
+    shapes = [ir_shape(t.shape) for t in vals]  # (resolved data-dependent sizes included)
+    if any(int(np.prod(s)) for s in shapes) or any(t.dtype.is_complex or t.dtype == torch.bfloat16 for t in vals):
         return None
-    res = tuple(Const(torch.zeros(tuple(int(d) for d in t.shape), dtype=t.dtype), "empty") for t in vals)
+    res = tuple(Const(torch.zeros(s, dtype=t.dtype), "empty") for s, t in zip(shapes, vals))
     return res if isinstance(val, (tuple, list)) else res[0]
 
 
 def data_dependent(v) -> bool:
     """Whether an fx value (or a list of them) has a data-dependent shape or is a symbolic scalar."""
     if isinstance(v, (torch.SymInt, torch.SymFloat, torch.SymBool)):
-        return True
+        return str(v) not in _KNOWN_SIZES.get()
     if isinstance(v, torch.Tensor):
         return any(isinstance(d, str) for d in ir_shape(v.shape))
     if isinstance(v, (tuple, list)):
@@ -95,6 +103,8 @@ def fallback_reason(v) -> str | None:
     """Why an fx value (``meta["val"]``, or a list of them) can only live in the fallback
     runtime: a complex dtype, a data-dependent shape, or a symbolic scalar; else None."""
     if isinstance(v, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        if str(v) in _KNOWN_SIZES.get():
+            return None
         return f"it computes with the data-dependent size {v}"
     if isinstance(v, torch.Tensor):
         if v.dtype.is_complex:
@@ -142,6 +152,7 @@ class Lowerer:
         self.env: dict[torch.fx.Node, Any] = {}
         self.node: torch.fx.Node | None = None
         self.loc: SourceLoc | None = None
+        self.complex_inputs: list[str] = []  # model inputs taken as real [..., 2] pairs
 
     # --- helpers for lowering functions -------------------------------------------------------
 
@@ -179,6 +190,28 @@ class Lowerer:
         """``x`` as IR ``dtype``: itself if it already is, else a new ``cast`` node."""
         x = self.v(x)
         return x if x.type.dtype == dtype else self.add("cast", [x], {"dtype": dtype}, name=self.node.name + "_cast")
+
+    def complex_input(self, name: str, shape: tuple) -> "Complex":
+        """A complex model input: the graph input ``name`` is real [*shape, 2] (real, imaginary),
+        split into a pair (tlc.boundary)."""
+        x = self.b.add_input(name, TensorType("fp32", tuple(shape) + (2,)))
+        self.complex_inputs.append(name)
+        r = len(shape) + 1
+        parts = []
+        for i, part in enumerate(("re", "im")):
+            begin, end = [0] * r, list(shape) + [i + 1]
+            begin[-1] = i
+            parts.append(self.b.add("slice_by_index", [x], {"begin": tuple(begin), "end": tuple(end),
+                                                           "stride": (1,) * r, "squeeze_mask": (False,) * (r - 1) + (True,)},
+                                    name=f"{name}_{part}", loc=self.loc).outputs[0])
+        return Complex(*parts)
+
+    def as_pair_tensor(self, c: "Complex", name: str) -> Value:
+        """A complex model output as the real [..., 2] tensor of its parts (torch's view_as_real)."""
+        im = c.im if c.im is not None else self.add("mul", [c.re, self.scalar(0.0, c.re.type.dtype)], name=f"{name}_im0")
+        parts = [self.b.add("expand_dims", [self.cast(p, "fp32")], {"axes": (-1,)}, name=f"{name}_{tag}", loc=self.loc).outputs[0]
+                 for p, tag in ((c.re, "re"), (im, "im"))]
+        return self.b.add("concat", parts, {"axis": c.re.type.rank}, name=f"{name}_pair", loc=self.loc).outputs[0]
 
     def materialize(self, c: "Complex") -> Value:
         """The complex64 IR value of a pair, for a fallback op or a model output: an
@@ -260,16 +293,22 @@ class Lowerer:
                         continue
                     nm = next(names, node.name)
                     t = TensorType(ir_dtype(val.dtype, f"input {nm!r}", self.loc), tuple(int(d) for d in val.shape))
-                    self.env[node] = self.b.add_input(nm, t)
+                    if t.dtype == "complex64":  # a real [..., 2] pair at the boundary (tlc.boundary)
+                        self.env[node] = self.complex_input(nm, t.shape)
+                    else:
+                        self.env[node] = self.b.add_input(nm, t)
             elif node.op == "call_function":
                 self.env[node] = self.lower_call(node)
             elif node.op == "output":
                 outs = pytree.tree_leaves(node.args[0])
                 if len(user_out) == len(outs):  # effect tokens (and mutations) are not model outputs
                     outs = [o for o, keep in zip(outs, user_out) if keep]
-                vals = []
+                vals, complex_out = [], []
                 for o in outs:
                     r = self.env[o] if isinstance(o, torch.fx.Node) else o
+                    if isinstance(r, Complex):  # a real [..., 2] pair at the boundary (tlc.boundary)
+                        complex_out.append(len(vals))
+                        r = self.as_pair_tensor(r, o.name)
                     if r is None and isinstance(o, torch.fx.Node) and isinstance(o.meta.get("val"), torch.Tensor):
                         t = o.meta["val"]  # a result tlc leaves out (a training buffer): torch's empty tensor
                         r = Const(torch.zeros(tuple(int(d) for d in t.shape), dtype=t.dtype), o.name)
@@ -279,7 +318,11 @@ class Lowerer:
                                                  or self._is_const(r)):
                         r = self.add("identity", [r], name=f"{o.name}_out")
                     vals.append(self.v(r) if not isinstance(r, Value) else r)
-                return self.b.build(vals, output_names(ep, len(vals)))
+                onames = output_names(ep, len(vals))
+                if self.complex_inputs or complex_out:
+                    self.b.meta["tlc.complex_io"] = {"inputs": list(self.complex_inputs),
+                                                     "outputs": [onames[i] for i in complex_out]}
+                return self.b.build(vals, onames)
             else:
                 raise FrontendError(f"unexpected fx node kind {node.op!r} ({node.name})", loc=self.loc)
         raise FrontendError("exported graph has no output node")
@@ -302,6 +345,8 @@ class Lowerer:
         if all(isinstance(x, Const) for x in leaves) and key not in NO_FOLD:
             return self.fold(target, args, kwargs)
         if target in SYM_OPS:
+            if all(isinstance(a, (int, float, bool)) for a in args):  # sizes the lowering resolved
+                return target(*args)
             return self.sym_op(target, args)
         empty = _empty_result(node.meta.get("val"))
         if empty is not None:  # no elements: the result is known (Core ML tensors cannot be empty anyway)
@@ -309,6 +354,10 @@ class Lowerer:
         fn = LOWERINGS.get(key)
         ins = [a.meta.get("val") for a in node.all_input_nodes]
         tensors = [v for v in ins if isinstance(v, torch.Tensor)] + [node.meta.get("val")]
+        if fn is not None and data_dependent(node.meta.get("val")) and not data_dependent(ins):
+            res = self.resolve(fn, args, kwargs)  # static after all (a constant mask)?
+            if res is not None:
+                return res
         why = fallback_reason(tensors)
         if why and not data_dependent(tensors) and _is_complex(tensors):
             try:  # complex values as (re, im) pairs of real MIL ops (tlc.frontend.aten_complex)
@@ -339,6 +388,32 @@ class Lowerer:
                 return self.fallback(sym_arg)
             raise FrontendError(f"lowering {key} (node {node.name}) failed: {type(e).__name__}: {e}", loc=self.loc) from e
         self._check(res)
+        return res
+
+    def resolve(self, fn, args, kwargs):
+        """Try the lowering of a node whose result torch could only size symbolically (``u0``)
+        from static inputs: when it produces static shapes (the mask is a constant), each
+        symbol's value is recorded for the rest of the graph (``_KNOWN_SIZES``) and the result is
+        returned; else None (the node falls back as data-dependent)."""
+        try:
+            res = fn(self, *args, **kwargs)
+        except TlcError:
+            return None
+        val = self.node.meta.get("val")
+        outs = res if isinstance(res, tuple) else (res,)
+        vals = val if isinstance(val, (tuple, list)) else (val,)
+        found = {}
+        for r, tv in zip(outs, vals):
+            r = self.v(r) if isinstance(r, Const) else r
+            if not (isinstance(r, Value) and isinstance(tv, torch.Tensor) and r.type.is_static
+                    and r.type.rank == tv.dim()):
+                return None
+            for d, got in zip(tv.shape, r.type.shape):
+                if isinstance(d, torch.SymInt) and d.node.maybe_as_int() is None:
+                    found[str(d)] = got
+        if not found:
+            return None
+        _KNOWN_SIZES.get().update(found)
         return res
 
     def _is_const(self, v: Value) -> bool:
@@ -539,7 +614,11 @@ def lower(ep, meta: dict | None = None, input_names: list[str] | None = None) ->
     """Lower an ExportedProgram to a verified tlc :class:`Graph`."""
     meta = dict(meta or {})
     meta.setdefault("tlc_version", __version__)
-    return Lowerer(ep, meta).run(input_names)
+    token = _KNOWN_SIZES.set({})
+    try:
+        return Lowerer(ep, meta).run(input_names)
+    finally:
+        _KNOWN_SIZES.reset(token)
 
 
 __all__ = ["lower", "Lowerer", "Const", "source_loc", "ir_dtype", "InputError"]

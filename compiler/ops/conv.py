@@ -389,8 +389,13 @@ def _emit_conv_transpose(ctx, attrs, ins, nm):
     strides, dil = _spatial(attrs, nsp, "strides", 1), _spatial(attrs, nsp, "dilations", 1)
     pad = list(attrs.get("pad") or (0,) * (2 * nsp))
     op = _spatial(attrs, nsp, "output_padding", 0)
+    if w.val is None and ctx.opset < _ct_target().iOS17:
+        from ..errors import EmitError
+
+        raise EmitError("conv_transpose with a computed (non-constant) weight needs minimum_deployment_target "
+                        "iOS17 or newer (MIL conv_transpose takes a non-constant weight from iOS17)")
     kw = dict(x=x, weight=w, strides=list(strides), dilations=list(dil), groups=attrs.get("groups", 1))
-    if not any(op):
+    if not any(op) and (len(ins) < 3 or ins[2].val is not None):
         if len(ins) == 3:
             kw["bias"] = ins[2]
         return mb.conv_transpose(pad_type="custom", pad=pad, name=nm, **kw)
@@ -404,11 +409,18 @@ def _emit_conv_transpose(ctx, attrs, ins, nm):
         y = mb.pad(x=y, pad=np.array([v for e in extra for v in (0, e)], np.int32), mode="constant",
                    constant_val=0.0, name=nm + "_pad" if len(ins) == 3 else nm)
     if len(ins) == 3:
-        bias = ins[2].val.reshape((-1,) + (1,) * nsp)
+        bias = ins[2].val.reshape((-1,) + (1,) * nsp) if ins[2].val is not None else \
+            mb.reshape(x=ins[2], shape=np.array((-1,) + (1,) * nsp, np.int32), name=nm + "_bias")
         y = mb.add(x=y, y=bias, name=nm)
     elif not any(extra):
         y = mb.identity(x=y, name=nm)
     return y
+
+
+def _ct_target():
+    from .._coreml import quiet_coremltools
+
+    return quiet_coremltools().target
 
 
 def _flops_conv_transpose(i, o, a):
