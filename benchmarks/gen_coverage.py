@@ -19,6 +19,7 @@ OpInfo results are appended.
 Run::
 
     python benchmarks/gen_coverage.py [--opinfo opinfo.json] [-o docs/coverage.md]
+    python benchmarks/gen_coverage.py --check      # tests/test_coverage_doc.py: the doc is current
 """
 from __future__ import annotations
 
@@ -45,6 +46,23 @@ def _render(node) -> str:
     if isinstance(node, ast.JoinedStr):
         return "".join(str(v.value) if isinstance(v, ast.Constant) else "…" for v in node.values)
     return "…"
+
+
+def _dynamic(tree, glb) -> bool:
+    """Whether the code emits an op whose name is not a literal: ``X.add(op, ...)``, or a local
+    builder (``e(f[trig], ...)``: a called name that is not a module-level function)."""
+    def emitter(f):
+        return (isinstance(f, ast.Attribute) and f.attr == "add") or (isinstance(f, ast.Name) and f.id not in glb
+                                                                        and f.id not in dir(__builtins__))
+    return any(isinstance(n, ast.Call) and emitter(n.func) and n.args and not isinstance(n.args[0], ast.Constant)
+               for n in ast.walk(tree))
+
+
+def _is_dynamic(fn) -> bool:
+    try:
+        return _dynamic(ast.parse(textwrap.dedent(inspect.getsource(fn))), getattr(fn, "__globals__", {}))
+    except (OSError, TypeError, SyntaxError):
+        return False
 
 
 def analyze(fn, seen=None) -> tuple[set[str], list[str]]:
@@ -75,18 +93,16 @@ def analyze(fn, seen=None) -> tuple[set[str], list[str]]:
     except (OSError, TypeError, SyntaxError):
         return ops, declines
     glb = getattr(fn, "__globals__", {})
-    dynamic = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "add" and n.args
-                  and not isinstance(n.args[0], ast.Constant) for n in ast.walk(tree))
-    if dynamic:  # L.add(op, ...) with op chosen in the body: the op names written there
+    if _dynamic(tree, glb):  # L.add(op, ...) with op chosen in the body: the op names written there
         ops |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
                 and n.value in OPS and "." not in n.value}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             f = node.func
-            if isinstance(f, ast.Attribute) and f.attr == "add" and node.args and isinstance(node.args[0], ast.Constant):
-                if isinstance(node.args[0].value, str) and node.args[0].value in OPS:
-                    ops.add(node.args[0].value)
-            elif isinstance(f, ast.Attribute) and f.attr == "cast":
+            if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str) \
+                    and node.args[0].value in OPS and "." not in node.args[0].value:
+                ops.add(node.args[0].value)  # L.add("op", ...) and builder helpers e("op", ...), b("op", ...)
+            if isinstance(f, ast.Attribute) and f.attr == "cast":
                 ops.add("cast")
             elif isinstance(f, ast.Name):
                 target = glb.get(f.id)
@@ -99,6 +115,9 @@ def analyze(fn, seen=None) -> tuple[set[str], list[str]]:
                     o, d = analyze(target, seen)
                     ops |= o
                     declines += d
+                    if _is_dynamic(target):  # a helper that emits the op it is given: _draw(L, "random_normal")
+                        ops |= {a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                                and a.value in OPS and "." not in a.value}
         elif isinstance(node, ast.ImportFrom):
             continue
         elif isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
@@ -195,6 +214,7 @@ def markdown(rs: list[dict], opinfo: dict | None) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--opinfo", help="bench_opinfo.py --json output to include")
+    ap.add_argument("--check", action="store_true", help="exit 1 if the doc's ATen table is stale; write nothing")
     ap.add_argument("-o", "--output", default=str(Path(__file__).resolve().parent.parent / "docs" / "coverage.md"))
     a = ap.parse_args(argv)
     opinfo = None
@@ -203,9 +223,30 @@ def main(argv=None) -> int:
 
         d = json.loads(Path(a.opinfo).read_text())
         opinfo = {**summarize(d["rows"]), "seconds": d.get("seconds"), "date": d.get("date", "")}
+    if a.check:
+        return check(Path(a.output))
     Path(a.output).write_text(markdown(rows(), opinfo))
     print(f"wrote {a.output}")
     return 0
+
+
+def check(path: Path) -> int:
+    """0 when the ATen-op table in ``path`` is what the code generates now, else 1 (with the first
+    differing line); the measured OpInfo section is not regenerated (it needs a 10-minute run)."""
+    marker = "## ATen ops"
+    want = markdown(rows(), None).split(marker, 1)[1]
+    have = path.read_text().split(marker, 1)[1] if marker in path.read_text() else ""
+    if have == want:
+        print(f"{path}: up to date")
+        return 0
+    for i, (h, w) in enumerate(zip(have.splitlines() + [""] * 10**4, want.splitlines())):
+        if h != w:
+            print(f"{path} is stale (rerun benchmarks/gen_coverage.py): table line {i + 1}\n  doc:  {h[:200]}\n"
+                  f"  code: {w[:200]}")
+            break
+    else:
+        print(f"{path} is stale: it has {len(have.splitlines())} table lines, the code gives {len(want.splitlines())}")
+    return 1
 
 
 if __name__ == "__main__":

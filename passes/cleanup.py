@@ -61,12 +61,15 @@ def cse(g: Graph) -> Graph:
 
     Given:  %a = relu(%x); %b = relu(%x); %c = add(%a, %b)
     Result: %a = relu(%x); %c = add(%a, %a)
+    Never merges nondeterministic ops (two random draws are two draws).
     """
     seen: dict = {}
     subst: dict[Value, Value] = {}
     drop: set[int] = set()
     for n in g.nodes:
         ins = tuple(subst.get(v, v) for v in n.inputs)
+        if get_op(n.op).nondeterministic:  # (its inputs are still substituted, by _substitute)
+            continue
         key = (n.op, tuple(id(v) for v in ins), tuple(sorted((k, _attr_key(v)) for k, v in n.attrs.items())))
         same = seen.setdefault(key, [])
         prev = next((p for p in same if all(_same_attr(p.attrs[k], n.attrs[k]) for k in n.attrs)), None)

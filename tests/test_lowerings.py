@@ -165,13 +165,26 @@ CASES = {
     # special functions as elementwise series (aten_special.py)
     "lgamma_digamma": (lambda x: torch.lgamma(x * 5) + torch.digamma(x * 5 + 0.3), (X4,), 1e-4),  # poles: fp32
     "polygamma": (lambda x: torch.polygamma(2, x.abs() + 0.5), (X4,)),
+    # negative x (reflection through cot derivatives), away from the poles: OpInfo's sample range
+    "polygamma_negative": (lambda x: torch.polygamma(1, x) + torch.polygamma(3, x) / 50,
+                           (torch.linspace(-9.7, 9.7, 97).reshape(1, 97),), 1e-4),
     "erfinv_ndtri": (lambda x: torch.erfinv(x.tanh() * 0.999) + torch.special.ndtri(torch.sigmoid(x)), (X4,)),
     "erfcx_log_ndtr": (lambda x: torch.special.erfcx(x * 3) + torch.special.log_ndtr(x * 4), (X4,)),
     "bessel_i": (lambda x: torch.i0(x * 4) + torch.special.i1e(x * 20) + torch.special.i0e(x) + torch.special.i1(x),
                  (X4,)),
+    "chebyshev_tensor_degree": (lambda x, n: torch.special.chebyshev_polynomial_t(x, n) + torch.special.chebyshev_polynomial_u(x, n)
+                                + torch.special.shifted_chebyshev_polynomial_v(x, n) + torch.special.chebyshev_polynomial_w(x, n),
+                                (torch.cat([torch.linspace(-2, 2, 21), torch.tensor([1.0, -1.0, 0.0])])[:, None],
+                                 torch.arange(-1, 12).float()), 1e-4),
+    "bessel_jyk": (lambda x: torch.special.bessel_j0(x * 10) + torch.special.bessel_j1(x * 10)
+                   + torch.special.bessel_y0(x.abs() * 10) + torch.special.bessel_y1(x.abs() * 10 + 0.2)
+                   + torch.special.modified_bessel_k0(x.abs() * 5) + torch.special.scaled_modified_bessel_k1(x.abs() * 40 + 0.1),
+                   (X4,), 1e-4),
     "zeta": (lambda x, q: torch.special.zeta(x.abs() + 1.5, q.abs() + 0.5), (X4, torch.randn(6))),
     "zeta_scalar_q": (lambda x: torch.special.zeta(x.abs() + 1.5, 2.0), (X4,)),
     # dense linear algebra unrolled for small n (aten_linalg.py)
+    "det_slogdet_empty": (lambda a: (torch.linalg.det(a), *torch.linalg.slogdet(a), torch.logdet(a)),
+                          (torch.zeros(2, 0, 0),)),
     "inv_batched": (lambda a: torch.linalg.inv(a), (torch.randn(2, 4, 4) + 4 * torch.eye(4),)),
     "solve_matrix": (lambda a, b: torch.linalg.solve(a, b), (torch.randn(3, 3) + 3 * torch.eye(3), torch.randn(3, 2))),
     "det_slogdet": (lambda a: (torch.linalg.det(a), torch.linalg.slogdet(a)), (torch.randn(2, 3, 3),)),

@@ -14,7 +14,8 @@ from coremltools.converters.mil import Builder as mb
 from test_mil_ops import R, check, check_all, f32, precisions, run_mil
 
 COVERED = {"gather_along_axis", "gather_nd", "scatter", "scatter_along_axis", "scatter_nd", "cumsum", "topk",
-           "argsort", "reduce_argmax", "reduce_argmin", "conv_transpose", "upsample_nearest_neighbor"}
+           "argsort", "reduce_argmax", "reduce_argmin", "conv_transpose", "upsample_nearest_neighbor", "random_uniform",
+           "random_normal", "random_bernoulli"}
 
 
 @pytest.fixture
@@ -171,3 +172,20 @@ def test_upsample_nearest_neighbor(sh, sw, precision, tmp_path, rng):
     (got,) = run_mil(tmp_path, lambda x: mb.upsample_nearest_neighbor(x=x, scale_factor_height=sh, scale_factor_width=sw),
                      {"x": x}, precision, "upsample_nearest_neighbor")
     check(got, F.interpolate(R(x, precision), scale_factor=(sh, sw), mode="nearest"), precision)
+
+
+@pytest.mark.parametrize("op, kw, mean, var, lo, hi", [
+    ("random_uniform", {"low": -1.0, "high": 3.0}, 1.0, 16 / 12, -1.0, 3.0),
+    ("random_normal", {"mean": 2.0, "stddev": 0.5}, 2.0, 0.25, -np.inf, np.inf),
+    ("random_bernoulli", {"prob": 0.2}, 0.2, 0.16, 0.0, 1.0),
+])
+def test_random(op, kw, mean, var, lo, hi, tmp_path):
+    """Random MIL ops (iOS15 random.py): distribution of 20000 draws (6 standard errors)."""
+    x = f32(np.zeros(1))
+
+    def build(x):
+        return getattr(mb, op)(shape=np.array([200, 100], np.int32), seed=-1, **{k: np.float32(v) for k, v in kw.items()})
+
+    (got,) = run_mil(tmp_path, build, {"x": x}, "fp32", op)
+    assert got.shape == (200, 100) and got.min() >= lo and got.max() <= hi
+    assert abs(got.mean() - mean) < 6 * np.sqrt(var / got.size)

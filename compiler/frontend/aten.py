@@ -233,10 +233,8 @@ def _to_copy(L, x, *args, dtype=None, **kwargs):
 
 
 @lower("aten.clone.default", "aten.alias.default", "aten.detach.default", "aten.lift_fresh_copy.default",
-       "aten.contiguous.default", "aten.dropout.default", "aten.native_dropout.default")
+       "aten.contiguous.default")
 def _passthrough(L, x, *args, **kwargs):
-    if L.node.target == torch.ops.aten.native_dropout.default:
-        return (x, None)
     return x
 
 
@@ -334,6 +332,7 @@ lower("aten.prod.default")(_reduce("reduce_prod"))
 
 
 # Lowerings of the other op families register themselves into LOWERINGS on import.
-from . import aten_blas, aten_linalg, aten_math, aten_nn, aten_sample, aten_scan, aten_shape, aten_special, aten_strided  # noqa: E402,F401
+from . import (aten_blas, aten_linalg, aten_math, aten_nn, aten_random, aten_sample, aten_scan,  # noqa: E402,F401
+               aten_shape, aten_special, aten_strided)
 
 __all__ = ["LOWERINGS", "SKIP", "math"]

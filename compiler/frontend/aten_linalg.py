@@ -208,10 +208,24 @@ def _solve_ex(L, A, B, *, left=True, check_errors=False):
     return (x, None, None, _info(L, a))
 
 
+def _empty_square(L, A) -> bool:
+    shape = L.v(A).type.shape
+    return len(shape) >= 2 and shape[-1] == shape[-2] == 0
+
+
+def _batch_const(L, A, value: float, what: str):
+    """A constant of A's batch shape (A: [..., 0, 0]) holding ``value``, in A's dtype."""
+    a = L.v(A)
+    t = torch.full(tuple(a.type.shape[:-2]), value, dtype=torch.float16 if a.type.dtype == "fp16" else torch.float32)
+    return Const(t, f"{L.node.name}_{what}")
+
+
 @lower("aten._linalg_det.default")
 def _det(L, A):
     if L.result_used(1) or L.result_used(2):
         raise UnsupportedOpError("det's LU/pivots results are read")
+    if _empty_square(L, A):  # det of a 0 x 0 matrix is 1 (the empty product)
+        return (_batch_const(L, A, 1.0, "det"), None, None)
     M, _, sign = lu(L, A)
     a, n = _square(L, A)
     b = _B(L, a.type.dtype)
@@ -224,6 +238,8 @@ def _det(L, A):
 def _slogdet(L, A):
     if L.result_used(2) or L.result_used(3):
         raise UnsupportedOpError("slogdet's LU/pivots results are read")
+    if _empty_square(L, A):  # 0 x 0: sign 1, log|det| 0
+        return (_batch_const(L, A, 1.0, "sign"), _batch_const(L, A, 0.0, "logabsdet"), None, None)
     M, _, sign = lu(L, A)
     a, n = _square(L, A)
     b = _B(L, a.type.dtype)

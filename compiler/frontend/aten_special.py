@@ -1,7 +1,8 @@
 """ATen -> IR lowerings of special functions as elementwise MIL arithmetic (registered into
 :data:`tlc.frontend.aten.LOWERINGS`): ``lgamma``, ``digamma``, ``polygamma``, ``erfinv``,
 ``ndtri``, ``erfcx``, ``log_ndtr``, ``i0``/``i0e``/``i1``/``i1e``, ``zeta``,
-``spherical_bessel_j0``.
+``spherical_bessel_j0``, Bessel J/Y/K of orders 0 and 1, Chebyshev polynomials T/U/V/W (also
+shifted) of tensor degree.
 
 Methods (fp32 accuracy, checked against torch in tests/test_lowerings.py and by
 benchmarks/bench_opinfo.py):
@@ -9,8 +10,8 @@ benchmarks/bench_opinfo.py):
 * lgamma / digamma / polygamma: the recurrence f(x) = f(x + 8) - (the 8 terms it shifts over),
   then the Stirling / asymptotic series at x + 8 >= 8 (Abramowitz & Stegun 6.1.41, 6.3.18,
   6.4.11), where five terms are below fp32 resolution; lgamma and digamma use the reflection
-  formulas (A&S 6.1.17, 6.3.7) for x < 0.5. polygamma(n >= 1) is exact for x > -8 (the
-  recurrence needs no reflection there).
+  formulas (A&S 6.1.17, 6.3.7, DLMF 5.15.6 with the n-th derivative of cot as a polynomial
+  in cot) for x < 0.5.
 * erfinv: M. Giles, "Approximating the erfinv function", GPU Computing Gems Jade (2011), the
   single-precision branch pair, then one Newton step on erf (which the op table has).
 * erfcx: exp(x^2) erfc(x) for x < 2, the Laplace continued fraction evaluated backwards from 60
@@ -19,6 +20,10 @@ benchmarks/bench_opinfo.py):
   no cancellation), the asymptotic series (A&S 9.7.1) beyond.
 * zeta(s, q): Euler-Maclaurin summation with 9 terms and 6 Bernoulli corrections (the method of
   Cephes ``zeta``).
+* Bessel J0/J1/Y0/Y1/K0/K1 (and e^x K): power series for |x| < 1, Hankel's integral by the
+  trapezoid rule on a fixed 30-point grid beyond (a [N, 30] broadcast, reduce_sum).
+* Chebyshev T/U/V/W: closed forms in acos/acosh of x, so a tensor degree needs no loop.
+  Hermite, Laguerre and Legendre polynomials have no such form and keep the fallback.
 """
 from __future__ import annotations
 
@@ -120,17 +125,34 @@ def _digamma(L, x):
     return e("select", e("equal", x, 0.0), float("-inf"), y)
 
 
+def _cot_derivative(n: int) -> list[float]:
+    """Coefficients (lowest first) of P_n with d^n/du^n cot u = P_n(cot u): P_0(c) = c,
+    P_(k+1)(c) = -(1 + c^2) P_k'(c) (the chain rule on cot' = -(1 + cot^2))."""
+    p = [0.0, 1.0]
+    for _ in range(n):
+        d = [i * p[i] for i in range(1, len(p))]  # P'
+        q = [0.0] * (len(d) + 2)
+        for i, c in enumerate(d):
+            q[i] -= c
+            q[i + 2] -= c
+        p = q
+    return p
+
+
 @lower("aten.polygamma.default")
 def _polygamma(L, n, x):
-    """polygamma(n, x): n = 0 is digamma; n >= 1: (-1)^(n+1) n! sum_k 1/(x+k)^(n+1) for the 8
-    shifted terms plus the asymptotic series at x + 8 (A&S 6.4.11). Exact recurrence for
-    x > -8 (torch's domain in practice)."""
+    """polygamma(n, x): n = 0 is digamma; n >= 1 for z >= 1/2: (-1)^(n+1) n! sum_k 1/(z+k)^(n+1)
+    over the 8 shifted terms plus the asymptotic series at z + 8 (A&S 6.4.11); for x < 1/2 the
+    reflection psi^(n)(x) = (-1)^n psi^(n)(1 - x) - pi^(n+1) P_n(cot(pi x)) (DLMF 5.15.6, P_n
+    from :func:`_cot_derivative`); (-1)^(n+1) inf at 0, -1, ... (torch's zeta-based kernel)."""
     if not isinstance(n, int):
         raise UnsupportedOpError("polygamma with a tensor order")
     if n == 0:
         return _digamma(L, x)
     x, e = _x(L, x)
-    w = e("add", x, float(_SHIFT))
+    small = e("less", x, 0.5)
+    z = e("select", small, e("sub", 1.0, x), x)
+    w = e("add", z, float(_SHIFT))
     fact = math.factorial(n)
     sign = 1.0 if n % 2 == 1 else -1.0
     # asymptotic: (n-1)!/w^n + n!/(2 w^(n+1)) + sum_k B_2k (2k+n-1)!/(2k)! / w^(2k+n)
@@ -142,8 +164,14 @@ def _polygamma(L, n, x):
         series = e("add", series, e("mul", e("pow", r, float(2 * k + n)), c))
     acc = series
     for k in range(_SHIFT):
-        acc = e("add", acc, e("mul", e("pow", e.inv(e("add", x, float(k))), float(n + 1)), float(fact)))
-    return e("mul", acc, sign)
+        acc = e("add", acc, e("mul", e("pow", e.inv(e("add", z, float(k))), float(n + 1)), float(fact)))
+    direct = e("mul", acc, sign)  # psi^(n)(z)
+    frac = e("sub", x, e("round", x))
+    cot = e.inv(e("tan", e("mul", frac, math.pi)))
+    refl = e("sub", e("mul", direct, -sign), e("mul", e.horner(cot, _cot_derivative(n)), math.pi ** (n + 1)))
+    y = e("select", small, refl, direct)
+    pole = e("logical_and", e("less_equal", x, 0.0), e("equal", frac, 0.0))
+    return e("select", pole, sign * float("inf"), y)
 
 
 # ----------------------------------------------------------------------- error function
@@ -301,3 +329,188 @@ def _zeta(L, s, q):
     y = e("add", total, tail)
     y = e("select", e("equal", s, 1.0), float("inf"), y)
     return e("select", e("less", s, 1.0), float("nan"), y)
+
+
+# ------------------------------------------------------------- Chebyshev polynomials
+
+#: kind -> (T/U/V/W inside [-1, 1] as (trig, offset, half-angle divisor); value at x = 1; at
+#: x = -1) with m = trunc(n) >= 0; the x = +-1 values are torch's special cases (ATen Math.h).
+_CHEBYSHEV = {
+    "t": ("cos", 0.0, None, lambda e, m, s: 1.0, lambda e, m, s: s),
+    "u": ("sin", 1.0, "sin", lambda e, m, s: e("add", m, 1.0), lambda e, m, s: e("mul", e("add", m, 1.0), s)),
+    "v": ("cos", 0.5, "cos", lambda e, m, s: 1.0, lambda e, m, s: e("mul", e("add", e("mul", m, 2.0), 1.0), s)),
+    "w": ("sin", 0.5, "sin", lambda e, m, s: e("add", e("mul", m, 2.0), 1.0), lambda e, m, s: s),
+}
+#: parity: P_m(-y) = (-1)^m Q_m(y) with Q the kind below (V and W swap, A&S 22.5 / Mason &
+#: Handscomb, "Chebyshev Polynomials" (2003) 1.2.3)
+_MIRROR = {"t": "t", "u": "u", "v": "w", "w": "v"}
+
+
+def _cheb_closed(e, kind, a, m, hyperbolic: bool):
+    """T/U/V/W_m at cos(a) (or cosh(a) when ``hyperbolic``): cos(m a); sin((m+1)a)/sin a;
+    cos((m+1/2)a)/cos(a/2); sin((m+1/2)a)/sin(a/2) (cosh/sinh for the hyperbolic branch)."""
+    trig, off, den, _, _ = _CHEBYSHEV[kind]
+    f = {"cos": "cosh", "sin": "sinh"} if hyperbolic else {"cos": "cos", "sin": "sin"}
+    num = e(f[trig], e("mul", e("add", m, off), a))
+    if den is None:
+        return num
+    return e("real_div", num, e(f[den], e("mul", a, 1.0 if kind == "u" else 0.5)))
+
+
+def _chebyshev(kind: str, shifted: bool):
+    def fn(L, x, n):
+        """Chebyshev polynomial of the first to fourth kind (T, U, V, W; ``shifted``: of 2x - 1)
+        with a per-element degree n (truncated to an integer as torch does; 0 for n < 0), in
+        closed form instead of torch's degree-long recurrence, so any tensor n stays static:
+        cos/sin of m acos(x) inside [-1, 1], cosh/sinh of m acosh|x| outside, mirrored by
+        parity for x < -1; x = +-1 takes torch's special values. fp32: about 1e-6 relative
+        inside, growing like m * 1e-7 outside."""
+        from .aten import _operand
+        from .aten_math import _trunc_value
+
+        dt = L.out_type().dtype
+        e = _E(L, dt)
+        x, n = _operand(L, x, dt), _operand(L, n, dt)
+        if shifted:
+            x = e("sub", e("mul", x, 2.0), 1.0)
+        m = _trunc_value(L, n, f"{L.node.name}_m")
+        sgn = e("sub", 1.0, e("mul", e("sub", m, e("mul", e("floor", e("mul", m, 0.5)), 2.0)), 2.0))  # (-1)^m
+        inside = _cheb_closed(e, kind, e("acos", e("clip", x, alpha=-1.0, beta=1.0)), m, False)
+        y = e("maximum", e("abs", x), 1.0)
+        t = e.log(e("add", y, e("sqrt", e("sub", e("mul", y, y), 1.0))))  # acosh |x|
+        right = _cheb_closed(e, kind, t, m, True)
+        left = e("mul", _cheb_closed(e, _MIRROR[kind], t, m, True), sgn)
+        r = e("select", e("less", x, -1.0), left, e("select", e("greater", x, 1.0), right, inside))
+        _, _, _, at_one, at_minus_one = _CHEBYSHEV[kind]
+        r = e("select", e("equal", x, 1.0), at_one(e, m, sgn), r)
+        r = e("select", e("equal", x, -1.0), at_minus_one(e, m, sgn), r)
+        return e("select", e("less", m, 0.0), 0.0, r)
+    return fn
+
+
+for _kind in "tuvw":
+    lower(*(f"aten.special_chebyshev_polynomial_{_kind}.{o}" for o in ("default", "n_scalar", "x_scalar")))(
+        _chebyshev(_kind, False))
+    lower(*(f"aten.special_shifted_chebyshev_polynomial_{_kind}.{o}" for o in ("default", "n_scalar", "x_scalar")))(
+        _chebyshev(_kind, True))
+
+
+# ------------------------------------------------------------------ Bessel J, Y, K (orders 0, 1)
+
+_EULER_GAMMA = 0.5772156649015329
+#: Gaussian quadrature grid for the Hankel integrals: s_k = k h, k < 30 (e^-s^2 < 1e-14 beyond)
+_HANKEL_H, _HANKEL_K = 0.2, 30
+#: below this |x| the power series is used (z = x^2/4 <= 1/4: 10 terms reach fp32 resolution);
+#: above it the trapezoid rule's error e^(-2 pi sqrt(x) / h) is below 1e-13
+_SERIES_BELOW = 1.0
+_SERIES_TERMS = 10
+
+
+def _harmonic(k: int) -> float:
+    return sum(1.0 / j for j in range(1, k + 1))
+
+
+def _hankel_sums(L, e, x, nu: int, modified: bool):
+    """The Hankel integrals over u = s^2 (G. N. Watson, "A Treatise on the Theory of Bessel
+    Functions" (1944) 7.2, the integral behind Hankel's asymptotic expansion, for H^(1); DLMF
+    10.32 for K): int_0^inf 2 s^(2 nu) e^(-s^2) (1 + i s^2 / (2x))^(nu - 1/2) ds (``modified``: with
+    s^2/(2x) real), by the trapezoid rule on the even, analytic integrand (exponentially
+    convergent; Trefethen & Weideman, SIAM Review 56 (2014)). Returns (re, im) of shape x
+    (im is None when ``modified``). x > 0; elements outside the branch may be inf/NaN."""
+    import torch
+
+    from .lower import Const
+
+    s = torch.arange(_HANKEL_K, dtype=torch.float64) * _HANKEL_H
+    w = torch.full((_HANKEL_K,), _HANKEL_H, dtype=torch.float64)
+    w[0] /= 2
+    c = w * 2 * s ** (2 * nu) * torch.exp(-s * s)
+    tdt = torch.float16 if e.dt == "fp16" else torch.float32
+    s2 = Const((s * s).to(tdt), f"{L.node.name}_s2")
+    cw = Const(c.to(tdt), f"{L.node.name}_weights")
+    shape = L.v(x).type.shape
+    col = e("reshape", x, shape=(math.prod(shape), 1))
+    a = e("mul", e.inv(e("mul", col, 2.0)), s2)  # s^2 / (2x): [N, K]
+    p = nu - 0.5
+    if modified:
+        re = e("reduce_sum", e("mul", e("pow", e("add", a, 1.0), p), cw), axes=(-1,), keep_dims=False)
+        return e("reshape", re, shape=shape), None
+    mag = e("mul", e("pow", e("add", e("mul", a, a), 1.0), p / 2), cw)
+    ph = e("mul", e("atan", a), p)
+    re = e("reduce_sum", e("mul", mag, e("cos", ph)), axes=(-1,), keep_dims=False)
+    im = e("reduce_sum", e("mul", mag, e("sin", ph)), axes=(-1,), keep_dims=False)
+    return e("reshape", re, shape=shape), e("reshape", im, shape=shape)
+
+
+def _bessel(kind: str, nu: int, scaled: bool = False):
+    def fn(L, x):
+        """Bessel J / Y / K of order 0 or 1 (``scaled``: e^x K), fp32 to about 1e-7 absolute:
+        for |x| < 1 the power series (A&S 9.1.10, 9.1.11, 9.6.11, 9.6.13); beyond, H^(1) = J + iY
+        or K from the Hankel integral (:func:`_hankel_sums`) times sqrt(2/(pi x)) e^(i(x - nu pi/2
+        - pi/4)) / Gamma(nu + 1/2) (sqrt(pi/(2x)) e^-x / Gamma(nu + 1/2) for K), so no
+        asymptotic switch is needed at large x. Edge values as torch: J1 odd, Y(0) = -inf, K(0)
+        = inf, NaN for x < 0 (Y, K)."""
+        x, e = _x(L, x)
+        ax = e("abs", x) if kind == "j" else x
+        pos = e("maximum", ax, _SERIES_BELOW)  # the integral branch's argument (x >= 1)
+        re, im = _hankel_sums(L, e, pos, nu, kind == "k")
+        g = math.gamma(nu + 0.5)
+        if kind == "k":
+            big = e("mul", e("mul", re, e("sqrt", e("mul", e.inv(pos), math.pi / 2))), 1.0 / g)
+            if not scaled:
+                big = e("mul", big, e("exp", e("mul", pos, -1.0)))
+        else:
+            amp = e("mul", e("sqrt", e("mul", e.inv(pos), 2 / math.pi)), 1.0 / g)
+            chi = e("sub", pos, nu * math.pi / 2 + math.pi / 4)
+            cs, sn = e("cos", chi), e("sin", chi)
+            part = e("sub", e("mul", re, cs), e("mul", im, sn)) if kind == "j" else \
+                e("add", e("mul", re, sn), e("mul", im, cs))
+            big = e("mul", part, amp)
+        small = _bessel_series(e, kind, nu, e("minimum", ax, _SERIES_BELOW))
+        if kind == "k" and scaled:
+            small = e("mul", small, e("exp", x))
+        y = e("select", e("less", ax, _SERIES_BELOW), small, big)
+        if kind == "j":
+            return e("mul", y, e("sign", x)) if nu == 1 else y
+        y = e("select", e("equal", x, 0.0), float("-inf") if kind == "y" else float("inf"), y)
+        return e("select", e("less", x, 0.0), float("nan"), y)
+    return fn
+
+
+def _bessel_series(e, kind: str, nu: int, x):
+    """The small-argument series of J, Y, K (orders 0, 1) at 0 < x <= 1, z = x^2/4; x = 0 gives
+    the limits only through the caller's selects."""
+    z = e("mul", e("mul", x, x), 0.25)
+    f = math.factorial
+    n = _SERIES_TERMS
+    sgn = -1.0 if kind in "jy" else 1.0  # J, Y: (-z)^k; I, K: z^k
+    # the regular series: J_nu or I_nu = (x/2)^nu sum (sgn z)^k / (k! (k+nu)!)
+    reg = e.horner(z, [sgn ** k / (f(k) * f(k + nu)) for k in range(n)])
+    if nu == 1:
+        reg = e("mul", reg, e("mul", x, 0.5))
+    if kind == "j":
+        return reg
+    log_half = e("sub", e.log(x), math.log(2.0))
+    if nu == 0:
+        # Y0 = (2/pi)[(ln(x/2) + gamma) J0 + sum (-1)^(k+1) H_k z^k/(k!)^2];
+        # K0 = -(ln(x/2) + gamma) I0 + sum H_k z^k / (k!)^2
+        tail = e.horner(z, [0.0] + [(-(sgn ** k)) * _harmonic(k) / f(k) ** 2 for k in range(1, n)])
+        lead = e("mul", e("add", log_half, _EULER_GAMMA), reg)
+        if kind == "y":
+            return e("mul", e("add", lead, tail), 2 / math.pi)
+        return e("add", e("mul", lead, -1.0), e("mul", tail, -1.0))
+    # nu = 1, psi(k+1) + psi(k+2) = 2 H_k + 1/(k+1) - 2 gamma
+    tail = e.horner(z, [sgn ** k * (2 * _harmonic(k) + 1.0 / (k + 1) - 2 * _EULER_GAMMA) / (f(k) * f(k + 1))
+                        for k in range(n)])
+    tail = e("mul", tail, e("mul", x, 0.5))
+    if kind == "y":  # Y1 = -2/(pi x) + (2/pi) ln(x/2) J1 - (1/pi)(x/2) sum ...
+        return e("sub", e("sub", e("mul", e("mul", log_half, reg), 2 / math.pi), e("mul", e.inv(x), 2 / math.pi)),
+                 e("mul", tail, 1 / math.pi))
+    # K1 = 1/x + ln(x/2) I1 - (1/2)(x/2) sum ...
+    return e("sub", e("add", e.inv(x), e("mul", log_half, reg)), e("mul", tail, 0.5))
+
+
+for _name, _args in {"bessel_j0": ("j", 0), "bessel_j1": ("j", 1), "bessel_y0": ("y", 0), "bessel_y1": ("y", 1),
+                     "modified_bessel_k0": ("k", 0), "modified_bessel_k1": ("k", 1),
+                     "scaled_modified_bessel_k0": ("k", 0, True), "scaled_modified_bessel_k1": ("k", 1, True)}.items():
+    lower(f"aten.special_{_name}.default")(_bessel(*_args))

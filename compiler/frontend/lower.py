@@ -342,7 +342,7 @@ class Lowerer:
         args = pytree.tree_map_only(torch.fx.Node, lambda n: self.env[n], node.args)
         kwargs = pytree.tree_map_only(torch.fx.Node, lambda n: self.env[n], node.kwargs)
         leaves = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, (Value, Const, Complex))]
-        if all(isinstance(x, Const) for x in leaves) and key not in NO_FOLD:
+        if all(isinstance(x, Const) for x in leaves) and key not in NO_FOLD and not _random(target):
             return self.fold(target, args, kwargs)
         if target in SYM_OPS:
             if all(isinstance(a, (int, float, bool)) for a in args):  # sizes the lowering resolved
@@ -561,6 +561,12 @@ EFFECT_TOKEN = _EffectToken()
 
 #: Effectful ops that only check or assert (dropped like run-time assertions).
 _SKIP_EFFECTS = {"aten._linalg_check_errors.default"}
+
+def _random(target) -> bool:
+    """Whether a torch op draws random numbers (torch's ``nondeterministic_seeded`` tag): never
+    folded into a constant (``torch.randn(3)`` would otherwise be one fixed draw)."""
+    return isinstance(target, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in target.tags
+
 
 #: Ops never constant-folded (side effects or assertions).
 NO_FOLD: set[str] = set()

@@ -25,6 +25,8 @@ A row (:class:`OpDef`) holds:
   :func:`run_kernel`): elementwise ops agree (torch's CUDA kernels widen fp16 to fp32 internally),
   matmul/conv/attention may differ by a few fp16 ulps (tensor cores, fp16 partial reductions).
   ``host_only`` (a reason) marks a row with no torch kernel; every row has one or the other.
+* ``nondeterministic`` — the op draws random values (``random_*``): passes never merge (cse) or
+  fold it, and numeric checks compare its distribution, not its values.
 
 Op names and attribute names follow coremltools' MIL op definitions
 (coremltools/converters/mil/mil/ops/defs/iOS15..iOS18) wherever MIL has the op.
@@ -107,6 +109,7 @@ class OpDef:
     from_mil: Callable[[dict], tuple[list, dict]] | None = None
     torch: Callable[..., Any] | None = None
     host_only: str | None = None
+    nondeterministic: bool = False
 
 
 OPS: dict[str, OpDef] = {}
@@ -126,6 +129,7 @@ def register(
     ane_dtype_exempt: tuple[int, ...] = (),
     torch: Callable[..., Any] | None = None,
     host_only: str | None = None,
+    nondeterministic: bool = False,
 ) -> OpDef:
     """Add a row to :data:`OPS` (built by :func:`make_row`); raises :class:`IRError` for a name
     registered twice. Every row should give a ``torch`` kernel or a ``host_only`` reason
@@ -134,7 +138,7 @@ def register(
         raise IRError(f"op {name!r} registered twice")
     OPS[name] = d = make_row(name, infer=infer, numpy=numpy, emit_mil=emit_mil, ane=ane, flops=flops, doc=doc,
                              mil_inputs=mil_inputs, from_mil=from_mil, ane_dtype_exempt=ane_dtype_exempt,
-                             torch=torch, host_only=host_only)
+                             torch=torch, host_only=host_only, nondeterministic=nondeterministic)
     return d
 
 
@@ -142,7 +146,7 @@ def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Ca
              ane: Rule | None = None, flops: Rule = flops_elementwise, doc: str = "",
              mil_inputs: tuple[str, ...] = ("x",), from_mil: Callable[[dict], tuple[list, dict]] | None = None,
              ane_dtype_exempt: tuple[int, ...] = (), torch: Callable[..., Any] | None = None,
-             host_only: str | None = None) -> OpDef:
+             host_only: str | None = None, nondeterministic: bool = False) -> OpDef:
     """An :class:`OpDef` (not added to :data:`OPS`). Its ``ane`` rule is :func:`ane_common`, then
     the op's own ``ane`` rule (the more specific reason), then :func:`ane_dtype` over the tensors
     except the inputs at positions ``ane_dtype_exempt`` (inputs that emission turns into fp16,
@@ -153,7 +157,7 @@ def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Ca
                 or ane_dtype([t for k, t in enumerate(i) if k not in ane_dtype_exempt], o))
 
     return OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""), tuple(mil_inputs), from_mil,
-                 torch, host_only)
+                 torch, host_only, nondeterministic)
 
 
 def mil_attr(v: Any) -> Any:
@@ -227,4 +231,4 @@ def get_op(name: str, loc=None) -> OpDef:
 
 
 # Populate the table (each module registers its rows on import).
-from . import elementwise, linalg, conv, norm, shape, index, resample, fallback  # noqa: E402,F401
+from . import elementwise, linalg, conv, norm, shape, index, resample, random, fallback  # noqa: E402,F401
