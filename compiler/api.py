@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -85,6 +86,11 @@ def check_shippable(g: Graph | None, target: str) -> None:
         raise NotShippableError([(n.op, n.name, coreml_reason(n), _where(n.loc)) for n in bad])
 
 
+def _is_bundle(placement) -> bool:
+    """Whether a placement needs tlc's fallback runtime (more than one segment, or one not in Core ML)."""
+    return len(set(placement.segment.values())) > 1 or any(t != "ane" for t in placement.target.values())
+
+
 def _where(loc) -> str:
     """``file:line`` (and code) of a node's source location, or ``""``."""
     if loc is None or not loc.file:
@@ -140,7 +146,7 @@ class CompiledModel:
     def __init__(self, graph: Graph, *, precision: str, minimum_deployment_target: str, out_spec, kw_order,
                  out_torch_dtypes, timings: dict, source: str | None, calibration: list[dict] | None = None,
                  target: str = "ane", cost=None, name: str = "model", io_dtype: str = "float32",
-                 fallback: bool = True):
+                 fallback: bool = True, progress: bool = False):
         self.graph = graph
         self.fallback = fallback
         self.target = _check_target(target)
@@ -148,6 +154,8 @@ class CompiledModel:
         self.name = name
         self.io_dtype = io_dtype
         self._placement = None
+        self.precision_check = None
+        self.progress = progress
         self.calibration = list(calibration or [])
         self._emit_graph = None
         self.precision = precision
@@ -177,24 +185,69 @@ class CompiledModel:
     @property
     def emit_graph(self) -> Graph:
         """The graph as emitted: :attr:`graph` after ``precision::mixed`` / ``precision::fp16`` /
-        ``precision::fp32`` (calibrated on the example inputs plus ``calibration_inputs``; float
-        inputs/outputs in :attr:`io_dtype`), or :attr:`graph` itself for fp32 with fp32 I/O."""
+        ``precision::fp32`` (float inputs/outputs in :attr:`io_dtype`), or :attr:`graph` itself for
+        fp32 with fp32 I/O. ``mixed`` is calibrated on :attr:`calibration` (the example inputs
+        plus ``calibration=``) and verified by the closed loop (:mod:`tlc.calibrate`): the emitted
+        program is run on every calibration sample, and what fails becomes an fp32 island
+        (:attr:`precision_check`). Raises :class:`tlc.calibrate.PrecisionError` when no island
+        assignment passes."""
         if self._emit_graph is None:
             io = IO_DTYPES[self.io_dtype]
+            t0 = time.perf_counter()
             if self.precision == "fp32" and io == "fp32":
                 self._emit_graph = self.graph
+            elif self.precision == "mixed":
+                self._verified_mixed(io)
             else:
                 from tlc.ir import replace
                 from tlc.passes import run_pipeline
 
-                t0 = time.perf_counter()
-                g = replace(self.graph, meta={**dict(self.graph.meta), "tlc.calibration": self.calibration,
-                                              "tlc.io_dtype": io})
-                g = run_pipeline(g, [f"precision::{self.precision}"])
-                meta = {k: v for k, v in g.meta.items() if k != "tlc.calibration"}
-                self._emit_graph = replace(g, meta=meta)
-                self.timings["precision"] = time.perf_counter() - t0
+                g = replace(self.graph, meta={**dict(self.graph.meta), "tlc.io_dtype": io})
+                self._emit_graph = run_pipeline(g, [f"precision::{self.precision}"])
+            self.timings["precision"] = time.perf_counter() - t0 - self.timings.get("closed_loop", 0.0)
         return self._emit_graph
+
+    def _verified_mixed(self, io: str) -> None:
+        """Run :func:`tlc.calibrate.verified_mixed`; keep its final graph, placement, and (one
+        package) the emitted MLModel, which :meth:`save` then writes without emitting again."""
+        import tempfile
+
+        from .calibrate import verified_mixed
+        from tlc.runtime import BundleModel, MILInterpreter
+
+        tmp = tempfile.TemporaryDirectory(prefix="tlc-loop-")
+
+        def emit(eg):
+            placement = self._assign(eg)
+            if not _is_bundle(placement):
+                mlm, info = convert(eg, self.precision, self.minimum_deployment_target, self._metadata(eg))
+                return MILInterpreter(mlm.package_path), (placement, mlm, info)
+            from tlc.passes.partition import split
+
+            path = Path(tmp.name) / f"r{len(os.listdir(tmp.name))}.tlc"
+            write_bundle(path, eg, split(eg, placement), precision=self.precision,
+                         minimum_deployment_target=self.minimum_deployment_target, metadata=self._metadata(eg))
+            return BundleModel(path, backend="interpreter"), (placement, None, None)
+
+        log = (lambda line: print(f"  ... {line}", file=sys.stderr, flush=True)) if self.progress else None
+        try:
+            eg, (placement, mlm, info), check = verified_mixed(self.graph, self.calibration, io, emit, log=log)
+        finally:
+            tmp.cleanup()
+        self._emit_graph, self._placement, self.precision_check = eg, placement, check
+        self.timings["closed_loop"] = check.run_s + check.emit_s
+        if mlm is not None:
+            self._mlmodel = mlm
+            self._record_emit(info)
+
+    def _assign(self, g: Graph):
+        from tlc.passes.partition import assign
+
+        t0 = time.perf_counter()
+        kw = {"cost": self.cost} if self.cost is not None else {}
+        p = assign(g, target=self.target, fallback=self.fallback, **kw)
+        self.timings["partition"] = time.perf_counter() - t0
+        return p
 
     @property
     def islands(self) -> dict[str, str]:
@@ -205,14 +258,9 @@ class CompiledModel:
     @property
     def placement(self):
         """Where every op of :attr:`emit_graph` runs (:class:`tlc.passes.partition.Placement`)."""
+        g = self.emit_graph  # precision first (mixed places every round of its closed loop)
         if self._placement is None:
-            from tlc.passes.partition import assign
-
-            g = self.emit_graph  # precision first: its time is counted as "precision"
-            t0 = time.perf_counter()
-            kw = {"cost": self.cost} if self.cost is not None else {}
-            self._placement = assign(g, target=self.target, fallback=self.fallback, **kw)
-            self.timings["partition"] = time.perf_counter() - t0
+            self._placement = self._assign(g)
         return self._placement
 
     @property
@@ -226,8 +274,7 @@ class CompiledModel:
     def is_bundle(self) -> bool:
         """True when the model needs tlc's fallback runtime for some ops (or ``target`` is gpu/cpu):
         :meth:`save` then writes a bundle directory ``NAME.tlc`` instead of one ``.mlpackage``."""
-        segs = set(self.placement.segment.values())
-        return len(segs) > 1 or any(t != "ane" for t in self.placement.target.values())
+        return _is_bundle(self.placement)
 
     def fallback_ops(self) -> list[tuple[str, str, str, str]]:
         """``(op, node name, reason, source)`` for every op that runs in tlc's fallback runtime
@@ -241,14 +288,18 @@ class CompiledModel:
         ANE with its reason and source line (text via ``str``, JSON, HTML)."""
         from .report import build_report
 
-        return build_report(self.emit_graph, self.segments, self.placement, model=self.name, precision=self.precision)
+        g = self.emit_graph  # mixed: runs the closed loop, whose result the report carries
+        pc = self.precision_check.to_json() if self.precision_check is not None else None
+        return build_report(g, self.segments, self.placement, model=self.name, precision=self.precision,
+                            precision_check=pc)
 
-    def _metadata(self) -> dict:
+    def _metadata(self, g: Graph | None = None) -> dict:
         md = {"tlc.source": self.source} if self.source else {}
         md["tlc.io_dtype"] = self.io_dtype
         md.update(self.boundary.metadata())  # complex model I/O (a bundle's manifest needs it too)
-        if self.islands:
-            md["tlc.fp32_islands"] = ",".join(self.islands)
+        islands = (self.emit_graph if g is None else g).meta.get("tlc.islands", {})
+        if islands:
+            md["tlc.fp32_islands"] = ",".join(islands)
         return md
 
     @property
@@ -261,13 +312,17 @@ class CompiledModel:
 
                 raise EmitError("this model is not one Core ML program (ops run in tlc's fallback runtime: "
                                 "see report()); save() writes a bundle")
-            self._mlmodel, info = convert(self.emit_graph, self.precision, self.minimum_deployment_target,
-                                          self._metadata())
-            self.timings["emit_mil"] = info.build_mil_s
-            self.timings["mil_passes"] = info.mil_passes_s
-            self.timings["serialize"] = info.serialize_s
-            self.timings["convert"] = info.convert_s
+            g = self.emit_graph  # mixed emits in its closed loop and keeps that MLModel
+            if self._mlmodel is None:
+                self._mlmodel, info = convert(g, self.precision, self.minimum_deployment_target, self._metadata())
+                self._record_emit(info)
         return self._mlmodel
+
+    def _record_emit(self, info) -> None:
+        self.timings["emit_mil"] = info.build_mil_s
+        self.timings["mil_passes"] = info.mil_passes_s
+        self.timings["serialize"] = info.serialize_s
+        self.timings["convert"] = info.convert_s
 
     def output_path(self, path: str | os.PathLike) -> Path:
         """Where :meth:`save` writes for a requested ``path``: the path itself for a plain package
@@ -328,8 +383,8 @@ class CompiledModel:
             cm.io_dtype = io_dtype
         check_io_dtype(cm.io_dtype, cm.minimum_deployment_target)
         cm._mlmodel = cm._coreml = cm._torch = None
-        if precision is not None or io_dtype is not None:
-            cm._emit_graph = None
+        cm._emit_graph = cm.precision_check = None  # the closed loop checks the program these options emit
+        cm.timings.pop("closed_loop", None)
         return cm
 
     # --------------------------------------------------------------------------------- running
@@ -433,11 +488,13 @@ def build(
     target: str = "ane",
     profile: str | os.PathLike | None = None,
     strict: bool = False,
+    calibration: list | None = None,
     calibration_inputs: list | None = None,
     passes: list[str] | None = None,
     skip_passes: list[str] | tuple = (),
     io_dtype: str = "float32",
     fallback: bool = True,
+    progress: bool = False,
 ) -> CompiledModel:
     """Trace ``model_or_fn`` on ``example_inputs``, lower it to tlc's IR and optimize it.
 
@@ -450,8 +507,11 @@ def build(
     :mod:`tlc.passes.partition`), ``"gpu"`` or ``"cpu"`` (everything in tlc's fallback runtime);
     ``profile``: a ``tlc profile`` file whose measured per-op costs replace the placement cost
     model's estimates (:func:`tlc.profile.cost_model`);
-    ``calibration_inputs``: more example inputs (same structure) for the range
-    analysis behind ``mixed``; ``minimum_deployment_target``: ``"iOS17"``
+    ``calibration``: more inputs of the same structure as ``example_inputs`` (a list of samples)
+    for ``mixed``: its range analysis and its closed loop, which runs the emitted program on every
+    sample (the example inputs first) and moves what fails to fp32 (:mod:`tlc.calibrate`;
+    ``calibration_inputs`` is the former name, still accepted); ``progress``: print the closed
+    loop's rounds to stderr as they run (the CLI sets it); ``minimum_deployment_target``: ``"iOS17"``
     (default; = macOS14) or another ``coremltools.target`` name; ``strict``: torch.export mode;
     ``passes``: the pass pipeline (default :data:`tlc.passes.PIPELINE`), ``skip_passes``: names
     to leave out of it; ``io_dtype``: ``"float32"`` (default) or ``"float16"``, the dtype of the
@@ -503,19 +563,41 @@ def build(
     out_dtypes = info.extra["out_dtypes"]  # to hand back int64/float64 as the model itself would
     timings = {"export": info.export_s, "decompose": info.decompose_s, "lower": info.lower_s, "passes": t_passes}
     names = [v.name for v in g.inputs]
-    calibration = []
-    for ex in [example_inputs] + list(calibration_inputs or []):
-        a2, k2 = normalize_inputs(ex)
-        leaves = [x for x in pytree.tree_leaves((a2, k2)) if isinstance(x, torch.Tensor)]
-        if len(leaves) != len(names):
-            raise InputError(f"calibration input has {len(leaves)} tensors; the model takes {len(names)} ({', '.join(names)})")
-        calibration.append(_complex_boundary(g).to_package({n: t.detach().cpu().numpy() for n, t in zip(names, leaves)}))
+    feeds = []
+    for k, ex in enumerate([example_inputs] + list(calibration or []) + list(calibration_inputs or [])):
+        feeds.append(_calibration_feed(g, ex, k))
     if not fallback:
         check_shippable(g, target)
     return CompiledModel(g, precision=precision, minimum_deployment_target=str(minimum_deployment_target),
                          out_spec=info.out_spec, kw_order=list(kwargs), out_torch_dtypes=out_dtypes,
-                         timings=timings, source=source, calibration=calibration, target=target,
-                         cost=cost, name=_model_name(model_or_fn), io_dtype=io_dtype, fallback=fallback)
+                         timings=timings, source=source, calibration=feeds, target=target,
+                         cost=cost, name=_model_name(model_or_fn), io_dtype=io_dtype, fallback=fallback,
+                         progress=progress)
+
+
+def _calibration_feed(g: Graph, ex, k: int) -> dict:
+    """Sample ``k`` of the calibration inputs as ``{graph input name: ndarray}`` (complex inputs as
+    their package form, :mod:`tlc.boundary`): a dict keyed by
+    exactly the graph's input names is taken by name (``tlc build --calibration FILE.npz``), any
+    other value is structured like ``example_inputs``. Raises :class:`InputError` naming the
+    sample for a wrong tensor count or shape."""
+    names = [v.name for v in g.inputs]
+    if isinstance(ex, dict) and set(ex) == set(names):
+        arrays = {n: np.asarray(ex[n].detach().cpu().numpy() if isinstance(ex[n], torch.Tensor) else ex[n]) for n in names}
+    else:
+        a2, k2 = normalize_inputs(ex)
+        leaves = [x for x in pytree.tree_leaves((a2, k2)) if isinstance(x, torch.Tensor)]
+        if len(leaves) != len(names):
+            raise InputError(f"calibration sample {k} has {len(leaves)} tensors; the model takes {len(names)} "
+                             f"({', '.join(names)})")
+        arrays = {n: t.detach().cpu().numpy() for n, t in zip(names, leaves)}
+    arrays = _complex_boundary(g).to_package(arrays)
+    for v in g.inputs:
+        shape = tuple(arrays[v.name].shape)
+        if shape != tuple(v.type.shape) and v.type.is_static:
+            raise InputError(f"calibration sample {k}: input {v.name} has shape {list(shape)}; the model was traced "
+                             f"with {list(v.type.shape)} (shapes are static)")
+    return arrays
 
 
 class CompiledFunction:

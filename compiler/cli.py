@@ -1,7 +1,8 @@
 """``tlc`` command line.
 
     tlc build model.py [-o OUT] [--precision mixed|fp16|fp32] [--target ane|gpu|cpu]
-              [--minimum-deployment-target iOS17] [--io-dtype float16] [--no-fallback] [--report] [--report-json F]
+              [--minimum-deployment-target iOS17] [--io-dtype float16] [--no-fallback] [--calibration F.npz]
+              [--report] [--report-json F]
               [--report-html F] [--force]
     tlc run PKG|BUNDLE --input NAME=FILE.npy ... [--out DIR] [--backend auto|coreml|interpreter]
     tlc inspect PKG|BUNDLE [--json]
@@ -57,14 +58,20 @@ def cmd_build(a: argparse.Namespace) -> int:
         opts["io_dtype"] = a.io_dtype
     if a.no_fallback:
         opts["fallback"] = False
+    if a.calibration:
+        opts["calibration"] = _load_calibration(a.calibration)
+    opts["progress"] = True
     pass_opts = {}
     if a.passes is not None:
         pass_opts["passes"] = [p for p in a.passes.split(",") if p]
     if a.skip_pass:
         pass_opts["skip_passes"] = list(a.skip_pass)
-    if isinstance(spec.model, CompiledFunction) and not a.strict_export and not pass_opts and not a.profile:
+    if (isinstance(spec.model, CompiledFunction) and not a.strict_export and not pass_opts and not a.profile
+            and not a.calibration):
         # traced already when the file was imported (eager example_inputs=): reuse that trace
+        opts.pop("progress")
         cm = spec.model.compiled_for(spec.example_inputs).with_options(**opts)
+        cm.progress = True
     else:
         model = spec.model.fn if isinstance(spec.model, CompiledFunction) else spec.model
         cm = build(model, spec.example_inputs, strict=a.strict_export, **opts, **pass_opts)
@@ -110,15 +117,58 @@ def cmd_build(a: argparse.Namespace) -> int:
         rep.write_html(a.report_html)
         print(f"  report  {a.report_html}")
     if cm.precision == "mixed":
-        isl = cm.islands
-        print(f"  fp32    {len(isl)} island op(s)" + ("" if isl else " (everything computes in fp16)"))
-        for name, why in isl.items():
-            print(f"          {name}: {why}")
+        _print_precision(cm)
     print(f"  time    {total:.2f} s  (load {t_load:.2f}, export {t['export']:.2f}, decompose {t['decompose']:.2f}, "
-          f"lower {t['lower']:.2f}, passes {t.get('passes', 0):.2f}, precision {t.get('precision', 0):.2f}, emit {t.get('emit_mil', 0):.2f}, "
+          f"lower {t['lower']:.2f}, passes {t.get('passes', 0):.2f}, precision {t.get('precision', 0):.2f}, "
+          f"closed loop {t.get('closed_loop', 0):.2f}, emit {t.get('emit_mil', 0):.2f}, "
           f"mil passes {t.get('mil_passes', 0):.2f}, serialize {t.get('serialize', 0):.2f}, "
           f"partition {t.get('partition', 0):.2f}, save {t.get('save', 0):.2f})")
     return 0
+
+
+def _load_calibration(path: str) -> list[dict]:
+    """Calibration samples from ``FILE.npz``: one array per model input, named like the input,
+    holding that input's samples stacked along a new first axis (``[N, *shape]``). Raises
+    :class:`~tlc.errors.InputError` for a missing/unreadable file or arrays whose sample counts
+    differ."""
+    import numpy as np
+
+    from .errors import InputError
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise InputError(f"--calibration {path}: cannot read it as .npz ({e})") from None
+    if not arrays:
+        raise InputError(f"--calibration {path}: the file holds no arrays")
+    counts = {k: (v.shape[0] if v.ndim else 0) for k, v in arrays.items()}
+    if len(set(counts.values())) != 1 or 0 in counts.values():
+        raise InputError(f"--calibration {path}: every array must hold the same number N >= 1 of samples along its first "
+                         f"axis ([N, *input shape]); got " + ", ".join(f"{k} {list(arrays[k].shape)}" for k in arrays))
+    n = next(iter(counts.values()))
+    return [{k: v[i] for k, v in arrays.items()} for i in range(n)]
+
+
+def _print_precision(cm) -> None:
+    """Calibration samples, the closed loop's result per output, fp32 islands and fp16 constant fixes."""
+    chk = cm.precision_check
+    n = len(cm.calibration)
+    print(f"  calib   {n} sample(s) (the example inputs" + (f" + {n - 1} from --calibration/calibration=)" if n > 1 else ")"))
+    if chk is not None:
+        print(chk.text(indent="  ").replace("  checked", "  loop    checked", 1))
+    isl = cm.islands
+    print(f"  fp32    {len(isl)} island op(s)" + ("" if isl else " (everything computes in fp16)"))
+    for name, why in isl.items():
+        print(f"          {name}: {why}")
+    fixed = cm.emit_graph.meta.get("tlc.fp16_constants", {})
+    if fixed:
+        print(f"  fp16    {len(fixed)} op(s) hold a constant changed to what fp16 can hold")
+        by_note: dict[str, list[str]] = {}
+        for name, why in fixed.items():
+            by_note.setdefault(why, []).append(name)
+        for why, names in by_note.items():
+            print(f"          {', '.join(names[:4])}{f' (+{len(names) - 4})' if len(names) > 4 else ''}: {why}")
 
 
 def _print_shippable(cm) -> None:
@@ -287,7 +337,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def _build_options(p: argparse.ArgumentParser) -> None:
     """The build options `tlc build` and `tlc verify` share."""
     p.add_argument("--precision", choices=["mixed", "fp16", "fp32"],
-                   help="mixed (default): fp16 with fp32 islands where range analysis finds fp16 unsafe; "
+                   help="mixed (default): fp16 with fp32 islands where range analysis or the closed-loop check of the "
+                        "package on the calibration samples finds fp16 unsafe; "
                         "fp16: everything; fp32: nothing (or the file's `precision`)")
     p.add_argument("--target", type=_placement_target, metavar="{ane,gpu,cpu}",
                    help="where capable ops run: ane (default: Core ML; the rest in tlc's fallback runtime), "
@@ -324,6 +375,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="demand one shippable .mlpackage: every op Core ML can hold goes there; fail (writing nothing) "
                         "listing each op that would need tlc's fallback runtime")
     b.add_argument("--profile", metavar="FILE", help="measured per-op costs from `tlc profile` for the placement cost model")
+    b.add_argument("--calibration", metavar="FILE.npz",
+                   help="more calibration samples for precision=mixed (range analysis and the closed loop that runs the "
+                        "package on each): one array per input, named like it, samples stacked on a new first axis")
     b.add_argument("--report", action="store_true", help="print the placement report: segments, ANE residency, "
                                                          "every op not on the ANE with its reason and source line")
     b.add_argument("--report-json", metavar="FILE", help="write the placement report as JSON")

@@ -59,6 +59,7 @@ class PlacementReport:
     ops: tuple[OpRow, ...]
     total_flops: int
     artifact: str = field(default="")
+    precision_check: dict | None = None  # the closed loop of precision="mixed" (tlc.calibrate.PrecisionCheck.to_json)
 
     @property
     def residency(self) -> float:
@@ -92,17 +93,29 @@ class PlacementReport:
         for o in off:
             lines.append(f"  {o.name} ({o.op}) -> segment {o.segment} [{o.target}]: {o.reason}"
                          + (f"\n      at {o.source}" if o.source else ""))
+        pc = self.precision_check
+        if pc:
+            lines.append(f"precision check ({pc['samples']} calibration sample(s), {pc['runtime']}, {len(pc['rounds'])} "
+                         f"round(s)): {'PASS' if pc['passed'] else 'FAIL'}")
+            for o in pc["outputs"]:
+                lines.append(f"  {o['name']}: max_abs {o['max_abs']:.3g}, rel-L2 {o['rel_l2']:.3g}, nan/inf {o['nonfinite']}"
+                             if isinstance(o["rel_l2"], float) else f"  {o['name']}: rel-L2 {o['rel_l2']}, nan/inf {o['nonfinite']}")
+            for name, why in pc["islands"].items():
+                lines.append(f"  fp32 island {name}: {why}")
+            for name, why in pc["fp16_constants"].items():
+                lines.append(f"  fp16 constant of {name}: {why}")
         return "\n".join(lines)
 
     text = __str__
 
     def to_json(self) -> dict:
         """JSON-ready dict: model, precision, residency, predicted_ane_share, total_flops,
-        segments, ops."""
+        segments, ops, precision_check (``mixed``: per-output results, rounds, islands and fp16
+        constant fixes of the closed loop; else null)."""
         return {"model": self.model, "precision": self.precision, "artifact": self.artifact,
                 "residency": self.residency, "predicted_ane_share": self.predicted_ane_share,
                 "total_flops": self.total_flops, "segments": [asdict(s) for s in self.segments],
-                "ops": [asdict(o) for o in self.ops]}
+                "ops": [asdict(o) for o in self.ops], "precision_check": self.precision_check}
 
     def to_html(self) -> str:
         """A standalone HTML page: summary, the op graph drawn (SVG) with segments coloured, the
@@ -146,7 +159,8 @@ def _names(items, limit: int = 3) -> str:
     return ", ".join(items[:limit]) + (f", +{len(items) - limit}" if len(items) > limit else "") or "-"
 
 
-def build_report(graph: Graph, segments, placement, *, model: str, precision: str, artifact: str = "") -> PlacementReport:
+def build_report(graph: Graph, segments, placement, *, model: str, precision: str, artifact: str = "",
+                 precision_check: dict | None = None) -> PlacementReport:
     """Assemble a :class:`PlacementReport` from a graph, its segments
     (:func:`tlc.passes.partition.split`) and :class:`~tlc.passes.partition.Placement`."""
     from tlc.passes.partition import ane_reason, node_cost_inputs
@@ -172,4 +186,4 @@ def build_report(graph: Graph, segments, placement, *, model: str, precision: st
         src = f"{n.loc.file}:{n.loc.line}" if n.loc and n.loc.file else ""
         ops.append(OpRow(n.name, n.op, seg, target, on_ane, reason, src, node_cost_inputs(n)[0],
                          tuple(dict.fromkeys(prod[v] for v in n.inputs if v in prod))))
-    return PlacementReport(model, precision, tuple(seg_rows), tuple(ops), int(total), artifact)
+    return PlacementReport(model, precision, tuple(seg_rows), tuple(ops), int(total), artifact, precision_check)

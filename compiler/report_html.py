@@ -108,6 +108,20 @@ def render(rep: dict) -> str:
         f"<tr><td><code>{_e(o['name'])}</code></td><td>{_e(o['op'])}</td><td class=num>{o['segment']}</td>"
         f"<td>{_e(o['target'])}</td><td>{_e(o['reason'])}</td><td><code>{_e(o['source'])}</code></td></tr>"
         for o in off)
+    pc = rep.get("precision_check")
+    precision = ""
+    if pc:
+        rows = "".join(f"<tr><td><code>{_e(o['name'])}</code></td><td class=num>{_e(o['max_abs'])}</td>"
+                       f"<td class=num>{_e(o['rel_l2'])}</td><td class=num>{o['nonfinite']}</td>"
+                       f"<td>{'PASS' if o['passed'] else 'FAIL'}</td></tr>" for o in pc["outputs"])
+        fixes = "".join(f"<tr><td><code>{_e(k)}</code></td><td>fp32 island</td><td>{_e(v)}</td></tr>"
+                        for k, v in pc["islands"].items())
+        fixes += "".join(f"<tr><td><code>{_e(k)}</code></td><td>fp16 constant</td><td>{_e(v)}</td></tr>"
+                         for k, v in pc["fp16_constants"].items())
+        precision = (f"<h2>Precision check</h2><p>{pc['samples']} calibration sample(s) run in the {_e(pc['runtime'])}, "
+                     f"{len(pc['rounds'])} round(s): <b>{'PASS' if pc['passed'] else 'FAIL'}</b></p>"
+                     f"<table><tr><th>output</th><th>max abs</th><th>rel-L2</th><th>nan/inf</th><th></th></tr>{rows}</table>"
+                     + (f"<table><tr><th>op</th><th>change</th><th>reason</th></tr>{fixes}</table>" if fixes else ""))
     legend = " ".join(f"<span class=swatch style='background:{f};border-color:{s}'></span>{t}"
                       for t, (s, f) in COLORS.items())
     return f"""<!DOCTYPE html>
@@ -123,6 +137,7 @@ ops predicted on the ANE itself: {100 * rep['predicted_ane_share']:.1f}%. {len(r
 {seg_rows}</table>
 <h2>Ops not on the ANE</h2><table><tr><th>op</th><th>kind</th><th>seg</th><th>target</th><th>reason</th><th>source</th></tr>
 {op_rows}</table>
+{precision}
 <script type="application/json" id="tlc-data">{payload}</script>
 <script>{_SCRIPT}</script>
 </body></html>

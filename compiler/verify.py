@@ -144,9 +144,11 @@ def ir_node_name(mil_op_name: str) -> str:
     return name
 
 
-def first_divergence(graph: Graph, runner, feeds: dict, tol: float) -> Divergence | None:
-    """Run ``graph`` (NumPy reference) and the artifact on ``feeds`` and return the first IR node
-    whose artifact value has rel-L2 > ``tol`` (or a mismatch, for int/bool values).
+def node_errors(graph: Graph, runner, feeds: dict) -> list[tuple[Node, float, str, float]]:
+    """Run ``graph`` (NumPy reference) and the artifact on ``feeds``; for every IR node whose value
+    both record (same shape), in topological order: ``(node, error, MIL op name, reference max
+    |x|)``, the error being rel-L2 (inf for NaN/inf where the reference is finite) or, for
+    int/bool values, 0 / inf for equal / different.
 
     ``runner``: a :class:`tlc.runtime.MILInterpreter` (package) or :class:`tlc.runtime.BundleModel`."""
     from tlc.runtime import BundleModel, run_graph
@@ -159,6 +161,7 @@ def first_divergence(graph: Graph, runner, feeds: dict, tol: float) -> Divergenc
         runner.run(feeds, observer=record)
     else:
         runner.run(feeds, observer=lambda op, outs: record(op.name, outs))
+    rows = []
     for n in graph.nodes:
         if n.op == "const" or n.name not in ref or n.name not in got:
             continue
@@ -169,9 +172,17 @@ def first_divergence(graph: Graph, runner, feeds: dict, tol: float) -> Divergenc
             err = 0.0 if np.array_equal(a, np.asarray(b).astype(a.dtype)) else float("inf")
         else:
             err = rel_l2(b, a)
+        finite = np.abs(a[np.isfinite(a)]) if a.dtype.kind == "f" else np.abs(a)
+        rows.append((n, err, mil, float(finite.max()) if finite.size else float("nan")))
+    return rows
+
+
+def first_divergence(graph: Graph, runner, feeds: dict, tol: float) -> Divergence | None:
+    """The first IR node (:func:`node_errors`) whose artifact value has rel-L2 > ``tol`` (or a
+    mismatch, for int/bool values), or None."""
+    for n, err, mil, ref_max in node_errors(graph, runner, feeds):
         if err > tol:
-            finite = np.abs(a[np.isfinite(a)]) if a.dtype.kind == "f" else np.abs(a)
-            return Divergence(n, err, mil, float(finite.max()) if finite.size else float("nan"))
+            return Divergence(n, err, mil, ref_max)
     return None
 
 

@@ -22,13 +22,26 @@ masks built from ``torch.finfo(torch.float32).min``, apple/coremltools PR #2669)
 +/-``MASK_FILL`` (30000): finite in fp16, and exp(-30000 - m) is exactly 0 in both precisions, so
 the masked softmax is unchanged.
 
-The calibration inputs travel in ``graph.meta["tlc.calibration"]`` (a list of feed dicts); the
-decisions are recorded in ``graph.meta["tlc.islands"]`` (``{node name: reason}``).
+**The program that ships.** An fp16 op holds its float attributes in fp16 (MIL's iOS15/16
+``layer_norm``/``batch_norm`` take ``epsilon`` in the input's dtype; ../shared/ane-rules.md), and
+its constants are converted to fp16. :func:`plan_fp16_constants` judges those values:
+an epsilon that is 0 in fp16 (a 1e-12 ``layer_norm_eps``; a zero-variance row then divides by
+zero) is raised to 2^-24, fp16's smallest positive value (:func:`fp16_attr_fix`, error bound
+there), a clamp bound beyond 65504 saturates to 65504, and any other attribute or constant
+that over- or underflows keeps its op in fp32. Each change is listed in
+``meta["tlc.fp16_constants"]`` (``{node name: note}``).
+
+``precision::mixed`` run as a pass takes its calibration inputs from
+``graph.meta["tlc.calibration"]`` (a list of feed dicts); :func:`plan_mixed` +
+:func:`apply_plan` are the same steps for callers that hold the inputs themselves and may add
+islands (``tlc.calibrate``'s closed loop). The decisions are recorded in
+``graph.meta["tlc.islands"]`` (``{node name: reason}``).
 """
 from __future__ import annotations
 
 import types
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,6 +57,15 @@ ERROR_FACTOR = 50.0
 ERROR_FLOOR = 1e-3
 SENTINEL = 1e30
 FLOAT = ("fp32", "fp16")
+FP16_MAX = 65504.0
+#: fp16's smallest positive (subnormal) number, 2^-24 = 5.96e-8: what an epsilon that is 0 in fp16
+#: is raised to. Subnormal epsilons are what fp16 Core ML models ship with anyway: PyTorch's
+#: default 1e-5 and the common 1e-6 are subnormal in fp16 (below 2^-14 = 6.1e-5), and fp16
+#: layer norms with them run correctly on device (every coremltools fp16 conversion of a
+#: transformer holds one); 0 is what breaks. The smallest normal 2^-14 was measured first: it
+#: changes the DeiT class-token rows after attention (variance ~1e-4) by 0.83 absolute, rel-L2
+#: 0.11 of the output, where 2^-24 gives 6.7e-4 (tests/test_precision_loop.py).
+FP16_TINY = 2.0 ** -24
 
 
 @register_pass("precision::clamp_sentinels")
@@ -128,7 +150,7 @@ def _feeds_integer_results(g: Graph) -> set[Value]:
     return seen
 
 
-def analyze(g: Graph, feeds_list: list[dict], half_consts: dict | None = None
+def analyze(g: Graph, feeds_list: list[dict], half_consts: dict | None = None, outputs: list | None = None
             ) -> tuple[dict[Value, float], dict[Node, float], set[Value]]:
     """Max |x| per float value over all calibration feeds, and each op's local fp16 error: the
     op re-run on its fp16-rounded inputs (:func:`tlc.ops.run_kernel`; estimated for the
@@ -156,6 +178,8 @@ def analyze(g: Graph, feeds_list: list[dict], half_consts: dict | None = None
     for feeds in feeds_list:
         vals: dict[Value, np.ndarray] = dict(zip(g.inputs, (check_inputs(g, feeds)[v.name] for v in g.inputs)))
         run_graph(g, feeds, observer=lambda n, outs: vals.update(zip(n.outputs, outs)))
+        if outputs is not None:
+            outputs.append({name: vals[v] for name, v in zip(g.output_names, g.outputs)})
         for v, a in vals.items():
             if v.type.dtype in FLOAT and a.size:
                 m = max(float(a.max()), -float(a.min()))  # NaN propagates, so non-finite -> inf below
@@ -248,10 +272,13 @@ def choose_islands(g: Graph, maxabs: dict[Value, float], err: dict[Node, float],
     return islands
 
 
-def to_half(g: Graph, keep_fp32: set[str], io_dtype: str = "fp32", half_consts: dict | None = None) -> Graph:
+def to_half(g: Graph, keep_fp32: set[str], io_dtype: str = "fp32", half_consts: dict | None = None,
+            attr_fixes: dict[str, dict] | None = None) -> Graph:
     """Rewrite float values to fp16 except in nodes named in ``keep_fp32``; casts are inserted
     where the two meet, constants are converted (one copy per dtype, made where first read;
     ``half_consts`` maps const values to fp16 arrays already made, see :func:`analyze`).
+    ``attr_fixes``: ``{node name: attrs}`` replacing the attributes of fp16 nodes
+    (:func:`plan_fp16_constants`).
 
     ``io_dtype`` (``"fp32"`` or ``"fp16"``) is the dtype of the float graph inputs and outputs
     (the package's I/O, coremltools' ``ct.TensorType(dtype=np.float16)`` semantics): with
@@ -278,9 +305,6 @@ def to_half(g: Graph, keep_fp32: set[str], io_dtype: str = "fp32", half_consts: 
                 name = c.name if dt == own else f"{c.name}_{dt}"
                 with np.errstate(over="ignore"):
                     conv = halves[v] if dt == "fp16" and v in halves else arr.astype(DTYPES[dt], copy=False)
-                if dt == "fp16" and np.isfinite(arr).all() and not np.isfinite(conv).all():
-                    warnings.warn(f"constant {c.name} exceeds fp16's range (max |x| = {np.abs(arr).max():.3g} > 65504) "
-                                  f"and becomes inf in fp16; precision='mixed' keeps its readers in fp32", stacklevel=2)
                 versions[(v, dt)] = b.add("const", [], {"val": conv}, name=name, loc=c.loc).outputs[0]
             return versions[(v, dt)]
         nv = env[v]
@@ -296,7 +320,7 @@ def to_half(g: Graph, keep_fp32: set[str], io_dtype: str = "fp32", half_consts: 
             continue
         floats = any(v.type.dtype in FLOAT for v in list(n.inputs) + list(n.outputs))
         cd = ("fp32" if n.name in keep_fp32 else "fp16") if floats else None
-        attrs = dict(n.attrs)
+        attrs = dict((attr_fixes or {}).get(n.name, n.attrs) if cd == "fp16" else n.attrs)
         if n.op == "cast" and attrs["dtype"] in FLOAT and cd:
             attrs["dtype"] = cd
         if _fallback_only(n):  # its inputs keep the dtypes the front-end gave them
@@ -308,6 +332,121 @@ def to_half(g: Graph, keep_fp32: set[str], io_dtype: str = "fp32", half_consts: 
             env[old] = nv
     outs = [get(v, io_dtype if v.type.dtype in FLOAT else None) for v in g.outputs]
     return b.build(outs, g.output_names)
+
+def fp16_attr_fix(n: Node) -> tuple[dict | None, str | None, str | None]:
+    """Judge ``n``'s float scalar attributes as an fp16 program holds them (rounded to fp16).
+    Returns ``(new attrs or None, note or None, blocker or None)``:
+
+    * an ``"epsilon"`` attribute (the row's ``half_attrs``) that is 0 in fp16 (0 < eps < 2^-25,
+      e.g. HF's ``layer_norm_eps=1e-12``) becomes :data:`FP16_TINY` = 2^-24, the smallest value
+      that keeps ``rsqrt(var + eps)`` finite (rsqrt(2^-24) = 4096; rsqrt(0) is inf). Error bound:
+      for a row of variance v, ``rsqrt(v + eps)`` changes by the factor
+      sqrt((v + eps) / (v + 2^-24)), a relative change <= 2^-25 / (v + eps): below fp16's unit
+      roundoff 2^-11 whenever v >= 2^-14, and a zero-variance row (x - mean = 0) gives the same
+      output either way.
+    * a ``"bound"`` attribute (a clamp limit) beyond +/-65504 saturates to +/-65504: every finite
+      fp16 value lies inside it, so the clamp is unchanged.
+    * any other float attribute that overflows (finite -> inf) or underflows (non-zero -> 0) in
+      fp16 is a *blocker*: the op must stay fp32 (its reason).
+    """
+    kinds = get_op(n.op).half_attrs
+    new, notes, blockers = {}, [], []
+    for k, v in n.attrs.items():
+        if isinstance(v, (bool, int, np.integer)) or not isinstance(v, (float, np.floating, np.ndarray)):
+            continue
+        if isinstance(v, np.ndarray) and (v.ndim != 0 or v.dtype.kind != "f"):
+            continue
+        x = float(v)
+        with np.errstate(over="ignore"):
+            h = float(np.float16(x))
+        kind = kinds.get(k)
+        if kind == "epsilon" and x > 0 and h == 0:
+            new[k] = FP16_TINY
+            notes.append(f"{k} {x:.3g} -> {FP16_TINY:.3g} ({x:.3g} is 0 in fp16 and rsqrt(var + 0) is inf on a "
+                         f"zero-variance row; 2^-24 is fp16's smallest positive value)")
+        elif kind == "bound" and np.isfinite(x) and abs(x) > FP16_MAX:
+            new[k] = float(np.sign(x)) * FP16_MAX
+            notes.append(f"{k} {x:.3g} -> {new[k]:.6g} (fp16's largest finite value: the clamp is unchanged)")
+        elif np.isfinite(x) and not np.isfinite(h):
+            blockers.append(f"attribute {k} = {x:.3g} overflows fp16 (max 65504)")
+        elif x != 0 and h == 0:
+            blockers.append(f"attribute {k} = {x:.3g} is 0 in fp16")
+    attrs = {**dict(n.attrs), **new} if new else None
+    return attrs, ("; ".join(notes) or None), ("; ".join(blockers) or None)
+
+
+def plan_fp16_constants(g: Graph, keep_fp32: set[str]) -> tuple[dict[str, dict], dict[str, str], dict[str, str]]:
+    """What the fp16 program would hold for every op not in ``keep_fp32``: ``(attr fixes
+    {node: attrs}, notes {node: what changed}, blockers {node: why it must stay fp32})``.
+    Attributes are judged by :func:`fp16_attr_fix`; a float constant read by an fp16 op is a
+    blocker when it overflows fp16 (finite -> inf) or when all its non-zero values are 0 in fp16
+    (a 1e-9 scale; a weight whose tiny entries round to 0 among normal ones is not)."""
+    producer = g.producers()
+    fixes, notes, blockers = {}, {}, {}
+    for n in g.nodes:
+        if n.op == "const" or n.name in keep_fp32 or _fallback_only(n):
+            continue
+        if not any(v.type.dtype in FLOAT for v in list(n.inputs) + list(n.outputs)):
+            continue
+        attrs, note, block = fp16_attr_fix(n)
+        why = [block] if block else []
+        for v in n.inputs:
+            p = producer.get(v)
+            if p is None or p.op != "const" or v.type.dtype not in FLOAT:
+                continue
+            c = np.asarray(p.attrs["val"])
+            if not c.size:
+                continue
+            with np.errstate(over="ignore"):
+                h = c.astype(np.float16)
+            if (np.isfinite(c) & ~np.isfinite(h)).any():
+                why.append(f"constant {p.name} (max |c| = {np.abs(c).max():.3g}) overflows fp16 (max 65504)")
+            elif np.any(c != 0) and not np.any(h[c != 0] != 0):
+                why.append(f"constant {p.name} (max |c| = {np.abs(c).max():.3g}) is 0 in fp16")
+        if why:
+            blockers[n.name] = "; ".join(why)
+        elif attrs is not None:
+            fixes[n.name] = attrs
+            notes[n.name] = note
+    return fixes, notes, blockers
+
+
+@dataclass
+class MixedPlan:
+    """What :func:`plan_mixed` measured once, reused by every :func:`apply_plan` round: the graph
+    (sentinels clamped), the analysis (:func:`analyze`), the islands it chose, the fp16 constant
+    arrays made, and the fp32 reference outputs per calibration feed."""
+
+    graph: Graph
+    maxabs: dict
+    err: dict
+    inexact: set
+    islands: dict[str, str]
+    halves: dict = field(default_factory=dict)
+    reference: list[dict] = field(default_factory=list)
+
+
+def plan_mixed(g: Graph, feeds_list: list[dict]) -> MixedPlan:
+    """Range analysis and island choice for ``precision::mixed`` on ``feeds_list`` (feed dicts
+    by input name). Raises :class:`IRError` for an empty list."""
+    if not feeds_list:
+        raise IRError("precision::mixed needs at least one calibration input (tlc.build passes the example inputs)")
+    g = clamp_sentinels(g)
+    halves: dict = {}
+    ref: list[dict] = []
+    maxabs, err, inexact = analyze(g, list(feeds_list), halves, outputs=ref)
+    return MixedPlan(g, maxabs, err, inexact, choose_islands(g, maxabs, err, inexact), halves, ref)
+
+
+def apply_plan(plan: MixedPlan, io_dtype: str = "fp32", extra: dict[str, str] | None = None) -> Graph:
+    """The fp16 graph of ``plan`` with ``extra`` islands (``{node name: reason}``) added; fp16
+    constants judged by :func:`plan_fp16_constants` (blockers become islands too).
+    ``meta["tlc.islands"]`` and ``meta["tlc.fp16_constants"]`` record every decision."""
+    islands = {**plan.islands, **(extra or {})}
+    fixes, notes, blockers = plan_fp16_constants(plan.graph, set(islands))
+    islands.update(blockers)
+    out = to_half(plan.graph, set(islands), io_dtype, plan.halves, fixes)
+    return replace(out, meta={**dict(out.meta), "tlc.islands": islands, "tlc.fp16_constants": notes})
 
 
 def _io_dtype(g: Graph) -> str:
@@ -331,12 +470,7 @@ def mixed(g: Graph) -> Graph:
     Given:  %h = mul(%x, 1e3); %n = layer_norm(%h)      with |%h| reaching 1e5 on the calibration inputs
     Result: %x16 = cast(%x, fp16) ... %h, %n computed in fp32, the rest in fp16
     """
-    g = clamp_sentinels(g)
-    halves: dict = {}
-    maxabs, err, inexact = analyze(g, _calibration(g), halves)
-    islands = choose_islands(g, maxabs, err, inexact)
-    out = to_half(g, set(islands), _io_dtype(g), halves)
-    return replace(out, meta={**dict(out.meta), "tlc.islands": islands})
+    return apply_plan(plan_mixed(g, _calibration(g)), _io_dtype(g))
 
 
 @register_pass("precision::fp16")
@@ -348,8 +482,12 @@ def all_fp16(g: Graph) -> Graph:
     Result: %x16 = cast(%x, fp16); %y16 = linear(%x16, W16); %y = cast(%y16, fp32)
     """
     g = clamp_sentinels(g)
-    out = to_half(g, set(), _io_dtype(g))
-    return replace(out, meta={**dict(out.meta), "tlc.islands": {}})
+    fixes, notes, blockers = plan_fp16_constants(g, set())
+    for name, why in blockers.items():
+        warnings.warn(f"precision='fp16': {name} stays fp16 although {why}; precision='mixed' keeps it in fp32",
+                      stacklevel=2)
+    out = to_half(g, set(), _io_dtype(g), attr_fixes=fixes)
+    return replace(out, meta={**dict(out.meta), "tlc.islands": {}, "tlc.fp16_constants": notes})
 
 
 @register_pass("precision::fp32")

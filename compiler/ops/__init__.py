@@ -27,13 +27,18 @@ A row (:class:`OpDef`) holds:
   ``host_only`` (a reason) marks a row with no torch kernel; every row has one or the other.
 * ``nondeterministic`` — the op draws random values (``random_*``): passes never merge (cse) or
   fold it, and numeric checks compare its distribution, not its values.
+* ``half_attrs`` — ``{attr: kind}`` for float attributes an fp16 program holds in fp16 (the MIL
+  op takes them in the input's dtype) and how ``precision`` may change one that fp16 cannot hold
+  (:func:`tlc.passes.precision.fp16_attr_fix`): ``"epsilon"`` (a norm/rsqrt/log epsilon: raised
+  to fp16's smallest normal), ``"bound"`` (a clamp bound: saturated to +/-65504). Any other float
+  attribute that over- or underflows in fp16 keeps its op in fp32.
 
 Op names and attribute names follow coremltools' MIL op definitions
 (coremltools/converters/mil/mil/ops/defs/iOS15..iOS18) wherever MIL has the op.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from typing import Any, Callable, Mapping, Sequence
@@ -110,6 +115,7 @@ class OpDef:
     torch: Callable[..., Any] | None = None
     host_only: str | None = None
     nondeterministic: bool = False
+    half_attrs: Mapping[str, str] = field(default_factory=dict)
 
 
 OPS: dict[str, OpDef] = {}
@@ -130,6 +136,7 @@ def register(
     torch: Callable[..., Any] | None = None,
     host_only: str | None = None,
     nondeterministic: bool = False,
+    half_attrs: Mapping[str, str] | None = None,
 ) -> OpDef:
     """Add a row to :data:`OPS` (built by :func:`make_row`); raises :class:`IRError` for a name
     registered twice. Every row should give a ``torch`` kernel or a ``host_only`` reason
@@ -138,7 +145,8 @@ def register(
         raise IRError(f"op {name!r} registered twice")
     OPS[name] = d = make_row(name, infer=infer, numpy=numpy, emit_mil=emit_mil, ane=ane, flops=flops, doc=doc,
                              mil_inputs=mil_inputs, from_mil=from_mil, ane_dtype_exempt=ane_dtype_exempt,
-                             torch=torch, host_only=host_only, nondeterministic=nondeterministic)
+                             torch=torch, host_only=host_only, nondeterministic=nondeterministic,
+                             half_attrs=half_attrs)
     return d
 
 
@@ -146,7 +154,8 @@ def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Ca
              ane: Rule | None = None, flops: Rule = flops_elementwise, doc: str = "",
              mil_inputs: tuple[str, ...] = ("x",), from_mil: Callable[[dict], tuple[list, dict]] | None = None,
              ane_dtype_exempt: tuple[int, ...] = (), torch: Callable[..., Any] | None = None,
-             host_only: str | None = None, nondeterministic: bool = False) -> OpDef:
+             host_only: str | None = None, nondeterministic: bool = False,
+             half_attrs: Mapping[str, str] | None = None) -> OpDef:
     """An :class:`OpDef` (not added to :data:`OPS`). Its ``ane`` rule is :func:`ane_common`, then
     the op's own ``ane`` rule (the more specific reason), then :func:`ane_dtype` over the tensors
     except the inputs at positions ``ane_dtype_exempt`` (inputs that emission turns into fp16,
@@ -157,7 +166,7 @@ def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Ca
                 or ane_dtype([t for k, t in enumerate(i) if k not in ane_dtype_exempt], o))
 
     return OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""), tuple(mil_inputs), from_mil,
-                 torch, host_only, nondeterministic)
+                 torch, host_only, nondeterministic, dict(half_attrs or {}))
 
 
 def mil_attr(v: Any) -> Any:

@@ -335,8 +335,11 @@ def _unary(name, kernel, attr_names, allowed):
                 kw[k] = attrs[k]
         return getattr(ctx.mb, name)(x=ins[0], name=nm, **kw)
 
+    half = {"epsilon": "epsilon"} if "epsilon" in (attr_names or ()) else {}
+    if name == "clip":
+        half = {"alpha": "bound", "beta": "bound"}
     register(name, infer=infer, numpy=numpy_kernel, emit_mil=emit,
-             torch=_TORCH_UNARY[name])
+             torch=_TORCH_UNARY[name], half_attrs=half)
 
 
 for _n, (_k, _a, _d) in _UNARY.items():

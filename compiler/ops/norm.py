@@ -126,7 +126,8 @@ def _norm_from_mil(names, default_fill):
     return adapter
 
 
-register("layer_norm", infer=_infer_layer_norm, numpy=_layer_norm, emit_mil=_emit_layer_norm,
+register("layer_norm", half_attrs={"epsilon": "epsilon"},
+         infer=_infer_layer_norm, numpy=_layer_norm, emit_mil=_emit_layer_norm,
          flops=lambda i, o, a: 8 * o[0].size, mil_inputs=("x", "gamma", "beta"),
          from_mil=_norm_from_mil(("x", "gamma", "beta"), 1),
          torch=_t_layer_norm)
@@ -181,7 +182,8 @@ def _t_rms_norm(attrs, x, gamma=None):
     return y.to(x.dtype)
 
 
-register("rms_norm", infer=_infer_layer_norm, numpy=_rms_norm, emit_mil=_emit_rms_norm,
+register("rms_norm", half_attrs={"epsilon": "epsilon"},
+         infer=_infer_layer_norm, numpy=_rms_norm, emit_mil=_emit_rms_norm,
          flops=lambda i, o, a: 6 * o[0].size, mil_inputs=("x", "gamma"), torch=_t_rms_norm)
 
 
@@ -249,7 +251,8 @@ def _t_group_norm(attrs, x, gamma=None, beta=None):
     return F.group_norm(x, attrs["num_groups"], gamma, beta, float(attrs.get("epsilon", 1e-5)))
 
 
-register("group_norm", infer=_infer_group_norm, numpy=_group_norm, emit_mil=_emit_group_norm,
+register("group_norm", half_attrs={"epsilon": "epsilon"},
+         infer=_infer_group_norm, numpy=_group_norm, emit_mil=_emit_group_norm,
          flops=lambda i, o, a: 8 * o[0].size, mil_inputs=("x", "gamma", "beta"), torch=_t_group_norm)
 
 
@@ -286,7 +289,8 @@ def _emit_batch_norm(ctx, attrs, ins, nm):
     return ctx.mb.batch_norm(x=ins[0], mean=ins[1], variance=ins[2], epsilon=np.float32(attrs.get("epsilon", 1e-5)), name=nm, **kw)
 
 
-register("batch_norm", infer=_infer_batch_norm, numpy=_batch_norm, emit_mil=_emit_batch_norm,
+register("batch_norm", half_attrs={"epsilon": "epsilon"},
+         infer=_infer_batch_norm, numpy=_batch_norm, emit_mil=_emit_batch_norm,
          flops=lambda i, o, a: 2 * o[0].size, mil_inputs=("x", "mean", "variance", "gamma", "beta"),
          from_mil=_norm_from_mil(("x", "mean", "variance", "gamma", "beta"), 3),
          torch=lambda a, x, mean, var, gamma=None, beta=None: F.batch_norm(
