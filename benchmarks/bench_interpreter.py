@@ -8,7 +8,12 @@ process, and prints, side by side:
 * ``interp_fp32_ms`` / ``interp_fp16_ms``: interpreter latency (median, same protocol) and the
   ratio to torch (``x_fp32``, ``x_fp16``);
 * ``err_fp32`` / ``err_fp16``: relative L2 error of the first output against torch eager in
-  float64, and ``nonfinite``: NaN/inf count in the fp16 output.
+  float64, and ``nonfinite``: NaN/inf count in the fp16 output;
+* ``mixed``: the default package (``precision="mixed"``, closed loop included): its latency
+  (``interp_mixed_ms``, ``x_mixed``), the worst rel-L2 over *all* outputs against torch float64
+  (``err_mixed``), NaN/inf over all outputs (``nonfinite_mixed``), fp32 islands, fp16 constant
+  fixes and closed-loop rounds (``islands``, ``consts``, ``rounds``), and the build's
+  closed-loop seconds (``loop_s``). docs/passes.md holds this table for the visible zoo.
 
 With ``--coremltools`` it also converts ResNet-50, MobileNetV2 and ConvNeXt with coremltools'
 own torch.export path (fp16) and runs those packages (``ct_*`` rows).
@@ -66,7 +71,9 @@ def measure(name: str, runs: int, tmp: Path) -> dict:
         row["torch_ms"] = median_ms(lambda: model(*args, **kwargs), runs)
         m64 = copy.deepcopy(model).double()
         dbl = lambda t: t.double() if t.is_floating_point() else t  # noqa: E731
-        ref = first_leaf(m64(*[dbl(a) for a in args], **{k: dbl(v) for k, v in kwargs.items()})).numpy()
+        refs = [t.numpy() for t in pytree.tree_leaves(m64(*[dbl(a) for a in args], **{k: dbl(v) for k, v in kwargs.items()}))
+                if isinstance(t, torch.Tensor)]
+        ref = refs[0]
         del m64
     gc.collect()
     cm = tlc.build(model, (args, kwargs))
@@ -84,6 +91,16 @@ def measure(name: str, runs: int, tmp: Path) -> dict:
             row["nonfinite"] = int((~np.isfinite(got)).sum())
         del interp
         gc.collect()
+    log(f"{name}: mixed package (default)")
+    path = cm.save(tmp / f"{name}_mixed.mlpackage", force=True)
+    interp = MILInterpreter(path)
+    out = {}
+    row["interp_mixed_ms"] = median_ms(lambda: out.update(interp.run(feeds)), runs)
+    row["x_mixed"] = row["interp_mixed_ms"] / row["torch_ms"]
+    row["err_mixed"] = max(rel_l2(out[n], r) for n, r in zip(cm.output_names, refs))
+    row["nonfinite_mixed"] = sum(int((~np.isfinite(out[n])).sum()) for n in cm.output_names)
+    chk = cm.precision_check
+    row.update(islands=len(cm.islands), consts=len(chk.constants), rounds=len(chk.rounds), loop_s=cm.timings["closed_loop"])
     return row
 
 
@@ -112,7 +129,8 @@ def measure_coremltools(name: str, runs: int, tmp: Path) -> dict:
     return row
 
 
-COLS = ["model", "torch_ms", "interp_fp32_ms", "x_fp32", "err_fp32", "interp_fp16_ms", "x_fp16", "err_fp16", "nonfinite"]
+COLS = ["model", "torch_ms", "interp_fp32_ms", "x_fp32", "err_fp32", "interp_fp16_ms", "x_fp16", "err_fp16", "nonfinite",
+        "interp_mixed_ms", "x_mixed", "err_mixed", "nonfinite_mixed", "islands", "consts", "rounds", "loop_s"]
 
 
 def fmt(v) -> str:

@@ -5,7 +5,9 @@ and are measured in the same run:
 
 * coremltools: ``ct.convert(exported_program.run_decompositions({}), convert_to="mlprogram",
   minimum_deployment_target=iOS17)`` (its default fp16 and 95-pass pipeline), then ``save``;
-* tlc: lowering + tlc's passes + precision (``mixed``) + partition + MIL emission + coremltools'
+* tlc: lowering + tlc's passes + precision (``mixed``: range analysis) + its closed loop (running
+  the emitted package in the MIL interpreter on the calibration inputs, ``t_closed_loop``) +
+  partition + MIL emission + coremltools'
   graph passes (tlc's short pipeline) + milproto serialization + save (``cm.timings``), with fp32
   I/O; ``fp16_s``: the same with ``precision="fp16"`` (no range analysis: the work coremltools
   does), re-using the trace and passes (their times counted again).
@@ -73,7 +75,7 @@ def measure(name: str, tmp: Path) -> dict:
     cm = tlc.build(model, (args, kwargs))
     cm.save(tmp / f"tlc_{name}.mlpackage")
     t = cm.timings
-    parts = ["lower", "passes", "precision", "partition", "emit_mil", "mil_passes", "serialize", "save"]
+    parts = ["lower", "passes", "precision", "closed_loop", "partition", "emit_mil", "mil_passes", "serialize", "save"]
     row.update({f"t_{p}": t.get(p, 0.0) for p in parts})
     row["tlc_s"] = sum(t.get(p, 0.0) for p in parts)
     c = mil_ops(tmp / f"tlc_{name}.mlpackage")
@@ -93,7 +95,8 @@ def measure(name: str, tmp: Path) -> dict:
 
 
 COLS = ["model", "ct_ops", "tlc_ops", "tlc16_ops", "ct_pad", "tlc_pad", "ct_transpose", "tlc_transpose", "ct_s",
-        "tlc_s", "ratio", "fp16_s", "fp16_ratio", "t_lower", "t_passes", "t_precision", "t_partition", "t_emit_mil",
+        "tlc_s", "ratio", "fp16_s", "fp16_ratio", "t_lower", "t_passes", "t_precision", "t_closed_loop", "t_partition",
+        "t_emit_mil",
         "t_mil_passes", "t_serialize", "t_save", "islands"]
 
 

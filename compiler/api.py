@@ -154,7 +154,7 @@ class CompiledModel:
         self.name = name
         self.io_dtype = io_dtype
         self._placement = None
-        self.precision_check = None
+        self._precision_check = None
         self.progress = progress
         self.calibration = list(calibration or [])
         self._emit_graph = None
@@ -204,7 +204,8 @@ class CompiledModel:
 
                 g = replace(self.graph, meta={**dict(self.graph.meta), "tlc.io_dtype": io})
                 self._emit_graph = run_pipeline(g, [f"precision::{self.precision}"])
-            self.timings["precision"] = time.perf_counter() - t0 - self.timings.get("closed_loop", 0.0)
+            if self.precision != "mixed":  # mixed: its planning time, set by _verified_mixed
+                self.timings["precision"] = time.perf_counter() - t0
         return self._emit_graph
 
     def _verified_mixed(self, io: str) -> None:
@@ -234,8 +235,11 @@ class CompiledModel:
             eg, (placement, mlm, info), check = verified_mixed(self.graph, self.calibration, io, emit, log=log)
         finally:
             tmp.cleanup()
-        self._emit_graph, self._placement, self.precision_check = eg, placement, check
-        self.timings["closed_loop"] = check.run_s + check.emit_s
+        self._emit_graph, self._placement, self._precision_check = eg, placement, check
+        self.timings["precision"] = check.plan_s
+        # the loop's cost beyond the emission save() needs anyway: running the program, earlier rounds
+        shipped = info.build_mil_s + info.convert_s if mlm is not None else 0.0
+        self.timings["closed_loop"] = check.run_s + check.emit_s - shipped
         if mlm is not None:
             self._mlmodel = mlm
             self._record_emit(info)
@@ -248,6 +252,14 @@ class CompiledModel:
         p = assign(g, target=self.target, fallback=self.fallback, **kw)
         self.timings["partition"] = time.perf_counter() - t0
         return p
+
+    @property
+    def precision_check(self):
+        """``mixed``: the closed loop's :class:`tlc.calibrate.PrecisionCheck` (computing
+        :attr:`emit_graph` if needed); None for ``fp16``/``fp32``, which make no per-op decision."""
+        if self.precision == "mixed":
+            self.emit_graph
+        return self._precision_check
 
     @property
     def islands(self) -> dict[str, str]:
@@ -289,7 +301,7 @@ class CompiledModel:
         from .report import build_report
 
         g = self.emit_graph  # mixed: runs the closed loop, whose result the report carries
-        pc = self.precision_check.to_json() if self.precision_check is not None else None
+        pc = self._precision_check.to_json() if self._precision_check is not None else None
         return build_report(g, self.segments, self.placement, model=self.name, precision=self.precision,
                             precision_check=pc)
 
@@ -383,7 +395,7 @@ class CompiledModel:
             cm.io_dtype = io_dtype
         check_io_dtype(cm.io_dtype, cm.minimum_deployment_target)
         cm._mlmodel = cm._coreml = cm._torch = None
-        cm._emit_graph = cm.precision_check = None  # the closed loop checks the program these options emit
+        cm._emit_graph = cm._precision_check = None  # the closed loop checks the program these options emit
         cm.timings.pop("closed_loop", None)
         return cm
 

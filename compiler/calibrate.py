@@ -7,7 +7,8 @@ fp16 program coremltools serializes, with its own constants and op forms. So aft
 bundle in the hybrid runtime (its Core ML segments in the interpreter) — on each calibration
 feed and compares every output with the fp32 reference outputs the range analysis computed
 (no extra fp32 run). An output with NaN/inf where the reference is finite, or a relative L2
-error above ``tol`` (verify's fp16 tolerance, 1e-2), is bisected to the first IR node whose
+error above ``tol`` (verify's fp16 tolerance, 1e-2; outputs that depend on a random op are
+checked for NaN/inf only, their values differ by design), is bisected to the first IR node whose
 value in the program departs from the reference (:func:`tlc.verify.node_errors`). That node
 becomes an fp32 island; if it already is one, the fp16 ops feeding it do (its error needs fp32
 inputs). The program is emitted again, at most :data:`MAX_ROUNDS` times; every round is
@@ -81,6 +82,7 @@ class PrecisionCheck:
     constants: dict[str, str]
     run_s: float = 0.0
     emit_s: float = 0.0
+    plan_s: float = 0.0
 
     @property
     def outputs(self) -> list[OutputResult]:
@@ -115,7 +117,7 @@ class PrecisionCheck:
                 "rounds": [{"index": r.index, "passed": r.passed, "outputs": [out(o) for o in r.outputs],
                             "added_islands": dict(r.added)} for r in self.rounds],
                 "islands": dict(self.islands), "fp16_constants": dict(self.constants),
-                "run_s": self.run_s, "emit_s": self.emit_s}
+                "run_s": self.run_s, "emit_s": self.emit_s, "plan_s": self.plan_s}
 
 
 def _num(x: float):
@@ -126,6 +128,8 @@ def _compare(name: str, got: np.ndarray, ref: np.ndarray, tol: float) -> OutputR
     from .verify import rel_l2
 
     g, r = np.asarray(got), np.asarray(ref)
+    if g.shape != r.shape and g.size == r.size == 1:  # a 0-d output is [1] in a package
+        g = g.reshape(r.shape)
     if g.dtype.kind not in "fc" or g.shape != r.shape:
         same = g.shape == r.shape and np.array_equal(g, r.astype(g.dtype, copy=False))
         return OutputResult(name, 0.0 if same else float("inf"), 0.0 if same else float("inf"), 0, tol)
@@ -140,6 +144,18 @@ def _worst(a: OutputResult | None, b: OutputResult) -> OutputResult:
     if a is None:
         return b
     return OutputResult(a.name, max(a.max_abs, b.max_abs), max(a.rel_l2, b.rel_l2), a.nonfinite + b.nonfinite, a.tol)
+
+
+def _downstream_of_random(g: Graph) -> set:
+    """Values that depend on a ``nondeterministic`` op (``random_*``): the package draws other
+    numbers than the reference, so only their finiteness can be compared."""
+    from tlc.ops import get_op
+
+    bad: set = set()
+    for n in g.nodes:
+        if get_op(n.op).nondeterministic or any(v in bad for v in n.inputs):
+            bad.update(n.outputs)
+    return bad
 
 
 def verified_mixed(graph: Graph, feeds_list: list[dict], io_dtype: str, emit: Callable, *, tol: float = TOL,
@@ -158,7 +174,9 @@ def verified_mixed(graph: Graph, feeds_list: list[dict], io_dtype: str, emit: Ca
 
     from .verify import node_errors
 
+    t_plan = time.perf_counter()
     plan = plan_mixed(graph, feeds_list)
+    plan_s = time.perf_counter() - t_plan
     ref_graph = plan.graph  # mask sentinels clamped: what the reference outputs were computed on
     extra: dict[str, str] = {}
     rounds: list[LoopRound] = []
@@ -166,20 +184,25 @@ def verified_mixed(graph: Graph, feeds_list: list[dict], io_dtype: str, emit: Ca
     runtime = ""
     nodes = {n.name: n for n in ref_graph.nodes}
     producer = ref_graph.producers()
+    random = _downstream_of_random(ref_graph)  # values no two runs agree on: checked for NaN/inf only
+    scalars = {v.name for v in graph.inputs if v.type.rank == 0}  # a package holds 0-d inputs as [1]
+    pkg_feeds = [{k: (np.reshape(v, (1,)) if k in scalars else v) for k, v in f.items()} for f in feeds_list]
     for r in range(max_rounds + 1):
+        t_plan = time.perf_counter()
         eg = apply_plan(plan, io_dtype, extra)
         t0 = time.perf_counter()
+        plan_s += t0 - t_plan
         runner, payload = emit(eg)
         t1 = time.perf_counter()
         emit_s += t1 - t0
         runtime = "hybrid runtime" if hasattr(runner, "manifest") else "MIL interpreter"
         worst: dict[str, OutputResult] = {}
         failing: list[int] = []
-        for k, (feeds, ref) in enumerate(zip(feeds_list, plan.reference)):
-            got = runner.run(feeds)
+        for k, ref in enumerate(plan.reference):
+            got = runner.run(feeds_list[k] if runtime == "hybrid runtime" else pkg_feeds[k])
             ok = True
-            for name in graph.output_names:
-                res = _compare(name, got[name], ref[name], tol)
+            for name, v in zip(graph.output_names, ref_graph.outputs):
+                res = _compare(name, got[name], ref[name], float("inf") if v in random else tol)
                 worst[name] = _worst(worst.get(name), res)
                 ok &= res.passed
             if not ok:
@@ -192,12 +215,16 @@ def verified_mixed(graph: Graph, feeds_list: list[dict], io_dtype: str, emit: Ca
             if log and r:
                 log(f"closed loop: round {r} passes on {len(feeds_list)} sample(s)")
             check = PrecisionCheck(len(feeds_list), runtime, rounds, islands, dict(eg.meta.get("tlc.fp16_constants", {})),
-                                   run_s, emit_s)
+                                   run_s, emit_s, plan_s)
             return eg, payload, check
         bad = max(rnd.outputs, key=lambda o: (o.nonfinite, o.rel_l2))
         culprit = None
         for k in failing:
-            errs = node_errors(ref_graph, runner, feeds_list[k])
+            t_bisect = time.perf_counter()
+            errs = node_errors(ref_graph, runner, feeds_list[k],
+                               feeds_list[k] if runtime == "hybrid runtime" else pkg_feeds[k])
+            run_s += time.perf_counter() - t_bisect
+            errs = [e for e in errs if e[0].outputs[0] not in random]
             over = [e for e in errs if e[1] > tol]
             pick = over[0] if over else max(errs, key=lambda e: e[1], default=None)
             if pick is None:

@@ -144,23 +144,26 @@ def ir_node_name(mil_op_name: str) -> str:
     return name
 
 
-def node_errors(graph: Graph, runner, feeds: dict) -> list[tuple[Node, float, str, float]]:
+def node_errors(graph: Graph, runner, feeds: dict, runner_feeds: dict | None = None
+                ) -> list[tuple[Node, float, str, float]]:
     """Run ``graph`` (NumPy reference) and the artifact on ``feeds``; for every IR node whose value
     both record (same shape), in topological order: ``(node, error, MIL op name, reference max
     |x|)``, the error being rel-L2 (inf for NaN/inf where the reference is finite) or, for
     int/bool values, 0 / inf for equal / different.
 
-    ``runner``: a :class:`tlc.runtime.MILInterpreter` (package) or :class:`tlc.runtime.BundleModel`."""
+    ``runner``: a :class:`tlc.runtime.MILInterpreter` (package) or :class:`tlc.runtime.BundleModel`;
+    ``runner_feeds``: its inputs when they differ from the graph's (0-d inputs as ``[1]``)."""
     from tlc.runtime import BundleModel, run_graph
 
     ref: dict[str, np.ndarray] = {}
     got: dict[str, tuple] = {}
     run_graph(graph, feeds, observer=lambda n, outs: ref.__setitem__(n.name, outs[0]) if n.op != "const" else None)
     record = lambda name, outs: got.__setitem__(ir_node_name(name), (name, outs[0]))  # noqa: E731
+    rf = feeds if runner_feeds is None else runner_feeds
     if isinstance(runner, BundleModel):
-        runner.run(feeds, observer=record)
+        runner.run(rf, observer=record)
     else:
-        runner.run(feeds, observer=lambda op, outs: record(op.name, outs))
+        runner.run(rf, observer=lambda op, outs: record(op.name, outs))
     rows = []
     for n in graph.nodes:
         if n.op == "const" or n.name not in ref or n.name not in got:

@@ -3,7 +3,7 @@
 The default pipeline is a plain list of names (:data:`PIPELINE`), each ordering constraint
 commented beside its entry. :func:`run_pipeline` re-verifies the graph after every pass when
 ``TLC_DEBUG`` or ``TLC_VERIFY`` is set (the test suite sets ``TLC_VERIFY=1``) and prints per-pass timing and op counts at ``TLC_DEBUG=1``.
-Passes live in ``cleanup.py``, ``fuse.py``, ``layout.py`` and ``precision.py``; fusions are
+Passes live in ``cleanup.py``, ``fuse.py``, ``stable.py``, ``layout.py`` and ``precision.py``; fusions are
 declarative patterns run by the bounded engine in ``rewrite.py``. docs/passes.md lists them.
 """
 from __future__ import annotations
@@ -28,6 +28,10 @@ PIPELINE = [
     "fuse::activations",  # after const_fold: the pattern constants must be plain consts
     "fuse::norm_attention",  # after const_fold, like fuse::activations
     "cleanup::attention_mask",  # after const_fold and norm_attention: masks are plain consts by then
+    "stable::logsumexp",  # the stable:: rewrites only need plain ops; before layout, which moves reductions' axes
+    "stable::log_softmax",
+    "stable::logcumsumexp",
+    "stable::variance",
     "layout::channels_first",  # after linear_bias: sinks transposes through linear(+bias) -> 1x1 conv
     "cleanup::merge_layout",  # merges what layout left adjacent
     "layout::fold_rank",  # after merge_layout (fewer views to fold); before cse/dce, which tidy what it leaves
@@ -88,4 +92,4 @@ def dce(g: Graph) -> Graph:
     return replace(g, nodes=tuple(reversed(keep)))
 
 
-from . import cleanup, fuse, layout, partition, precision, rank  # noqa: E402,F401  (register their passes)
+from . import cleanup, fuse, layout, partition, precision, rank, stable  # noqa: E402,F401  (register their passes)

@@ -64,6 +64,10 @@ class Match:
         n = self.nodes.get(name)
         return n.attrs["val"] if n is not None and n.op == "const" else None
 
+    def producer(self, v: Value) -> Node | None:
+        """The node computing ``v`` (None for a graph input)."""
+        return self._ctx.producer.get(v)
+
     def single_use(self, name: str) -> bool:
         """True if the value bound to ``name`` has exactly one reader and is not a graph output."""
         v = self.values[name]

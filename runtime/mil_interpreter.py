@@ -6,14 +6,17 @@ and with it coremltools' blob reader for the weight file. The ``main`` function 
 with the kernels of tlc's op table (:mod:`tlc.ops`): each MIL op maps to its row through the
 row's ``mil_inputs`` / ``from_mil`` (the same kernels that execute tlc's IR).
 
-**fp16 fidelity.** Every value is stored in the dtype the program declares for it. An op whose
-inputs are fp16 computes in fp32 and rounds its result to fp16: elementwise ops are then exactly
+**fp16 fidelity.** Every value holds what the dtype the program declares for it can hold. An
+op whose inputs are fp16 computes in fp32 and rounds its result to fp16: elementwise ops are then exactly
 what a correctly rounded fp16 unit gives, and matmul/conv/reductions accumulate in fp32 before
 one final rounding. Apple does not publish the Neural Engine's accumulator width
 (hollance/neural-engine docs/16-bit.md: the ANE computes in fp16); fp32 accumulation is what
 GPU half-precision matrix units do and what Core ML's CPU fp16 path does, so it is the
 documented assumption here. Rounding to fp16 overflows to +/-inf above 65504 exactly as on
-device, so fp16 overflow shows up as inf/NaN in the interpreter's outputs.
+device, so fp16 overflow shows up as inf/NaN in the interpreter's outputs. fp16 values are kept
+in float32 arrays between ops (rounded with :func:`tlc.ops.round_fp16`, bit-identical to a
+float16 round trip) and become float16 only at the program's outputs: NumPy's float16
+conversions were most of the fp16 programs' run time (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import numpy as np
 
 from tlc._coreml import package_size, quiet_coremltools
 from tlc.errors import TlcError
-from tlc.ops import OPS, args_from_mil, run_kernel
+from tlc.ops import OPS, args_from_mil, round_fp16, run_kernel
 
 from .numpy_executor import validate_feeds
 
@@ -141,6 +144,8 @@ class MILInterpreter:
         self.inputs = [(n, tuple(int(d) for d in v.shape), _np_dtype(v.dtype)) for n, v in self.function.inputs.items()]
         self.outputs = [v.name for v in self.function.outputs]
         self._ops = [op for op in self.function.operations if op.op_type != "const"]
+        self._out_dtypes = {v.name: _np_dtype(v.dtype) for v in self.function.outputs}
+        self._wide: dict[int, np.ndarray] = {}  # fp16 constants widened once (id of the MIL var)
         for op in self._ops:
             if op.op_type not in OPS:
                 raise UnsupportedMILOpError(
@@ -164,7 +169,8 @@ class MILInterpreter:
         missing/misnamed inputs or wrong shapes/dtypes, :class:`TlcError` naming the op when a
         kernel fails or produces a shape other than the program declares.
         """
-        env = dict(validate_feeds(self.inputs, {k: np.asarray(v) for k, v in feeds.items()}, f"{self.path.name}"))
+        env = {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in
+               validate_feeds(self.inputs, {k: np.asarray(v) for k, v in feeds.items()}, f"{self.path.name}").items()}
         last = {}
         for i, op in enumerate(self._ops):
             for var in _input_vars(op):
@@ -178,7 +184,9 @@ class MILInterpreter:
                 for var in _input_vars(op):
                     if last.get(var.name) == i and var.name not in keep:
                         env.pop(var.name, None)
-        return {n: env[n] if n in env else self._constant_output(n) for n in self.outputs}
+        out = {n: env[n] if n in env else self._constant_output(n) for n in self.outputs}
+        return {n: a.astype(self._out_dtypes[n]) if a.dtype != self._out_dtypes[n] and a.dtype.kind == "f" else a
+                for n, a in out.items()}
 
     def _constant_output(self, name: str) -> np.ndarray:
         """An output no op computes: a constant of the program (coremltools' const_elimination
@@ -191,7 +199,13 @@ class MILInterpreter:
     def _run_op(self, op, env) -> tuple:
         def value(var):
             if var.val is not None:
-                return var.val
+                v = var.val
+                if isinstance(v, np.ndarray) and v.dtype == np.float16:
+                    w = self._wide.get(id(var))
+                    if w is None:
+                        w = self._wide[id(var)] = v.astype(np.float32)
+                    return w
+                return v
             try:
                 return env[var.name]
             except KeyError:
@@ -203,7 +217,9 @@ class MILInterpreter:
         row = OPS[op.op_type]
         try:
             arrays, attrs = args_from_mil(row, vals)
-            res = run_kernel(row, attrs, [np.asarray(a) for a in arrays], [_np_dtype(v.dtype) for v in op.outputs])
+            dts = [_np_dtype(v.dtype) for v in op.outputs]
+            res = run_kernel(row, attrs, [np.asarray(a) for a in arrays], [np.float32 if d == np.float16 else d for d in dts])
+            res = tuple(round_fp16(a) if d == np.float16 else a for a, d in zip(res, dts))
         except TlcError as e:
             raise TlcError(f"MIL op {op.name} ({op.op_type}): {e.args[0]}") from None
         except Exception as e:
