@@ -222,7 +222,7 @@ class CompiledModel:
             placement = self._assign(eg)
             if not _is_bundle(placement):
                 mlm, info = convert(eg, self.precision, self.minimum_deployment_target, self._metadata(eg))
-                return MILInterpreter(mlm.package_path), (placement, mlm, info)
+                return MILInterpreter(mlm.package_path, mlmodel=mlm), (placement, mlm, info)
             from tlc.passes.partition import split
 
             path = Path(tmp.name) / f"r{len(os.listdir(tmp.name))}.tlc"

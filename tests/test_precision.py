@@ -59,6 +59,7 @@ def test_fp16_overflows_mixed_keeps_exactly_the_hot_region(net, tmp_path):
     assert rel_l2(out, ref) <= 1e-2
     hot = {n.name for n in mixed.graph.nodes if n.loc and (n.loc.module or "").startswith("hot") and n.op in ("mul", "layer_norm")}
     assert set(mixed.islands) == hot and len(hot) == 2
+    assert mixed.precision_check.passed and len(mixed.precision_check.rounds) == 1  # range analysis alone found it
     assert all(f"> {SAFE_MAX:g}" in why for why in mixed.islands.values())
     # everything else computes in fp16
     g = mixed.emit_graph

@@ -236,3 +236,16 @@ def test_round_fp16_is_a_float16_round_trip_bit_for_bit():
     with np.errstate(over="ignore", invalid="ignore"):
         want = x.astype(np.float16).astype(np.float32)
     assert np.array_equal(round_fp16(x).view(np.uint32), want.view(np.uint32))
+
+
+def test_to_float16_and_back_match_numpy():
+    from tlc.ops import to_float16, to_float32
+
+    x = (np.random.default_rng(1).standard_normal((300, 300)) * 3e4).astype(np.float32)  # some past 65504
+    x[0, :3] = [np.inf, np.nan, 65519.0]
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16)
+    got = to_float16(x)
+    assert got.dtype == np.float16 and got.shape == x.shape
+    assert np.array_equal(got.view(np.uint16), want.view(np.uint16))
+    assert np.array_equal(to_float32(want), want.astype(np.float32), equal_nan=True)

@@ -38,6 +38,7 @@ Op names and attribute names follow coremltools' MIL op definitions
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -212,16 +213,56 @@ def bind_kernel(row: OpDef, attrs, in_dtypes, out_dtypes) -> Callable[[Sequence[
     return call
 
 
+def to_float16(a: np.ndarray) -> np.ndarray:
+    """``a.astype(np.float16)``, bit for bit; through torch's vectorized conversion when torch is
+    already imported (never imported for this): 25M values in 18 ms instead of NumPy 2.4's 67 ms
+    (f32->f16; measured side by side on this machine, quiet)."""
+    t = sys.modules.get("torch")
+    a = np.asarray(a)
+    if t is not None and a.dtype == np.float32 and a.size >= 1 << 16:
+        return t.from_numpy(np.ascontiguousarray(a)).half().numpy().reshape(a.shape)
+    with np.errstate(over="ignore"):
+        return a.astype(np.float16)
+
+
+def to_float32(h: np.ndarray) -> np.ndarray:
+    """``h.astype(np.float32)`` (exact), through torch when it is already imported (25M fp16 values:
+    30 ms instead of 50 ms; see :func:`to_float16`)."""
+    t = sys.modules.get("torch")
+    h = np.asarray(h)
+    if t is not None and h.dtype == np.float16 and h.size >= 1 << 16:
+        return t.from_numpy(np.ascontiguousarray(h)).float().numpy().reshape(h.shape)
+    return h.astype(np.float32)
+
+
 def round_fp16(x: np.ndarray) -> np.ndarray:
     """``x`` (float32) rounded to the nearest fp16 value, kept in float32: the same values as
     ``x.astype(np.float16).astype(np.float32)`` (round to nearest even; +/-inf above 65504; fp16
     subnormals; NaN), bit for bit (tests/test_precision_loop.py). Normal-range values are rounded
     on their float32 bits (add half an fp16 ulp, ties to even, clear the 13 low bits); the few
     outside fp16's normal range (|x| < 2^-14, |x| > 65504, inf, NaN) go through NumPy's own
-    conversion. NumPy 2.4 converts f32->f16 at ~2.5 ns and f16->f32 at ~1.6 ns per element; this
-    is a handful of integer passes. Allocates one array (the result)."""
+    conversion. Split over threads (:func:`tlc.ops.parallel.parallel_for`). NumPy 2.4 converts
+    f32->f16 at ~2.5 ns and f16->f32 at ~1.6 ns per element; this takes ~1.4 ns on one thread
+    (4M values, measured). Returns a new array."""
+    from .parallel import NUM_THREADS, TILE, parallel_for
+
     x = np.asarray(x, dtype=np.float32)
-    shape = x.shape  # (np.ascontiguousarray would make a 0-d array 1-d)
+    if x.size < 8 * TILE or NUM_THREADS == 1:
+        return _round_fp16_block(x).reshape(x.shape)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty_like(flat)
+
+    def work(a, b):
+        out[a:b] = _round_fp16_block(flat[a:b])
+
+    parallel_for(work, flat.size, grain=4 * TILE)  # one range per thread: per-call overhead, not cache, dominates
+    return out.reshape(x.shape)
+
+
+def _round_fp16_block(x: np.ndarray) -> np.ndarray:
+    """:func:`round_fp16` of one flat block. Non-zero values below fp16's normal range are rounded
+    one by one when they are few, else in bulk to multiples of 2^-24 (exact float32 arithmetic);
+    values above 65504, inf and NaN one by one (zeros need nothing: half of a ReLU's output)."""
     x = np.ascontiguousarray(x).reshape(-1)
     u = x.view(np.uint32)
     r = u >> np.uint32(13)
@@ -229,14 +270,25 @@ def round_fp16(x: np.ndarray) -> np.ndarray:
     r += np.uint32(0xFFF)
     r += u
     r &= np.uint32(0xFFFFE000)
-    # outside [2^-14, 65504 + half an ulp): |bits| - bits(2^-14) wraps around for the tiny ones
-    m = u & np.uint32(0x7FFFFFFF)
-    m -= np.uint32(0x38800000)
-    special = np.flatnonzero(m > np.uint32(0x477FEFFF - 0x38800000))
-    if special.size:
-        with np.errstate(over="ignore"):
-            r[special] = x[special].astype(np.float16).astype(np.float32).view(np.uint32)
-    return r.view(np.float32).reshape(shape)
+    out = r.view(np.float32)
+    mag = u & np.uint32(0x7FFFFFFF)
+    big = mag > np.uint32(0x477FEFFF)  # rounds past 65504, or inf / NaN
+    mag -= np.uint32(1)  # zeros wrap around: the bit rounding already gives +/-0 for them
+    tiny = mag < np.uint32(0x38800000 - 1)  # 0 < |x| < 2^-14
+    with np.errstate(over="ignore", invalid="ignore"):
+        if tiny.any():
+            if np.count_nonzero(tiny) * 16 < x.size:
+                idx = np.flatnonzero(tiny)
+                out[idx] = x[idx].astype(np.float16).astype(np.float32)
+            else:
+                alt = x * np.float32(2.0 ** 24)
+                np.rint(alt, out=alt)
+                alt *= np.float32(2.0 ** -24)
+                np.copyto(out, alt, where=tiny)
+        if big.any():
+            idx = np.flatnonzero(big)
+            out[idx] = x[idx].astype(np.float16).astype(np.float32)
+    return out
 
 
 def run_kernel(row: OpDef, attrs, arrays, out_dtypes) -> tuple:
