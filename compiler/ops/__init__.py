@@ -226,13 +226,10 @@ def to_float16(a: np.ndarray) -> np.ndarray:
 
 
 def to_float32(h: np.ndarray) -> np.ndarray:
-    """``h.astype(np.float32)`` (exact), through torch when it is already imported (25M fp16 values:
-    30 ms instead of 50 ms; see :func:`to_float16`)."""
-    t = sys.modules.get("torch")
-    h = np.asarray(h)
-    if t is not None and h.dtype == np.float16 and h.size >= 1 << 16:
-        return t.from_numpy(np.ascontiguousarray(h)).float().numpy().reshape(h.shape)
-    return h.astype(np.float32)
+    """``h.astype(np.float32)`` (exact). NumPy on purpose: torch's conversion is faster alone
+    (25M values: 30 vs 50 ms) but inside the MIL interpreter's first run, widening ResNet-50's
+    weights took 0.42 s through torch and 0.18 s through NumPy (measured side by side)."""
+    return np.asarray(h).astype(np.float32)
 
 
 def round_fp16(x: np.ndarray) -> np.ndarray:
