@@ -67,8 +67,11 @@ def _is_dynamic(fn) -> bool:
 
 def analyze(fn, seen=None) -> tuple[set[str], list[str]]:
     """(IR ops ``fn`` can emit, messages of the UnsupportedOpError it can raise), recursively
-    through the tlc front-end functions it calls and the op names in its closure."""
-    from tlc.ops import OPS
+    through the tlc front-end functions it calls and the op names in its closure (interpreter-only
+    rows are MIL ops the front-end never emits: a string such as ``"shape"`` is not one of them)."""
+    from tlc.ops import OPS as ALL
+
+    OPS = {k: v for k, v in ALL.items() if not v.interpreter_only}
 
     seen = set() if seen is None else seen
     if fn in seen:

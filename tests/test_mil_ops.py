@@ -1167,8 +1167,11 @@ IR_ONLY = {"rms_norm", "group_norm"}
 
 
 def test_every_interpreter_op_is_covered():
+    from test_mil_ops_extra import COVERED as extra_covered, INTERPRETER_ONLY  # issue 12's MIL ops
     from test_mil_ops_index import COVERED as index_covered  # issue 10's MIL ops
 
     mil_ops = {name for name, row in tlc.ops.OPS.items() if row.emit_mil is not None}  # not fallback-only ops
-    missing = mil_ops - {"const"} - IR_ONLY - COVERED - index_covered
+    missing = mil_ops - {"const"} - IR_ONLY - COVERED - index_covered - extra_covered
+    interpreter_only = {name for name, row in tlc.ops.OPS.items() if row.interpreter_only}
+    assert interpreter_only == INTERPRETER_ONLY, f"untested interpreter-only rows: {sorted(interpreter_only - INTERPRETER_ONLY)}"
     assert not missing, f"MIL ops the interpreter supports but this file does not test: {sorted(missing)}"

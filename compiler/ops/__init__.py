@@ -32,6 +32,9 @@ A row (:class:`OpDef`) holds:
   (:func:`tlc.passes.precision.fp16_attr_fix`): ``"epsilon"`` (a norm/rsqrt/log epsilon: raised
   to fp16's smallest normal), ``"bound"`` (a clamp bound: saturated to +/-65504). Any other float
   attribute that over- or underflows in fp16 keeps its op in fp32.
+* ``interpreter_only`` — a MIL op only tlc's MIL interpreter meets (other converters' packages):
+  the IR never holds it, so it has no ``infer`` rule, emission or device kernel
+  (:mod:`tlc.ops.mil_only`); ``emit_mil is None`` does not make it a fallback op.
 
 Op names and attribute names follow coremltools' MIL op definitions
 (coremltools/converters/mil/mil/ops/defs/iOS15..iOS18) wherever MIL has the op.
@@ -117,6 +120,7 @@ class OpDef:
     host_only: str | None = None
     nondeterministic: bool = False
     half_attrs: Mapping[str, str] = field(default_factory=dict)
+    interpreter_only: bool = False
 
 
 OPS: dict[str, OpDef] = {}
@@ -138,6 +142,7 @@ def register(
     host_only: str | None = None,
     nondeterministic: bool = False,
     half_attrs: Mapping[str, str] | None = None,
+    interpreter_only: bool = False,
 ) -> OpDef:
     """Add a row to :data:`OPS` (built by :func:`make_row`); raises :class:`IRError` for a name
     registered twice. Every row should give a ``torch`` kernel or a ``host_only`` reason
@@ -147,7 +152,7 @@ def register(
     OPS[name] = d = make_row(name, infer=infer, numpy=numpy, emit_mil=emit_mil, ane=ane, flops=flops, doc=doc,
                              mil_inputs=mil_inputs, from_mil=from_mil, ane_dtype_exempt=ane_dtype_exempt,
                              torch=torch, host_only=host_only, nondeterministic=nondeterministic,
-                             half_attrs=half_attrs)
+                             half_attrs=half_attrs, interpreter_only=interpreter_only)
     return d
 
 
@@ -156,7 +161,7 @@ def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Ca
              mil_inputs: tuple[str, ...] = ("x",), from_mil: Callable[[dict], tuple[list, dict]] | None = None,
              ane_dtype_exempt: tuple[int, ...] = (), torch: Callable[..., Any] | None = None,
              host_only: str | None = None, nondeterministic: bool = False,
-             half_attrs: Mapping[str, str] | None = None) -> OpDef:
+             half_attrs: Mapping[str, str] | None = None, interpreter_only: bool = False) -> OpDef:
     """An :class:`OpDef` (not added to :data:`OPS`). Its ``ane`` rule is :func:`ane_common`, then
     the op's own ``ane`` rule (the more specific reason), then :func:`ane_dtype` over the tensors
     except the inputs at positions ``ane_dtype_exempt`` (inputs that emission turns into fp16,
@@ -167,7 +172,7 @@ def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Ca
                 or ane_dtype([t for k, t in enumerate(i) if k not in ane_dtype_exempt], o))
 
     return OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""), tuple(mil_inputs), from_mil,
-                 torch, host_only, nondeterministic, dict(half_attrs or {}))
+                 torch, host_only, nondeterministic, dict(half_attrs or {}), interpreter_only)
 
 
 def mil_attr(v: Any) -> Any:
@@ -316,4 +321,4 @@ def get_op(name: str, loc=None) -> OpDef:
 
 
 # Populate the table (each module registers its rows on import).
-from . import elementwise, linalg, conv, norm, shape, index, resample, random, fallback  # noqa: E402,F401
+from . import elementwise, linalg, conv, norm, shape, index, resample, random, fallback, mil_only  # noqa: E402,F401

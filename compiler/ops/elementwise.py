@@ -261,6 +261,20 @@ _UNARY = {
         ("alpha", "beta"),
         FLOAT,
     ),
+    # activation.py ops tlc's front-end does not produce (other converters' packages use them)
+    "clamped_relu": (lambda a, x: np.minimum(np.where(x >= 0, x, x * np.asarray(a.get("alpha", 0.0), x.dtype)),
+                                             np.asarray(a.get("beta", 6.0), x.dtype)), ("alpha", "beta"), FLOAT),
+    "elu": (lambda a, x: np.where(x > 0, x, np.asarray(a.get("alpha", 1.0), x.dtype) * np.expm1(np.minimum(x, 0))),
+            ("alpha",), FLOAT),
+    "linear_activation": (lambda a, x: x * np.asarray(a["alpha"], x.dtype) + np.asarray(a.get("beta", 0.0), x.dtype),
+                          ("alpha", "beta"), FLOAT),
+    "relu6": (lambda a, x: np.clip(x, 0, 6).astype(x.dtype), None, FLOAT),
+    "scaled_tanh": (lambda a, x: np.asarray(a.get("alpha", 1.0), x.dtype) * np.tanh(x * np.asarray(a.get("beta", 1.0), x.dtype)),
+                    ("alpha", "beta"), FLOAT),
+    "softsign": (lambda a, x: x / (1 + np.abs(x)), None, FLOAT),
+    "threshold": (lambda a, x: np.maximum(x, np.asarray(a.get("alpha", 1.0), x.dtype)), ("alpha",), FLOAT),
+    "thresholded_relu": (lambda a, x: np.where(x >= np.asarray(a.get("alpha", 1.0), x.dtype), x, 0).astype(x.dtype),
+                         ("alpha",), FLOAT),
 }
 
 
@@ -310,6 +324,14 @@ _TORCH_UNARY = {
     "clip": lambda a, x: torch.clamp(x, a["alpha"], a["beta"]),
     "leaky_relu": lambda a, x: torch.where(x >= 0, x, x * a["alpha"]),
     "sigmoid_hard": lambda a, x: torch.clamp(x * a["alpha"] + a["beta"], 0, 1),
+    "clamped_relu": lambda a, x: torch.clamp(torch.where(x >= 0, x, x * a.get("alpha", 0.0)), max=a.get("beta", 6.0)),
+    "elu": lambda a, x: F.elu(x, a.get("alpha", 1.0)),
+    "linear_activation": lambda a, x: x * a["alpha"] + a.get("beta", 0.0),
+    "relu6": lambda a, x: F.relu6(x),
+    "scaled_tanh": lambda a, x: a.get("alpha", 1.0) * torch.tanh(x * a.get("beta", 1.0)),
+    "softsign": lambda a, x: F.softsign(x),
+    "threshold": lambda a, x: torch.clamp(x, min=a.get("alpha", 1.0)),
+    "thresholded_relu": lambda a, x: torch.where(x >= a.get("alpha", 1.0), x, torch.zeros_like(x)),
 }
 
 
@@ -356,9 +378,17 @@ def _infer_cast(in_types, attrs):
     return [TensorType(dt, in_types[0].shape)]
 
 
+#: MIL ``cast`` dtypes beyond the IR's (packages made by coremltools carry them; iOS17 cast).
+MIL_CAST_DTYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16, "int64": np.int64,
+                   "fp64": np.float64}
+
+
 def _cast(attrs, x):
-    """MIL ``cast`` (elementwise_unary.py): convert to ``dtype``; float -> int truncates toward 0."""
-    return x.astype(DTYPES[attrs["dtype"]])
+    """MIL ``cast`` (elementwise_unary.py): convert to ``dtype``; float -> int truncates toward 0.
+    The MIL interpreter also meets int8/uint8/int16/uint16 (:data:`MIL_CAST_DTYPES`): a float is
+    truncated, then wrapped as NumPy's ``astype`` does."""
+    dt = attrs["dtype"]
+    return x.astype(DTYPES[dt] if dt in DTYPES else MIL_CAST_DTYPES[dt])
 
 
 def _emit_cast(ctx, attrs, ins, nm):

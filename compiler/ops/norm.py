@@ -377,7 +377,26 @@ def _t_l2(x, axes, keep):
     return torch.linalg.vector_norm(x.float(), 2, dim=axes, keepdim=keep)
 
 
+def _log_sum_exp(x, axis, keepdims):
+    xf = x.astype(np.float32, copy=False)
+    m = np.max(xf, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    r = np.log(np.sum(np.exp(xf - m), axis=axis, keepdims=True)) + m
+    return r if keepdims else np.squeeze(r, axis=axis)
+
+
+def _sum_square(x, axis, keepdims):
+    xf = x.astype(np.float32, copy=False)
+    return np.sum(xf * xf, axis=axis, keepdims=keepdims)
+
+
 _reduce("reduce_sum", np.sum, lambda x, ax, k: torch.sum(x, ax, keepdim=k))
+_reduce("reduce_log_sum", lambda x, axis, keepdims: np.log(np.sum(x.astype(np.float32, copy=False), axis=axis,
+                                                                  keepdims=keepdims)),
+        lambda x, ax, k: torch.log(torch.sum(x.float(), ax, keepdim=k)), float_only=True)
+_reduce("reduce_log_sum_exp", _log_sum_exp, lambda x, ax, k: torch.logsumexp(x.float(), ax, keepdim=k), float_only=True)
+_reduce("reduce_sum_square", _sum_square, lambda x, ax, k: torch.sum(x.float() * x.float(), ax, keepdim=k),
+        float_only=True)
 _reduce("reduce_l2_norm", _l2, _t_l2, float_only=True)
 _reduce("reduce_l1_norm", _l1, lambda x, ax, k: torch.sum(torch.abs(x), ax, keepdim=k), float_only=True)
 _reduce("reduce_mean", _mean, lambda x, ax, k: torch.mean(x, ax, keepdim=k), float_only=True)

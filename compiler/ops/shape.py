@@ -62,11 +62,14 @@ def _infer_reshape(in_types, attrs):
 
 
 def _reshape_from_mil(v):
-    """MIL ``reshape`` shape entries: -1 is inferred, 0 copies the input's dimension."""
+    """MIL ``reshape`` shape entries: -1 is inferred, 0 copies the input's dimension at the same
+    position counted from the right, 1 past the input's rank (iOS17 ``replace_zeros_in_shape``;
+    iOS15/16 allow a 0 only when the ranks match, where both rules agree)."""
     x = v["x"]
     shape = [int(d) for d in v["shape"]]
-    if len(shape) == x.ndim:  # "0 inherits the input's dimension" applies only when ranks match
-        shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    if 0 in shape:
+        n = len(shape)
+        shape = [(x.shape[x.ndim - n + i] if x.ndim - n + i >= 0 else 1) if d == 0 else d for i, d in enumerate(shape)]
     if -1 in shape:
         rest = int(np.prod([d for d in shape if d != -1], dtype=np.int64))
         shape[shape.index(-1)] = x.size // max(rest, 1)
@@ -343,8 +346,17 @@ def _infer_gather(in_types, attrs):
 
 def _gather(attrs, x, idx):
     """MIL ``gather`` (iOS17 scatter_gather.py): ``take(x, indices, axis)``; negative indices
-    count from the end; out-of-range indices raise IndexError (``validate_indices``)."""
-    return np.take(x, idx, axis=attrs.get("axis", 0))
+    count from the end; out-of-range indices raise IndexError (``validate_indices``). With
+    ``batch_dims`` b > 0 (iOS16+, MIL programs only) the first b axes of ``x`` and ``indices`` are
+    batch: out[i...] = take(x[i...], indices[i...], axis - b)."""
+    ax = attrs.get("axis", 0) % x.ndim
+    bd = int(attrs.get("batch_dims", 0) or 0)
+    if not bd:
+        return np.take(x, idx, axis=ax)
+    batch = x.shape[:bd]
+    xb, ib = x.reshape((-1,) + x.shape[bd:]), idx.reshape((-1,) + idx.shape[bd:])
+    out = np.stack([np.take(xb[i], ib[i], axis=ax - bd) for i in range(xb.shape[0])])
+    return out.reshape(batch + out.shape[1:])
 
 
 def _t_gather(attrs, x, idx):
@@ -371,10 +383,11 @@ register(
 
 def _gather_from_mil(v):
     """MIL ``gather``: indices of any integer dtype (fp16 programs use int16/uint16 after
-    ``add_int16_cast``); ``batch_dims`` must be 0."""
-    if int(v.get("batch_dims", 0) or 0) != 0:
-        raise IRError("gather with batch_dims > 0 is not supported by tlc's interpreter")
-    return [v["x"], np.asarray(v["indices"]).astype(np.int32)], {"axis": int(v.get("axis", 0))}
+    ``add_int16_cast``), ``batch_dims`` (iOS16+)."""
+    attrs = {"axis": int(v.get("axis", 0))}
+    if int(v.get("batch_dims", 0) or 0):
+        attrs["batch_dims"] = int(v["batch_dims"])
+    return [v["x"], np.asarray(v["indices"]).astype(np.int32)], attrs
 
 
 def _infer_reverse(in_types, attrs):
