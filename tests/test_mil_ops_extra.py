@@ -15,7 +15,7 @@ from test_mil_ops import R, check, f32, precisions, run_mil
 
 COVERED = {"clamped_relu", "elu", "linear_activation", "relu6", "scaled_tanh", "softsign", "threshold",
            "thresholded_relu", "reduce_log_sum", "reduce_log_sum_exp", "reduce_sum_square"}
-INTERPRETER_ONLY = {"prelu", "softplus_parametric", "flatten2d", "slice_by_size", "stack", "band_part", "l2_norm",
+INTERPRETER_ONLY = {"depth_to_space", "space_to_depth", "reverse_sequence", "prelu", "softplus_parametric", "flatten2d", "slice_by_size", "stack", "band_part", "l2_norm",
                     "instance_norm", "local_response_norm", "pixel_shuffle", "pixel_unshuffle", "fill", "fill_like",
                     "range_1d", "one_hot", "shape"}
 
@@ -185,3 +185,38 @@ def test_slice_by_index_negative_stride(precision, tmp_path, rng):
                                                            end_mask=[False, True, True]), {"x": x}, precision,
                      "slice_by_index")
     check(got, R(x, precision)[2:3], precision, "x[-1:-2:-1]")  # one row, not [0, 3, 2]
+
+
+@precisions
+def test_depth_to_space_and_back_in_tensorflow_order(precision, tmp_path, rng):
+    x = f32(rng.normal(size=(1, 8, 2, 3)))
+    (got,) = run_mil(tmp_path, lambda x: mb.depth_to_space(x=x, block_size=2), {"x": x}, precision, "depth_to_space")
+    xr = R(x, precision).numpy()
+    ref = np.empty((1, 2, 4, 6))
+    for c in range(2):  # tf.nn.depth_to_space (DCR), written out: out[c, h*b+i, w*b+j] = x[(i*b+j)*C' + c, h, w]
+        for h in range(2):
+            for w in range(3):
+                for i in range(2):
+                    for j in range(2):
+                        ref[0, c, h * 2 + i, w * 2 + j] = xr[0, (i * 2 + j) * 2 + c, h, w]
+    check(got, ref, precision, "depth_to_space")
+    (back,) = run_mil(tmp_path, lambda y: mb.space_to_depth(x=y, block_size=2), {"y": f32(ref)}, precision,
+                      "space_to_depth")
+    check(back, xr, precision, "space_to_depth")
+
+
+@precisions
+@pytest.mark.parametrize("seq_axis,batch_axis", [(1, 0), (0, 1), (2, 0)])
+def test_reverse_sequence(seq_axis, batch_axis, precision, tmp_path, rng):
+    x = f32(rng.normal(size=(3, 4, 5)))
+    lengths = np.array([x.shape[seq_axis], 1, 2, 0][: x.shape[batch_axis]], np.int32)
+    (got,) = run_mil(tmp_path, lambda x, n: mb.reverse_sequence(x=x, lengths=n, seq_axis=seq_axis, batch_axis=batch_axis),
+                     {"x": x, "n": lengths}, precision, "reverse_sequence")
+    ref = R(x, precision).numpy().copy()
+    for b, n in enumerate(lengths):  # tf.reverse_sequence, written out element by element
+        for k in range(n):
+            dst, src = [slice(None)] * 3, [slice(None)] * 3
+            dst[batch_axis] = src[batch_axis] = b
+            dst[seq_axis], src[seq_axis] = k, n - 1 - k
+            ref[tuple(dst)] = R(x, precision).numpy()[tuple(src)]
+    check(got, ref, precision, "reverse_sequence")

@@ -138,6 +138,37 @@ def _pixel_unshuffle(attrs, x):
     return x.reshape(n, c, h // f, f, w // f, f).transpose(0, 1, 3, 5, 2, 4).reshape(n, c * f * f, h // f, w // f)
 
 
+def _depth_to_space(attrs, x):
+    """iOS15 tensor_transformation.py ``depth_to_space``: TensorFlow's (DCR) order in NCHW, as
+    coremltools' TF front-end maps ``tf.nn.depth_to_space`` onto it:
+    out[n, c, h*b + i, w*b + j] = x[n, (i*b + j) * C/b^2 + c, h, w]."""
+    b = int(attrs["block_size"])
+    n, c, h, w = x.shape
+    return x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2).reshape(n, c // (b * b), h * b, w * b)
+
+
+def _space_to_depth(attrs, x):
+    """iOS15 tensor_transformation.py ``space_to_depth``: the inverse of :func:`_depth_to_space`
+    (TensorFlow's order): out[n, (i*b + j) * C + c, h, w] = x[n, c, h*b + i, w*b + j]."""
+    b = int(attrs["block_size"])
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4).reshape(n, c * b * b, h // b, w // b)
+
+
+def _reverse_sequence(attrs, x, lengths):
+    """iOS15 tensor_transformation.py ``reverse_sequence`` (``tf.reverse_sequence``): for each
+    index i along ``batch_axis``, the first ``lengths[i]`` elements along ``seq_axis`` reversed."""
+    sa, ba = int(attrs.get("seq_axis", 0)) % x.ndim, int(attrs.get("batch_axis", 0)) % x.ndim
+    out = np.array(x, copy=True)
+    for i, n in enumerate(np.asarray(lengths).astype(int).ravel()):
+        if n <= 0:
+            continue
+        sel = [slice(None)] * x.ndim
+        sel[ba], sel[sa] = i, slice(0, n)
+        out[tuple(sel)] = np.flip(x[tuple(sel)], axis=sa - (1 if ba < sa else 0))  # indexing ba drops that axis
+    return out
+
+
 def _fill(attrs, shape):
     """iOS15 tensor_operation.py ``fill``: a tensor of ``shape`` holding ``value`` (default 0)."""
     return np.full(tuple(int(d) for d in np.asarray(shape).ravel()), attrs.get("value", 0.0), np.float32)
@@ -180,6 +211,9 @@ _row("instance_norm", _instance_norm, ("x", "gamma", "beta"), from_mil=_instance
 _row("local_response_norm", _local_response_norm)
 _row("pixel_shuffle", _pixel_shuffle)
 _row("pixel_unshuffle", _pixel_unshuffle)
+_row("depth_to_space", _depth_to_space)
+_row("space_to_depth", _space_to_depth)
+_row("reverse_sequence", _reverse_sequence, ("x", "lengths"))
 _row("fill", _fill, ("shape",))
 _row("fill_like", _fill_like, ("ref_tensor",))
 _row("range_1d", _range_1d, ("end", "start", "step"))
