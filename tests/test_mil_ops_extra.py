@@ -15,7 +15,7 @@ from test_mil_ops import R, check, f32, precisions, run_mil
 
 COVERED = {"clamped_relu", "elu", "linear_activation", "relu6", "scaled_tanh", "softsign", "threshold",
            "thresholded_relu", "reduce_log_sum", "reduce_log_sum_exp", "reduce_sum_square"}
-INTERPRETER_ONLY = {"depth_to_space", "space_to_depth", "reverse_sequence", "prelu", "softplus_parametric", "flatten2d", "slice_by_size", "stack", "band_part", "l2_norm",
+INTERPRETER_ONLY = {"space_to_batch", "batch_to_space", "depth_to_space", "space_to_depth", "reverse_sequence", "prelu", "softplus_parametric", "flatten2d", "slice_by_size", "stack", "band_part", "l2_norm",
                     "instance_norm", "local_response_norm", "pixel_shuffle", "pixel_unshuffle", "fill", "fill_like",
                     "range_1d", "one_hot", "shape"}
 
@@ -220,3 +220,22 @@ def test_reverse_sequence(seq_axis, batch_axis, precision, tmp_path, rng):
             dst[seq_axis], src[seq_axis] = k, n - 1 - k
             ref[tuple(dst)] = R(x, precision).numpy()[tuple(src)]
     check(got, ref, precision, "reverse_sequence")
+
+
+@precisions
+def test_space_to_batch_and_back_in_tensorflow_order(precision, tmp_path, rng):
+    x = f32(rng.normal(size=(2, 3, 3, 4)))
+    bs, pads = np.array([2, 2], np.int32), np.array([[1, 0], [0, 2]], np.int32)
+    (got,) = run_mil(tmp_path, lambda x: mb.space_to_batch(x=x, block_shape=bs, paddings=pads), {"x": x}, precision,
+                     "space_to_batch")
+    xp = np.pad(R(x, precision).numpy(), [(0, 0), (0, 0), (1, 0), (0, 2)])  # [2, 3, 4, 6]
+    ref = np.empty((8, 3, 2, 3))
+    for i in range(2):  # tf.space_to_batch_nd, written out: out[(i*b1 + j)*n + k] = padded[k, :, h*b0 + i, w*b1 + j]
+        for j in range(2):
+            for k in range(2):
+                ref[(i * 2 + j) * 2 + k] = xp[k, :, i::2, j::2]
+    check(got, ref, precision, "space_to_batch")
+    crops = np.array([[1, 0], [0, 2]], np.int32)
+    (back,) = run_mil(tmp_path, lambda y: mb.batch_to_space(x=y, block_shape=bs, crops=crops), {"y": f32(ref)},
+                      precision, "batch_to_space")
+    check(back, R(x, precision), precision, "batch_to_space")

@@ -155,6 +155,28 @@ def _space_to_depth(attrs, x):
     return x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4).reshape(n, c * b * b, h // b, w // b)
 
 
+def _space_to_batch(attrs, x):
+    """iOS15 tensor_transformation.py ``space_to_batch`` (``tf.space_to_batch_nd`` in NCHW): pad H, W
+    by ``paddings`` [[top, bottom], [left, right]], cut them into ``block_shape`` (b0, b1) blocks,
+    and stack the block offsets in front of the batch: out[(i*b1 + j)*n + k, c, h, w] =
+    padded[k, c, h*b0 + i, w*b1 + j]."""
+    (b0, b1), pads = (int(v) for v in np.asarray(attrs["block_shape"]).ravel()), np.asarray(attrs["paddings"]).reshape(2, 2)
+    xp = np.pad(x, [(0, 0), (0, 0), tuple(int(v) for v in pads[0]), tuple(int(v) for v in pads[1])])
+    n, c, h, w = xp.shape
+    return xp.reshape(n, c, h // b0, b0, w // b1, b1).transpose(3, 5, 0, 1, 2, 4).reshape(b0 * b1 * n, c, h // b0, w // b1)
+
+
+def _batch_to_space(attrs, x):
+    """iOS15 tensor_transformation.py ``batch_to_space`` (``tf.batch_to_space``, NCHW): the inverse of
+    :func:`_space_to_batch`, then ``crops`` [[top, bottom], [left, right]] removed."""
+    (b0, b1), crops = (int(v) for v in np.asarray(attrs["block_shape"]).ravel()), np.asarray(attrs["crops"]).reshape(2, 2)
+    nb, c, h, w = x.shape
+    n = nb // (b0 * b1)
+    y = x.reshape(b0, b1, n, c, h, w).transpose(2, 3, 4, 0, 5, 1).reshape(n, c, h * b0, w * b1)
+    (t, b), (l, r) = (tuple(int(v) for v in row) for row in crops)
+    return np.ascontiguousarray(y[:, :, t:h * b0 - b, l:w * b1 - r])
+
+
 def _reverse_sequence(attrs, x, lengths):
     """iOS15 tensor_transformation.py ``reverse_sequence`` (``tf.reverse_sequence``): for each
     index i along ``batch_axis``, the first ``lengths[i]`` elements along ``seq_axis`` reversed."""
@@ -214,6 +236,8 @@ _row("pixel_unshuffle", _pixel_unshuffle)
 _row("depth_to_space", _depth_to_space)
 _row("space_to_depth", _space_to_depth)
 _row("reverse_sequence", _reverse_sequence, ("x", "lengths"))
+_row("space_to_batch", _space_to_batch)
+_row("batch_to_space", _batch_to_space)
 _row("fill", _fill, ("shape",))
 _row("fill_like", _fill_like, ("ref_tensor",))
 _row("range_1d", _range_1d, ("end", "start", "step"))
