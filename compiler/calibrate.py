@@ -221,8 +221,8 @@ def verified_mixed(graph: Graph, feeds_list: list[dict], io_dtype: str, emit: Ca
         culprit = None
         for k in failing:
             t_bisect = time.perf_counter()
-            errs = node_errors(ref_graph, runner, feeds_list[k],
-                               feeds_list[k] if runtime == "hybrid runtime" else pkg_feeds[k])
+            errs = list(node_errors(ref_graph, runner, feeds_list[k],
+                                    feeds_list[k] if runtime == "hybrid runtime" else pkg_feeds[k]))
             run_s += time.perf_counter() - t_bisect
             errs = [e for e in errs if e[0].outputs[0] not in random]
             over = [e for e in errs if e[1] > tol]

@@ -144,11 +144,11 @@ def ir_node_name(mil_op_name: str) -> str:
     return name
 
 
-def node_errors(graph: Graph, runner, feeds: dict, runner_feeds: dict | None = None
-                ) -> list[tuple[Node, float, str, float]]:
-    """Run ``graph`` (NumPy reference) and the artifact on ``feeds``; for every IR node whose value
-    both record (same shape), in topological order: ``(node, error, MIL op name, reference max
-    |x|)``, the error being rel-L2 (inf for NaN/inf where the reference is finite) or, for
+def node_errors(graph: Graph, runner, feeds: dict, runner_feeds: dict | None = None):
+    """Run ``graph`` (NumPy reference) and the artifact on ``feeds``; yield, for every IR node whose
+    value both record (same shape), in topological order: ``(node, error, MIL op name, reference max
+    |x|)`` (a generator: :func:`first_divergence` stops computing errors at the first one past its
+    tolerance), the error being rel-L2 (inf for NaN/inf where the reference is finite) or, for
     int/bool values, 0 / inf for equal / different.
 
     ``runner``: a :class:`tlc.runtime.MILInterpreter` (package) or :class:`tlc.runtime.BundleModel`;
@@ -164,7 +164,6 @@ def node_errors(graph: Graph, runner, feeds: dict, runner_feeds: dict | None = N
         runner.run(rf, observer=record)
     else:
         runner.run(rf, observer=lambda op, outs: record(op.name, outs))
-    rows = []
     for n in graph.nodes:
         if n.op == "const" or n.name not in ref or n.name not in got:
             continue
@@ -176,8 +175,7 @@ def node_errors(graph: Graph, runner, feeds: dict, runner_feeds: dict | None = N
         else:
             err = rel_l2(b, a)
         finite = np.abs(a[np.isfinite(a)]) if a.dtype.kind == "f" else np.abs(a)
-        rows.append((n, err, mil, float(finite.max()) if finite.size else float("nan")))
-    return rows
+        yield n, err, mil, float(finite.max()) if finite.size else float("nan")
 
 
 def first_divergence(graph: Graph, runner, feeds: dict, tol: float) -> Divergence | None:
