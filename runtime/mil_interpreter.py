@@ -32,6 +32,7 @@ import numpy as np
 from tlc._coreml import package_size, quiet_coremltools
 from tlc.errors import TlcError
 from tlc.ops import OPS, args_from_mil, round_fp16, run_kernel, to_float32
+from tlc.ops.compression import CONSTEXPR_OPS
 
 from .numpy_executor import validate_feeds
 
@@ -160,11 +161,19 @@ class MILInterpreter:
                 raise UnsupportedMILOpError(
                     f"MIL op '{op.op_type}' (op {op.name}, opset {self.opset}) is not supported by tlc's "
                     f"interpreter; supported: {', '.join(sorted(OPS))}")
+        # compressed weights (constexpr_*: every input a constant) are decompressed once, here
+        self._consts: dict[str, np.ndarray] = {}
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for op in self._ops:
+                if op.op_type in CONSTEXPR_OPS:
+                    self._run_op(op, self._consts)
+        self._all_ops = self._ops
+        self._ops = [op for op in self._ops if op.op_type not in CONSTEXPR_OPS]
 
     def op_histogram(self) -> dict[str, int]:
-        """Count of non-const ops per MIL op type, most frequent first."""
+        """Count of non-const ops per MIL op type (``constexpr_*`` included), most frequent first."""
         h: dict[str, int] = {}
-        for op in self._ops:
+        for op in self._all_ops:
             h[op.op_type] = h.get(op.op_type, 0) + 1
         return dict(sorted(h.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -178,8 +187,9 @@ class MILInterpreter:
         missing/misnamed inputs or wrong shapes/dtypes, :class:`TlcError` naming the op when a
         kernel fails or produces a shape other than the program declares.
         """
-        env = {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in
-               validate_feeds(self.inputs, {k: np.asarray(v) for k, v in feeds.items()}, f"{self.path.name}").items()}
+        env = dict(self._consts)
+        env.update((k, v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in
+                   validate_feeds(self.inputs, {k: np.asarray(v) for k, v in feeds.items()}, f"{self.path.name}").items())
         last = {}
         for i, op in enumerate(self._ops):
             for var in _input_vars(op):
@@ -274,7 +284,7 @@ def package_info(path: str | Path) -> dict:
         "outputs": [{"name": v.name, "shape": [int(d) if isinstance(d, (int, np.integer)) else str(d) for d in v.shape],
                      "dtype": _np_dtype(v.dtype).name} for v in f.outputs],
         "ops": interp.op_histogram(),
-        "num_ops": len(interp._ops),
+        "num_ops": len(interp._all_ops),
         "precision": precision,
         "size_bytes": size,
         "specification_version": interp.spec.specificationVersion,
