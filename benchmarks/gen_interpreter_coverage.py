@@ -28,6 +28,7 @@ def rows() -> list[tuple[str, list[str], str]]:
         from coremltools.converters.mil.mil.ops.registry import SSAOpRegistry
 
     from tlc.ops import OPS
+    from tlc.runtime.mil_interpreter import BUILTINS
 
     out = []
     for name in sorted(SSAOpRegistry.core_ops):
@@ -35,7 +36,9 @@ def rows() -> list[tuple[str, list[str], str]]:
             continue
         versions = sorted(SSAOpRegistry.core_ops[name], key=lambda t: t.value)
         row = OPS.get(name)
-        if row is None:
+        if name in BUILTINS:
+            status = "built into the interpreter (states, control flow, lists)"
+        elif row is None:
             status = "no kernel"
         elif row.interpreter_only:
             status = "kernel (interpreter only)"
@@ -55,8 +58,11 @@ def render() -> str:
         "(`SSAOpRegistry.core_ops`: the ops of `coremltools/converters/mil/mil/ops/defs/iOS15` ... `iOS18`)",
         "and tlc's op table; tests/test_interpreter_coverage.py fails when it is stale. A kernel \"shared",
         "with tlc's IR\" is the same NumPy kernel that runs tlc's own graphs; \"interpreter only\" rows",
-        "(`compiler/ops/mil_only.py`) are ops other converters' packages use and tlc's front-end never",
-        "produces. Per-op numerics: tests/test_mil_ops.py, test_mil_ops_index.py, test_mil_ops_extra.py.",
+        "are ops other converters' packages use and tlc's front-end never",
+        "produces (`compiler/ops/mil_only.py`, `compiler/ops/compression.py`); \"built into the interpreter\" are",
+        "ops that run nested blocks or hold non-tensor values (`runtime/mil_interpreter.py`,",
+        "`runtime/mil_control.py`). Per-op numerics: tests/test_mil_ops.py, test_mil_ops_index.py,",
+        "test_mil_ops_extra.py, test_mil_compression.py, test_mil_structure.py, test_mil_ops_more.py.",
         "",
         f"**{have} of {len(rs)} registered ops have a kernel ({100 * have / len(rs):.0f}%).**",
         "",

@@ -5,7 +5,7 @@
               [--report] [--report-json F]
               [--report-html F] [--force]
     tlc run PKG|BUNDLE --input NAME=FILE.npy ... [--out DIR] [--backend auto|coreml|interpreter]
-    tlc inspect PKG|BUNDLE [--json]
+    tlc inspect PKG|BUNDLE [--json] [--function NAME]
     tlc verify model.py [--package PKG] [--precision fp16|fp32] [--tol-fp32 1e-5] [--tol-fp16 1e-2]
     tlc bench model.py [--runs 50] [--warmup 10] [--batch B] [--backends eager,tlc-torch,...] [--json FILE]
 
@@ -192,7 +192,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .runtime_cli import parse_inputs
     from tlc.runtime import load
 
-    m = load(a.package, backend=a.backend, compute_units=a.compute_units, fallback=a.fallback)
+    m = load(a.package, backend=a.backend, compute_units=a.compute_units, fallback=a.fallback,
+             **({"function_name": a.function} if a.function else {}))
     feeds = parse_inputs(a.input or [])
     t0 = time.perf_counter()
     out = m(feeds)
@@ -216,7 +217,9 @@ def cmd_run(a: argparse.Namespace) -> int:
 def _print_io(inputs: list[dict], outputs: list[dict]) -> None:
     for kind, rows in (("input", inputs), ("output", outputs)):
         for r in rows:
-            print(f"  {kind:<7} {r['name']:<24} {r['dtype']}{r['shape']}" + (f"  (value {r['value']})" if "value" in r else ""))
+            extra = (f"  (value {r['value']})" if "value" in r else "") + (f"  image {r['image']}" if "image" in r else "")
+            extra += f"  allowed {r['allowed']}" if "allowed" in r else ""
+            print(f"  {kind:<7} {r['name']:<24} {r['dtype']}{r['shape']}{extra}")
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
@@ -226,13 +229,17 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 
     if is_bundle(a.package):
         return _inspect_bundle(Path(a.package), a.json)
-    info = package_info(a.package)
+    info = package_info(a.package, function_name=a.function)
     if a.json:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{info['path']}  (mlprogram, spec v{info['specification_version']}, opset {info['opset']}, "
           f"precision {info['precision']}, {_human(info['size_bytes'])})")
+    if len(info.get("functions", [])) > 1:
+        print(f"  function {info['function']}  (functions: {', '.join(info['functions'])})")
     _print_io(info["inputs"], info["outputs"])
+    for st in info.get("states", []):
+        print(f"  state   {st['name']:<24} {st['dtype']}{st['shape']}")
     print(f"  ops     {info['num_ops']}  (" + ", ".join(f"{k} {v}" for k, v in info["ops"].items()) + ")")
     if info["short_description"]:
         print(f"  about   {info['short_description']}")
@@ -400,12 +407,14 @@ def make_parser() -> argparse.ArgumentParser:
                         "when a GPU is here, the rest on NumPy)")
     r.add_argument("--compute-units", default="ALL", choices=["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"],
                    help="Core ML compute units (macOS only)")
+    r.add_argument("--function", default=None, help="function of a multifunction package (default: its default function)")
     r.set_defaults(func=cmd_run)
 
     i = sub.add_parser("inspect", help="show an .mlpackage's inputs, outputs, ops, precision, size, metadata",
                        description="Describe PKG without running it.")
     i.add_argument("package", help="path to an .mlpackage or a tlc bundle (NAME.tlc)")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    i.add_argument("--function", default=None, help="function of a multifunction package (default: its default function)")
     i.set_defaults(func=cmd_inspect)
 
     pr = sub.add_parser("profile", help="measure per-op costs of model.py on tlc's fallback runtime (for --profile)",

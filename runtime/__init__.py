@@ -53,7 +53,8 @@ class LoadedModel:
     complex64 arrays (``boundary``; ``scalar_inputs`` / ``scalar_outputs``).
     """
 
-    def __init__(self, path: str | Path, backend: str = "auto", compute_units: str = "ALL"):
+    def __init__(self, path: str | Path, backend: str = "auto", compute_units: str = "ALL",
+                 function_name: str | None = None):
         from tlc.errors import InputError
 
         if backend not in BACKENDS:
@@ -61,7 +62,8 @@ class LoadedModel:
         if compute_units not in COMPUTE_UNITS:
             raise InputError(f"compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}")
         self.path = Path(path)
-        self.interpreter = MILInterpreter(self.path)  # validates the package on every platform
+        self.interpreter = MILInterpreter(self.path, function_name=function_name)  # validates the package everywhere
+        self.function_name = self.interpreter.function_name
         try:
             self.boundary = Boundary.from_metadata(dict(self.interpreter.spec.description.metadata.userDefined))
         except TlcError as e:
@@ -78,18 +80,27 @@ class LoadedModel:
         if self.backend == "coreml":  # pragma: no cover - macOS only
             import coremltools as ct
 
-            self._coreml = ct.models.MLModel(str(self.path), compute_units=getattr(ct.ComputeUnit, compute_units))
+            self._coreml = ct.models.MLModel(str(self.path), compute_units=getattr(ct.ComputeUnit, compute_units),
+                                             function_name=function_name)
 
-    def __call__(self, feeds: Mapping[str, np.ndarray] | None = None, **named) -> dict[str, np.ndarray]:
-        """Run on named arrays (a dict and/or keywords); returns ``{output_name: array}``.
-        Raises :class:`~tlc.errors.InputError` for missing/misnamed inputs or wrong shape/dtype."""
-        feeds = self.boundary.to_package({**(feeds or {}), **named})
-        feeds = validate_feeds(self.interpreter.inputs, feeds, self.path.name)
+    def make_state(self):
+        """State buffers for a stateful package (Core ML's ``make_state()`` on macOS, else
+        :meth:`MILInterpreter.make_state`); pass as ``state=`` to every call."""
         if self._coreml is not None:  # pragma: no cover - macOS only
-            res = self._coreml.predict(feeds)
+            return self._coreml.make_state()
+        return self.interpreter.make_state()
+
+    def __call__(self, feeds: Mapping[str, np.ndarray] | None = None, *, state=None, **named) -> dict[str, np.ndarray]:
+        """Run on named arrays (a dict and/or keywords); returns ``{output_name: array}``.
+        Raises :class:`~tlc.errors.InputError` for missing/misnamed inputs, a wrong dtype, or a
+        shape the package does not allow."""
+        feeds = self.boundary.to_package({**(feeds or {}), **named})
+        if self._coreml is not None:  # pragma: no cover - macOS only
+            feeds = self.interpreter.check_feeds(feeds)
+            res = self._coreml.predict(feeds, state=state) if state is not None else self._coreml.predict(feeds)
             out = {k: np.asarray(res[k]) for k in self.outputs}
         else:
-            out = self.interpreter.run(feeds)
+            out = self.interpreter.run(feeds, state=state)
         return self.boundary.from_package(out)
 
     def __repr__(self) -> str:
@@ -97,7 +108,7 @@ class LoadedModel:
 
 
 def load(path: str | Path, backend: str = "auto", compute_units: str = "ALL",
-         fallback: str = "auto") -> LoadedModel | BundleModel:
+         fallback: str = "auto", function_name: str | None = None) -> LoadedModel | BundleModel:
     """Load an ``.mlpackage`` (:class:`LoadedModel`) or a tlc bundle directory (:class:`BundleModel`)
     as a callable mapping named arrays to ``{output_name: array}``.
 
@@ -105,12 +116,12 @@ def load(path: str | Path, backend: str = "auto", compute_units: str = "ALL",
     elsewhere; ``compute_units`` (Core ML only): ``ALL``, ``CPU_ONLY``, ``CPU_AND_GPU``,
     ``CPU_AND_NE``. A bundle's fallback segments run as ``fallback`` says (:class:`BundleModel`):
     by default, ``gpu`` segments on tlc's torch-device executor when a GPU is here, the rest on the
-    NumPy executor.
+    NumPy executor. ``function_name`` picks a function of a multifunction package.
     Raises :class:`PackageError` for anything that is not a loadable package or bundle.
     """
     if is_bundle(path):
         return BundleModel(path, backend=backend, compute_units=compute_units, fallback=fallback)
-    return LoadedModel(path, backend=backend, compute_units=compute_units)
+    return LoadedModel(path, backend=backend, compute_units=compute_units, function_name=function_name)
 
 
 __all__ = ["load", "LoadedModel", "BundleModel", "is_bundle", "MILInterpreter", "PackageError", "UnsupportedMILOpError", "load_program",

@@ -34,6 +34,9 @@ from tlc.errors import TlcError
 from tlc.ops import OPS, args_from_mil, round_fp16, run_kernel, to_float32
 from tlc.ops.compression import CONSTEXPR_OPS
 
+from tlc.errors import InputError
+
+from .mil_io import ShapeRule, function_description, image_format, image_to_tensor, shape_rule, tensor_to_image
 from .numpy_executor import validate_feeds
 
 
@@ -93,8 +96,8 @@ def load_program(path: str | Path):
         raise PackageError(
             f"{str(path)!r}: the MIL program or its weights cannot be loaded ({type(e).__name__}: {e}); "
             f"the weight file may be truncated or corrupted") from None
-    if "main" not in prog.functions:
-        raise PackageError(f"{str(path)!r} has no 'main' function (functions: {', '.join(prog.functions)})")
+    if not prog.functions:
+        raise PackageError(f"{str(path)!r} has no function")
     return mlmodel, spec, prog
 
 
@@ -130,17 +133,24 @@ def _np_dtype(mil_dtype):
 
 
 class MILInterpreter:
-    """Runs the ``main`` function of an mlprogram package with NumPy.
+    """Runs one function of an mlprogram package with NumPy.
 
-    ``MILInterpreter(path)`` loads the package; ``MILInterpreter(path, mlmodel=m)`` runs the MIL
-    program ``m`` was serialized from (``m._mil_program``, e.g. from :func:`tlc.emit.convert`)
-    instead of parsing ``path`` again.
+    ``MILInterpreter(path)`` loads the package and runs its default function (``main``, or the
+    ``defaultFunctionName`` of a multifunction package); ``function_name=`` picks another
+    (``functions`` lists them). ``MILInterpreter(path, mlmodel=m)`` runs the MIL program ``m`` was
+    serialized from (``m._mil_program``, e.g. from :func:`tlc.emit.convert`) instead of parsing
+    ``path`` again.
 
-    ``inputs``: list of ``(name, shape, numpy dtype)``; ``outputs``: output names;
-    ``opset``: the function's opset (e.g. ``"CoreML7"``). Call with named NumPy arrays.
+    Attributes: ``inputs``, a list of ``(name, shape, numpy dtype)`` with None on axes a flexible
+    input may vary along; ``shape_rules`` (name -> :class:`~tlc.runtime.mil_io.ShapeRule`: the
+    shapes each input allows, from ``RangeDim`` / ``EnumeratedShapes`` / image size ranges);
+    ``images`` / ``image_outputs`` (name -> :class:`~tlc.runtime.mil_io.ImageFormat`); ``states``
+    (name -> ``(shape, numpy dtype)``: MLState buffers, iOS18); ``outputs``: output names;
+    ``opset`` (e.g. ``"iOS17"``). Call with named NumPy arrays (images: PIL images or uint8
+    ``[H, W, C]`` arrays); a stateful function also takes ``state=`` from :meth:`make_state`.
     """
 
-    def __init__(self, path: str | Path, *, mlmodel=None):
+    def __init__(self, path: str | Path, *, mlmodel=None, function_name: str | None = None):
         self.path = Path(path)
         if mlmodel is not None and getattr(mlmodel, "_mil_program", None) is not None:
             # the program an MLModel was serialized from (tlc.emit.convert keeps it): the same ops and
@@ -148,64 +158,122 @@ class MILInterpreter:
             self.mlmodel, self.spec, self.program = mlmodel, mlmodel.get_spec(), mlmodel._mil_program
         else:
             self.mlmodel, self.spec, self.program = load_program(self.path)
-        self.function = self.program.functions["main"]
+        self.functions = list(self.program.functions)
+        default = self.spec.description.defaultFunctionName or "main"
+        self.function_name = function_name or (default if default in self.program.functions else self.functions[0])
+        if self.function_name not in self.program.functions:
+            raise PackageError(f"{self.path.name} has no function {self.function_name!r} "
+                               f"(functions: {', '.join(self.functions)}; default {default!r})")
+        self.function = self.program.functions[self.function_name]
         ov = self.function.opset_version
         self.opset = getattr(ov, "name", str(ov))  # e.g. "iOS17"
-        self.inputs = [(n, tuple(int(d) for d in v.shape), _np_dtype(v.dtype)) for n, v in self.function.inputs.items()]
+        in_desc, out_desc, state_desc = function_description(self.spec, self.function_name)
+        self.shape_rules: dict[str, ShapeRule] = {f.name: shape_rule(f) for f in in_desc}
+        self.images = {f.name: fmt for f in in_desc if (fmt := image_format(f)) is not None}
+        self.image_outputs = {f.name: fmt for f in out_desc if (fmt := image_format(f)) is not None}
+        state_names = {f.name for f in state_desc}
+        self.states = {n: (tuple(int(d) for d in v.shape), _np_dtype(v.dtype))
+                       for n, v in self.function.inputs.items() if n in state_names}
+        self.inputs = [(n, self.shape_rules[n].wildcard() if n in self.shape_rules else _dims(v.shape), _np_dtype(v.dtype))
+                       for n, v in self.function.inputs.items() if n not in state_names]
         self.outputs = [v.name for v in self.function.outputs]
-        self._ops = [op for op in self.function.operations if op.op_type != "const"]
         self._out_dtypes = {v.name: _np_dtype(v.dtype) for v in self.function.outputs}
         self._wide: dict[int, np.ndarray] = {}  # fp16 constants widened once (id of the MIL var)
-        for op in self._ops:
-            if op.op_type not in OPS:
+        ops = [op for op in self.function.operations if op.op_type != "const"]
+        for op in _walk(ops):
+            if op.op_type not in OPS and op.op_type not in BUILTINS and op.op_type != "const":
                 raise UnsupportedMILOpError(
                     f"MIL op '{op.op_type}' (op {op.name}, opset {self.opset}) is not supported by tlc's "
-                    f"interpreter; supported: {', '.join(sorted(OPS))}")
+                    f"interpreter; supported: {', '.join(sorted(set(OPS) | set(BUILTINS)))}")
         # compressed weights (constexpr_*: every input a constant) are decompressed once, here
         self._consts: dict[str, np.ndarray] = {}
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for op in self._ops:
+            for op in ops:
                 if op.op_type in CONSTEXPR_OPS:
                     self._run_op(op, self._consts)
-        self._all_ops = self._ops
-        self._ops = [op for op in self._ops if op.op_type not in CONSTEXPR_OPS]
+        self._all_ops = ops
+        self._ops = [op for op in ops if op.op_type not in CONSTEXPR_OPS]
+        # values to free after each top-level op (their last reader, nested blocks included)
+        last: dict[str, int] = {}
+        for i, op in enumerate(self._ops):
+            for name in _reads(op):
+                last[name] = i
+        keep = set(self.outputs)
+        self._free: list[list[str]] = [[] for _ in self._ops]
+        for name, i in last.items():
+            if name not in keep:
+                self._free[i].append(name)
 
     def op_histogram(self) -> dict[str, int]:
-        """Count of non-const ops per MIL op type (``constexpr_*`` included), most frequent first."""
+        """Count of non-const ops per MIL op type (``constexpr_*`` and ops inside control-flow
+        blocks included), most frequent first."""
         h: dict[str, int] = {}
-        for op in self._all_ops:
-            h[op.op_type] = h.get(op.op_type, 0) + 1
+        for op in _walk(self._all_ops):
+            if op.op_type != "const":
+                h[op.op_type] = h.get(op.op_type, 0) + 1
         return dict(sorted(h.items(), key=lambda kv: (-kv[1], kv[0])))
 
-    def __call__(self, feeds: Mapping[str, np.ndarray] | None = None, **named) -> dict[str, np.ndarray]:
-        return self.run({**(feeds or {}), **named})
+    def make_state(self) -> dict[str, np.ndarray]:
+        """Fresh state buffers for a stateful function (as Core ML's ``MLModel.make_state()``):
+        ``{state name: zeros of its shape and dtype}``. Pass it as ``run(..., state=...)``; each
+        call reads and updates it in place, so consecutive calls see each other's writes.
+        Raises :class:`TlcError` for a function without states."""
+        if not self.states:
+            raise TlcError(f"{self.path.name} ({self.function_name}) has no state")
+        return {n: np.zeros(shape, dt) for n, (shape, dt) in self.states.items()}
 
-    def run(self, feeds: Mapping[str, np.ndarray], observer: Callable | None = None) -> dict[str, np.ndarray]:
-        """Execute ``main``; returns ``{output_name: array}`` in the program's output dtypes.
+    def __call__(self, feeds: Mapping[str, np.ndarray] | None = None, *, state=None, **named) -> dict[str, np.ndarray]:
+        return self.run({**(feeds or {}), **named}, state=state)
 
-        ``observer(op, outputs)`` is called after each op. Raises :class:`InputError` for
-        missing/misnamed inputs or wrong shapes/dtypes, :class:`TlcError` naming the op when a
-        kernel fails or produces a shape other than the program declares.
+    def check_feeds(self, feeds: Mapping) -> dict[str, np.ndarray]:
+        """Feeds as the program takes them: images converted (:func:`~tlc.runtime.mil_io.image_to_tensor`),
+        dtypes checked and safely converted (:func:`validate_feeds`), shapes checked against what
+        the package allows. Raises :class:`InputError` naming the input and the allowed shapes."""
+        feeds = {k: (image_to_tensor(v, self.images[k], k) if k in self.images else np.asarray(v)) for k, v in feeds.items()}
+        for name, a in feeds.items():
+            rule = self.shape_rules.get(name)
+            if rule is not None and rule.kind != "fixed" and not rule.allows(a.shape):
+                raise InputError(f"input {name!r} has shape {list(a.shape)}; {self.path.name} "
+                                 f"({self.function_name}) allows {rule.describe()}")
+        return validate_feeds(self.inputs, feeds, f"{self.path.name}")
+
+    def run(self, feeds: Mapping[str, np.ndarray], observer: Callable | None = None,
+            state: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Execute the function; returns ``{output_name: array}`` in the program's output dtypes
+        (an image output as a uint8 ``[H, W, C]`` array, RGB order).
+
+        ``observer(op, outputs)`` is called after each top-level op. ``state`` (from
+        :meth:`make_state`) is required by a stateful function and updated in place. Raises
+        :class:`InputError` for missing/misnamed inputs, wrong dtypes or shapes the package does
+        not allow, a missing state; :class:`TlcError` naming the op when a kernel fails or
+        produces a shape other than the program declares.
         """
         env = dict(self._consts)
-        env.update((k, v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in
-                   validate_feeds(self.inputs, {k: np.asarray(v) for k, v in feeds.items()}, f"{self.path.name}").items())
-        last = {}
-        for i, op in enumerate(self._ops):
-            for var in _input_vars(op):
-                last[var.name] = i
-        keep = set(self.outputs)
+        env.update((k, v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in self.check_feeds(feeds).items())
+        if self.states:
+            if state is None:
+                raise InputError(f"{self.path.name} ({self.function_name}) is stateful (states: "
+                                 f"{', '.join(self.states)}): pass state=interpreter.make_state() and keep it between calls")
+            missing = [n for n in self.states if n not in state]
+            if missing:
+                raise InputError(f"state is missing {missing}; make it with make_state()")
+            for n, (shape, _) in self.states.items():
+                if tuple(state[n].shape) != shape:
+                    raise InputError(f"state {n!r} has shape {list(state[n].shape)}, expected {list(shape)}")
+                env[n] = _State(state, n)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for i, op in enumerate(self._ops):
-                outs = self._run_op(op, env)
+            for op, free in zip(self._ops, self._free):
+                outs = self._exec(op, env)
                 if observer is not None:
                     observer(op, outs)
-                for var in _input_vars(op):
-                    if last.get(var.name) == i and var.name not in keep:
-                        env.pop(var.name, None)
+                for name in free:
+                    env.pop(name, None)
         out = {n: env[n] if n in env else self._constant_output(n) for n in self.outputs}
-        return {n: a.astype(self._out_dtypes[n]) if a.dtype != self._out_dtypes[n] and a.dtype.kind == "f" else a
-                for n, a in out.items()}
+        out = {n: a.astype(self._out_dtypes[n]) if a.dtype != self._out_dtypes[n] and a.dtype.kind == "f" else a
+               for n, a in out.items()}
+        for n, fmt in self.image_outputs.items():
+            out[n] = tensor_to_image(out[n], fmt)
+        return out
 
     def _constant_output(self, name: str) -> np.ndarray:
         """An output no op computes: a constant of the program (coremltools' const_elimination
@@ -215,24 +283,48 @@ class MILInterpreter:
             raise TlcError(f"output {name} is neither computed by an op nor a constant of the program")
         return np.array(var.val, dtype=_np_dtype(var.dtype))
 
-    def _run_op(self, op, env) -> tuple:
-        def value(var):
-            if var.val is not None:
-                v = var.val
-                if isinstance(v, np.ndarray) and v.dtype == np.float16:
-                    w = self._wide.get(id(var))
-                    if w is None:
-                        w = self._wide[id(var)] = to_float32(v)
-                    return w
-                return v
-            try:
-                return env[var.name]
-            except KeyError:
-                raise TlcError(f"MIL op {op.name} ({op.op_type}) reads %{var.name} before it is computed") from None
+    def _value(self, op, var, env):
+        if var.val is not None:
+            v = var.val
+            if isinstance(v, np.ndarray) and v.dtype == np.float16:
+                w = self._wide.get(id(var))
+                if w is None:
+                    w = self._wide[id(var)] = to_float32(v)
+                return w
+            return v
+        try:
+            return env[var.name]
+        except KeyError:
+            raise TlcError(f"MIL op {op.name} ({op.op_type}) reads %{var.name} before it is computed") from None
 
+    def _exec(self, op, env) -> tuple:
+        """Run one op (a kernel of the op table, or a built-in: states, control flow, lists)."""
+        fn = BUILTINS.get(op.op_type)
+        if fn is None:
+            return self._run_op(op, env)
+        try:
+            res = fn(self, op, env)
+        except TlcError:
+            raise
+        except Exception as e:
+            raise TlcError(f"MIL op {op.name} ({op.op_type}) failed: {type(e).__name__}: {e}") from e
+        for var, a in zip(op.outputs, res):
+            env[var.name] = a
+        return tuple(res)
+
+    def _run_block(self, block, env, args) -> list:
+        """Run a nested block (cond / while_loop) with its inputs bound to ``args``; returns its outputs."""
+        for var, a in zip(block.inputs, args):
+            env[var.name] = a
+        for op in block.operations:
+            if op.op_type != "const":
+                self._exec(op, env)
+        return [self._value(block, v, env) for v in block.outputs]
+
+    def _run_op(self, op, env) -> tuple:
         vals = {}
         for k, var in op.inputs.items():
-            vals[k] = [value(v) for v in var] if isinstance(var, (list, tuple)) else value(var)
+            vals[k] = [self._value(op, v, env) for v in var] if isinstance(var, (list, tuple)) else self._value(op, var, env)
         row = OPS[op.op_type]
         try:
             arrays, attrs = args_from_mil(row, vals)
@@ -246,26 +338,77 @@ class MILInterpreter:
         outs = []
         for var, a in zip(op.outputs, res):
             want = tuple(var.shape)
-            if all(isinstance(d, (int, np.integer)) for d in want) and a.shape != tuple(int(d) for d in want):
+            if len(want) != a.ndim or any(isinstance(d, (int, np.integer)) and d != s for d, s in zip(want, a.shape)):
                 raise TlcError(f"MIL op {op.name} ({op.op_type}) produced shape {list(a.shape)}; "
-                               f"the program declares {list(want)}")
+                               f"the program declares {[d if isinstance(d, (int, np.integer)) else str(d) for d in want]}")
             env[var.name] = a
             outs.append(a)
         return tuple(outs)
 
 
-def _input_vars(op):
-    for var in op.inputs.values():
-        for v in (var if isinstance(var, (list, tuple)) else (var,)):
-            if v.val is None:
-                yield v
+def _dims(shape) -> tuple:
+    """A MIL var's shape with None for symbolic dimensions."""
+    return tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in shape)
 
 
-def package_info(path: str | Path) -> dict:
-    """What ``tlc inspect`` shows: inputs, outputs, op histogram (non-const), precision (``fp16``
-    if every float op computes in fp16, ``fp32`` if none does, else ``mixed``), size in bytes,
-    spec version, opset and metadata."""
-    interp = MILInterpreter(path)
+def _walk(ops):
+    """``ops`` and, recursively, the ops of their nested blocks."""
+    for op in ops:
+        yield op
+        for b in getattr(op, "blocks", ()) or ():
+            yield from _walk(b.operations)
+
+
+def _reads(op):
+    """Names of the computed values ``op`` reads, those read inside its nested blocks included."""
+    for sub in _walk([op]):
+        for var in sub.inputs.values():
+            for v in (var if isinstance(var, (list, tuple)) else (var,)):
+                if v.val is None:
+                    yield v.name
+        for b in getattr(sub, "blocks", ()) or ():
+            for v in b.outputs:
+                if v.val is None:
+                    yield v.name
+
+
+class _State:
+    """A state buffer as a value inside the program: ``buffers[name]``, read by ``read_state`` and
+    written by ``coreml_update_state``."""
+
+    __slots__ = ("buffers", "name")
+
+    def __init__(self, buffers, name):
+        self.buffers, self.name = buffers, name
+
+
+def _read_state(interp, op, env):
+    """iOS18 states.py ``read_state``: the state's current value."""
+    st = interp._value(op, op.inputs["input"], env)
+    a = st.buffers[st.name]
+    return [a.astype(np.float32) if a.dtype == np.float16 else np.array(a)]
+
+
+def _update_state(interp, op, env):
+    """coreml_dialect ``coreml_update_state``: write ``value`` into ``state``; the output is ``value``."""
+    st = interp._value(op, op.inputs["state"], env)
+    v = interp._value(op, op.inputs["value"], env)
+    buf = st.buffers[st.name]
+    buf[...] = v.astype(buf.dtype)
+    return [v]
+
+
+BUILTINS: dict[str, Callable] = {"read_state": _read_state, "coreml_update_state": _update_state}
+from . import mil_control  # noqa: E402,F401  (control flow and list ops register into BUILTINS)
+
+
+def package_info(path: str | Path, function_name: str | None = None) -> dict:
+    """What ``tlc inspect`` shows for one function (default: the package's default function):
+    inputs (with ``allowed`` shapes for a flexible input: ``RangeDim`` ranges or the enumerated
+    shapes, and ``image`` for an image input), outputs, states, the package's functions, op
+    histogram (non-const), precision (``fp16`` if every float op computes in fp16, ``fp32`` if
+    none does, else ``mixed``), size in bytes, spec version, opset and metadata."""
+    interp = MILInterpreter(path, function_name=function_name)
     f = interp.function
     float_ops = [op for op in interp._ops if op.outputs and _np_dtype(op.outputs[0].dtype).kind == "f"]
     n16 = sum(1 for op in float_ops if _np_dtype(op.outputs[0].dtype) == np.float16)
@@ -280,9 +423,13 @@ def package_info(path: str | Path) -> dict:
     size = package_size(path)
     return {
         "path": str(path),
-        "inputs": [{"name": n, "shape": list(s), "dtype": d.name} for n, s, d in interp.inputs],
+        "function": interp.function_name,
+        "functions": interp.functions,
+        "inputs": [_input_info(interp, n, s, d) for n, s, d in interp.inputs],
+        "states": [{"name": n, "shape": list(s), "dtype": d.name} for n, (s, d) in interp.states.items()],
         "outputs": [{"name": v.name, "shape": [int(d) if isinstance(d, (int, np.integer)) else str(d) for d in v.shape],
-                     "dtype": _np_dtype(v.dtype).name} for v in f.outputs],
+                     "dtype": _np_dtype(v.dtype).name, **({"image": interp.image_outputs[v.name].color_space}
+                                                       if v.name in interp.image_outputs else {})} for v in f.outputs],
         "ops": interp.op_histogram(),
         "num_ops": len(interp._all_ops),
         "precision": precision,
@@ -292,3 +439,15 @@ def package_info(path: str | Path) -> dict:
         "metadata": md,
         "short_description": desc.metadata.shortDescription,
     }
+
+
+def _input_info(interp: MILInterpreter, name: str, shape, dtype) -> dict:
+    rule = interp.shape_rules.get(name)
+    d = {"name": name, "shape": list(rule.default) if rule is not None and rule.default else
+         [("*" if x is None else x) for x in shape], "dtype": dtype.name}
+    if rule is not None and rule.kind != "fixed":
+        d["allowed"] = rule.describe()
+        d["shapes"] = rule.as_dict()
+    if name in interp.images:
+        d["image"] = interp.images[name].color_space
+    return d

@@ -39,7 +39,8 @@ def validate_feeds(expected: list[tuple[str, tuple, np.dtype]], feeds: Mapping[s
                    what: str = "the model") -> dict[str, np.ndarray]:
     """Check named inputs against ``expected`` ``(name, shape, numpy dtype)`` entries.
 
-    Safe conversions are applied (any int -> int32, float64 -> float32, float32 <-> float16 where
+    A None in a shape matches any size on that axis (a flexible input: the caller checks what the
+    package allows). Safe conversions are applied (any int -> int32, float64 -> float32, float32 <-> float16 where
     the model takes float16, int/bool -> bool); anything else raises :class:`InputError` naming
     the input, what was expected and what was given.
     """
@@ -49,7 +50,7 @@ def validate_feeds(expected: list[tuple[str, tuple, np.dtype]], feeds: Mapping[s
     if missing or extra:
         raise InputError(
             f"inputs do not match {what}: missing {missing or 'none'}, unexpected {extra or 'none'}; "
-            f"expected {', '.join(f'{n}: {d.name}{list(s)}' for n, (s, d) in want.items())}"
+            f"expected {', '.join(f'{n}: {d.name}{[(chr(42) if x is None else x) for x in s]}' for n, (s, d) in want.items())}"
         )
     out = {}
     for name, (shape, dt) in want.items():
@@ -60,8 +61,9 @@ def validate_feeds(expected: list[tuple[str, tuple, np.dtype]], feeds: Mapping[s
             if not ok:
                 raise InputError(f"input {name!r} has dtype {a.dtype}, expected {dt.name}")
             a = a.astype(dt)
-        if tuple(a.shape) != shape:
-            raise InputError(f"input {name!r} has shape {list(a.shape)}, expected {list(shape)}")
+        if len(a.shape) != len(shape) or any(d is not None and d != s for d, s in zip(shape, a.shape)):
+            want_s = [("*" if d is None else d) for d in shape]
+            raise InputError(f"input {name!r} has shape {list(a.shape)}, expected {want_s}")
         out[name] = a
     return out
 
