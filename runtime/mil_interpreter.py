@@ -127,8 +127,12 @@ def _check_weight_offsets(spec, weights_dir) -> None:
 
 
 def _np_dtype(mil_dtype):
+    """The NumPy dtype of a MIL type; ``object`` for non-tensor values (``classify``'s
+    ``{class: probability}`` dict, its string label)."""
     from coremltools.converters.mil.mil import types
 
+    if types.is_dict(mil_dtype) or mil_dtype is types.str:
+        return np.dtype(object)
     return np.dtype(types.nptype_from_builtin(mil_dtype))
 
 
@@ -273,6 +277,9 @@ class MILInterpreter:
                for n, a in out.items()}
         for n, fmt in self.image_outputs.items():
             out[n] = tensor_to_image(out[n], fmt)
+        for n, a in out.items():  # a classifier's label and {class: probability}, as Core ML returns them
+            if isinstance(a, np.ndarray) and a.dtype == object and a.ndim == 0:
+                out[n] = a.item()
         return out
 
     def _constant_output(self, name: str) -> np.ndarray:

@@ -1167,7 +1167,8 @@ COVERED = ({case[3] for case in UNARY.values()} | set(BINARY_FLOAT) | set(BINARY
 IR_ONLY = {"rms_norm", "group_norm"}
 
 #: test modules that each define ``INTERPRETER_ONLY``, the interpreter-only rows they test
-INTERPRETER_ONLY_TESTS = ("test_mil_ops_extra", "test_mil_compression", "test_mil_recurrent", "test_mil_resize")
+INTERPRETER_ONLY_TESTS = ("test_mil_ops_extra", "test_mil_compression", "test_mil_recurrent", "test_mil_resize",
+                         "test_mil_ops_more")
 
 
 
