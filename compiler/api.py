@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from .artifact import bundle_path, check_package_io, write_bundle
-from .emit import PRECISIONS, convert, save_atomic, target_name
+from .artifact import bundle_path, check_output_path, check_package_io, save_atomic, write_bundle
+from .emit import PRECISIONS, convert, target_name
 from .errors import InputError, NotShippableError, TlcError
 from .frontend import normalize_inputs, trace
 from .ir import Graph
@@ -86,9 +86,8 @@ def check_shippable(g: Graph | None, target: str) -> None:
         raise NotShippableError([(n.op, n.name, coreml_reason(n), _where(n.loc)) for n in bad])
 
 
-def _is_bundle(placement) -> bool:
-    """Whether a placement needs tlc's fallback runtime (more than one segment, or one not in Core ML)."""
-    return len(set(placement.segment.values())) > 1 or any(t != "ane" for t in placement.target.values())
+#: :attr:`CompiledModel.timings` keys of the stages before the plan (kept by ``with_options``)
+TRACE_STAGES = ("export", "decompose", "lower", "passes")
 
 
 def _where(loc) -> str:
@@ -147,19 +146,15 @@ class CompiledModel:
                  out_torch_dtypes, timings: dict, source: str | None, calibration: list[dict] | None = None,
                  target: str = "ane", cost=None, name: str = "model", io_dtype: str = "float32",
                  fallback: bool = True, progress: bool = False):
+        from .plan import BuildOptions
+
         self.graph = graph
-        self.fallback = fallback
-        self.target = _check_target(target)
-        self.cost = cost
+        self.options = BuildOptions(precision, minimum_deployment_target, _check_target(target), io_dtype,
+                                    bool(fallback), cost)
         self.name = name
-        self.io_dtype = io_dtype
-        self._placement = None
-        self._precision_check = None
         self.progress = progress
         self.calibration = list(calibration or [])
-        self._emit_graph = None
-        self.precision = precision
-        self.minimum_deployment_target = minimum_deployment_target
+        self._plan = None
         self.timings = dict(timings)
         self.source = source
         self._out_spec = out_spec
@@ -169,6 +164,14 @@ class CompiledModel:
         self._mlmodel = None
         self._coreml = None
         self._torch = None
+
+    precision = property(lambda self: self.options.precision, doc="``mixed``, ``fp16`` or ``fp32``")
+    minimum_deployment_target = property(lambda self: self.options.minimum_deployment_target,
+                                         doc="the coremltools target name (``iOS17``, ...)")
+    target = property(lambda self: self.options.target, doc="``ane``, ``gpu`` or ``cpu``")
+    io_dtype = property(lambda self: self.options.io_dtype, doc="``float32`` or ``float16`` package I/O")
+    fallback = property(lambda self: self.options.fallback, doc="whether ops may run outside Core ML")
+    cost = property(lambda self: self.options.cost, doc="the placement cost model (None: the default)")
 
     @property
     def input_names(self) -> list[str]:
@@ -183,6 +186,23 @@ class CompiledModel:
     # --------------------------------------------------------------------------- Core ML package
 
     @property
+    def plan(self):
+        """The :class:`tlc.plan.BuildPlan` for :attr:`options`, computed on first access (precision,
+        closed loop for ``mixed``, placement, segments) and kept; its stage timings join
+        :attr:`timings`. Raises :class:`tlc.calibrate.PrecisionError` when ``mixed`` finds no
+        passing island assignment."""
+        if self._plan is None:
+            from .plan import make_plan
+
+            self._plan = make_plan(self.graph, self.options, calibration=self.calibration, metadata=self._metadata,
+                                   progress=self.progress)
+            self.timings.update(self._plan.timings)
+            if self._plan.emit_info is not None:
+                self._mlmodel = self._plan.mlmodel
+                self._record_emit(self._plan.emit_info)
+        return self._plan
+
+    @property
     def emit_graph(self) -> Graph:
         """The graph as emitted: :attr:`graph` after ``precision::mixed`` / ``precision::fp16`` /
         ``precision::fp32`` (float inputs/outputs in :attr:`io_dtype`), or :attr:`graph` itself for
@@ -191,102 +211,35 @@ class CompiledModel:
         program is run on every calibration sample, and what fails becomes an fp32 island
         (:attr:`precision_check`). Raises :class:`tlc.calibrate.PrecisionError` when no island
         assignment passes."""
-        if self._emit_graph is None:
-            io = IO_DTYPES[self.io_dtype]
-            t0 = time.perf_counter()
-            if self.precision == "fp32" and io == "fp32":
-                self._emit_graph = self.graph
-            elif self.precision == "mixed":
-                self._verified_mixed(io)
-            else:
-                from tlc.ir import replace
-                from tlc.passes import run_pipeline
-
-                g = replace(self.graph, meta={**dict(self.graph.meta), "tlc.io_dtype": io})
-                self._emit_graph = run_pipeline(g, [f"precision::{self.precision}"])
-            if self.precision != "mixed":  # mixed: its planning time, set by _verified_mixed
-                self.timings["precision"] = time.perf_counter() - t0
-        return self._emit_graph
-
-    def _verified_mixed(self, io: str) -> None:
-        """Run :func:`tlc.calibrate.verified_mixed`; keep its final graph, placement, and (one
-        package) the emitted MLModel, which :meth:`save` then writes without emitting again."""
-        import tempfile
-
-        from .calibrate import verified_mixed
-        from tlc.runtime import BundleModel, MILInterpreter
-
-        tmp = tempfile.TemporaryDirectory(prefix="tlc-loop-")
-
-        def emit(eg):
-            placement = self._assign(eg)
-            if not _is_bundle(placement):
-                mlm, info = convert(eg, self.precision, self.minimum_deployment_target, self._metadata(eg))
-                return MILInterpreter(mlm.package_path, mlmodel=mlm), (placement, mlm, info)
-            from tlc.passes.partition import split
-
-            path = Path(tmp.name) / f"r{len(os.listdir(tmp.name))}.tlc"
-            write_bundle(path, eg, split(eg, placement), precision=self.precision,
-                         minimum_deployment_target=self.minimum_deployment_target, metadata=self._metadata(eg))
-            return BundleModel(path, backend="interpreter"), (placement, None, None)
-
-        log = (lambda line: print(f"  ... {line}", file=sys.stderr, flush=True)) if self.progress else None
-        try:
-            eg, (placement, mlm, info), check = verified_mixed(self.graph, self.calibration, io, emit, log=log)
-        finally:
-            tmp.cleanup()
-        self._emit_graph, self._placement, self._precision_check = eg, placement, check
-        self.timings["precision"] = check.plan_s
-        # the loop's cost beyond the emission save() needs anyway: running the program, earlier rounds
-        shipped = info.build_mil_s + info.convert_s if mlm is not None else 0.0
-        self.timings["closed_loop"] = check.run_s + check.emit_s - shipped
-        if mlm is not None:
-            self._mlmodel = mlm
-            self._record_emit(info)
-
-    def _assign(self, g: Graph):
-        from tlc.passes.partition import assign
-
-        t0 = time.perf_counter()
-        kw = {"cost": self.cost} if self.cost is not None else {}
-        p = assign(g, target=self.target, fallback=self.fallback, **kw)
-        self.timings["partition"] = time.perf_counter() - t0
-        return p
+        return self.plan.emit_graph
 
     @property
     def precision_check(self):
-        """``mixed``: the closed loop's :class:`tlc.calibrate.PrecisionCheck` (computing
-        :attr:`emit_graph` if needed); None for ``fp16``/``fp32``, which make no per-op decision."""
-        if self.precision == "mixed":
-            self.emit_graph
-        return self._precision_check
+        """``mixed``: the closed loop's :class:`tlc.calibrate.PrecisionCheck`; None for ``fp16``/``fp32``,
+        which make no per-op decision."""
+        return self.plan.precision_check
 
     @property
     def islands(self) -> dict[str, str]:
         """``{node name: reason}`` of the ops kept in fp32 by ``mixed`` (empty for ``fp16`` and
         ``fp32``, where no per-op decision is made)."""
-        return dict(self.emit_graph.meta.get("tlc.islands", {}))
+        return self.plan.islands
 
     @property
     def placement(self):
         """Where every op of :attr:`emit_graph` runs (:class:`tlc.passes.partition.Placement`)."""
-        g = self.emit_graph  # precision first (mixed places every round of its closed loop)
-        if self._placement is None:
-            self._placement = self._assign(g)
-        return self._placement
+        return self.plan.placement
 
     @property
     def segments(self) -> list:
         """:attr:`emit_graph` split into :class:`tlc.passes.partition.Segment` graphs, in order."""
-        from tlc.passes.partition import split
-
-        return split(self.emit_graph, self.placement)
+        return list(self.plan.segments)
 
     @property
     def is_bundle(self) -> bool:
         """True when the model needs tlc's fallback runtime for some ops (or ``target`` is gpu/cpu):
         :meth:`save` then writes a bundle directory ``NAME.tlc`` instead of one ``.mlpackage``."""
-        return _is_bundle(self.placement)
+        return self.plan.is_bundle
 
     def fallback_ops(self) -> list[tuple[str, str, str, str]]:
         """``(op, node name, reason, source)`` for every op that runs in tlc's fallback runtime
@@ -300,10 +253,10 @@ class CompiledModel:
         ANE with its reason and source line (text via ``str``, JSON, HTML)."""
         from .report import build_report
 
-        g = self.emit_graph  # mixed: runs the closed loop, whose result the report carries
-        pc = self._precision_check.to_json() if self._precision_check is not None else None
-        return build_report(g, self.segments, self.placement, model=self.name, precision=self.precision,
-                            precision_check=pc)
+        plan = self.plan
+        pc = plan.precision_check.to_json() if plan.precision_check is not None else None
+        return build_report(plan.emit_graph, list(plan.segments), plan.placement, model=self.name,
+                            precision=self.precision, precision_check=pc)
 
     def _metadata(self, g: Graph | None = None) -> dict:
         md = {"tlc.source": self.source} if self.source else {}
@@ -319,14 +272,15 @@ class CompiledModel:
         """The ``coremltools.models.MLModel`` (mlprogram), emitted on first access. Raises
         :class:`~tlc.errors.EmitError` when the model is a bundle (see :attr:`is_bundle`)."""
         if self._mlmodel is None:
-            if self.is_bundle:
+            plan = self.plan  # mixed emits in its closed loop and keeps that MLModel
+            if plan.is_bundle:
                 from .errors import EmitError
 
                 raise EmitError("this model is not one Core ML program (ops run in tlc's fallback runtime: "
                                 "see report()); save() writes a bundle")
-            g = self.emit_graph  # mixed emits in its closed loop and keeps that MLModel
             if self._mlmodel is None:
-                self._mlmodel, info = convert(g, self.precision, self.minimum_deployment_target, self._metadata())
+                self._mlmodel, info = convert(plan.emit_graph, self.precision, self.minimum_deployment_target,
+                                              self._metadata())
                 self._record_emit(info)
         return self._mlmodel
 
@@ -351,8 +305,6 @@ class CompiledModel:
         Raises :class:`~tlc.errors.OutputExistsError` if the path exists and not ``force``;
         :class:`~tlc.errors.EmitError` if emission or the check fails.
         """
-        from .emit import check_output_path
-
         path = self.output_path(path)
         if path.suffix == ".tlc":
             t0 = time.perf_counter()
@@ -370,33 +322,31 @@ class CompiledModel:
 
     def with_options(self, precision: str | None = None, minimum_deployment_target: str | None = None,
                      target: str | None = None, io_dtype: str | None = None,
-                     fallback: bool | None = None) -> "CompiledModel":
-        """A copy sharing the traced graph, with other emission options (no re-trace). Raises
-        :class:`~tlc.errors.InputError` for a bad precision, target or io_dtype (see :func:`check_io_dtype`),
-        :class:`~tlc.errors.NotShippableError` for ``fallback=False`` when ops need the fallback runtime."""
+                     fallback: bool | None = None, cost=None) -> "CompiledModel":
+        """A copy sharing the traced graph, with other build options (:class:`tlc.plan.BuildOptions`;
+        no re-trace) and no plan yet. Raises :class:`~tlc.errors.InputError` for a bad precision,
+        target or io_dtype (see :func:`check_io_dtype`), :class:`~tlc.errors.NotShippableError` for
+        ``fallback=False`` when ops need the fallback runtime."""
         import copy
+        import dataclasses
 
+        o = self.options
+        if precision is not None and precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        o = dataclasses.replace(
+            o, precision=precision or o.precision,
+            minimum_deployment_target=target_name(minimum_deployment_target) if minimum_deployment_target else
+            o.minimum_deployment_target,
+            target=_check_target(target) if target is not None else o.target,
+            io_dtype=io_dtype or o.io_dtype, fallback=o.fallback if fallback is None else bool(fallback),
+            cost=o.cost if cost is None else cost)
+        if not o.fallback:
+            check_shippable(self.graph, o.target)
+        check_io_dtype(o.io_dtype, o.minimum_deployment_target)
         cm = copy.copy(self)
-        cm.timings = dict(self.timings)
-        cm._placement = None
-        if target is not None:
-            cm.target = _check_target(target)
-        if fallback is not None:
-            cm.fallback = bool(fallback)
-        if not cm.fallback:
-            check_shippable(cm.graph, cm.target)
-        if precision is not None:
-            if precision not in PRECISIONS:
-                raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-            cm.precision = precision
-        if minimum_deployment_target is not None:
-            cm.minimum_deployment_target = target_name(minimum_deployment_target)
-        if io_dtype is not None:
-            cm.io_dtype = io_dtype
-        check_io_dtype(cm.io_dtype, cm.minimum_deployment_target)
-        cm._mlmodel = cm._coreml = cm._torch = None
-        cm._emit_graph = cm._precision_check = None  # the closed loop checks the program these options emit
-        cm.timings.pop("closed_loop", None)
+        cm.options = o
+        cm.timings = {k: v for k, v in self.timings.items() if k in TRACE_STAGES}
+        cm._plan = cm._mlmodel = cm._coreml = cm._torch = None
         return cm
 
     # --------------------------------------------------------------------------------- running
@@ -482,7 +432,7 @@ class CompiledModel:
                  f"ops:     {g.num_ops} (" + ", ".join(f"{k} {v}" for k, v in g.op_histogram().items()) + ")",
                  f"weights: {g.weight_bytes() / 2**20:.1f} MiB in fp32, precision {self.precision}, "
                  f"target {self.minimum_deployment_target}"]
-        if self.precision == "mixed" and self._emit_graph is not None:
+        if self.precision == "mixed" and self._plan is not None:
             isl = self.islands
             lines.append(f"fp32 islands: {len(isl)}" + "".join(f"\n  {k}: {v}" for k, v in isl.items()))
         return "\n".join(lines)

@@ -122,6 +122,31 @@ def write_package(mlmodel, dest: Path, check: Callable[[Path], list[str]] | None
         raise EmitError(f"package {dest.name} does not match the IR: " + "; ".join(problems))
 
 
+def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
+    """Validate an output path before any work: it must end in ``.mlpackage`` (else
+    :class:`EmitError`) and not exist unless ``force`` (else :class:`OutputExistsError`)."""
+    path = Path(path)
+    if path.suffix != ".mlpackage":
+        raise EmitError(f"output path {str(path)!r} must end in .mlpackage")
+    if path.exists() and not force:
+        raise OutputExistsError(f"output {str(path)!r} already exists; pass --force (force=True) to replace it")
+    return path
+
+
+def save_atomic(mlmodel, path: str | os.PathLike, force: bool = False, check=None) -> Path:
+    """Write ``mlmodel`` to ``path`` (a ``.mlpackage`` directory) via a temp path in the same
+    directory and a rename, so a failed save never leaves a half-written package.
+
+    ``check(staged_path) -> [problem, ...]`` runs on the staged copy before the rename; any
+    problem raises :class:`EmitError` and leaves ``path`` (and an existing package there) as it was.
+
+    Raises :class:`OutputExistsError` if ``path`` exists and ``force`` is False,
+    :class:`EmitError` if ``path`` does not end in ``.mlpackage`` or the write fails.
+    """
+    path = check_output_path(path, force)
+    return atomic_dir(path, force, lambda staged: write_package(mlmodel, staged, check))
+
+
 def bundle_path(path: str | os.PathLike) -> Path:
     """``path`` with the bundle suffix ``.tlc`` (an ``.mlpackage`` suffix is replaced)."""
     path = Path(path)

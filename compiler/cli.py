@@ -35,7 +35,8 @@ def _human(n: float) -> str:
 
 def cmd_build(a: argparse.Namespace) -> int:
     from .api import CompiledFunction, build
-    from .emit import check_output_path, package_size
+    from ._coreml import package_size
+    from .artifact import check_output_path
     from .modelfile import load_model_file
 
     t0 = time.perf_counter()

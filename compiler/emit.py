@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .errors import EmitError, OutputExistsError, TlcError
+from .errors import EmitError, TlcError
 from .ir import Graph
 from .ops import get_op
 
@@ -311,30 +309,3 @@ def convert(g: Graph, precision: str = "mixed", minimum_deployment_target="iOS17
     mlmodel.short_description = f"Built by tlc {__version__} ({precision})" + (
         f" from {metadata['tlc.source']}" if metadata and "tlc.source" in metadata else "")
     return mlmodel, EmitInfo(t1 - t0, t2 - t1, t3 - t2)
-
-
-def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
-    """Validate an output path before any work: it must end in ``.mlpackage`` (else
-    :class:`EmitError`) and not exist unless ``force`` (else :class:`OutputExistsError`)."""
-    path = Path(path)
-    if path.suffix != ".mlpackage":
-        raise EmitError(f"output path {str(path)!r} must end in .mlpackage")
-    if path.exists() and not force:
-        raise OutputExistsError(f"output {str(path)!r} already exists; pass --force (force=True) to replace it")
-    return path
-
-
-def save_atomic(mlmodel, path: str | os.PathLike, force: bool = False, check=None) -> Path:
-    """Write ``mlmodel`` to ``path`` (a ``.mlpackage`` directory) via a temp path in the same
-    directory and a rename, so a failed save never leaves a half-written package.
-
-    ``check(staged_path) -> [problem, ...]`` runs on the staged copy before the rename; any
-    problem raises :class:`EmitError` and leaves ``path`` (and an existing package there) as it was.
-
-    Raises :class:`OutputExistsError` if ``path`` exists and ``force`` is False,
-    :class:`EmitError` if ``path`` does not end in ``.mlpackage`` or the write fails.
-    """
-    from .artifact import atomic_dir, write_package
-
-    path = check_output_path(path, force)
-    return atomic_dir(path, force, lambda staged: write_package(mlmodel, staged, check))

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Callable
 
-from tlc.errors import IRError
+from tlc.errors import IRError, TlcError
 from tlc.ir import Graph, replace, verify
 
 PASSES: dict[str, Callable[[Graph], Graph]] = {}
@@ -40,32 +40,98 @@ PIPELINE = [
 ]
 
 
+#: ``{pass name: {option name: default}}``: the keyword-only parameters each pass declares
+#: (``def mixed(g, *, calibration, io_dtype="fp32")``), read from its signature at registration.
+PASS_OPTIONS: dict[str, dict[str, object]] = {}
+_REQUIRED = object()
+
+
 def register_pass(name: str):
-    """Decorator: register ``fn(Graph) -> Graph`` under ``name`` (``namespace::pass``)."""
+    """Decorator: register ``fn(Graph, *, option=default, ...) -> Graph`` under ``name``
+    (``namespace::pass``). Options are the function's keyword-only parameters (a parameter
+    without a default is required); :func:`run_pipeline` checks what it is given against them.
+    Raises :class:`IRError` for an un-namespaced name, a name registered twice, or a parameter
+    that is not keyword-only."""
     if "::" not in name:
         raise IRError(f"pass name {name!r} must be namespaced, e.g. 'cleanup::dce'")
 
     def deco(fn):
+        import inspect
+
         if name in PASSES:
             raise IRError(f"pass {name!r} registered twice")
+        params = list(inspect.signature(fn).parameters.values())
+        opts = {}
+        for p in params[1:]:
+            if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+                raise IRError(f"pass {name!r}: option {p.name!r} must be keyword-only (def {fn.__name__}(g, *, ...))")
+            opts[p.name] = _REQUIRED if p.default is inspect.Parameter.empty else p.default
         PASSES[name] = fn
+        PASS_OPTIONS[name] = opts
         return fn
 
     return deco
 
 
-def run_pipeline(g: Graph, names: list[str] | None = None) -> Graph:
-    """Run the named passes (default :data:`PIPELINE`) in order; raises :class:`IRError` for an
-    unknown pass name or, under ``TLC_DEBUG``, for a pass that breaks the IR contract."""
+def _pass_kwargs(name: str, given: dict) -> dict:
+    declared = PASS_OPTIONS.get(name, {})
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise IRError(f"pass {name!r} has no option {', '.join(map(repr, unknown))} "
+                      f"(its options: {', '.join(declared) or 'none'})")
+    missing = [k for k, d in declared.items() if d is _REQUIRED and k not in given]
+    if missing:
+        raise IRError(f"pass {name!r} needs the option(s) {', '.join(map(repr, missing))}")
+    return dict(given)
+
+
+def _name_the_pass(e: BaseException, name: str, ran: list[str]) -> None:
+    """Prefix ``e``'s message with the pass that raised it and the passes before it, keeping its
+    class, ``loc`` and traceback (the CLI prints ``str(e)``)."""
+    after = f" (after: {', '.join(ran[-4:])}{', ...' if len(ran) > 4 else ''})" if ran else " (the first pass)"
+    prefix = f"pass {name!r} failed{after}: "
+    if e.args and isinstance(e.args[0], str):
+        e.args = (prefix + e.args[0],) + e.args[1:]
+    else:
+        e.args = (prefix + type(e).__name__,) + e.args
+    if hasattr(e, "add_note") and not isinstance(e, TlcError):
+        e.add_note(f"raised inside tlc pass {name!r}")
+
+
+def run_pipeline(g: Graph, names: list[str] | None = None, options: dict[str, dict] | None = None) -> Graph:
+    """Run the named passes (default :data:`PIPELINE`) in order; ``options`` gives keyword
+    options per pass name (``{"precision::fp16": {"io_dtype": "fp16"}}``).
+
+    Raises :class:`IRError` for an unknown pass name, an option the pass does not declare or a
+    required one not given; any error a pass raises keeps its class and
+    source location, its message prefixed with ``pass 'NAME' failed (after: ...)``; under
+    ``TLC_VERIFY``/``TLC_DEBUG`` an :class:`IRError` names the pass whose output broke the IR
+    contract."""
     debug = os.environ.get("TLC_DEBUG", "")
-    for name in PIPELINE if names is None else names:
+    ran: list[str] = []
+    options = dict(options or {})
+    names = PIPELINE if names is None else names
+    stray = sorted(set(options) - set(names))
+    if stray:
+        raise IRError(f"options given for passes that do not run: {', '.join(stray)}")
+    for name in names:
         if name not in PASSES:
             raise IRError(f"unknown pass {name!r} (registered: {', '.join(sorted(PASSES))})")
+        kwargs = _pass_kwargs(name, options.get(name, {}))
         t0 = time.perf_counter()
         before = g.num_ops
-        g = PASSES[name](g)
+        try:
+            g = PASSES[name](g, **kwargs)
+        except Exception as e:
+            _name_the_pass(e, name, ran)
+            raise
         if debug or os.environ.get("TLC_VERIFY"):
-            verify(g)
+            try:
+                verify(g)
+            except IRError as e:
+                raise IRError(f"pass {name!r} broke the IR contract (after: {', '.join(ran) or 'none'}): {e.args[0]}",
+                              loc=e.loc, context=e.context) from None
+        ran.append(name)
         if debug:
             print(f"[tlc] {name:<28} {1e3 * (time.perf_counter() - t0):8.2f} ms  ops {before} -> {g.num_ops}",
                   file=sys.stderr)

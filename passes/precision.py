@@ -32,7 +32,7 @@ that over- or underflows keeps its op in fp32. Each change is listed in
 ``meta["tlc.fp16_constants"]`` (``{node name: note}``).
 
 ``precision::mixed`` run as a pass takes its calibration inputs from
-``graph.meta["tlc.calibration"]`` (a list of feed dicts); :func:`plan_mixed` +
+its ``calibration`` option (a list of feed dicts); :func:`plan_mixed` +
 :func:`apply_plan` are the same steps for callers that hold the inputs themselves and may add
 islands (``tlc.calibrate``'s closed loop). The decisions are recorded in
 ``graph.meta["tlc.islands"]`` (``{node name: reason}``).
@@ -459,34 +459,24 @@ def apply_plan(plan: MixedPlan, io_dtype: str = "fp32", extra: dict[str, str] | 
     return replace(out, meta={**dict(out.meta), "tlc.islands": islands, "tlc.fp16_constants": notes})
 
 
-def _io_dtype(g: Graph) -> str:
-    """The package's float I/O dtype, ``graph.meta["tlc.io_dtype"]`` (``"fp32"`` if unset)."""
-    return g.meta.get("tlc.io_dtype", "fp32")
-
-
-def _calibration(g: Graph) -> list[dict]:
-    feeds = g.meta.get("tlc.calibration")
-    if not feeds:
-        raise IRError("precision::mixed needs calibration inputs in graph.meta['tlc.calibration'] "
-                      "(tlc.build passes the example inputs)")
-    return list(feeds)
-
-
 @register_pass("precision::mixed")
-def mixed(g: Graph) -> Graph:
-    """fp16 everywhere range analysis allows; fp32 islands elsewhere (reasons in
-    ``meta["tlc.islands"]``).
+def mixed(g: Graph, *, calibration: list, io_dtype: str = "fp32") -> Graph:
+    """fp16 everywhere range analysis allows on the ``calibration`` feeds (a list of
+    ``{input name: array}``); fp32 islands elsewhere (reasons in ``meta["tlc.islands"]``); float
+    inputs/outputs in ``io_dtype`` (``"fp32"``/``"fp16"``). Without the closed loop
+    (``tlc.build`` runs :func:`tlc.calibrate.verified_mixed`, which uses the same plan).
 
     Given:  %h = mul(%x, 1e3); %n = layer_norm(%h)      with |%h| reaching 1e5 on the calibration inputs
     Result: %x16 = cast(%x, fp16) ... %h, %n computed in fp32, the rest in fp16
     """
-    return apply_plan(plan_mixed(g, _calibration(g)), _io_dtype(g))
+    if not calibration:
+        raise IRError("precision::mixed needs calibration inputs (at least the example inputs)")
+    return apply_plan(plan_mixed(g, list(calibration)), io_dtype)
 
 
 @register_pass("precision::fp16")
-def all_fp16(g: Graph) -> Graph:
-    """Every float op in fp16 (no range analysis); float inputs/outputs in ``meta["tlc.io_dtype"]``
-    (fp32 unless set).
+def all_fp16(g: Graph, *, io_dtype: str = "fp32") -> Graph:
+    """Every float op in fp16 (no range analysis); float inputs/outputs in ``io_dtype``.
 
     Given:  %y = linear(%x: fp32, W: fp32)
     Result: %x16 = cast(%x, fp16); %y16 = linear(%x16, W16); %y = cast(%y16, fp32)
@@ -496,20 +486,19 @@ def all_fp16(g: Graph) -> Graph:
     for name, why in blockers.items():
         warnings.warn(f"precision='fp16': {name} stays fp16 although {why}; precision='mixed' keeps it in fp32",
                       stacklevel=2)
-    out = to_half(g, set(), _io_dtype(g), attr_fixes=fixes)
+    out = to_half(g, set(), io_dtype, attr_fixes=fixes)
     return replace(out, meta={**dict(out.meta), "tlc.islands": {}, "tlc.fp16_constants": notes})
 
 
 @register_pass("precision::fp32")
-def all_fp32(g: Graph) -> Graph:
-    """Every op in fp32; float inputs/outputs in ``meta["tlc.io_dtype"]``: with fp16 I/O, casts
-    at the boundary (a no-op for fp32 I/O).
+def all_fp32(g: Graph, *, io_dtype: str = "fp32") -> Graph:
+    """Every op in fp32; float inputs/outputs in ``io_dtype``: with fp16 I/O, casts at the
+    boundary (a no-op for fp32 I/O).
 
-    Given:  %y = linear(%x, W)                                   with meta["tlc.io_dtype"] = "fp16"
+    Given:  %y = linear(%x, W)                                   with io_dtype="fp16"
     Result: %x32 = cast(%x: fp16, fp32); %y32 = linear(%x32, W); %y = cast(%y32, fp16)
     """
-    io = _io_dtype(g)
-    if io == "fp32":
+    if io_dtype == "fp32":
         return g
-    out = to_half(g, {n.name for n in g.nodes}, io)
+    out = to_half(g, {n.name for n in g.nodes}, io_dtype)
     return replace(out, meta={**dict(out.meta), "tlc.islands": {}})

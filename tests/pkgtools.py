@@ -1,7 +1,13 @@
-"""Test helpers that damage packages on purpose (weights, manifests) — no mocks: real files."""
+"""Test helpers: packages damaged on purpose (weights, manifests) — no mocks: real files — and
+the ``tlc`` CLI run in this process (:func:`run_tlc`)."""
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import shutil
+import subprocess
+import sys
 import struct
 from pathlib import Path
 
@@ -44,3 +50,30 @@ def corrupt_weights(package: Path, copy_to: Path, op_name: str) -> Path:
         f.seek(off)
         f.write(noise.tobytes()[:size])
     return copy_to
+
+
+def run_tlc(*args, cwd=None) -> subprocess.CompletedProcess:
+    """``tlc ARGS`` as ``tlc.cli.main`` in this process, with the working directory (``cwd``),
+    environment (no ``TLC_DEBUG``), bytecode setting and stdout/stderr of a fresh run: the same
+    exit code and output as ``python -m tlc.cli ARGS`` without paying torch's and coremltools'
+    import (~4 s) per call. argparse's ``SystemExit`` becomes the return code. The README's own
+    commands still run as processes (tests/test_examples.py, the ``--help`` test)."""
+    from tlc.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old_cwd, old_bc, old_debug = os.getcwd(), sys.dont_write_bytecode, os.environ.pop("TLC_DEBUG", None)
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        sys.dont_write_bytecode = True
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main([str(a) for a in args])
+            except SystemExit as e:
+                rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.chdir(old_cwd)
+        sys.dont_write_bytecode = old_bc
+        if old_debug is not None:
+            os.environ["TLC_DEBUG"] = old_debug
+    return subprocess.CompletedProcess([str(a) for a in args], rc, out.getvalue(), err.getvalue())

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+
+from pkgtools import run_tlc
 import sys
 import textwrap
 from pathlib import Path
@@ -28,11 +30,15 @@ _ENV = {k: v for k, v in os.environ.items() if k != "TLC_DEBUG"}
 _ENV["PYTHONDONTWRITEBYTECODE"] = "1"  # importing model.py must not litter tmp_path either
 
 
-def run_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
+def run_cli_process(*args, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m tlc.cli ARGS`` in a fresh process (what a user runs)."""
     return subprocess.run(
         [sys.executable, "-m", "tlc.cli", *map(str, args)],
         cwd=cwd, env=_ENV, capture_output=True, text=True, timeout=600,
     )
+
+
+run_cli = run_tlc
 
 
 def write_model(tmp_path: Path, name: str, source: str) -> Path:
@@ -430,7 +436,7 @@ def test_cli_force_with_failing_model_keeps_existing_output(tmp_path):
 
 
 def test_cli_help(tmp_path):
-    res = run_cli("--help", cwd=tmp_path)
+    res = run_cli_process("--help", cwd=tmp_path)  # one real process: the entry point itself
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
     assert "build" in res.stdout and "model.py" in res.stdout and ".mlpackage" in res.stdout

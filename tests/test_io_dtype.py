@@ -2,8 +2,6 @@
 semantics): float inputs/outputs are fp16 in the package with no cast at the boundary when the
 first/last ops compute in fp16; the MIL interpreter, CompiledModel, ``tlc run`` and ``tlc verify``
 take fp32 arrays for them; targets before iOS16 are refused."""
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -112,8 +110,9 @@ def test_cli_build_run_verify_with_fp16_io(tmp_path):
     """))
 
     def cli(*args):
-        r = subprocess.run([sys.executable, "-m", "tlc.cli", *map(str, args)], capture_output=True, text=True,
-                           timeout=600, cwd=tmp_path)
+        from pkgtools import run_tlc
+
+        r = run_tlc(*args, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         return r.stdout
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -79,7 +77,9 @@ def test_enumerated_shapes_package(tmp_path):
         check(got, Scale()(torch.from_numpy(x.astype(np.float64))), "fp32", f"shape {s}")
     with pytest.raises(InputError, match=r"allows one of \[2, 8\], \[4, 8\], \[3, 5\]"):
         m({"x": f32(np.zeros((4, 5)))})
-    out = subprocess.run([sys.executable, "-m", "tlc.cli", "inspect", str(p)], capture_output=True, text=True)
+    from pkgtools import run_tlc
+
+    out = run_tlc("inspect", p)
     assert out.returncode == 0, out.stderr
     assert "allowed one of [2, 8], [4, 8], [3, 5]" in out.stdout
 

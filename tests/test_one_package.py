@@ -6,8 +6,6 @@ Small configs (random weights from diffusers / transformers configs; nothing dow
 check runs the saved artifact (save -> tlc.runtime.load -> run) against torch eager."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -294,21 +292,20 @@ def test_cli_no_fallback_fails_cleanly_and_build_says_what_ships(tmp_path):
     f = tmp_path / "m.py"
     f.write_text(_MODEL)
     out = tmp_path / "out.mlpackage"
-    r = subprocess.run([sys.executable, "-m", "tlc.cli", "build", str(f), "-o", str(out), "--no-fallback"],
-                       capture_output=True, text=True, timeout=300)
+    from pkgtools import run_tlc
+
+    r = run_tlc("build", f, "-o", out, "--no-fallback")
     assert r.returncode == 2, r.stderr
     assert "not one .mlpackage" in r.stderr and "aten.index.Tensor" in r.stderr and "Traceback" not in r.stderr
     assert f"{f}:" in r.stderr  # the user's source line
     assert not out.exists() and not out.with_suffix(".tlc").exists()
-    r = subprocess.run([sys.executable, "-m", "tlc.cli", "build", str(f), "-o", str(out)],
-                       capture_output=True, text=True, timeout=300)
+    r = run_tlc("build", f, "-o", out)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert any(line.startswith("  ships   NOT one .mlpackage") for line in lines[:3]), r.stdout  # in the first lines
     assert out.with_suffix(".tlc").is_dir()
     f2 = tmp_path / "ok.py"
     f2.write_text("import torch\nmodel = torch.nn.Linear(3, 2)\nexample_inputs = (torch.randn(1, 3),)\n")
-    r = subprocess.run([sys.executable, "-m", "tlc.cli", "build", str(f2), "-o", str(tmp_path / "ok.mlpackage"),
-                        "--no-fallback"], capture_output=True, text=True, timeout=300)
+    r = run_tlc("build", f2, "-o", tmp_path / "ok.mlpackage", "--no-fallback")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[1].startswith("  ships   one .mlpackage"), r.stdout

@@ -6,7 +6,6 @@ run against the NumPy reference and torch eager; the CLI works on bundles.
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -193,8 +192,9 @@ example_inputs = (torch.randn(1, 3, 16, 16),)
 
 
 def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "tlc.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    from pkgtools import run_tlc
+
+    return run_tlc(*args, cwd=cwd)
 
 
 def test_cli_bundle_build_report_run_inspect_verify(tmp_path):
@@ -422,10 +422,7 @@ def test_three_segment_bundle_runs_end_to_end(tmp_path):
     torch.manual_seed(0)
     m = ConvSortConv().eval()
     x = torch.randn(1, 4, 8, 8)
-    cm = tlc.build(m, (x,), precision="fp32")
-    from tlc.passes.partition import assign as _assign
-
-    cm._placement = _assign(cm.emit_graph, cost=CHEAP)  # the placement under test: ane, cpu, ane
+    cm = tlc.build(m, (x,), precision="fp32").with_options(cost=CHEAP)  # the placement under test: ane, cpu, ane
     assert [s.target for s in cm.segments] == ["ane", "cpu", "ane"]
     path = cm.save(tmp_path / "m.mlpackage")
     assert path.suffix == ".tlc" and sorted(p.name for p in (path / "segments").iterdir()) == [

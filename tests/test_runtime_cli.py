@@ -2,8 +2,6 @@
 error naming what is wrong and what was expected."""
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,8 +12,9 @@ from tlc.runtime import MILInterpreter, PackageError, load, package_info
 
 
 def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "tlc.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+    from pkgtools import run_tlc
+
+    return run_tlc(*args, cwd=cwd)
 
 
 def f(x, ids):

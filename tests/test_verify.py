@@ -1,6 +1,5 @@
 """tlc verify: PASS on good builds; on a deliberately broken package, FAIL naming the broken op."""
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -71,14 +70,14 @@ def test_cli_verify(mlp, tmp_path):
         example_inputs = (torch.randn(4, 16),)
     """))
     pkg = tmp_path / "m.mlpackage"
-    r = subprocess.run([sys.executable, "-m", "tlc.cli", "verify", str(model_py), "-o", str(pkg)],
-                       capture_output=True, text=True, timeout=300)
+    from pkgtools import run_tlc
+
+    r = run_tlc("verify", model_py, "-o", pkg)
     assert r.returncode == 0, r.stderr
     assert "PASS" in r.stdout and "rel_l2" in r.stdout and pkg.exists()
     cm = tlc.build(Mlp().eval(), (torch.randn(4, 16),))
     target = next(n.name for n in cm.graph.nodes if n.op == "linear" and n.loc.module == "up")
     bad = corrupt_weights(pkg, tmp_path / "bad.mlpackage", target)
-    r = subprocess.run([sys.executable, "-m", "tlc.cli", "verify", str(model_py), "--package", str(bad)],
-                       capture_output=True, text=True, timeout=300)
+    r = run_tlc("verify", model_py, "--package", bad)
     assert r.returncode == 1
     assert "FAIL" in r.stdout and f"first diverging op: {target}" in r.stdout

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import FrontendError, UnsupportedOpError
+from ..errors import FrontendError, IRError, UnsupportedOpError
 from ..ir import Value
 from .lower import _IR_TO_TORCH, Const, Lowerer
 
@@ -30,8 +30,14 @@ SKIP = {
 
 
 def lower(*names: str):
+    """Decorator: register ``fn`` as the lowering of the ATen ops ``names``; raises
+    :class:`~tlc.errors.IRError` for a name that already has one (a second registration would
+    silently replace the first)."""
     def deco(fn):
         for n in names:
+            if n in LOWERINGS:
+                raise IRError(f"ATen op {n!r} has two lowerings: {LOWERINGS[n].__module__}.{LOWERINGS[n].__name__} "
+                              f"and {fn.__module__}.{fn.__name__}")
             LOWERINGS[n] = fn
         return fn
 
@@ -138,14 +144,13 @@ def _unary(op, **attrs):
 
 
 for _n, _op in [
-    ("exp", "exp"), ("log", "log"), ("sqrt", "sqrt"), ("rsqrt", "rsqrt"), ("tanh", "tanh"),
-    ("sigmoid", "sigmoid"), ("relu", "relu"), ("erf", "erf"), ("abs", "abs"), ("sin", "sin"),
-    ("cos", "cos"), ("floor", "floor"), ("ceil", "ceil"), ("round", "round"), ("sign", "sign"),
-    ("reciprocal", "inverse"), ("silu", "silu"),
+    ("exp", "exp"), ("sqrt", "sqrt"), ("tanh", "tanh"), ("sigmoid", "sigmoid"), ("relu", "relu"), ("erf", "erf"),
+    ("abs", "abs"), ("sin", "sin"), ("cos", "cos"), ("floor", "floor"), ("ceil", "ceil"), ("round", "round"),
+    ("sign", "sign"), ("silu", "silu"),
 ]:
     lower(f"aten.{_n}.default")(_unary(_op))
-for _n in ("log", "rsqrt", "reciprocal"):  # MIL's default epsilon is not torch's 0
-    lower(f"aten.{_n}.default")(_unary({"reciprocal": "inverse"}.get(_n, _n), epsilon=0.0))
+for _n, _op in [("log", "log"), ("rsqrt", "rsqrt"), ("reciprocal", "inverse")]:  # MIL's default epsilon is not torch's 0
+    lower(f"aten.{_n}.default")(_unary(_op, epsilon=0.0))
 
 
 @lower("aten.neg.default")

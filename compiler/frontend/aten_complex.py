@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import UnsupportedOpError
+from ..errors import IRError, UnsupportedOpError
 from ..ir import Value
 
 COMPLEX_LOWERINGS: dict[str, Callable] = {}
@@ -42,8 +42,12 @@ class Complex:
 
 
 def clower(*names: str):
+    """Decorator: register the complex lowering of the ATen ops ``names``; a second one for a
+    name raises :class:`~tlc.errors.IRError`."""
     def deco(fn):
         for n in names:
+            if n in COMPLEX_LOWERINGS:
+                raise IRError(f"ATen op {n!r} has two complex lowerings")
             COMPLEX_LOWERINGS[n] = fn
         return fn
 

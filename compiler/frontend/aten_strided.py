@@ -222,10 +222,10 @@ for _copy, _view in [("aten.narrow_copy.default", "aten.narrow.default"), ("aten
                      ("aten.split_copy.Tensor", "aten.split.Tensor"),
                      ("aten.split_with_sizes_copy.default", "aten.split_with_sizes.default")]:
     if _view in LOWERINGS:
-        LOWERINGS[_copy] = LOWERINGS[_view]
+        lower(_copy)(LOWERINGS[_view])
 
 
-@lower("aten.narrow.default")
+@lower("aten.narrow.default", "aten.narrow_copy.default")
 def _narrow_op(L, x, dim, start, length):
     from .aten_shape import _slice
 
@@ -233,5 +233,3 @@ def _narrow_op(L, x, dim, start, length):
     start = start % n if start < 0 else start
     return _slice(L, x, dim, start, start + length, 1)
 
-
-LOWERINGS["aten.narrow_copy.default"] = _narrow_op

@@ -12,12 +12,10 @@ torch/NumPy references).
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from ..errors import IRError
-from . import OPS, mil_attr
+from . import mil_attr
 from .conv import _conv, _pad_array, _tap_reduce, _taps, _window_from_mil, explicit_pad
 from .mil_only import _row
 
@@ -387,8 +385,7 @@ _row("non_zero", _non_zero)
 _row("non_maximum_suppression", _nms, ("boxes", "scores"))
 _row("sliding_windows", _sliding_windows)
 _row("reshape_like", _reshape_like, ("x",), from_mil=_reshape_like_from_mil)
-_row("random_categorical", _random_categorical)
-OPS["random_categorical"] = dataclasses.replace(OPS["random_categorical"], nondeterministic=True)
+_row("random_categorical", _random_categorical, nondeterministic=True)
 _row("slice_update", _slice_update, ("x", "update"), from_mil=_slice_update_from_mil)
 _row("conv_quantized", _conv_quantized, ("x", "weight", "bias"), from_mil=_conv_quantized_from_mil)
 _row("classify", _classify, ("probabilities",))

@@ -23,9 +23,9 @@ def _no_ir(name):
     return infer
 
 
-def _row(name, kernel, mil_inputs=("x",), from_mil=None):
+def _row(name, kernel, mil_inputs=("x",), from_mil=None, nondeterministic=False):
     register(name, infer=_no_ir(name), numpy=kernel, emit_mil=None, mil_inputs=mil_inputs, from_mil=from_mil,
-             host_only=_HOST, interpreter_only=True)
+             host_only=_HOST, interpreter_only=True, nondeterministic=nondeterministic)
 
 
 def _per_channel(a, x):

@@ -1,0 +1,79 @@
+"""Issue 13: errors name the pass that raised them; every registry (ops, passes, lowerings)
+rejects a second registration of a name."""
+from __future__ import annotations
+
+import pytest
+
+import tlc.ops
+from tlc.errors import IRError
+from tlc.frontend.aten import LOWERINGS, lower
+from tlc.ir import replace
+from tlc.passes import PASSES, register_pass, run_pipeline
+
+
+def _graph():
+    import torch
+
+    from tlc.frontend import trace
+
+    return trace(lambda x: torch.relu(x) + 1.0, (torch.randn(2, 3),))[0]
+
+
+@pytest.fixture
+def temp_pass():
+    added = []
+
+    def make(name, fn):
+        register_pass(name)(fn)
+        added.append(name)
+
+    yield make
+    for n in added:
+        PASSES.pop(n, None)
+
+
+def test_an_error_in_a_pass_names_the_pass_and_what_ran_before(temp_pass):
+    def broken(g):
+        raise KeyError("value %7 has no producer")
+
+    temp_pass("test::broken", broken)
+    with pytest.raises(KeyError) as e:
+        run_pipeline(_graph(), ["cleanup::noop", "cleanup::const_fold", "test::broken", "cleanup::dce"])
+    msg = str(e.value)
+    assert "pass 'test::broken' failed (after: cleanup::noop, cleanup::const_fold)" in msg, msg
+    assert "value %7 has no producer" in msg
+
+
+def test_a_tlc_error_keeps_its_class_and_location(temp_pass):
+    g0 = _graph()
+    loc = g0.nodes[0].loc
+
+    def broken(g):
+        raise IRError("rank mismatch", loc=loc)
+
+    temp_pass("test::broken_ir", broken)
+    with pytest.raises(IRError) as e:
+        run_pipeline(g0, ["test::broken_ir"])
+    assert str(e.value).startswith("pass 'test::broken_ir' failed (the first pass): rank mismatch")
+    assert e.value.loc is loc
+
+
+def test_a_pass_that_breaks_the_ir_contract_is_named(temp_pass, monkeypatch):
+    monkeypatch.setenv("TLC_VERIFY", "1")
+
+    def retype(g):  # puts the nodes out of topological order
+        return replace(g, nodes=tuple(reversed(g.nodes)))
+
+    temp_pass("test::retype", retype)
+    with pytest.raises(IRError, match=r"pass 'test::retype' broke the IR contract \(after: cleanup::noop\)"):
+        run_pipeline(_graph(), ["cleanup::noop", "test::retype"])
+
+
+def test_registries_reject_duplicates():
+    with pytest.raises(IRError, match="registered twice"):
+        tlc.ops.register("relu", infer=lambda i, a: i, numpy=lambda a, x: x, emit_mil=None, host_only="test")
+    with pytest.raises(IRError, match="registered twice"):
+        register_pass("cleanup::dce")(lambda g: g)
+    with pytest.raises(IRError, match="two lowerings"):
+        lower("aten.relu.default")(lambda L, x: x)
+    assert "aten.relu.default" in LOWERINGS and "aten.narrow_copy.default" in LOWERINGS
