@@ -16,7 +16,17 @@ from .errors import (  # noqa: E402
     EmitError, FrontendError, InputError, IRError, ModelFileError, NotShippableError, OutputExistsError, TlcError,
     UnsupportedOpError,
 )
-from .api import CompiledFunction, CompiledModel, build, compile  # noqa: E402
+_API = ("CompiledFunction", "CompiledModel", "build", "compile")
+
+
+def __getattr__(name):
+    """``tlc.build``, ``tlc.compile``, ... import the API (and with it torch) on first use, so
+    ``import tlc.runtime`` (running and inspecting packages) does not pay torch's import."""
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'tlc' has no attribute {name!r}")
 
 __all__ = [
     "build", "compile", "CompiledModel", "CompiledFunction", "TlcError", "IRError", "FrontendError",

@@ -77,3 +77,15 @@ def test_registries_reject_duplicates():
     with pytest.raises(IRError, match="two lowerings"):
         lower("aten.relu.default")(lambda L, x: x)
     assert "aten.relu.default" in LOWERINGS and "aten.narrow_copy.default" in LOWERINGS
+
+
+def test_importing_the_runtime_does_not_import_torch():
+    """Running or inspecting a package needs no torch: ``import tlc.runtime`` (and the op table
+    with its torch kernels, :mod:`tlc._lazy`) leaves it unimported; ``tlc.build`` imports it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tlc.runtime, tlc.ops; assert 'torch' not in sys.modules, 'torch imported'; "
+            "import tlc; tlc.build; assert 'torch' in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr

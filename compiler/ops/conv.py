@@ -26,8 +26,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from .._lazy import F, torch
 
 from ..errors import IRError
 from ..ir import TensorType

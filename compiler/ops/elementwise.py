@@ -10,10 +10,10 @@ changes a tensor's dtype in torch either.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from .._lazy import F, torch
 
 from ..errors import IRError
 from ..ir import DTYPES, TensorType
@@ -46,7 +46,22 @@ def _same_dtype(in_types, allowed=None) -> str:
 
 
 #: IR dtype name -> torch dtype (the torch executor's tensors).
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int32": torch.int32, "bool": torch.bool}
+class _TorchDtypes(Mapping):
+    """IR dtype name -> torch dtype, resolved when first read (torch is imported lazily)."""
+
+    _NAMES = {"fp32": "float32", "fp16": "float16", "int32": "int32", "bool": "bool"}
+
+    def __getitem__(self, k):
+        return getattr(torch, self._NAMES[k])
+
+    def __iter__(self):
+        return iter(self._NAMES)
+
+    def __len__(self):
+        return len(self._NAMES)
+
+
+TORCH_DTYPES = _TorchDtypes()
 
 
 #: Names of the elementwise rows (one tensor input / two broadcasting inputs), for passes that
@@ -103,27 +118,27 @@ def _real_div(x, y):
     return np.divide(x, y)
 
 
-_binary("add", np.add, torch.add)
-_binary("sub", np.subtract, torch.sub)
-_binary("mul", np.multiply, torch.mul)
-_binary("real_div", _real_div, torch.div, allowed=FLOAT, doc="MIL ``real_div``: x / y in floating point.")
-_binary("floor_div", _floor_div, torch.floor_divide, doc="MIL ``floor_div``: floor(x / y).")
-_binary("mod", np.mod, torch.remainder,
+_binary("add", np.add, torch.deferred("add"))
+_binary("sub", np.subtract, torch.deferred("sub"))
+_binary("mul", np.multiply, torch.deferred("mul"))
+_binary("real_div", _real_div, torch.deferred("div"), allowed=FLOAT, doc="MIL ``real_div``: x / y in floating point.")
+_binary("floor_div", _floor_div, torch.deferred("floor_divide"), doc="MIL ``floor_div``: floor(x / y).")
+_binary("mod", np.mod, torch.deferred("remainder"),
         doc="MIL ``mod``: x - floor(x / y) * y (sign of y, like Python/torch.remainder).")
-_binary("pow", np.power, torch.pow, allowed=FLOAT)
-_binary("maximum", np.maximum, torch.maximum)
-_binary("minimum", np.minimum, torch.minimum)
+_binary("pow", np.power, torch.deferred("pow"), allowed=FLOAT)
+_binary("maximum", np.maximum, torch.deferred("maximum"))
+_binary("minimum", np.minimum, torch.deferred("minimum"))
 for _n, _f, _t in [
-    ("equal", np.equal, torch.eq),
-    ("not_equal", np.not_equal, torch.ne),
-    ("less", np.less, torch.lt),
-    ("less_equal", np.less_equal, torch.le),
-    ("greater", np.greater, torch.gt),
-    ("greater_equal", np.greater_equal, torch.ge),
+    ("equal", np.equal, torch.deferred("eq")),
+    ("not_equal", np.not_equal, torch.deferred("ne")),
+    ("less", np.less, torch.deferred("lt")),
+    ("less_equal", np.less_equal, torch.deferred("le")),
+    ("greater", np.greater, torch.deferred("gt")),
+    ("greater_equal", np.greater_equal, torch.deferred("ge")),
 ]:
     _binary(_n, _f, _t, out_dtype="bool")
-for _n, _f, _t in [("logical_and", np.logical_and, torch.logical_and), ("logical_or", np.logical_or, torch.logical_or),
-                   ("logical_xor", np.logical_xor, torch.logical_xor)]:
+for _n, _f, _t in [("logical_and", np.logical_and, torch.deferred("logical_and")), ("logical_or", np.logical_or, torch.deferred("logical_or")),
+                   ("logical_xor", np.logical_xor, torch.deferred("logical_xor"))]:
     _binary(_n, _f, _t, out_dtype="bool", allowed=("bool",))
 
 

@@ -17,7 +17,7 @@ equal elements in input order for descending sorts, which is torch's ``stable=Tr
 from __future__ import annotations
 
 import numpy as np
-import torch
+from .._lazy import torch
 
 from ..errors import IRError
 from ..ir import TensorType
@@ -416,5 +416,5 @@ def _arg_reduce(name, fn, tfn):
              flops=lambda i, o, a: i[0].size, torch=tkernel)
 
 
-_arg_reduce("reduce_argmax", np.argmax, torch.argmax)  # NumPy returns the first NaN, as torch does
-_arg_reduce("reduce_argmin", np.argmin, torch.argmin)
+_arg_reduce("reduce_argmax", np.argmax, torch.deferred("argmax"))  # NumPy returns the first NaN, as torch does
+_arg_reduce("reduce_argmin", np.argmin, torch.deferred("argmin"))

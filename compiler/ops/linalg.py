@@ -7,8 +7,7 @@ BLAS sgemm for fp32, which accumulates in fp32.
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from .._lazy import F, torch
 
 from ..errors import IRError
 from ..ir import TensorType

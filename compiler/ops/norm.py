@@ -11,8 +11,7 @@ int64 to the input dtype (int32 wrap-around, as NumPy).
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from .._lazy import F, torch
 
 from ..errors import IRError
 from ..ir import TensorType

@@ -13,7 +13,7 @@ resampling rule of torch's is re-implemented here.
 from __future__ import annotations
 
 import numpy as np
-import torch
+from .._lazy import torch
 
 from ..errors import IRError
 from ..ir import TensorType

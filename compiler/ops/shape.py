@@ -9,8 +9,7 @@ permute, slicing), as the NumPy kernels do.
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from .._lazy import F, torch
 
 from ..errors import IRError
 from ..ir import TensorType, dtype_of
