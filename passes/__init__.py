@@ -158,4 +158,4 @@ def dce(g: Graph) -> Graph:
     return replace(g, nodes=tuple(reversed(keep)))
 
 
-from . import cleanup, fuse, layout, partition, precision, rank, stable  # noqa: E402,F401  (register their passes)
+from . import cleanup, fuse, layout, precision, rank, stable  # noqa: E402,F401  (register their passes)

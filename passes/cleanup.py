@@ -117,27 +117,11 @@ def const_fold(g: Graph) -> Graph:
 
 
 def _is_noop(n: Node) -> bool:
-    a, t = n.attrs, n.inputs[0].type if n.inputs else None
-    if n.op == "reshape":
-        return tuple(a["shape"]) == t.shape
-    if n.op == "transpose":
-        return tuple(a["perm"]) == tuple(range(t.rank))
-    if n.op == "cast":
-        return a["dtype"] == t.dtype
-    if n.op == "slice_by_index":
-        return (tuple(a["begin"]) == (0,) * t.rank and tuple(a["end"]) == t.shape and set(a["stride"]) <= {1}
-                and not a.get("flip") and not any(a.get("squeeze_mask") or ()))
-    if n.op == "tile":
-        return set(a["reps"]) <= {1}
-    if n.op == "pad":
-        return not any(a["pad"])
-    if n.op in ("squeeze", "expand_dims"):
-        return not a["axes"]
-    if n.op == "concat":
-        return len(n.inputs) == 1
-    if n.op == "identity":
-        return True
-    return False
+    """Whether ``n`` returns its input unchanged: its op row's ``is_noop(attrs, input types)``
+    (reshape to the same shape, identity transpose, same-dtype cast, full slice, tile by ones,
+    zero pad, empty squeeze/expand_dims, one-input concat, identity)."""
+    rule = get_op(n.op).is_noop
+    return rule is not None and bool(rule(n.attrs, [v.type for v in n.inputs]))
 
 
 @register_pass("cleanup::noop")

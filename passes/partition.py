@@ -20,8 +20,8 @@ ANE-capable island between fallback ops runs in the fallback segment instead of 
 transitions; a fallback segment goes to the GPU when its work outweighs the host<->device copies
 of its boundary tensors ("small work on CPU, large on GPU").
 
-``partition::ane`` records the result in ``graph.meta`` (the graph itself is unchanged);
-:func:`split` turns it into standalone segment graphs.
+:func:`assign` is the one placement entry (the build plan calls it, :mod:`tlc.plan`);
+:func:`split` turns its :class:`Placement` into standalone segment graphs.
 """
 from __future__ import annotations
 
@@ -31,10 +31,9 @@ from typing import Mapping
 import networkx as nx
 
 from tlc.errors import InputError, IRError
-from tlc.ir import Graph, Node, Value, replace, verify
+from tlc.ir import Graph, Node, Value, verify
 from tlc.ops import get_op
 
-from . import register_pass
 
 TARGETS = ("ane", "gpu", "cpu")
 
@@ -297,17 +296,6 @@ def _fallback_device(members: list[Node], cost: CostModel) -> str:
         cpu += cost.cpu(flops, nbytes, n.op)
         gpu += cost.gpu(flops, nbytes, n.op)
     return "gpu" if gpu + copy_s < cpu else "cpu"
-
-
-@register_pass("partition::ane")
-def partition_ane(g: Graph) -> Graph:
-    """Decide where every op runs (default :class:`CostModel`, target ``"ane"``); the graph is
-    unchanged, the :class:`Placement` is stored in ``meta["tlc.placement"]``.
-
-    Given:  %a = conv(%x, W) ; %b = aten.fft_rfft(%a) ; %c = conv(%b, W2)
-    Result: the same graph; placement {a: seg 0 ane, b: seg 1 cpu, c: seg 2 ane}
-    """
-    return replace(g, meta={**dict(g.meta), "tlc.placement": assign(g)})
 
 
 def split(g: Graph, placement: Placement) -> list[Segment]:

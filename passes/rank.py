@@ -31,13 +31,13 @@ from __future__ import annotations
 import numpy as np
 
 from tlc.ir import Graph, GraphBuilder, Node, Value
-from tlc.ops.elementwise import BINARY_OPS, UNARY_OPS
+from tlc.ops import elementwise_ops
 from tlc.ops.norm import REDUCE_OPS, norm_axes
 
 from . import register_pass
 
 MAX_RANK = 5
-_ELEMENTWISE = set(UNARY_OPS) | set(BINARY_OPS) | {"select"}
+_ELEMENTWISE = set(elementwise_ops())  # the rows' elementwise trait
 _SUPPORTED = _ELEMENTWISE | set(REDUCE_OPS) | {"reshape", "transpose", "softmax", "expand_dims", "squeeze"}
 
 

@@ -89,3 +89,16 @@ def test_importing_the_runtime_does_not_import_torch():
             "import tlc; tlc.build; assert 'torch' in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_op_traits_are_in_the_rows():
+    """Passes read op facts from the rows, not from name lists of their own (issue 13)."""
+    from tlc.ir import TensorType
+    from tlc.ops import OPS, elementwise_ops
+
+    assert {"sign", "logical_not", "add", "cast", "identity"} <= elementwise_ops()
+    assert "select" in elementwise_ops("ternary") and "matmul" not in elementwise_ops()
+    t = [TensorType("fp32", (2, 3))]
+    assert OPS["reshape"].is_noop({"shape": (2, 3)}, t) and not OPS["reshape"].is_noop({"shape": (3, 2)}, t)
+    assert OPS["cast"].is_noop({"dtype": "fp32"}, t) and not OPS["cast"].is_noop({"dtype": "fp16"}, t)
+    assert OPS["relu"].is_noop is None

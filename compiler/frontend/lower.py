@@ -342,7 +342,7 @@ class Lowerer:
         args = pytree.tree_map_only(torch.fx.Node, lambda n: self.env[n], node.args)
         kwargs = pytree.tree_map_only(torch.fx.Node, lambda n: self.env[n], node.kwargs)
         leaves = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, (Value, Const, Complex))]
-        if all(isinstance(x, Const) for x in leaves) and key not in NO_FOLD and not _random(target):
+        if all(isinstance(x, Const) for x in leaves) and not _random(target):
             return self.fold(target, args, kwargs)
         if target in SYM_OPS:
             if all(isinstance(a, (int, float, bool)) for a in args):  # sizes the lowering resolved
@@ -567,9 +567,6 @@ def _random(target) -> bool:
     folded into a constant (``torch.randn(3)`` would otherwise be one fixed draw)."""
     return isinstance(target, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in target.tags
 
-
-#: Ops never constant-folded (side effects or assertions).
-NO_FOLD: set[str] = set()
 
 #: Python operators torch.export records on symbolic sizes -> IR op on 0-d values.
 SYM_OPS = {

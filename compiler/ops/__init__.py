@@ -121,6 +121,8 @@ class OpDef:
     nondeterministic: bool = False
     half_attrs: Mapping[str, str] = field(default_factory=dict)
     interpreter_only: bool = False
+    is_noop: Callable[[Mapping, Sequence[TensorType]], bool] | None = None
+    elementwise: str | None = None
 
 
 OPS: dict[str, OpDef] = {}
@@ -143,6 +145,8 @@ def register(
     nondeterministic: bool = False,
     half_attrs: Mapping[str, str] | None = None,
     interpreter_only: bool = False,
+    is_noop: Callable[[Mapping, Sequence[TensorType]], bool] | None = None,
+    elementwise: str | None = None,
 ) -> OpDef:
     """Add a row to :data:`OPS` (built by :func:`make_row`); raises :class:`IRError` for a name
     registered twice. Every row should give a ``torch`` kernel or a ``host_only`` reason
@@ -152,7 +156,8 @@ def register(
     OPS[name] = d = make_row(name, infer=infer, numpy=numpy, emit_mil=emit_mil, ane=ane, flops=flops, doc=doc,
                              mil_inputs=mil_inputs, from_mil=from_mil, ane_dtype_exempt=ane_dtype_exempt,
                              torch=torch, host_only=host_only, nondeterministic=nondeterministic,
-                             half_attrs=half_attrs, interpreter_only=interpreter_only)
+                             half_attrs=half_attrs, interpreter_only=interpreter_only, is_noop=is_noop,
+                             elementwise=elementwise)
     return d
 
 
@@ -161,7 +166,9 @@ def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Ca
              mil_inputs: tuple[str, ...] = ("x",), from_mil: Callable[[dict], tuple[list, dict]] | None = None,
              ane_dtype_exempt: tuple[int, ...] = (), torch: Callable[..., Any] | None = None,
              host_only: str | None = None, nondeterministic: bool = False,
-             half_attrs: Mapping[str, str] | None = None, interpreter_only: bool = False) -> OpDef:
+             half_attrs: Mapping[str, str] | None = None, interpreter_only: bool = False,
+             is_noop: Callable[[Mapping, Sequence[TensorType]], bool] | None = None,
+             elementwise: str | None = None) -> OpDef:
     """An :class:`OpDef` (not added to :data:`OPS`). Its ``ane`` rule is :func:`ane_common`, then
     the op's own ``ane`` rule (the more specific reason), then :func:`ane_dtype` over the tensors
     except the inputs at positions ``ane_dtype_exempt`` (inputs that emission turns into fp16,
@@ -172,7 +179,8 @@ def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Ca
                 or ane_dtype([t for k, t in enumerate(i) if k not in ane_dtype_exempt], o))
 
     return OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""), tuple(mil_inputs), from_mil,
-                 torch, host_only, nondeterministic, dict(half_attrs or {}), interpreter_only)
+                 torch, host_only, nondeterministic, dict(half_attrs or {}), interpreter_only, is_noop,
+                 elementwise)
 
 
 def mil_attr(v: Any) -> Any:
@@ -322,3 +330,10 @@ def get_op(name: str, loc=None) -> OpDef:
 
 # Populate the table (each module registers its rows on import).
 from . import elementwise, linalg, conv, norm, shape, index, resample, random, fallback, mil_only, compression, recurrent, image_resizing, mil_misc  # noqa: E402,F401
+
+
+def elementwise_ops(kind: str | None = None) -> frozenset[str]:
+    """Names of the rows whose ``elementwise`` trait is ``kind`` (``"unary"``: one tensor input,
+    ``"binary"``: two broadcasting inputs, ``"ternary"``: ``select``), or any of them when None.
+    Passes that treat every elementwise op alike derive their op sets from this."""
+    return frozenset(n for n, r in OPS.items() if r.elementwise and (kind is None or r.elementwise == kind))

@@ -64,14 +64,7 @@ class _TorchDtypes(Mapping):
 TORCH_DTYPES = _TorchDtypes()
 
 
-#: Names of the elementwise rows (one tensor input / two broadcasting inputs), for passes that
-#: treat every elementwise op alike (tlc.passes.rank).
-UNARY_OPS: list[str] = ["cast", "identity"]
-BINARY_OPS: list[str] = []
-
-
 def _binary(name: str, fn, tfn, *, out_dtype=None, allowed=None, doc=""):
-    BINARY_OPS.append(name)
     def infer(in_types, attrs):
         if len(in_types) != 2:
             raise IRError(f"expects 2 inputs, got {len(in_types)}")
@@ -100,7 +93,7 @@ def _binary(name: str, fn, tfn, *, out_dtype=None, allowed=None, doc=""):
         return getattr(ctx.mb, name)(x=x, y=y, name=nm)
 
     register(name, infer=infer, numpy=kernel, emit_mil=emit, mil_inputs=("x", "y"),
-             torch=torch_kernel)
+             torch=torch_kernel, elementwise="binary")
 
 
 def types_bool():
@@ -351,7 +344,6 @@ _TORCH_UNARY = {
 
 
 def _unary(name, kernel, attr_names, allowed):
-    UNARY_OPS.append(name)
     def infer(in_types, attrs):
         if len(in_types) != 1:
             raise IRError(f"expects 1 input, got {len(in_types)}")
@@ -375,7 +367,7 @@ def _unary(name, kernel, attr_names, allowed):
     half = {"epsilon": "epsilon"} if "epsilon" in (attr_names or ()) else {}
     if name == "clip":
         half = {"alpha": "bound", "beta": "bound"}
-    register(name, infer=infer, numpy=numpy_kernel, emit_mil=emit,
+    register(name, infer=infer, numpy=numpy_kernel, emit_mil=emit, elementwise="unary",
              torch=_TORCH_UNARY[name], half_attrs=half)
 
 
@@ -410,7 +402,7 @@ def _emit_cast(ctx, attrs, ins, nm):
     return ctx.mb.cast(x=ins[0], dtype=attrs["dtype"], name=nm)
 
 
-register("cast", infer=_infer_cast, numpy=_cast, emit_mil=_emit_cast, flops=lambda i, o, a: 0,
+register("cast", elementwise="unary", is_noop=lambda a, t: a["dtype"] == t[0].dtype, infer=_infer_cast, numpy=_cast, emit_mil=_emit_cast, flops=lambda i, o, a: 0,
          torch=lambda a, x: x.to(TORCH_DTYPES[a["dtype"]]))
 
 
@@ -445,7 +437,7 @@ def _emit_select(ctx, attrs, ins, nm):
     return ctx.mb.select(cond=ins[0], a=a, b=b, name=nm)
 
 
-register("select", infer=_infer_select, numpy=_select, emit_mil=_emit_select, mil_inputs=("cond", "a", "b"),
+register("select", elementwise="ternary", infer=_infer_select, numpy=_select, emit_mil=_emit_select, mil_inputs=("cond", "a", "b"),
          torch=lambda a, cond, x, y: torch.where(cond, x, y))
 
-__all__ = ["erf", "flops_elementwise", "TORCH_DTYPES", "UNARY_OPS", "BINARY_OPS"]
+__all__ = ["erf", "flops_elementwise", "TORCH_DTYPES"]

@@ -40,6 +40,8 @@ register(
 
 register(
     "identity",
+    is_noop=lambda a, t: True,
+    elementwise="unary",
     doc="MIL ``identity`` (tensor_operation.py): returns x.",
     infer=lambda i, a: [i[0]],
     numpy=lambda a, x: x,
@@ -77,6 +79,7 @@ def _reshape_from_mil(v):
 
 register(
     "reshape",
+    is_noop=lambda a, t: tuple(a["shape"]) == t[0].shape,
     from_mil=_reshape_from_mil,
     doc="MIL ``reshape`` (tensor_transformation.py): row-major reshape to the static ``shape``.",
     infer=_infer_reshape,
@@ -97,6 +100,7 @@ def _infer_transpose(in_types, attrs):
 
 register(
     "transpose",
+    is_noop=lambda a, t: tuple(a["perm"]) == tuple(range(t[0].rank)),
     doc="MIL ``transpose`` (tensor_transformation.py): permute axes by ``perm``.",
     infer=_infer_transpose,
     numpy=lambda a, x: np.transpose(x, a["perm"]),
@@ -121,6 +125,7 @@ def _infer_expand_dims(in_types, attrs):
 
 register(
     "expand_dims",
+    is_noop=lambda a, t: not a["axes"],
     doc="MIL ``expand_dims`` (tensor_transformation.py): insert size-1 axes at ``axes`` (output positions).",
     infer=_infer_expand_dims,
     numpy=lambda a, x: np.expand_dims(x, tuple(norm_axes(a["axes"], x.ndim + len(a["axes"])))),
@@ -140,6 +145,7 @@ def _infer_squeeze(in_types, attrs):
 
 register(
     "squeeze",
+    is_noop=lambda a, t: not a["axes"],
     from_mil=lambda v: ([v["x"]], {"axes": mil_attr(v.get("axes")) if v.get("axes") is not None
                                    else tuple(i for i, d in enumerate(v["x"].shape) if d == 1)}),
     doc="MIL ``squeeze`` (tensor_transformation.py): drop the size-1 ``axes``.",
@@ -186,6 +192,7 @@ def _t_concat(attrs, *xs):
 
 register(
     "concat",
+    is_noop=lambda a, t: len(t) == 1,
     infer=_infer_concat,
     numpy=_concat,
     mil_inputs=("values",),
@@ -328,7 +335,13 @@ def _slice_from_mil(v):
     return [x], attrs
 
 
-register("slice_by_index", infer=_infer_slice, numpy=_slice, emit_mil=_emit_slice, flops=flops_none,
+def _slice_is_noop(a, t) -> bool:
+    """A full, forward, stride-1 slice that squeezes nothing returns its input."""
+    return (tuple(a["begin"]) == (0,) * t[0].rank and tuple(a["end"]) == t[0].shape and set(a["stride"]) <= {1}
+            and not a.get("flip") and not any(a.get("squeeze_mask") or ()))
+
+
+register("slice_by_index", is_noop=_slice_is_noop, infer=_infer_slice, numpy=_slice, emit_mil=_emit_slice, flops=flops_none,
          from_mil=_slice_from_mil,
          torch=_t_slice)
 
@@ -422,6 +435,7 @@ def _infer_tile(in_types, attrs):
 
 register(
     "tile",
+    is_noop=lambda a, t: set(a["reps"]) <= {1},
     doc="MIL ``tile`` (tensor_operation.py): repeat x ``reps[i]`` times along axis i.",
     infer=_infer_tile,
     numpy=lambda a, x: np.tile(x, a["reps"]),
@@ -478,6 +492,7 @@ def _t_pad(attrs, x):
 
 register(
     "pad",
+    is_noop=lambda a, t: not any(a["pad"]),
     torch=_t_pad,
     infer=_infer_pad,
     numpy=_pad,
