@@ -25,27 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import mil_attr
-from .mil_only import _row
-
-
-def _attrs(vals, arrays):
-    return {k: mil_attr(v) for k, v in vals.items() if k not in arrays and v is not None}
-
-
-def _inputs(*names, optional=()):
-    """``from_mil`` taking the tensors ``names`` (required) as kernel arrays and the ``optional``
-    ones, if present, as attrs (kept as arrays there)."""
-
-    def from_mil(vals):
-        arrays = [vals[n] for n in names]
-        attrs = _attrs(vals, set(names) | set(optional))
-        for n in optional:
-            if vals.get(n) is not None:
-                attrs[n] = np.asarray(vals[n])
-        return arrays, attrs
-
-    return from_mil
+from .mil_only import _row, tensor_inputs as _inputs
 
 
 def _unpack_bits(packed, nbits: int, count: int) -> np.ndarray:

@@ -17,11 +17,7 @@ import numpy as np
 from ..errors import IRError
 from . import mil_attr
 from .conv import _conv, _pad_array, _tap_reduce, _taps, _window_from_mil, explicit_pad
-from .mil_only import _row
-
-
-def _attrs(vals, skip):
-    return {k: mil_attr(v) for k, v in vals.items() if k not in skip and v is not None}
+from .mil_only import _row, attrs_except as _attrs
 
 
 # ------------------------------------------------------------------------------------ l2_pool

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import IRError
-from . import register
+from . import mil_attr, register
 
 _HOST = "MIL interpreter only: tlc's front-end never produces this op, so no device kernel is needed"
 
@@ -26,6 +26,27 @@ def _no_ir(name):
 def _row(name, kernel, mil_inputs=("x",), from_mil=None, nondeterministic=False):
     register(name, infer=_no_ir(name), numpy=kernel, emit_mil=None, mil_inputs=mil_inputs, from_mil=from_mil,
              host_only=_HOST, interpreter_only=True, nondeterministic=nondeterministic)
+
+
+def attrs_except(vals: dict, skip) -> dict:
+    """A loaded MIL op's inputs other than ``skip`` (and absent optional ones) as kernel attrs
+    (:func:`tlc.ops.mil_attr`: int arrays -> tuples, 0-d -> Python scalars)."""
+    return {k: mil_attr(v) for k, v in vals.items() if k not in skip and v is not None}
+
+
+def tensor_inputs(*names, optional=()):
+    """A ``from_mil`` passing the MIL inputs ``names`` (required) to the kernel as arrays, the
+    ``optional`` tensors (if present) as attrs holding arrays, and the rest through
+    :func:`attrs_except`."""
+
+    def from_mil(vals):
+        attrs = attrs_except(vals, set(names) | set(optional))
+        for n in optional:
+            if vals.get(n) is not None:
+                attrs[n] = np.asarray(vals[n])
+        return [vals[n] for n in names], attrs
+
+    return from_mil
 
 
 def _per_channel(a, x):

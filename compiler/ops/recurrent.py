@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import mil_attr
-from .mil_only import _row
+from .mil_only import _row, tensor_inputs
 
 
 def _act(name: str):
@@ -45,18 +44,6 @@ def _act(name: str):
     if name == "hard_sigmoid":
         return lambda v: np.clip(0.2 * v + 0.5, 0.0, 1.0)
     raise ValueError(f"unknown recurrent activation {name!r}")
-
-
-def _from_mil(required, optional_tensors):
-    def from_mil(vals):
-        arrays = [np.asarray(vals[n], np.float32) for n in required]
-        attrs = {k: mil_attr(v) for k, v in vals.items() if k not in required and k not in optional_tensors and v is not None}
-        for n in optional_tensors:
-            if vals.get(n) is not None:
-                attrs[n] = np.asarray(vals[n], np.float32)
-        return arrays, attrs
-
-    return from_mil
 
 
 def _sequence(step, x, h0, reverse: bool):
@@ -155,8 +142,8 @@ def _lstm(attrs, x, h0, c0, w_ih, w_hh):
     return out, h, c
 
 
-_row("rnn", _rnn, from_mil=_from_mil(("x", "initial_h", "weight_ih", "weight_hh"), ("bias",)))
-_row("gru", _gru, from_mil=_from_mil(("x", "initial_h", "weight_ih", "weight_hh"), ("bias", "input_bias")))
-_row("lstm", _lstm, from_mil=_from_mil(("x", "initial_h", "initial_c", "weight_ih", "weight_hh"),
-                                       ("bias", "peephole", "weight_ih_back", "weight_hh_back", "bias_back",
-                                        "peephole_back")))
+_row("rnn", _rnn, from_mil=tensor_inputs("x", "initial_h", "weight_ih", "weight_hh", optional=("bias",)))
+_row("gru", _gru, from_mil=tensor_inputs("x", "initial_h", "weight_ih", "weight_hh", optional=("bias", "input_bias")))
+_row("lstm", _lstm, from_mil=tensor_inputs("x", "initial_h", "initial_c", "weight_ih", "weight_hh",
+                                            optional=("bias", "peephole", "weight_ih_back", "weight_hh_back",
+                                                      "bias_back", "peephole_back")))
