@@ -9,7 +9,7 @@ import numpy as np
 from tlc.ir import DTYPES, Graph
 
 from . import register_pass
-from .rewrite import Match, Pat, const, rewrite
+from .rewrite import Match, Pat, any_of, const, either, rewrite, scalar
 
 
 def _as(a, like: str) -> np.ndarray:
@@ -51,11 +51,9 @@ def fuse_conv_batchnorm(g: Graph) -> Graph:
     Result: %z = conv(%x, W * s, (b - mean) * s + beta)   where s = gamma / sqrt(var + eps)
     Fires only when %y has no other user and is not a graph output, and all parameters are const.
     """
-    pat = Pat("batch_norm", (Pat("conv", (None, const("w"), const("b")), name="conv"),
-                             const("mean"), const("var"), const("gamma"), const("beta")), name="bn")
-    pat_nobias = Pat("batch_norm", (Pat("conv", (None, const("w")), name="conv"),
-                                    const("mean"), const("var"), const("gamma"), const("beta")), name="bn")
-    return rewrite(g, [(pat, _conv_bn), (pat_nobias, _conv_bn)])
+    conv = any_of(Pat("conv", (None, const("w"), const("b")), name="conv"), Pat("conv", (None, const("w")), name="conv"))
+    pat = Pat("batch_norm", (conv, const("mean"), const("var"), const("gamma"), const("beta")), name="bn")
+    return rewrite(g, [(pat, _conv_bn)])
 
 
 # ------------------------------------------------------------------------------------ pad + conv
@@ -136,66 +134,46 @@ def fuse_bias(g: Graph) -> Graph:
     """
     rules = [
         (Pat("matmul", (None, const("w")), name="mm"), _matmul_to_linear),
-        (Pat("add", (Pat(("conv", "linear"), (None, const("w")), name="op"), const("c"))), _add_bias),
-        (Pat("add", (const("c"), Pat(("conv", "linear"), (None, const("w")), name="op"))), _add_bias),
+        (either("add", Pat(("conv", "linear"), (None, const("w")), name="op"), const("c")), _add_bias),
     ]
     return rewrite(g, rules)
 
 
 # ------------------------------------------------------------------- decomposed activations
 
-
-class _Scalar:
-    """Matches a const whose every element is ``value`` (within ``rtol``)."""
-
-    def __init__(self, value: float, rtol: float = 1e-4):
-        self.value, self.rtol = value, rtol
+X = Pat(name="x")
 
 
-def _is(prod, v, pat, bind: dict) -> bool:
-    """Match value ``v`` against a nested tuple pattern ``(op, p1, p2, ...)``; binary
-    commutative ops (add, mul) try both operand orders. ``"x"`` binds (and must re-match) the
-    activation input; a :class:`_Scalar` matches a constant."""
-    if pat == "x":
-        if "x" in bind:
-            return bind["x"] is v
-        bind["x"] = v
-        return True
-    n = prod.get(v)
-    if isinstance(pat, _Scalar):
-        if n is None or n.op != "const":
-            return False
-        c = np.asarray(n.attrs["val"], np.float64)
-        return c.size > 0 and bool(np.allclose(c, pat.value, rtol=pat.rtol, atol=0))
-    if n is None or n.op != pat[0] or len(n.inputs) != len(pat) - 1:
-        return False
-    orders = [n.inputs]
-    if n.op in ("add", "mul") and len(n.inputs) == 2:
-        orders.append(n.inputs[::-1])
-    for ins in orders:
-        trial = dict(bind)
-        if all(_is(prod, iv, sub, trial) for iv, sub in zip(ins, pat[1:])):
-            bind.update(trial)
-            return True
-    return False
+def _mul(a: Pat, b: Pat) -> Pat:
+    return either("mul", a, b)
+
+
+def _add(a: Pat, b: Pat) -> Pat:
+    return either("add", a, b)
 
 
 _C = float(np.sqrt(2 / np.pi))
-#: (pattern, replacement op, attrs); x * 0.5 * (...) is written both ways it appears in practice.
+_TANH = _add(Pat("tanh", (_mul(_add(X, _mul(Pat("pow", (X, scalar(3.0))), scalar(0.044715))), scalar(_C)),)), scalar(1.0))
+_ERF_ARG = any_of(_mul(X, scalar(1 / np.sqrt(2))), Pat("real_div", (X, scalar(np.sqrt(2)))))
+#: (pattern over the activation input ``x``, replacement op, attrs). Every add/mul matches in
+#: either operand order; constants match to 1e-4 relative; x * 0.5 * (...) is written both ways
+#: it appears in practice (GPT-2's ``NewGELU``; ``F.gelu`` decomposed).
 ACTIVATIONS = [
-    (("mul", ("mul", "x", _Scalar(0.5)),
-      ("add", ("tanh", ("mul", ("add", "x", ("mul", ("pow", "x", _Scalar(3.0)), _Scalar(0.044715))), _Scalar(_C))),
-       _Scalar(1.0))), "gelu", {"mode": "TANH_APPROXIMATION"}),
-    (("mul", "x", ("mul", _Scalar(0.5),
-                   ("add", ("tanh", ("mul", ("add", "x", ("mul", ("pow", "x", _Scalar(3.0)), _Scalar(0.044715))),
-                                     _Scalar(_C))), _Scalar(1.0)))), "gelu", {"mode": "TANH_APPROXIMATION"}),
-    (("mul", ("mul", "x", _Scalar(0.5)), ("add", ("erf", ("mul", "x", _Scalar(1 / np.sqrt(2)))), _Scalar(1.0))),
-     "gelu", {"mode": "EXACT"}),
-    (("mul", ("mul", "x", _Scalar(0.5)), ("add", ("erf", ("real_div", "x", _Scalar(np.sqrt(2)))), _Scalar(1.0))),
-     "gelu", {"mode": "EXACT"}),
-    (("mul", "x", ("sigmoid", "x")), "silu", {}),
-    (("log", ("add", ("exp", "x"), _Scalar(1.0))), "softplus", {}),
+    (any_of(_mul(_mul(X, scalar(0.5)), _TANH), _mul(X, _mul(scalar(0.5), _TANH))), "gelu",
+     {"mode": "TANH_APPROXIMATION"}),
+    (_mul(_mul(X, scalar(0.5)), _add(Pat("erf", (_ERF_ARG,)), scalar(1.0))), "gelu", {"mode": "EXACT"}),
+    (_mul(X, Pat("sigmoid", (X,))), "silu", {}),
+    (Pat("log", (_add(Pat("exp", (X,)), scalar(1.0)),)), "softplus", {}),
 ]
+
+
+def _activation(op: str, attrs: dict):
+    def fuse(m: Match):
+        x = m.val("x")
+        return m.add(op, [x], dict(attrs), name=m.root.name) if m.private(x) else None
+
+    fuse.__name__ = f"fuse_{op}"
+    return fuse
 
 
 @register_pass("fuse::activations")
@@ -208,106 +186,51 @@ def fuse_activations(g: Graph) -> Graph:
     Result: %y = gelu(%x, mode=TANH_APPROXIMATION)
     Fires only when the interior values have no reader outside the pattern.
     """
-    prod, uses, outs = g.producers(), g.use_counts(), set(g.outputs)
-
-    def rule(m: Match):
-        for pat, op, attrs in ACTIVATIONS:
-            bind: dict = {}
-            if _is(prod, m.root.out, pat, bind) and _private(prod, uses, outs, m.root, {bind["x"]}):
-                return m.add(op, [bind["x"]], dict(attrs), name=m.root.name)
-        return None
-
-    return rewrite(g, [(Pat(("mul", "log")), rule)])
+    return rewrite(g, [(pat, _activation(op, attrs)) for pat, op, attrs in ACTIVATIONS])
 
 
 # ------------------------------------------------------------------ decomposed layer_norm / attention
 
 
-def _private(g_prod, uses, outs, root, stop: set) -> bool:
-    """Every value computed between the ``stop`` values and ``root`` is read only inside that
-    region and is not a graph output (so replacing ``root`` leaves nothing dangling)."""
-    seen, stack, inside = set(), [root.out], set()
-    while stack:
-        v = stack.pop()
-        if v in stop or v in seen:
-            continue
-        seen.add(v)
-        n = g_prod.get(v)
-        if n is None or n.op == "const":
-            continue
-        inside.add(v)
-        stack.extend(n.inputs)
-    reads = {v: 0 for v in inside}
-    for v in inside:
-        for i in g_prod[v].inputs:
-            if i in reads:
-                reads[i] += 1
-    return all(v is root.out or (reads[v] == uses.get(v, 0) and v not in outs) for v in inside)
+def _keep_dims(n) -> bool:
+    return bool(n.attrs.get("keep_dims"))
 
 
-def _scalar_of(prod, v) -> float | None:
-    n = prod.get(v)
-    if n is None or n.op != "const" or n.attrs["val"].size != 1:
-        return None
-    return float(np.asarray(n.attrs["val"]).reshape(()))
+def _normalized(d: Pat) -> Pat:
+    """d / sqrt(mean(d^2) + eps), also as ``mul(d, rsqrt(..))`` and with ``mul(d, d)`` for the
+    square; ``d`` is the pattern for the normalized value (bound as ``"d"``)."""
+    dd = Pat(name="d")
+    sq = any_of(Pat("pow", (dd, scalar(2.0))), Pat("mul", (dd, dd)))
+    ve = _add(Pat("reduce_mean", (sq,), name="var", where=_keep_dims), scalar(name="eps"))
+    return any_of(Pat("real_div", (d, Pat("sqrt", (ve,)))),
+                  _mul(d, Pat("rsqrt", (ve,), where=lambda n: not n.attrs.get("epsilon"))))
 
 
-def _normalized_parts(prod, root):
-    """(d, reduce node, eps) if ``root`` computes d / sqrt(mean(d^2) + eps) (also as
-    ``mul(d, rsqrt(..))``, and with ``mul(d, d)`` for the square) over trailing axes."""
-    n = root
-    if n.op == "real_div":
-        d, s = n.inputs
-        sn = prod.get(s)
-        if sn is None or sn.op != "sqrt":
+def _axes(n) -> tuple[int, ...]:
+    rank = n.inputs[0].type.rank
+    return tuple(sorted(a % rank for a in n.attrs["axes"]))
+
+
+#: layer_norm: d = x - mean(x) over the normalized axes; rms_norm: any d.
+LAYER_NORM = _normalized(Pat("sub", (X, Pat("reduce_mean", (X,), name="mean", where=_keep_dims)), name="d"))
+RMS_NORM = _normalized(Pat(name="d"))
+
+
+def _norm(op: str):
+    def fuse(m: Match):
+        var, rank = m["var"], m.val("d").type.rank
+        axes = _axes(var)
+        if not axes or axes != tuple(range(rank - len(axes), rank)):
+            return None  # trailing axes only
+        x = m.val("x") if op == "layer_norm" else m.val("d")
+        if op == "layer_norm" and _axes(m["mean"]) != axes:
             return None
-        ve = sn.inputs[0]
-    elif n.op == "mul":
-        for d, r in (n.inputs, n.inputs[::-1]):
-            rn = prod.get(r)
-            if rn is not None and rn.op == "rsqrt" and not rn.attrs.get("epsilon"):
-                ve = rn.inputs[0]
-                break
-        else:
+        if not m.private(x):
             return None
-    else:
-        return None
-    ven = prod.get(ve)
-    if ven is None or ven.op != "add":
-        return None
-    var, eps = None, None
-    for a, b in (ven.inputs, ven.inputs[::-1]):
-        if _scalar_of(prod, b) is not None:
-            var, eps = a, _scalar_of(prod, b)
-    vn = prod.get(var) if var is not None else None
-    if vn is None or vn.op != "reduce_mean" or not vn.attrs.get("keep_dims"):
-        return None
-    sq = prod.get(vn.inputs[0])
-    if sq is None or not ((sq.op == "pow" and sq.inputs[0] is d and _scalar_of(prod, sq.inputs[1]) == 2.0)
-                          or (sq.op == "mul" and sq.inputs[0] is d and sq.inputs[1] is d)):
-        return None
-    rank = d.type.rank
-    axes = tuple(sorted(a % rank for a in vn.attrs["axes"]))
-    if not axes or axes != tuple(range(rank - len(axes), rank)):
-        return None
-    return d, axes, eps
+        return m.add(op, [x], {"axes": axes, "epsilon": m.scalar("eps")}, name=m.root.name)
 
-
-def _norm_parts(prod, root):
-    """``("layer_norm", x, axes, eps)`` if ``root`` normalizes d = x - mean(x) over the same
-    axes, else ``("rms_norm", d, axes, eps)`` for d / sqrt(mean(d^2) + eps); ``None`` if neither."""
-    parts = _normalized_parts(prod, root)
-    if parts is None:
-        return None
-    d, axes, eps = parts
-    dn = prod.get(d)
-    if dn is not None and dn.op == "sub":
-        x, m = dn.inputs
-        mn = prod.get(m)
-        if (mn is not None and mn.op == "reduce_mean" and mn.inputs[0] is x and mn.attrs.get("keep_dims")
-                and tuple(sorted(a % x.type.rank for a in mn.attrs["axes"])) == axes):
-            return "layer_norm", x, axes, eps
-    return "rms_norm", d, axes, eps
+    fuse.__name__ = f"fuse_{op}"
+    return fuse
 
 
 def _rms_gamma(m: Match):
@@ -325,53 +248,44 @@ def _rms_gamma(m: Match):
                  name=m.root.name)
 
 
-def _attention_parts(prod, root):
-    """(q, k, v, mask, scale) if ``root`` = matmul(softmax(scores [+ mask], axis=-1), v) with
-    scores = matmul(q, transpose(k)) * scale (or / divisor, or transpose_y)."""
-    if root.op != "matmul" or root.attrs.get("transpose_x") or root.attrs.get("transpose_y"):
-        return None
-    p, v = root.inputs
-    sm = prod.get(p)
-    if sm is None or sm.op != "softmax" or sm.attrs.get("axis", -1) % p.type.rank != p.type.rank - 1:
-        return None
-    s = sm.inputs[0]
-    mask = None
-    sn = prod.get(s)
-    if sn is not None and sn.op == "add":
-        for a, b in (sn.inputs, sn.inputs[::-1]):
-            an = prod.get(a)
-            if an is not None and an.op in ("mul", "real_div", "matmul"):
-                s, mask = a, b
-                break
-        else:
-            return None
-        sn = prod.get(s)
-    scale = 1.0
-    if sn is not None and sn.op in ("mul", "real_div"):
-        c = _scalar_of(prod, sn.inputs[1])
-        if c is None and sn.op == "mul":
-            c, s_in = _scalar_of(prod, sn.inputs[0]), sn.inputs[1]
-        else:
-            s_in = sn.inputs[0]
-        if c is None or c == 0:
-            return None
-        scale = c if sn.op == "mul" else 1.0 / c
-        s = s_in
-        sn = prod.get(s)
-    if sn is None or sn.op != "matmul" or sn.attrs.get("transpose_x"):
-        return None
-    q, kt = sn.inputs
-    if sn.attrs.get("transpose_y"):
-        k = kt
+def _plain(n) -> bool:
+    return not n.attrs.get("transpose_x") and not n.attrs.get("transpose_y")
+
+
+def _swaps_last_two(n) -> bool:
+    r = n.outputs[0].type.rank
+    return tuple(n.attrs["perm"]) == tuple(range(r - 2)) + (r - 1, r - 2)
+
+
+def _last_axis(n) -> bool:
+    r = n.outputs[0].type.rank
+    return n.attrs.get("axis", -1) % r == r - 1
+
+
+_QK = any_of(Pat("matmul", (Pat(name="q"), Pat("transpose", (Pat(name="k"),), where=_swaps_last_two)), where=_plain),
+             Pat("matmul", (Pat(name="q"), Pat(name="k")),
+                 where=lambda n: bool(n.attrs.get("transpose_y")) and not n.attrs.get("transpose_x")))
+_SCALED = any_of(_mul(_QK, scalar(name="scale")), Pat("real_div", (_QK, scalar(name="div"))), _QK)
+#: matmul(softmax(matmul(q, k^T) * scale [+ mask], axis=-1), v); scale as mul or real_div or none.
+ATTENTION = Pat("matmul", (Pat("softmax", (any_of(_add(_SCALED, Pat(name="mask")), _SCALED),), where=_last_axis),
+                           Pat(name="v")), where=_plain)
+
+
+def _attention(m: Match):
+    q, k, v = m.val("q"), m.val("k"), m.val("v")
+    mask = m.values.get("mask")
+    if "scale" in m.values:
+        scale = m.scalar("scale")
+    elif "div" in m.values:
+        scale = 1.0 / m.scalar("div") if m.scalar("div") else 0.0
     else:
-        tn = prod.get(kt)
-        r = kt.type.rank
-        if tn is None or tn.op != "transpose" or tuple(tn.attrs["perm"]) != tuple(range(r - 2)) + (r - 1, r - 2):
-            return None
-        k = tn.inputs[0]
-    if q.type.rank < 3 or k.type.shape[-1] != q.type.shape[-1]:
+        scale = 1.0
+    if not scale or q.type.rank < 3 or k.type.shape[-1] != q.type.shape[-1]:
         return None
-    return q, k, v, mask, scale
+    if not m.private(q, k, v, *([mask] if mask is not None else [])):
+        return None
+    ins = [q, k, v] + ([mask] if mask is not None else [])
+    return m.add("scaled_dot_product_attention", ins, {"scale": float(scale)}, name=m.root.name)
 
 
 @register_pass("fuse::norm_attention")
@@ -379,8 +293,9 @@ def fuse_norm_attention(g: Graph) -> Graph:
     """Recognize a decomposed layer_norm (mean / subtract / square / mean / add eps / sqrt or
     rsqrt / divide or multiply over the last axes), a decomposed RMS norm (the same without the
     centring, as torch.export writes ``torch.nn.RMSNorm``, ``F.rms_norm`` and transformers'
-    ``LlamaRMSNorm``; a following multiply by a constant weight becomes its gamma) and decomposed
-    attention (matmul(q, k^T) * scale [+ mask] -> softmax over the last axis -> matmul(v)).
+    ``LlamaRMSNorm``; a following multiply by a constant weight becomes its gamma, in the next
+    sweep) and decomposed attention (matmul(q, k^T) * scale [+ mask] -> softmax over the last
+    axis -> matmul(v)).
 
     Given:  %m = reduce_mean(%x, axes=(-1,), keep_dims=True); %d = sub(%x, %m); %p = pow(%d, 2)
             %v = reduce_mean(%p, ...); %e = add(%v, 1e-5); %s = sqrt(%e); %y = real_div(%d, %s)
@@ -393,26 +308,6 @@ def fuse_norm_attention(g: Graph) -> Graph:
     Fires only when the interior values have no reader outside the pattern (and the weight only
     when the rms_norm result has no other reader).
     """
-    prod, uses, outs = g.producers(), g.use_counts(), set(g.outputs)
-
-    def norm(m: Match):
-        parts = _norm_parts(prod, m.root)
-        if parts is None or not _private(prod, uses, outs, m.root, {parts[1]}):
-            return None
-        op, x, axes, eps = parts
-        return m.add(op, [x], {"axes": axes, "epsilon": float(eps)}, name=m.root.name)
-
-    def attn(m: Match):
-        parts = _attention_parts(prod, m.root)
-        if parts is None:
-            return None
-        q, k, v, mask, scale = parts
-        stop = {q, k, v} | ({mask} if mask is not None else set())
-        if not _private(prod, uses, outs, m.root, stop):
-            return None
-        ins = [q, k, v] + ([mask] if mask is not None else [])
-        return m.add("scaled_dot_product_attention", ins, {"scale": float(scale)}, name=m.root.name)
-
-    rn = Pat("rms_norm", name="rn")
-    return rewrite(g, [(Pat("mul", (rn, const("g"))), _rms_gamma), (Pat("mul", (const("g"), rn)), _rms_gamma),
-                       (Pat(("real_div", "mul")), norm), (Pat("matmul"), attn)])
+    return rewrite(g, [(_mul(Pat("rms_norm", name="rn"), const("g")), _rms_gamma),
+                       (LAYER_NORM, _norm("layer_norm")), (RMS_NORM, _norm("rms_norm")),
+                       (ATTENTION, _attention)])

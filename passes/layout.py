@@ -12,15 +12,16 @@ import numpy as np
 
 from tlc.errors import IRError
 from tlc.ir import Graph
+from tlc.ops import elementwise_ops
 
 from . import register_pass
 from .cleanup import _merge_transposes, remove_noops
-from .rewrite import Match, Pat, const, rewrite
+from .rewrite import Match, Pat, const, either, rewrite
 
-#: Elementwise ops with one tensor input that commute with any transpose.
-UNARY = ("relu", "gelu", "silu", "sigmoid", "tanh", "erf", "exp", "abs", "sqrt", "rsqrt", "clip", "leaky_relu",
-         "sigmoid_hard", "softplus", "square", "log", "inverse", "cast", "sin", "cos", "floor", "ceil", "round")
-BINARY = ("add", "sub", "mul", "real_div", "maximum", "minimum", "pow")
+#: Every elementwise op commutes with any transpose; the sets come from the op rows'
+#: ``elementwise`` trait (one tensor input / two broadcasting inputs), so a new row is covered.
+UNARY = tuple(sorted(elementwise_ops("unary")))
+BINARY = tuple(sorted(elementwise_ops("binary")))
 
 
 def _inverse(perm) -> tuple[int, ...]:
@@ -88,8 +89,7 @@ T = Pat("transpose", name="t")
 RULES = [
     (Pat("transpose", (Pat("transpose", name="t1"),), name="t2"), _merge_transposes),
     (Pat(UNARY, (T,), name="op"), _sink_unary),
-    (Pat(BINARY, (T, const("c")), name="op"), _sink_binary_const),
-    (Pat(BINARY, (const("c"), T), name="op"), _sink_binary_const),
+    (either(BINARY, T, const("c"), name="op"), _sink_binary_const),
     (Pat(BINARY, (T, Pat("transpose", name="u")), name="op"), _sink_binary_both),
     (Pat("layer_norm", (T,), name="op"), _sink_layer_norm),
     (Pat("linear", (T, const("w"), const("b")), name="op"), _linear_to_conv),

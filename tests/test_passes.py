@@ -10,7 +10,7 @@ from tlc.errors import IRError
 from tlc.frontend import trace
 from tlc.ir import GraphBuilder, TensorType, verify
 from tlc.passes import PASSES, run_pipeline
-from tlc.passes.rewrite import Pat, rewrite
+from tlc.passes.rewrite import Pat, any_of, either, matches, rewrite, rewrite_once, scalar
 from tlc.runtime import run_graph
 
 
@@ -147,6 +147,65 @@ def test_rewrite_engine_bound_errors_loudly():
     with pytest.raises(IRError, match="did not settle after 4 sweeps"):
         rewrite(g, [(Pat("relu", name="r"), forever)], max_iters=4)
 
+
+
+def _xy_graph():
+    """y = mul(c, sigmoid(mul(x, 1.0)) * mul(x, 1.0)): silu of x once the x * 1 are gone."""
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType("fp32", (4,)))
+    one = b.add("const", [], {"val": np.ones((), np.float32)}).out
+    x1 = b.add("mul", [x, one]).out
+    x2 = b.add("mul", [one, x]).out
+    y = b.add("mul", [x1, b.add("sigmoid", [x2]).out]).out
+    return b.build([y], ["y"])
+
+
+def _drop_mul_one(m):
+    return m.val("x")
+
+
+def _silu(m):
+    return m.add("silu", [m.val("x")]) if m.private(m.val("x")) else None
+
+
+RULES_XY = [(either("mul", Pat(name="x"), scalar(1.0)), _drop_mul_one),
+            (either("mul", Pat(name="x"), Pat("sigmoid", (Pat(name="x"),))), _silu)]
+
+
+def test_pattern_either_order_backtracks_and_rebinds():
+    g = _xy_graph()
+    mul1, mul2 = [n for n in g.nodes if n.op == "mul"][:2]
+    p = either("mul", Pat(name="x"), scalar(1.0))
+    # x binds the graph input in both operand orders: the engine backtracked past x = const
+    assert [b["x"].name for b in matches(p, mul1.out, g)] == ["x"]
+    assert [b["x"].name for b in matches(p, mul2.out, g)] == ["x"]
+    assert matches(p, g.outputs[0], g) == []  # neither operand of the root is a 1.0 constant
+    assert matches(scalar(2.0), mul1.inputs[1], g) == []
+    alt = any_of(Pat("sigmoid"), Pat("mul", (Pat(name="a"), Pat(name="a"))), name="r")
+    assert [sorted(b) for b in matches(alt, mul1.out, g)] == []  # mul(x, 1): a cannot bind both
+    assert [sorted(b) for b in matches(alt, g.nodes[-2].out, g)] == [["r"]]  # the sigmoid
+
+
+def test_rule_fires_in_a_later_sweep_against_that_sweeps_graph():
+    """silu can only match after the x * 1.0 are gone (sweep 1): its match and its ``private``
+    check must read sweep 1's producers (in sweep 0's, sigmoid and mul read two different muls)."""
+    g = _xy_graph()
+    g1, fired0 = rewrite_once(g, RULES_XY)
+    assert fired0 == ["_drop_mul_one", "_drop_mul_one"]
+    g2, fired1 = rewrite_once(g1, RULES_XY)
+    assert fired1 == ["_silu"] and ops(g2) == ["silu"]
+    assert ops(rewrite(g, RULES_XY)) == ["silu"]
+    feeds = {"x": np.linspace(-3, 3, 4, dtype=np.float32)}
+    np.testing.assert_allclose(run_graph(g2, feeds)["y"], run_graph(g, feeds)["y"], rtol=1e-6)
+
+
+def test_rms_norm_gamma_absorbed_in_the_sweep_after_the_norm():
+    """fuse::norm_attention's rms_norm rule fires in sweep 0, the gamma rule on its result only in
+    sweep 1: a rule reading producer maps captured before sweep 0 would miss it."""
+    w = torch.randn(16)
+    g, g2 = run_pass("fuse::norm_attention", lambda x: w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)),
+                     torch.randn(2, 5, 16))
+    assert ops(g2) == ["rms_norm"] and len(next(n for n in g2.nodes if n.op == "rms_norm").inputs) == 2
 
 def test_every_registered_pass_has_given_result_docstring():
     for name, fn in PASSES.items():
