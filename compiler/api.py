@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
+from . import dtypes
 from .artifact import bundle_path, check_output_path, check_package_io, save_atomic, write_bundle
 from .emit import PRECISIONS, convert, target_name
 from .errors import InputError, NotShippableError, TlcError
@@ -39,7 +39,7 @@ def _check_target(target: str) -> str:
 
 
 #: ``io_dtype`` names (coremltools' ``ct.TensorType(dtype=np.float32 / np.float16)``) -> IR dtype.
-IO_DTYPES = {"float32": "fp32", "float16": "fp16"}
+IO_DTYPES = dtypes.IO
 
 
 def check_io_dtype(io_dtype: str, minimum_deployment_target) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__
+from . import __version__, dtypes
 from .errors import EmitError, TlcError
 from .ir import Graph
 from .ops import get_op
@@ -137,12 +137,6 @@ class EmitContext:
         return self._masks[key]
 
 
-def _mil_dtype(dt: str):
-    from coremltools.converters.mil.mil import types
-
-    return {"fp32": types.fp32, "fp16": types.fp16, "int32": types.int32, "bool": types.bool}[dt]
-
-
 def to_mil_program(g: Graph, minimum_deployment_target="iOS17"):
     """Build the coremltools MIL ``Program`` for ``g`` (function ``main``).
 
@@ -159,7 +153,7 @@ def to_mil_program(g: Graph, minimum_deployment_target="iOS17"):
     for v in g.inputs:
         dt = "int32" if v.type.dtype == "bool" else v.type.dtype
         # Core ML I/O needs rank >= 1: a 0-d input is [1] at the boundary (tlc.boundary)
-        placeholders[v.name] = mb.placeholder(shape=v.type.shape or (1,), dtype=_mil_dtype(dt))
+        placeholders[v.name] = mb.placeholder(shape=v.type.shape or (1,), dtype=dtypes.to_mil(dt))
     out_names = set(g.output_names)
     with Function(placeholders, opset_version=opset) as func:
         ctx = EmitContext(opset)

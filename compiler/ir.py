@@ -25,18 +25,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .dtypes import NUMPY
 from .errors import IRError
 
-#: IR dtype name -> NumPy dtype. The IR has no int64/float64: Core ML mlprogram I/O and most MIL
-#: ops take int32/fp32/fp16 (coremltools MIL types: ``types.int32``, ``types.fp32``, ``types.fp16``).
-#: ``complex64`` exists only for fallback ops (FFT, complex arithmetic): MIL has no complex type.
-DTYPES: dict[str, np.dtype] = {
-    "fp32": np.dtype(np.float32),
-    "fp16": np.dtype(np.float16),
-    "int32": np.dtype(np.int32),
-    "bool": np.dtype(np.bool_),
-    "complex64": np.dtype(np.complex64),
-}
+#: IR dtype name -> NumPy dtype (:data:`tlc.dtypes.NUMPY`; why these five: :mod:`tlc.dtypes`).
+DTYPES: dict[str, np.dtype] = NUMPY
 
 
 def dtype_of(array: np.ndarray) -> str:

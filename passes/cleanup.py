@@ -150,7 +150,7 @@ def remove_noops(g: Graph) -> Graph:
     return g if not drop else _substitute(g, subst, drop)
 
 
-def _merge_transposes(m: Match):
+def merge_transposes(m: Match):
     outer, inner = m["t2"], m["t1"]
     if not m.single_use("t1"):
         return None
@@ -169,7 +169,7 @@ def _merge_reshapes(m: Match):
 
 
 RULES = [
-    (Pat("transpose", (Pat("transpose", name="t1"),), name="t2"), _merge_transposes),
+    (Pat("transpose", (Pat("transpose", name="t1"),), name="t2"), merge_transposes),
     (Pat("reshape", (Pat(("reshape", "expand_dims", "squeeze"), name="r1"),), name="r2"), _merge_reshapes),
 ]
 

@@ -15,7 +15,7 @@ from tlc.ir import Graph
 from tlc.ops import elementwise_ops
 
 from . import register_pass
-from .cleanup import _merge_transposes, remove_noops
+from .cleanup import merge_transposes, remove_noops
 from .rewrite import Match, Pat, const, either, rewrite
 
 #: Every elementwise op commutes with any transpose; the sets come from the op rows'
@@ -87,7 +87,7 @@ def _linear_to_conv(m: Match):
 
 T = Pat("transpose", name="t")
 RULES = [
-    (Pat("transpose", (Pat("transpose", name="t1"),), name="t2"), _merge_transposes),
+    (Pat("transpose", (Pat("transpose", name="t1"),), name="t2"), merge_transposes),
     (Pat(UNARY, (T,), name="op"), _sink_unary),
     (either(BINARY, T, const("c"), name="op"), _sink_binary_const),
     (Pat(BINARY, (T, Pat("transpose", name="u")), name="op"), _sink_binary_both),

@@ -52,7 +52,7 @@ import torch
 from tlc.errors import TlcError
 from tlc.ir import DTYPES, Graph
 from tlc.ops import get_op
-from tlc.ops.elementwise import TORCH_DTYPES
+from tlc.dtypes import TORCH as TORCH_DTYPES
 
 from .numpy_executor import last_uses, validate_feeds, value_slots
 

@@ -15,6 +15,7 @@ import torch
 from ..errors import InputError
 from ..ir import Graph
 from .export import as_module, decomposition_table, export
+from . import aten  # noqa: F401  (registers every lowering into common.LOWERINGS)
 from .lower import ir_dtype, lower
 
 

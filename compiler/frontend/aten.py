@@ -9,69 +9,21 @@ arguments MIL cannot express; the front-end then keeps the torch op as a fallbac
 from __future__ import annotations
 
 import math
-from typing import Callable
-
-import numpy as np
 import torch
 
-from ..errors import FrontendError, IRError, UnsupportedOpError
+from ..errors import FrontendError
 from ..ir import Value
-from .lower import _IR_TO_TORCH, Const, Lowerer
-
-LOWERINGS: dict[str, Callable] = {}
-
-#: Ops that compute nothing at inference time.
-SKIP = {
-    "aten._assert_tensor_metadata.default",
-    "aten._assert_scalar.default",
-    "aten.sym_constrain_range_for_size.default",
-    "aten._assert_async.msg",
-}
-
-
-def lower(*names: str):
-    """Decorator: register ``fn`` as the lowering of the ATen ops ``names``; raises
-    :class:`~tlc.errors.IRError` for a name that already has one (a second registration would
-    silently replace the first)."""
-    def deco(fn):
-        for n in names:
-            if n in LOWERINGS:
-                raise IRError(f"ATen op {n!r} has two lowerings: {LOWERINGS[n].__module__}.{LOWERINGS[n].__name__} "
-                              f"and {fn.__module__}.{fn.__name__}")
-            LOWERINGS[n] = fn
-        return fn
-
-    return deco
-
-
-def _dims(x) -> int:
-    return len(x.type.shape) if isinstance(x, Value) else x.tensor.dim()
-
-
-def _shape(x) -> tuple:
-    return x.type.shape if isinstance(x, Value) else tuple(x.tensor.shape)
-
-
-def _axis(d: int, rank: int) -> int:
-    return d % rank if rank else 0
-
+from .. import dtypes
+from .common import LOWERINGS, SKIP, Const, ir_dtype, lower, norm_axis, operand, rank_of, shape_of, take# noqa: F401
 
 # ---------------------------------------------------------------------------------- elementwise
 
 
-def _operand(L: Lowerer, x, dtype: str) -> Value:
-    """Tensor or Python scalar as an IR value of ``dtype`` (torch type promotion already decided
-    the result dtype; operands are cast to it)."""
-    if isinstance(x, (Value, Const)):
-        return L.cast(L.v(x), dtype)
-    return L.scalar(x, dtype)
-
-
 def _binary(op: str, compare=False):
-    def fn(L: Lowerer, a, b, *, alpha=1):
+    def fn(L, a, b, *, alpha=1):
         out = L.out_type()
         dt = _promote(L, a, b) if compare else out.dtype
-        x, y = _operand(L, a, dt), _operand(L, b, dt)
+        x, y = operand(L, a, dt), operand(L, b, dt)
         if alpha != 1:
             y = L.add("mul", [y, L.scalar(alpha, dt)], name=L.node.name + "_alpha")
         return L.add(op, [x, y])
@@ -81,13 +33,11 @@ def _binary(op: str, compare=False):
 
 def _promote(L, a, b) -> str:
     """IR dtype both operands of a comparison are cast to (torch's type promotion)."""
-    from .lower import _IR_TO_TORCH, ir_dtype
-
     def probe(x):
         if isinstance(x, Const):
             return x.tensor
         if isinstance(x, Value):  # a 1-element tensor promotes like a dimensioned tensor of its dtype
-            return torch.empty(1, dtype=_IR_TO_TORCH[x.type.dtype])
+            return torch.empty(1, dtype=dtypes.TORCH[x.type.dtype])
         return x
 
     return ir_dtype(torch.result_type(probe(a), probe(b)), loc=L.loc)
@@ -120,10 +70,10 @@ for _names, _op in [
 @lower("aten.rsub.Scalar", "aten.rsub.Tensor")
 def _rsub(L, a, b, alpha=1):
     dt = L.out_type().dtype
-    x = _operand(L, a, dt)
+    x = operand(L, a, dt)
     if alpha != 1:
         x = L.add("mul", [x, L.scalar(alpha, dt)], name=L.node.name + "_alpha")
-    return L.add("sub", [_operand(L, b, dt), x])
+    return L.add("sub", [operand(L, b, dt), x])
 
 
 @lower("aten.bitwise_not.default", "aten.logical_not.default")
@@ -229,7 +179,7 @@ def _softplus(L, x, beta=1, threshold=20):
 @lower("aten.where.self", "aten.where.ScalarSelf", "aten.where.ScalarOther", "aten.where.Scalar")
 def _where(L, cond, a, b):
     dt = L.out_type().dtype
-    return L.add("select", [L.cast(cond, "bool"), _operand(L, a, dt), _operand(L, b, dt)])
+    return L.add("select", [L.cast(cond, "bool"), operand(L, a, dt), operand(L, b, dt)])
 
 
 @lower("aten._to_copy.default", "aten.to.dtype", "aten._to_dim_order_copy.default")
@@ -250,7 +200,7 @@ def _passthrough(L, x, *args, **kwargs):
 def _linear(L, x, w, b=None):
     ins = [x, w] + ([b] if b is not None else [])
     x = L.v(x)
-    if len(_shape(x)) == 0:
+    if len(shape_of(x)) == 0:
         raise FrontendError("linear on a scalar input")
     return L.add("linear", ins)
 
@@ -315,7 +265,7 @@ def _reduce(op):
         r = x.type.rank
         if r == 0:  # reducing a scalar over its (only) axis 0 is the scalar itself
             return L.add("identity", [x])
-        axes = tuple(range(r)) if dims in (None, [], ()) else tuple(_axis(d, r) for d in (dims if isinstance(dims, (list, tuple)) else [dims]))
+        axes = tuple(range(r)) if dims in (None, [], ()) else tuple(norm_axis(d, r) for d in (dims if isinstance(dims, (list, tuple)) else [dims]))
         if out == "bool":  # MIL reductions take fp16/fp32/int32
             y = L.add(op, [L.cast(x, "int32")], {"axes": axes, "keep_dims": bool(keepdim)}, name=L.node.name + "_int")
             return L.add("cast", [y], {"dtype": "bool"})

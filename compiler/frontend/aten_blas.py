@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedOpError
-from .aten import lower
-from .lower import Const
+from .common import Const, lower, take
 
 
 def _n(L, tag):
@@ -82,17 +81,17 @@ def _dot(L, a, b):
 
 @lower("aten.dist.default")
 def _dist(L, a, b, p=2):
-    from .aten_math import _vector_norm
+    from .aten_math import lower_vector_norm
 
     dt = L.out_type().dtype
     d = L.add("sub", [L.cast(a, dt), L.cast(b, dt)], name=_n(L, "diff"))
-    return _vector_norm(L, d, float(p), None, False)
+    return lower_vector_norm(L, d, float(p), None, False)
 
 
 def _pairwise(L, x1, x2, p, tag="pd"):
     """||x1[..., i, :] - x2[..., j, :]||_p for every (i, j): the broadcast difference, then the
     p-norm over the feature axis (exact; no |a|^2 + |b|^2 - 2ab cancellation)."""
-    from .aten_math import _vector_norm
+    from .aten_math import lower_vector_norm
 
     a = L.add("expand_dims", [L.v(x1)], {"axes": (-2,)}, name=_n(L, tag + "_a"))
     b = L.add("expand_dims", [L.v(x2)], {"axes": (-3,)}, name=_n(L, tag + "_b"))
@@ -100,7 +99,7 @@ def _pairwise(L, x1, x2, p, tag="pd"):
     saved = L.node.name
     try:
         L.node.name = f"{saved}_{tag}"
-        return _vector_norm(L, d, float(p), -1, False)
+        return lower_vector_norm(L, d, float(p), -1, False)
     finally:
         L.node.name = saved
 
@@ -113,15 +112,13 @@ def _cdist(L, x1, x2, p=2.0, compute_mode=None):
 @lower("aten._pdist_forward.default")
 def _pdist(L, x, p=2.0):
     """The upper triangle (i < j, row-major) of the pairwise distances, as one constant gather."""
-    from .aten_shape import _take
-
     n = L.v(x).type.shape[0]
     full = _pairwise(L, x, x, p)
     flat = L.add("reshape", [full], {"shape": (n * n,)}, name=_n(L, "flat"))
     idx = np.array([i * n + j for i in range(n) for j in range(i + 1, n)], np.int64)
     if idx.size == 0:
         return Const(torch.zeros(0), _n(L, "empty"))
-    return _take(L, flat, 0, idx)
+    return take(L, flat, 0, idx)
 
 
 @lower("aten._trilinear.default")

@@ -27,6 +27,7 @@ import torch
 
 from ..errors import IRError, UnsupportedOpError
 from ..ir import Value
+from .common import LOWERINGS, Const
 
 COMPLEX_LOWERINGS: dict[str, Callable] = {}
 
@@ -60,8 +61,6 @@ def _n(L, tag):
 
 def _pair(L, x) -> Complex:
     """A complex argument as a pair (a complex Const split; a real value or scalar with im = 0)."""
-    from .lower import Const
-
     if isinstance(x, Complex):
         return x
     if isinstance(x, Const) and x.tensor.is_complex():
@@ -100,12 +99,12 @@ def _fft_scale(n: int, normalization: int) -> float:
 
 def _along(L, x: Value, ax: int, M: np.ndarray, tag: str) -> Value:
     """``M`` [n_out, n_in] applied along axis ``ax`` of ``x`` (a matmul with a constant)."""
-    from .aten_nn import _apply_axis_matrices
+    from .aten_nn import apply_axis_matrices
 
     saved = L.node.name
     try:
         L.node.name = f"{saved}_{tag}"
-        return _apply_axis_matrices(L, x, {ax: M})
+        return apply_axis_matrices(L, x, {ax: M})
     finally:
         L.node.name = saved
 
@@ -203,9 +202,9 @@ def _view_as_real(L, x):
 
 @clower("aten.view_as_complex.default")
 def _view_as_complex(L, x):
-    from .aten_shape import _select
+    from .aten_shape import lower_select
 
-    return Complex(_select(L, L.cast(x, "fp32"), -1, 0), _select(L, L.cast(x, "fp32"), -1, 1))
+    return Complex(lower_select(L, L.cast(x, "fp32"), -1, 0), lower_select(L, L.cast(x, "fp32"), -1, 1))
 
 
 @clower("aten.complex.default")
@@ -245,10 +244,10 @@ def _abs(L, x):
 
 @clower("aten.angle.default")
 def _angle(L, x):
-    from .aten_math import _atan2
+    from .aten_math import lower_atan2
 
     c = _pair(L, x)
-    return _atan2(L, _im(L, c), c.re)
+    return lower_atan2(L, _im(L, c), c.re)
 
 
 @clower("aten._conj.default", "aten.conj_physical.default", "aten._conj_physical.default", "aten.conj.default")
@@ -362,9 +361,9 @@ def _pow(L, x, p):
     if isinstance(p, complex):
         raise UnsupportedOpError("complex exponent")
     mag = _abs(L, c)
-    from .aten_math import _atan2
+    from .aten_math import lower_atan2
 
-    theta = _atan2(L, _im(L, c), c.re)
+    theta = lower_atan2(L, _im(L, c), c.re)
     r = L.add("pow", [mag, L.scalar(float(p), "fp32")], name=_n(L, "r"))
     pt = L.add("mul", [theta, L.scalar(float(p), "fp32")], name=_n(L, "pt"))
     return Complex(L.add("mul", [r, L.add("cos", [pt], name=_n(L, "cos"))], name=_n(L, "re")),
@@ -382,8 +381,6 @@ def _where(L, cond, a, b):
 @clower("aten.mm.default", "aten.bmm.default", "aten.matmul.default")
 def _matmul(L, a, b):
     """(A + iB)(C + iD) = (AC - BD) + i(AD + BC): four real matmuls (two for a real factor)."""
-    from .aten import LOWERINGS
-
     fn = LOWERINGS[str(L.node.target)]
     x, y = _pair(L, a), _pair(L, b)
 
@@ -426,8 +423,6 @@ _SPLIT = ["aten.split.Tensor", "aten.split_with_sizes.default", "aten.unbind.int
 def partwise(L, key: str, args, kwargs):
     """Lower ``key`` on each part of its complex arguments with the real lowering; returns a
     :class:`Complex` (or a tuple of them for splits)."""
-    from .aten import LOWERINGS
-
     fn = LOWERINGS[key]
 
     def part(i):
@@ -457,8 +452,6 @@ def lower_complex(L, key: str, args, kwargs):
     fn = COMPLEX_LOWERINGS.get(key)
     if fn is not None:
         return fn(L, *args, **kwargs)
-    from .aten import LOWERINGS
-
     if (key in PARTWISE or key in _MULTI or key in _SPLIT) and key in LOWERINGS:
         if key in _MULTI:  # a list of tensors: every one a pair
             tensors = [_pair(L, t) for t in args[0]]

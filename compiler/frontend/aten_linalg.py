@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedOpError
-from .aten import lower
-from .lower import Const
+from ..ir import DTYPES
+from .common import Const, lower
 
 #: Largest matrix unrolled into MIL ops (each step is ~15 ops: n = 64 is ~1000 ops).
 MAX_N = 64
@@ -41,7 +41,7 @@ class _B:
         return self.L.add(op, [self.L.v(i) for i in ins], attrs or {}, name=f"{self.L.node.name}_{op}{next(self.k)}")
 
     def const(self, a, dtype=None):
-        a = np.asarray(a, dtype or {"fp32": np.float32, "fp16": np.float16, "int32": np.int32}[self.dt])
+        a = np.asarray(a, dtype or DTYPES[self.dt])
         return self.L.v(Const(torch.from_numpy(np.ascontiguousarray(a).reshape(a.shape)), f"{self.L.node.name}_c{next(self.k)}"))
 
     def cols(self, x, a, b):

@@ -13,8 +13,7 @@ import math
 import torch
 
 from ..errors import UnsupportedOpError
-from .aten import _axis, _operand, _shape, lower
-from .lower import Const
+from .common import Const, lower, norm_axis, operand, shape_of
 
 _FLOAT = ("fp32", "fp16")
 
@@ -112,7 +111,7 @@ def _expm1(L, x):
     return L.add("select", [L.add("equal", [u, _c(L, float("inf"), dt)], name=_n(L, "inf")), u, y])
 
 
-def _trunc_value(L, x, tag="trunc"):
+def trunc_value(L, x, tag="trunc"):
     """trunc(x) = sign(x) * floor(|x|) (exact)."""
     a = L.add("floor", [L.add("abs", [x], name=_n(L, tag + "_abs"))], name=_n(L, tag + "_floor"))
     return L.add("mul", [L.add("sign", [x], name=_n(L, tag + "_sign")), a], name=_n(L, tag))
@@ -123,13 +122,13 @@ def _trunc(L, x):
     x = L.v(x)
     if x.type.dtype not in _FLOAT:
         return L.add("identity", [x])
-    return _trunc_value(L, x, "t")
+    return trunc_value(L, x, "t")
 
 
 @lower("aten.frac.default")
 def _frac(L, x):
     x = L.v(x)
-    return L.add("sub", [x, _trunc_value(L, x)])
+    return L.add("sub", [x, trunc_value(L, x)])
 
 
 @lower("aten.round.decimals")
@@ -201,11 +200,11 @@ def _erfc(L, x):
 
 
 @lower("aten.atan2.default")
-def _atan2(L, y, x):
+def lower_atan2(L, y, x):
     """atan2(y, x): atan(y / x) with the quadrant fixed by the signs (+/-pi for x < 0; +/-pi/2 for
     x == 0, y != 0; 0 at the origin, as torch's +0 cases)."""
     dt = L.out_type().dtype
-    y, x = _operand(L, y, dt), _operand(L, x, dt)
+    y, x = operand(L, y, dt), operand(L, x, dt)
     base = L.add("atan", [L.add("real_div", [y, x], name=_n(L, "ratio"))], name=_n(L, "atan"))
     xneg = L.add("less", [x, _c(L, 0.0, dt)], name=_n(L, "xneg"))
     yneg = L.add("less", [y, _c(L, 0.0, dt)], name=_n(L, "yneg"))
@@ -222,7 +221,7 @@ def _atan2(L, y, x):
 @lower("aten.hypot.default")
 def _hypot(L, a, b):
     dt = L.out_type().dtype
-    a, b = _operand(L, a, dt), _operand(L, b, dt)
+    a, b = operand(L, a, dt), operand(L, b, dt)
     s = L.add("add", [L.add("mul", [a, a], name=_n(L, "a2")), L.add("mul", [b, b], name=_n(L, "b2"))], name=_n(L, "s"))
     return L.add("sqrt", [s])
 
@@ -230,7 +229,7 @@ def _hypot(L, a, b):
 @lower("aten.copysign.Tensor", "aten.copysign.Scalar")
 def _copysign(L, a, b):
     dt = L.out_type().dtype
-    a, b = _operand(L, a, dt), _operand(L, b, dt)
+    a, b = operand(L, a, dt), operand(L, b, dt)
     neg = _signbit_of(L, b)
     mag = L.add("abs", [a], name=_n(L, "abs"))
     return L.add("select", [neg, L.add("mul", [mag, _c(L, -1.0, dt)], name=_n(L, "negmag")), mag])
@@ -249,9 +248,9 @@ def _signbit_of(L, v):
 def _fmod(L, a, b):
     """C's fmod: a - trunc(a / b) * b (the sign of a; remainder is torch.remainder)."""
     dt = L.out_type().dtype
-    a, b = _operand(L, a, dt), _operand(L, b, dt)
+    a, b = operand(L, a, dt), operand(L, b, dt)
     if dt in _FLOAT:
-        q = _trunc_value(L, L.add("real_div", [a, b], name=_n(L, "q")))
+        q = trunc_value(L, L.add("real_div", [a, b], name=_n(L, "q")))
     else:  # integer: trunc division from floor division on magnitudes
         qa = L.add("floor_div", [L.add("abs", [a], name=_n(L, "aa")), L.add("abs", [b], name=_n(L, "ab"))], name=_n(L, "qa"))
         sgn = L.add("mul", [L.add("sign", [a], name=_n(L, "sa")), L.add("sign", [b], name=_n(L, "sb"))], name=_n(L, "sab"))
@@ -262,13 +261,13 @@ def _fmod(L, a, b):
 @lower("aten.div.Tensor_mode", "aten.div.Scalar_mode")
 def _div_mode(L, a, b, *, rounding_mode=None):
     dt = L.out_type().dtype
-    x, y = _operand(L, a, dt), _operand(L, b, dt)
+    x, y = operand(L, a, dt), operand(L, b, dt)
     if rounding_mode is None:
         return L.add("real_div", [x, y])
     if rounding_mode == "floor":
         return L.add("floor_div", [x, y])
     if dt in _FLOAT:
-        return _trunc_value(L, L.add("real_div", [x, y], name=_n(L, "q")), "t")
+        return trunc_value(L, L.add("real_div", [x, y], name=_n(L, "q")), "t")
     qa = L.add("floor_div", [L.add("abs", [x], name=_n(L, "aa")), L.add("abs", [y], name=_n(L, "ab"))], name=_n(L, "qa"))
     sgn = L.add("mul", [L.add("sign", [x], name=_n(L, "sa")), L.add("sign", [y], name=_n(L, "sb"))], name=_n(L, "sab"))
     return L.add("mul", [qa, sgn])
@@ -277,7 +276,7 @@ def _div_mode(L, a, b, *, rounding_mode=None):
 @lower("aten.pow.Scalar")
 def _pow_scalar(L, base, exponent):
     dt = L.out_type().dtype
-    return L.add("pow", [_operand(L, base, dt), _operand(L, exponent, dt)])
+    return L.add("pow", [operand(L, base, dt), operand(L, exponent, dt)])
 
 
 @lower("aten.bitwise_left_shift.Tensor_Scalar", "aten.bitwise_right_shift.Tensor_Scalar",
@@ -296,9 +295,9 @@ def _clamp_tensor(L, x, min=None, max=None):
     dt = L.out_type().dtype
     y = L.cast(x, dt)
     if min is not None:
-        y = L.add("maximum", [y, _operand(L, min, dt)], name=_n(L, "lo"))
+        y = L.add("maximum", [y, operand(L, min, dt)], name=_n(L, "lo"))
     if max is not None:
-        y = L.add("minimum", [y, _operand(L, max, dt)])
+        y = L.add("minimum", [y, operand(L, max, dt)])
     return y if (min is not None or max is not None) else L.add("identity", [y])
 
 
@@ -306,7 +305,7 @@ def _red_axes(x, dim):
     r = x.type.rank
     if dim in (None, [], ()):
         return tuple(range(r))
-    return tuple(sorted({_axis(d, r) for d in (dim if isinstance(dim, (list, tuple)) else [dim])}))
+    return tuple(sorted({norm_axis(d, r) for d in (dim if isinstance(dim, (list, tuple)) else [dim])}))
 
 
 def _bool_reduce(op):
@@ -336,7 +335,7 @@ def _count_nonzero(L, x, dim=None):
 
 
 @lower("aten.linalg_vector_norm.default")
-def _vector_norm(L, x, ord=2, dim=None, keepdim=False, *, dtype=None):
+def lower_vector_norm(L, x, ord=2, dim=None, keepdim=False, *, dtype=None):
     """Every order: 2 and 1 as MIL's l2/l1 reductions, inf/-inf as max/min of |x|, 0 as the count
     of non-zeros, any other p as (sum |x|^p)^(1/p)."""
     x = _f(L, x)
@@ -362,7 +361,7 @@ def _vector_norm(L, x, ord=2, dim=None, keepdim=False, *, dtype=None):
     return L.add("pow", [s, _c(L, 1.0 / float(ord), dt)])
 
 
-def _var(L, x, dim, correction, keepdim, tag="var"):
+def var_mean(L, x, dim, correction, keepdim, tag="var"):
     """Variance over ``dim`` with ``correction`` (Bessel's = 1): sum((x - mean)^2) / (N - correction),
     the two-pass formula (no cancellation of E[x^2] - E[x]^2). Also returns the mean."""
     x = L.v(x)
@@ -395,13 +394,13 @@ def _var_op(L, x, dim=None, *args, correction=None, keepdim=False, unbiased=None
     if x.type.rank == 0:
         return L.add("real_div", [L.add("sub", [x, x], name=_n(L, "z")),
                                   _c(L, float(max(1 - (1 if correction is None else correction), 0)), x.type.dtype)])
-    return _var(L, x, dim, correction, keepdim)[0]
+    return var_mean(L, x, dim, correction, keepdim)[0]
 
 
 @lower("aten.var_mean.correction")
 def _var_mean(L, x, dim=None, *, correction=None, keepdim=False):
     x = _f(L, x)
-    return _var(L, x, dim, correction, keepdim)
+    return var_mean(L, x, dim, correction, keepdim)
 
 
 @lower("aten._log_softmax.default", "aten.log_softmax.int")
@@ -411,7 +410,7 @@ def _log_softmax(L, x, dim, half_to_float=False, dtype=None):
     x = _f(L, x)
     if x.type.rank == 0:
         return L.add("sub", [x, x])
-    ax = _axis(dim, x.type.rank)
+    ax = norm_axis(dim, x.type.rank)
     m = L.add("reduce_max", [x], {"axes": (ax,), "keep_dims": True}, name=_n(L, "max"))
     s = L.add("sub", [x, m], name=_n(L, "shift"))
     lse = L.add("log", [L.add("reduce_sum", [L.add("exp", [s], name=_n(L, "exp"))], {"axes": (ax,), "keep_dims": True},
@@ -421,14 +420,14 @@ def _log_softmax(L, x, dim, half_to_float=False, dtype=None):
 
 @lower("aten.native_layer_norm.default")
 def _native_layer_norm(L, x, shape, w, b, eps):
-    from .aten_nn import _layer_norm
+    from .aten_nn import lower_layer_norm
 
-    y = _layer_norm(L, x, shape, w, b, eps)
+    y = lower_layer_norm(L, x, shape, w, b, eps)
     if not (L.result_used(1) or L.result_used(2)):
         return (y, None, None)
     v = L.v(x)  # mean / rstd over the normalized axes, kept as size-1 axes (torch's shapes)
     axes = tuple(range(v.type.rank - len(shape), v.type.rank))
-    var, mean = _var(L, v, axes, 0, True, "stats")
+    var, mean = var_mean(L, v, axes, 0, True, "stats")
     rstd = L.add("rsqrt", [L.add("add", [var, _c(L, float(eps), v.type.dtype)], name=_n(L, "veps"))], {"epsilon": 0.0},
                  name=_n(L, "rstd"))
     return (y, mean, rstd)
@@ -442,7 +441,7 @@ def _batch_norm_any(L, x, w, b, *args):
     the biased variance normalizes, saved rstd = 1/sqrt(var + eps)) or, for the no-training
     overloads with running statistics, the inference ``batch_norm``. The running-statistics
     updates are buffer mutations, not outputs (tlc drops them)."""
-    from .aten_nn import _bn
+    from .aten_nn import batch_norm_value
 
     target = str(L.node.target)
     if "no_stats" in target:
@@ -455,13 +454,13 @@ def _batch_norm_any(L, x, w, b, *args):
         mean, var, training, momentum, eps = args
     n_out = len(L.node.meta["val"])
     if not training:
-        return (_bn(L, x, w, b, mean, var, eps),) + (None,) * (n_out - 1)
+        return (batch_norm_value(L, x, w, b, mean, var, eps),) + (None,) * (n_out - 1)
     x = L.v(x)
     dt = x.type.dtype
     r = x.type.rank
     axes = tuple(i for i in range(r) if i != 1)
     shape = tuple(x.type.shape[1] if i == 1 else 1 for i in range(r))
-    var_k, mean_k = _var(L, x, axes, 0, True, "bn")
+    var_k, mean_k = var_mean(L, x, axes, 0, True, "bn")
     rstd_k = L.add("rsqrt", [L.add("add", [var_k, _c(L, float(eps), dt)], name=_n(L, "veps"))], {"epsilon": 0.0},
                    name=_n(L, "rstd_k"))
     y = L.add("mul", [L.add("sub", [x, mean_k], name=_n(L, "cent")), rstd_k], name=_n(L, "norm"))
@@ -518,7 +517,7 @@ def _bitwise(L, a, b):
     op = {"and": "logical_and", "or": "logical_or", "xor": "logical_xor"}[str(L.node.target).split(".")[1].split("_")[1]]
     if L.out_type().dtype != "bool":
         raise UnsupportedOpError("bitwise and/or/xor of integer tensors has no MIL op; only bool is lowered")
-    return L.add(op, [_operand(L, a, "bool"), _operand(L, b, "bool")])
+    return L.add(op, [operand(L, a, "bool"), operand(L, b, "bool")])
 
 
 @lower("aten.angle.default")
@@ -540,7 +539,7 @@ def _nan_aware(op):
     def fn(L, a, b):
         """fmax / fmin: the max / min ignoring NaN (NaN only where both are NaN)."""
         dt = L.out_type().dtype
-        a, b = _operand(L, a, dt), _operand(L, b, dt)
+        a, b = operand(L, a, dt), operand(L, b, dt)
         m = L.add(op, [a, b], name=_n(L, "m"))
         if dt not in _FLOAT:
             return m
@@ -559,7 +558,7 @@ lower("aten.fmin.default")(_nan_aware("minimum"))
 def _ldexp(L, x, e):
     """x * 2^e (``exp2`` of the exponent, exact for integer e within fp32's range)."""
     dt = L.out_type().dtype
-    return L.add("mul", [_operand(L, x, dt), L.add("exp2", [_operand(L, e, dt)], name=_n(L, "p2"))])
+    return L.add("mul", [operand(L, x, dt), L.add("exp2", [operand(L, e, dt)], name=_n(L, "p2"))])
 
 
 @lower("aten.frexp.Tensor")
@@ -588,4 +587,4 @@ def _frexp(L, x):
     return (m, L.cast(e, "int32"))
 
 
-__all__ = ["_shape"]
+__all__ = ["shape_of"]

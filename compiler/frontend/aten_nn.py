@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from ..errors import FrontendError, UnsupportedOpError
-from .aten import _IR_TO_TORCH, Const, _axis, _dims, _shape, lower
+from .. import dtypes
+from .common import Const, lower, narrow, rank_of, shape_of, take
 
 # ----------------------------------------------------------------------------------------- conv
 
@@ -38,8 +39,8 @@ def _tuple(v, n):
 @lower("aten.conv1d.default", "aten.conv2d.default", "aten.conv3d.default", "aten.conv1d.padding",
        "aten.conv2d.padding", "aten.conv3d.padding")
 def _conv(L, x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
-    nsp = _dims(w) - 2
-    kernel = _shape(w)[2:]
+    nsp = rank_of(w) - 2
+    kernel = shape_of(w)[2:]
     dil = _tuple(dilation, nsp)
     attrs = {
         "strides": _tuple(stride, nsp),
@@ -61,7 +62,7 @@ def _convolution(L, x, w, b, stride, padding, dilation, transposed, output_paddi
 def _conv_transpose(L, x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     """torch's transposed convolution -> ``conv_transpose`` (a computed weight needs iOS17+,
     where MIL conv_transpose takes a non-constant weight: iOS17 conv.py)."""
-    nsp = _dims(w) - 2
+    nsp = rank_of(w) - 2
     attrs = {"strides": _tuple(stride, nsp), "pad": tuple(p for p in _tuple(padding, nsp) for _ in range(2)),
              "output_padding": _tuple(output_padding, nsp), "dilations": _tuple(dilation, nsp),
              "groups": int(groups)}
@@ -70,31 +71,31 @@ def _conv_transpose(L, x, w, b=None, stride=1, padding=0, output_padding=0, grou
 
 @lower("aten._native_batch_norm_legit_no_training.default")
 def _bn_no_training(L, x, w, b, mean, var, momentum, eps):
-    return (_bn(L, x, w, b, mean, var, eps), None, None)
+    return (batch_norm_value(L, x, w, b, mean, var, eps), None, None)
 
 
 @lower("aten.batch_norm.default")
 def _batch_norm(L, x, w, b, mean, var, training, momentum, eps, cudnn_enabled=False):
-    return _bn(L, x, w, b, mean, var, eps)
+    return batch_norm_value(L, x, w, b, mean, var, eps)
 
 
-def _bn(L, x, w, b, mean, var, eps):
+def batch_norm_value(L, x, w, b, mean, var, eps):
     ins = [x, mean, var]
     if w is not None or b is not None:
-        c = _shape(x)[1]
-        tdt = _IR_TO_TORCH[L.v(x).type.dtype]
+        c = shape_of(x)[1]
+        tdt = dtypes.TORCH[L.v(x).type.dtype]
         ins += [w if w is not None else Const(torch.ones(c, dtype=tdt), L.node.name + "_gamma"),
                 b if b is not None else Const(torch.zeros(c, dtype=tdt), L.node.name + "_beta")]
     return L.add("batch_norm", ins, {"epsilon": float(eps)})
 
 
 @lower("aten.layer_norm.default")
-def _layer_norm(L, x, shape, w=None, b=None, eps=1e-5, cudnn_enable=False):
-    r = _dims(x)
+def lower_layer_norm(L, x, shape, w=None, b=None, eps=1e-5, cudnn_enable=False):
+    r = rank_of(x)
     axes = tuple(range(r - len(shape), r))
     ins = [x]
     if w is not None or b is not None:
-        ins += [w if w is not None else Const(torch.ones(shape, dtype=_IR_TO_TORCH[L.v(x).type.dtype]), L.node.name + "_gamma")]
+        ins += [w if w is not None else Const(torch.ones(shape, dtype=dtypes.TORCH[L.v(x).type.dtype]), L.node.name + "_gamma")]
         if b is not None:
             ins.append(b)
     return L.add("layer_norm", ins, {"axes": axes, "epsilon": float(eps)})
@@ -107,12 +108,12 @@ def _native_group_norm(L, x, w, b, n, c, hw, group, eps):
     y = _group_norm(L, x, group, w, b, eps)
     if not (L.result_used(1) or L.result_used(2)):
         return (y, None, None)
-    from .aten_math import _var
+    from .aten_math import var_mean
 
     v = L.v(x)
     grouped = L.add("reshape", [v], {"shape": (v.type.shape[0], int(group), v.type.size //
                                                (v.type.shape[0] * int(group)))}, name=L.node.name + "_groups")
-    var, mean = _var(L, grouped, -1, 0, False, "stats")
+    var, mean = var_mean(L, grouped, -1, 0, False, "stats")
     rstd = L.add("rsqrt", [L.add("add", [var, L.scalar(float(eps), v.type.dtype)], name=L.node.name + "_veps")],
                  {"epsilon": 0.0}, name=L.node.name + "_rstd")
     return (y, mean, rstd)
@@ -122,8 +123,8 @@ def _native_group_norm(L, x, w, b, n, c, hw, group, eps):
 def _group_norm(L, x, num_groups, w=None, b=None, eps=1e-5, cudnn_enabled=True):
     ins = [x]
     if w is not None or b is not None:
-        c = _shape(x)[1]
-        tdt = _IR_TO_TORCH[L.v(x).type.dtype]
+        c = shape_of(x)[1]
+        tdt = dtypes.TORCH[L.v(x).type.dtype]
         ins += [w if w is not None else Const(torch.ones(c, dtype=tdt), L.node.name + "_gamma")]
         if b is not None:
             ins.append(b)
@@ -145,7 +146,7 @@ def _pool_attrs(kernel, stride, padding, nsp, ceil_mode):
 
 @lower("aten.max_pool1d.default", "aten.max_pool2d.default", "aten.max_pool3d.default")
 def _max_pool(L, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
-    nsp = _dims(x) - 2
+    nsp = rank_of(x) - 2
     a = _pool_attrs(kernel, stride, padding, nsp, ceil_mode)
     dil = _tuple(dilation, nsp)
     if any(d != 1 for d in dil):
@@ -159,7 +160,7 @@ def _max_pool_with_indices(L, x, kernel, stride=(), padding=0, dilation=1, ceil_
         return (_max_pool(L, x, kernel, stride, padding, dilation, ceil_mode), None)
     from ..ops.conv import out_size
 
-    shape = _shape(x)
+    shape = shape_of(x)
     nsp = len(shape) - 2
     a = _pool_attrs(kernel, stride, padding, nsp, ceil_mode)
     k, st, dil = a["kernel_sizes"], a["strides"], _tuple(dilation, nsp)
@@ -189,7 +190,7 @@ def _window_argmax(L, x, axes: list):
     table = np.array([r + [r[-1]] * (width - len(r)) for r in rows], np.int32)  # [O, K]
     flats = np.where(table == size, 0, table)
     v = L.add("reshape", [x], {"shape": (n, c, size)}, name=L.node.name + "_flat")
-    ninf = Const(torch.full((n, c, 1), float("-inf"), dtype=_IR_TO_TORCH[x.type.dtype]), L.node.name + "_ninf")
+    ninf = Const(torch.full((n, c, 1), float("-inf"), dtype=dtypes.TORCH[x.type.dtype]), L.node.name + "_ninf")
     v = L.add("concat", [v, L.cast(ninf, x.type.dtype)], {"axis": 2}, name=L.node.name + "_padded")
     win = L.add("gather", [v, Const(torch.from_numpy(table), L.node.name + "_windows")], {"axis": 2},
                 name=L.node.name + "_win")  # [N, C, O, K]
@@ -230,7 +231,7 @@ def _dilated_max_pool(L, x, a, dil):
 
 @lower("aten.avg_pool1d.default", "aten.avg_pool2d.default", "aten.avg_pool3d.default")
 def _avg_pool(L, x, kernel, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
-    nsp = _dims(x) - 2
+    nsp = rank_of(x) - 2
     a = _pool_attrs(kernel, stride, padding, nsp, ceil_mode)
     if divisor_override:
         # window sums / divisor: a depthwise conv with a kernel of 1 / divisor (padding, and the
@@ -263,7 +264,7 @@ def _axis_matrix(call, n_in: int) -> np.ndarray:
     return y.reshape(n_in, -1).T.numpy()
 
 
-def _apply_axis_matrices(L, x, mats: dict) -> object:
+def apply_axis_matrices(L, x, mats: dict) -> object:
     """x with each ``{axis: A[n_out, n_in]}`` applied along its axis as a matmul with a constant
     (last axis: x @ A^T; second to last: A @ x; others: a [before, n_in, after] view). Identity
     matrices are skipped; axes that shrink go first (less work for the rest)."""
@@ -276,7 +277,7 @@ def _apply_axis_matrices(L, x, mats: dict) -> object:
         shape = x.type.shape
         r = len(shape)
         dt = x.type.dtype
-        name = f"{L.node.name}_axis{ax}"
+        name = f"{L.node.name}norm_axis{ax}"
         if ax == r - 1:
             m = Const(torch.from_numpy(np.ascontiguousarray(A.T, dtype=np.float32)), name + "_t")
             x = L.add("matmul", [x, L.cast(m, dt)], name=name)
@@ -323,7 +324,7 @@ def _upsample(L, x, *args, **kwargs):
     names = [a.name for a in op._schema.arguments]
     bound = dict(zip(names[1:], args))
     bound.update(kwargs)
-    shape = _shape(x)
+    shape = shape_of(x)
     nsp = len(shape) - 2
     out_sp = L.out_type().shape[2:]
     mats = {}
@@ -355,7 +356,7 @@ def _upsample(L, x, *args, **kwargs):
         sh = reps.get(r - 2) if r - 2 >= 2 else 1
         return L.add("upsample_nearest_neighbor", [x], {"scale_factor_height": int(sh or 1),
                                                         "scale_factor_width": int(reps.get(r - 1) or 1)})
-    return _apply_axis_matrices(L, x, mats)
+    return apply_axis_matrices(L, x, mats)
 
 
 @lower("aten.adaptive_avg_pool1d.default", "aten.adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d.default",
@@ -363,7 +364,7 @@ def _upsample(L, x, *args, **kwargs):
 def _adaptive_avg_pool(L, x, output_size):
     """Global -> ``reduce_mean``; windows that tile the input -> ``avg_pool``; otherwise the
     per-axis averaging matrices torch uses (:func:`_axis_matrix`) as matmuls."""
-    shape = _shape(x)
+    shape = shape_of(x)
     nsp = len(shape) - 2
     out = L.out_type().shape[2:]
     if all(o == 1 for o in out):
@@ -373,7 +374,7 @@ def _adaptive_avg_pool(L, x, output_size):
         return L.add("avg_pool", [x], {"kernel_sizes": k, "strides": k, "pad": (0,) * (2 * nsp)})
     mats = {2 + i: _axis_matrix(lambda e, n=out[i]: torch.nn.functional.adaptive_avg_pool1d(e[:, None], n),
                                 shape[2 + i]) for i in range(nsp)}
-    return _apply_axis_matrices(L, x, mats)
+    return apply_axis_matrices(L, x, mats)
 
 
 @lower("aten.adaptive_max_pool1d.default", "aten.adaptive_max_pool2d.default", "aten.adaptive_max_pool3d.default")
@@ -381,7 +382,7 @@ def _adaptive_max_pool(L, x, output_size):
     """Values of torch's adaptive max pooling, one axis at a time (max is separable): windows
     [floor(i n / o), ceil((i+1) n / o)) — a reshape + ``reduce_max`` where they tile the axis,
     else a ``gather`` of each window (short ones repeat their last element) + ``reduce_max``."""
-    shape = _shape(x)
+    shape = shape_of(x)
     out = L.out_type(0).shape[2:]
     if L.result_used(1):  # torch's indices too: every window gathered whole
         axes = [[list(range((j * n) // o, -(-((j + 1) * n) // o))) for j in range(o)] for n, o in zip(shape[2:], out)]
@@ -390,7 +391,7 @@ def _adaptive_max_pool(L, x, output_size):
     for i, o in enumerate(out):
         ax, n = 2 + i, shape[2 + i]
         cur = y.type.shape
-        name = f"{L.node.name}_axis{ax}"
+        name = f"{L.node.name}norm_axis{ax}"
         if n == o:
             continue
         if n % o == 0:
@@ -413,15 +414,6 @@ def _pairs(pad, rank):
     return {rank - 1 - i // 2: (int(pad[i]), int(pad[i + 1])) for i in range(0, len(pad), 2)}
 
 
-def _narrow(L, x, ax, start, length, tag):
-    shape = x.type.shape
-    begin = [0] * len(shape)
-    end = list(shape)
-    begin[ax], end[ax] = start, start + length
-    return L.add("slice_by_index", [x], {"begin": tuple(begin), "end": tuple(end), "stride": (1,) * len(shape)},
-                 name=f"{L.node.name}_{tag}")
-
-
 def _pad_by_concat(L, x, pairs: dict, mode: str, value=0.0):
     """Pad (or crop, for negative amounts) axis by axis with slices and ``concat``: constant
     blocks, the reflected edge (a ``reverse``d slice), the repeated edge (``tile``) or the
@@ -432,16 +424,14 @@ def _pad_by_concat(L, x, pairs: dict, mode: str, value=0.0):
     x = L.v(x)
     for ax, (b, a) in sorted(pairs.items()):
         if mode == "replicate" and min(b, a) < 0:  # torch: out[i] = x[clamp(i - before, 0, n - 1)]
-            from .aten_shape import _take
-
             n = x.type.shape[ax]
-            x = _take(L, x, ax, np.clip(np.arange(n + b + a) - b, 0, n - 1), name=f"{L.node.name}_rep{ax}")
+            x = take(L, x, ax, np.clip(np.arange(n + b + a) - b, 0, n - 1), name=f"{L.node.name}_rep{ax}")
             continue
         if b < 0:
-            x = _narrow(L, x, ax, -b, x.type.shape[ax] + b, f"crop{ax}")
+            x = narrow(L, x, ax, -b, x.type.shape[ax] + b, f"crop{ax}")
             b = 0
         if a < 0:
-            x = _narrow(L, x, ax, 0, x.type.shape[ax] + a, f"crop{ax}")
+            x = narrow(L, x, ax, 0, x.type.shape[ax] + a, f"crop{ax}")
             a = 0
         if not (b or a):
             continue
@@ -458,15 +448,15 @@ def _pad_by_concat(L, x, pairs: dict, mode: str, value=0.0):
                 block = np.full(shape, value, DTYPES[x.type.dtype])
                 part = Const(torch.from_numpy(block), f"{L.node.name}_{tag}")
             elif mode == "reflect":
-                part = _narrow(L, x, ax, 1 if side == "before" else n - 1 - amount, amount, tag)
+                part = narrow(L, x, ax, 1 if side == "before" else n - 1 - amount, amount, tag)
                 part = L.add("reverse", [part], {"axes": (ax,)}, name=f"{L.node.name}_{tag}_rev")
             elif mode == "replicate":
-                edge = _narrow(L, x, ax, 0 if side == "before" else n - 1, 1, tag)
+                edge = narrow(L, x, ax, 0 if side == "before" else n - 1, 1, tag)
                 reps = [1] * x.type.rank
                 reps[ax] = amount
                 part = L.add("tile", [edge], {"reps": tuple(reps)}, name=f"{L.node.name}_{tag}_rep")
             elif mode == "circular":
-                part = _narrow(L, x, ax, n - amount if side == "before" else 0, amount, tag)
+                part = narrow(L, x, ax, n - amount if side == "before" else 0, amount, tag)
             else:
                 raise UnsupportedOpError(f"pad mode {mode!r} unknown")
             parts.append(part)

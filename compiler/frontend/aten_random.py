@@ -17,15 +17,14 @@ import math
 
 import torch
 
-from .aten import _operand, lower
-from .lower import Const
+from .common import Const, lower, operand
 
 
 def _n(L, tag):
     return f"{L.node.name}_{tag}"
 
 
-def _shape(L, i=None):
+def _out_shape(L, i=None):
     return L.out_type(i).shape
 
 
@@ -41,12 +40,12 @@ def _out(L, v, i=None):
 
 @lower("aten.rand.default", "aten.rand_like.default", "aten.rand.generator")
 def _rand(L, *args, **kwargs):
-    return _out(L, _draw(L, "random_uniform", _shape(L)))
+    return _out(L, _draw(L, "random_uniform", _out_shape(L)))
 
 
 @lower("aten.randn.default", "aten.randn_like.default", "aten.randn.generator")
 def _randn(L, *args, **kwargs):
-    return _out(L, _draw(L, "random_normal", _shape(L)))
+    return _out(L, _draw(L, "random_normal", _out_shape(L)))
 
 
 def _uniform_ints(L, low, high, shape):
@@ -65,25 +64,25 @@ def _randint(L, *args, **kwargs):
         low, high = (0, nums[0]) if target.endswith(".default") else (nums[0], nums[1])
     else:
         low, high = (0, args[0]) if target.endswith(".default") else (args[0], args[1])
-    return _uniform_ints(L, low, high, _shape(L))
+    return _uniform_ints(L, low, high, _out_shape(L))
 
 
 @lower("aten.bernoulli.p")
 def _bernoulli_p(L, x, p=0.5, *, generator=None):
-    return _out(L, _draw(L, "random_bernoulli", _shape(L), prob=float(p)))
+    return _out(L, _draw(L, "random_bernoulli", _out_shape(L), prob=float(p)))
 
 
 @lower("aten.bernoulli.default", "aten.bernoulli.Tensor")
 def _bernoulli(L, x, p=None, *, generator=None):
     """Bernoulli with per-element probabilities (``x`` itself, or the tensor ``p``): U < prob."""
     prob = L.cast(p if p is not None else x, "fp32")
-    u = _draw(L, "random_uniform", _shape(L))
+    u = _draw(L, "random_uniform", _out_shape(L))
     return _out(L, L.add("less", [u, prob], name=_n(L, "hit")))
 
 
 @lower("aten.uniform.default")
 def _uniform(L, x, low=0.0, high=1.0, *, generator=None):
-    return _out(L, _draw(L, "random_uniform", _shape(L), low=low, high=high))
+    return _out(L, _draw(L, "random_uniform", _out_shape(L), low=low, high=high))
 
 
 @lower("aten.normal.Tensor_Tensor", "aten.normal.Tensor_float", "aten.normal.float_Tensor",
@@ -95,15 +94,15 @@ def _normal(L, *args, **kwargs):
         args = args[1:]
     mean = args[0] if args else kwargs.get("mean", 0.0)
     std = args[1] if len(args) > 1 else kwargs.get("std", 1.0)
-    z = _draw(L, "random_normal", _shape(L))
+    z = _draw(L, "random_normal", _out_shape(L))
     dt = "fp32"
-    return _out(L, L.add("add", [L.add("mul", [z, _operand(L, std, dt)], name=_n(L, "scaled")), _operand(L, mean, dt)],
+    return _out(L, L.add("add", [L.add("mul", [z, operand(L, std, dt)], name=_n(L, "scaled")), operand(L, mean, dt)],
                          name=_n(L, "shifted")))
 
 
 def _inverse_cdf(fn):
     def lowering(L, x, *params, generator=None):
-        u = _draw(L, "random_uniform", _shape(L))
+        u = _draw(L, "random_uniform", _out_shape(L))
         return _out(L, fn(L, u, *params))
 
     lowering.__doc__ = fn.__doc__
@@ -138,7 +137,7 @@ lower("aten.geometric.default")(_inverse_cdf(_geometric))
 
 @lower("aten.log_normal.default")
 def _log_normal(L, x, mean=1.0, std=2.0, *, generator=None):
-    z = _draw(L, "random_normal", _shape(L), mean=mean, stddev=std)
+    z = _draw(L, "random_normal", _out_shape(L), mean=mean, stddev=std)
     return _out(L, L.add("exp", [z]))
 
 

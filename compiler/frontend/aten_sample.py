@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedOpError
-from .aten import lower
-from .lower import Const
+from .common import Const, lower
 
 
 def _n(L, tag):

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedOpError
-from .aten import _axis, lower
-from .lower import Const
+from .common import Const, lower, narrow, norm_axis, take
 
 
 def _n(L, tag):
@@ -28,15 +27,13 @@ def _shifted(L, v, ax: int, d: int, fill, tag: str):
     """``v`` shifted by ``d`` along ``ax``: the first d entries are ``fill`` (a scalar), the rest
     v[..., :-d, ...] (slice + concat with a constant block)."""
     from ..ir import DTYPES
-    from .aten_nn import _narrow
-
     shape = list(v.type.shape)
     n = shape[ax]
     shape[ax] = min(d, n)
     block = Const(torch.from_numpy(np.full(shape, fill, DTYPES[v.type.dtype])), _n(L, tag + "_fill"))
     if d >= n:
         return L.v(block)
-    head = _narrow(L, v, ax, 0, n - d, tag + "_head")
+    head = narrow(L, v, ax, 0, n - d, tag + "_head")
     return L.add("concat", [L.v(block), head], {"axis": ax}, name=_n(L, tag))
 
 
@@ -67,7 +64,7 @@ def _cumprod(L, x, dim, *, dtype=None):
     v = _float_or_int(L, x)
     if v.type.rank == 0:
         return L.add("identity", [v])
-    ax = _axis(dim, v.type.rank)
+    ax = norm_axis(dim, v.type.rank)
     (y,) = scan(L, [v], ax, lambda L, e, s, k: [L.add("mul", [e[0], s[0]], name=_n(L, f"mul{k}"))], [1])
     return y
 
@@ -81,7 +78,7 @@ def _cum_extreme(greater: bool):
         if v.type.rank == 0:
             return (L.add("identity", [v]), Const(torch.zeros((), dtype=torch.int32), _n(L, "i0")))
         work = L.cast(v, "int32") if dt == "bool" else v
-        ax = _axis(dim, v.type.rank)
+        ax = norm_axis(dim, v.type.rank)
         shape = work.type.shape
         idx = np.broadcast_to(np.arange(shape[ax]).reshape([-1 if i == ax else 1 for i in range(len(shape))]),
                               shape).astype(np.int32)
@@ -118,7 +115,7 @@ def _logcumsumexp(L, x, dim):
     if v.type.rank == 0:
         return L.add("identity", [v])
     dt = v.type.dtype
-    ax = _axis(dim, v.type.rank)
+    ax = norm_axis(dim, v.type.rank)
 
     def combine(L, e, s, k):
         a, b = e[0], s[0]
@@ -144,11 +141,9 @@ def _kth(L, x, k: int, dim, keepdim: bool):
     if v.type.rank == 0:
         return L.add("identity", [v]), Const(torch.zeros((), dtype=torch.int32), _n(L, "i0"))
     work = L.cast(v, "int32") if v.type.dtype == "bool" else v
-    ax = _axis(dim, v.type.rank)
+    ax = norm_axis(dim, v.type.rank)
     vals, idx = L.add("topk", [work], {"k": k + 1, "axis": ax, "ascending": True}, name=_n(L, "topk"))
-    from .aten_nn import _narrow
-
-    sv, si = _narrow(L, vals, ax, k, 1, "kv"), _narrow(L, idx, ax, k, 1, "ki")
+    sv, si = narrow(L, vals, ax, k, 1, "kv"), narrow(L, idx, ax, k, 1, "ki")
     if not keepdim:
         sv = L.add("squeeze", [sv], {"axes": (ax,)}, name=_n(L, "vals"))
         si = L.add("squeeze", [si], {"axes": (ax,)}, name=_n(L, "idx"))
@@ -168,7 +163,7 @@ def _median(L, x):
 @lower("aten.median.dim")
 def _median_dim(L, x, dim=0, keepdim=False):
     v = L.v(x)
-    n = v.type.shape[_axis(dim, v.type.rank)] if v.type.rank else 1
+    n = v.type.shape[norm_axis(dim, v.type.rank)] if v.type.rank else 1
     return _kth(L, v, (n - 1) // 2, dim, keepdim)
 
 
@@ -182,7 +177,7 @@ def _nanmedian(L, x, dim=None, keepdim=False):
     if whole or v.type.rank == 0:
         v = L.add("reshape", [v], {"shape": (max(v.type.size, 1),)}, name=_n(L, "flat"))
         dim = 0
-    ax = _axis(dim, v.type.rank)
+    ax = norm_axis(dim, v.type.rank)
     dt = v.type.dtype
     nan = L.add("not_equal", [v, v], name=_n(L, "nan"))
     key = L.add("select", [nan, L.scalar(float("inf"), dt), v], name=_n(L, "key"))

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedOpError
-from .aten import Const, _axis, _dims, _shape, lower
+from .common import Const, broadcast_to, lower, narrow, norm_axis, rank_of, shape_of, take, wrapped_index
 
 # ------------------------------------------------------------------------------------- shapes
 
@@ -18,37 +18,37 @@ def _view(L, x, shape):
 
 @lower("aten.permute.default")
 def _permute(L, x, dims):
-    r = _dims(x)
-    return L.add("transpose", [x], {"perm": tuple(_axis(d, r) for d in dims)})
+    r = rank_of(x)
+    return L.add("transpose", [x], {"perm": tuple(norm_axis(d, r) for d in dims)})
 
 
 @lower("aten.t.default")
 def _t(L, x):
-    return x if _dims(x) < 2 else L.add("transpose", [x], {"perm": (1, 0)})
+    return x if rank_of(x) < 2 else L.add("transpose", [x], {"perm": (1, 0)})
 
 
 @lower("aten.transpose.int")
 def _transpose(L, x, a, b):
-    r = _dims(x)
+    r = rank_of(x)
     perm = list(range(r))
-    perm[_axis(a, r)], perm[_axis(b, r)] = perm[_axis(b, r)], perm[_axis(a, r)]
+    perm[norm_axis(a, r)], perm[norm_axis(b, r)] = perm[norm_axis(b, r)], perm[norm_axis(a, r)]
     return L.add("transpose", [x], {"perm": tuple(perm)})
 
 
 @lower("aten.unsqueeze.default")
 def _unsqueeze(L, x, dim):
-    r = _dims(x) + 1
-    return L.add("expand_dims", [x], {"axes": (_axis(dim, r),)})
+    r = rank_of(x) + 1
+    return L.add("expand_dims", [x], {"axes": (norm_axis(dim, r),)})
 
 
 @lower("aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default")
 def _squeeze(L, x, dims=None):
-    shape = _shape(x)
+    shape = shape_of(x)
     r = len(shape)
     if dims is None:
         axes = tuple(i for i, d in enumerate(shape) if d == 1)
     else:
-        axes = tuple(a for a in (_axis(d, r) for d in (dims if isinstance(dims, (list, tuple)) else [dims])) if shape[a] == 1)
+        axes = tuple(a for a in (norm_axis(d, r) for d in (dims if isinstance(dims, (list, tuple)) else [dims])) if shape[a] == 1)
     return x if not axes else L.add("squeeze", [x], {"axes": axes})
 
 
@@ -78,18 +78,18 @@ def _repeat(L, x, repeats):
 
 @lower("aten.cat.default")
 def _cat(L, tensors, dim=0):
-    vals = [t for t in tensors if int(np.prod(_shape(t))) != 0]  # empty operands add nothing
+    vals = [t for t in tensors if int(np.prod(shape_of(t))) != 0]  # empty operands add nothing
     dt = L.out_type().dtype
     vals = [L.cast(t, dt) for t in vals]
     if len(vals) == 1:
         return vals[0]
-    return L.add("concat", vals, {"axis": _axis(dim, _dims(vals[0]))})
+    return L.add("concat", vals, {"axis": norm_axis(dim, rank_of(vals[0]))})
 
 
 @lower("aten.split_with_sizes.default", "aten.split.Tensor")
 def _split(L, x, sizes, dim=0):
-    shape = _shape(x)
-    ax = _axis(dim, len(shape))
+    shape = shape_of(x)
+    ax = norm_axis(dim, len(shape))
     if isinstance(sizes, int):
         n = shape[ax]
         sizes = [min(sizes, n - i) for i in range(0, n, sizes)]
@@ -99,17 +99,17 @@ def _split(L, x, sizes, dim=0):
 
 @lower("aten.unbind.int")
 def _unbind(L, x, dim=0):
-    shape = _shape(x)
-    ax = _axis(dim, len(shape))
+    shape = shape_of(x)
+    ax = norm_axis(dim, len(shape))
     parts = _split(L, x, [1] * shape[ax], ax)
     return tuple(L.add("squeeze", [p], {"axes": (ax,)}, name=f"{L.node.name}_{i}") for i, p in enumerate(parts))
 
 
 @lower("aten.slice.Tensor", "aten.slice_copy.Tensor")
-def _slice(L, x, dim=0, start=None, end=None, step=1):
-    shape = _shape(x)
+def lower_slice(L, x, dim=0, start=None, end=None, step=1):
+    shape = shape_of(x)
     r = len(shape)
-    ax = _axis(dim, r)
+    ax = norm_axis(dim, r)
     n = shape[ax]
     s, e, st = slice(start, end, step).indices(n)
     e = max(e, s)
@@ -122,15 +122,15 @@ def _slice(L, x, dim=0, start=None, end=None, step=1):
 
 @lower("aten.flip.default")
 def _flip(L, x, dims):
-    r = _dims(x)
-    return L.add("reverse", [x], {"axes": tuple(sorted({_axis(d, r) for d in dims}))})
+    r = rank_of(x)
+    return L.add("reverse", [x], {"axes": tuple(sorted({norm_axis(d, r) for d in dims}))})
 
 
 @lower("aten.select.int", "aten.select_copy.int")
-def _select(L, x, dim, index):
-    shape = _shape(x)
+def lower_select(L, x, dim, index):
+    shape = shape_of(x)
     r = len(shape)
-    ax = _axis(dim, r)
+    ax = norm_axis(dim, r)
     i = index % shape[ax]
     begin, endv = [0] * r, list(shape)
     begin[ax], endv[ax] = i, i + 1
@@ -143,64 +143,13 @@ def _is_bool(t) -> bool:
     return (t.tensor.dtype == torch.bool) if isinstance(t, Const) else t.type.dtype == "bool"
 
 
-def _wrapped(L, t, n: int, tag: str = "idx"):
-    """An index tensor as int32 with negative entries wrapped (+n): MIL's iOS17 gathers and
-    scatters take only non-negative indices, and this is the conversion its documentation gives,
-    ``select(index >= 0, index, index + n)`` (iOS17 scatter_gather.py). Out-of-range indices stay
-    out of range (a kernel error here, undefined on device), as torch would reject them."""
-    if isinstance(t, Const):
-        v = t.tensor.long()
-        return Const(torch.where(v < 0, v + n, v).to(torch.int32), f"{L.node.name}_{tag}")
-    i = L.cast(t, "int32")
-    neg = L.add("less", [i, L.scalar(0, "int32")], name=f"{L.node.name}_{tag}_neg")
-    return L.add("select", [neg, L.add("add", [i, L.scalar(n, "int32")], name=f"{L.node.name}_{tag}_up"), i],
-                 name=f"{L.node.name}_{tag}")
-
-
-def _broadcast_to(L, x, shape, tag):
-    """``x`` (value or Const) expanded to ``shape`` (reshape to the rank, then tile)."""
-    x = L.v(x)
-    s = x.type.shape
-    if s == tuple(shape):
-        return x
-    if len(s) < len(shape):
-        s = (1,) * (len(shape) - len(s)) + s
-        x = L.add("reshape", [x], {"shape": s}, name=f"{L.node.name}_{tag}_rank")
-    reps = tuple(o // d if d != o else 1 for o, d in zip(shape, s))
-    return x if all(r == 1 for r in reps) else L.add("tile", [x], {"reps": reps}, name=f"{L.node.name}_{tag}_tile")
-
-
-def _take(L, x, ax: int, idx: np.ndarray, name=None):
-    """``x`` indexed along ``ax`` by the constant int index ``idx`` (non-negative, any shape):
-    slices + ``concat`` when a 1-D ``idx`` is a few runs of consecutive indices (``roll``,
-    ``index_select`` of ranges: ANE-friendly), else one ``gather``."""
-    x = L.v(x)
-    name = name or L.node.name
-    if idx.ndim == 1 and idx.size:
-        runs, start = [], 0
-        for k in range(1, idx.size + 1):
-            if k == idx.size or idx[k] != idx[k - 1] + 1:
-                runs.append((int(idx[start]), k - start))
-                start = k
-        if len(runs) <= 4:
-            from .aten_nn import _narrow
-
-            parts = [x if (b == 0 and n == x.type.shape[ax]) else _narrow(L, x, ax, b, n, f"run{q}")
-                     for q, (b, n) in enumerate(runs)]
-            return parts[0] if len(parts) == 1 else L.add("concat", parts, {"axis": ax}, name=name)
-    xv = L.cast(x, "int32") if x.type.dtype == "bool" else x
-    g = L.add("gather", [xv, Const(torch.from_numpy(idx.astype(np.int32)), name + "_idx")], {"axis": ax},
-              name=name if x.type.dtype != "bool" else name + "_int")
-    return L.add("cast", [g], {"dtype": "bool"}, name=name) if x.type.dtype == "bool" else g
-
-
 @lower("aten.index.Tensor", "aten._unsafe_index.Tensor")
 def _index(L, x, indices):
     """Advanced indexing with integer index tensors in any layout (torch's rule: adjacent index
     tensors keep their place, separated ones move the broadcast index dims first): the indexed
     axes are transposed to the front when separated, flattened into one, and read with one
     ``gather`` of the linearized (wrapped) index; constant 1-D indices become slices
-    (:func:`_take`). Boolean masks have data-dependent shapes: declined, so the node stays a torch
+    (:func:`take`). Boolean masks have data-dependent shapes: declined, so the node stays a torch
     op in the fallback runtime."""
     xv = L.v(x)
     shape = xv.type.shape
@@ -234,10 +183,10 @@ def _index(L, x, indices):
         if m > 1:
             xv = L.add("reshape", [xv], {"shape": shape[:k] + (int(np.prod(dims)),) + shape[k + m:]},
                        name=L.node.name + "_flat")
-        return _take(L, xv, k, lin_np)
+        return take(L, xv, k, lin_np)
     lin_v = None
     for j, (t, d) in enumerate(zip(idx, dims)):
-        t = _wrapped(L, t, d, f"wrap{j}")
+        t = wrapped_index(L, t, d, f"wrap{j}")
         lin_v = t if lin_v is None else L.add(
             "add", [L.add("mul", [lin_v, L.scalar(d, "int32")], name=L.node.name + "_lin"), L.v(t)],
             name=L.node.name + "_lin")
@@ -254,7 +203,7 @@ def _index(L, x, indices):
 def _sym_size(L, x, dim):
     """``x.shape[dim]`` of a value whose shape the lowering resolved (a constant mask)."""
     v = L.v(x)
-    d = v.type.shape[_axis(dim, v.type.rank)]
+    d = v.type.shape[norm_axis(dim, v.type.rank)]
     if not isinstance(d, int):
         raise UnsupportedOpError("a data-dependent size")
     return d
@@ -269,20 +218,20 @@ def _masked_select(L, x, mask):
     xv = L.v(x)
     shape = tuple(torch.broadcast_shapes(tuple(xv.type.shape), tuple(mask.tensor.shape)))
     m = mask.tensor.broadcast_to(shape).reshape(-1)
-    full = _broadcast_to(L, xv, shape, "x")
+    full = broadcast_to(L, xv, shape, "x")
     flat = L.add("reshape", [full], {"shape": (int(np.prod(shape)),)}, name=L.node.name + "_flat")
-    return _take(L, flat, 0, torch.nonzero(m).reshape(-1).numpy())
+    return take(L, flat, 0, torch.nonzero(m).reshape(-1).numpy())
 
 
 @lower("aten.index_select.default")
 def _index_select(L, x, dim, index):
-    if _dims(x) == 0:  # a scalar: index 0 (or -1) of its one element
+    if rank_of(x) == 0:  # a scalar: index 0 (or -1) of its one element
         return L.add("reshape", [L.v(x)], {"shape": L.out_type().shape})
-    ax = _axis(dim, _dims(x))
-    n = _shape(x)[ax]
+    ax = norm_axis(dim, rank_of(x))
+    n = shape_of(x)[ax]
     if isinstance(index, Const):
         v = index.tensor.long().reshape(-1)
-        return _take(L, x, ax, torch.where(v < 0, v + n, v).numpy())
+        return take(L, x, ax, torch.where(v < 0, v + n, v).numpy())
     return _index(L, x, [None] * ax + [index])
 
 
@@ -294,8 +243,8 @@ def _gather(L, x, dim, index, *, sparse_grad=False):
     r = xv.type.rank
     if r == 0:
         return L.add("identity", [xv])
-    ax = _axis(dim, r)
-    ishape = _shape(index)
+    ax = norm_axis(dim, r)
+    ishape = shape_of(index)
     if any(ishape[i] != xv.type.shape[i] for i in range(r) if i != ax):
         end = [ishape[i] if i != ax else xv.type.shape[i] for i in range(r)]
         xv = L.add("slice_by_index", [xv], {"begin": (0,) * r, "end": tuple(end), "stride": (1,) * r},
@@ -303,7 +252,7 @@ def _gather(L, x, dim, index, *, sparse_grad=False):
     is_bool = xv.type.dtype == "bool"
     if is_bool:
         xv = L.cast(xv, "int32")
-    g = L.add("gather_along_axis", [xv, _wrapped(L, index, xv.type.shape[ax])], {"axis": ax},
+    g = L.add("gather_along_axis", [xv, wrapped_index(L, index, xv.type.shape[ax])], {"axis": ax},
               name=L.node.name + ("_int" if is_bool else ""))
     return L.add("cast", [g], {"dtype": "bool"}) if is_bool else g
 
@@ -311,7 +260,7 @@ def _gather(L, x, dim, index, *, sparse_grad=False):
 def _coords(L, index, ax: int, tag="coords"):
     """[*index.shape, rank] int32 coordinates of every element of a torch.gather/scatter style
     ``index`` (its value along ``ax``, its own position elsewhere)."""
-    ishape = _shape(index)
+    ishape = shape_of(index)
     r = len(ishape)
     grids = np.indices(ishape).astype(np.int32)
     cols = []
@@ -337,12 +286,12 @@ def _scatter_axis(L, x, dim, index, src, mode: str):
                     {"shape": (1,)}, name=L.node.name + "_s1d")
         y = _scatter_axis(L, xv, 0, index, src, mode)
         return L.add("reshape", [y], {"shape": ()})
-    ax = _axis(dim, r)
-    ishape = _shape(index)
+    ax = norm_axis(dim, r)
+    ishape = shape_of(index)
     if isinstance(src, (int, float, bool)):
         src = Const(torch.full(ishape, src, dtype=_IR_TORCH[dt]), L.node.name + "_src")
     else:
-        sshape = _shape(src)
+        sshape = shape_of(src)
         if sshape != ishape:
             src = L.add("slice_by_index", [L.v(src)], {"begin": (0,) * r, "end": ishape, "stride": (1,) * r},
                         name=L.node.name + "_srccut")
@@ -350,10 +299,10 @@ def _scatter_axis(L, x, dim, index, src, mode: str):
     work = L.cast(xv, "int32") if dt == "bool" else xv
     src = L.cast(src, "int32") if dt == "bool" else src
     if all(ishape[i] == xv.type.shape[i] for i in range(r) if i != ax):
-        y = L.add("scatter_along_axis", [work, _wrapped(L, index, xv.type.shape[ax]), src], {"axis": ax, "mode": mode},
+        y = L.add("scatter_along_axis", [work, wrapped_index(L, index, xv.type.shape[ax]), src], {"axis": ax, "mode": mode},
                   name=L.node.name + ("_int" if dt == "bool" else ""))
     else:
-        y = L.add("scatter_nd", [work, _coords(L, _wrapped(L, index, xv.type.shape[ax]), ax), src], {"mode": mode},
+        y = L.add("scatter_nd", [work, _coords(L, wrapped_index(L, index, xv.type.shape[ax]), ax), src], {"mode": mode},
                   name=L.node.name + ("_int" if dt == "bool" else ""))
     return L.add("cast", [y], {"dtype": "bool"}) if dt == "bool" else y
 
@@ -385,10 +334,10 @@ def _scatter_reduce(L, x, dim, index, src, reduce, *, include_self=True):
     if reduce == "mean":
         if dt not in ("fp32", "fp16"):
             raise UnsupportedOpError("scatter_reduce mean of an integer tensor (torch floors it) is not lowered")
-        ones = Const(torch.ones(_shape(index), dtype=_IR_TORCH[dt]), L.node.name + "_ones")
+        ones = Const(torch.ones(shape_of(index), dtype=_IR_TORCH[dt]), L.node.name + "_ones")
         base = L.v(x) if include_self else _scatter_axis(L, x, dim, index, 0.0, "update")
         tot = _scatter_axis(L, base, dim, index, src, "add")
-        cnt0 = Const(torch.ones(_shape(x), dtype=_IR_TORCH[dt]) if include_self else torch.zeros(_shape(x), dtype=_IR_TORCH[dt]),
+        cnt0 = Const(torch.ones(shape_of(x), dtype=_IR_TORCH[dt]) if include_self else torch.zeros(shape_of(x), dtype=_IR_TORCH[dt]),
                      L.node.name + "_cnt0")
         cnt = _scatter_axis(L, cnt0, dim, index, ones, "add")
         safe = L.add("maximum", [cnt, L.scalar(1.0, dt)], name=L.node.name + "_cnt")
@@ -416,7 +365,7 @@ def _index_put(L, x, indices, values, accumulate=False):
     idx = [indices[i] for i in pos]
     if len(idx) == 1 and _is_bool(idx[0]):
         mask = L.v(idx[0])
-        vshape = _shape(values)
+        vshape = shape_of(values)
         if int(np.prod(vshape)) != 1:
             raise UnsupportedOpError("x[mask] = tensor writes a data-dependent number of values")
         mshape = mask.type.shape
@@ -427,16 +376,16 @@ def _index_put(L, x, indices, values, accumulate=False):
         v = L.add("reshape", [L.cast(values, dt)], {"shape": ()}, name=L.node.name + "_v")
         if accumulate:
             v = L.add("add", [xv, v], name=L.node.name + "_acc")
-        return L.add("select", [m, v if accumulate else _broadcast_to(L, v, shape, "v"), xv])
+        return L.add("select", [m, v if accumulate else broadcast_to(L, v, shape, "v"), xv])
     if any(_is_bool(t) for t in idx):
         raise UnsupportedOpError("index_put with boolean masks among several indices")
-    B = tuple(torch.broadcast_shapes(*[_shape(t) for t in idx]))
+    B = tuple(torch.broadcast_shapes(*[shape_of(t) for t in idx]))
     nb, m = len(B), len(pos)
     others = [i for i in range(len(shape)) if i not in pos]
     adjacent = pos == list(range(pos[0], pos[-1] + 1))
     k = pos[0] if adjacent else 0
     vshape = (shape[:k] + B + shape[k + m:]) if adjacent else (B + tuple(shape[o] for o in others))
-    v = _broadcast_to(L, L.cast(values, dt), vshape, "values")
+    v = broadcast_to(L, L.cast(values, dt), vshape, "values")
     if adjacent and k:
         v = L.add("transpose", [v], {"perm": tuple(range(k, k + nb)) + tuple(range(k)) + tuple(range(k + nb, len(vshape)))},
                   name=L.node.name + "_vfront")
@@ -445,7 +394,7 @@ def _index_put(L, x, indices, values, accumulate=False):
     moved = perm != tuple(range(len(shape)))
     if moved:
         data = L.add("transpose", [data], {"perm": perm}, name=L.node.name + "_front")
-    cols = [L.add("expand_dims", [_broadcast_to(L, _wrapped(L, t, shape[p], f"w{j}"), B, f"i{j}")], {"axes": (-1,)},
+    cols = [L.add("expand_dims", [broadcast_to(L, wrapped_index(L, t, shape[p], f"w{j}"), B, f"i{j}")], {"axes": (-1,)},
                   name=f"{L.node.name}_c{j}") for j, (t, p) in enumerate(zip(idx, pos))]
     coords = cols[0] if len(cols) == 1 else L.add("concat", cols, {"axis": nb}, name=L.node.name + "_coords")
     is_bool = dt == "bool"
@@ -464,11 +413,9 @@ def _index_put(L, x, indices, values, accumulate=False):
 def _slice_scatter(L, x, src, dim=0, start=None, end=None, step=1):
     """``x[..., start:end:step, ...] = src``: slices + ``concat`` for step 1 (ANE-friendly), MIL
     ``scatter`` with constant indices otherwise (``slice_update`` needs iOS18)."""
-    from .aten_nn import _narrow
-
     xv = L.v(x)
     shape = xv.type.shape
-    ax = _axis(dim, len(shape))
+    ax = norm_axis(dim, len(shape))
     n = shape[ax]
     s, e, st = slice(start, end, step).indices(n)
     idx = np.arange(s, max(e, s), st)
@@ -476,8 +423,8 @@ def _slice_scatter(L, x, src, dim=0, start=None, end=None, step=1):
     if idx.size == 0:
         return xv
     if st == 1:
-        parts = ([_narrow(L, xv, ax, 0, s, "head")] if s else []) + [L.v(src)] + \
-                ([_narrow(L, xv, ax, int(idx[-1]) + 1, n - int(idx[-1]) - 1, "tail")] if idx[-1] + 1 < n else [])
+        parts = ([narrow(L, xv, ax, 0, s, "head")] if s else []) + [L.v(src)] + \
+                ([narrow(L, xv, ax, int(idx[-1]) + 1, n - int(idx[-1]) - 1, "tail")] if idx[-1] + 1 < n else [])
         return parts[0] if len(parts) == 1 else L.add("concat", parts, {"axis": ax})
     dt = xv.type.dtype
     work, upd = (L.cast(xv, "int32"), L.cast(src, "int32")) if dt == "bool" else (xv, L.v(src))
@@ -489,7 +436,7 @@ def _slice_scatter(L, x, src, dim=0, start=None, end=None, step=1):
 @lower("aten.select_scatter.default")
 def _select_scatter(L, x, src, dim, index):
     xv = L.v(x)
-    ax = _axis(dim, xv.type.rank)
+    ax = norm_axis(dim, xv.type.rank)
     i = index % xv.type.shape[ax]
     s = L.add("expand_dims", [L.cast(src, xv.type.dtype)], {"axes": (ax,)}, name=L.node.name + "_src")
     return _slice_scatter(L, xv, s, ax, i, i + 1, 1)
@@ -499,7 +446,7 @@ def _select_scatter(L, x, src, dim, index):
 def _copy(L, x, src, non_blocking=False):
     """``x.copy_(src)`` functionalized: src broadcast to x's shape, in x's dtype."""
     out = L.out_type()
-    return _broadcast_to(L, L.cast(src, out.dtype), out.shape, "copy")
+    return broadcast_to(L, L.cast(src, out.dtype), out.shape, "copy")
 
 
 @lower("aten.diagonal.default", "aten.diagonal_copy.default")
@@ -508,7 +455,7 @@ def _diagonal(L, x, offset=0, dim1=0, dim2=1):
     (cols + 1)-th element from the offset's start (exact, no gather)."""
     xv = L.v(x)
     r = xv.type.rank
-    a, b = _axis(dim1, r), _axis(dim2, r)
+    a, b = norm_axis(dim1, r), norm_axis(dim2, r)
     rest = [i for i in range(r) if i not in (a, b)]
     if (a, b) != (r - 2, r - 1):
         xv = L.add("transpose", [xv], {"perm": tuple(rest + [a, b])}, name=L.node.name + "_last")
@@ -533,11 +480,11 @@ def _unfold(L, x, dim, size, step):
     r = xv.type.rank
     if r == 0:
         return L.add("reshape", [xv], {"shape": (1,)})
-    ax = _axis(dim, r)
+    ax = norm_axis(dim, r)
     n = xv.type.shape[ax]
     nwin = (n - size) // step + 1
     idx = (np.arange(nwin)[:, None] * step + np.arange(size)[None, :]).astype(np.int32)
-    g = _take(L, xv, ax, idx, name=L.node.name + "_win")
+    g = take(L, xv, ax, idx, name=L.node.name + "_win")
     perm = tuple(i for i in range(r + 1) if i != ax + 1) + (ax + 1,)
     return L.add("transpose", [g], {"perm": perm})
 
@@ -551,7 +498,7 @@ def _cumsum(L, x, dim, *, dtype=None):
     xv = L.cast(x, out.dtype if out.dtype != "bool" else "int32")
     if xv.type.rank == 0:
         return xv
-    return L.add("cumsum", [xv], {"axis": _axis(dim, xv.type.rank)})
+    return L.add("cumsum", [xv], {"axis": norm_axis(dim, xv.type.rank)})
 
 
 def _sortable(L, x):
@@ -566,7 +513,7 @@ def _sort(L, x, dim=-1, descending=False, *, stable=None):
     xv = _sortable(L, x)
     if xv.type.rank == 0:
         return (L.v(x), Const(torch.zeros((), dtype=torch.int32), L.node.name + "_i"))
-    ax = _axis(dim, xv.type.rank)
+    ax = norm_axis(dim, xv.type.rank)
     v, i = L.add("topk", [xv], {"k": xv.type.shape[ax], "axis": ax, "ascending": not descending})
     return (L.cast(v, L.out_type(0).dtype), i)
 
@@ -576,7 +523,7 @@ def _topk(L, x, k, dim=-1, largest=True, sorted=True):
     xv = _sortable(L, x)
     if xv.type.rank == 0:
         return (L.v(x), Const(torch.zeros((), dtype=torch.int32), L.node.name + "_i"))
-    v, i = L.add("topk", [xv], {"k": int(k), "axis": _axis(dim, xv.type.rank), "ascending": not largest})
+    v, i = L.add("topk", [xv], {"k": int(k), "axis": norm_axis(dim, xv.type.rank), "ascending": not largest})
     return (L.cast(v, L.out_type(0).dtype), i)
 
 
@@ -589,7 +536,7 @@ def _arg(op):
             flat = L.add("reshape", [xv], {"shape": (xv.type.size,)}, name=L.node.name + "_flat")
             r = L.add(op, [flat], {"axis": 0, "keep_dims": False}, name=L.node.name + ("_r" if keepdim else ""))
             return L.add("reshape", [r], {"shape": (1,) * xv.type.rank}) if keepdim else r
-        return L.add(op, [xv], {"axis": _axis(dim, xv.type.rank), "keep_dims": bool(keepdim)})
+        return L.add(op, [xv], {"axis": norm_axis(dim, xv.type.rank), "keep_dims": bool(keepdim)})
 
     return fn
 
@@ -603,7 +550,7 @@ def _max_dim(red, arg):
         xv = L.v(x)
         if xv.type.rank == 0:
             return (xv, Const(torch.zeros((), dtype=torch.int32), L.node.name + "_i"))
-        ax = _axis(dim, xv.type.rank)
+        ax = norm_axis(dim, xv.type.rank)
         work = L.cast(xv, "int32") if xv.type.dtype == "bool" else xv
         v = L.add(red, [work], {"axes": (ax,), "keep_dims": bool(keepdim)}, name=L.node.name + "_values")
         i = L.add(arg, [work], {"axis": ax, "keep_dims": bool(keepdim)}, name=L.node.name + "_indices")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 
 from ..errors import UnsupportedOpError
-from .aten import lower
+from .common import Const, lower, operand
 
 
 class _E:
@@ -306,11 +306,9 @@ def _zeta(L, s, q):
     """Hurwitz zeta(s, q) = sum_k (q + k)^-s: 9 terms summed, then Euler-Maclaurin's tail
     (q+N)^(1-s)/(s-1) + (q+N)^-s / 2 + sum_j B_2j/(2j)! s(s+1)...(s+2j-2) (q+N)^(-s-2j+1).
     s = 1 gives +inf; s < 1 NaN (torch)."""
-    from .aten import _operand
-
     dt = L.out_type().dtype
     e = _E(L, dt)
-    s, q = _operand(L, s, dt), _operand(L, q, dt)
+    s, q = operand(L, s, dt), operand(L, q, dt)
     n = 9
     total = None
     for k in range(n):
@@ -365,15 +363,14 @@ def _chebyshev(kind: str, shifted: bool):
         cos/sin of m acos(x) inside [-1, 1], cosh/sinh of m acosh|x| outside, mirrored by
         parity for x < -1; x = +-1 takes torch's special values. fp32: about 1e-6 relative
         inside, growing like m * 1e-7 outside."""
-        from .aten import _operand
-        from .aten_math import _trunc_value
+        from .aten_math import trunc_value
 
         dt = L.out_type().dtype
         e = _E(L, dt)
-        x, n = _operand(L, x, dt), _operand(L, n, dt)
+        x, n = operand(L, x, dt), operand(L, n, dt)
         if shifted:
             x = e("sub", e("mul", x, 2.0), 1.0)
-        m = _trunc_value(L, n, f"{L.node.name}_m")
+        m = trunc_value(L, n, f"{L.node.name}_m")
         sgn = e("sub", 1.0, e("mul", e("sub", m, e("mul", e("floor", e("mul", m, 0.5)), 2.0)), 2.0))  # (-1)^m
         inside = _cheb_closed(e, kind, e("acos", e("clip", x, alpha=-1.0, beta=1.0)), m, False)
         y = e("maximum", e("abs", x), 1.0)
@@ -418,8 +415,6 @@ def _hankel_sums(L, e, x, nu: int, modified: bool):
     convergent; Trefethen & Weideman, SIAM Review 56 (2014)). Returns (re, im) of shape x
     (im is None when ``modified``). x > 0; elements outside the branch may be inf/NaN."""
     import torch
-
-    from .lower import Const
 
     s = torch.arange(_HANKEL_K, dtype=torch.float64) * _HANKEL_H
     w = torch.full((_HANKEL_K,), _HANKEL_H, dtype=torch.float64)

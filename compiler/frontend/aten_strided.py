@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedOpError
-from .aten import LOWERINGS, _axis, lower
-from .lower import Const
+from .common import LOWERINGS, Const, broadcast_to, lower, norm_axis, take, wrapped_index
 
 
 def _n(L, tag):
@@ -42,8 +41,6 @@ def _flat(L, x, tag="flat"):
 def _as_strided(L, x, size, stride, storage_offset=None):
     """Reads of a strided view (tlc's values are contiguous, so the view's storage is the input
     in row-major order): the constant flat positions, gathered."""
-    from .aten_shape import _take
-
     v = L.v(x)
     idx = _strided_index(size, stride, storage_offset)
     if idx.size and (idx.max() >= max(v.type.size, 1) or idx.min() < 0):
@@ -51,7 +48,7 @@ def _as_strided(L, x, size, stride, storage_offset=None):
     flat = _flat(L, v)
     if idx.size == 0:
         return Const(torch.zeros(tuple(size)), _n(L, "empty"))
-    g = _take(L, flat, 0, idx.reshape(-1), name=_n(L, "take"))
+    g = take(L, flat, 0, idx.reshape(-1), name=_n(L, "take"))
     return L.add("reshape", [g], {"shape": tuple(int(d) for d in size)})
 
 
@@ -81,13 +78,11 @@ def _as_strided_scatter(L, x, src, size, stride, storage_offset=None):
 def _put(L, x, index, source, accumulate=False):
     """``put``: writes at flat positions given by ``index`` (a tensor; negative counts from the
     end) -> scatter_nd on the flattened input."""
-    from .aten_shape import _wrapped
-
     v = L.v(x)
     dt = v.type.dtype
     n = v.type.size
     flat = _flat(L, v)
-    iv = L.v(_wrapped(L, index, n))
+    iv = L.v(wrapped_index(L, index, n))
     idx = L.add("reshape", [iv], {"shape": (max(iv.type.size, 1), 1)}, name=_n(L, "idx"))
     upd = L.add("reshape", [L.cast(source, dt)], {"shape": (idx.type.shape[0],)}, name=_n(L, "src"))
     work, upd = (L.cast(flat, "int32"), L.cast(upd, "int32")) if dt == "bool" else (flat, upd)
@@ -100,8 +95,6 @@ def _index_reduce(L, x, dim, index, source, reduce, *, include_self=True):
     """``index_reduce`` along ``dim`` with a 1-D index: MIL ``scatter`` (prod -> mul, amax -> max,
     amin -> min; mean as a sum over counts), the reduction's identity written first when
     ``include_self`` is False."""
-    from .aten_shape import _wrapped
-
     v = L.v(x)
     dt = v.type.dtype
     if v.type.rank == 0:  # a scalar: as a 1-element vector
@@ -109,9 +102,9 @@ def _index_reduce(L, x, dim, index, source, reduce, *, include_self=True):
         s1 = L.add("reshape", [L.cast(source, dt)], {"shape": (1,)}, name=_n(L, "s1"))
         y = _index_reduce(L, one, 0, index, s1, reduce, include_self=include_self)
         return L.add("reshape", [y], {"shape": ()})
-    ax = _axis(dim, v.type.rank)
+    ax = norm_axis(dim, v.type.rank)
     n = v.type.shape[ax]
-    idx = L.v(_wrapped(L, index, n))
+    idx = L.v(wrapped_index(L, index, n))
     src = L.cast(source, dt)
 
     def scatter(data, upd, mode, tag):
@@ -156,9 +149,7 @@ def _masked_scatter(L, x, mask, source):
     dt = v.type.dtype
     m = L.cast(mask, "bool")
     if m.type.shape != v.type.shape:
-        from .aten_shape import _broadcast_to
-
-        m = _broadcast_to(L, m, v.type.shape, "mask")
+        m = broadcast_to(L, m, v.type.shape, "mask")
     mflat = L.add("reshape", [m], {"shape": (v.type.size,)}, name=_n(L, "mflat"))
     rank = L.add("cumsum", [L.cast(mflat, "int32")], {"axis": 0}, name=_n(L, "rank"))
     pos = L.add("sub", [rank, L.scalar(1, "int32")], name=_n(L, "pos"))
@@ -227,9 +218,9 @@ for _copy, _view in [("aten.narrow_copy.default", "aten.narrow.default"), ("aten
 
 @lower("aten.narrow.default", "aten.narrow_copy.default")
 def _narrow_op(L, x, dim, start, length):
-    from .aten_shape import _slice
+    from .aten_shape import lower_slice
 
-    n = L.v(x).type.shape[_axis(dim, L.v(x).type.rank)]
+    n = L.v(x).type.shape[norm_axis(dim, L.v(x).type.rank)]
     start = start % n if start < 0 else start
-    return _slice(L, x, dim, start, start + length, 1)
+    return lower_slice(L, x, dim, start, start + length, 1)
 

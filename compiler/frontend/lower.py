@@ -31,24 +31,12 @@ import torch.utils._pytree as pytree
 from .. import __version__
 from ..errors import FrontendError, InputError, TlcError, UnsupportedOpError
 from ..ir import Graph, GraphBuilder, SourceLoc, TensorType, Value
-from ..ops.fallback import TORCH_DTYPES, encode
+from ..ops.fallback import encode
+from .common import LOWERINGS, SKIP, Const, ir_dtype
 from .aten_complex import Complex, lower_complex
 
 TORCH_DIR = torch.__file__.rsplit("/", 1)[0]
 TLC_DIR = __file__.rsplit("/", 2)[0] + "/"  # compiler/: never blame tlc's own frames
-
-_TORCH_TO_IR = {getattr(torch, name): ir for name, ir in TORCH_DTYPES.items()}
-_IR_TO_TORCH = {"fp32": torch.float32, "fp16": torch.float16, "int32": torch.int32, "bool": torch.bool,
-                "complex64": torch.complex64}
-
-
-def ir_dtype(dt: torch.dtype, what: str = "tensor", loc=None) -> str:
-    """IR dtype for a torch dtype (64-bit types narrowed); raises :class:`FrontendError` for
-    bfloat16 and others the IR cannot hold."""
-    if dt in _TORCH_TO_IR:
-        return _TORCH_TO_IR[dt]
-    raise FrontendError(f"{what} has dtype {dt}, which tlc does not support (use float32/float16/int/bool)", loc=loc)
-
 
 #: Data-dependent sizes whose value the lowering found static (a mask that is a constant):
 #: symbol name -> int, for the lowering under way (:meth:`Lowerer.resolve`).
@@ -115,15 +103,6 @@ def fallback_reason(v) -> str | None:
     if isinstance(v, (tuple, list)):
         return next((r for r in map(fallback_reason, v) if r), None)
     return None
-
-
-@dataclass(eq=False)
-class Const:
-    """A compile-time constant (a torch tensor in its original dtype)."""
-
-    tensor: torch.Tensor
-    name: str
-    value: "Value | None" = None  # the IR const node's output, once materialized
 
 
 def source_loc(node: torch.fx.Node) -> SourceLoc:
@@ -328,8 +307,6 @@ class Lowerer:
         raise FrontendError("exported graph has no output node")
 
     def lower_call(self, node: torch.fx.Node):
-        from .aten import LOWERINGS, SKIP
-
         target = node.target
         if target is operator.getitem:
             src, idx = node.args
@@ -460,8 +437,6 @@ class Lowerer:
         node_args = tuple(node.args) if args is None else args
         node_kwargs = dict(node.kwargs) if kwargs is None else kwargs
         if not isinstance(target, torch._ops.OpOverload):
-            from .aten import SKIP
-
             if node.users and all(str(u.target) in SKIP for u in node.users):
                 return None  # a symbolic condition only run-time assertions read (tlc drops those)
             raise UnsupportedOpError(

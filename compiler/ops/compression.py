@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .mil_only import _row, tensor_inputs as _inputs
+from .mil_only import interpreter_row, tensor_inputs as _inputs
 
 
 def _unpack_bits(packed, nbits: int, count: int) -> np.ndarray:
@@ -175,16 +175,16 @@ def _dequantize(attrs, x, scale):
     return y * _along(scale, x.ndim, axis).astype(np.float32)
 
 
-_row("constexpr_affine_dequantize", _affine_dequantize, from_mil=_inputs("quantized_data", "zero_point", "scale"))
-_row("constexpr_blockwise_shift_scale", _blockwise_shift_scale, from_mil=_inputs("data", "scale", optional=("offset",)))
-_row("constexpr_lut_to_dense", _lut_to_dense, from_mil=_inputs("indices", "lut", optional=("shape",)))
-_row("constexpr_sparse_to_dense", _sparse_to_dense, from_mil=_inputs("nonzero_data", "mask", optional=("shape",)))
-_row("constexpr_lut_to_sparse", _lut_to_sparse, from_mil=_inputs("indices_mask", "indices_nonzero_data", "lut"))
-_row("constexpr_sparse_blockwise_shift_scale", _sparse_blockwise_shift_scale,
+interpreter_row("constexpr_affine_dequantize", _affine_dequantize, from_mil=_inputs("quantized_data", "zero_point", "scale"))
+interpreter_row("constexpr_blockwise_shift_scale", _blockwise_shift_scale, from_mil=_inputs("data", "scale", optional=("offset",)))
+interpreter_row("constexpr_lut_to_dense", _lut_to_dense, from_mil=_inputs("indices", "lut", optional=("shape",)))
+interpreter_row("constexpr_sparse_to_dense", _sparse_to_dense, from_mil=_inputs("nonzero_data", "mask", optional=("shape",)))
+interpreter_row("constexpr_lut_to_sparse", _lut_to_sparse, from_mil=_inputs("indices_mask", "indices_nonzero_data", "lut"))
+interpreter_row("constexpr_sparse_blockwise_shift_scale", _sparse_blockwise_shift_scale,
      from_mil=_inputs("data_mask", "nonzero_data", "scale", optional=("offset",)))
-_row("constexpr_cast", _constexpr_cast, from_mil=_inputs("source_val"))
-_row("quantize", _quantize, from_mil=_inputs("input", "scale", optional=("zero_point",)))
-_row("dequantize", _dequantize, from_mil=_inputs("input", "scale", optional=("zero_point",)))
+interpreter_row("constexpr_cast", _constexpr_cast, from_mil=_inputs("source_val"))
+interpreter_row("quantize", _quantize, from_mil=_inputs("input", "scale", optional=("zero_point",)))
+interpreter_row("dequantize", _dequantize, from_mil=_inputs("input", "scale", optional=("zero_point",)))
 
 #: MIL ops whose inputs are all constants: the interpreter evaluates them once, at load.
 CONSTEXPR_OPS = frozenset(n for n in ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale",

@@ -31,7 +31,7 @@ from .._lazy import F, torch
 from ..errors import IRError
 from ..ir import TensorType
 from . import register
-from .elementwise import FLOAT, _same_dtype
+from .common import FLOAT, same_dtype
 from .parallel import parallel_for
 
 POOL_MAX_KERNEL = 13  # hollance/neural-engine unsupported-layers.md; issues #1, #2
@@ -61,7 +61,7 @@ def explicit_pad(pad_type: str, pad, in_sp, kernel, strides, dilations) -> tuple
     return tuple(out)
 
 
-def _window_from_mil(vals, kernel, tensor_names):
+def window_from_mil(vals, kernel, tensor_names):
     """Shared adapter for conv and pools: resolve pad_type into ``pad``; ints to tuples."""
     from . import mil_attr
 
@@ -107,7 +107,7 @@ def _window_shapes(x: TensorType, kernel, attrs, ceil_mode=False):
 
 def _infer_conv(in_types, attrs):
     x, w = in_types[0], in_types[1]
-    _same_dtype(in_types, FLOAT)
+    same_dtype(in_types, FLOAT)
     g = attrs.get("groups", 1)
     if x.rank not in (3, 4, 5) or w.rank != x.rank:
         raise IRError(f"conv supports 1-D/2-D/3-D: x{list(x.shape)}, weight{list(w.shape)}")
@@ -119,7 +119,7 @@ def _infer_conv(in_types, attrs):
     return [TensorType(x.dtype, (x.shape[0], w.shape[0]) + sp)]
 
 
-def _pad_array(x, pad, value=0.0):
+def pad_array(x, pad, value=0.0):
     if not any(pad):
         return x
     widths = [(0, 0), (0, 0)] + [(pad[2 * i], pad[2 * i + 1]) for i in range(x.ndim - 2)]
@@ -137,7 +137,7 @@ def _windows(xp, kernel, strides, dil, out_sp):
     return win[idx]
 
 
-def _taps(kernel, strides, dil, out_sp):
+def conv_taps(kernel, strides, dil, out_sp):
     """For each kernel tap: the index of the tap and the spatial slices of the padded input that
     the tap reads for every output position (``[N, C, *out_sp]`` views)."""
     for tap in np.ndindex(*kernel):
@@ -220,7 +220,7 @@ def _conv_depthwise(x, w, strides, dil, pad, out_sp):
     return y
 
 
-def _conv(attrs, x, w, b=None):
+def conv_kernel(attrs, x, w, b=None):
     """MIL ``conv`` (iOS15 conv.py): x[N, Cin, *sp] * weight[Cout, Cin/groups, *k] + bias[Cout],
     with ``strides``, ``dilations``, custom ``pad`` and ``groups``; 1 to 3 spatial axes (3-D and
     depthwise 3-D run as im2col + GEMM)."""
@@ -241,7 +241,7 @@ def _conv(attrs, x, w, b=None):
         else:
             y = _conv_depthwise(x, w, strides, dil, pad, out_sp)
     else:
-        y = _conv_gemm(_pad_array(x, pad), w, g, strides, dil, out_sp)
+        y = _conv_gemm(pad_array(x, pad), w, g, strides, dil, out_sp)
     if b is not None:
         y += b.reshape((1, cout) + (1,) * nsp).astype(y.dtype, copy=False)
     return np.ascontiguousarray(y, dtype=x.dtype)
@@ -288,9 +288,9 @@ def _flops_conv(i, o, a):
     return 2 * o[0].size * int(np.prod(w.shape[1:]))
 
 
-register("conv", infer=_infer_conv, numpy=_conv, emit_mil=_emit_conv, ane=_ane_conv, flops=_flops_conv,
+register("conv", infer=_infer_conv, numpy=conv_kernel, emit_mil=_emit_conv, ane=_ane_conv, flops=_flops_conv,
          mil_inputs=("x", "weight", "bias"),
-         from_mil=lambda v: _window_from_mil(v, v["weight"].shape[2:], ("x", "weight", "bias")),
+         from_mil=lambda v: window_from_mil(v, v["weight"].shape[2:], ("x", "weight", "bias")),
          torch=_t_conv)
 
 
@@ -299,7 +299,7 @@ register("conv", infer=_infer_conv, numpy=_conv, emit_mil=_emit_conv, ane=_ane_c
 
 def _infer_conv_transpose(in_types, attrs):
     x, w = in_types[0], in_types[1]
-    _same_dtype(in_types, FLOAT)
+    same_dtype(in_types, FLOAT)
     g = attrs.get("groups", 1)
     nsp = x.rank - 2
     if x.rank not in (3, 4, 5) or w.rank != x.rank or x.shape[1] != w.shape[0] or w.shape[0] % g:
@@ -479,11 +479,11 @@ def _pool_input(attrs, x, fill):
         need = (out_sp[i] - 1) * strides[i] + k[i] - (x.shape[2 + i] + pad[2 * i] + pad[2 * i + 1])
         if need > 0:
             pad[2 * i + 1] += need
-    xp = _pad_array(x, pad, fill)
-    return xp, pad, out_sp, list(_taps(k, strides, (1,) * nsp, out_sp))
+    xp = pad_array(x, pad, fill)
+    return xp, pad, out_sp, list(conv_taps(k, strides, (1,) * nsp, out_sp))
 
 
-def _tap_reduce(op, xp, taps, out_sp):
+def tap_reduce(op, xp, taps, out_sp):
     """``op``-reduce (``np.maximum`` / ``np.add``) the taps' views of xp[N, C, ...] into a new
     [N, C, *out_sp] array, in tap order; channel blocks run on threads."""
     n, c = xp.shape[:2]
@@ -505,22 +505,22 @@ def _tap_reduce(op, xp, taps, out_sp):
 def _max_pool(attrs, x):
     """MIL ``max_pool`` (iOS15 pool.py): window max; padding never wins (filled with -inf)."""
     xp, _, out_sp, taps = _pool_input(attrs, x, -np.inf)
-    return _tap_reduce(np.maximum, xp, taps, out_sp)
+    return tap_reduce(np.maximum, xp, taps, out_sp)
 
 
 def _avg_pool(attrs, x):
     """MIL ``avg_pool`` (iOS15 pool.py): window mean; ``exclude_padding_from_average`` divides by
     the count of real (unpadded) elements, as torch's ``count_include_pad=False``."""
     xp, pad, out_sp, taps = _pool_input(attrs, x, 0.0)
-    s = _tap_reduce(np.add, xp, taps, out_sp)
+    s = tap_reduce(np.add, xp, taps, out_sp)
     nsp = x.ndim - 2
     if attrs.get("exclude_padding_from_average", False):
-        ones = _pad_array(np.ones((1, 1) + x.shape[2:], x.dtype), pad, 0.0)
+        ones = pad_array(np.ones((1, 1) + x.shape[2:], x.dtype), pad, 0.0)
     else:  # torch (count_include_pad=True) counts explicit padding but not ceil_mode overhang
         orig = list(attrs.get("pad") or (0,) * (2 * nsp))
-        ones = _pad_array(np.ones((1, 1) + x.shape[2:], x.dtype), orig, 1.0)
-        ones = _pad_array(ones, [0 if j % 2 == 0 else pad[j] - orig[j] for j in range(2 * nsp)], 0.0)
-    s /= _tap_reduce(np.add, ones, taps, out_sp)
+        ones = pad_array(np.ones((1, 1) + x.shape[2:], x.dtype), orig, 1.0)
+        ones = pad_array(ones, [0 if j % 2 == 0 else pad[j] - orig[j] for j in range(2 * nsp)], 0.0)
+    s /= tap_reduce(np.add, ones, taps, out_sp)
     return s
 
 
@@ -604,7 +604,7 @@ def _flops_pool(i, o, a):
 
 
 def _pool_from_mil(v):
-    arrays, attrs = _window_from_mil(v, tuple(int(k) for k in v["kernel_sizes"]), ("x",))
+    arrays, attrs = window_from_mil(v, tuple(int(k) for k in v["kernel_sizes"]), ("x",))
     attrs.pop("dilations")
     return arrays, attrs
 

@@ -10,66 +10,26 @@ changes a tensor's dtype in torch either.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import numpy as np
 from .._lazy import F, torch
 
+from ..dtypes import TORCH, numpy_of
 from ..errors import IRError
 from ..ir import DTYPES, TensorType
 from . import flops_elementwise, register
+from .common import FLOAT, broadcast_shape, same_dtype
 from .parallel import map_rows
 
-FLOAT = ("fp32", "fp16")
-
-
-def _broadcast(in_types) -> tuple[int, ...]:
-    try:
-        return tuple(np.broadcast_shapes(*[t.shape for t in in_types]))
-    except ValueError:
-        raise IRError(
-            "shapes " + " and ".join(str(list(t.shape)) for t in in_types) + " do not broadcast"
-        ) from None
-
-
-def _same_dtype(in_types, allowed=None) -> str:
-    dts = {t.dtype for t in in_types}
-    if len(dts) != 1:
-        raise IRError(f"operands have different dtypes {sorted(dts)}; insert a cast")
-    dt = dts.pop()
-    if allowed and dt not in allowed:
-        raise IRError(f"dtype {dt} not supported (expected one of {', '.join(allowed)})")
-    return dt
-
-
 # ------------------------------------------------------------------------------------ binary
-
-
-#: IR dtype name -> torch dtype (the torch executor's tensors).
-class _TorchDtypes(Mapping):
-    """IR dtype name -> torch dtype, resolved when first read (torch is imported lazily)."""
-
-    _NAMES = {"fp32": "float32", "fp16": "float16", "int32": "int32", "bool": "bool"}
-
-    def __getitem__(self, k):
-        return getattr(torch, self._NAMES[k])
-
-    def __iter__(self):
-        return iter(self._NAMES)
-
-    def __len__(self):
-        return len(self._NAMES)
-
-
-TORCH_DTYPES = _TorchDtypes()
 
 
 def _binary(name: str, fn, tfn, *, out_dtype=None, allowed=None, doc=""):
     def infer(in_types, attrs):
         if len(in_types) != 2:
             raise IRError(f"expects 2 inputs, got {len(in_types)}")
-        dt = _same_dtype(in_types, allowed)
-        return [TensorType(out_dtype or dt, _broadcast(in_types))]
+        dt = same_dtype(in_types, allowed)
+        return [TensorType(out_dtype or dt, broadcast_shape(in_types))]
 
     def kernel(attrs, x, y):
         r = fn(x, y)
@@ -385,17 +345,14 @@ def _infer_cast(in_types, attrs):
     return [TensorType(dt, in_types[0].shape)]
 
 
-#: MIL ``cast`` dtypes beyond the IR's (packages made by coremltools carry them; iOS17 cast).
-MIL_CAST_DTYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16, "int64": np.int64,
-                   "fp64": np.float64}
 
 
 def _cast(attrs, x):
     """MIL ``cast`` (elementwise_unary.py): convert to ``dtype``; float -> int truncates toward 0.
-    The MIL interpreter also meets int8/uint8/int16/uint16 (:data:`MIL_CAST_DTYPES`): a float is
+    The MIL interpreter also meets int8/uint8/int16/uint16 (:data:`tlc.dtypes.MIL_EXTRA_NUMPY`): a float is
     truncated, then wrapped as NumPy's ``astype`` does."""
     dt = attrs["dtype"]
-    return x.astype(DTYPES[dt] if dt in DTYPES else MIL_CAST_DTYPES[dt])
+    return x.astype(numpy_of(dt))
 
 
 def _emit_cast(ctx, attrs, ins, nm):
@@ -403,15 +360,15 @@ def _emit_cast(ctx, attrs, ins, nm):
 
 
 register("cast", elementwise="unary", is_noop=lambda a, t: a["dtype"] == t[0].dtype, infer=_infer_cast, numpy=_cast, emit_mil=_emit_cast, flops=lambda i, o, a: 0,
-         torch=lambda a, x: x.to(TORCH_DTYPES[a["dtype"]]))
+         torch=lambda a, x: x.to(TORCH[a["dtype"]]))
 
 
 def _infer_select(in_types, attrs):
     c, a, b = in_types
     if c.dtype != "bool":
         raise IRError(f"select condition must be bool, got {c.dtype}")
-    dt = _same_dtype([a, b])
-    return [TensorType(dt, _broadcast(in_types))]
+    dt = same_dtype([a, b])
+    return [TensorType(dt, broadcast_shape(in_types))]
 
 
 def _select(attrs, cond, a, b):
@@ -440,4 +397,4 @@ def _emit_select(ctx, attrs, ins, nm):
 register("select", elementwise="ternary", infer=_infer_select, numpy=_select, emit_mil=_emit_select, mil_inputs=("cond", "a", "b"),
          torch=lambda a, cond, x, y: torch.where(cond, x, y))
 
-__all__ = ["erf", "flops_elementwise", "TORCH_DTYPES"]
+__all__ = ["erf", "flops_elementwise"]

@@ -42,15 +42,10 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import IRError, TlcError, UnsupportedOpError
+from ..dtypes import FROM_TORCH
 from ..ir import TensorType
 from . import OPS, OpDef, make_row, register
 
-#: torch dtype name -> IR dtype (int64/float64/complex128 narrowed; Core ML has no 64-bit types).
-TORCH_DTYPES = {
-    "float32": "fp32", "float64": "fp32", "float16": "fp16", "int64": "int32", "int32": "int32",
-    "int16": "int32", "int8": "int32", "uint8": "int32", "bool": "bool", "complex64": "complex64",
-    "complex128": "complex64",
-}
 _SCALAR_TAGS = {"$int": "int32", "$float": "fp32", "$bool": "bool"}
 
 #: Every fallback row is host-only for the torch-device executor (its ``torch`` kernel contract:
@@ -172,7 +167,7 @@ def _infer(in_types, attrs) -> list:
         raise IRError(f"has {len(in_types)} inputs but its arguments refer to inputs {sorted(refs)}")
     for i, t in enumerate(in_types):
         tag = refs[i]
-        want = TORCH_DTYPES.get(tag[2]) if tag[0] == "$in" else _SCALAR_TAGS[tag[0]]
+        want = FROM_TORCH.get(tag[2]) if tag[0] == "$in" else _SCALAR_TAGS[tag[0]]
         if t.dtype != want or (tag[0] != "$in" and t.rank != 0):
             raise IRError(f"input {i} is {t}; its argument {tag} needs {want}" + ("" if tag[0] == "$in" else "[]"))
     return [TensorType(dt, tuple(shape)) for dt, shape in (e for e in attrs["out_types"] if e is not None)]

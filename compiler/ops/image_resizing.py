@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import mil_attr
-from .mil_only import _row
+from .mil_only import interpreter_row
 
 
 def grid(n: int, m: int, mode: str) -> np.ndarray:
@@ -310,11 +310,11 @@ def _affine(attrs, x, transform_matrix):
                    float(attrs.get("padding_value", 0.0))).astype(np.float32)
 
 
-_row("resize_bilinear", _resize_bilinear)
-_row("resize_nearest_neighbor", _resize_nearest_neighbor)
-_row("upsample_bilinear", _upsample_bilinear)
-_row("resize", _resize_ios17, ("x", "shape"))
-_row("crop", _crop)
-_row("crop_resize", _crop_resize, from_mil=_crop_resize_from_mil)
-_row("resample", _resample, ("x", "coordinates"))
-_row("affine", _affine, ("x", "transform_matrix"))
+interpreter_row("resize_bilinear", _resize_bilinear)
+interpreter_row("resize_nearest_neighbor", _resize_nearest_neighbor)
+interpreter_row("upsample_bilinear", _upsample_bilinear)
+interpreter_row("resize", _resize_ios17, ("x", "shape"))
+interpreter_row("crop", _crop)
+interpreter_row("crop_resize", _crop_resize, from_mil=_crop_resize_from_mil)
+interpreter_row("resample", _resample, ("x", "coordinates"))
+interpreter_row("affine", _affine, ("x", "transform_matrix"))

@@ -22,7 +22,7 @@ from .._lazy import torch
 from ..errors import IRError
 from ..ir import TensorType
 from . import flops_none, mil_attr, register
-from .elementwise import _same_dtype
+from .common import same_dtype
 from .norm import norm_axes
 
 _GATHER_ANE = "gather is not run on the ANE (hollance/neural-engine unsupported-layers.md)"
@@ -158,7 +158,7 @@ def _infer_scatter(in_types, attrs):
     if idx.rank != 1 or upd.shape != want:
         raise IRError(f"scatter needs 1-D indices and updates of shape {list(want)}; got indices "
                       f"{list(idx.shape)}, updates {list(upd.shape)}")
-    _same_dtype([data, upd])
+    same_dtype([data, upd])
     return [data]
 
 
@@ -218,7 +218,7 @@ def _infer_scatter_along_axis(in_types, attrs):
             idx.shape[i] != data.shape[i] for i in range(data.rank) if i != ax):
         raise IRError(f"scatter_along_axis indices/updates {list(idx.shape)}/{list(upd.shape)} must match data "
                       f"{list(data.shape)} off axis {ax}")
-    _same_dtype([data, upd])
+    same_dtype([data, upd])
     return [data]
 
 
@@ -253,7 +253,7 @@ def _infer_scatter_nd(in_types, attrs):
     if idx.rank < 1 or k > data.rank or upd.shape != want:
         raise IRError(f"scatter_nd updates must be {list(want)} for indices {list(idx.shape)} into "
                       f"{list(data.shape)}, got {list(upd.shape)}")
-    _same_dtype([data, upd])
+    same_dtype([data, upd])
     return [data]
 
 

@@ -12,7 +12,7 @@ from .._lazy import F, torch
 from ..errors import IRError
 from ..ir import TensorType
 from . import register
-from .elementwise import FLOAT, _broadcast, _same_dtype
+from .common import FLOAT, broadcast_shape, same_dtype
 from .parallel import map_rows
 
 #: Additive mask value used when a boolean attention mask is lowered to MIL ops for targets
@@ -24,7 +24,7 @@ MASK_FILL = -30000.0
 
 def _infer_linear(in_types, attrs):
     x, w = in_types[0], in_types[1]
-    _same_dtype(in_types, FLOAT)
+    same_dtype(in_types, FLOAT)
     if w.rank != 2 or x.rank < 1 or x.shape[-1] != w.shape[1]:
         raise IRError(f"linear needs x[..., K] and weight[N, K]; got x{list(x.shape)}, weight{list(w.shape)}")
     if len(in_types) == 3 and in_types[2].shape != (w.shape[0],):
@@ -78,14 +78,14 @@ def _mm_dims(t: TensorType, transpose: bool) -> tuple[int, int]:
 
 def _infer_matmul(in_types, attrs):
     x, y = in_types
-    dt = _same_dtype(in_types, FLOAT)
+    dt = same_dtype(in_types, FLOAT)
     if x.rank < 2 or y.rank < 2:
         raise IRError(f"matmul operands must have rank >= 2, got {x.rank} and {y.rank}")
     m, k = _mm_dims(x, attrs.get("transpose_x", False))
     k2, n = _mm_dims(y, attrs.get("transpose_y", False))
     if k != k2:
         raise IRError(f"matmul inner dimensions differ: {list(x.shape)} @ {list(y.shape)}")
-    batch = _broadcast([TensorType(dt, x.shape[:-2]), TensorType(dt, y.shape[:-2])])
+    batch = broadcast_shape([TensorType(dt, x.shape[:-2]), TensorType(dt, y.shape[:-2])])
     return [TensorType(dt, batch + (m, n))]
 
 
@@ -128,7 +128,7 @@ register("matmul", infer=_infer_matmul, numpy=_matmul, emit_mil=_emit_matmul, fl
 
 def _infer_sdpa(in_types, attrs):
     q, k, v = in_types[:3]
-    dt = _same_dtype([q, k, v], FLOAT)
+    dt = same_dtype([q, k, v], FLOAT)
     if q.rank < 3 or k.shape[-1] != q.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise IRError(f"attention shapes q{list(q.shape)} k{list(k.shape)} v{list(v.shape)} do not fit")
     out = TensorType(dt, q.shape[:-1] + (v.shape[-1],))
@@ -136,7 +136,7 @@ def _infer_sdpa(in_types, attrs):
         m = in_types[3]
         if m.dtype not in ("bool", dt):
             raise IRError(f"attention mask must be bool or {dt}, got {m.dtype}")
-        _broadcast([m, TensorType(dt, q.shape[:-1] + (k.shape[-2],))])
+        broadcast_shape([m, TensorType(dt, q.shape[:-1] + (k.shape[-2],))])
     return [out]
 
 

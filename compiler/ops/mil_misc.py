@@ -16,8 +16,8 @@ import numpy as np
 
 from ..errors import IRError
 from . import mil_attr
-from .conv import _conv, _pad_array, _tap_reduce, _taps, _window_from_mil, explicit_pad
-from .mil_only import _row, attrs_except as _attrs
+from .conv import conv_kernel, pad_array, tap_reduce, conv_taps, window_from_mil, explicit_pad
+from .mil_only import interpreter_row, attrs_except as _attrs
 
 
 # ------------------------------------------------------------------------------------ l2_pool
@@ -60,8 +60,8 @@ def _l2_pool(attrs, x):
         if need > 0:
             pad[2 * i + 1] += need
     xf = x.astype(np.float32)
-    xp = _pad_array(xf * xf, pad, 0.0)
-    s = _tap_reduce(np.add, xp, list(_taps(k, strides, (1,) * nsp, out_sp)), out_sp)
+    xp = pad_array(xf * xf, pad, 0.0)
+    s = tap_reduce(np.add, xp, list(conv_taps(k, strides, (1,) * nsp, out_sp)), out_sp)
     return np.sqrt(s)
 
 
@@ -278,7 +278,7 @@ def _slice_update(attrs, x, update):
     (``begin_mask`` / ``end_mask`` / ``squeeze_mask``, negative indices and strides; its shape
     rule, ``solve_slice_by_index_shape``). ``update`` has the slice's shape (squeezed axes
     dropped). The attributes are the slice in tlc's normalized form
-    (:func:`tlc.ops.shape._slice_from_mil`: forward ``begin``/``end``/``stride``, ``flip`` for
+    (:func:`tlc.ops.shape.slice_from_mil`: forward ``begin``/``end``/``stride``, ``flip`` for
     the axes a negative stride walks backwards)."""
     out = np.array(x, copy=True)
     sl = tuple(slice(b, e, s) for b, e, s in zip(attrs["begin"], attrs["end"], attrs["stride"]))
@@ -294,10 +294,10 @@ def _slice_update(attrs, x, update):
 
 
 def _slice_update_from_mil(vals):
-    from .shape import _slice_from_mil
+    from .shape import slice_from_mil
 
     names = ("x", "begin", "end", "stride", "begin_mask", "end_mask", "squeeze_mask")
-    _, attrs = _slice_from_mil({k: vals.get(k) for k in names})
+    _, attrs = slice_from_mil({k: vals.get(k) for k in names})
     return [vals["x"], vals["update"]], attrs
 
 
@@ -347,11 +347,11 @@ def _conv_quantized(attrs, x, weight, bias=None):
     neuralnetwork lowering passes it (backend/nn/op_mapping.py ``conv_helper``)."""
     wf = _dequantize_weight(attrs, weight)
     b = None if bias is None else np.asarray(bias).astype(np.float32)
-    return _conv(attrs, x.astype(np.float32, copy=False), wf, b)
+    return conv_kernel(attrs, x.astype(np.float32, copy=False), wf, b)
 
 
 def _conv_quantized_from_mil(vals):
-    return _window_from_mil(vals, vals["weight"].shape[2:], ("x", "weight", "bias"))
+    return window_from_mil(vals, vals["weight"].shape[2:], ("x", "weight", "bias"))
 
 
 # ----------------------------------------------------------------------------------- classify
@@ -375,13 +375,13 @@ def _classify(attrs, probabilities):
     return label, probs
 
 
-_row("l2_pool", _l2_pool, from_mil=_l2_pool_from_mil)
-_row("einsum", _einsum, ("values",), from_mil=_einsum_from_mil)
-_row("non_zero", _non_zero)
-_row("non_maximum_suppression", _nms, ("boxes", "scores"))
-_row("sliding_windows", _sliding_windows)
-_row("reshape_like", _reshape_like, ("x",), from_mil=_reshape_like_from_mil)
-_row("random_categorical", _random_categorical, nondeterministic=True)
-_row("slice_update", _slice_update, ("x", "update"), from_mil=_slice_update_from_mil)
-_row("conv_quantized", _conv_quantized, ("x", "weight", "bias"), from_mil=_conv_quantized_from_mil)
-_row("classify", _classify, ("probabilities",))
+interpreter_row("l2_pool", _l2_pool, from_mil=_l2_pool_from_mil)
+interpreter_row("einsum", _einsum, ("values",), from_mil=_einsum_from_mil)
+interpreter_row("non_zero", _non_zero)
+interpreter_row("non_maximum_suppression", _nms, ("boxes", "scores"))
+interpreter_row("sliding_windows", _sliding_windows)
+interpreter_row("reshape_like", _reshape_like, ("x",), from_mil=_reshape_like_from_mil)
+interpreter_row("random_categorical", _random_categorical, nondeterministic=True)
+interpreter_row("slice_update", _slice_update, ("x", "update"), from_mil=_slice_update_from_mil)
+interpreter_row("conv_quantized", _conv_quantized, ("x", "weight", "bias"), from_mil=_conv_quantized_from_mil)
+interpreter_row("classify", _classify, ("probabilities",))

@@ -23,7 +23,7 @@ def _no_ir(name):
     return infer
 
 
-def _row(name, kernel, mil_inputs=("x",), from_mil=None, nondeterministic=False):
+def interpreter_row(name, kernel, mil_inputs=("x",), from_mil=None, nondeterministic=False):
     register(name, infer=_no_ir(name), numpy=kernel, emit_mil=None, mil_inputs=mil_inputs, from_mil=from_mil,
              host_only=_HOST, interpreter_only=True, nondeterministic=nondeterministic)
 
@@ -243,24 +243,24 @@ def _shape(attrs, x):
     return np.array(x.shape, np.int32)
 
 
-_row("prelu", _prelu, ("x", "alpha"))
-_row("softplus_parametric", _softplus_parametric, ("x", "alpha", "beta"))
-_row("flatten2d", _flatten2d)
-_row("slice_by_size", _slice_by_size, ("x", "begin", "size"))
-_row("stack", _stack, from_mil=lambda vals: (list(vals["values"]), {"axis": int(np.asarray(vals["axis"]).item())}))
-_row("band_part", _band_part)
-_row("l2_norm", _l2_norm)
-_row("instance_norm", _instance_norm, ("x", "gamma", "beta"), from_mil=_instance_norm_from_mil)
-_row("local_response_norm", _local_response_norm)
-_row("pixel_shuffle", _pixel_shuffle)
-_row("pixel_unshuffle", _pixel_unshuffle)
-_row("depth_to_space", _depth_to_space)
-_row("space_to_depth", _space_to_depth)
-_row("reverse_sequence", _reverse_sequence, ("x", "lengths"))
-_row("space_to_batch", _space_to_batch)
-_row("batch_to_space", _batch_to_space)
-_row("fill", _fill, ("shape",))
-_row("fill_like", _fill_like, ("ref_tensor",))
-_row("range_1d", _range_1d, ("end", "start", "step"))
-_row("one_hot", _one_hot, ("indices", "one_hot_vector_size"))
-_row("shape", _shape)
+interpreter_row("prelu", _prelu, ("x", "alpha"))
+interpreter_row("softplus_parametric", _softplus_parametric, ("x", "alpha", "beta"))
+interpreter_row("flatten2d", _flatten2d)
+interpreter_row("slice_by_size", _slice_by_size, ("x", "begin", "size"))
+interpreter_row("stack", _stack, from_mil=lambda vals: (list(vals["values"]), {"axis": int(np.asarray(vals["axis"]).item())}))
+interpreter_row("band_part", _band_part)
+interpreter_row("l2_norm", _l2_norm)
+interpreter_row("instance_norm", _instance_norm, ("x", "gamma", "beta"), from_mil=_instance_norm_from_mil)
+interpreter_row("local_response_norm", _local_response_norm)
+interpreter_row("pixel_shuffle", _pixel_shuffle)
+interpreter_row("pixel_unshuffle", _pixel_unshuffle)
+interpreter_row("depth_to_space", _depth_to_space)
+interpreter_row("space_to_depth", _space_to_depth)
+interpreter_row("reverse_sequence", _reverse_sequence, ("x", "lengths"))
+interpreter_row("space_to_batch", _space_to_batch)
+interpreter_row("batch_to_space", _batch_to_space)
+interpreter_row("fill", _fill, ("shape",))
+interpreter_row("fill_like", _fill_like, ("ref_tensor",))
+interpreter_row("range_1d", _range_1d, ("end", "start", "step"))
+interpreter_row("one_hot", _one_hot, ("indices", "one_hot_vector_size"))
+interpreter_row("shape", _shape)

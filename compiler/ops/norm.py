@@ -16,7 +16,7 @@ from .._lazy import F, torch
 from ..errors import IRError
 from ..ir import TensorType
 from . import register
-from .elementwise import FLOAT, _same_dtype
+from .common import FLOAT, same_dtype
 from .linalg import softmax as _softmax
 from .parallel import map_rows
 
@@ -33,7 +33,7 @@ def norm_axes(axes, rank: int) -> tuple[int, ...]:
 
 def _infer_layer_norm(in_types, attrs):
     x = in_types[0]
-    _same_dtype(in_types, FLOAT)
+    same_dtype(in_types, FLOAT)
     axes = norm_axes(attrs["axes"], x.rank)
     want = tuple(x.shape[a] for a in axes)
     for t in in_types[1:]:
@@ -188,7 +188,7 @@ register("rms_norm", half_attrs={"epsilon": "epsilon"},
 
 def _infer_group_norm(in_types, attrs):
     x = in_types[0]
-    _same_dtype(in_types, FLOAT)
+    same_dtype(in_types, FLOAT)
     g = attrs["num_groups"]
     if x.rank < 2 or g < 1 or x.shape[1] % g:
         raise IRError(f"group_norm needs x[N, C, ...] with C divisible by num_groups={g}; got {list(x.shape)}")
@@ -257,7 +257,7 @@ register("group_norm", half_attrs={"epsilon": "epsilon"},
 
 def _infer_batch_norm(in_types, attrs):
     x = in_types[0]
-    _same_dtype(in_types, FLOAT)
+    same_dtype(in_types, FLOAT)
     if x.rank < 2:
         raise IRError("batch_norm needs rank >= 2")
     for t in in_types[1:]:
@@ -298,7 +298,7 @@ register("batch_norm", half_attrs={"epsilon": "epsilon"},
 
 def _infer_softmax(in_types, attrs):
     x = in_types[0]
-    _same_dtype(in_types, FLOAT)
+    same_dtype(in_types, FLOAT)
     norm_axes([attrs.get("axis", -1)], x.rank)
     return [x]
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .mil_only import _row, tensor_inputs
+from .mil_only import interpreter_row, tensor_inputs
 
 
 def _act(name: str):
@@ -142,8 +142,8 @@ def _lstm(attrs, x, h0, c0, w_ih, w_hh):
     return out, h, c
 
 
-_row("rnn", _rnn, from_mil=tensor_inputs("x", "initial_h", "weight_ih", "weight_hh", optional=("bias",)))
-_row("gru", _gru, from_mil=tensor_inputs("x", "initial_h", "weight_ih", "weight_hh", optional=("bias", "input_bias")))
-_row("lstm", _lstm, from_mil=tensor_inputs("x", "initial_h", "initial_c", "weight_ih", "weight_hh",
+interpreter_row("rnn", _rnn, from_mil=tensor_inputs("x", "initial_h", "weight_ih", "weight_hh", optional=("bias",)))
+interpreter_row("gru", _gru, from_mil=tensor_inputs("x", "initial_h", "weight_ih", "weight_hh", optional=("bias", "input_bias")))
+interpreter_row("lstm", _lstm, from_mil=tensor_inputs("x", "initial_h", "initial_c", "weight_ih", "weight_hh",
                                             optional=("bias", "peephole", "weight_ih_back", "weight_hh_back",
                                                       "bias_back", "peephole_back")))

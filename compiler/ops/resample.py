@@ -18,7 +18,7 @@ from .._lazy import torch
 from ..errors import IRError
 from ..ir import TensorType
 from . import flops_none, mil_attr, register
-from .elementwise import FLOAT
+from .common import FLOAT
 
 #: hollance/neural-engine docs/unsupported-layers.md (issues #1, #2): upsampling by more than 2x
 #: may leave the ANE.

@@ -291,7 +291,7 @@ def _emit_slice(ctx, a, ins, nm):
     )
 
 
-def _slice_from_mil(v):
+def slice_from_mil(v):
     """MIL ``slice_by_index`` (iOS15 tensor_transformation.py) to the IR's normalized form.
 
     ``begin_mask``/``end_mask`` take the full range; a ``squeeze_mask`` axis keeps only ``begin``;
@@ -342,7 +342,7 @@ def _slice_is_noop(a, t) -> bool:
 
 
 register("slice_by_index", is_noop=_slice_is_noop, infer=_infer_slice, numpy=_slice, emit_mil=_emit_slice, flops=flops_none,
-         from_mil=_slice_from_mil,
+         from_mil=slice_from_mil,
          torch=_t_slice)
 
 
