@@ -27,7 +27,7 @@ import numpy as np
 
 from . import __version__, dtypes
 from .errors import EmitError, TlcError
-from .ir import Graph
+from .ir import Graph, node_context
 from .ops import get_op
 
 #: coremltools passes run by ``ct.convert`` on tlc's programs (see module docstring for why).
@@ -166,7 +166,8 @@ def to_mil_program(g: Graph, minimum_deployment_target="iOS17"):
         for n in g.nodes:
             row = get_op(n.op)
             if row.emit_mil is None:
-                raise EmitError(f"op {n.op} (node {n.name}) has no MIL form; it needs the fallback runtime", loc=n.loc)
+                raise EmitError(f"op {n.op} (node {n.name}) has no MIL form; it needs the fallback runtime", loc=n.loc,
+                                context=node_context(g, n))
             name = n.name if n.name not in out_names else f"{n.name}_"
             ctx.node = n
             try:
@@ -174,7 +175,8 @@ def to_mil_program(g: Graph, minimum_deployment_target="iOS17"):
             except TlcError:
                 raise
             except Exception as e:
-                raise EmitError(f"MIL emission of {n.op} (node {n.name}) failed: {type(e).__name__}: {e}", loc=n.loc) from e
+                raise EmitError(f"MIL emission of {n.op} (node {n.name}) failed: {type(e).__name__}: {e}", loc=n.loc,
+                                context=node_context(g, n)) from e
             outs = res if isinstance(res, (tuple, list)) else (res,)
             for v, mv in zip(n.outputs, outs):
                 env[v] = mv

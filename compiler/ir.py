@@ -338,19 +338,19 @@ def verify(g: Graph) -> None:
                     f"node {n.name} ({n.op}) input {i} %{v.name} is used before it is defined "
                     f"(not topologically ordered, or dangling)",
                     loc=n.loc,
-                    context=_context(g, n),
+                    context=node_context(g, n),
                 )
         try:
             expect = get_op(n.op).infer([v.type for v in n.inputs], n.attrs)
         except IRError as e:
-            raise IRError(f"node {n.name} ({n.op}): {e.args[0]}", loc=n.loc, context=_context(g, n)) from None
+            raise IRError(f"node {n.name} ({n.op}): {e.args[0]}", loc=n.loc, context=node_context(g, n)) from None
         got = [v.type for v in n.outputs]
         if list(expect) != got:
             raise IRError(
                 f"node {n.name} ({n.op}) output types {', '.join(map(str, got))} differ from its "
                 f"infer rule {', '.join(map(str, expect))}",
                 loc=n.loc,
-                context=_context(g, n),
+                context=node_context(g, n),
             )
         for v in n.outputs:
             if v.name in names:
@@ -364,12 +364,22 @@ def verify(g: Graph) -> None:
             raise IRError(f"graph output %{v.name} is not defined by any node or input")
 
 
-def _context(g: Graph, node: Node, radius: int = 2) -> str:
-    idx = next(i for i, n in enumerate(g.nodes) if n is node)
-    lines = []
-    for i in range(max(0, idx - radius), min(len(g.nodes), idx + radius + 1)):
-        mark = ">>" if i == idx else "  "
-        lines.append(f"{mark} {format_node(g.nodes[i])}")
+def node_context(g: Graph, node: Node, radius: int = 2, arrays: Sequence | None = None) -> str:
+    """The IR text around ``node`` for an error message: ``radius`` nodes either side, the node
+    itself marked ``>>``, and — when ``arrays`` (the run-time inputs it got) are given — one line
+    with their dtypes and shapes. Used by the verifier, the executors' kernel-failure messages and
+    MIL emission errors (one format for every error that points into a graph); a node not in
+    ``g`` gives its own line only."""
+    idx = next((i for i, n in enumerate(g.nodes) if n is node), None)
+    if idx is None:
+        lines = [f">> {format_node(node)}"]
+    else:
+        lines = [f"{'>>' if i == idx else '  '} {format_node(g.nodes[i])}"
+                 for i in range(max(0, idx - radius), min(len(g.nodes), idx + radius + 1))]
+    if arrays is not None:
+        got = ", ".join(f"%{v.name}: {getattr(a, 'dtype', type(a).__name__)}{list(getattr(a, 'shape', ()))}"
+                        for v, a in zip(node.inputs, arrays))
+        lines.append(f"   inputs at run time: {got}")
     return "\n".join(lines)
 
 

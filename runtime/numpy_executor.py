@@ -31,7 +31,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from tlc.errors import InputError, TlcError
-from tlc.ir import DTYPES, Graph, Node
+from tlc.ir import DTYPES, Graph, Node, node_context
 from tlc.ops import bind_kernel, get_op
 
 
@@ -206,7 +206,7 @@ def run_graph(
             except Exception as e:  # a kernel bug or bad data: say which node
                 n = st.node
                 raise TlcError(f"NumPy kernel for {n.op} failed on node {n.name}: {type(e).__name__}: {e}",
-                               loc=n.loc) from e
+                               loc=n.loc, context=node_context(g, n, arrays=[vals[s] for s in st.ins])) from e
             for s, a in zip(st.outs, outs):
                 vals[s] = a
             if observer is not None:

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from tlc.errors import TlcError
-from tlc.ir import DTYPES, Graph
+from tlc.ir import DTYPES, Graph, node_context
 from tlc.ops import get_op
 from tlc.dtypes import TORCH as TORCH_DTYPES
 
@@ -162,7 +162,7 @@ class TorchExecutor:
                 raise
             n = self.nodes[i]
             raise TlcError(f"torch kernel for {n.op} failed on node {n.name} ({self.device}): "
-                           f"{type(e).__name__}: {e}", loc=n.loc) from e
+                           f"{type(e).__name__}: {e}", loc=n.loc, context=node_context(self.graph, n)) from e
         return [env[s] for s in self._out_slots]
 
     # ----------------------------------------------------------------------------------- edges

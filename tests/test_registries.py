@@ -6,7 +6,7 @@ import pytest
 
 import tlc.ops
 from tlc.errors import IRError
-from tlc.frontend.aten import LOWERINGS, lower
+from tlc.frontend.common import LOWERINGS, lower
 from tlc.ir import replace
 from tlc.passes import PASSES, register_pass, run_pipeline
 
@@ -102,3 +102,36 @@ def test_op_traits_are_in_the_rows():
     assert OPS["reshape"].is_noop({"shape": (2, 3)}, t) and not OPS["reshape"].is_noop({"shape": (3, 2)}, t)
     assert OPS["cast"].is_noop({"dtype": "fp32"}, t) and not OPS["cast"].is_noop({"dtype": "fp16"}, t)
     assert OPS["relu"].is_noop is None
+
+
+def _gather_graph():
+    import numpy as np
+
+    from tlc.ir import GraphBuilder, TensorType
+
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType("fp32", (3, 4)))
+    idx = b.add_input("idx", TensorType("int32", (2,)))
+    y = b.add("gather", [b.add("relu", [x]).out, idx], {"axis": 0}).out
+    feeds = {"x": np.ones((3, 4), np.float32), "idx": np.array([0, 7], np.int32)}  # 7: out of range
+    return b.build([b.add("exp", [y]).out], ["y"]), feeds
+
+
+def test_kernel_failures_print_the_ir_around_the_node():
+    """Both executors name the node and show the IR context printer's lines (tlc.ir.node_context):
+    the failing node marked, its neighbours, and (NumPy) the arrays it got."""
+    from tlc.errors import TlcError
+    from tlc.runtime import run_graph
+    from tlc.runtime.torch_executor import TorchExecutor
+
+    g, feeds = _gather_graph()
+    with pytest.raises(TlcError) as e:
+        run_graph(g, feeds)
+    text = str(e.value)
+    assert "NumPy kernel for gather failed on node gather" in text
+    assert ">> %gather: fp32[2,4] = gather(%relu, %idx, axis=0)" in text and "= relu(%x)" in text
+    assert "inputs at run time: %relu: float32[3, 4], %idx: int32[2]" in text
+    with pytest.raises(TlcError) as e:
+        TorchExecutor(g, device="cpu").run(feeds)
+    assert "torch kernel for gather failed on node gather" in str(e.value)
+    assert ">> %gather: fp32[2,4] = gather(%relu, %idx, axis=0)" in str(e.value)
