@@ -31,7 +31,7 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.St
     from coremltools.converters.mil.mil import types
     from coremltools.optimize._utils import pack_elements_into_bits
 
-from test_mil_ops import check, f32, precisions, run_mil
+from milcheck import check, f32, precisions, run_mil
 from tlc.runtime import MILInterpreter
 
 INTERPRETER_ONLY = {"constexpr_affine_dequantize", "constexpr_blockwise_shift_scale", "constexpr_cast",

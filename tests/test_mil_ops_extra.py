@@ -2,7 +2,7 @@
 front-end does not produce (issue 12, first part): activations, reductions, normalizations,
 shape ops, ``cast`` to the small integer types. Built with coremltools' MIL Builder, converted at
 fp32 and fp16, run by :class:`tlc.runtime.MILInterpreter` and compared with a float64 torch/NumPy
-reference (helpers and tolerances of tests/test_mil_ops.py)."""
+reference (helpers and tolerances of tests/milcheck.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from coremltools.converters.mil import Builder as mb
 
-from test_mil_ops import R, check, f32, precisions, run_mil
+from milcheck import R, check, f32, precisions, run_mil
 
 COVERED = {"clamped_relu", "elu", "linear_activation", "relu6", "scaled_tanh", "softsign", "threshold",
            "thresholded_relu", "reduce_log_sum", "reduce_log_sum_exp", "reduce_sum_square"}

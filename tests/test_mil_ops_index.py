@@ -2,7 +2,7 @@
 gathers, scatters, scans, sorting, arg-reductions, conv_transpose, 3-D conv and nearest
 upsampling. Built with coremltools' MIL Builder, converted at fp32 and fp16, run by
 :class:`tlc.runtime.MILInterpreter` and compared with a float64 torch reference (the helpers and
-tolerances of tests/test_mil_ops.py)."""
+tolerances of tests/milcheck.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from coremltools.converters.mil import Builder as mb
 
-from test_mil_ops import R, check, check_all, f32, precisions, run_mil
+from milcheck import R, check, check_all, f32, precisions, run_mil
 
 COVERED = {"gather_along_axis", "gather_nd", "scatter", "scatter_along_axis", "scatter_nd", "cumsum", "topk",
            "argsort", "reduce_argmax", "reduce_argmin", "conv_transpose", "upsample_nearest_neighbor", "random_uniform",

@@ -3,7 +3,7 @@ compiler/ops/mil_misc.py: ``l2_pool``, ``einsum``, ``non_zero``, ``non_maximum_s
 ``sliding_windows``, ``reshape_like``, ``random_categorical``, ``slice_update`` (iOS18),
 ``conv_quantized`` and ``classify``. Built with coremltools' MIL Builder, converted at fp32 and
 fp16, run by :class:`tlc.runtime.MILInterpreter` and compared with float64 torch/NumPy references
-written from coremltools' op docstrings (helpers and tolerances of tests/test_mil_ops.py).
+written from coremltools' op docstrings (helpers and tolerances of tests/milcheck.py).
 ``random_categorical`` is checked by its distribution; ``classify`` (whose outputs are a label and
 a dict, only found in classifier packages) through its kernel on the op of a converted classifier
 package."""
@@ -25,7 +25,7 @@ from coremltools.converters.mil.mil import Function, Program
 
 import tlc.ops
 from tlc.errors import IRError, TlcError
-from test_mil_ops import FP16_PIPELINE, R, check, explicit_pads, f32, precisions, run_mil
+from milcheck import FP16_PIPELINE, R, check, explicit_pads, f32, precisions, run_mil
 
 INTERPRETER_ONLY = {"l2_pool", "einsum", "non_zero", "non_maximum_suppression", "sliding_windows", "reshape_like",
                     "random_categorical", "slice_update", "conv_quantized", "classify"}

@@ -12,7 +12,7 @@ import torch
 import coremltools as ct
 from coremltools.converters.mil import Builder as mb
 
-from test_mil_ops import check, f32, precisions, run_mil
+from milcheck import check, f32, precisions, run_mil
 
 INTERPRETER_ONLY = {"rnn", "gru", "lstm"}
 S, B, I, H = 5, 2, 3, 4

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import coremltools as ct
 from coremltools.converters.mil import Builder as mb
 
-from test_mil_ops import R, check, f32, precisions, run_mil
+from milcheck import R, check, f32, precisions, run_mil
 
 INTERPRETER_ONLY = {"resize_bilinear", "resize_nearest_neighbor", "upsample_bilinear", "resize", "crop", "crop_resize",
                     "resample", "affine"}

@@ -20,7 +20,7 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.St
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import types
 
-from test_mil_ops import check, f32, precisions, run_mil
+from milcheck import check, f32, precisions, run_mil
 from tlc.errors import InputError
 from tlc.runtime import MILInterpreter, load, package_info
 
