@@ -23,9 +23,9 @@ def __getattr__(name):
     """``tlc.build``, ``tlc.compile``, ... import the API (and with it torch) on first use, so
     ``import tlc.runtime`` (running and inspecting packages) does not pay torch's import."""
     if name in _API:
-        from . import api
+        from . import api, specialize
 
-        return getattr(api, name)
+        return getattr(specialize if name in ("CompiledFunction", "compile") else api, name)
     raise AttributeError(f"module 'tlc' has no attribute {name!r}")
 
 __all__ = [

@@ -8,7 +8,6 @@ executor on a GPU, else tlc's NumPy runtime. ``@tlc.compile`` specializes on inp
 """
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 import time
@@ -19,48 +18,15 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from . import dtypes
 from .artifact import bundle_path, check_output_path, check_package_io, save_atomic, write_bundle
 from .emit import PRECISIONS, convert, target_name
-from .errors import InputError, NotShippableError, TlcError
+from .plan import check_io_dtype, check_shippable, check_target, where
+from .errors import InputError, TlcError
 from .frontend import normalize_inputs, trace
 from .ir import Graph
 from tlc.runtime import coreml_available, gpu_available
 
 BACKENDS = ("auto", "coreml", "torch", "numpy")
-TARGETS = ("ane", "gpu", "cpu")
-
-
-def _check_target(target: str) -> str:
-    if target not in TARGETS:
-        raise InputError(f"target must be one of {TARGETS} (where capable ops run; the OS version is "
-                         f"minimum_deployment_target), got {target!r}")
-    return target
-
-
-#: ``io_dtype`` names (coremltools' ``ct.TensorType(dtype=np.float32 / np.float16)``) -> IR dtype.
-IO_DTYPES = dtypes.IO
-
-
-def check_io_dtype(io_dtype: str, minimum_deployment_target) -> str:
-    """The IR dtype (``"fp32"``/``"fp16"``) of the package's float inputs and outputs.
-
-    ``"float16"`` needs ``minimum_deployment_target`` iOS16 / macOS13 or newer: fp16 model I/O
-    arrived with Core ML 6, and coremltools refuses ``ct.TensorType(dtype=np.float16)`` for
-    older targets. Raises :class:`~tlc.errors.InputError` for an unknown name or an older target.
-    """
-    from ._coreml import quiet_coremltools
-    from .emit import resolve_target
-
-    if io_dtype not in IO_DTYPES:
-        raise InputError(f"io_dtype must be one of {', '.join(IO_DTYPES)}, got {io_dtype!r}")
-    if io_dtype == "float16" and resolve_target(minimum_deployment_target) < quiet_coremltools().target.iOS16:
-        raise InputError(f"io_dtype='float16' needs minimum_deployment_target iOS16/macOS13 or newer "
-                         f"(got {target_name(minimum_deployment_target)}): Core ML takes fp16 inputs and outputs "
-                         f"from iOS16 on")
-    return IO_DTYPES[io_dtype]
-
-
 def _complex_boundary(g: Graph):
     """The complex inputs/outputs of ``g`` (tlc.boundary); 0-d values need no conversion in tlc's
     own runtimes."""
@@ -70,31 +36,8 @@ def _complex_boundary(g: Graph):
     return Boundary(complex_inputs=b.complex_inputs, complex_outputs=b.complex_outputs)
 
 
-def check_shippable(g: Graph | None, target: str) -> None:
-    """Raise unless graph ``g`` can be one ``.mlpackage`` (``fallback=False``): :class:`InputError`
-    for a target other than ``"ane"``, :class:`NotShippableError` listing every op Core ML cannot
-    hold (:func:`tlc.passes.partition.coreml_reason`), with its reason and source line."""
-    if target != "ane":
-        raise InputError(f"fallback=False (one .mlpackage) needs target='ane'; target={target!r} runs everything in "
-                         f"tlc's fallback runtime")
-    if g is None:
-        return
-    from tlc.passes.partition import blockers, coreml_reason
-
-    bad = blockers(g)
-    if bad:
-        raise NotShippableError([(n.op, n.name, coreml_reason(n), _where(n.loc)) for n in bad])
-
-
 #: :attr:`CompiledModel.timings` keys of the stages before the plan (kept by ``with_options``)
 TRACE_STAGES = ("export", "decompose", "lower", "passes")
-
-
-def _where(loc) -> str:
-    """``file:line`` (and code) of a node's source location, or ``""``."""
-    if loc is None or not loc.file:
-        return ""
-    return f"{loc.file}:{loc.line}" + (f"  {loc.code.strip()}" if loc.code else "")
 
 
 def _source_of(obj) -> str | None:
@@ -113,7 +56,7 @@ def _model_name(obj) -> str:
     return getattr(obj, "__name__", type(obj).__name__)
 
 
-def _signature_key(args: tuple, kwargs: dict, kw_order: list | None = None):
+def signature_key(args: tuple, kwargs: dict, kw_order: list | None = None):
     """Hashable key of an input signature: tree structure, and per leaf (shape, dtype) for
     tensors/arrays or the value itself for Python scalars."""
     if kw_order is not None:
@@ -149,7 +92,7 @@ class CompiledModel:
         from .plan import BuildOptions
 
         self.graph = graph
-        self.options = BuildOptions(precision, minimum_deployment_target, _check_target(target), io_dtype,
+        self.options = BuildOptions(precision, minimum_deployment_target, check_target(target), io_dtype,
                                     bool(fallback), cost)
         self.name = name
         self.progress = progress
@@ -246,7 +189,7 @@ class CompiledModel:
         instead of Core ML (empty when :meth:`save` writes one ``.mlpackage``), in graph order."""
         p = self.placement
         nodes = {n.name: n for n in self.emit_graph.nodes}
-        return [(nodes[k].op, k, p.reasons.get(k, ""), _where(nodes[k].loc)) for k, t in p.target.items() if t != "ane"]
+        return [(nodes[k].op, k, p.reasons.get(k, ""), where(nodes[k].loc)) for k, t in p.target.items() if t != "ane"]
 
     def report(self):
         """:class:`tlc.report.PlacementReport`: segments, static ANE residency, every op not on the
@@ -337,7 +280,7 @@ class CompiledModel:
             o, precision=precision or o.precision,
             minimum_deployment_target=target_name(minimum_deployment_target) if minimum_deployment_target else
             o.minimum_deployment_target,
-            target=_check_target(target) if target is not None else o.target,
+            target=check_target(target) if target is not None else o.target,
             io_dtype=io_dtype or o.io_dtype, fallback=o.fallback if fallback is None else bool(fallback),
             cost=o.cost if cost is None else cost)
         if not o.fallback:
@@ -408,7 +351,7 @@ class CompiledModel:
     def __call__(self, *args, backend: str = "auto", **kwargs):
         """Call like the original model; returns the same output structure, as torch tensors when
         any input is a torch tensor (else NumPy arrays)."""
-        _, leaves = _signature_key(args, kwargs, self._kw_order)
+        _, leaves = signature_key(args, kwargs, self._kw_order)
         tensors = [x for x in leaves if isinstance(x, (torch.Tensor, np.ndarray))]
         if len(tensors) != len(self.graph.inputs):
             raise InputError(
@@ -493,7 +436,7 @@ def build(
     fallback nodes, :mod:`tlc.ops.fallback`), :class:`~tlc.errors.EmitError` (unknown deployment target),
     :class:`~tlc.errors.IRError` (a pass broke the IR contract: a tlc bug).
     """
-    _check_target(target)
+    check_target(target)
     if not fallback and target != "ane":
         check_shippable(None, target)
     cost = None
@@ -507,8 +450,8 @@ def build(
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     minimum_deployment_target = target_name(minimum_deployment_target)
     check_io_dtype(io_dtype, minimum_deployment_target)
-    if isinstance(model_or_fn, CompiledFunction):
-        model_or_fn = model_or_fn.fn
+    # a @tlc.compile wrapper (tlc.specialize.CompiledFunction) builds what it wraps
+    model_or_fn = getattr(model_or_fn, "__tlc_function__", model_or_fn)
     source = _source_of(model_or_fn)
     meta = {"tlc.source": source} if source else {}
     g, info = trace(model_or_fn, example_inputs, strict=strict, meta=meta)
@@ -560,86 +503,3 @@ def _calibration_feed(g: Graph, ex, k: int) -> dict:
             raise InputError(f"calibration sample {k}: input {v.name} has shape {list(shape)}; the model was traced "
                              f"with {list(v.type.shape)} (shapes are static)")
     return arrays
-
-
-class CompiledFunction:
-    """What ``@tlc.compile`` returns: calls build a :class:`CompiledModel` per input signature
-    (shapes, dtypes, structure, Python scalar values) on first use and reuse it after.
-
-    ``cache`` maps signature -> CompiledModel; ``trace_count`` counts traces (one per new
-    signature). With ``example_inputs``, the first entry is built at decoration time.
-    """
-
-    def __init__(self, fn, *, example_inputs=None, **options):
-        self.fn = fn
-        self.options = options
-        self.cache: dict = {}
-        self.trace_count = 0
-        self.example_inputs = example_inputs
-        functools.update_wrapper(self, fn, updated=()) if not isinstance(fn, torch.nn.Module) else None
-        if example_inputs is not None:
-            self.compiled_for(example_inputs)
-
-    def compiled_for(self, example_inputs) -> CompiledModel:
-        """The CompiledModel for these inputs (built and cached if new)."""
-        args, kwargs = normalize_inputs(example_inputs)
-        key, _ = _signature_key(args, kwargs)
-        cm = self.cache.get(key)
-        if cm is None:
-            cm = build(self.fn, (args, kwargs), **self.options)
-            self.trace_count += 1
-            self.cache[key] = cm
-        return cm
-
-    @property
-    def compiled(self) -> CompiledModel:
-        """The first CompiledModel built (the one for ``example_inputs`` when given)."""
-        if not self.cache:
-            raise TlcError("nothing compiled yet: call the function once or pass example_inputs=")
-        return next(iter(self.cache.values()))
-
-    def __call__(self, *args, **kwargs):
-        return self.compiled_for((args, kwargs))(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        name = getattr(self.fn, "__name__", type(self.fn).__name__)
-        return f"<tlc.compile {name}: {len(self.cache)} compiled signature(s)>"
-
-
-def compile(fn=None, *, example_inputs=None, precision: str | None = None, minimum_deployment_target: str = "iOS17",
-            target: str = "ane", strict: bool = False, io_dtype: str = "float32", fallback: bool = True):
-    """Decorator/wrapper: ``@tlc.compile``, ``@tlc.compile(example_inputs=...)``,
-    ``tlc.compile(module_instance)`` or on an ``nn.Module`` subclass (instances then run through
-    tlc). Specializes on input shapes/dtypes at first call; see :class:`CompiledFunction`.
-    Options as in :func:`build`.
-    """
-    options = dict(precision=precision, minimum_deployment_target=minimum_deployment_target, target=target,
-                   strict=strict, io_dtype=io_dtype, fallback=fallback)
-    # pass selection stays a build()/CLI option; @tlc.compile uses the default pipeline
-    if fn is None:
-        return lambda f: compile(f, example_inputs=example_inputs, **options)
-    if isinstance(fn, type) and issubclass(fn, torch.nn.Module):
-        return _compile_module_class(fn, options)
-    return CompiledFunction(fn, example_inputs=example_inputs, **options)
-
-
-class _EagerCall(torch.nn.Module):
-    """Holds a module whose class ``__call__`` is routed through tlc, and calls it eagerly."""
-
-    def __init__(self, inner: torch.nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, *args, **kwargs):
-        return torch.nn.Module.__call__(self.inner, *args, **kwargs)
-
-
-def _compile_module_class(cls, options):
-    def __call__(self, *args, **kwargs):
-        cf = self.__dict__.get("_tlc_compiled")
-        if cf is None:
-            cf = CompiledFunction(_EagerCall(self), **options)
-            self.__dict__["_tlc_compiled"] = cf
-        return cf(*args, **kwargs)
-
-    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__, "__doc__": cls.__doc__})

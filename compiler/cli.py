@@ -34,7 +34,8 @@ def _human(n: float) -> str:
 
 
 def cmd_build(a: argparse.Namespace) -> int:
-    from .api import CompiledFunction, build
+    from .api import build
+    from .specialize import CompiledFunction
     from ._coreml import package_size
     from .artifact import check_output_path
     from .modelfile import load_model_file
@@ -290,7 +291,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_profile(a: argparse.Namespace) -> int:
-    from .api import CompiledFunction, build
+    from .api import build
+    from .specialize import CompiledFunction
     from .modelfile import load_model_file
     from .profile import measure, write
 

@@ -80,7 +80,7 @@ def load_model_file(path: str | Path, entry: str | None = None) -> ModelSpec:
 
 
 def _find(mod, path: Path, entry: str | None) -> ModelSpec:
-    from .api import CompiledFunction
+    from .specialize import CompiledFunction
 
     options = {k: getattr(mod, k) for k in ("precision", "minimum_deployment_target", "io_dtype") if hasattr(mod, k)}
     compiled = {k: v for k, v in vars(mod).items() if isinstance(v, CompiledFunction)}

@@ -21,7 +21,67 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import dtypes
+from .errors import InputError, NotShippableError
 from .ir import Graph
+
+
+#: ``target=`` values: where capable ops run.
+TARGETS = ("ane", "gpu", "cpu")
+
+
+def check_target(target: str) -> str:
+    """``target`` if it is one of :data:`TARGETS`, else :class:`~tlc.errors.InputError`."""
+    if target not in TARGETS:
+        raise InputError(f"target must be one of {TARGETS} (where capable ops run; the OS version is "
+                         f"minimum_deployment_target), got {target!r}")
+    return target
+
+
+#: ``io_dtype`` names (coremltools' ``ct.TensorType(dtype=np.float32 / np.float16)``) -> IR dtype.
+IO_DTYPES = dtypes.IO
+
+
+def check_io_dtype(io_dtype: str, minimum_deployment_target) -> str:
+    """The IR dtype (``"fp32"``/``"fp16"``) of the package's float inputs and outputs.
+
+    ``"float16"`` needs ``minimum_deployment_target`` iOS16 / macOS13 or newer: fp16 model I/O
+    arrived with Core ML 6, and coremltools refuses ``ct.TensorType(dtype=np.float16)`` for
+    older targets. Raises :class:`~tlc.errors.InputError` for an unknown name or an older target.
+    """
+    from ._coreml import quiet_coremltools
+    from .emit import resolve_target, target_name
+
+    if io_dtype not in IO_DTYPES:
+        raise InputError(f"io_dtype must be one of {', '.join(IO_DTYPES)}, got {io_dtype!r}")
+    if io_dtype == "float16" and resolve_target(minimum_deployment_target) < quiet_coremltools().target.iOS16:
+        raise InputError(f"io_dtype='float16' needs minimum_deployment_target iOS16/macOS13 or newer "
+                         f"(got {target_name(minimum_deployment_target)}): Core ML takes fp16 inputs and outputs "
+                         f"from iOS16 on")
+    return IO_DTYPES[io_dtype]
+
+
+def check_shippable(g: Graph | None, target: str) -> None:
+    """Raise unless graph ``g`` can be one ``.mlpackage`` (``fallback=False``): :class:`InputError`
+    for a target other than ``"ane"``, :class:`NotShippableError` listing every op Core ML cannot
+    hold (:func:`tlc.passes.partition.coreml_reason`), with its reason and source line."""
+    if target != "ane":
+        raise InputError(f"fallback=False (one .mlpackage) needs target='ane'; target={target!r} runs everything in "
+                         f"tlc's fallback runtime")
+    if g is None:
+        return
+    from tlc.passes.partition import blockers, coreml_reason
+
+    bad = blockers(g)
+    if bad:
+        raise NotShippableError([(n.op, n.name, coreml_reason(n), where(n.loc)) for n in bad])
+
+
+def where(loc) -> str:
+    """``file:line`` (and code) of a node's source location, or ``""``."""
+    if loc is None or not loc.file:
+        return ""
+    return f"{loc.file}:{loc.line}" + (f"  {loc.code.strip()}" if loc.code else "")
 
 
 @dataclass(frozen=True)
@@ -100,7 +160,6 @@ def make_plan(graph: Graph, options: BuildOptions, *, calibration: list[dict], m
     what the passes and emission raise (naming the pass or op)."""
     from tlc.passes import run_pipeline
 
-    from .api import IO_DTYPES
 
     io = IO_DTYPES[options.io_dtype]
     timings: dict[str, float] = {}

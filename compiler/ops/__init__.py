@@ -329,7 +329,7 @@ def get_op(name: str, loc=None) -> OpDef:
 
 
 # Populate the table (each module registers its rows on import).
-from . import elementwise, linalg, conv, norm, shape, index, resample, random, fallback, mil_only, compression, recurrent, image_resizing, mil_misc  # noqa: E402,F401
+from . import elementwise, linalg, conv, pool, norm, shape, index, resample, random, fallback, mil_only, compression, recurrent, image_resizing, mil_misc  # noqa: E402,F401
 
 
 def elementwise_ops(kind: str | None = None) -> frozenset[str]:

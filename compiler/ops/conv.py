@@ -1,5 +1,5 @@
-"""Convolution and pooling: ``conv``, ``conv_transpose``, ``max_pool``, ``avg_pool`` (1-D, 2-D and
-3-D).
+"""Convolution: ``conv`` and ``conv_transpose`` (1-D, 2-D and 3-D); pooling is in
+:mod:`tlc.ops.pool`, which shares the window helpers here.
 
 Semantics: coremltools MIL ``conv.py`` and ``pool.py`` (iOS15 opset) with ``pad_type="custom"``:
 ``pad`` lists (before, after) per spatial axis, flattened: ``[h_before, h_after, w_before, w_after]``.
@@ -15,11 +15,9 @@ Kernels (all accumulate in fp32 through BLAS sgemm or NumPy's fp32 loops):
 * ``conv``, depthwise (groups == Cin == Cout): the padded input split into stride phases once,
   then one multiply and one add per kernel tap over contiguous slices of those planes; channel
   blocks spread over threads (:func:`tlc.ops.parallel.parallel_for`).
-* ``max_pool`` / ``avg_pool``: the same tap loop with ``maximum`` / ``add``.
 
-Torch kernels call ``F.conv{1,2}d`` / ``F.{max,avg}_pool2d`` (1-D as 2-D with a unit height),
-padding natively where the padding is symmetric and, for pools, at most half the kernel (torch's
-limits); otherwise they pad explicitly first.
+Torch kernels call ``F.conv{1,2}d`` (1-D as 2-D with a unit height), padding natively where the
+padding is symmetric (torch's limit); otherwise they pad explicitly first.
 """
 from __future__ import annotations
 
@@ -34,8 +32,6 @@ from . import register
 from .common import FLOAT, same_dtype
 from .parallel import parallel_for
 
-POOL_MAX_KERNEL = 13  # hollance/neural-engine unsupported-layers.md; issues #1, #2
-POOL_MAX_STRIDE = 2
 
 
 def explicit_pad(pad_type: str, pad, in_sp, kernel, strides, dilations) -> tuple[int, ...]:
@@ -75,7 +71,7 @@ def window_from_mil(vals, kernel, tensor_names):
     return [vals[n] for n in tensor_names if vals.get(n) is not None], attrs
 
 
-def _spatial(attrs, nsp, key, default):
+def spatial_attr(attrs, nsp, key, default):
     v = attrs.get(key)
     return tuple(v) if v is not None else (default,) * nsp
 
@@ -92,10 +88,10 @@ def out_size(size: int, k: int, s: int, d: int, pb: int, pa: int, ceil_mode: boo
     return n
 
 
-def _window_shapes(x: TensorType, kernel, attrs, ceil_mode=False):
+def window_shapes(x: TensorType, kernel, attrs, ceil_mode=False):
     nsp = len(kernel)
-    strides = _spatial(attrs, nsp, "strides", 1)
-    dil = _spatial(attrs, nsp, "dilations", 1)
+    strides = spatial_attr(attrs, nsp, "strides", 1)
+    dil = spatial_attr(attrs, nsp, "dilations", 1)
     pad = tuple(attrs.get("pad") or (0,) * (2 * nsp))
     if len(pad) != 2 * nsp or len(strides) != nsp or len(dil) != nsp:
         raise IRError(f"strides/dilations/pad do not match {nsp} spatial axes")
@@ -115,7 +111,7 @@ def _infer_conv(in_types, attrs):
         raise IRError(f"conv channels: x has {x.shape[1]}, weight{list(w.shape)} with groups={g}")
     if len(in_types) == 3 and in_types[2].shape != (w.shape[0],):
         raise IRError(f"conv bias must be [{w.shape[0]}], got {list(in_types[2].shape)}")
-    sp = _window_shapes(x, w.shape[2:], attrs)
+    sp = window_shapes(x, w.shape[2:], attrs)
     return [TensorType(x.dtype, (x.shape[0], w.shape[0]) + sp)]
 
 
@@ -226,8 +222,8 @@ def conv_kernel(attrs, x, w, b=None):
     depthwise 3-D run as im2col + GEMM)."""
     nsp = x.ndim - 2
     kernel = w.shape[2:]
-    strides = _spatial(attrs, nsp, "strides", 1)
-    dil = _spatial(attrs, nsp, "dilations", 1)
+    strides = spatial_attr(attrs, nsp, "strides", 1)
+    dil = spatial_attr(attrs, nsp, "dilations", 1)
     pad = tuple(attrs.get("pad") or (0,) * (2 * nsp))
     g = attrs.get("groups", 1)
     cin, cout = x.shape[1], w.shape[0]
@@ -263,16 +259,16 @@ def _t_conv(attrs, x, w, b=None):
     if explicit is not None:
         x = F.pad(x, explicit)
     conv = (F.conv1d, F.conv2d, F.conv3d)[nsp - 1]
-    return conv(x, w, b, stride=_spatial(attrs, nsp, "strides", 1), padding=padding,
-                dilation=_spatial(attrs, nsp, "dilations", 1), groups=attrs.get("groups", 1))
+    return conv(x, w, b, stride=spatial_attr(attrs, nsp, "strides", 1), padding=padding,
+                dilation=spatial_attr(attrs, nsp, "dilations", 1), groups=attrs.get("groups", 1))
 
 
 def _emit_conv(ctx, attrs, ins, nm):
     nsp = ins[0].rank - 2
     kw = {"bias": ins[2]} if len(ins) == 3 else {}
     return ctx.mb.conv(
-        x=ins[0], weight=ins[1], strides=list(_spatial(attrs, nsp, "strides", 1)), pad_type="custom",
-        pad=list(attrs.get("pad") or (0,) * (2 * nsp)), dilations=list(_spatial(attrs, nsp, "dilations", 1)),
+        x=ins[0], weight=ins[1], strides=list(spatial_attr(attrs, nsp, "strides", 1)), pad_type="custom",
+        pad=list(attrs.get("pad") or (0,) * (2 * nsp)), dilations=list(spatial_attr(attrs, nsp, "dilations", 1)),
         groups=attrs.get("groups", 1), name=nm, **kw,
     )
 
@@ -308,9 +304,9 @@ def _infer_conv_transpose(in_types, attrs):
     cout = w.shape[1] * g
     if len(in_types) == 3 and in_types[2].shape != (cout,):
         raise IRError(f"conv_transpose bias must be [{cout}], got {list(in_types[2].shape)}")
-    strides, dil = _spatial(attrs, nsp, "strides", 1), _spatial(attrs, nsp, "dilations", 1)
+    strides, dil = spatial_attr(attrs, nsp, "strides", 1), spatial_attr(attrs, nsp, "dilations", 1)
     pad = tuple(attrs.get("pad") or (0,) * (2 * nsp))
-    op = _spatial(attrs, nsp, "output_padding", 0)
+    op = spatial_attr(attrs, nsp, "output_padding", 0)
     sp = []
     for i in range(nsp):
         full = (x.shape[2 + i] - 1) * strides[i] + dil[i] * (w.shape[2 + i] - 1) + 1
@@ -334,9 +330,9 @@ def _conv_transpose(attrs, x, w, b=None):
     n, cin = x.shape[:2]
     g = attrs.get("groups", 1)
     cog, k = w.shape[1], w.shape[2:]
-    strides, dil = _spatial(attrs, nsp, "strides", 1), _spatial(attrs, nsp, "dilations", 1)
+    strides, dil = spatial_attr(attrs, nsp, "strides", 1), spatial_attr(attrs, nsp, "dilations", 1)
     pad = tuple(attrs.get("pad") or (0,) * (2 * nsp))
-    op = _spatial(attrs, nsp, "output_padding", 0)
+    op = spatial_attr(attrs, nsp, "output_padding", 0)
     taps = int(np.prod(k))
     xs = x.reshape(n, g, cin // g, -1).astype(np.float32, copy=False)
     wm = w.reshape(g, cin // g, cog * taps).astype(np.float32, copy=False)
@@ -363,9 +359,9 @@ def _t_conv_transpose(attrs, x, w, b=None):
     when ``pad`` is symmetric, else the full result cropped (and ``output_padding`` zeros added)."""
     nsp = x.dim() - 2
     fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[nsp - 1]
-    strides, dil = _spatial(attrs, nsp, "strides", 1), _spatial(attrs, nsp, "dilations", 1)
+    strides, dil = spatial_attr(attrs, nsp, "strides", 1), spatial_attr(attrs, nsp, "dilations", 1)
     pad = tuple(attrs.get("pad") or (0,) * (2 * nsp))
-    op = _spatial(attrs, nsp, "output_padding", 0)
+    op = spatial_attr(attrs, nsp, "output_padding", 0)
     g = attrs.get("groups", 1)
     if all(pad[2 * i] == pad[2 * i + 1] and op[i] < max(strides[i], dil[i]) for i in range(nsp)):
         return fn(x, w, b, strides, pad[0::2], op, g, dil)
@@ -385,9 +381,9 @@ def _emit_conv_transpose(ctx, attrs, ins, nm):
     mb = ctx.mb
     x, w = ins[0], ins[1]
     nsp = x.rank - 2
-    strides, dil = _spatial(attrs, nsp, "strides", 1), _spatial(attrs, nsp, "dilations", 1)
+    strides, dil = spatial_attr(attrs, nsp, "strides", 1), spatial_attr(attrs, nsp, "dilations", 1)
     pad = list(attrs.get("pad") or (0,) * (2 * nsp))
-    op = _spatial(attrs, nsp, "output_padding", 0)
+    op = spatial_attr(attrs, nsp, "output_padding", 0)
     if w.val is None and ctx.opset < _ct_target().iOS17:
         from ..errors import EmitError
 
@@ -451,165 +447,3 @@ def _conv_transpose_from_mil(v):
 register("conv_transpose", infer=_infer_conv_transpose, numpy=_conv_transpose, emit_mil=_emit_conv_transpose,
          flops=_flops_conv_transpose, mil_inputs=("x", "weight", "bias"), from_mil=_conv_transpose_from_mil,
          torch=_t_conv_transpose)
-
-
-# ---------------------------------------------------------------------------------------- pools
-
-
-def _infer_pool(in_types, attrs):
-    x = in_types[0]
-    k = tuple(attrs["kernel_sizes"])
-    if x.rank != 2 + len(k):
-        raise IRError(f"pool kernel {list(k)} does not fit input {list(x.shape)}")
-    sp = _window_shapes(x, k, attrs, attrs.get("ceil_mode", False))
-    return [TensorType(x.dtype, x.shape[:2] + sp)]
-
-
-def _pool_input(attrs, x, fill):
-    """Padded input, the padding used, output size, strides and taps of a pool."""
-    k = tuple(attrs["kernel_sizes"])
-    nsp = len(k)
-    strides = _spatial(attrs, nsp, "strides", 1)
-    pad = list(attrs.get("pad") or (0,) * (2 * nsp))
-    ceil_mode = attrs.get("ceil_mode", False)
-    out_sp = tuple(
-        out_size(x.shape[2 + i], k[i], strides[i], 1, pad[2 * i], pad[2 * i + 1], ceil_mode) for i in range(nsp)
-    )
-    for i in range(nsp):  # ceil_mode windows may run past the right padding: pad further
-        need = (out_sp[i] - 1) * strides[i] + k[i] - (x.shape[2 + i] + pad[2 * i] + pad[2 * i + 1])
-        if need > 0:
-            pad[2 * i + 1] += need
-    xp = pad_array(x, pad, fill)
-    return xp, pad, out_sp, list(conv_taps(k, strides, (1,) * nsp, out_sp))
-
-
-def tap_reduce(op, xp, taps, out_sp):
-    """``op``-reduce (``np.maximum`` / ``np.add``) the taps' views of xp[N, C, ...] into a new
-    [N, C, *out_sp] array, in tap order; channel blocks run on threads."""
-    n, c = xp.shape[:2]
-    y = np.empty((n, c) + out_sp, xp.dtype)
-
-    def block(a, b):
-        yb = y[:, a:b]
-        for i, (_, sl) in enumerate(taps):
-            src = xp[(slice(None), slice(a, b)) + sl[2:]]
-            if i == 0:
-                yb[...] = src
-            else:
-                op(yb, src, out=yb)
-
-    parallel_for(block, c, grain=max(1, (1 << 15) // max(1, n * int(np.prod(out_sp)))))
-    return y
-
-
-def _max_pool(attrs, x):
-    """MIL ``max_pool`` (iOS15 pool.py): window max; padding never wins (filled with -inf)."""
-    xp, _, out_sp, taps = _pool_input(attrs, x, -np.inf)
-    return tap_reduce(np.maximum, xp, taps, out_sp)
-
-
-def _avg_pool(attrs, x):
-    """MIL ``avg_pool`` (iOS15 pool.py): window mean; ``exclude_padding_from_average`` divides by
-    the count of real (unpadded) elements, as torch's ``count_include_pad=False``."""
-    xp, pad, out_sp, taps = _pool_input(attrs, x, 0.0)
-    s = tap_reduce(np.add, xp, taps, out_sp)
-    nsp = x.ndim - 2
-    if attrs.get("exclude_padding_from_average", False):
-        ones = pad_array(np.ones((1, 1) + x.shape[2:], x.dtype), pad, 0.0)
-    else:  # torch (count_include_pad=True) counts explicit padding but not ceil_mode overhang
-        orig = list(attrs.get("pad") or (0,) * (2 * nsp))
-        ones = pad_array(np.ones((1, 1) + x.shape[2:], x.dtype), orig, 1.0)
-        ones = pad_array(ones, [0 if j % 2 == 0 else pad[j] - orig[j] for j in range(2 * nsp)], 0.0)
-    s /= tap_reduce(np.add, ones, taps, out_sp)
-    return s
-
-
-def _t_pool(kind):
-    """Torch kernel of ``max_pool`` / ``avg_pool`` (1-D pools run as 2-D with a unit height; 3-D
-    with ``F.*_pool3d``).
-
-    Native ``F.*_pool{2,3}d`` padding when it is symmetric and at most half the kernel (torch's
-    rule; ``count_include_pad`` = not ``exclude_padding_from_average``, which counts explicit
-    padding and not ``ceil_mode`` overhang, as the NumPy kernel). Otherwise the input is padded
-    explicitly (with -inf for max; the right side also by the ``ceil_mode`` overhang) and the
-    average divides window sums by the count of counted elements, pooled from a ones tensor made on
-    the device.
-    """
-
-    def kernel(attrs, x):
-        k = tuple(attrs["kernel_sizes"])
-        nsp = len(k)
-        strides = _spatial(attrs, nsp, "strides", 1)
-        pad = tuple(attrs.get("pad") or (0,) * (2 * nsp))
-        ceil_mode = bool(attrs.get("ceil_mode", False))
-        one_d = nsp == 1
-        if one_d:
-            x, k, strides, pad = x.unsqueeze(2), (1,) + k, (1,) + strides, (0, 0) + pad
-        m = len(k)
-        mp, ap = (F.max_pool2d, F.avg_pool2d) if m == 2 else (F.max_pool3d, F.avg_pool3d)
-        half = pad[0::2]
-        if all(pad[2 * i] == pad[2 * i + 1] and pad[2 * i] <= k[i] // 2 for i in range(m)):
-            if kind == "max_pool":
-                y = mp(x, k, strides, half, ceil_mode=ceil_mode)
-            else:
-                y = ap(x, k, strides, half, ceil_mode=ceil_mode,
-                       count_include_pad=not attrs.get("exclude_padding_from_average", False))
-            return y.squeeze(2) if one_d else y
-        sp = x.shape[2:]
-        out = [out_size(sp[i], k[i], strides[i], 1, pad[2 * i], pad[2 * i + 1], ceil_mode) for i in range(m)]
-        extra = [max((out[i] - 1) * strides[i] + k[i] - (sp[i] + pad[2 * i] + pad[2 * i + 1]), 0) for i in range(m)]
-        full = tuple(v for i in reversed(range(m)) for v in (pad[2 * i], pad[2 * i + 1] + extra[i]))  # last axis first
-        if kind == "max_pool":
-            y = mp(F.pad(x, full, value=-float("inf")), k, strides)
-        else:
-            s = ap(F.pad(x, full), k, strides, divisor_override=1)
-            ones = torch.ones((1, 1) + tuple(sp), dtype=x.dtype, device=x.device)
-            if attrs.get("exclude_padding_from_average", False):
-                cnt = F.pad(ones, full)
-            else:  # explicit padding counts, ceil_mode overhang does not
-                explicit = tuple(v for i in reversed(range(m)) for v in (pad[2 * i], pad[2 * i + 1]))
-                cnt = F.pad(F.pad(ones, explicit, value=1.0), tuple(v for i in reversed(range(m)) for v in (0, extra[i])))
-            y = s / ap(cnt, k, strides, divisor_override=1)
-        y = y[(slice(None), slice(None)) + tuple(slice(0, o) for o in out)]
-        return y.squeeze(2) if one_d else y
-
-    return kernel
-
-
-def _emit_pool(kind):
-    def emit(ctx, attrs, ins, nm):
-        nsp = ins[0].rank - 2
-        kw = dict(
-            x=ins[0], kernel_sizes=list(attrs["kernel_sizes"]), strides=list(_spatial(attrs, nsp, "strides", 1)),
-            pad_type="custom", pad=list(attrs.get("pad") or (0,) * (2 * nsp)),
-            ceil_mode=attrs.get("ceil_mode", False), name=nm,
-        )
-        if kind == "avg_pool":
-            kw["exclude_padding_from_average"] = attrs.get("exclude_padding_from_average", False)
-        return getattr(ctx.mb, kind)(**kw)
-
-    return emit
-
-
-def _ane_pool(i, o, a):
-    if max(a["kernel_sizes"]) > POOL_MAX_KERNEL:
-        return f"pool kernel {max(a['kernel_sizes'])} > {POOL_MAX_KERNEL} is not run on the ANE (hollance/neural-engine #1, #2)"
-    if max(a.get("strides") or (1,)) > POOL_MAX_STRIDE:
-        return f"pool stride > {POOL_MAX_STRIDE} is not run on the ANE (hollance/neural-engine unsupported-layers.md)"
-    return None
-
-
-def _flops_pool(i, o, a):
-    return o[0].size * int(np.prod(a["kernel_sizes"]))
-
-
-def _pool_from_mil(v):
-    arrays, attrs = window_from_mil(v, tuple(int(k) for k in v["kernel_sizes"]), ("x",))
-    attrs.pop("dilations")
-    return arrays, attrs
-
-
-for _kind, _fn in (("max_pool", _max_pool), ("avg_pool", _avg_pool)):
-    register(_kind, infer=_infer_pool, numpy=_fn, emit_mil=_emit_pool(_kind), ane=_ane_pool, flops=_flops_pool,
-             from_mil=_pool_from_mil,
-             torch=_t_pool(_kind))

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import IRError
 from . import mil_attr
-from .conv import conv_kernel, pad_array, tap_reduce, conv_taps, window_from_mil, explicit_pad
+from .conv import conv_kernel, conv_taps, explicit_pad, pad_array, window_from_mil
+from .pool import tap_reduce
 from .mil_only import interpreter_row, attrs_except as _attrs
 
 
@@ -342,7 +343,7 @@ def _conv_quantized(attrs, x, weight, bias=None):
     """iOS15 conv.py ``conv_quantized``: ``conv`` (x[N, C_in, *D], ``strides``, ``pad_type`` /
     ``pad``, ``dilations``, ``groups``) with the uint8 weight[C_out, C_in / groups, *K]
     dequantized first (:func:`_dequantize_weight`), then tlc's ``conv`` kernel
-    (:func:`tlc.ops.conv._conv`, the ``conv`` row's). The op's ``bias`` must be uint8 like the
+    (:func:`tlc.ops.conv.conv_kernel`, the ``conv`` row's). The op's ``bias`` must be uint8 like the
     weight (its input spec); it is added as is, per output channel, as coremltools'
     neuralnetwork lowering passes it (backend/nn/op_mapping.py ``conv_helper``)."""
     wf = _dequantize_weight(attrs, weight)
