@@ -35,9 +35,13 @@ TRIVIAL = {"cast", "identity", "reshape", "expand_dims", "squeeze", "const"}
 
 
 def _frontend_modules():
-    from tlc.frontend import aten, aten_complex, aten_math, aten_nn, aten_shape, lower
+    """Every module of tlc.frontend (where a helper imported inside a lowering is looked up)."""
+    import importlib
+    import pkgutil
 
-    return [aten, aten_math, aten_nn, aten_shape, aten_complex, lower]
+    import tlc.frontend
+
+    return [importlib.import_module(f"tlc.frontend.{m.name}") for m in pkgutil.iter_modules(tlc.frontend.__path__)]
 
 
 def _render(node) -> str:
@@ -131,7 +135,7 @@ def analyze(fn, seen=None) -> tuple[set[str], list[str]]:
 
 
 def rows() -> list[dict]:
-    from tlc.frontend.aten import LOWERINGS
+    from tlc.frontend.common import LOWERINGS
     from tlc.frontend.aten_complex import COMPLEX_LOWERINGS, PARTWISE, _MULTI, _SPLIT
     from tlc.frontend.export import KEEP
     from tlc.ops import OPS

@@ -27,7 +27,7 @@ import torch
 
 from ..errors import IRError, UnsupportedOpError
 from ..ir import Value
-from .common import LOWERINGS, Const
+from .common import LOWERINGS, Const, sub_name
 
 COMPLEX_LOWERINGS: dict[str, Callable] = {}
 
@@ -55,10 +55,6 @@ def clower(*names: str):
     return deco
 
 
-def _n(L, tag):
-    return f"{L.node.name}_{tag}"
-
-
 def _pair(L, x) -> Complex:
     """A complex argument as a pair (a complex Const split; a real value or scalar with im = 0)."""
     if isinstance(x, Complex):
@@ -82,7 +78,7 @@ def _is_real(c: Complex) -> bool:
 
 
 def _zeros_like(L, v, tag):
-    return L.add("mul", [v, L.scalar(0.0, v.type.dtype)], name=_n(L, tag))
+    return L.add("mul", [v, L.scalar(0.0, v.type.dtype)], name=sub_name(L, tag))
 
 
 def _im(L, c: Complex, tag="im0"):
@@ -99,7 +95,7 @@ def _fft_scale(n: int, normalization: int) -> float:
 
 def _along(L, x: Value, ax: int, M: np.ndarray, tag: str) -> Value:
     """``M`` [n_out, n_in] applied along axis ``ax`` of ``x`` (a matmul with a constant)."""
-    from .aten_nn import apply_axis_matrices
+    from .aten_resample import apply_axis_matrices
 
     saved = L.node.name
     try:
@@ -134,8 +130,8 @@ def _dft(L, c: Complex, ax: int, n_out: int, forward: bool, scale: float, tag: s
     re = _along(L, a, ax, C, f"{tag}_ac")
     im = _along(L, a, ax, -s * S, f"{tag}_as")
     if b is not None:
-        re = L.add("add", [re, _along(L, b, ax, s * S, f"{tag}_bs")], name=_n(L, f"{tag}_re"))
-        im = L.add("add", [im, _along(L, b, ax, C, f"{tag}_bc")], name=_n(L, f"{tag}_im"))
+        re = L.add("add", [re, _along(L, b, ax, s * S, f"{tag}_bs")], name=sub_name(L, f"{tag}_re"))
+        im = L.add("add", [im, _along(L, b, ax, C, f"{tag}_bc")], name=sub_name(L, f"{tag}_im"))
     return Complex(re, im)
 
 
@@ -186,7 +182,7 @@ def _fft_c2r(L, x, dim, normalization, last_dim_size):
     Cw, Sw = w * cos, -w * sin
     y = _along(L, c.re, last, Cw, "c2r_re")
     if c.im is not None:
-        y = L.add("add", [y, _along(L, c.im, last, Sw, "c2r_im")], name=_n(L, "c2r"))
+        y = L.add("add", [y, _along(L, c.im, last, Sw, "c2r_im")], name=sub_name(L, "c2r"))
     return y
 
 
@@ -196,7 +192,7 @@ def _fft_c2r(L, x, dim, normalization, last_dim_size):
 @clower("aten.view_as_real.default")
 def _view_as_real(L, x):
     c = _pair(L, x)
-    parts = [L.add("expand_dims", [p], {"axes": (-1,)}, name=_n(L, tag)) for p, tag in ((c.re, "re"), (_im(L, c), "im"))]
+    parts = [L.add("expand_dims", [p], {"axes": (-1,)}, name=sub_name(L, tag)) for p, tag in ((c.re, "re"), (_im(L, c), "im"))]
     return L.add("concat", parts, {"axis": c.re.type.rank})
 
 
@@ -215,8 +211,8 @@ def _complex(L, re, im):
 @clower("aten.polar.default")
 def _polar(L, r, theta):
     r, theta = L.cast(r, "fp32"), L.cast(theta, "fp32")
-    return Complex(L.add("mul", [r, L.add("cos", [theta], name=_n(L, "cos"))], name=_n(L, "re")),
-                   L.add("mul", [r, L.add("sin", [theta], name=_n(L, "sin"))], name=_n(L, "im")))
+    return Complex(L.add("mul", [r, L.add("cos", [theta], name=sub_name(L, "cos"))], name=sub_name(L, "re")),
+                   L.add("mul", [r, L.add("sin", [theta], name=sub_name(L, "sin"))], name=sub_name(L, "im")))
 
 
 @clower("aten.real.default")
@@ -237,8 +233,8 @@ def _abs(L, x):
     c = _pair(L, x)
     if _is_real(c):
         return L.add("abs", [c.re])
-    s = L.add("add", [L.add("mul", [c.re, c.re], name=_n(L, "re2")), L.add("mul", [c.im, c.im], name=_n(L, "im2"))],
-              name=_n(L, "norm2"))
+    s = L.add("add", [L.add("mul", [c.re, c.re], name=sub_name(L, "re2")), L.add("mul", [c.im, c.im], name=sub_name(L, "im2"))],
+              name=sub_name(L, "norm2"))
     return L.add("sqrt", [s])
 
 
@@ -253,7 +249,7 @@ def _angle(L, x):
 @clower("aten._conj.default", "aten.conj_physical.default", "aten._conj_physical.default", "aten.conj.default")
 def _conj(L, x):
     c = _pair(L, x)
-    return Complex(c.re, L.add("mul", [_im(L, c), L.scalar(-1.0, "fp32")], name=_n(L, "neg_im")))
+    return Complex(c.re, L.add("mul", [_im(L, c), L.scalar(-1.0, "fp32")], name=sub_name(L, "neg_im")))
 
 
 @clower("aten.resolve_conj.default", "aten.resolve_neg.default", "aten.clone.default", "aten.alias.default",
@@ -268,18 +264,18 @@ def _same(L, x, *args, **kwargs):
 @clower("aten.neg.default")
 def _neg(L, x):
     c = _pair(L, x)
-    return Complex(L.add("mul", [c.re, L.scalar(-1.0, "fp32")], name=_n(L, "re")),
-                   L.add("mul", [_im(L, c), L.scalar(-1.0, "fp32")], name=_n(L, "im")))
+    return Complex(L.add("mul", [c.re, L.scalar(-1.0, "fp32")], name=sub_name(L, "re")),
+                   L.add("mul", [_im(L, c), L.scalar(-1.0, "fp32")], name=sub_name(L, "im")))
 
 
 @clower("aten.exp.default")
 def _exp(L, x):
     """exp(a + ib) = e^a (cos b + i sin b)."""
     c = _pair(L, x)
-    e = L.add("exp", [c.re], name=_n(L, "mag"))
+    e = L.add("exp", [c.re], name=sub_name(L, "mag"))
     b = _im(L, c)
-    return Complex(L.add("mul", [e, L.add("cos", [b], name=_n(L, "cos"))], name=_n(L, "re")),
-                   L.add("mul", [e, L.add("sin", [b], name=_n(L, "sin"))], name=_n(L, "im")))
+    return Complex(L.add("mul", [e, L.add("cos", [b], name=sub_name(L, "cos"))], name=sub_name(L, "re")),
+                   L.add("mul", [e, L.add("sin", [b], name=sub_name(L, "sin"))], name=sub_name(L, "im")))
 
 
 # ------------------------------------------------------------------------------- arithmetic
@@ -289,15 +285,15 @@ def _mul_pairs(L, x: Complex, y: Complex, tag="mul") -> Complex:
     """(a + ib)(c + id) = (ac - bd) + i(ad + bc); real factors skip their zero parts."""
     a, b, c, d = x.re, x.im, y.re, y.im
     if b is None and d is None:
-        return Complex(L.add("mul", [a, c], name=_n(L, tag + "_re")), None)
+        return Complex(L.add("mul", [a, c], name=sub_name(L, tag + "_re")), None)
     if b is None:
-        return Complex(L.add("mul", [a, c], name=_n(L, tag + "_re")), L.add("mul", [a, d], name=_n(L, tag + "_im")))
+        return Complex(L.add("mul", [a, c], name=sub_name(L, tag + "_re")), L.add("mul", [a, d], name=sub_name(L, tag + "_im")))
     if d is None:
-        return Complex(L.add("mul", [a, c], name=_n(L, tag + "_re")), L.add("mul", [b, c], name=_n(L, tag + "_im")))
-    re = L.add("sub", [L.add("mul", [a, c], name=_n(L, tag + "_ac")), L.add("mul", [b, d], name=_n(L, tag + "_bd"))],
-               name=_n(L, tag + "_re"))
-    im = L.add("add", [L.add("mul", [a, d], name=_n(L, tag + "_ad")), L.add("mul", [b, c], name=_n(L, tag + "_bc"))],
-               name=_n(L, tag + "_im"))
+        return Complex(L.add("mul", [a, c], name=sub_name(L, tag + "_re")), L.add("mul", [b, c], name=sub_name(L, tag + "_im")))
+    re = L.add("sub", [L.add("mul", [a, c], name=sub_name(L, tag + "_ac")), L.add("mul", [b, d], name=sub_name(L, tag + "_bd"))],
+               name=sub_name(L, tag + "_re"))
+    im = L.add("add", [L.add("mul", [a, d], name=sub_name(L, tag + "_ad")), L.add("mul", [b, c], name=sub_name(L, tag + "_bc"))],
+               name=sub_name(L, tag + "_im"))
     return Complex(re, im)
 
 
@@ -316,15 +312,15 @@ def _addsub(op):
         x, y = _pair(L, a), _pair(L, b)
         if alpha != 1:
             y = _mul_pairs(L, y, _pair(L, alpha), "alpha")
-        re = L.add(op, [x.re, y.re], name=_n(L, "re"))
+        re = L.add(op, [x.re, y.re], name=sub_name(L, "re"))
         if x.im is None and y.im is None:
             im = None
         elif y.im is None:
             im = x.im
         elif x.im is None:
-            im = y.im if op == "add" else L.add("mul", [y.im, L.scalar(-1.0, "fp32")], name=_n(L, "im"))
+            im = y.im if op == "add" else L.add("mul", [y.im, L.scalar(-1.0, "fp32")], name=sub_name(L, "im"))
         else:
-            im = L.add(op, [x.im, y.im], name=_n(L, "im"))
+            im = L.add(op, [x.im, y.im], name=sub_name(L, "im"))
         return _finish(L, Complex(re, im))
 
     return fn
@@ -339,14 +335,14 @@ def _div(L, a, b):
     """(a + ib) / (c + id) = ((ac + bd) + i(bc - ad)) / (c^2 + d^2)."""
     x, y = _pair(L, a), _pair(L, b)
     if y.im is None:
-        return _finish(L, Complex(L.add("real_div", [x.re, y.re], name=_n(L, "re")),
-                                  None if x.im is None else L.add("real_div", [x.im, y.re], name=_n(L, "im"))))
-    conj = Complex(y.re, L.add("mul", [y.im, L.scalar(-1.0, "fp32")], name=_n(L, "conj")))
+        return _finish(L, Complex(L.add("real_div", [x.re, y.re], name=sub_name(L, "re")),
+                                  None if x.im is None else L.add("real_div", [x.im, y.re], name=sub_name(L, "im"))))
+    conj = Complex(y.re, L.add("mul", [y.im, L.scalar(-1.0, "fp32")], name=sub_name(L, "conj")))
     num = _mul_pairs(L, x, conj, "num")
-    den = L.add("add", [L.add("mul", [y.re, y.re], name=_n(L, "c2")), L.add("mul", [y.im, y.im], name=_n(L, "d2"))],
-                name=_n(L, "den"))
-    return _finish(L, Complex(L.add("real_div", [num.re, den], name=_n(L, "re")),
-                              L.add("real_div", [num.im, den], name=_n(L, "im"))))
+    den = L.add("add", [L.add("mul", [y.re, y.re], name=sub_name(L, "c2")), L.add("mul", [y.im, y.im], name=sub_name(L, "d2"))],
+                name=sub_name(L, "den"))
+    return _finish(L, Complex(L.add("real_div", [num.re, den], name=sub_name(L, "re")),
+                              L.add("real_div", [num.im, den], name=sub_name(L, "im"))))
 
 
 @clower("aten.pow.Tensor_Scalar")
@@ -364,18 +360,18 @@ def _pow(L, x, p):
     from .aten_math import lower_atan2
 
     theta = lower_atan2(L, _im(L, c), c.re)
-    r = L.add("pow", [mag, L.scalar(float(p), "fp32")], name=_n(L, "r"))
-    pt = L.add("mul", [theta, L.scalar(float(p), "fp32")], name=_n(L, "pt"))
-    return Complex(L.add("mul", [r, L.add("cos", [pt], name=_n(L, "cos"))], name=_n(L, "re")),
-                   L.add("mul", [r, L.add("sin", [pt], name=_n(L, "sin"))], name=_n(L, "im")))
+    r = L.add("pow", [mag, L.scalar(float(p), "fp32")], name=sub_name(L, "r"))
+    pt = L.add("mul", [theta, L.scalar(float(p), "fp32")], name=sub_name(L, "pt"))
+    return Complex(L.add("mul", [r, L.add("cos", [pt], name=sub_name(L, "cos"))], name=sub_name(L, "re")),
+                   L.add("mul", [r, L.add("sin", [pt], name=sub_name(L, "sin"))], name=sub_name(L, "im")))
 
 
 @clower("aten.where.self", "aten.where.ScalarOther", "aten.where.ScalarSelf")
 def _where(L, cond, a, b):
     x, y = _pair(L, a), _pair(L, b)
     c = L.cast(cond, "bool")
-    return Complex(L.add("select", [c, x.re, y.re], name=_n(L, "re")),
-                   L.add("select", [c, _im(L, x, "aim"), _im(L, y, "bim")], name=_n(L, "im")))
+    return Complex(L.add("select", [c, x.re, y.re], name=sub_name(L, "re")),
+                   L.add("select", [c, _im(L, x, "aim"), _im(L, y, "bim")], name=sub_name(L, "im")))
 
 
 @clower("aten.mm.default", "aten.bmm.default", "aten.matmul.default")
@@ -395,13 +391,13 @@ def _matmul(L, a, b):
 
     re = mm(x.re, y.re, "ac")
     if x.im is not None and y.im is not None:
-        re = L.add("sub", [re, mm(x.im, y.im, "bd")], name=_n(L, "re"))
+        re = L.add("sub", [re, mm(x.im, y.im, "bd")], name=sub_name(L, "re"))
     ims = []
     if y.im is not None:
         ims.append(mm(x.re, y.im, "ad"))
     if x.im is not None:
         ims.append(mm(x.im, y.re, "bc"))
-    im = ims[0] if len(ims) == 1 else (L.add("add", ims, name=_n(L, "im")) if ims else None)
+    im = ims[0] if len(ims) == 1 else (L.add("add", ims, name=sub_name(L, "im")) if ims else None)
     return _finish(L, Complex(re, im))
 
 

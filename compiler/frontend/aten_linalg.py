@@ -1,5 +1,5 @@
 """ATen -> IR lowerings of dense linear algebra on small static matrices (registered into
-:data:`tlc.frontend.aten.LOWERINGS`): ``inv``, ``solve``, ``det``, ``slogdet``, LU factorization
+:data:`tlc.frontend.common.LOWERINGS`): ``inv``, ``solve``, ``det``, ``slogdet``, LU factorization
 (``lu_factor``, ``linalg.lu``, ``lu_unpack``, ``lu_solve``), Cholesky (``cholesky``,
 ``cholesky_solve``, ``cholesky_inverse``) and triangular solves.
 

@@ -1,4 +1,4 @@
-"""ATen -> IR lowerings of random sampling (registered into :data:`tlc.frontend.aten.LOWERINGS`):
+"""ATen -> IR lowerings of random sampling (registered into :data:`tlc.frontend.common.LOWERINGS`):
 ``rand``/``randn``/``randint`` (+ ``_like``), ``bernoulli``, ``normal``, ``uniform_``,
 ``exponential_``, ``log_normal_``, ``cauchy_``, ``geometric_``, ``randperm``, ``multinomial``,
 and dropout in training mode (``native_dropout``).
@@ -17,11 +17,7 @@ import math
 
 import torch
 
-from .common import Const, lower, operand
-
-
-def _n(L, tag):
-    return f"{L.node.name}_{tag}"
+from .common import Const, lower, operand, sub_name
 
 
 def _out_shape(L, i=None):
@@ -30,7 +26,7 @@ def _out_shape(L, i=None):
 
 def _draw(L, kind, shape, tag="draw", **params):
     return L.add(kind, [], {"shape": tuple(shape), "seed": -1, **{k: float(v) for k, v in params.items()}},
-                 name=_n(L, tag))
+                 name=sub_name(L, tag))
 
 
 def _out(L, v, i=None):
@@ -50,8 +46,8 @@ def _randn(L, *args, **kwargs):
 
 def _uniform_ints(L, low, high, shape):
     u = _draw(L, "random_uniform", shape, low=float(low), high=float(high))
-    v = L.add("floor", [u], name=_n(L, "floor"))
-    v = L.add("minimum", [v, L.scalar(float(high - 1), "fp32")], name=_n(L, "clamp"))  # [low, high - 1]
+    v = L.add("floor", [u], name=sub_name(L, "floor"))
+    v = L.add("minimum", [v, L.scalar(float(high - 1), "fp32")], name=sub_name(L, "clamp"))  # [low, high - 1]
     return _out(L, v)
 
 
@@ -77,7 +73,7 @@ def _bernoulli(L, x, p=None, *, generator=None):
     """Bernoulli with per-element probabilities (``x`` itself, or the tensor ``p``): U < prob."""
     prob = L.cast(p if p is not None else x, "fp32")
     u = _draw(L, "random_uniform", _out_shape(L))
-    return _out(L, L.add("less", [u, prob], name=_n(L, "hit")))
+    return _out(L, L.add("less", [u, prob], name=sub_name(L, "hit")))
 
 
 @lower("aten.uniform.default")
@@ -96,8 +92,8 @@ def _normal(L, *args, **kwargs):
     std = args[1] if len(args) > 1 else kwargs.get("std", 1.0)
     z = _draw(L, "random_normal", _out_shape(L))
     dt = "fp32"
-    return _out(L, L.add("add", [L.add("mul", [z, operand(L, std, dt)], name=_n(L, "scaled")), operand(L, mean, dt)],
-                         name=_n(L, "shifted")))
+    return _out(L, L.add("add", [L.add("mul", [z, operand(L, std, dt)], name=sub_name(L, "scaled")), operand(L, mean, dt)],
+                         name=sub_name(L, "shifted")))
 
 
 def _inverse_cdf(fn):
@@ -111,23 +107,23 @@ def _inverse_cdf(fn):
 
 def _exponential(L, u, lambd=1.0):
     """-log(1 - U) / lambda."""
-    one_minus = L.add("sub", [L.scalar(1.0, "fp32"), u], name=_n(L, "1mu"))
-    return L.add("mul", [L.add("log", [one_minus], {"epsilon": 0.0}, name=_n(L, "log")), L.scalar(-1.0 / lambd, "fp32")])
+    one_minus = L.add("sub", [L.scalar(1.0, "fp32"), u], name=sub_name(L, "1mu"))
+    return L.add("mul", [L.add("log", [one_minus], {"epsilon": 0.0}, name=sub_name(L, "log")), L.scalar(-1.0 / lambd, "fp32")])
 
 
 def _cauchy(L, u, median=0.0, sigma=1.0):
     """median + sigma tan(pi (U - 1/2))."""
-    t = L.add("tan", [L.add("mul", [L.add("sub", [u, L.scalar(0.5, "fp32")], name=_n(L, "c")),
-                                    L.scalar(math.pi, "fp32")], name=_n(L, "ang"))], name=_n(L, "tan"))
-    return L.add("add", [L.add("mul", [t, L.scalar(float(sigma), "fp32")], name=_n(L, "s")), L.scalar(float(median), "fp32")])
+    t = L.add("tan", [L.add("mul", [L.add("sub", [u, L.scalar(0.5, "fp32")], name=sub_name(L, "c")),
+                                    L.scalar(math.pi, "fp32")], name=sub_name(L, "ang"))], name=sub_name(L, "tan"))
+    return L.add("add", [L.add("mul", [t, L.scalar(float(sigma), "fp32")], name=sub_name(L, "s")), L.scalar(float(median), "fp32")])
 
 
 def _geometric(L, u, p):
     """ceil(log(1 - U) / log(1 - p)): trials until the first success."""
-    one_minus = L.add("sub", [L.scalar(1.0, "fp32"), u], name=_n(L, "1mu"))
-    r = L.add("real_div", [L.add("log", [one_minus], {"epsilon": 0.0}, name=_n(L, "log")),
-                           L.scalar(math.log1p(-p), "fp32")], name=_n(L, "ratio"))
-    return L.add("maximum", [L.add("ceil", [r], name=_n(L, "ceil")), L.scalar(1.0, "fp32")])
+    one_minus = L.add("sub", [L.scalar(1.0, "fp32"), u], name=sub_name(L, "1mu"))
+    r = L.add("real_div", [L.add("log", [one_minus], {"epsilon": 0.0}, name=sub_name(L, "log")),
+                           L.scalar(math.log1p(-p), "fp32")], name=sub_name(L, "ratio"))
+    return L.add("maximum", [L.add("ceil", [r], name=sub_name(L, "ceil")), L.scalar(1.0, "fp32")])
 
 
 lower("aten.exponential.default")(_inverse_cdf(_exponential))
@@ -145,7 +141,7 @@ def _log_normal(L, x, mean=1.0, std=2.0, *, generator=None):
 def _randperm(L, n, *args, **kwargs):
     """A uniformly random permutation: the argsort of n uniforms."""
     u = _draw(L, "random_uniform", (int(n),))
-    return _out(L, L.add("argsort", [u], {"axis": 0, "ascending": True}, name=_n(L, "perm")))
+    return _out(L, L.add("argsort", [u], {"axis": 0, "ascending": True}, name=sub_name(L, "perm")))
 
 
 @lower("aten.multinomial.default")
@@ -157,20 +153,20 @@ def _multinomial(L, probs, num_samples, replacement=False, *, generator=None):
     k = int(num_samples)
     if not replacement:
         u = _draw(L, "random_uniform", shape)
-        gumbel = L.add("mul", [L.add("log", [L.add("mul", [L.add("log", [u], {"epsilon": 0.0}, name=_n(L, "lu")),
-                                                          L.scalar(-1.0, "fp32")], name=_n(L, "nlu"))],
-                                      {"epsilon": 0.0}, name=_n(L, "llu")), L.scalar(-1.0, "fp32")], name=_n(L, "gumbel"))
-        keys = L.add("add", [L.add("log", [p], {"epsilon": 0.0}, name=_n(L, "logp")), gumbel], name=_n(L, "keys"))
-        _, idx = L.add("topk", [keys], {"k": k, "axis": -1, "ascending": False}, name=_n(L, "topk"))
+        gumbel = L.add("mul", [L.add("log", [L.add("mul", [L.add("log", [u], {"epsilon": 0.0}, name=sub_name(L, "lu")),
+                                                          L.scalar(-1.0, "fp32")], name=sub_name(L, "nlu"))],
+                                      {"epsilon": 0.0}, name=sub_name(L, "llu")), L.scalar(-1.0, "fp32")], name=sub_name(L, "gumbel"))
+        keys = L.add("add", [L.add("log", [p], {"epsilon": 0.0}, name=sub_name(L, "logp")), gumbel], name=sub_name(L, "keys"))
+        _, idx = L.add("topk", [keys], {"k": k, "axis": -1, "ascending": False}, name=sub_name(L, "topk"))
         return _out(L, idx)
-    cdf = L.add("cumsum", [p], {"axis": len(shape) - 1}, name=_n(L, "cdf"))
-    total = L.add("reduce_sum", [p], {"axes": (len(shape) - 1,), "keep_dims": True}, name=_n(L, "total"))
+    cdf = L.add("cumsum", [p], {"axis": len(shape) - 1}, name=sub_name(L, "cdf"))
+    total = L.add("reduce_sum", [p], {"axes": (len(shape) - 1,), "keep_dims": True}, name=sub_name(L, "total"))
     u = _draw(L, "random_uniform", shape[:-1] + (k,))
-    target = L.add("mul", [u, total], name=_n(L, "target"))
-    below = L.add("less_equal", [L.add("expand_dims", [cdf], {"axes": (-2,)}, name=_n(L, "cdf2")),
-                                 L.add("expand_dims", [target], {"axes": (-1,)}, name=_n(L, "t2"))], name=_n(L, "below"))
-    idx = L.add("reduce_sum", [L.cast(below, "int32")], {"axes": (-1,), "keep_dims": False}, name=_n(L, "idx"))
-    return _out(L, L.add("minimum", [idx, L.scalar(shape[-1] - 1, "int32")], name=_n(L, "clip")))
+    target = L.add("mul", [u, total], name=sub_name(L, "target"))
+    below = L.add("less_equal", [L.add("expand_dims", [cdf], {"axes": (-2,)}, name=sub_name(L, "cdf2")),
+                                 L.add("expand_dims", [target], {"axes": (-1,)}, name=sub_name(L, "t2"))], name=sub_name(L, "below"))
+    idx = L.add("reduce_sum", [L.cast(below, "int32")], {"axes": (-1,), "keep_dims": False}, name=sub_name(L, "idx"))
+    return _out(L, L.add("minimum", [idx, L.scalar(shape[-1] - 1, "int32")], name=sub_name(L, "clip")))
 
 
 @lower("aten.native_dropout.default")
@@ -179,11 +175,11 @@ def _native_dropout(L, x, p, train):
     (the mask is the second result); otherwise the input and an all-True mask."""
     v = L.v(x)
     if not train:
-        return (v, Const(torch.ones(v.type.shape, dtype=torch.bool), _n(L, "mask")))
+        return (v, Const(torch.ones(v.type.shape, dtype=torch.bool), sub_name(L, "mask")))
     keep = L.add("greater_equal", [_draw(L, "random_uniform", v.type.shape), L.scalar(float(p), "fp32")],
-                 name=_n(L, "keep"))
+                 name=sub_name(L, "keep"))
     scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
-    y = L.add("mul", [L.add("mul", [v, L.cast(keep, v.type.dtype)], name=_n(L, "masked")), L.scalar(scale, v.type.dtype)])
+    y = L.add("mul", [L.add("mul", [v, L.cast(keep, v.type.dtype)], name=sub_name(L, "masked")), L.scalar(scale, v.type.dtype)])
     return (y, keep)
 
 
@@ -201,9 +197,9 @@ def _rrelu(L, x, noise, lower=1 / 8, upper=1 / 3, training=False, *, generator=N
         slope = L.cast(_draw(L, "random_uniform", v.type.shape, low=lower, high=upper), dt)
     else:
         slope = L.scalar((lower + upper) / 2.0, dt)
-    y = L.add("select", [L.add("greater_equal", [v, L.scalar(0.0, dt)], name=_n(L, "pos")), v,
-                         L.add("mul", [v, slope], name=_n(L, "neg"))], name=_n(L, "out"))
+    y = L.add("select", [L.add("greater_equal", [v, L.scalar(0.0, dt)], name=sub_name(L, "pos")), v,
+                         L.add("mul", [v, slope], name=sub_name(L, "neg"))], name=sub_name(L, "out"))
     if "functional" in str(L.node.target):
-        return (y, L.add("identity", [L.v(noise)], name=_n(L, "noise")))
+        return (y, L.add("identity", [L.v(noise)], name=sub_name(L, "noise")))
     return y
 

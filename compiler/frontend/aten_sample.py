@@ -1,5 +1,5 @@
 """ATen -> IR lowerings of data-dependent sampling with static shapes (registered into
-:data:`tlc.frontend.aten.LOWERINGS`): ``grid_sampler_2d`` / ``grid_sampler_3d`` (``F.grid_sample``:
+:data:`tlc.frontend.common.LOWERINGS`): ``grid_sampler_2d`` / ``grid_sampler_3d`` (``F.grid_sample``:
 bilinear / nearest, padding zeros / border / reflection, ``align_corners`` either way),
 ``histogram`` (equal-width bins) and ``max_pool2d_with_indices_backward``.
 
@@ -18,11 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedOpError
-from .common import Const, lower
-
-
-def _n(L, tag):
-    return f"{L.node.name}_{tag}"
+from .common import Const, lower, sub_name
 
 
 class _E:
@@ -144,7 +140,7 @@ def _histogram(L, x, bins=100, *, range=None, weight=None, density=False):
     same = e("equal", lo, hi)
     lo = e("select", same, e("sub", lo, 0.5), lo) if range is None else lo  # torch widens a point by 1/2
     hi = e("select", same, e("add", hi, 0.5), hi) if range is None else hi
-    steps = Const(torch.arange(bins + 1, dtype=torch.float32) / bins, _n(L, "steps"))
+    steps = Const(torch.arange(bins + 1, dtype=torch.float32) / bins, sub_name(L, "steps"))
     edges = e("add", lo, e("mul", e("sub", hi, lo), L.cast(steps, dt)))
     pos = e("mul", e("sub", flat, lo), e("real_div", float(bins), e("sub", hi, lo)))
     b = L.cast(e("floor", pos), "int32")
@@ -152,7 +148,7 @@ def _histogram(L, x, bins=100, *, range=None, weight=None, density=False):
     inside = e("logical_and", e("greater_equal", flat, lo), e("less_equal", flat, hi))
     b = e("select", inside, b, e.i(-1))
     hit = e("equal", e("expand_dims", b, axes=(-1,)), Const(torch.arange(bins, dtype=torch.int32).reshape(1, bins),
-                                                                 _n(L, "bins")))
+                                                                 sub_name(L, "bins")))
     w = L.cast(hit, dt)
     if weight is not None:
         w = e("mul", w, e("expand_dims", e("reshape", L.cast(weight, dt), shape=(max(v.type.size, 1),)), axes=(-1,)))
@@ -171,9 +167,9 @@ def _max_pool_backward(L, grad, x, kernel_size, stride, padding, dilation, ceil_
     shape = xv.type.shape
     lead, sp = shape[:-2], shape[-2:]
     o = int(np.prod(gv.type.shape[-2:]))
-    zeros = Const(torch.zeros(lead + (int(np.prod(sp)),)), _n(L, "zeros"))
-    gi = L.add("reshape", [L.cast(indices, "int32")], {"shape": lead + (o,)}, name=_n(L, "idx"))
-    gg = L.add("reshape", [gv], {"shape": lead + (o,)}, name=_n(L, "g"))
+    zeros = Const(torch.zeros(lead + (int(np.prod(sp)),)), sub_name(L, "zeros"))
+    gi = L.add("reshape", [L.cast(indices, "int32")], {"shape": lead + (o,)}, name=sub_name(L, "idx"))
+    gg = L.add("reshape", [gv], {"shape": lead + (o,)}, name=sub_name(L, "g"))
     y = L.add("scatter_along_axis", [L.cast(zeros, gv.type.dtype), gi, gg], {"axis": len(lead), "mode": "add"},
-              name=_n(L, "acc"))
+              name=sub_name(L, "acc"))
     return L.add("reshape", [y], {"shape": shape})

@@ -1,10 +1,11 @@
 """ATen -> IR lowerings for shapes, slicing, indexing, gathers and scatters (registered into
-:data:`tlc.frontend.aten.LOWERINGS`)."""
+:data:`tlc.frontend.common.LOWERINGS`); ``cumsum`` and sorting: :mod:`tlc.frontend.aten_sort`."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from .. import dtypes
 from ..errors import UnsupportedOpError
 from .common import Const, broadcast_to, lower, narrow, norm_axis, rank_of, shape_of, take, wrapped_index
 
@@ -289,7 +290,7 @@ def _scatter_axis(L, x, dim, index, src, mode: str):
     ax = norm_axis(dim, r)
     ishape = shape_of(index)
     if isinstance(src, (int, float, bool)):
-        src = Const(torch.full(ishape, src, dtype=_IR_TORCH[dt]), L.node.name + "_src")
+        src = Const(torch.full(ishape, src, dtype=dtypes.TORCH[dt]), L.node.name + "_src")
     else:
         sshape = shape_of(src)
         if sshape != ishape:
@@ -307,7 +308,6 @@ def _scatter_axis(L, x, dim, index, src, mode: str):
     return L.add("cast", [y], {"dtype": "bool"}) if dt == "bool" else y
 
 
-_IR_TORCH = {"fp32": torch.float32, "fp16": torch.float16, "int32": torch.int32, "bool": torch.bool}
 _REDUCE_MODE = {"sum": "add", "add": "add", "prod": "mul", "multiply": "mul", "amax": "max", "amin": "min"}
 
 
@@ -334,10 +334,10 @@ def _scatter_reduce(L, x, dim, index, src, reduce, *, include_self=True):
     if reduce == "mean":
         if dt not in ("fp32", "fp16"):
             raise UnsupportedOpError("scatter_reduce mean of an integer tensor (torch floors it) is not lowered")
-        ones = Const(torch.ones(shape_of(index), dtype=_IR_TORCH[dt]), L.node.name + "_ones")
+        ones = Const(torch.ones(shape_of(index), dtype=dtypes.TORCH[dt]), L.node.name + "_ones")
         base = L.v(x) if include_self else _scatter_axis(L, x, dim, index, 0.0, "update")
         tot = _scatter_axis(L, base, dim, index, src, "add")
-        cnt0 = Const(torch.ones(shape_of(x), dtype=_IR_TORCH[dt]) if include_self else torch.zeros(shape_of(x), dtype=_IR_TORCH[dt]),
+        cnt0 = Const(torch.ones(shape_of(x), dtype=dtypes.TORCH[dt]) if include_self else torch.zeros(shape_of(x), dtype=dtypes.TORCH[dt]),
                      L.node.name + "_cnt0")
         cnt = _scatter_axis(L, cnt0, dim, index, ones, "add")
         safe = L.add("maximum", [cnt, L.scalar(1.0, dt)], name=L.node.name + "_cnt")
@@ -464,7 +464,7 @@ def _diagonal(L, x, offset=0, dim1=0, dim2=1):
     length = L.out_type().shape[-1]
     lead = shape[:-2]
     if length == 0:
-        return Const(torch.zeros(L.out_type().shape, dtype=_IR_TORCH[xv.type.dtype]), L.node.name + "_empty")
+        return Const(torch.zeros(L.out_type().shape, dtype=dtypes.TORCH[xv.type.dtype]), L.node.name + "_empty")
     flat = L.add("reshape", [xv], {"shape": lead + (rows * cols,)}, name=L.node.name + "_flat")
     start = offset if offset >= 0 else -offset * cols
     end = start + (length - 1) * (cols + 1) + 1
@@ -489,80 +489,6 @@ def _unfold(L, x, dim, size, step):
     return L.add("transpose", [g], {"perm": perm})
 
 
-# ------------------------------------------------------------------------------- scans, sorting
-
-
-@lower("aten.cumsum.default")
-def _cumsum(L, x, dim, *, dtype=None):
-    out = L.out_type()
-    xv = L.cast(x, out.dtype if out.dtype != "bool" else "int32")
-    if xv.type.rank == 0:
-        return xv
-    return L.add("cumsum", [xv], {"axis": norm_axis(dim, xv.type.rank)})
-
-
-def _sortable(L, x):
-    xv = L.v(x)
-    return L.cast(xv, "int32") if xv.type.dtype == "bool" else xv
-
-
-@lower("aten.sort.default", "aten.sort.stable")
-def _sort(L, x, dim=-1, descending=False, *, stable=None):
-    """``sort`` -> MIL ``topk`` with k = the axis length (values and int32 indices). Ties: MIL
-    does not specify their order (tlc's kernels sort stably, torch's ``stable=True``)."""
-    xv = _sortable(L, x)
-    if xv.type.rank == 0:
-        return (L.v(x), Const(torch.zeros((), dtype=torch.int32), L.node.name + "_i"))
-    ax = norm_axis(dim, xv.type.rank)
-    v, i = L.add("topk", [xv], {"k": xv.type.shape[ax], "axis": ax, "ascending": not descending})
-    return (L.cast(v, L.out_type(0).dtype), i)
-
-
-@lower("aten.topk.default")
-def _topk(L, x, k, dim=-1, largest=True, sorted=True):
-    xv = _sortable(L, x)
-    if xv.type.rank == 0:
-        return (L.v(x), Const(torch.zeros((), dtype=torch.int32), L.node.name + "_i"))
-    v, i = L.add("topk", [xv], {"k": int(k), "axis": norm_axis(dim, xv.type.rank), "ascending": not largest})
-    return (L.cast(v, L.out_type(0).dtype), i)
-
-
-def _arg(op):
-    def fn(L, x, dim=None, keepdim=False):
-        xv = _sortable(L, x)
-        if xv.type.rank == 0:
-            return Const(torch.zeros((), dtype=torch.int32), L.node.name + "_zero")
-        if dim is None:
-            flat = L.add("reshape", [xv], {"shape": (xv.type.size,)}, name=L.node.name + "_flat")
-            r = L.add(op, [flat], {"axis": 0, "keep_dims": False}, name=L.node.name + ("_r" if keepdim else ""))
-            return L.add("reshape", [r], {"shape": (1,) * xv.type.rank}) if keepdim else r
-        return L.add(op, [xv], {"axis": norm_axis(dim, xv.type.rank), "keep_dims": bool(keepdim)})
-
-    return fn
-
-
-lower("aten.argmax.default")(_arg("reduce_argmax"))
-lower("aten.argmin.default")(_arg("reduce_argmin"))
-
-
-def _max_dim(red, arg):
-    def fn(L, x, dim, keepdim=False):
-        xv = L.v(x)
-        if xv.type.rank == 0:
-            return (xv, Const(torch.zeros((), dtype=torch.int32), L.node.name + "_i"))
-        ax = norm_axis(dim, xv.type.rank)
-        work = L.cast(xv, "int32") if xv.type.dtype == "bool" else xv
-        v = L.add(red, [work], {"axes": (ax,), "keep_dims": bool(keepdim)}, name=L.node.name + "_values")
-        i = L.add(arg, [work], {"axis": ax, "keep_dims": bool(keepdim)}, name=L.node.name + "_indices")
-        return (L.cast(v, xv.type.dtype), i)
-
-    return fn
-
-
-lower("aten.max.dim")(_max_dim("reduce_max", "reduce_argmax"))
-lower("aten.min.dim")(_max_dim("reduce_min", "reduce_argmin"))
-
-
 @lower("aten.full_like.default", "aten.zeros_like.default", "aten.ones_like.default", "aten.empty_like.default",
        "aten.new_zeros.default", "aten.new_ones.default", "aten.new_full.default", "aten.new_empty.default",
        "aten.new_empty_strided.default", "aten.empty_strided.default", "aten.empty.memory_format")
@@ -576,7 +502,7 @@ def _full_like(L, x, *args, **kwargs):
         fill = args[-1] if "new_full" in name else args[0]
     elif "ones" in name:
         fill = 1
-    return Const(torch.full(out.shape, fill, dtype=_IR_TORCH[out.dtype]), L.node.name)
+    return Const(torch.full(out.shape, fill, dtype=dtypes.TORCH[out.dtype]), L.node.name)
 
 
 @lower("aten.flatten.using_ints")

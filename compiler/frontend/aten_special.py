@@ -1,5 +1,5 @@
 """ATen -> IR lowerings of special functions as elementwise MIL arithmetic (registered into
-:data:`tlc.frontend.aten.LOWERINGS`): ``lgamma``, ``digamma``, ``polygamma``, ``erfinv``,
+:data:`tlc.frontend.common.LOWERINGS`): ``lgamma``, ``digamma``, ``polygamma``, ``erfinv``,
 ``ndtri``, ``erfcx``, ``log_ndtr``, ``i0``/``i0e``/``i1``/``i1e``, ``zeta``,
 ``spherical_bessel_j0``, Bessel J/Y/K of orders 0 and 1, Chebyshev polynomials T/U/V/W (also
 shifted) of tensor degree.

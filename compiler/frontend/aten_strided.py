@@ -1,5 +1,5 @@
 """ATen -> IR lowerings of strided views, flat writes and mask-ordered writes (registered into
-:data:`tlc.frontend.aten.LOWERINGS`): ``as_strided`` (+ ``_copy``, ``_scatter``), ``put``,
+:data:`tlc.frontend.common.LOWERINGS`): ``as_strided`` (+ ``_copy``, ``_scatter``), ``put``,
 ``index_reduce``, ``masked_scatter``, ``nonzero_static``, ``diagonal_scatter``, and the ``*_copy``
 spellings of views.
 
@@ -15,11 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedOpError
-from .common import LOWERINGS, Const, broadcast_to, lower, norm_axis, take, wrapped_index
-
-
-def _n(L, tag):
-    return f"{L.node.name}_{tag}"
+from .common import LOWERINGS, Const, broadcast_to, lower, norm_axis, sub_name, take, wrapped_index
 
 
 def _strided_index(size, stride, offset) -> np.ndarray:
@@ -34,7 +30,7 @@ def _strided_index(size, stride, offset) -> np.ndarray:
 
 def _flat(L, x, tag="flat"):
     v = L.v(x)
-    return L.add("reshape", [v], {"shape": (max(v.type.size, 1),) if v.type.size else (0,)}, name=_n(L, tag))
+    return L.add("reshape", [v], {"shape": (max(v.type.size, 1),) if v.type.size else (0,)}, name=sub_name(L, tag))
 
 
 @lower("aten.as_strided.default", "aten.as_strided_copy.default")
@@ -47,8 +43,8 @@ def _as_strided(L, x, size, stride, storage_offset=None):
         raise UnsupportedOpError("as_strided reads outside its input's storage")
     flat = _flat(L, v)
     if idx.size == 0:
-        return Const(torch.zeros(tuple(size)), _n(L, "empty"))
-    g = take(L, flat, 0, idx.reshape(-1), name=_n(L, "take"))
+        return Const(torch.zeros(tuple(size)), sub_name(L, "empty"))
+    g = take(L, flat, 0, idx.reshape(-1), name=sub_name(L, "take"))
     return L.add("reshape", [g], {"shape": tuple(int(d) for d in size)})
 
 
@@ -58,10 +54,10 @@ def _scatter_flat(L, x, positions: np.ndarray, src, mode="update", tag="w"):
     v = L.v(x)
     dt = v.type.dtype
     flat = _flat(L, v, tag + "_flat")
-    pos = Const(torch.from_numpy(positions.reshape(-1, 1).astype(np.int32)), _n(L, tag + "_pos"))
-    upd = L.add("reshape", [L.cast(src, dt)], {"shape": (positions.size,)}, name=_n(L, tag + "_src"))
+    pos = Const(torch.from_numpy(positions.reshape(-1, 1).astype(np.int32)), sub_name(L, tag + "_pos"))
+    upd = L.add("reshape", [L.cast(src, dt)], {"shape": (positions.size,)}, name=sub_name(L, tag + "_src"))
     work, upd = (L.cast(flat, "int32"), L.cast(upd, "int32")) if dt == "bool" else (flat, upd)
-    y = L.add("scatter_nd", [work, L.v(pos), upd], {"mode": mode}, name=_n(L, tag + "_nd"))
+    y = L.add("scatter_nd", [work, L.v(pos), upd], {"mode": mode}, name=sub_name(L, tag + "_nd"))
     y = L.cast(y, dt)
     return L.add("reshape", [y], {"shape": v.type.shape})
 
@@ -83,10 +79,10 @@ def _put(L, x, index, source, accumulate=False):
     n = v.type.size
     flat = _flat(L, v)
     iv = L.v(wrapped_index(L, index, n))
-    idx = L.add("reshape", [iv], {"shape": (max(iv.type.size, 1), 1)}, name=_n(L, "idx"))
-    upd = L.add("reshape", [L.cast(source, dt)], {"shape": (idx.type.shape[0],)}, name=_n(L, "src"))
+    idx = L.add("reshape", [iv], {"shape": (max(iv.type.size, 1), 1)}, name=sub_name(L, "idx"))
+    upd = L.add("reshape", [L.cast(source, dt)], {"shape": (idx.type.shape[0],)}, name=sub_name(L, "src"))
     work, upd = (L.cast(flat, "int32"), L.cast(upd, "int32")) if dt == "bool" else (flat, upd)
-    y = L.add("scatter_nd", [work, idx, upd], {"mode": "add" if accumulate else "update"}, name=_n(L, "nd"))
+    y = L.add("scatter_nd", [work, idx, upd], {"mode": "add" if accumulate else "update"}, name=sub_name(L, "nd"))
     return L.add("reshape", [L.cast(y, dt)], {"shape": v.type.shape})
 
 
@@ -98,8 +94,8 @@ def _index_reduce(L, x, dim, index, source, reduce, *, include_self=True):
     v = L.v(x)
     dt = v.type.dtype
     if v.type.rank == 0:  # a scalar: as a 1-element vector
-        one = L.add("reshape", [v], {"shape": (1,)}, name=_n(L, "x1"))
-        s1 = L.add("reshape", [L.cast(source, dt)], {"shape": (1,)}, name=_n(L, "s1"))
+        one = L.add("reshape", [v], {"shape": (1,)}, name=sub_name(L, "x1"))
+        s1 = L.add("reshape", [L.cast(source, dt)], {"shape": (1,)}, name=sub_name(L, "s1"))
         y = _index_reduce(L, one, 0, index, s1, reduce, include_self=include_self)
         return L.add("reshape", [y], {"shape": ()})
     ax = norm_axis(dim, v.type.rank)
@@ -108,21 +104,21 @@ def _index_reduce(L, x, dim, index, source, reduce, *, include_self=True):
     src = L.cast(source, dt)
 
     def scatter(data, upd, mode, tag):
-        return L.add("scatter", [data, idx, upd], {"axis": ax, "mode": mode}, name=_n(L, tag))
+        return L.add("scatter", [data, idx, upd], {"axis": ax, "mode": mode}, name=sub_name(L, tag))
 
     def fill(value, tag):
         shape = list(src.type.shape)
-        block = Const(torch.full(shape, value, dtype=_TORCH[dt]), _n(L, tag + "_v"))
+        block = Const(torch.full(shape, value, dtype=_TORCH[dt]), sub_name(L, tag + "_v"))
         return scatter(v, L.v(block), "update", tag)
 
     if reduce == "mean":
         base = v if include_self else fill(0, "zero")
         tot = scatter(base, src, "add", "sum")
-        ones = L.v(Const(torch.ones(tuple(src.type.shape), dtype=_TORCH[dt]), _n(L, "ones")))
+        ones = L.v(Const(torch.ones(tuple(src.type.shape), dtype=_TORCH[dt]), sub_name(L, "ones")))
         cnt0 = L.v(Const((torch.ones if include_self else torch.zeros)(tuple(v.type.shape), dtype=_TORCH[dt]),
-                         _n(L, "cnt0")))
-        cnt = L.add("scatter", [cnt0, idx, ones], {"axis": ax, "mode": "add"}, name=_n(L, "cnt"))
-        cnt = L.add("maximum", [cnt, L.scalar(1, dt)], name=_n(L, "cnt1"))
+                         sub_name(L, "cnt0")))
+        cnt = L.add("scatter", [cnt0, idx, ones], {"axis": ax, "mode": "add"}, name=sub_name(L, "cnt"))
+        cnt = L.add("maximum", [cnt, L.scalar(1, dt)], name=sub_name(L, "cnt1"))
         if dt in ("fp32", "fp16"):
             return L.add("real_div", [tot, cnt])
         return L.add("floor_div", [tot, cnt])
@@ -150,16 +146,16 @@ def _masked_scatter(L, x, mask, source):
     m = L.cast(mask, "bool")
     if m.type.shape != v.type.shape:
         m = broadcast_to(L, m, v.type.shape, "mask")
-    mflat = L.add("reshape", [m], {"shape": (v.type.size,)}, name=_n(L, "mflat"))
-    rank = L.add("cumsum", [L.cast(mflat, "int32")], {"axis": 0}, name=_n(L, "rank"))
-    pos = L.add("sub", [rank, L.scalar(1, "int32")], name=_n(L, "pos"))
-    pos = L.add("maximum", [pos, L.scalar(0, "int32")], name=_n(L, "pos0"))
+    mflat = L.add("reshape", [m], {"shape": (v.type.size,)}, name=sub_name(L, "mflat"))
+    rank = L.add("cumsum", [L.cast(mflat, "int32")], {"axis": 0}, name=sub_name(L, "rank"))
+    pos = L.add("sub", [rank, L.scalar(1, "int32")], name=sub_name(L, "pos"))
+    pos = L.add("maximum", [pos, L.scalar(0, "int32")], name=sub_name(L, "pos0"))
     s = L.v(source)
-    sflat = L.add("reshape", [L.cast(s, dt if dt != "bool" else "int32")], {"shape": (s.type.size,)}, name=_n(L, "sflat"))
+    sflat = L.add("reshape", [L.cast(s, dt if dt != "bool" else "int32")], {"shape": (s.type.size,)}, name=sub_name(L, "sflat"))
     if s.type.size < v.type.size:
-        pos = L.add("minimum", [pos, L.scalar(s.type.size - 1, "int32")], name=_n(L, "posc"))
-    g = L.add("gather", [sflat, pos], {"axis": 0}, name=_n(L, "take"))
-    g = L.add("reshape", [L.cast(g, dt)], {"shape": v.type.shape}, name=_n(L, "vals"))
+        pos = L.add("minimum", [pos, L.scalar(s.type.size - 1, "int32")], name=sub_name(L, "posc"))
+    g = L.add("gather", [sflat, pos], {"axis": 0}, name=sub_name(L, "take"))
+    g = L.add("reshape", [L.cast(g, dt)], {"shape": v.type.shape}, name=sub_name(L, "vals"))
     return L.add("select", [m, g, v])
 
 
@@ -171,18 +167,18 @@ def _nonzero_static(L, x, *, size, fill_value=-1):
     v = L.v(x)
     r = max(v.type.rank, 1)
     n = v.type.size
-    nz = L.add("not_equal", [v, L.scalar(0, v.type.dtype)], name=_n(L, "nz")) if v.type.dtype != "bool" else v
-    nzf = L.add("reshape", [nz], {"shape": (n,)}, name=_n(L, "nzf"))
-    rank = L.add("sub", [L.add("cumsum", [L.cast(nzf, "int32")], {"axis": 0}, name=_n(L, "cnt")),
-                         L.scalar(1, "int32")], name=_n(L, "row"))
-    ok = L.add("logical_and", [nzf, L.add("less", [rank, L.scalar(int(size), "int32")], name=_n(L, "fits"))],
-               name=_n(L, "ok"))
-    row = L.add("select", [ok, rank, L.scalar(int(size), "int32")], name=_n(L, "dest"))
+    nz = L.add("not_equal", [v, L.scalar(0, v.type.dtype)], name=sub_name(L, "nz")) if v.type.dtype != "bool" else v
+    nzf = L.add("reshape", [nz], {"shape": (n,)}, name=sub_name(L, "nzf"))
+    rank = L.add("sub", [L.add("cumsum", [L.cast(nzf, "int32")], {"axis": 0}, name=sub_name(L, "cnt")),
+                         L.scalar(1, "int32")], name=sub_name(L, "row"))
+    ok = L.add("logical_and", [nzf, L.add("less", [rank, L.scalar(int(size), "int32")], name=sub_name(L, "fits"))],
+               name=sub_name(L, "ok"))
+    row = L.add("select", [ok, rank, L.scalar(int(size), "int32")], name=sub_name(L, "dest"))
     coords = np.stack(np.unravel_index(np.arange(n), v.type.shape or (1,)), -1).astype(np.int32).reshape(n, r)
-    buf = Const(torch.full((int(size) + 1, r), int(fill_value), dtype=torch.int32), _n(L, "buf"))
-    upd = Const(torch.from_numpy(coords), _n(L, "coords"))
-    y = L.add("scatter_nd", [L.v(buf), L.add("expand_dims", [row], {"axes": (-1,)}, name=_n(L, "dest2")), L.v(upd)],
-              {"mode": "update"}, name=_n(L, "nd"))
+    buf = Const(torch.full((int(size) + 1, r), int(fill_value), dtype=torch.int32), sub_name(L, "buf"))
+    upd = Const(torch.from_numpy(coords), sub_name(L, "coords"))
+    y = L.add("scatter_nd", [L.v(buf), L.add("expand_dims", [row], {"axes": (-1,)}, name=sub_name(L, "dest2")), L.v(upd)],
+              {"mode": "update"}, name=sub_name(L, "nd"))
     return L.add("slice_by_index", [y], {"begin": (0, 0), "end": (int(size), r), "stride": (1, 1)})
 
 

@@ -77,6 +77,17 @@ def shape_of(x) -> tuple:
     return x.type.shape if isinstance(x, Value) else tuple(x.tensor.shape)
 
 
+def sub_name(L: "Lowerer", tag: str) -> str:
+    """Name for a node a lowering adds under the current fx node: ``{node}_{tag}``."""
+    return f"{L.node.name}_{tag}"
+
+
+def as_float_result(L: "Lowerer", x) -> Value:
+    """``x`` cast to the current node's (first) float result dtype."""
+    val = L.node.meta.get("val")
+    return L.cast(x, L.out_type(0 if isinstance(val, (tuple, list)) else None).dtype)
+
+
 def norm_axis(d: int, rank: int) -> int:
     """A torch axis (possibly negative) as a non-negative axis of a rank-``rank`` tensor."""
     return d % rank if rank else 0
@@ -152,5 +163,5 @@ def narrow(L, x, ax, start, length, tag):
                  name=f"{L.node.name}_{tag}")
 
 
-__all__ = ["LOWERINGS", "SKIP", "lower", "Const", "ir_dtype", "rank_of", "shape_of", "norm_axis", "operand", "wrapped_index", "broadcast_to",
+__all__ = ["LOWERINGS", "SKIP", "lower", "Const", "ir_dtype", "rank_of", "shape_of", "norm_axis", "operand", "sub_name", "as_float_result", "wrapped_index", "broadcast_to",
            "take", "narrow"]
