@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import warnings
 from pathlib import Path
 from typing import Callable, Mapping
@@ -37,14 +36,8 @@ from tlc.ops.compression import CONSTEXPR_OPS
 from tlc.errors import InputError
 
 from .mil_io import ShapeRule, function_description, image_format, image_to_tensor, shape_rule, tensor_to_image
+from .mlspec import PackageError, check_package, read_spec, spec_summary
 from .numpy_executor import validate_feeds
-
-
-class PackageError(TlcError):
-    """A path that is not a loadable mlprogram package (missing, not a package, neuralnetwork
-    model, truncated or corrupted weights)."""
-
-    exit_code = 2
 
 
 class UnsupportedMILOpError(TlcError):
@@ -61,20 +54,7 @@ def load_program(path: str | Path):
     ct = quiet_coremltools()
     from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
 
-    path = Path(path)
-    if not path.exists():
-        raise PackageError(f"{str(path)!r} does not exist")
-    if not path.is_dir() or not (path / "Manifest.json").is_file():
-        raise PackageError(f"{str(path)!r} is not an .mlpackage (expected a directory with Manifest.json)")
-    try:
-        manifest = json.loads((path / "Manifest.json").read_text())
-        entries = manifest["itemInfoEntries"]
-    except (ValueError, KeyError) as e:
-        raise PackageError(f"{str(path)!r}: Manifest.json is unreadable ({e})") from None
-    for info in entries.values():
-        item = path / "Data" / info["path"]
-        if not item.exists():
-            raise PackageError(f"{str(path)!r} is incomplete: {info['path']} listed in Manifest.json is missing")
+    path, _ = check_package(path)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -410,51 +390,15 @@ from . import mil_control  # noqa: E402,F401  (control flow and list ops registe
 
 
 def package_info(path: str | Path, function_name: str | None = None) -> dict:
-    """What ``tlc inspect`` shows for one function (default: the package's default function):
-    inputs (with ``allowed`` shapes for a flexible input: ``RangeDim`` ranges or the enumerated
-    shapes, and ``image`` for an image input), outputs, states, the package's functions, op
-    histogram (non-const), precision (``fp16`` if every float op computes in fp16, ``fp32`` if
-    none does, else ``mixed``), size in bytes, spec version, opset and metadata."""
-    interp = MILInterpreter(path, function_name=function_name)
-    f = interp.function
-    float_ops = [op for op in interp._ops if op.outputs and _np_dtype(op.outputs[0].dtype).kind == "f"]
-    n16 = sum(1 for op in float_ops if _np_dtype(op.outputs[0].dtype) == np.float16)
-    precision = "fp16" if float_ops and n16 == len(float_ops) else ("fp32" if n16 == 0 else "mixed")
-    # casts at the fp32 I/O boundary of an fp16 program do not make it "mixed"
-    if precision == "mixed":
-        core = [op for op in float_ops if op.op_type != "cast"]
-        if all(_np_dtype(op.outputs[0].dtype) == np.float16 for op in core):
-            precision = "fp16"
-    desc = interp.spec.description
-    md = dict(desc.metadata.userDefined)
-    size = package_size(path)
-    return {
-        "path": str(path),
-        "function": interp.function_name,
-        "functions": interp.functions,
-        "inputs": [_input_info(interp, n, s, d) for n, s, d in interp.inputs],
-        "states": [{"name": n, "shape": list(s), "dtype": d.name} for n, (s, d) in interp.states.items()],
-        "outputs": [{"name": v.name, "shape": [int(d) if isinstance(d, (int, np.integer)) else str(d) for d in v.shape],
-                     "dtype": _np_dtype(v.dtype).name, **({"image": interp.image_outputs[v.name].color_space}
-                                                       if v.name in interp.image_outputs else {})} for v in f.outputs],
-        "ops": interp.op_histogram(),
-        "num_ops": len(interp._all_ops),
-        "precision": precision,
-        "size_bytes": size,
-        "specification_version": interp.spec.specificationVersion,
-        "opset": interp.opset,
-        "metadata": md,
-        "short_description": desc.metadata.shortDescription,
-    }
-
-
-def _input_info(interp: MILInterpreter, name: str, shape, dtype) -> dict:
-    rule = interp.shape_rules.get(name)
-    d = {"name": name, "shape": list(rule.default) if rule is not None and rule.default else
-         [("*" if x is None else x) for x in shape], "dtype": dtype.name}
-    if rule is not None and rule.kind != "fixed":
-        d["allowed"] = rule.describe()
-        d["shapes"] = rule.as_dict()
-    if name in interp.images:
-        d["image"] = interp.images[name].color_space
-    return d
+    """What ``tlc inspect`` shows for one function (default: the package's default function),
+    read from the spec alone (:mod:`tlc.runtime.mlspec`: no coremltools or torch import, no
+    weights read): inputs (with ``allowed`` shapes for a flexible input: ``RangeDim`` ranges or
+    the enumerated shapes, and ``image`` for an image input), outputs, states, the package's
+    functions, op histogram (non-const), precision (``fp16`` if every float op computes in fp16,
+    ``fp32`` if none does, else ``mixed``), size in bytes, spec version, opset and metadata.
+    Raises :class:`PackageError` for a path that is not an mlprogram package."""
+    spec = read_spec(path)
+    desc = spec.description
+    return {"path": str(path), **spec_summary(spec, function_name), "size_bytes": package_size(path),
+            "specification_version": spec.specificationVersion, "metadata": dict(desc.metadata.userDefined),
+            "short_description": desc.metadata.shortDescription}

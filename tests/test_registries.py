@@ -91,6 +91,26 @@ def test_importing_the_runtime_does_not_import_torch():
     assert r.returncode == 0, r.stderr
 
 
+def test_tlc_inspect_reads_the_spec_without_torch_or_coremltools(tmp_path):
+    """``tlc inspect PKG`` reads the spec through coremltools' protobuf modules only
+    (:mod:`tlc.runtime.mlspec`): neither torch nor the coremltools package is imported."""
+    import subprocess
+    import sys
+
+    import torch
+
+    import tlc
+
+    pkg = tmp_path / "m.mlpackage"
+    tlc.build(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).eval(), (torch.randn(2, 4),)).save(pkg)
+    code = ("import sys; from tlc.cli import main; rc = main(['inspect', sys.argv[1]]); "
+            "bad = [m for m in ('torch', 'coremltools') if m in sys.modules]; assert not bad, bad; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, str(pkg)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "float32[2, 4]" in r.stdout, r.stdout
+    assert "linear 1" in r.stdout and "relu 1" in r.stdout, r.stdout
+
+
 def test_op_traits_are_in_the_rows():
     """Passes read op facts from the rows, not from name lists of their own (issue 13)."""
     from tlc.ir import TensorType
