@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
+from .compress import check_compress
 from .artifact import bundle_path, check_output_path, check_package_io, save_atomic, write_bundle
 from .emit import PRECISIONS, convert, target_name
 from .plan import check_io_dtype, check_shippable, check_target, where
@@ -88,12 +89,12 @@ class CompiledModel:
     def __init__(self, graph: Graph, *, precision: str, minimum_deployment_target: str, out_spec, kw_order,
                  out_torch_dtypes, timings: dict, source: str | None, calibration: list[dict] | None = None,
                  target: str = "ane", cost=None, name: str = "model", io_dtype: str = "float32",
-                 fallback: bool = True, progress: bool = False):
+                 fallback: bool = True, progress: bool = False, compress: str | None = None):
         from .plan import BuildOptions
 
         self.graph = graph
         self.options = BuildOptions(precision, minimum_deployment_target, check_target(target), io_dtype,
-                                    bool(fallback), cost)
+                                    bool(fallback), cost, compress)
         self.name = name
         self.progress = progress
         self.calibration = list(calibration or [])
@@ -105,6 +106,7 @@ class CompiledModel:
         self._out_dtypes = out_torch_dtypes
         self.boundary = _complex_boundary(graph)  # complex model I/O are real [..., 2] pairs in the IR
         self._mlmodel = None
+        self._compressed = False
         self._coreml = None
         self._torch = None
 
@@ -115,6 +117,7 @@ class CompiledModel:
     io_dtype = property(lambda self: self.options.io_dtype, doc="``float32`` or ``float16`` package I/O")
     fallback = property(lambda self: self.options.fallback, doc="whether ops may run outside Core ML")
     cost = property(lambda self: self.options.cost, doc="the placement cost model (None: the default)")
+    compress = property(lambda self: self.options.compress, doc="weight compression mode (tlc.compress.MODES) or None")
 
     @property
     def input_names(self) -> list[str]:
@@ -214,7 +217,7 @@ class CompiledModel:
     def mlmodel(self):
         """The ``coremltools.models.MLModel`` (mlprogram), emitted on first access. Raises
         :class:`~tlc.errors.EmitError` when the model is a bundle (see :attr:`is_bundle`)."""
-        if self._mlmodel is None:
+        if self._mlmodel is None or (self.compress and not self._compressed):
             plan = self.plan  # mixed emits in its closed loop and keeps that MLModel
             if plan.is_bundle:
                 from .errors import EmitError
@@ -225,6 +228,13 @@ class CompiledModel:
                 self._mlmodel, info = convert(plan.emit_graph, self.precision, self.minimum_deployment_target,
                                               self._metadata())
                 self._record_emit(info)
+            if self.compress and not self._compressed:
+                from .compress import compress_mlmodel
+
+                t0 = time.perf_counter()  # after the closed loop: it judges fp16, not the compression
+                self._mlmodel = compress_mlmodel(self._mlmodel, self.compress, self.target, skip=tuple(plan.islands))
+                self._compressed = True
+                self.timings["compress"] = time.perf_counter() - t0
         return self._mlmodel
 
     def _record_emit(self, info) -> None:
@@ -250,6 +260,10 @@ class CompiledModel:
         """
         path = self.output_path(path)
         if path.suffix == ".tlc":
+            if self.compress:
+                raise InputError(f"compress={self.compress!r} applies to one-package builds; this model is a bundle "
+                                 f"(ops run in tlc's fallback runtime: see report()), and compressing bundle "
+                                 f"segments is not supported yet")
             t0 = time.perf_counter()
             out = write_bundle(path, self.emit_graph, self.segments, precision=self.precision,
                                minimum_deployment_target=self.minimum_deployment_target,
@@ -265,7 +279,7 @@ class CompiledModel:
 
     def with_options(self, precision: str | None = None, minimum_deployment_target: str | None = None,
                      target: str | None = None, io_dtype: str | None = None,
-                     fallback: bool | None = None, cost=None) -> "CompiledModel":
+                     fallback: bool | None = None, cost=None, compress: str | None = None) -> "CompiledModel":
         """A copy sharing the traced graph, with other build options (:class:`tlc.plan.BuildOptions`;
         no re-trace) and no plan yet. Raises :class:`~tlc.errors.InputError` for a bad precision,
         target or io_dtype (see :func:`check_io_dtype`), :class:`~tlc.errors.NotShippableError` for
@@ -282,14 +296,16 @@ class CompiledModel:
             o.minimum_deployment_target,
             target=check_target(target) if target is not None else o.target,
             io_dtype=io_dtype or o.io_dtype, fallback=o.fallback if fallback is None else bool(fallback),
-            cost=o.cost if cost is None else cost)
+            cost=o.cost if cost is None else cost, compress=o.compress if compress is None else compress or None)
         if not o.fallback:
             check_shippable(self.graph, o.target)
         check_io_dtype(o.io_dtype, o.minimum_deployment_target)
+        check_compress(o.compress, o.target, o.minimum_deployment_target)
         cm = copy.copy(self)
         cm.options = o
         cm.timings = {k: v for k, v in self.timings.items() if k in TRACE_STAGES}
         cm._plan = cm._mlmodel = cm._coreml = cm._torch = None
+        cm._compressed = False
         return cm
 
     # --------------------------------------------------------------------------------- running
@@ -400,6 +416,7 @@ def build(
     io_dtype: str = "float32",
     fallback: bool = True,
     progress: bool = False,
+    compress: str | None = None,
 ) -> CompiledModel:
     """Trace ``model_or_fn`` on ``example_inputs``, lower it to tlc's IR and optimize it.
 
@@ -427,10 +444,15 @@ def build(
     runtime); ``False`` demands one shippable ``.mlpackage``: every op MIL can express is placed in
     Core ML whatever the cost model says, and any other op raises
     :class:`~tlc.errors.NotShippableError` listing it (op, reason, source line) before anything is
-    written (CLI: ``--no-fallback``).
+    written (CLI: ``--no-fallback``). ``compress``: ``"int8"``, ``"int4"`` (iOS18+),
+    ``"palettize4"``, ``"palettize6"``, ``"palettize8"`` or None: the weights of conv/linear/matmul
+    in the package compressed by coremltools after precision (per-channel or per-tensor for
+    ``target="ane"``; embeddings and fp32 islands untouched; :mod:`tlc.compress`; CLI:
+    ``--compress``).
 
     Raises :class:`~tlc.errors.InputError` (bad inputs, precision or pass names, ``fallback=False``
-    with a target other than ``"ane"``), :class:`~tlc.errors.NotShippableError` (``fallback=False``),
+    with a target other than ``"ane"``, an unknown ``compress`` mode or one the deployment target
+    cannot hold), :class:`~tlc.errors.NotShippableError` (``fallback=False``),
     :class:`~tlc.errors.FrontendError` (incl. :class:`~tlc.errors.UnsupportedOpError` naming the
     op and its source line, for what not even a fallback op can hold; ops MIL cannot express become
     fallback nodes, :mod:`tlc.ops.fallback`), :class:`~tlc.errors.EmitError` (unknown deployment target),
@@ -450,6 +472,7 @@ def build(
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     minimum_deployment_target = target_name(minimum_deployment_target)
     check_io_dtype(io_dtype, minimum_deployment_target)
+    check_compress(compress, target, minimum_deployment_target)
     # a @tlc.compile wrapper (tlc.specialize.CompiledFunction) builds what it wraps
     model_or_fn = getattr(model_or_fn, "__tlc_function__", model_or_fn)
     source = _source_of(model_or_fn)
@@ -477,7 +500,7 @@ def build(
                          out_spec=info.out_spec, kw_order=list(kwargs), out_torch_dtypes=out_dtypes,
                          timings=timings, source=source, calibration=feeds, target=target,
                          cost=cost, name=_model_name(model_or_fn), io_dtype=io_dtype, fallback=fallback,
-                         progress=progress)
+                         progress=progress, compress=compress)
 
 
 def _calibration_feed(g: Graph, ex, k: int) -> dict:

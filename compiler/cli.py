@@ -2,6 +2,7 @@
 
     tlc build model.py [-o OUT] [--precision mixed|fp16|fp32] [--target ane|gpu|cpu]
               [--minimum-deployment-target iOS17] [--io-dtype float16] [--no-fallback] [--calibration F.npz]
+              [--compress int8|int4|palettize4|palettize6|palettize8]
               [--report] [--report-json F]
               [--report-html F] [--force]
     tlc run PKG|BUNDLE --input NAME=FILE.npy ... [--out DIR] [--backend auto|coreml|interpreter]
@@ -60,6 +61,8 @@ def cmd_build(a: argparse.Namespace) -> int:
         opts["io_dtype"] = a.io_dtype
     if a.no_fallback:
         opts["fallback"] = False
+    if a.compress:
+        opts["compress"] = a.compress
     if a.calibration:
         opts["calibration"] = _load_calibration(a.calibration)
     opts["progress"] = True
@@ -97,7 +100,8 @@ def cmd_build(a: argparse.Namespace) -> int:
     t = cm.timings
     hist = ", ".join(f"{k} {v}" for k, v in list(g.op_histogram().items())[:8])
     more = len(g.op_histogram()) - 8
-    print(f"built {path}  ({cm.precision}, {cm.minimum_deployment_target}, {cm.io_dtype} I/O) from {spec.path}")
+    print(f"built {path}  ({cm.precision}, {cm.minimum_deployment_target}, {cm.io_dtype} I/O"
+          + (f", weights {cm.compress}" if cm.compress else "") + f") from {spec.path}")
     _print_shippable(cm)
     eg = cm.emit_graph  # the package's I/O types (fp16 with --io-dtype float16)
     for v in eg.inputs:
@@ -362,6 +366,8 @@ def _build_options(p: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from .compress import MODES as COMPRESS_MODES
+
     p = argparse.ArgumentParser(
         prog="tlc",
         description="tlc: compile PyTorch models and tensor functions to Core ML .mlpackage files.",
@@ -384,6 +390,10 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-fallback", action="store_true",
                    help="demand one shippable .mlpackage: every op Core ML can hold goes there; fail (writing nothing) "
                         "listing each op that would need tlc's fallback runtime")
+    b.add_argument("--compress", choices=list(COMPRESS_MODES),
+                   help="compress conv/linear/matmul weights with coremltools (int8/int4: per-channel linear "
+                        "quantization, int4 needs iOS18; palettizeN: a 2^N-entry k-means table per tensor); "
+                        "embeddings and fp32 islands stay as they are")
     b.add_argument("--profile", metavar="FILE", help="measured per-op costs from `tlc profile` for the placement cost model")
     b.add_argument("--calibration", metavar="FILE.npz",
                    help="more calibration samples for precision=mixed (range analysis and the closed loop that runs the "

@@ -89,7 +89,8 @@ class BuildOptions:
     """The options a plan depends on: ``precision`` (``"mixed"``/``"fp16"``/``"fp32"``),
     ``minimum_deployment_target`` (a coremltools target name), ``target`` (``"ane"``/``"gpu"``/
     ``"cpu"``), ``io_dtype`` (``"float32"``/``"float16"``), ``fallback`` (whether ops may leave
-    Core ML), ``cost`` (a :class:`tlc.passes.partition.CostModel`, None for the default)."""
+    Core ML), ``cost`` (a :class:`tlc.passes.partition.CostModel`, None for the default),
+    ``compress`` (a :data:`tlc.compress.MODES` key applied to the emitted program, or None)."""
 
     precision: str
     minimum_deployment_target: str
@@ -97,6 +98,7 @@ class BuildOptions:
     io_dtype: str = "float32"
     fallback: bool = True
     cost: Any = None
+    compress: str | None = None
 
 
 @dataclass(frozen=True)

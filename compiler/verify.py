@@ -45,6 +45,18 @@ def rel_l2(got: np.ndarray, ref: np.ndarray) -> float:
     return float(d / denom) if denom > 0 else float(d)
 
 
+def psnr(got: np.ndarray, ref: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of ``got`` against ``ref`` in dB, as coremltools computes it
+    (``coremltools.converters.mil.testing_utils.compute_snr_and_psnr``, the figure Apple's
+    compression docs report): 10 log10((max ref^2 + 1e-5) / (mean (got - ref)^2 + 1e-10)), in
+    float64; -inf if ``got`` has NaN/inf where ``ref`` is finite or the shapes differ."""
+    g, r = np.asarray(got, np.float64).ravel(), np.asarray(ref, np.float64).ravel()
+    if g.shape != r.shape or (~np.isfinite(g) & np.isfinite(r)).any():
+        return float("-inf")
+    noise = float(np.mean((g - r) ** 2)) if r.size else 0.0
+    return float(10 * np.log10((float(np.max(r ** 2, initial=0.0)) + 1e-5) / (noise + 1e-10)))
+
+
 @dataclass
 class OutputCheck:
     """Comparison of one output with torch eager."""
