@@ -62,14 +62,15 @@ class CompiledFunction:
 
 
 def compile(fn=None, *, example_inputs=None, precision: str | None = None, minimum_deployment_target: str = "iOS17",
-            target: str = "ane", strict: bool = False, io_dtype: str = "float32", fallback: bool = True):
+            target: str = "ane", strict: bool = False, io_dtype: str = "float32", fallback: bool = True,
+            compress: str | None = None):
     """Decorator/wrapper: ``@tlc.compile``, ``@tlc.compile(example_inputs=...)``,
     ``tlc.compile(module_instance)`` or on an ``nn.Module`` subclass (instances then run through
     tlc). Specializes on input shapes/dtypes at first call; see :class:`CompiledFunction`.
     Options as in :func:`build`.
     """
     options = dict(precision=precision, minimum_deployment_target=minimum_deployment_target, target=target,
-                   strict=strict, io_dtype=io_dtype, fallback=fallback)
+                   strict=strict, io_dtype=io_dtype, fallback=fallback, compress=compress)
     # pass selection stays a build()/CLI option; @tlc.compile uses the default pipeline
     if fn is None:
         return lambda f: compile(f, example_inputs=example_inputs, **options)

@@ -132,7 +132,14 @@ def test_bad_compress_options_write_nothing(tmp_path):
     cm = tlc.build(m, ins)
     with pytest.raises(InputError, match="needs minimum_deployment_target iOS18"):
         cm.with_options(compress="int4")
-    assert not list(tmp_path.iterdir())
+    # the CLI refuses it before tracing: exit code 2, one line, no package
+    from pkgtools import run_tlc
+
+    f = tmp_path / "m.py"
+    f.write_text("import torch\nmodel = torch.nn.Linear(64, 64).eval()\nexample_inputs = (torch.randn(2, 64),)\n")
+    r = run_tlc("build", f, "-o", tmp_path / "m.mlpackage", "--compress", "int4")
+    assert r.returncode == 2 and "compress='int4' needs minimum_deployment_target iOS18" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "m.mlpackage").exists()
 
 
 def test_cli_compress(tmp_path):
