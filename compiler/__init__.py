@@ -16,20 +16,22 @@ from .errors import (  # noqa: E402
     EmitError, FrontendError, InputError, IRError, ModelFileError, NotShippableError, OutputExistsError, TlcError,
     UnsupportedOpError,
 )
-_API = ("CompiledFunction", "CompiledModel", "build", "compile")
+_API = ("CompiledFunction", "CompiledModel", "MultiFunctionModel", "build", "compile")
 
 
 def __getattr__(name):
     """``tlc.build``, ``tlc.compile``, ... import the API (and with it torch) on first use, so
     ``import tlc.runtime`` (running and inspecting packages) does not pay torch's import."""
     if name in _API:
-        from . import api, specialize
+        from . import api, multifunction, specialize
 
+        if name == "MultiFunctionModel":
+            return multifunction.MultiFunctionModel
         return getattr(specialize if name in ("CompiledFunction", "compile") else api, name)
     raise AttributeError(f"module 'tlc' has no attribute {name!r}")
 
 __all__ = [
-    "build", "compile", "CompiledModel", "CompiledFunction", "TlcError", "IRError", "FrontendError",
+    "build", "compile", "CompiledModel", "MultiFunctionModel", "CompiledFunction", "TlcError", "IRError", "FrontendError",
     "UnsupportedOpError", "InputError", "ModelFileError", "EmitError", "OutputExistsError", "NotShippableError",
     "__version__",
 ]

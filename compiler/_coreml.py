@@ -21,3 +21,8 @@ def quiet_coremltools():
 def package_size(path: str | os.PathLike) -> int:
     """Bytes on disk of a package directory (all files under it)."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def weight_file_size(path: str | os.PathLike) -> int:
+    """Bytes of a package's weight files (``Data/com.apple.CoreML/weights/``)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and "weights" in f.parts)

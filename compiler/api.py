@@ -83,7 +83,9 @@ class CompiledModel:
     ``emit_graph``), ``is_bundle`` (whether :meth:`save` writes a bundle), ``input_names``,
     ``output_names``, ``timings`` (seconds per
     stage: ``export``, ``decompose``, ``lower``, ``passes``, then ``precision``, ``emit_mil``,
-    ``mil_passes``, ``serialize`` (their sum: ``convert``), ``save`` once emitted/saved).
+    ``mil_passes``, ``serialize`` (their sum: ``convert``), ``compress``, ``save`` once
+    emitted/saved); with ``compress``, once emitted: ``weights_before_compress`` (bytes of the
+    program's constants before) and ``compressed_weights`` (the MIL const ops compressed).
     """
 
     def __init__(self, graph: Graph, *, precision: str, minimum_deployment_target: str, out_spec, kw_order,
@@ -109,6 +111,9 @@ class CompiledModel:
         self._compressed = False
         self._coreml = None
         self._torch = None
+        self._signature = None  # set by tlc.multifunction for the function of one signature
+        self.weights_before_compress = None  # bytes of the program's constants before compression
+        self.compressed_weights: list[str] = []  # MIL const ops compress= compressed
 
     precision = property(lambda self: self.options.precision, doc="``mixed``, ``fp16`` or ``fp32``")
     minimum_deployment_target = property(lambda self: self.options.minimum_deployment_target,
@@ -207,6 +212,8 @@ class CompiledModel:
     def _metadata(self, g: Graph | None = None) -> dict:
         md = {"tlc.source": self.source} if self.source else {}
         md["tlc.io_dtype"] = self.io_dtype
+        if self.compress:
+            md["tlc.compress"] = self.compress
         md.update(self.boundary.metadata())  # complex model I/O (a bundle's manifest needs it too)
         islands = (self.emit_graph if g is None else g).meta.get("tlc.islands", {})
         if islands:
@@ -229,10 +236,12 @@ class CompiledModel:
                                               self._metadata())
                 self._record_emit(info)
             if self.compress and not self._compressed:
-                from .compress import compress_mlmodel
+                from .compress import compress_mlmodel, const_bytes
 
                 t0 = time.perf_counter()  # after the closed loop: it judges fp16, not the compression
-                self._mlmodel = compress_mlmodel(self._mlmodel, self.compress, self.target, skip=tuple(plan.islands))
+                self.weights_before_compress = const_bytes(self._mlmodel._mil_program)
+                self._mlmodel, self.compressed_weights = compress_mlmodel(self._mlmodel, self.compress, self.target,
+                                                                          skip=tuple(plan.islands))
                 self._compressed = True
                 self.timings["compress"] = time.perf_counter() - t0
         return self._mlmodel
@@ -405,7 +414,7 @@ def build(
     example_inputs,
     *,
     precision: str | None = None,
-    minimum_deployment_target: str = "iOS17",
+    minimum_deployment_target: str | None = None,
     target: str = "ane",
     profile: str | os.PathLike | None = None,
     strict: bool = False,
@@ -417,12 +426,23 @@ def build(
     fallback: bool = True,
     progress: bool = False,
     compress: str | None = None,
-) -> CompiledModel:
+    function_names: list[str] | None = None,
+    default_function_name: str | None = None,
+    paddable: dict | None = None,
+):
     """Trace ``model_or_fn`` on ``example_inputs``, lower it to tlc's IR and optimize it.
 
     ``example_inputs``: a tensor, a tuple/list of positional inputs, a dict of keyword inputs,
     or ``(args, kwargs)``; NumPy arrays are accepted. Integer inputs become int32 (Core ML has no
     int64 I/O), float64 becomes fp32. Shapes are static: the package accepts exactly these shapes.
+    **Several shapes**: a ``list`` of two or more signatures (each a tuple, list or dict as above,
+    :func:`tlc.multifunction.signatures`) traces one static function per signature and returns a
+    :class:`tlc.multifunction.MultiFunctionModel`, saved as one multifunction ``.mlpackage``
+    (iOS18+; weights stored once). ``function_names`` names the functions (default: from the
+    shapes, ``input_ids_1x128``), ``default_function_name`` picks the default (the first), and
+    ``paddable`` (``{input: axis or [axes]}``) declares axes along which a smaller input may be
+    padded (with 0; ``{input: {"axes": [1], "value": v}}`` for another value) to fit a function at
+    run time (:mod:`tlc.runtime.buckets`; recorded in the package).
     ``precision``: ``"mixed"`` (default for ``target="ane"``: fp16 with measured fp32 islands),
     ``"fp16"`` or ``"fp32"`` (default for ``target="gpu"``/``"cpu"``); ``target``: ``"ane"`` (default:
     every op Core ML can run goes into an mlprogram, the rest to tlc's fallback runtime, placed by
@@ -450,7 +470,8 @@ def build(
     ``target="ane"``; embeddings and fp32 islands untouched; :mod:`tlc.compress`; CLI:
     ``--compress``).
 
-    Raises :class:`~tlc.errors.InputError` (bad inputs, precision or pass names, ``fallback=False``
+    Raises :class:`~tlc.errors.InputError` (bad inputs, precision or pass names, several signatures
+    with a deployment target before iOS18, repeated signature shapes, ``fallback=False``
     with a target other than ``"ane"``, an unknown ``compress`` mode or one the deployment target
     cannot hold), :class:`~tlc.errors.NotShippableError` (``fallback=False``),
     :class:`~tlc.errors.FrontendError` (incl. :class:`~tlc.errors.UnsupportedOpError` naming the
@@ -458,6 +479,21 @@ def build(
     fallback nodes, :mod:`tlc.ops.fallback`), :class:`~tlc.errors.EmitError` (unknown deployment target),
     :class:`~tlc.errors.IRError` (a pass broke the IR contract: a tlc bug).
     """
+    from .multifunction import build_multifunction, check_multifunction_target, signatures
+
+    sigs = signatures(example_inputs)
+    minimum_deployment_target = target_name(minimum_deployment_target or ("iOS18" if sigs else "iOS17"))
+    if sigs is not None:
+        check_multifunction_target(minimum_deployment_target)
+        return build_multifunction(
+            model_or_fn, sigs, function_names_=function_names, default_function_name=default_function_name,
+            paddable=paddable, calibration=list(calibration or []) + list(calibration_inputs or []), build_one=build,
+            precision=precision, minimum_deployment_target=minimum_deployment_target, target=target, profile=profile,
+            strict=strict, passes=passes, skip_passes=skip_passes, io_dtype=io_dtype, fallback=fallback,
+            progress=progress, compress=compress)
+    if function_names is not None or default_function_name is not None or paddable is not None:
+        raise InputError("function_names, default_function_name and paddable apply to several example input "
+                         "signatures (example_inputs=[ex_a, ex_b, ...])")
     check_target(target)
     if not fallback and target != "ane":
         check_shippable(None, target)
@@ -470,7 +506,6 @@ def build(
         precision = "mixed" if target == "ane" else "fp32"
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    minimum_deployment_target = target_name(minimum_deployment_target)
     check_io_dtype(io_dtype, minimum_deployment_target)
     check_compress(compress, target, minimum_deployment_target)
     # a @tlc.compile wrapper (tlc.specialize.CompiledFunction) builds what it wraps

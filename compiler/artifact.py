@@ -41,17 +41,20 @@ VERSION = 1
 SUFFIX = ".tlc"
 
 
-def check_package_io(path, g: Graph) -> list[str]:
-    """Reload a saved package (coremltools' milproto loader, via :func:`tlc.runtime.load_program`)
-    and list every mismatch between its ``main`` function's I/O and the IR graph's: input names,
+def check_package_io(path, g: Graph, function_name: str = "main", loaded=None) -> list[str]:
+    """Reload a saved package (coremltools' milproto loader, via :func:`tlc.runtime.load_program`;
+    ``loaded``: its result, when the caller checks several functions of one package) and list every
+    mismatch between function ``function_name``'s I/O and the IR graph's: input names,
     shapes and dtypes (bool inputs are int32 in a package, 0-d values ``[1]``); output names, shapes
     and dtypes; and the :mod:`tlc.boundary` record of the 0-d and complex ones."""
     from coremltools.converters.mil.mil import types
 
     from tlc.runtime import load_program
 
-    mlmodel, _, prog = load_program(path)
-    f = prog.functions["main"]
+    mlmodel, _, prog = loaded if loaded is not None else load_program(path)
+    if function_name not in prog.functions:
+        return [f"no function {function_name!r} (functions: {', '.join(prog.functions)})"]
+    f = prog.functions[function_name]
     io_dtype = lambda t: "int32" if t.dtype == "bool" else t.dtype  # noqa: E731
     io_shape = lambda t: t.shape or (1,)  # noqa: E731  (0-d is [1] at the boundary: tlc.emit.SCALAR_IO_KEY)
     problems = []

@@ -71,6 +71,19 @@ def cmd_build(a: argparse.Namespace) -> int:
         pass_opts["passes"] = [p for p in a.passes.split(",") if p]
     if a.skip_pass:
         pass_opts["skip_passes"] = list(a.skip_pass)
+    if a.shape or a.paddable:
+        from .multifunction import parse_shapes, signatures_for_shapes
+
+        if not a.shape:
+            from .errors import InputError
+
+            raise InputError("--paddable applies to several shapes (--shape NAME=DIMS,DIMS,...)")
+        model = spec.model.fn if isinstance(spec.model, CompiledFunction) else spec.model
+        sigs = signatures_for_shapes(model, spec.example_inputs, parse_shapes(a.shape))
+        if a.paddable:
+            opts["paddable"] = _parse_paddable(a.paddable)
+        cm = build(model, sigs, strict=a.strict_export, **opts, **pass_opts)
+        return _finish_multifunction(a, cm, requested, spec, t0, t_load)
     if (isinstance(spec.model, CompiledFunction) and not a.strict_export and not pass_opts and not a.profile
             and not a.calibration):
         # traced already when the file was imported (eager example_inputs=): reuse that trace
@@ -124,11 +137,88 @@ def cmd_build(a: argparse.Namespace) -> int:
         print(f"  report  {a.report_html}")
     if cm.precision == "mixed":
         _print_precision(cm)
+    if cm.compress:
+        _print_compression(cm, path)
+    _print_time(total, t_load, cm.timings)
+    return 0
+
+
+def _print_time(total: float, t_load: float, t: dict) -> None:
     print(f"  time    {total:.2f} s  (load {t_load:.2f}, export {t['export']:.2f}, decompose {t['decompose']:.2f}, "
           f"lower {t['lower']:.2f}, passes {t.get('passes', 0):.2f}, precision {t.get('precision', 0):.2f}, "
           f"closed loop {t.get('closed_loop', 0):.2f}, emit {t.get('emit_mil', 0):.2f}, "
           f"mil passes {t.get('mil_passes', 0):.2f}, serialize {t.get('serialize', 0):.2f}, "
-          f"partition {t.get('partition', 0):.2f}, save {t.get('save', 0):.2f})")
+          f"partition {t.get('partition', 0):.2f}, compress {t.get('compress', 0):.2f}, save {t.get('save', 0):.2f})")
+
+
+def _print_compression(cm, path, function_name: str | None = None, weights_after: int | None = None,
+                       default: str | None = None) -> None:
+    """Weight bytes before/after compression and the package's accuracy on the calibration inputs."""
+    from ._coreml import weight_file_size
+    from .compress import accuracy
+
+    before = cm.weights_before_compress or 0
+    after = weights_after if weights_after is not None else weight_file_size(path)
+    label = f" {function_name}" if function_name else ""
+    if weights_after is None or function_name == default:
+        n = len(cm.compressed_weights)
+        print(f"  weights {cm.compress}: {_human(before)} -> {_human(after)}" + (f" ({after / before:.2f}x)" if before else "")
+              + f", {n} weight tensor(s) compressed" + ("" if n else " (none qualifies: conv/linear/matmul weights "
+                                                        "of >= 2048 elements outside fp32 islands)")
+              + (f"  (the {function_name} function's constants before; the package's weight file after)"
+                 if weights_after is not None else ""))
+    for name, e, p in accuracy(path, cm.graph, cm.calibration, function_name=function_name):
+        print(f"  accuracy{label} {name}: rel-L2 {e:.2e}, PSNR {p:.1f} dB  (worst of {len(cm.calibration)} calibration "
+              f"sample(s), MIL interpreter vs the fp32 reference)")
+
+
+def _parse_paddable(specs: list[str]) -> dict:
+    """``--paddable NAME:AXIS[,AXIS]`` values -> ``{name: [axes]}`` (checked by tlc.runtime.buckets)."""
+    from .errors import InputError
+
+    out = {}
+    for s in specs:
+        name, sep, axes = s.partition(":")
+        try:
+            out[name] = [int(x) for x in axes.split(",")]
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise InputError(f"--paddable {s!r}: expected NAME:AXIS[,AXIS], e.g. input_ids:1")
+    return out
+
+
+def _finish_multifunction(a, mf, requested: Path, spec, t0: float, t_load: float) -> int:
+    """Save a :class:`tlc.multifunction.MultiFunctionModel` and print what was built, per function."""
+    from ._coreml import package_size
+
+    path = mf.save(requested, force=a.force)
+    total = time.perf_counter() - t0
+    print(f"built {path}  ({mf.precision}, {mf.minimum_deployment_target}, {mf.io_dtype} I/O"
+          + (f", weights {mf.compress}" if mf.compress else "") + f") from {spec.path}")
+    print(f"  ships   one .mlpackage with {len(mf.functions)} functions (multifunction; in an app choose one with "
+          f"MLModelConfiguration.functionName; default {mf.default_function_name})")
+    for name, cm in mf.functions.items():
+        eg = cm.emit_graph
+        rep = cm.report()
+        ins = ", ".join(f"{v.name} {v.type}" for v in eg.inputs)
+        outs = ", ".join(f"{n} {v.type}" for n, v in zip(eg.output_names, eg.outputs))
+        print(f"  function {name}{' (default)' if name == mf.default_function_name else ''}: {ins} -> {outs}; "
+              f"{cm.graph.num_ops} ops, static ANE residency {100 * rep.residency:.1f}%"
+              + (f", {len(cm.islands)} fp32 island op(s)" if cm.precision == "mixed" else ""))
+    sz = mf.sizes
+    print(f"  size    {_human(package_size(path))}  (weights stored once: {_human(sz['weights'])}; one function alone "
+          f"{_human(sz['single_function'])}, ratio {sz['weights'] / max(sz['single_function'], 1):.2f}; "
+          f"{len(mf.functions)} separate packages would hold {_human(sz['functions'])})")
+    if mf.paddable:
+        print("  padding " + ", ".join(f"{k} axis {', '.join(map(str, p.axes))} (value {p.value})"
+                                     for k, p in mf.paddable.items())
+              + ": a smaller input runs in the smallest function it fits, outputs cropped back")
+    if mf.compress:
+        for name, cm in mf.functions.items():
+            _print_compression(cm, path, function_name=name, weights_after=sz["weights"],
+                               default=mf.default_function_name)
+    _print_time(total, t_load, mf.timings)
     return 0
 
 
@@ -199,12 +289,15 @@ def cmd_run(a: argparse.Namespace) -> int:
     from tlc.runtime import load
 
     m = load(a.package, backend=a.backend, compute_units=a.compute_units, fallback=a.fallback,
-             **({"function_name": a.function} if a.function else {}))
+             **({"function_name": a.function} if a.function else {}),
+             **({"paddable": _parse_paddable(a.paddable)} if a.paddable else {}))
     feeds = parse_inputs(a.input or [])
     t0 = time.perf_counter()
     out = m(feeds)
     dt = time.perf_counter() - t0
-    print(f"ran {a.package} on {m.backend} in {dt * 1e3:.1f} ms")
+    fn = getattr(m, "last_function", None)
+    print(f"ran {a.package} on {m.backend} in {dt * 1e3:.1f} ms"
+          + (f" (function {fn} of {len(m.functions)})" if fn and len(m.functions) > 1 else ""))
     outdir = Path(a.out) if a.out else None
     if outdir:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -242,8 +335,17 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     print(f"{info['path']}  (mlprogram, spec v{info['specification_version']}, opset {info['opset']}, "
           f"precision {info['precision']}, {_human(info['size_bytes'])})")
     if len(info.get("functions", [])) > 1:
-        print(f"  function {info['function']}  (functions: {', '.join(info['functions'])})")
+        print(f"  functions {len(info['functions'])} (multifunction; default {info['default_function']}):")
+        for name, shapes in info["function_inputs"].items():
+            print(f"    {'*' if name == info['function'] else ' '} {name:<22} "
+                  + ", ".join(f"{k} {v}" for k, v in shapes.items()))
+        print(f"  function {info['function']}  (--function NAME shows another)")
     _print_io(info["inputs"], info["outputs"])
+    if info["compression"]:
+        from tlc.runtime.mil_interpreter import COMPRESSION_OPS
+
+        print("  weights " + ", ".join(f"{n} {COMPRESSION_OPS[k]} ({k})" for k, n in info["compression"].items())
+              + (f"  [tlc.compress = {info['metadata']['tlc.compress']}]" if "tlc.compress" in info["metadata"] else ""))
     for st in info.get("states", []):
         print(f"  state   {st['name']:<24} {st['dtype']}{st['shape']}")
     print(f"  ops     {info['num_ops']}  (" + ", ".join(f"{k} {v}" for k, v in info["ops"].items()) + ")")
@@ -394,6 +496,11 @@ def make_parser() -> argparse.ArgumentParser:
                    help="compress conv/linear/matmul weights with coremltools (int8/int4: per-channel linear "
                         "quantization, int4 needs iOS18; palettizeN: a 2^N-entry k-means table per tensor); "
                         "embeddings and fp32 islands stay as they are")
+    b.add_argument("--shape", action="append", metavar="NAME=DIMS[,DIMS...]",
+                   help="build one function per shape into one multifunction package (iOS18+), e.g. "
+                        "input_ids=1x64,1x128,1x512; inputs sharing NAME's example shape follow it (repeatable)")
+    b.add_argument("--paddable", action="append", metavar="NAME:AXIS[,AXIS]",
+                   help="with --shape: an input may be padded along AXIS (with 0) to fit a larger function at run time")
     b.add_argument("--profile", metavar="FILE", help="measured per-op costs from `tlc profile` for the placement cost model")
     b.add_argument("--calibration", metavar="FILE.npz",
                    help="more calibration samples for precision=mixed (range analysis and the closed loop that runs the "
@@ -420,7 +527,10 @@ def make_parser() -> argparse.ArgumentParser:
                         "when a GPU is here, the rest on NumPy)")
     r.add_argument("--compute-units", default="ALL", choices=["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"],
                    help="Core ML compute units (macOS only)")
-    r.add_argument("--function", default=None, help="function of a multifunction package (default: its default function)")
+    r.add_argument("--function", default=None, help="function of a multifunction package (default: the one whose "
+                                                    "input shapes match, else the smallest the inputs fit after padding)")
+    r.add_argument("--paddable", action="append", metavar="NAME:AXIS[,AXIS]",
+                   help="axes an input may be padded along to fit a function (default: as recorded at build time)")
     r.set_defaults(func=cmd_run)
 
     i = sub.add_parser("inspect", help="show an .mlpackage's inputs, outputs, ops, precision, size, metadata",

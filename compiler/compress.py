@@ -103,11 +103,46 @@ def config(compress: str, target: str, names: list[str]):
     return cto.OptimizationConfig(op_name_configs={n: op for n in names})
 
 
+def const_bytes(prog) -> int:
+    """Bytes of every ``const`` op value of a MIL program as stored (what the weight file holds
+    before compression, without its 64-byte alignment)."""
+    import numpy as np
+
+    return sum(np.asarray(op.outputs[0].val).nbytes for f in prog.functions.values() for op in f.operations
+               if op.op_type == "const" and op.outputs[0].val is not None and np.size(op.outputs[0].val) >= 2)
+
+
+def accuracy(package, graph, calibration: list[dict], function_name: str | None = None) -> list[tuple]:
+    """``(output, worst rel-L2, worst PSNR dB)`` per output of ``package`` run in tlc's MIL
+    interpreter on every calibration sample, against ``graph`` (the traced model, its own dtypes:
+    fp32) run by the NumPy reference executor, which matches torch eager to ~1e-6
+    (tests/test_architectures.py). PSNR as :func:`tlc.verify.psnr` (coremltools' definition)."""
+    import numpy as np
+
+    from tlc.runtime import load, run_graph
+
+    from .verify import psnr, rel_l2
+
+    m = load(package, backend="interpreter", function_name=function_name)
+    worst: dict[str, list[float]] = {}
+    for feed in calibration:
+        ref = run_graph(graph, feed)
+        got = m(feed)
+        for k, r in ref.items():
+            if np.asarray(r).dtype.kind != "f":
+                continue
+            e, p = rel_l2(got[k], r), psnr(got[k], r)
+            w = worst.setdefault(k, [0.0, float("inf")])
+            w[0], w[1] = max(w[0], e), min(w[1], p)
+    return [(k, e, p) for k, (e, p) in worst.items()]
+
+
 def compress_mlmodel(mlmodel, compress: str, target: str, skip: tuple[str, ...] = ()):
     """``mlmodel`` (an mlprogram ``MLModel`` tlc emitted: it keeps its MIL program) with the
     weights :func:`weight_consts` selects compressed as ``compress`` says; returns a new
-    ``MLModel`` (``mlmodel`` itself when nothing qualifies). ``skip``: op names (fp32 islands)
-    whose weights stay. Quiet: coremltools' progress bars and warnings are suppressed."""
+    ``MLModel`` (``mlmodel`` itself when nothing qualifies) and the names of the compressed
+    constants. ``skip``: op names (fp32 islands) whose weights stay. Quiet: coremltools' progress
+    bars and warnings are suppressed."""
     import contextlib
     import io
     import warnings
@@ -118,8 +153,8 @@ def compress_mlmodel(mlmodel, compress: str, target: str, skip: tuple[str, ...] 
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         names = weight_consts(mlmodel._mil_program, skip)
-        return fn(mlmodel, config(compress, target, names)) if names else mlmodel
+        return (fn(mlmodel, config(compress, target, names)) if names else mlmodel), names
 
 
 __all__ = ["MODES", "WEIGHT_OPS", "WEIGHT_THRESHOLD", "Mode", "check_compress", "weight_consts", "config",
-           "compress_mlmodel"]
+           "const_bytes", "accuracy", "compress_mlmodel"]

@@ -123,7 +123,8 @@ class MILInterpreter:
     ``defaultFunctionName`` of a multifunction package); ``function_name=`` picks another
     (``functions`` lists them). ``MILInterpreter(path, mlmodel=m)`` runs the MIL program ``m`` was
     serialized from (``m._mil_program``, e.g. from :func:`tlc.emit.convert`) instead of parsing
-    ``path`` again.
+    ``path`` again; ``loaded=`` takes :func:`load_program`'s ``(mlmodel, spec, program)`` (to run
+    several functions of one package without loading it once per function).
 
     Attributes: ``inputs``, a list of ``(name, shape, numpy dtype)`` with None on axes a flexible
     input may vary along; ``shape_rules`` (name -> :class:`~tlc.runtime.mil_io.ShapeRule`: the
@@ -134,9 +135,11 @@ class MILInterpreter:
     ``[H, W, C]`` arrays); a stateful function also takes ``state=`` from :meth:`make_state`.
     """
 
-    def __init__(self, path: str | Path, *, mlmodel=None, function_name: str | None = None):
+    def __init__(self, path: str | Path, *, mlmodel=None, function_name: str | None = None, loaded=None):
         self.path = Path(path)
-        if mlmodel is not None and getattr(mlmodel, "_mil_program", None) is not None:
+        if loaded is not None:  # (mlmodel, spec, program) of load_program: another function of one package
+            self.mlmodel, self.spec, self.program = loaded
+        elif mlmodel is not None and getattr(mlmodel, "_mil_program", None) is not None:
             # the program an MLModel was serialized from (tlc.emit.convert keeps it): the same ops and
             # weights the package holds, without parsing them back (ResNet-50: 0.17 s)
             self.mlmodel, self.spec, self.program = mlmodel, mlmodel.get_spec(), mlmodel._mil_program
@@ -395,10 +398,30 @@ def package_info(path: str | Path, function_name: str | None = None) -> dict:
     weights read): inputs (with ``allowed`` shapes for a flexible input: ``RangeDim`` ranges or
     the enumerated shapes, and ``image`` for an image input), outputs, states, the package's
     functions, op histogram (non-const), precision (``fp16`` if every float op computes in fp16,
-    ``fp32`` if none does, else ``mixed``), size in bytes, spec version, opset and metadata.
+    ``fp32`` if none does, else ``mixed``), size in bytes, spec version, opset and metadata;
+    ``function_inputs`` (``{function: {input: shape}}``, every function, default first) and
+    ``compression`` (``{constexpr op type: count}`` of the function: its compressed weights,
+    :data:`COMPRESSION_OPS` says which kind each is).
     Raises :class:`PackageError` for a path that is not an mlprogram package."""
     spec = read_spec(path)
     desc = spec.description
-    return {"path": str(path), **spec_summary(spec, function_name), "size_bytes": package_size(path),
+    info = spec_summary(spec, function_name)
+    default = desc.defaultFunctionName or info["functions"][0]
+    order = sorted(info["functions"], key=lambda f: f != default)
+    shapes = {f: {d["name"]: d["shape"] for d in (info if f == info["function"] else spec_summary(spec, f))["inputs"]}
+              for f in order}
+    compression = {k: v for k, v in info["ops"].items() if k in COMPRESSION_OPS}
+    return {"path": str(path), **info, "default_function": default, "function_inputs": shapes,
+            "compression": compression, "size_bytes": package_size(path),
             "specification_version": spec.specificationVersion, "metadata": dict(desc.metadata.userDefined),
             "short_description": desc.metadata.shortDescription}
+
+
+#: constexpr op types coremltools' compression emits, and what each holds
+COMPRESSION_OPS = {
+    "constexpr_affine_dequantize": "linear-quantized (iOS16)",
+    "constexpr_blockwise_shift_scale": "linear-quantized (iOS18)",
+    "constexpr_lut_to_dense": "palettized",
+    "constexpr_sparse_to_dense": "sparse",
+    "constexpr_cast": "fp16 stored, cast",
+}

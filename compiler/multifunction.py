@@ -1,0 +1,405 @@
+"""Several input shapes in one package: ``tlc.build(model, [ex_a, ex_b, ...])`` traces one static
+function per input signature and writes one multifunction ``.mlpackage``.
+
+Why functions and not flexible shapes: Core ML runs static shapes on the Neural Engine; with
+``RangeDim`` only the default shape stays there (Apple Developer Forums thread 724930;
+apple/coremltools#1764, #2370: 0% ANE for other shapes), so one static function per shape
+("bucket") is the ANE-friendly answer. Multifunction packages are an iOS18 / macOS15 feature
+(coremltools ``MultiFunctionDescriptor`` / ``save_multifunction``, which also deduplicates
+identical weights across functions, so the weights are stored once). Before iOS18 Core ML's
+alternative is ``EnumeratedShapes`` on one function, which needs a shape-polymorphic program;
+tlc traces static shapes, so it asks for iOS18 instead (:func:`check_multifunction_target`).
+
+Function names come from the shapes (``input_ids_1x128``; :func:`function_names`); the first
+signature's function is the default unless ``default_function_name=`` says otherwise. At run time
+the function is chosen by input shape, padding along the axes declared ``paddable``
+(:mod:`tlc.runtime.buckets`).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import EmitError, InputError
+
+#: the oldest deployment target whose packages hold several functions (coremltools
+#: ``save_multifunction`` writes specification version 9 = iOS18)
+MIN_TARGET = "iOS18"
+
+
+def signatures(example_inputs) -> list | None:
+    """The list of input signatures when ``example_inputs`` gives several: a ``list`` of at least
+    two items that are each a tuple, a list or a dict (one signature each). Anything else —
+    a tensor, a tuple, a dict, a list of tensors (positional inputs) — is one signature (None).
+    To pass tuple-valued positional inputs, give a tuple."""
+    if isinstance(example_inputs, list) and len(example_inputs) >= 2 and all(
+            isinstance(x, (tuple, list, dict)) for x in example_inputs):
+        return list(example_inputs)
+    return None
+
+
+def check_multifunction_target(minimum_deployment_target: str) -> None:
+    """Raise :class:`InputError` unless the target holds multifunction packages (iOS18+)."""
+    from .emit import resolve_target, target_name
+
+    if resolve_target(minimum_deployment_target) < resolve_target(MIN_TARGET):
+        raise InputError(
+            f"several input signatures build a multifunction package, which needs minimum_deployment_target "
+            f"{MIN_TARGET} (macOS15) or newer; got {target_name(minimum_deployment_target)}. Before iOS18 Core ML's "
+            f"alternative is EnumeratedShapes on one shape-polymorphic function, which tlc does not build (it traces "
+            f"static shapes, and Core ML keeps only the default shape on the Neural Engine: apple/coremltools#1764); "
+            f"build one package per shape for older targets")
+
+
+def _dims(shape) -> str:
+    return "x".join(str(int(d)) for d in shape) or "scalar"
+
+
+def function_names(shapes: list[dict[str, tuple]]) -> list[str]:
+    """One name per signature from its input shapes (``{input: shape}``, same inputs in each):
+    ``NAME_DIMS`` of the first input whose shape differs between signatures (``input_ids_1x128``,
+    ``x_1x3x224x224``), joined with more varying inputs until the names are unique. Raises
+    :class:`InputError` when two signatures have the same shapes."""
+    for i in range(1, len(shapes)):
+        for j in range(i):
+            if shapes[i] == shapes[j]:
+                raise InputError(f"example input signatures {j} and {i} have the same shapes "
+                                 f"({', '.join(f'{k} {list(v)}' for k, v in shapes[i].items())}); each function "
+                                 f"needs its own shape")
+    varying = [k for k in shapes[0] if len({tuple(s[k]) for s in shapes}) > 1]
+    for n in range(1, len(varying) + 1):
+        names = ["__".join(f"{k}_{_dims(s[k])}" for k in varying[:n]) for s in shapes]
+        if len(set(names)) == len(names):
+            return names
+    return [f"function_{i}" for i in range(len(shapes))]  # pragma: no cover - distinct shapes always separate
+
+
+def check_function_names(names, n: int) -> list[str]:
+    """User-given ``function_names``: ``n`` distinct identifiers; raises :class:`InputError`."""
+    names = list(names)
+    if len(names) != n:
+        raise InputError(f"function_names has {len(names)} names for {n} example input signatures")
+    bad = [x for x in names if not isinstance(x, str) or not x.isidentifier()]
+    if bad:
+        raise InputError(f"function_names must be identifiers (MIL function names); got {bad}")
+    if len(set(names)) != n:
+        raise InputError(f"function_names must be distinct; got {names}")
+    return names
+
+
+class MultiFunctionModel:
+    """One model traced at several input signatures: a :class:`tlc.api.CompiledModel` per
+    function, saved as one multifunction ``.mlpackage``.
+
+    Attributes: ``functions`` (``{name: CompiledModel}``, in signature order),
+    ``default_function_name``, ``paddable`` (``{input: tlc.runtime.buckets.Padding}``, recorded in
+    the package), ``input_names`` / ``output_names`` (the same in every function), ``sizes`` after
+    :meth:`save` (``weights``: the package's weight bytes; ``single_function``: the largest
+    function's on its own; ``functions``: the sum over functions saved separately), ``timings``
+    (per stage, summed over functions, plus ``save``).
+    """
+
+    def __init__(self, functions: dict[str, Any], default_function_name: str, paddable=None):
+        from tlc.runtime import buckets
+
+        self.functions = dict(functions)
+        if default_function_name not in self.functions:
+            raise InputError(f"default_function_name {default_function_name!r} is not one of the functions "
+                             f"({', '.join(self.functions)})")
+        self.default_function_name = default_function_name
+        first = self.default
+        for name, cm in self.functions.items():
+            if cm.input_names != first.input_names or cm.output_names != first.output_names:
+                raise InputError(f"function {name} has inputs {cm.input_names} -> outputs {cm.output_names}, but "
+                                 f"{default_function_name} has {first.input_names} -> {first.output_names}: every "
+                                 f"signature must give the same inputs and outputs")
+        self.paddable = buckets.parse_paddable(paddable, {v.name: v.type.shape for v in first.graph.inputs})
+        self.sizes: dict[str, int] = {}
+        self._save_s = None
+
+    @property
+    def default(self):
+        """The default function's :class:`~tlc.api.CompiledModel`."""
+        return self.functions[self.default_function_name]
+
+    input_names = property(lambda self: self.default.input_names, doc="input names (every function)")
+    output_names = property(lambda self: self.default.output_names, doc="output names (every function)")
+    precision = property(lambda self: self.default.precision)
+    minimum_deployment_target = property(lambda self: self.default.minimum_deployment_target)
+    target = property(lambda self: self.default.target)
+    io_dtype = property(lambda self: self.default.io_dtype)
+    compress = property(lambda self: self.default.compress)
+    is_bundle = property(lambda self: False, doc="always False: a multifunction model is one .mlpackage")
+
+    @property
+    def timings(self) -> dict[str, float]:
+        t: dict[str, float] = {}
+        for cm in self.functions.values():
+            for k, v in cm.timings.items():
+                t[k] = t.get(k, 0.0) + v
+        if self._save_s is not None:
+            t["save"] = self._save_s
+        return t
+
+    def shapes(self) -> dict[str, dict[str, tuple]]:
+        """``{function: {input: shape}}``."""
+        return {n: {v.name: tuple(v.type.shape) for v in cm.graph.inputs} for n, cm in self.functions.items()}
+
+    def _buckets(self):
+        from tlc.runtime import buckets
+
+        return [buckets.Function(n, {v.name: tuple(v.type.shape) for v in cm.graph.inputs},
+                                 {k: tuple(v.type.shape) for k, v in zip(cm.graph.output_names, cm.graph.outputs)})
+                for n, cm in self.functions.items()]
+
+    def output_path(self, path) -> Path:
+        return Path(path)
+
+    def check_shippable(self) -> None:
+        """Raise :class:`InputError` when a function needs tlc's fallback runtime (a multifunction
+        package holds Core ML functions only), naming the function and its first such ops."""
+        for name, cm in self.functions.items():
+            if cm.is_bundle:
+                ops = cm.fallback_ops()
+                listed = "; ".join(f"{op} ({n}): {why}" for op, n, why, _ in ops[:4])
+                raise InputError(f"function {name} needs tlc's fallback runtime for {len(ops) or 'some'} op(s) "
+                                 f"({listed or 'target ' + cm.target}); a multifunction package holds Core ML "
+                                 f"functions only: build each shape separately to get bundles")
+
+    def save(self, path: str | os.PathLike, force: bool = False) -> Path:
+        """Write one multifunction ``.mlpackage`` at ``path`` (temp path + rename): each function
+        emitted (and compressed) as for a single-function build, saved to a scratch directory and
+        checked against its IR, then merged with coremltools' ``save_multifunction`` (which shares
+        identical weights); tlc's metadata (which ``save_multifunction`` drops) is written back and
+        every function's I/O is checked again in the merged package. Fills :attr:`sizes`.
+        Raises :class:`~tlc.errors.OutputExistsError`, :class:`InputError` (a function needs the
+        fallback runtime), :class:`EmitError`."""
+        from ._coreml import weight_file_size as _sizes
+        from .artifact import atomic_dir, check_output_path, check_package_io, write_package
+
+        t0 = time.perf_counter()
+        path = check_output_path(path, force)
+        self.check_shippable()
+        sizes = {}
+
+        def write(staged: Path):
+            import coremltools as ct
+
+            with tempfile.TemporaryDirectory(prefix="tlc-functions-", dir=staged.parent) as scratch:
+                parts = {}
+                for name, cm in self.functions.items():
+                    p = Path(scratch) / f"{name}.mlpackage"
+                    write_package(cm.mlmodel, p, lambda pkg, g=cm.emit_graph: check_package_io(pkg, g))
+                    parts[name] = p
+                single = {n: _sizes(p) for n, p in parts.items()}
+                desc = ct.utils.MultiFunctionDescriptor()
+                for name, p in parts.items():
+                    desc.add_function(str(p), src_function_name="main", target_function_name=name)
+                desc.default_function_name = self.default_function_name
+                try:
+                    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                            contextlib.redirect_stderr(io.StringIO()):
+                        warnings.simplefilter("ignore")
+                        ct.utils.save_multifunction(desc, str(staged))
+                except Exception as e:
+                    raise EmitError(f"coremltools could not merge the functions ({', '.join(parts)}) into one "
+                                    f"package: {type(e).__name__}: {e}") from e
+            self._write_metadata(staged)
+            from tlc.runtime import load_program
+
+            loaded = load_program(staged)
+            problems = [f"{n}: {p}" for n, cm in self.functions.items()
+                        for p in check_package_io(staged, cm.emit_graph, function_name=n, loaded=loaded)]
+            if problems:
+                raise EmitError(f"multifunction package {path.name} does not match the IR: " + "; ".join(problems))
+            sizes.update(weights=_sizes(staged), single_function=max(single.values()), functions=sum(single.values()))
+
+        out = atomic_dir(path, force, write)
+        self.sizes = sizes
+        self._save_s = time.perf_counter() - t0
+        return out
+
+    def _write_metadata(self, pkg: Path) -> None:
+        """Copy the default function's metadata (tlc's keys, coremltools' build info, description)
+        into the merged spec, adding ``tlc.functions`` and the paddable axes."""
+        from tlc.runtime import buckets
+        from tlc.runtime.mlspec import check_package, proto
+
+        _, manifest = check_package(pkg)
+        root = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]
+        spec_path = pkg / "Data" / root["path"]
+        spec = proto("Model_pb2").Model()
+        spec.ParseFromString(spec_path.read_bytes())
+        md = spec.description.metadata
+        md.CopyFrom(self.default.mlmodel.get_spec().description.metadata)
+        md.userDefined["tlc.functions"] = ",".join(self.functions)
+        if self.paddable:
+            md.userDefined[buckets.METADATA_KEY] = buckets.paddable_metadata(self.paddable)
+        spec_path.write_bytes(spec.SerializeToString())
+
+    def choose(self, feeds: Mapping[str, Any]):
+        """The :class:`tlc.runtime.buckets.Choice` for ``feeds`` (exact shapes, else padding)."""
+        from tlc.runtime import buckets
+
+        return buckets.choose(self._buckets(), {k: tuple(np.shape(v)) for k, v in feeds.items()}, self.paddable,
+                              where="this model")
+
+    def run(self, feeds: Mapping[str, Any], backend: str = "auto", function_name: str | None = None):
+        """Run the function ``function_name``, or the one :meth:`choose` picks (inputs padded and
+        outputs cropped back), on ``backend`` (as :meth:`tlc.api.CompiledModel.run`)."""
+        if function_name is not None:
+            if function_name not in self.functions:
+                raise InputError(f"no function {function_name!r} (functions: {', '.join(self.functions)})")
+            return self.functions[function_name].run(feeds, backend=backend)
+        feeds = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in feeds.items()}
+        choice = self.choose(feeds)
+        out = self.functions[choice.function].run(choice.pad(feeds, self.paddable), backend=backend)
+        return choice.crop(out)
+
+    def __call__(self, *args, backend: str = "auto", **kwargs):
+        """Call like the original model: the function whose signature matches the inputs, else
+        the one :meth:`choose` picks for them."""
+        import torch
+
+        from .api import signature_key
+
+        key, leaves = signature_key(args, kwargs, self.default._kw_order)
+        for cm in self.functions.values():
+            if key == cm._signature:
+                return cm(*args, backend=backend, **kwargs)
+        tensors = [x for x in leaves if isinstance(x, (torch.Tensor, np.ndarray))]
+        out = self.run(dict(zip(self.input_names, tensors)), backend=backend)
+        vals = [out[n] for n in self.output_names]
+        if any(isinstance(x, torch.Tensor) for x in tensors):
+            vals = [torch.from_numpy(np.array(v, order="C")) for v in vals]
+        return vals[0] if len(vals) == 1 else tuple(vals)
+
+    def summary(self) -> str:
+        """One line per function (shapes), then the default function's summary."""
+        lines = [f"functions: {len(self.functions)} (default {self.default_function_name})"]
+        for name, shapes in self.shapes().items():
+            lines.append(f"  {name}: " + ", ".join(f"{k} {list(v)}" for k, v in shapes.items()))
+        return "\n".join(lines + [self.default.summary()])
+
+    def __repr__(self) -> str:
+        return f"<MultiFunctionModel {list(self.functions)} -> {self.output_names}, {self.precision}>"
+
+
+def parse_shapes(specs: list[str]) -> dict[str, list[tuple[int, ...]]]:
+    """``--shape`` values (``NAME=DIMS[,DIMS...]``, DIMS like ``1x128``; repeatable) ->
+    ``{input: [shape, ...]}``. Raises :class:`InputError` naming the bad value."""
+    out: dict[str, list[tuple[int, ...]]] = {}
+    for s in specs:
+        name, sep, dims = s.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes = [tuple(int(d) for d in part.lower().split("x")) for part in dims.split(",")]
+            if not shapes or any(d <= 0 for sh in shapes for d in sh):
+                raise ValueError
+        except ValueError:
+            raise InputError(f"--shape {s!r}: expected NAME=DIMS[,DIMS...] with positive dims, e.g. "
+                             f"input_ids=1x64,1x128") from None
+        if name in out:
+            raise InputError(f"--shape names input {name!r} twice")
+        out[name] = shapes
+    counts = {k: len(v) for k, v in out.items()}
+    if len(set(counts.values())) > 1:
+        raise InputError(f"every --shape must list the same number of shapes (one per function); got "
+                         + ", ".join(f"{k}: {n}" for k, n in counts.items()))
+    return out
+
+
+def signatures_for_shapes(model, example_inputs, shapes: Mapping[str, list[tuple[int, ...]]], seed: int = 0) -> list:
+    """Example inputs at each of ``shapes`` (``{input: [shape per function]}``, :func:`parse_shapes`):
+    ``[(args, kwargs), ...]`` with each named top-level tensor input replaced by one of the new
+    shape whose values are drawn from the example tensor's own values (valid token ids stay
+    valid, a 0/1 mask stays 0/1). Inputs not named follow a named one whose example shape they
+    share (``attention_mask`` follows ``input_ids``), else keep their example. Raises
+    :class:`InputError` for an unknown input name or a rank change."""
+    import inspect
+
+    import torch
+
+    from .frontend import normalize_inputs
+
+    args, kwargs = normalize_inputs(example_inputs)
+    fn = getattr(model, "forward", model) if isinstance(model, torch.nn.Module) else model
+    fn = getattr(fn, "fn", fn)
+    try:
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"--shape: cannot match the example inputs to the model's parameters ({e})") from None
+    tensors = {k: v for k, v in bound.arguments.items() if isinstance(v, torch.Tensor)}
+    unknown = [k for k in shapes if k not in tensors]
+    if unknown:
+        raise InputError(f"--shape names {unknown}, not a tensor input of the model (tensor inputs: "
+                         f"{', '.join(tensors)})")
+    follows = dict.fromkeys(shapes)
+    for k, t in tensors.items():
+        if k not in shapes:
+            lead = next((n for n in shapes if tuple(tensors[n].shape) == tuple(t.shape)), None)
+            if lead is not None:
+                follows[k] = lead
+    g = torch.Generator().manual_seed(seed)
+    n = len(next(iter(shapes.values())))
+    out = []
+    for i in range(n):
+        b = inspect.signature(fn).bind(*args, **kwargs)
+        for k, lead in follows.items():
+            shape = shapes[lead or k][i]
+            ex = tensors[k]
+            if len(shape) != ex.dim():
+                raise InputError(f"--shape {lead or k}={'x'.join(map(str, shape))}: input {k} has rank {ex.dim()} "
+                                 f"in the example inputs")
+            flat = ex.reshape(-1)
+            b.arguments[k] = flat[torch.randint(0, flat.numel(), shape, generator=g)].clone()
+        out.append((tuple(b.args), dict(b.kwargs)))
+    return out
+
+
+def build_multifunction(model, sigs: list, *, function_names_: list[str] | None, default_function_name: str | None,
+                        paddable, calibration: list, build_one, **options) -> MultiFunctionModel:
+    """Trace ``model`` once per signature with ``build_one(model, ex, **options)`` (tlc.api.build),
+    hand each calibration sample to the function whose input shapes it has, and name the
+    functions. Raises :class:`InputError` for a calibration sample no function takes, repeated
+    shapes or bad names."""
+    from .api import _calibration_feed, signature_key
+    from .frontend import normalize_inputs
+
+    cms = []
+    for k, ex in enumerate(sigs):
+        try:
+            cm = build_one(model, ex, **options)
+        except InputError as e:
+            raise InputError(f"example input signature {k}: {e.args[0]}") from None
+        args, kwargs = normalize_inputs(ex)
+        cm._signature = signature_key(args, kwargs, cm._kw_order)[0]
+        cms.append(cm)
+    shapes = [{v.name: tuple(v.type.shape) for v in cm.graph.inputs} for cm in cms]
+    names = check_function_names(function_names_, len(cms)) if function_names_ is not None else function_names(shapes)
+    for j, sample in enumerate(calibration):
+        for cm in cms:
+            try:
+                feed = _calibration_feed(cm.graph, sample, j + 1)
+            except InputError:
+                continue
+            cm.calibration.append(feed)
+            break
+        else:
+            raise InputError(f"calibration sample {j + 1} fits none of the functions' input shapes ("
+                             + "; ".join(f"{n}: " + ", ".join(f"{k} {list(v)}" for k, v in s.items())
+                                         for n, s in zip(names, shapes)) + ")")
+    return MultiFunctionModel(dict(zip(names, cms)), default_function_name or names[0], paddable)
+
+
+__all__ = ["MIN_TARGET", "MultiFunctionModel", "signatures", "check_multifunction_target", "function_names",
+           "check_function_names", "parse_shapes", "signatures_for_shapes", "build_multifunction"]
