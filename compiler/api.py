@@ -85,7 +85,8 @@ class CompiledModel:
     stage: ``export``, ``decompose``, ``lower``, ``passes``, then ``precision``, ``emit_mil``,
     ``mil_passes``, ``serialize`` (their sum: ``convert``), ``compress``, ``save`` once
     emitted/saved); with ``compress``, once emitted: ``weights_before_compress`` (bytes of the
-    program's constants before) and ``compressed_weights`` (the MIL const ops compressed).
+    program's constants before), ``compressed_weights`` (the MIL const ops compressed) and, for
+    ``w8a8``, ``float_activation_ops`` (ops left with float activations: :func:`tlc.compress.quantize_activations`).
     """
 
     def __init__(self, graph: Graph, *, precision: str, minimum_deployment_target: str, out_spec, kw_order,
@@ -114,6 +115,7 @@ class CompiledModel:
         self._signature = None  # set by tlc.multifunction for the function of one signature
         self.weights_before_compress = None  # bytes of the program's constants before compression
         self.compressed_weights: list[str] = []  # MIL const ops compress= compressed
+        self.float_activation_ops = 0  # w8a8: ops kept with float activations (outlier tensors)
 
     precision = property(lambda self: self.options.precision, doc="``mixed``, ``fp16`` or ``fp32``")
     minimum_deployment_target = property(lambda self: self.options.minimum_deployment_target,
@@ -240,11 +242,19 @@ class CompiledModel:
 
                 t0 = time.perf_counter()  # after the closed loop: it judges fp16, not the compression
                 self.weights_before_compress = const_bytes(self._mlmodel._mil_program)
-                self._mlmodel, self.compressed_weights = compress_mlmodel(self._mlmodel, self.compress, self.target,
-                                                                          skip=tuple(plan.islands))
+                c = compress_mlmodel(self._mlmodel, self.compress, skip=tuple(plan.islands),
+                                     calibration=[self._package_feed(f) for f in self.calibration])
+                self._mlmodel, self.compressed_weights, self.float_activation_ops = c.mlmodel, c.weights, \
+                    c.float_activation_ops
                 self._compressed = True
                 self.timings["compress"] = time.perf_counter() - t0
         return self._mlmodel
+
+    def _package_feed(self, feed: dict) -> dict:
+        """A calibration feed (IR dtypes) as the package takes it (fp16 floats for fp16 I/O)."""
+        if self.io_dtype != "float16":
+            return feed
+        return {k: v.astype(np.float16) if np.asarray(v).dtype.kind == "f" else v for k, v in feed.items()}
 
     def _record_emit(self, info) -> None:
         self.timings["emit_mil"] = info.build_mil_s
@@ -269,14 +279,17 @@ class CompiledModel:
         """
         path = self.output_path(path)
         if path.suffix == ".tlc":
-            if self.compress:
-                raise InputError(f"compress={self.compress!r} applies to one-package builds; this model is a bundle "
-                                 f"(ops run in tlc's fallback runtime: see report()), and compressing bundle "
-                                 f"segments is not supported yet")
+            from .compress import MODES
+
+            if self.compress and MODES[self.compress].activations:
+                raise InputError(f"compress={self.compress!r} calibrates activations on the whole model's inputs, which "
+                                 f"a bundle's Core ML segments do not see (ops run in tlc's fallback runtime: see "
+                                 f"report()); use a weight-only mode (int8, int4, palettize4/6/8) for bundles")
             t0 = time.perf_counter()
             out = write_bundle(path, self.emit_graph, self.segments, precision=self.precision,
                                minimum_deployment_target=self.minimum_deployment_target,
-                               metadata=self._metadata(), force=force)
+                               metadata=self._metadata(), force=force, compress=self.compress,
+                               skip=tuple(self.islands))
             self.timings["save"] = time.perf_counter() - t0
             return out
         path = check_output_path(path, force)  # before spending time on emission
@@ -465,10 +478,11 @@ def build(
     Core ML whatever the cost model says, and any other op raises
     :class:`~tlc.errors.NotShippableError` listing it (op, reason, source line) before anything is
     written (CLI: ``--no-fallback``). ``compress``: ``"int8"``, ``"int4"`` (iOS18+),
-    ``"palettize4"``, ``"palettize6"``, ``"palettize8"`` or None: the weights of conv/linear/matmul
-    in the package compressed by coremltools after precision (per-channel or per-tensor for
-    ``target="ane"``; embeddings and fp32 islands untouched; :mod:`tlc.compress`; CLI:
-    ``--compress``).
+    ``"palettize4"``, ``"palettize6"``, ``"palettize8"``, ``"w8a8"`` (iOS17+: int8 weights and int8
+    activations calibrated on the calibration samples in tlc's MIL interpreter) or None: the
+    weights of conv/linear/matmul in the package compressed by coremltools after precision
+    (per-channel or per-tensor for ``target="ane"``; embeddings and fp32 islands untouched;
+    :mod:`tlc.compress`; CLI: ``--compress``).
 
     Raises :class:`~tlc.errors.InputError` (bad inputs, precision or pass names, several signatures
     with a deployment target before iOS18, repeated signature shapes, ``fallback=False``

@@ -164,11 +164,13 @@ def _io(v, name=None) -> dict:
 
 
 def write_bundle(path: str | os.PathLike, graph: Graph, segments, *, precision: str, minimum_deployment_target: str,
-                 metadata: dict | None = None, force: bool = False) -> Path:
+                 metadata: dict | None = None, force: bool = False, compress: str | None = None,
+                 skip: tuple = ()) -> Path:
     """Write the bundle for ``graph`` split into ``segments`` (:class:`tlc.passes.partition.Segment`
     list, execution order) at ``path`` (must end in ``.tlc``). Core ML segments are converted with
-    :func:`tlc.emit.convert` and checked; fallback segments are saved with
-    :func:`tlc.serialize.save_graph`. Returns the path.
+    :func:`tlc.emit.convert` (weights compressed as ``compress`` says, a weight-only mode of
+    :mod:`tlc.compress`, ops ``skip`` left dense) and checked; fallback segments are saved with
+    :func:`tlc.serialize.save_graph` (uncompressed: they run in tlc's runtime). Returns the path.
 
     Raises :class:`EmitError` (bad suffix, conversion or check failure; nothing written),
     :class:`OutputExistsError` (``path`` exists and not ``force``).
@@ -190,6 +192,10 @@ def write_bundle(path: str | os.PathLike, graph: Graph, segments, *, precision: 
             if seg.target == "ane":
                 md = dict(metadata or {}, **{"tlc.segment": f"{seg.index} of {len(segments)} in {path.name}"})
                 mlm, _ = convert(seg.graph, precision, minimum_deployment_target, md)
+                if compress:
+                    from .compress import compress_mlmodel
+
+                    mlm = compress_mlmodel(mlm, compress, skip=skip).mlmodel
                 write_package(mlm, staged / f"{stem}.mlpackage", lambda pkg: check_package_io(pkg, seg.graph))
                 e["path"] = f"{stem}.mlpackage"
             else:

@@ -34,7 +34,7 @@ def _human(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def cmd_build(a: argparse.Namespace) -> int:
+def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of a build
     from .api import build
     from .specialize import CompiledFunction
     from ._coreml import package_size
@@ -160,13 +160,20 @@ def _print_compression(cm, path, function_name: str | None = None, weights_after
     before = cm.weights_before_compress or 0
     after = weights_after if weights_after is not None else weight_file_size(path)
     label = f" {function_name}" if function_name else ""
-    if weights_after is None or function_name == default:
+    if cm.is_bundle:
+        n = sum(s.target == "ane" for s in cm.segments)
+        print(f"  weights {cm.compress}: " + (f"compressed in the {n} Core ML segment(s); weight files {_human(after)}"
+                                             if n else "nothing compressed: no op runs in a Core ML segment"))
+    elif weights_after is None or function_name == default:
         n = len(cm.compressed_weights)
         print(f"  weights {cm.compress}: {_human(before)} -> {_human(after)}" + (f" ({after / before:.2f}x)" if before else "")
               + f", {n} weight tensor(s) compressed" + ("" if n else " (none qualifies: conv/linear/matmul weights "
                                                         "of >= 2048 elements outside fp32 islands)")
               + (f"  (the {function_name} function's constants before; the package's weight file after)"
                  if weights_after is not None else ""))
+        if cm.float_activation_ops:
+            print(f"          {cm.float_activation_ops} op(s) keep float activations: a tensor they read or write is "
+                  f"outlier-dominated (estimated int8 SNR < 30 dB on the calibration inputs)")
     for name, e, p in accuracy(path, cm.graph, cm.calibration, function_name=function_name):
         print(f"  accuracy{label} {name}: rel-L2 {e:.2e}, PSNR {p:.1f} dB  (worst of {len(cm.calibration)} calibration "
               f"sample(s), MIL interpreter vs the fp32 reference)")
@@ -494,7 +501,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "listing each op that would need tlc's fallback runtime")
     b.add_argument("--compress", choices=list(COMPRESS_MODES),
                    help="compress conv/linear/matmul weights with coremltools (int8/int4: per-channel linear "
-                        "quantization, int4 needs iOS18; palettizeN: a 2^N-entry k-means table per tensor); "
+                        "quantization, int4 needs iOS18; palettizeN: a 2^N-entry k-means table per tensor; w8a8: "
+                        "int8 weights and activations calibrated on the example/--calibration inputs, iOS17+); "
                         "embeddings and fp32 islands stay as they are")
     b.add_argument("--shape", action="append", metavar="NAME=DIMS[,DIMS...]",
                    help="build one function per shape into one multifunction package (iOS18+), e.g. "
