@@ -16,7 +16,7 @@ from .errors import (  # noqa: E402
     EmitError, FrontendError, InputError, IRError, ModelFileError, NotShippableError, OutputExistsError, TlcError,
     UnsupportedOpError,
 )
-_API = ("CompiledFunction", "CompiledModel", "MultiFunctionModel", "build", "compile")
+_API = ("CompiledFunction", "CompiledModel", "MultiFunctionModel", "build", "build_lm", "compile")
 
 
 def __getattr__(name):
@@ -27,11 +27,15 @@ def __getattr__(name):
 
         if name == "MultiFunctionModel":
             return multifunction.MultiFunctionModel
+        if name == "build_lm":
+            from .lm import build_lm
+
+            return build_lm
         return getattr(specialize if name in ("CompiledFunction", "compile") else api, name)
     raise AttributeError(f"module 'tlc' has no attribute {name!r}")
 
 __all__ = [
-    "build", "compile", "CompiledModel", "MultiFunctionModel", "CompiledFunction", "TlcError", "IRError", "FrontendError",
+    "build", "build_lm", "compile", "CompiledModel", "MultiFunctionModel", "CompiledFunction", "TlcError", "IRError", "FrontendError",
     "UnsupportedOpError", "InputError", "ModelFileError", "EmitError", "OutputExistsError", "NotShippableError",
     "__version__",
 ]

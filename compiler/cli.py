@@ -41,6 +41,10 @@ def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of
     from .artifact import check_output_path
     from .modelfile import load_model_file
 
+    if a.task == "text-generation":
+        from .lm_cli import build_text_generation
+
+        return build_text_generation(a)
     t0 = time.perf_counter()
     requested = Path(a.output) if a.output else Path(Path(a.model).stem + ".mlpackage")
     if requested.suffix != ".tlc":
@@ -522,6 +526,12 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--print-ir", action="store_true", help="print tlc's IR (after the passes) before emission")
     b.add_argument("--passes", metavar="A,B,C", help="run exactly these passes, in this order (empty: none)")
     b.add_argument("--skip-pass", action="append", metavar="NAME", help="leave this pass out (repeatable)")
+    b.add_argument("--task", choices=["text-generation"],
+                   help="text-generation: model.py defines a causal LM; build prefill/decode functions with the KV "
+                        "cache as I/O into one multifunction package (tlc.build_lm)")
+    from .lm_cli import add_generate_parser, add_lm_options
+
+    add_lm_options(b)
     b.set_defaults(func=cmd_build)
 
     r = sub.add_parser("run", help="run an .mlpackage on .npy inputs (Core ML on macOS, tlc's MIL interpreter elsewhere)",
@@ -572,6 +582,7 @@ def make_parser() -> argparse.ArgumentParser:
     v.add_argument("--tol-fp16", type=float, default=1e-2, help="rel-L2 tolerance for fp16/mixed packages (default 1e-2)")
     v.set_defaults(func=cmd_verify)
 
+    add_generate_parser(sub)
     bn = sub.add_parser(
         "bench", help="latency/throughput of model.py on each backend here, beside torch eager on the same device",
         description=("Trace model.py once, then time torch eager and tlc's backends (torch-device executor on "

@@ -31,12 +31,15 @@ class ModelSpec:
     name: str
     path: Path
     options: dict = field(default_factory=dict)
+    tokenizer: Any = None  # module-level `tokenizer`, if the file defines one (tlc generate --prompt)
 
 
-def load_model_file(path: str | Path, entry: str | None = None) -> ModelSpec:
+def load_model_file(path: str | Path, entry: str | None = None, need_inputs: bool = True) -> ModelSpec:
     """Import ``path`` and find its model per the convention above.
 
-    ``entry`` names the ``@tlc.compile`` object to use when the file has several.
+    ``entry`` names the ``@tlc.compile`` object to use when the file has several;
+    ``need_inputs=False`` accepts a ``model`` without ``example_inputs`` (text generation makes its
+    own).
     Raises :class:`ModelFileError` when the file is missing, raises while importing (naming the
     exception and the line in the file), or defines no model / no ``example_inputs``.
     """
@@ -68,10 +71,13 @@ def load_model_file(path: str | Path, entry: str | None = None) -> ModelSpec:
             sys.path.remove(str(path.parent.resolve()))
         except ValueError:
             pass
-    spec = _find(mod, path, entry)
+    spec = _find(mod, path, entry, need_inputs)
+    spec.tokenizer = getattr(mod, "tokenizer", None)
     from .errors import InputError
     from .frontend import normalize_inputs
 
+    if spec.example_inputs is None and not need_inputs:
+        return spec
     try:  # fail here, naming the file, before any slow work
         normalize_inputs(spec.example_inputs)
     except InputError as e:
@@ -79,7 +85,7 @@ def load_model_file(path: str | Path, entry: str | None = None) -> ModelSpec:
     return spec
 
 
-def _find(mod, path: Path, entry: str | None) -> ModelSpec:
+def _find(mod, path: Path, entry: str | None, need_inputs: bool = True) -> ModelSpec:
     from .specialize import CompiledFunction
 
     options = {k: getattr(mod, k) for k in ("precision", "minimum_deployment_target", "io_dtype") if hasattr(mod, k)}
@@ -90,6 +96,8 @@ def _find(mod, path: Path, entry: str | None) -> ModelSpec:
                                  f"(found: {', '.join(compiled) or 'none'})")
         compiled = {entry: compiled[entry]}
     if hasattr(mod, "model") and entry is None:
+        if not hasattr(mod, "example_inputs") and not need_inputs:
+            return ModelSpec(mod.model, None, path.stem, path, options)
         if not hasattr(mod, "example_inputs"):
             raise ModelFileError(f"model file {str(path)!r} defines `model` but no `example_inputs` "
                                  f"(a tensor, tuple of tensors, or dict of named tensors)")

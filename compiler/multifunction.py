@@ -124,6 +124,8 @@ class MultiFunctionModel:
         self.paddable = buckets.parse_paddable(paddable, {v.name: v.type.shape for v in first.graph.inputs})
         self.sizes: dict[str, int] = {}
         self._save_s = None
+        self.metadata: dict[str, str] = {}  # more package metadata (tlc.build_lm: tlc.lm)
+        self.lm = None  # tlc.runtime.generate.LMInfo for tlc.build_lm packages
 
     @property
     def default(self):
@@ -241,6 +243,8 @@ class MultiFunctionModel:
         md = spec.description.metadata
         md.CopyFrom(self.default.mlmodel.get_spec().description.metadata)
         md.userDefined["tlc.functions"] = ",".join(self.functions)
+        for k, v in self.metadata.items():
+            md.userDefined[k] = v
         if self.paddable:
             md.userDefined[buckets.METADATA_KEY] = buckets.paddable_metadata(self.paddable)
         spec_path.write_bytes(spec.SerializeToString())
@@ -263,6 +267,24 @@ class MultiFunctionModel:
         choice = self.choose(feeds)
         out = self.functions[choice.function].run(choice.pad(feeds, self.paddable), backend=backend)
         return choice.crop(out)
+
+    def generate(self, input_ids, max_new_tokens: int = 32, *, backend: str = "auto", **kwargs):
+        """For ``tlc.build_lm`` models: generate tokens with tlc's executors (``backend`` as
+        :meth:`run`; :func:`tlc.runtime.generate.generate` takes the other arguments). Raises
+        :class:`InputError` for a model that is not an LM build."""
+        from tlc.runtime.generate import generate
+
+        if self.lm is None:
+            raise InputError("generate needs a model built by tlc.build_lm")
+        return generate(lambda feeds: self.run(feeds, backend=backend), self.lm, input_ids, max_new_tokens, **kwargs)
+
+    def new_cache(self):
+        """An empty :class:`tlc.runtime.generate.KVCache` for :meth:`generate` (``cache=``)."""
+        from tlc.runtime.generate import KVCache
+
+        if self.lm is None:
+            raise InputError("new_cache needs a model built by tlc.build_lm")
+        return KVCache.empty(self.lm)
 
     def __call__(self, *args, backend: str = "auto", **kwargs):
         """Call like the original model: the function whose signature matches the inputs, else

@@ -157,6 +157,37 @@ class LoadedModel:
             out = interp.run(feeds, state=state)
         return self.boundary.from_package(choice.crop(out))
 
+    @property
+    def lm(self):
+        """The :class:`tlc.runtime.generate.LMInfo` of a ``tlc.build_lm`` package, else None."""
+        from .generate import METADATA_KEY, LMInfo
+
+        text = dict(self.interpreter.spec.description.metadata.userDefined).get(METADATA_KEY)
+        return LMInfo.from_json(text) if text else None
+
+    def new_cache(self):
+        """An empty :class:`tlc.runtime.generate.KVCache` for :meth:`generate` (``cache=``)."""
+        from .generate import KVCache
+
+        return KVCache.empty(self._lm_info())
+
+    def _lm_info(self):
+        info = self.lm
+        if info is None:
+            from tlc.errors import InputError
+
+            raise InputError(f"{self.path.name} is not an LM package (no tlc.lm metadata: build it with tlc.build_lm)")
+        return info
+
+    def generate(self, input_ids, max_new_tokens: int = 32, **kwargs):
+        """Generate tokens with a ``tlc.build_lm`` package (:func:`tlc.runtime.generate.generate`:
+        ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``eos_token_id``, ``stream``, ``seed``,
+        ``cache``, ``stats``); returns ``[1, n + generated]`` int64. Raises
+        :class:`~tlc.errors.InputError` for a package that is not an LM build or bad input."""
+        from .generate import generate
+
+        return generate(self, self._lm_info(), input_ids, max_new_tokens, **kwargs)
+
     def __repr__(self) -> str:
         fn = f", functions {self.functions}" if len(self.functions) > 1 else ""
         return f"<tlc LoadedModel {self.path.name} on {self.backend}: {[n for n, *_ in self.inputs]} -> {self.outputs}{fn}>"

@@ -1,0 +1,227 @@
+"""Token generation over an LM package built by ``tlc.build_lm`` (``kv_cache="io"``): the host owns
+the KV cache buffers, runs ``prefill_L`` on the prompt (the smallest bucket that holds it, padded;
+longer prompts in chunks of the largest) and ``decode`` once per new token, writing each function's
+``k_new``/``v_new`` into the buffers at ``position``.
+
+Sampling follows Hugging Face ``generate``: greedy for ``do_sample=False``; else the logits are
+divided by ``temperature``, then ``top_k`` and ``top_p`` filter them (``TemperatureLogitsWarper``,
+``TopKLogitsWarper``, ``TopPLogitsWarper``, in that order) and a token is drawn from the softmax.
+Runs on anything that maps named arrays to outputs and picks the function by input shape:
+:class:`tlc.runtime.LoadedModel` (Core ML on macOS, the MIL interpreter anywhere) and
+:class:`tlc.multifunction.MultiFunctionModel` (tlc's NumPy and torch-device executors).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from tlc.errors import InputError
+
+#: package metadata key holding :class:`LMInfo` as JSON
+METADATA_KEY = "tlc.lm"
+
+
+@dataclass(frozen=True)
+class LMInfo:
+    """What generation needs to drive an LM package: the cache geometry (``cache_shape`` =
+    ``[num_layers, 1, num_kv_heads, max_context, head_dim]``), the prefill lengths, the vocabulary
+    size and the model's end-of-sequence ids."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    max_context: int
+    vocab_size: int
+    prefill_lengths: tuple[int, ...]
+    eos_token_id: tuple[int, ...] = ()
+    kv_cache: str = "io"
+
+    @property
+    def cache_shape(self) -> tuple[int, ...]:
+        return (self.num_layers, 1, self.num_kv_heads, self.max_context, self.head_dim)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LMInfo":
+        d = json.loads(text)
+        d["prefill_lengths"] = tuple(d["prefill_lengths"])
+        d["eos_token_id"] = tuple(d.get("eos_token_id") or ())
+        return cls(**d)
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+def prefill_name(length: int) -> str:
+    """The function name of the prefill bucket of ``length`` tokens."""
+    return f"prefill_{length}"
+
+
+@dataclass
+class KVCache:
+    """The host's cache buffers (``k``, ``v``: float32 ``LMInfo.cache_shape``) and how many slots
+    hold tokens (``length``); ``owner`` is the fingerprint of the package's :class:`LMInfo`."""
+
+    k: np.ndarray
+    v: np.ndarray
+    owner: str
+    length: int = 0
+    tokens: list = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, info: LMInfo) -> "KVCache":
+        return cls(np.zeros(info.cache_shape, np.float32), np.zeros(info.cache_shape, np.float32), info.fingerprint)
+
+
+@dataclass
+class GenerationStats:
+    """Seconds and tokens of the last :func:`generate` call (prefill and decode separately)."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return (self.new_tokens - 1) / self.decode_s if self.decode_s > 0 and self.new_tokens > 1 else float("nan")
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else float("nan")
+
+
+def _filtered(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None) -> np.ndarray:
+    x = logits.astype(np.float64) / float(temperature)
+    if top_k is not None and 0 < top_k < x.size:
+        kth = np.partition(x, -top_k)[-top_k]
+        x = np.where(x < kth, -np.inf, x)
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(x)  # ascending, as TopPLogitsWarper
+        p = np.exp(x[order] - x[order][-1])
+        cum = np.cumsum(p / p.sum())
+        remove = cum <= 1 - top_p
+        remove[-1] = False  # min_tokens_to_keep=1
+        x[order[remove]] = -np.inf
+    return x
+
+
+def select(logits: np.ndarray, do_sample: bool, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, rng: np.random.Generator | None = None) -> int:
+    """The next token from one position's logits ``[vocab]`` (greedy, or sampled as HF does)."""
+    if not do_sample:
+        return int(np.argmax(logits))
+    if temperature <= 0:
+        raise InputError(f"temperature must be > 0 with do_sample=True, got {temperature}")
+    x = _filtered(logits, temperature, top_k, top_p)
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    return int((rng or np.random.default_rng()).choice(p.size, p=p))
+
+
+def _check_prompt(info: LMInfo, ids: Sequence[int], start: int, max_new_tokens: int) -> None:
+    if not len(ids):
+        raise InputError("generate: input_ids is empty")
+    bad = [(i, t) for i, t in enumerate(ids) if not 0 <= t < info.vocab_size]
+    if bad:
+        i, t = bad[0]
+        raise InputError(f"generate: token id {t} at position {i} is outside the vocabulary (0..{info.vocab_size - 1})")
+    need = start + len(ids) + max(max_new_tokens - 1, 0)
+    if need > info.max_context:
+        raise InputError(f"generate: {start} cached + {len(ids)} prompt + {max_new_tokens} new tokens need {need} cache "
+                         f"slots; the package holds max_context={info.max_context} (build_lm(max_context=...))")
+
+
+def score(run: Callable[[dict], Mapping[str, np.ndarray]], info: LMInfo, tokens) -> np.ndarray:
+    """Teacher-forced logits ``[n, vocab]`` of a token sequence: the first token through a prefill
+    (or decode) step, then every later token through ``decode`` — exactly the steps
+    :func:`generate` runs, fed given tokens instead of chosen ones. Row i predicts token i + 1.
+    Raises :class:`InputError` as :func:`generate` does."""
+    ids = [int(t) for t in np.asarray(tokens).reshape(-1)]
+    _check_prompt(info, ids, 0, 0)
+    cache = KVCache.empty(info)
+    rows = []
+    for t in ids:
+        out = run({"input_ids": np.array([[t]], np.int32), "position": np.array([cache.length], np.int32),
+                   "k_cache": cache.k, "v_cache": cache.v})
+        cache.k[:, :, :, cache.length] = out["k_new"][:, :, :, 0]
+        cache.v[:, :, :, cache.length] = out["v_new"][:, :, :, 0]
+        cache.length += 1
+        rows.append(np.asarray(out["logits"])[0, 0])
+    return np.stack(rows)
+
+
+def generate(run: Callable[[dict], Mapping[str, np.ndarray]], info: LMInfo, input_ids, max_new_tokens: int = 32, *,
+             do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             eos_token_id=None, stream: Callable[[int], None] | None = None, seed: int | None = None,
+             cache: KVCache | None = None, stats: GenerationStats | None = None) -> np.ndarray:
+    """Generate up to ``max_new_tokens`` after ``input_ids`` (``[n]`` or ``[1, n]`` ints); returns
+    ``[1, n + generated]`` int64 like HF ``generate``. ``run(feeds)`` runs the package (the
+    function is picked by the shape of ``input_ids``). ``eos_token_id`` (default the model's; an
+    int or a list) stops generation after it is produced; ``stream(token)`` is called for every
+    new token; ``seed`` seeds sampling; ``cache`` continues from an earlier call's
+    :class:`KVCache` (it must come from this package); ``stats`` receives the timings.
+    Raises :class:`InputError` for an empty prompt, a token id outside the vocabulary, more tokens
+    than ``max_context`` slots, or a cache of another package."""
+    ids = [int(t) for t in np.asarray(input_ids).reshape(-1)]
+    if max_new_tokens < 0:
+        raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if cache is None:
+        cache = KVCache.empty(info)
+    elif cache.owner != info.fingerprint or cache.k.shape != info.cache_shape:
+        raise InputError(f"generate: the cache comes from another package (cache shape {list(cache.k.shape)}, "
+                         f"this package {list(info.cache_shape)}); make one with new_cache()")
+    _check_prompt(info, ids, cache.length, max_new_tokens)
+    eos = info.eos_token_id if eos_token_id is None else (
+        tuple(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else (int(eos_token_id),))
+    rng = np.random.default_rng(seed)
+    stats = stats if stats is not None else GenerationStats()
+    stats.prompt_tokens, stats.new_tokens = len(ids), 0
+
+    def step(tokens: list[int], bucket: int) -> np.ndarray:
+        feed = np.zeros((1, bucket), np.int32)
+        feed[0, :len(tokens)] = tokens
+        out = run({"input_ids": feed, "position": np.array([cache.length], np.int32), "k_cache": cache.k,
+                   "v_cache": cache.v})
+        n = min(len(tokens), info.max_context - cache.length)
+        cache.k[:, :, :, cache.length:cache.length + n] = out["k_new"][:, :, :, :n]
+        cache.v[:, :, :, cache.length:cache.length + n] = out["v_new"][:, :, :, :n]
+        cache.length += n
+        cache.tokens += tokens[:n]
+        return np.asarray(out["logits"])[0, len(tokens) - 1]
+
+    t0 = time.perf_counter()
+    biggest = max(info.prefill_lengths)
+    pos = 0
+    while pos < len(ids):
+        chunk = ids[pos:pos + biggest]
+        bucket = 1 if len(chunk) == 1 else min(n for n in info.prefill_lengths if n >= len(chunk))
+        logits = step(chunk, bucket)
+        pos += len(chunk)
+    stats.prefill_s = time.perf_counter() - t0
+    out = list(ids)
+    t0 = time.perf_counter()
+    for k in range(max_new_tokens):
+        tok = select(logits, do_sample, temperature, top_k, top_p, rng)
+        out.append(tok)
+        stats.new_tokens += 1
+        if stream is not None:
+            stream(tok)
+        if tok in eos or k == max_new_tokens - 1:
+            break
+        if k == 0:
+            t0 = time.perf_counter()  # decode tokens/s counts the steps after the first token
+        logits = step([tok], 1)
+    stats.decode_s = time.perf_counter() - t0 if stats.new_tokens > 1 else 0.0
+    return np.asarray(out, np.int64)[None]
+
+
+__all__ = ["METADATA_KEY", "LMInfo", "KVCache", "GenerationStats", "prefill_name", "select", "score", "generate"]
