@@ -23,15 +23,9 @@ import traceback
 from pathlib import Path
 
 from . import __version__
+from .build_output import (finish_multifunction, human, load_calibration, parse_paddable, print_compression,
+                           print_precision, print_shippable, print_time)
 from .errors import TlcError
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit.replace('B', 'iB') if unit != 'B' else unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of a build
@@ -68,7 +62,7 @@ def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of
     if a.compress:
         opts["compress"] = a.compress
     if a.calibration:
-        opts["calibration"] = _load_calibration(a.calibration)
+        opts["calibration"] = load_calibration(a.calibration)
     opts["progress"] = True
     pass_opts = {}
     if a.passes is not None:
@@ -85,9 +79,9 @@ def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of
         model = spec.model.fn if isinstance(spec.model, CompiledFunction) else spec.model
         sigs = signatures_for_shapes(model, spec.example_inputs, parse_shapes(a.shape))
         if a.paddable:
-            opts["paddable"] = _parse_paddable(a.paddable)
+            opts["paddable"] = parse_paddable(a.paddable)
         cm = build(model, sigs, strict=a.strict_export, **opts, **pass_opts)
-        return _finish_multifunction(a, cm, requested, spec, t0, t_load)
+        return finish_multifunction(a, cm, requested, spec, t0, t_load)
     if (isinstance(spec.model, CompiledFunction) and not a.strict_export and not pass_opts and not a.profile
             and not a.calibration):
         # traced already when the file was imported (eager example_inputs=): reuse that trace
@@ -119,14 +113,14 @@ def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of
     more = len(g.op_histogram()) - 8
     print(f"built {path}  ({cm.precision}, {cm.minimum_deployment_target}, {cm.io_dtype} I/O"
           + (f", weights {cm.compress}" if cm.compress else "") + f") from {spec.path}")
-    _print_shippable(cm)
+    print_shippable(cm)
     eg = cm.emit_graph  # the package's I/O types (fp16 with --io-dtype float16)
     for v in eg.inputs:
         print(f"  input   {v.name:<24} {v.type}")
     for n, v in zip(eg.output_names, eg.outputs):
         print(f"  output  {n:<24} {v.type}")
     print(f"  ops     {g.num_ops}  ({hist}{', ...' if more > 0 else ''})")
-    print(f"  size    {_human(package_size(path))}  (weights {_human(g.weight_bytes())} in fp32)")
+    print(f"  size    {human(package_size(path))}  (weights {human(g.weight_bytes())} in fp32)")
     rep = cm.report()
     print(f"  placed  {len(rep.segments)} segment(s) ("
           + ", ".join(f"{s.index}: {s.target} {s.num_ops} ops" for s in rep.segments)
@@ -140,157 +134,11 @@ def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of
         rep.write_html(a.report_html)
         print(f"  report  {a.report_html}")
     if cm.precision == "mixed":
-        _print_precision(cm)
+        print_precision(cm)
     if cm.compress:
-        _print_compression(cm, path)
-    _print_time(total, t_load, cm.timings)
+        print_compression(cm, path)
+    print_time(total, t_load, cm.timings)
     return 0
-
-
-def _print_time(total: float, t_load: float, t: dict) -> None:
-    print(f"  time    {total:.2f} s  (load {t_load:.2f}, export {t['export']:.2f}, decompose {t['decompose']:.2f}, "
-          f"lower {t['lower']:.2f}, passes {t.get('passes', 0):.2f}, precision {t.get('precision', 0):.2f}, "
-          f"closed loop {t.get('closed_loop', 0):.2f}, emit {t.get('emit_mil', 0):.2f}, "
-          f"mil passes {t.get('mil_passes', 0):.2f}, serialize {t.get('serialize', 0):.2f}, "
-          f"partition {t.get('partition', 0):.2f}, compress {t.get('compress', 0):.2f}, save {t.get('save', 0):.2f})")
-
-
-def _print_compression(cm, path, function_name: str | None = None, weights_after: int | None = None,
-                       default: str | None = None) -> None:
-    """Weight bytes before/after compression and the package's accuracy on the calibration inputs."""
-    from ._coreml import weight_file_size
-    from .compress import accuracy
-
-    before = cm.weights_before_compress or 0
-    after = weights_after if weights_after is not None else weight_file_size(path)
-    label = f" {function_name}" if function_name else ""
-    if cm.is_bundle:
-        n = sum(s.target == "ane" for s in cm.segments)
-        print(f"  weights {cm.compress}: " + (f"compressed in the {n} Core ML segment(s); weight files {_human(after)}"
-                                             if n else "nothing compressed: no op runs in a Core ML segment"))
-    elif weights_after is None or function_name == default:
-        n = len(cm.compressed_weights)
-        print(f"  weights {cm.compress}: {_human(before)} -> {_human(after)}" + (f" ({after / before:.2f}x)" if before else "")
-              + f", {n} weight tensor(s) compressed" + ("" if n else " (none qualifies: conv/linear/matmul weights "
-                                                        "of >= 2048 elements outside fp32 islands)")
-              + (f"  (the {function_name} function's constants before; the package's weight file after)"
-                 if weights_after is not None else ""))
-        if cm.float_activation_ops:
-            print(f"          {cm.float_activation_ops} op(s) keep float activations: a tensor they read or write is "
-                  f"outlier-dominated (estimated int8 SNR < 30 dB on the calibration inputs)")
-    for name, e, p in accuracy(path, cm.graph, cm.calibration, function_name=function_name):
-        print(f"  accuracy{label} {name}: rel-L2 {e:.2e}, PSNR {p:.1f} dB  (worst of {len(cm.calibration)} calibration "
-              f"sample(s), MIL interpreter vs the fp32 reference)")
-
-
-def _parse_paddable(specs: list[str]) -> dict:
-    """``--paddable NAME:AXIS[,AXIS]`` values -> ``{name: [axes]}`` (checked by tlc.runtime.buckets)."""
-    from .errors import InputError
-
-    out = {}
-    for s in specs:
-        name, sep, axes = s.partition(":")
-        try:
-            out[name] = [int(x) for x in axes.split(",")]
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise InputError(f"--paddable {s!r}: expected NAME:AXIS[,AXIS], e.g. input_ids:1")
-    return out
-
-
-def _finish_multifunction(a, mf, requested: Path, spec, t0: float, t_load: float) -> int:
-    """Save a :class:`tlc.multifunction.MultiFunctionModel` and print what was built, per function."""
-    from ._coreml import package_size
-
-    path = mf.save(requested, force=a.force)
-    total = time.perf_counter() - t0
-    print(f"built {path}  ({mf.precision}, {mf.minimum_deployment_target}, {mf.io_dtype} I/O"
-          + (f", weights {mf.compress}" if mf.compress else "") + f") from {spec.path}")
-    print(f"  ships   one .mlpackage with {len(mf.functions)} functions (multifunction; in an app choose one with "
-          f"MLModelConfiguration.functionName; default {mf.default_function_name})")
-    for name, cm in mf.functions.items():
-        eg = cm.emit_graph
-        rep = cm.report()
-        ins = ", ".join(f"{v.name} {v.type}" for v in eg.inputs)
-        outs = ", ".join(f"{n} {v.type}" for n, v in zip(eg.output_names, eg.outputs))
-        print(f"  function {name}{' (default)' if name == mf.default_function_name else ''}: {ins} -> {outs}; "
-              f"{cm.graph.num_ops} ops, static ANE residency {100 * rep.residency:.1f}%"
-              + (f", {len(cm.islands)} fp32 island op(s)" if cm.precision == "mixed" else ""))
-    sz = mf.sizes
-    print(f"  size    {_human(package_size(path))}  (weights stored once: {_human(sz['weights'])}; one function alone "
-          f"{_human(sz['single_function'])}, ratio {sz['weights'] / max(sz['single_function'], 1):.2f}; "
-          f"{len(mf.functions)} separate packages would hold {_human(sz['functions'])})")
-    if mf.paddable:
-        print("  padding " + ", ".join(f"{k} axis {', '.join(map(str, p.axes))} (value {p.value})"
-                                     for k, p in mf.paddable.items())
-              + ": a smaller input runs in the smallest function it fits, outputs cropped back")
-    if mf.compress:
-        for name, cm in mf.functions.items():
-            _print_compression(cm, path, function_name=name, weights_after=sz["weights"],
-                               default=mf.default_function_name)
-    _print_time(total, t_load, mf.timings)
-    return 0
-
-
-def _load_calibration(path: str) -> list[dict]:
-    """Calibration samples from ``FILE.npz``: one array per model input, named like the input,
-    holding that input's samples stacked along a new first axis (``[N, *shape]``). Raises
-    :class:`~tlc.errors.InputError` for a missing/unreadable file or arrays whose sample counts
-    differ."""
-    import numpy as np
-
-    from .errors import InputError
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise InputError(f"--calibration {path}: cannot read it as .npz ({e})") from None
-    if not arrays:
-        raise InputError(f"--calibration {path}: the file holds no arrays")
-    counts = {k: (v.shape[0] if v.ndim else 0) for k, v in arrays.items()}
-    if len(set(counts.values())) != 1 or 0 in counts.values():
-        raise InputError(f"--calibration {path}: every array must hold the same number N >= 1 of samples along its first "
-                         f"axis ([N, *input shape]); got " + ", ".join(f"{k} {list(arrays[k].shape)}" for k in arrays))
-    n = next(iter(counts.values()))
-    return [{k: v[i] for k, v in arrays.items()} for i in range(n)]
-
-
-def _print_precision(cm) -> None:
-    """Calibration samples, the closed loop's result per output, fp32 islands and fp16 constant fixes."""
-    chk = cm.precision_check
-    n = len(cm.calibration)
-    print(f"  calib   {n} sample(s) (the example inputs" + (f" + {n - 1} from --calibration/calibration=)" if n > 1 else ")"))
-    if chk is not None:
-        print(chk.text(indent="  ").replace("  checked", "  loop    checked", 1))
-    isl = cm.islands
-    print(f"  fp32    {len(isl)} island op(s)" + ("" if isl else " (everything computes in fp16)"))
-    for name, why in isl.items():
-        print(f"          {name}: {why}")
-    fixed = cm.emit_graph.meta.get("tlc.fp16_constants", {})
-    if fixed:
-        print(f"  fp16    {len(fixed)} op(s) hold a constant changed to what fp16 can hold")
-        by_note: dict[str, list[str]] = {}
-        for name, why in fixed.items():
-            by_note.setdefault(why, []).append(name)
-        for why, names in by_note.items():
-            print(f"          {', '.join(names[:4])}{f' (+{len(names) - 4})' if len(names) > 4 else ''}: {why}")
-
-
-def _print_shippable(cm) -> None:
-    """The first thing a user must know: does this ship as one .mlpackage?"""
-    off = cm.fallback_ops()
-    if not off:
-        print("  ships   one .mlpackage: every op is in Core ML (drop it into Xcode)")
-        return
-    nseg = len(set(cm.placement.segment.values()))
-    print(f"  ships   NOT one .mlpackage: a tlc bundle of {nseg} segment(s); {len(off)} op(s) run in tlc's fallback "
-          f"runtime, which an iOS/macOS app does not have (--no-fallback makes this an error):")
-    for op, name, why, src in off[:12]:
-        print(f"          {op} ({name}): {why}" + (f"  [{src.split('  ')[0]}]" if src else ""))
-    if len(off) > 12:
-        print(f"          ... and {len(off) - 12} more (--report lists every op)")
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -301,7 +149,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     m = load(a.package, backend=a.backend, compute_units=a.compute_units, fallback=a.fallback,
              **({"function_name": a.function} if a.function else {}),
-             **({"paddable": _parse_paddable(a.paddable)} if a.paddable else {}))
+             **({"paddable": parse_paddable(a.paddable)} if a.paddable else {}))
     feeds = parse_inputs(a.input or [])
     t0 = time.perf_counter()
     out = m(feeds)
@@ -344,7 +192,7 @@ def cmd_inspect(a: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{info['path']}  (mlprogram, spec v{info['specification_version']}, opset {info['opset']}, "
-          f"precision {info['precision']}, {_human(info['size_bytes'])})")
+          f"precision {info['precision']}, {human(info['size_bytes'])})")
     if len(info.get("functions", [])) > 1:
         print(f"  functions {len(info['functions'])} (multifunction; default {info['default_function']}):")
         for name, shapes in info["function_inputs"].items():
@@ -360,6 +208,12 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     for st in info.get("states", []):
         print(f"  state   {st['name']:<24} {st['dtype']}{st['shape']}")
     print(f"  ops     {info['num_ops']}  (" + ", ".join(f"{k} {v}" for k, v in info["ops"].items()) + ")")
+    if "tlc.lm" in info["metadata"]:
+        from tlc.runtime.generate import LMInfo
+
+        lm = LMInfo.from_json(info["metadata"]["tlc.lm"])
+        print(f"  lm      text generation: max_context {lm.max_context}, prefill {list(lm.prefill_lengths)} + decode, "
+              f"cache {lm.kv_cache} float32{list(lm.cache_shape)}, vocab {lm.vocab_size} (tlc generate PKG --prompt-ids ...)")
     if info["short_description"]:
         print(f"  about   {info['short_description']}")
     for k, v in sorted(info["metadata"].items()):
@@ -381,7 +235,7 @@ def _inspect_bundle(path: Path, as_json: bool) -> int:
         print(json.dumps(m, indent=2))
         return 0
     print(f"{path}  (tlc bundle v{m['version']}, {len(m['segments'])} segments, precision {m['precision']}, "
-          f"{m['minimum_deployment_target']}, {_human(package_size(path))})")
+          f"{m['minimum_deployment_target']}, {human(package_size(path))})")
     _print_io(m["inputs"], m["outputs"])
     for e in m["segments"]:
         kind = "Core ML" if e["target"] == "ane" else "tlc fallback"

@@ -38,7 +38,7 @@ def _lm_build(a, spec):
 
 def build_text_generation(a) -> int:
     """``tlc build model.py --task text-generation``: write the LM package and say what it holds."""
-    from .cli import _human
+    from .build_output import human as _human
     from ._coreml import package_size
     from .modelfile import load_model_file
 

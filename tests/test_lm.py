@@ -141,7 +141,27 @@ def test_cli_build_text_generation_and_generate(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(t) for t in ref[0, 4:].tolist()]
     assert "decode" in r.stderr and "tokens/s" in r.stderr
+    r = run_tlc("inspect", pkg)
+    assert r.returncode == 0 and "lm      text generation: max_context 32, prefill [4, 8] + decode" in r.stdout
     r = run_tlc("generate", pkg, "--prompt-ids", "5,6,300")
     assert r.returncode != 0 and "token id 300 at position 2 is outside the vocabulary" in r.stderr
     r = run_tlc("generate", f, "--prompt", "hello")
     assert r.returncode != 0 and "--prompt needs a tokenizer" in r.stderr
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma"])
+def test_compressed_lm_head_and_embeddings(name, tmp_path):
+    """int8 (per-channel) LM: an untied head (Llama) is compressed like any linear; Gemma's head is
+    the embedding table (tied) and stays dense with it; logits stay close to torch."""
+    model = _model(name)
+    mf = tlc.build_lm(model, max_context=48, prefill_lengths=[8], compress="int8")
+    m = load(mf.save(tmp_path / "lm.mlpackage"), backend="interpreter")
+    names = mf.functions["decode"].compressed_weights
+    heads = [n for n in names if "lm_head" in n or "embed" in n]
+    assert len(names) == 7 * COMMON["num_hidden_layers"] + (0 if model.config.tie_word_embeddings else 1), names
+    assert heads == ([] if model.config.tie_word_embeddings else ["model_lm_head_weight_fp16"])
+    ids = _prompt()[0].numpy()
+    with torch.no_grad():
+        want = model(torch.from_numpy(ids)[None]).logits[0].numpy()
+    got = score(m, m.lm, ids)
+    assert max(rel_l2(got[i], want[i]) for i in range(len(ids))) <= 3e-2
