@@ -190,6 +190,7 @@ class MultiFunctionModel:
         t0 = time.perf_counter()
         path = check_output_path(path, force)
         self.check_shippable()
+        progress = any(cm.progress for cm in self.functions.values())
         sizes = {}
 
         def write(staged: Path):
@@ -197,7 +198,12 @@ class MultiFunctionModel:
 
             with tempfile.TemporaryDirectory(prefix="tlc-functions-", dir=staged.parent) as scratch:
                 parts = {}
-                for name, cm in self.functions.items():
+                for k, (name, cm) in enumerate(self.functions.items()):
+                    if progress:
+                        import sys
+
+                        print(f"  ... emitting function {name} ({k + 1} of {len(self.functions)})", file=sys.stderr,
+                              flush=True)
                     p = Path(scratch) / f"{name}.mlpackage"
                     write_package(cm.mlmodel, p, lambda pkg, g=cm.emit_graph: check_package_io(pkg, g))
                     parts[name] = p
@@ -397,8 +403,13 @@ def build_multifunction(model, sigs: list, *, function_names_: list[str] | None,
     from .api import _calibration_feed, signature_key
     from .frontend import normalize_inputs
 
+    import sys
+
     cms = []
     for k, ex in enumerate(sigs):
+        if options.get("progress"):
+            name = function_names_[k] if function_names_ is not None and k < len(function_names_) else f"#{k}"
+            print(f"  ... tracing function {name} ({k + 1} of {len(sigs)})", file=sys.stderr, flush=True)
         try:
             cm = build_one(model, ex, **options)
         except InputError as e:
