@@ -73,8 +73,9 @@ def _config(model):
 
 
 def lm_geometry(model) -> dict:
-    """Layers, KV heads, head size, vocabulary, sliding window and layer types of a HF-style
-    config (GPT-2's ``n_layer``/``n_head``/``n_embd`` names included). Raises :class:`InputError`."""
+    """Layers, KV heads, head size, vocabulary, sliding window, layer types and position limit of a
+    HF-style config (GPT-2's ``n_layer``/``n_head``/``n_embd``/``n_positions`` names included).
+    Raises :class:`InputError`."""
     cfg = _config(model)
     get = lambda *names, default=None: next((getattr(cfg, n) for n in names if getattr(cfg, n, None) is not None),  # noqa: E731
                                             default)
@@ -90,7 +91,7 @@ def lm_geometry(model) -> dict:
     eos = tuple(eos) if isinstance(eos, (list, tuple)) else ((int(eos),) if eos is not None else ())
     return {"num_layers": int(layers), "num_kv_heads": int(kv), "head_dim": int(head_dim), "vocab_size": int(vocab),
             "sliding_window": getattr(cfg, "sliding_window", None), "layer_types": getattr(cfg, "layer_types", None),
-            "eos_token_id": eos}
+            "eos_token_id": eos, "max_positions": get("max_position_embeddings", "n_positions")}
 
 
 def _visible(position, q_len: int, context: int, window: int | None):
@@ -128,12 +129,15 @@ class LMStep(torch.nn.Module):
             vis = _visible(position, q_len, context, window)
             return torch.where(vis, torch.zeros((), dtype=dtype), torch.full((), MASK_VALUE, dtype=dtype))[None, None]
 
-        if self.layer_types and "sliding_attention" in self.layer_types:
-            attention_mask = {"full_attention": mask(None), "sliding_attention": mask(self.window)}
+        if self.layer_types:  # per-layer attention types: only "sliding_attention" layers are windowed
+            attention_mask = ({"full_attention": mask(None), "sliding_attention": mask(self.window)}
+                              if "sliding_attention" in self.layer_types else mask(None))
         else:
             attention_mask = mask(self.window)
         cache = IOCache(k_cache, v_cache)
-        position_ids = (position.reshape(1, 1) + torch.arange(q_len).reshape(1, q_len)).long()
+        # padded prefill slots may run past the cache: clamp them into the model's position range
+        # (their outputs are never read; real tokens are always < max_context)
+        position_ids = torch.clamp(position.reshape(1, 1) + torch.arange(q_len).reshape(1, q_len), max=context - 1).long()
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          use_cache=True, **{self.cache_kw: cache})
         logits = out.logits if hasattr(out, "logits") else out[0]
@@ -189,6 +193,10 @@ def build_lm(model: torch.nn.Module, *, max_context: int = 256, prefill_lengths=
     if not lengths or lengths[0] < 2 or lengths[-1] > max_context:
         raise InputError(f"prefill_lengths must be integers in 2..max_context ({max_context}); got {list(prefill_lengths)}")
     g = lm_geometry(model)
+    limit = g["max_positions"]
+    if limit is not None and max_context > limit:
+        raise InputError(f"max_context={max_context} is beyond the model's max_position_embeddings ({limit}): positions "
+                         f"past it were never trained (and learned position tables have no row for them)")
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) and precision == "fp32" else dtype
     info = LMInfo(g["num_layers"], g["num_kv_heads"], g["head_dim"], int(max_context), g["vocab_size"],

@@ -68,7 +68,9 @@ def _prompt_ids(a, tokenizer) -> list[int]:
         except ValueError:
             raise InputError(f"--prompt-ids {a.prompt_ids!r}: expected integers separated by commas or spaces") from None
     if tokenizer is None:
-        raise InputError("--prompt needs a tokenizer: define `tokenizer` in the model file (or give --prompt-ids)")
+        raise InputError("--prompt needs a tokenizer: an .mlpackage has none (give --prompt-ids); a model file can "
+                         "define `tokenizer`" if a.target.endswith(".mlpackage") else
+                         "--prompt needs a tokenizer: define `tokenizer` in the model file (or give --prompt-ids)")
     return list(tokenizer.encode(a.prompt))
 
 
@@ -97,8 +99,17 @@ def cmd_generate(a) -> int:
 
     stats = GenerationStats()
 
+    new: list[int] = []
+    shown = [""]
+
     def stream(tok: int) -> None:
-        sys.stdout.write((tokenizer.decode([tok]) if tokenizer is not None else f"{tok} "))
+        new.append(tok)
+        if tokenizer is None:
+            sys.stdout.write(f"{tok} ")
+        else:  # decode the running text: one token at a time would lose SentencePiece's leading spaces
+            text = tokenizer.decode(new)
+            sys.stdout.write(text[len(shown[0]):])
+            shown[0] = text
         sys.stdout.flush()
 
     out = run_generate(ids, a.max_new_tokens, do_sample=a.do_sample, temperature=a.temperature, top_k=a.top_k,
@@ -119,7 +130,8 @@ def add_generate_parser(sub) -> None:
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-k", type=int, default=50, help="with --do-sample: keep the k most likely tokens (default 50, "
+                                                         "as Hugging Face; 0: all)")
     g.add_argument("--top-p", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument("--backend", default="numpy", choices=["auto", "numpy", "torch"],

@@ -339,6 +339,10 @@ def parse_shapes(specs: list[str]) -> dict[str, list[tuple[int, ...]]]:
         if name in out:
             raise InputError(f"--shape names input {name!r} twice")
         out[name] = shapes
+    short = [k for k, v in out.items() if len(v) < 2]
+    if short:
+        raise InputError(f"--shape {short[0]}=...: give two or more shapes (one function each); for one shape, make "
+                         f"the model file's example_inputs that shape")
     counts = {k: len(v) for k, v in out.items()}
     if len(set(counts.values())) > 1:
         raise InputError(f"every --shape must list the same number of shapes (one per function); got "

@@ -14,7 +14,9 @@ attention mask extended with 0 = "not attended"). Whether padding leaves the rea
 results unchanged is the model's property (a masked encoder: yes; an unmasked one: no), which is
 why nothing is paddable unless declared. Outputs are cropped back along every axis that follows a
 padded input axis: output axis ``d`` follows input axis ``(name, a)`` when, in every function, the
-output's size on ``d`` equals the input's size on ``a`` and those sizes are not all the same.
+output's size on ``d`` equals the input's size on ``a`` and those sizes are not all the same (when
+several input axes qualify with different sizes, the one of the same index decides: an image's
+height and width).
 """
 from __future__ import annotations
 
@@ -137,18 +139,42 @@ def _fits(fn: Function, shapes: Mapping[str, tuple], paddable: Mapping[str, Padd
     return pads
 
 
-def _crops(functions: list[Function], fn: Function, shapes: Mapping[str, tuple], pads) -> dict:
+def _follows(functions: list[Function], out: str, d: int) -> list[tuple[str, int]]:
+    """Input axes ``(name, a)`` output axis ``d`` follows: equal sizes in every function, not all
+    the same size."""
+    found = []
+    names = {n for f in functions for n in f.inputs}
+    for name in sorted(names):
+        rank = min(len(f.inputs.get(name, ())) for f in functions)
+        for a in range(rank):
+            sizes = [(f.outputs.get(out, ())[d:d + 1], f.inputs[name][a]) for f in functions]
+            if all(len(o) == 1 and o[0] == i for o, i in sizes) and len({i for _, i in sizes}) > 1:
+                found.append((name, a))
+    return found
+
+
+def _crops(functions: list[Function], fn: Function, shapes: Mapping[str, tuple], pads, where: str) -> dict:
+    """Slices per output back to the caller's sizes along every axis that follows a padded input
+    axis (:func:`_follows`; when several input axes qualify and disagree on the caller's size, the
+    one with the output axis's own index decides, else :class:`InputError`)."""
     crops = {}
     for out, oshape in fn.outputs.items():
         slices = [slice(None)] * len(oshape)
         for d in range(len(oshape)):
-            for name, widths in pads.items():
-                for a, (_, p) in enumerate(widths):
-                    if not p:
-                        continue
-                    sizes = [(f.outputs.get(out, ())[d:d + 1], f.inputs[name][a]) for f in functions]
-                    if all(len(o) == 1 and o[0] == i for o, i in sizes) and len({i for _, i in sizes}) > 1:
-                        slices[d] = slice(0, shapes[name][a])
+            axes = [(n, a) for n, a in _follows(functions, out, d) if n in shapes and a < len(shapes[n])]
+            if not any(n in pads and pads[n][a][1] for n, a in axes):
+                continue
+            sizes = {shapes[n][a] for n, a in axes}
+            if len(sizes) > 1:
+                same = [(n, a) for n, a in axes if a == d]
+                if len({shapes[n][a] for n, a in same}) != 1:
+                    raise InputError(f"{where}: output {out} axis {d} follows input axes "
+                                     + ", ".join(f"{n}[{a}]" for n, a in axes)
+                                     + f" whose sizes here differ ({sorted(sizes)}): cannot tell where to crop it")
+                sizes = {shapes[same[0][0]][same[0][1]]}
+            size = sizes.pop()
+            if size < oshape[d]:
+                slices[d] = slice(0, size)
         if any(s != slice(None) for s in slices):
             crops[out] = tuple(slices)
     return crops
@@ -159,7 +185,7 @@ def choose(functions: list[Function], shapes: Mapping[str, tuple], paddable: Map
     """The function for inputs of ``shapes`` (name -> shape): the first whose shapes equal them,
     else the one needing the fewest padded elements among those the inputs fit after padding on
     ``paddable`` axes. Raises :class:`InputError` listing every function's shapes and the paddable
-    axes when none fits."""
+    axes when none fits (or when an output's crop is ambiguous: :func:`_crops`)."""
     paddable = paddable or {}
     shapes = {k: tuple(int(d) for d in s) for k, s in shapes.items()}
     best = None
@@ -169,7 +195,7 @@ def choose(functions: list[Function], shapes: Mapping[str, tuple], paddable: Map
             continue
         if not pads:
             return Choice(fn.name, {}, {})
-        cost = sum(int(np.prod(fn.inputs[k])) for k in pads)
+        cost = sum(int(np.prod(fn.inputs[k])) - int(np.prod(shapes[k])) for k in pads)
         if best is None or cost < best[0]:
             best = (cost, fn, pads)
     if best is None:
@@ -181,7 +207,7 @@ def choose(functions: list[Function], shapes: Mapping[str, tuple], paddable: Map
         raise InputError(f"no function of {where} takes these inputs ({got}): functions {have}; paddable axes: {pad}. "
                          f"An input fits a function when every axis equals it, or is smaller on a paddable axis")
     _, fn, pads = best
-    return Choice(fn.name, pads, _crops(functions, fn, shapes, pads))
+    return Choice(fn.name, pads, _crops(functions, fn, shapes, pads, where))
 
 
 __all__ = ["METADATA_KEY", "Padding", "parse_paddable", "paddable_metadata", "Function", "Choice", "choose"]

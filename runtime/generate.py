@@ -6,6 +6,8 @@ longer prompts in chunks of the largest) and ``decode`` once per new token, writ
 Sampling follows Hugging Face ``generate``: greedy for ``do_sample=False``; else the logits are
 divided by ``temperature``, then ``top_k`` and ``top_p`` filter them (``TemperatureLogitsWarper``,
 ``TopKLogitsWarper``, ``TopPLogitsWarper``, in that order) and a token is drawn from the softmax.
+Defaults are HF's ``GenerationConfig`` ones: ``temperature=1.0``, ``top_k=50`` (0 or None: no
+top-k), ``top_p=1.0``.
 Runs on anything that maps named arrays to outputs and picks the function by input shape:
 :class:`tlc.runtime.LoadedModel` (Core ML on macOS, the MIL interpreter anywhere) and
 :class:`tlc.multifunction.MultiFunctionModel` (tlc's NumPy and torch-device executors).
@@ -68,13 +70,17 @@ def prefill_name(length: int) -> str:
 @dataclass
 class KVCache:
     """The host's cache buffers (``k``, ``v``: float32 ``LMInfo.cache_shape``) and how many slots
-    hold tokens (``length``); ``owner`` is the fingerprint of the package's :class:`LMInfo`."""
+    hold tokens (``length``: ``tokens`` are theirs); ``owner`` is the fingerprint of the package's
+    :class:`LMInfo`. ``pending``: the last token a :func:`generate` call produced, not yet run
+    through the model (no step was needed to return it); the next call on this cache feeds it
+    before its own tokens, so continuing a conversation loses nothing."""
 
     k: np.ndarray
     v: np.ndarray
     owner: str
     length: int = 0
     tokens: list = field(default_factory=list)
+    pending: list = field(default_factory=list)
 
     @classmethod
     def empty(cls, info: LMInfo) -> "KVCache":
@@ -160,7 +166,7 @@ def score(run: Callable[[dict], Mapping[str, np.ndarray]], info: LMInfo, tokens)
 
 
 def generate(run: Callable[[dict], Mapping[str, np.ndarray]], info: LMInfo, input_ids, max_new_tokens: int = 32, *,
-             do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             do_sample: bool = False, temperature: float = 1.0, top_k: int | None = 50, top_p: float | None = None,
              eos_token_id=None, stream: Callable[[int], None] | None = None, seed: int | None = None,
              cache: KVCache | None = None, stats: GenerationStats | None = None) -> np.ndarray:
     """Generate up to ``max_new_tokens`` after ``input_ids`` (``[n]`` or ``[1, n]`` ints); returns
@@ -168,7 +174,8 @@ def generate(run: Callable[[dict], Mapping[str, np.ndarray]], info: LMInfo, inpu
     function is picked by the shape of ``input_ids``). ``eos_token_id`` (default the model's; an
     int or a list) stops generation after it is produced; ``stream(token)`` is called for every
     new token; ``seed`` seeds sampling; ``cache`` continues from an earlier call's
-    :class:`KVCache` (it must come from this package); ``stats`` receives the timings.
+    :class:`KVCache` (it must come from this package; its pending last token is fed first, and the
+    result holds this call's ``input_ids`` and new tokens); ``stats`` receives the timings.
     Raises :class:`InputError` for an empty prompt, a token id outside the vocabulary, more tokens
     than ``max_context`` slots, or a cache of another package."""
     ids = [int(t) for t in np.asarray(input_ids).reshape(-1)]
@@ -179,7 +186,9 @@ def generate(run: Callable[[dict], Mapping[str, np.ndarray]], info: LMInfo, inpu
     elif cache.owner != info.fingerprint or cache.k.shape != info.cache_shape:
         raise InputError(f"generate: the cache comes from another package (cache shape {list(cache.k.shape)}, "
                          f"this package {list(info.cache_shape)}); make one with new_cache()")
-    _check_prompt(info, ids, cache.length, max_new_tokens)
+    fed = list(cache.pending) + ids  # the previous call's last token first (KVCache.pending)
+    _check_prompt(info, fed, cache.length, max_new_tokens)
+    cache.pending = []
     eos = info.eos_token_id if eos_token_id is None else (
         tuple(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else (int(eos_token_id),))
     rng = np.random.default_rng(seed)
@@ -201,8 +210,8 @@ def generate(run: Callable[[dict], Mapping[str, np.ndarray]], info: LMInfo, inpu
     t0 = time.perf_counter()
     biggest = max(info.prefill_lengths)
     pos = 0
-    while pos < len(ids):
-        chunk = ids[pos:pos + biggest]
+    while pos < len(fed):
+        chunk = fed[pos:pos + biggest]
         bucket = 1 if len(chunk) == 1 else min(n for n in info.prefill_lengths if n >= len(chunk))
         logits = step(chunk, bucket)
         pos += len(chunk)
@@ -216,6 +225,7 @@ def generate(run: Callable[[dict], Mapping[str, np.ndarray]], info: LMInfo, inpu
         if stream is not None:
             stream(tok)
         if tok in eos or k == max_new_tokens - 1:
+            cache.pending = [tok]
             break
         if k == 0:
             t0 = time.perf_counter()  # decode tokens/s counts the steps after the first token

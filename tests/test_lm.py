@@ -49,15 +49,16 @@ def test_greedy_tokens_match_hf_and_mixed_logits_stay_close(name, tmp_path):
     prompt = _prompt()
     ref = model.generate(prompt, max_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0,
                          min_new_tokens=NEW).numpy()
-    fp32 = tlc.build_lm(model, max_context=64, prefill_lengths=[8, 16], precision="fp32")
-    assert list(fp32.functions) == ["prefill_8", "prefill_16", "decode"] and fp32.default_function_name == "decode"
+    # one prefill bucket here (several, and chunked prompts: test_torch_executor_and_numpy_generate_the_same)
+    fp32 = tlc.build_lm(model, max_context=64, prefill_lengths=[16], precision="fp32")
+    assert list(fp32.functions) == ["prefill_16", "decode"] and fp32.default_function_name == "decode"
     m = load(fp32.save(tmp_path / "fp32.mlpackage"), backend="interpreter")
-    assert m.lm.max_context == 64 and m.lm.prefill_lengths == (8, 16)
+    assert m.lm.max_context == 64 and m.lm.prefill_lengths == (16,)
     got = m.generate(prompt.numpy(), NEW, eos_token_id=[])
     np.testing.assert_array_equal(got, ref)  # exactly HF's tokens
     assert m.last_function == "decode"
     # mixed: every prefill position and every decode step within 1e-2 of torch
-    mixed = load(tlc.build_lm(model, max_context=64, prefill_lengths=[8, 16]).save(tmp_path / "mixed.mlpackage"),
+    mixed = load(tlc.build_lm(model, max_context=64, prefill_lengths=[16]).save(tmp_path / "mixed.mlpackage"),
                  backend="interpreter")
     with torch.no_grad():
         want = model(torch.from_numpy(ref)).logits[0].numpy()
@@ -85,9 +86,15 @@ def test_torch_executor_and_numpy_generate_the_same(tmp_path):
     seen = []
     out = mf.generate(prompt, 16, backend="numpy", eos_token_id=int(ref[0, 15]), stream=seen.append)
     assert out[0, -1] == ref[0, 15] and seen == list(out[0, 13:]) and out.shape[1] <= 16
+    # continuing from a cache: the last token of a call is fed first by the next one (KVCache.pending)
     cache = mf.new_cache()
-    first = mf.generate(prompt[:, :7], 1, backend="numpy", cache=cache, eos_token_id=[])
-    assert cache.length == 7 and first.shape == (1, 8)
+    first = mf.generate(prompt[:, :7], 3, backend="numpy", cache=cache, eos_token_id=[])
+    assert cache.length == 9 and cache.pending == [int(first[0, -1])] and first.shape == (1, 10)
+    more = mf.generate(np.array([5]), 4, backend="numpy", cache=cache, eos_token_id=[])
+    whole = torch.cat([torch.from_numpy(first), torch.tensor([[5]])], 1)
+    want = model.generate(whole, max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0,
+                          min_new_tokens=4).numpy()
+    np.testing.assert_array_equal(more[0], want[0, 10:])
 
 
 def test_sampling_is_seeded_and_filtered():
@@ -113,6 +120,8 @@ def test_bad_generation_input(tmp_path):
     other = tlc.build_lm(model, max_context=32, prefill_lengths=[8], precision="fp32")
     with pytest.raises(InputError, match="the cache comes from another package"):
         mf.generate(_prompt(4), 2, backend="numpy", cache=other.new_cache())
+    with pytest.raises(InputError, match="beyond the model's max_position_embeddings"):
+        tlc.build_lm(model, max_context=4096)
     with pytest.raises(InputError, match="kv_cache must be one of"):
         tlc.build_lm(model, kv_cache="paged")
     with pytest.raises(InputError, match="prefill_lengths must be integers in 2..max_context"):

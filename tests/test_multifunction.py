@@ -209,3 +209,25 @@ def test_cli_shape_builds_one_package_per_shape(tmp_path):
     r = run_tlc("build", tmp_path / "m.py", "-o", bad, "--shape", "tokens=1x8,1x16")
     rc, text = r.returncode, r.stdout + r.stderr
     assert rc != 0 and "not a tensor input" in text and not bad.exists()
+
+
+def test_bucket_choice_pads_least_and_crops_height_and_width_apart():
+    """Pure bucket logic (tlc.runtime.buckets): the cost is the padded elements, not the function's
+    size; an image output's height and width follow the input's own height and width even when the
+    functions are square; --shape needs two shapes."""
+    from tlc.runtime.buckets import Function, choose, parse_paddable
+
+    fs = [Function("a", {"x": (1, 3, 224, 224)}, {"y": (1, 8, 224, 224)}),
+          Function("b", {"x": (1, 3, 384, 384)}, {"y": (1, 8, 384, 384)})]
+    pad = parse_paddable({"x": [2, 3]}, {"x": (1, 3, 224, 224)})
+    c = choose(fs, {"x": (1, 3, 224, 100)}, pad)
+    assert c.function == "a" and c.crops["y"][2:] == (slice(None), slice(0, 100))
+    c = choose(fs, {"x": (1, 3, 300, 100)}, pad)
+    assert c.function == "b" and c.crops["y"][2:] == (slice(0, 300), slice(0, 100))
+    fs = [Function("A", {"x": (1, 100), "y": (1, 1000)}), Function("B", {"x": (1, 10), "y": (1, 1010)})]
+    two = parse_paddable({"x": 1, "y": 1}, {"x": (1, 100), "y": (1, 1000)})
+    assert choose(fs, {"x": (1, 10), "y": (1, 1000)}, two).function == "B"  # pads 10 elements, not 90
+    from tlc.multifunction import parse_shapes
+
+    with pytest.raises(InputError, match="give two or more shapes"):
+        parse_shapes(["input_ids=1x128"])
