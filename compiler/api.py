@@ -394,9 +394,13 @@ class CompiledModel:
         if len(tensors) != len(self.graph.inputs):
             raise InputError(
                 f"expected {len(self.graph.inputs)} tensor inputs ({', '.join(self.input_names)}), got {len(tensors)}")
-        out = self.run(dict(zip(self.input_names, tensors)), backend=backend)
+        return self.as_model_output(self.run(dict(zip(self.input_names, tensors)), backend=backend), tensors)
+
+    def as_model_output(self, out: dict, inputs: list):
+        """``{output_name: ndarray}`` in the model's own output structure (pytree), as torch
+        tensors of the model's dtypes when any of ``inputs`` is a torch tensor."""
         vals = [out[n] for n in self.output_names]
-        if any(isinstance(x, torch.Tensor) for x in tensors):
+        if any(isinstance(x, torch.Tensor) for x in inputs):
             vals = [torch.from_numpy(np.array(v, order="C")).to(dt) for v, dt in zip(vals, self._out_dtypes)]
         try:
             return pytree.tree_unflatten(vals, self._out_spec)

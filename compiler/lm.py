@@ -53,6 +53,9 @@ class IOCache:
         self.new_v: list = [None] * n
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        """Keep ``key_states``/``value_states`` (``[1, kv_heads, T, head_dim]``) as layer
+        ``layer_idx``'s new entries; return ``(keys, values)`` ``[1, kv_heads, max_context + T,
+        head_dim]``: the cache slots, then them."""
         self.new_k[layer_idx], self.new_v[layer_idx] = key_states, value_states
         return (torch.cat([self.k_cache[layer_idx], key_states], dim=2),
                 torch.cat([self.v_cache[layer_idx], value_states], dim=2))

@@ -121,6 +121,7 @@ def cmd_generate(a) -> int:
 
 
 def add_generate_parser(sub) -> None:
+    """The ``tlc generate`` subcommand on ``sub`` (argparse subparsers)."""
     g = sub.add_parser("generate", help="generate tokens with an LM: a model.py (built in memory) or an LM .mlpackage",
                        description="Generate tokens. TARGET: a model.py defining `model` (a causal LM; optional "
                                    "`tokenizer`) or an .mlpackage built by `tlc build --task text-generation`.")

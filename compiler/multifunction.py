@@ -134,15 +134,18 @@ class MultiFunctionModel:
 
     input_names = property(lambda self: self.default.input_names, doc="input names (every function)")
     output_names = property(lambda self: self.default.output_names, doc="output names (every function)")
-    precision = property(lambda self: self.default.precision)
-    minimum_deployment_target = property(lambda self: self.default.minimum_deployment_target)
-    target = property(lambda self: self.default.target)
-    io_dtype = property(lambda self: self.default.io_dtype)
-    compress = property(lambda self: self.default.compress)
+    precision = property(lambda self: self.default.precision, doc="build option, the same in every function")
+    minimum_deployment_target = property(lambda self: self.default.minimum_deployment_target,
+                                         doc="build option, the same in every function")
+    target = property(lambda self: self.default.target, doc="build option, the same in every function")
+    io_dtype = property(lambda self: self.default.io_dtype, doc="build option, the same in every function")
+    compress = property(lambda self: self.default.compress, doc="build option, the same in every function")
     is_bundle = property(lambda self: False, doc="always False: a multifunction model is one .mlpackage")
 
     @property
     def timings(self) -> dict[str, float]:
+        """Seconds per build stage (:attr:`tlc.api.CompiledModel.timings` keys) summed over the
+        functions, and ``save`` (the whole multifunction save) once saved."""
         t: dict[str, float] = {}
         for cm in self.functions.values():
             for k, v in cm.timings.items():
@@ -163,6 +166,7 @@ class MultiFunctionModel:
                 for n, cm in self.functions.items()]
 
     def output_path(self, path) -> Path:
+        """Where :meth:`save` writes: ``path`` itself (always one ``.mlpackage``)."""
         return Path(path)
 
     def check_shippable(self) -> None:
@@ -304,11 +308,7 @@ class MultiFunctionModel:
             if key == cm._signature:
                 return cm(*args, backend=backend, **kwargs)
         tensors = [x for x in leaves if isinstance(x, (torch.Tensor, np.ndarray))]
-        out = self.run(dict(zip(self.input_names, tensors)), backend=backend)
-        vals = [out[n] for n in self.output_names]
-        if any(isinstance(x, torch.Tensor) for x in tensors):
-            vals = [torch.from_numpy(np.array(v, order="C")) for v in vals]
-        return vals[0] if len(vals) == 1 else tuple(vals)
+        return self.default.as_model_output(self.run(dict(zip(self.input_names, tensors)), backend=backend), tensors)
 
     def summary(self) -> str:
         """One line per function (shapes), then the default function's summary."""

@@ -104,6 +104,7 @@ class Choice:
 
     @property
     def padded(self) -> bool:
+        """Whether any input is padded for this call."""
         return bool(self.pads)
 
     def pad(self, feeds: Mapping[str, np.ndarray], paddable: Mapping[str, Padding]) -> dict[str, np.ndarray]:

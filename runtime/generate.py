@@ -45,13 +45,16 @@ class LMInfo:
 
     @property
     def cache_shape(self) -> tuple[int, ...]:
+        """``(num_layers, 1, num_kv_heads, max_context, head_dim)``: ``k_cache``/``v_cache``."""
         return (self.num_layers, 1, self.num_kv_heads, self.max_context, self.head_dim)
 
     def to_json(self) -> str:
+        """The JSON text stored under :data:`METADATA_KEY`."""
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "LMInfo":
+        """Inverse of :meth:`to_json`."""
         d = json.loads(text)
         d["prefill_lengths"] = tuple(d["prefill_lengths"])
         d["eos_token_id"] = tuple(d.get("eos_token_id") or ())
@@ -59,6 +62,7 @@ class LMInfo:
 
     @property
     def fingerprint(self) -> str:
+        """16 hex digits of SHA-256 over :meth:`to_json`: which package a :class:`KVCache` belongs to."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
 
@@ -84,6 +88,7 @@ class KVCache:
 
     @classmethod
     def empty(cls, info: LMInfo) -> "KVCache":
+        """Zeroed float32 buffers of ``info.cache_shape``, no tokens."""
         return cls(np.zeros(info.cache_shape, np.float32), np.zeros(info.cache_shape, np.float32), info.fingerprint)
 
 
@@ -98,10 +103,12 @@ class GenerationStats:
 
     @property
     def decode_tokens_per_s(self) -> float:
+        """Decode steps per second (the first new token comes from the prefill, not counted)."""
         return (self.new_tokens - 1) / self.decode_s if self.decode_s > 0 and self.new_tokens > 1 else float("nan")
 
     @property
     def prefill_tokens_per_s(self) -> float:
+        """Prompt tokens per second of prefill."""
         return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else float("nan")
 
 

@@ -12,6 +12,7 @@ import tlc
 import tlc.runtime
 from tlc.errors import InputError
 from tlc.runtime import MILInterpreter
+from tlc._coreml import weight_file_size
 from tlc.verify import psnr
 
 torch.manual_seed(0)
@@ -65,10 +66,6 @@ FLOOR = {"int8": 55.0, "palettize8": 55.0, "palettize6": 45.0, "int4": 30.0, "pa
          "w8a8": 38.0}  # W8A8 measured 45.9 (MiniLM-ish) .. 51.9 dB
 
 
-def _weights_bytes(pkg) -> int:
-    return sum(f.stat().st_size for f in (pkg / "Data" / "com.apple.CoreML" / "weights").rglob("*") if f.is_file())
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """model name -> (model, inputs, torch reference, uncompressed CompiledModel, its package)"""
@@ -103,7 +100,7 @@ def test_compressed_package_runs_in_the_interpreter(name, mode, built, tmp_path)
     readers = {v for n in plain.emit_graph.nodes if n.op in ("conv", "linear", "matmul") for v in n.inputs[1:2]}
     big = sum(n.attrs["val"].nbytes for n in plain.emit_graph.nodes
               if n.op == "const" and n.out in readers and n.attrs["val"].size >= 2048)
-    plain_b, comp_b = _weights_bytes(plain_pkg), _weights_bytes(pkg)
+    plain_b, comp_b = weight_file_size(plain_pkg), weight_file_size(pkg)
     print(f"{name} {mode}: PSNR {psnr(got, ref):.1f} dB, weights {comp_b / plain_b:.2f}x ({big} of {plain_b} bytes compressible)")
     assert big > plain_b / 3  # the test models are mostly compressible weights
     # the compressible part shrinks to bits/16 of its fp16 size, plus scales / look-up tables / blob headers
