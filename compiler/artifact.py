@@ -41,12 +41,14 @@ VERSION = 1
 SUFFIX = ".tlc"
 
 
-def check_package_io(path, g: Graph, function_name: str = "main", loaded=None) -> list[str]:
+def check_package_io(path, g: Graph, function_name: str = "main", loaded=None, states=()) -> list[str]:
     """Reload a saved package (coremltools' milproto loader, via :func:`tlc.runtime.load_program`;
     ``loaded``: its result, when the caller checks several functions of one package) and list every
     mismatch between function ``function_name``'s I/O and the IR graph's: input names,
     shapes and dtypes (bool inputs are int32 in a package, 0-d values ``[1]``); output names, shapes
-    and dtypes; and the :mod:`tlc.boundary` record of the 0-d and complex ones."""
+    and dtypes; and the :mod:`tlc.boundary` record of the 0-d and complex ones. ``states``
+    (:class:`tlc.state.StateBinding`): IR inputs the package holds as fp16 states of the same
+    shape, and IR outputs it writes into them instead of returning."""
     from coremltools.converters.mil.mil import types
 
     from tlc.runtime import load_program
@@ -59,16 +61,23 @@ def check_package_io(path, g: Graph, function_name: str = "main", loaded=None) -
     io_shape = lambda t: t.shape or (1,)  # noqa: E731  (0-d is [1] at the boundary: tlc.emit.SCALAR_IO_KEY)
     problems = []
     want_in = {v.name: v.type for v in g.inputs}
+    as_state = {b.state for b in states}
     for name, var in f.inputs.items():
         t = want_in.pop(name, None)
+        if name in as_state:
+            if not types.is_state(var.sym_type) or tuple(var.sym_type.wrapped_type().get_shape()) != tuple(t.shape):
+                problems.append(f"input {name}: package {var.sym_type} vs IR state fp16{list(t.shape)}")
+            continue
         dt = types.builtin_to_string(var.dtype)
         if t is None or tuple(var.shape) != io_shape(t) or dt != io_dtype(t):
             problems.append(f"input {name}: package {dt}{list(var.shape)} vs IR {t}")
     problems += [f"input {n} missing from package" for n in want_in]
+    written = {b.output for b in states}
+    kept = [(n, v) for n, v in zip(g.output_names, g.outputs) if n not in written]
     got_out = [o.name for o in f.outputs]
-    if got_out != list(g.output_names):
-        problems.append(f"outputs {got_out} vs IR {list(g.output_names)}")
-    for o, v in zip(f.outputs, g.outputs):
+    if got_out != [n for n, _ in kept]:
+        problems.append(f"outputs {got_out} vs IR {[n for n, _ in kept]}")
+    for o, (_, v) in zip(f.outputs, kept):
         dt = types.builtin_to_string(o.dtype)
         if tuple(o.shape) != io_shape(v.type) or dt != io_dtype(v.type):
             problems.append(f"output {o.name}: package {dt}{list(o.shape)} vs IR {v.type}")

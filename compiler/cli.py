@@ -213,7 +213,7 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 
         lm = LMInfo.from_json(info["metadata"]["tlc.lm"])
         print(f"  lm      text generation: max_context {lm.max_context}, prefill {list(lm.prefill_lengths)} + decode, "
-              f"cache {lm.kv_cache} float32{list(lm.cache_shape)}, vocab {lm.vocab_size} (tlc generate PKG --prompt-ids ...)")
+              f"cache {lm.kv_cache} {'float16' if lm.kv_cache == 'state' else 'float32'}{list(lm.cache_shape)}, vocab {lm.vocab_size} (tlc generate PKG --prompt-ids ...)")
     if info["short_description"]:
         print(f"  about   {info['short_description']}")
     for k, v in sorted(info["metadata"].items()):

@@ -249,6 +249,30 @@ def run_mil_passes(prog, minimum_deployment_target) -> None:
         raise EmitError(f"coremltools rejects tlc's MIL program: {e}") from e
 
 
+def serialize(prog, minimum_deployment_target):
+    """A MIL ``Program`` (passes already run) -> ``ct.models.MLModel`` backed by a temporary
+    package: coremltools' milproto backend (``backend.mil.load.load``: spec + weight blob file),
+    then ``models.utils._create_mlpackage``. Raises :class:`EmitError` with the tail of
+    coremltools' log when serialization fails."""
+    ct = _ct()
+    from coremltools.converters.mil.backend.mil.load import load as milproto_export
+    from coremltools.models.utils import _create_mlpackage
+
+    opset = resolve_target(minimum_deployment_target)
+    log = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
+                tempfile.TemporaryDirectory(prefix="tlc-weights-") as weights:
+            warnings.simplefilter("ignore")
+            proto = milproto_export(prog, weights_dir=weights, specification_version=opset.value,
+                                    convert_from="milinternal", convert_to="mlprogram")
+            package = _create_mlpackage(proto, weights)
+            return ct.models.MLModel(package, is_temp_package=True, mil_program=prog, skip_model_load=True)
+    except Exception as e:
+        tail = "\n".join(log.getvalue().strip().splitlines()[-5:])
+        raise EmitError(f"coremltools could not serialize the MIL program: {type(e).__name__}: {e}", context=tail) from e
+
+
 def convert(g: Graph, precision: str = "mixed", minimum_deployment_target="iOS17", metadata: dict | None = None):
     """IR graph (already typed by the precision passes) -> ``ct.models.MLModel`` (mlprogram, not
     loaded, backed by a temporary package). Returns ``(mlmodel, EmitInfo)``. ``precision`` is
@@ -266,9 +290,7 @@ def convert(g: Graph, precision: str = "mixed", minimum_deployment_target="iOS17
     if precision not in PRECISIONS:
         raise EmitError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     from coremltools.converters._converters_entry import _record_build_metadata
-    from coremltools.converters.mil.backend.mil.load import load as milproto_export
     from coremltools.converters.mil.converter import _reset_conversion_state
-    from coremltools.models.utils import _create_mlpackage
 
     t0 = time.perf_counter()
     prog = to_mil_program(g, minimum_deployment_target)
@@ -279,18 +301,7 @@ def convert(g: Graph, precision: str = "mixed", minimum_deployment_target="iOS17
     finally:
         _reset_conversion_state()
     t2 = time.perf_counter()
-    log = io.StringIO()
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
-                tempfile.TemporaryDirectory(prefix="tlc-weights-") as weights:
-            warnings.simplefilter("ignore")
-            proto = milproto_export(prog, weights_dir=weights, specification_version=opset.value,
-                                    convert_from="milinternal", convert_to="mlprogram")
-            package = _create_mlpackage(proto, weights)
-            mlmodel = ct.models.MLModel(package, is_temp_package=True, mil_program=prog, skip_model_load=True)
-    except Exception as e:
-        tail = "\n".join(log.getvalue().strip().splitlines()[-5:])
-        raise EmitError(f"coremltools could not serialize the MIL program: {type(e).__name__}: {e}", context=tail) from e
+    mlmodel = serialize(prog, opset)
     _record_build_metadata(mlmodel, "milinternal")
     t3 = time.perf_counter()
     md = {"tlc.version": __version__, "tlc.precision": precision,

@@ -38,7 +38,17 @@ from .errors import InputError
 #: Engine rules, apple/coreai-models neural_engine_rules.md: "-40000 instead of -inf")
 MASK_VALUE = -40000.0
 
-KV_CACHE = ("io",)
+#: ``io``: the cache is functional I/O (the Neural Engine form); ``state``: iOS18 ``MLState``
+#: buffers the program updates itself (:mod:`tlc.state`; the form for Core ML's GPU)
+KV_CACHE = ("io", "state")
+
+
+def state_bindings() -> tuple:
+    """The :class:`tlc.state.StateBinding` of ``kv_cache="state"``: ``k_cache``/``v_cache`` become
+    states; ``k_new``/``v_new`` are written into them along the slot axis (3) at ``position``."""
+    from .state import StateBinding
+
+    return tuple(StateBinding(f"{c}_cache", f"{c}_new", 3, "position") for c in "kv")
 
 
 class IOCache:
@@ -181,8 +191,12 @@ def build_lm(model: torch.nn.Module, *, max_context: int = 256, prefill_lengths=
 
     ``max_context``: cache slots (prompt + generated tokens, at most); ``prefill_lengths``: one
     ``prefill_L`` function per length (a prompt runs in the smallest that holds it, padded; longer
-    prompts are fed in chunks of the largest); ``kv_cache``: ``"io"`` (``"state"``, MLState
-    buffers, is not built yet); ``precision``/``compress``/``target`` as :func:`tlc.build`
+    prompts are fed in chunks of the largest); ``kv_cache``: ``"io"`` (default; the cache is
+    functional I/O, as Apple's Neural Engine rules ask) or ``"state"`` (iOS18 ``MLState`` fp16
+    buffers the functions update in the graph with ``slice_update`` + ``coreml_update_state``:
+    :mod:`tlc.state`; the form for Core ML's GPU; the IR and tlc's executors are the same in both
+    forms, only the saved package differs, and ``save(path, kv_cache=...)`` writes either form of
+    one build); ``precision``/``compress``/``target`` as :func:`tlc.build`
     (``compress`` leaves embeddings, and an LM head tied to them, dense: :mod:`tlc.compress`
     compresses only weights every reader of which is a matmul/linear/conv).
     Raises :class:`InputError` for a bad length, ``kv_cache`` or model.
@@ -190,8 +204,7 @@ def build_lm(model: torch.nn.Module, *, max_context: int = 256, prefill_lengths=
     from .api import build
 
     if kv_cache not in KV_CACHE:
-        raise InputError(f"kv_cache must be one of {KV_CACHE}, got {kv_cache!r} (kv_cache='state', MLState buffers, "
-                         f"is not built yet)")
+        raise InputError(f"kv_cache must be one of {KV_CACHE}, got {kv_cache!r}")
     lengths = sorted({int(x) for x in prefill_lengths})
     if not lengths or lengths[0] < 2 or lengths[-1] > max_context:
         raise InputError(f"prefill_lengths must be integers in 2..max_context ({max_context}); got {list(prefill_lengths)}")
@@ -212,8 +225,9 @@ def build_lm(model: torch.nn.Module, *, max_context: int = 256, prefill_lengths=
                progress=progress)
     mf.lm = info
     mf.metadata[METADATA_KEY] = info.to_json()
+    mf.states = state_bindings() if kv_cache == "state" else ()
     return mf
 
 
 
-__all__ = ["MASK_VALUE", "IOCache", "LMStep", "lm_geometry", "example_steps", "build_lm"]
+__all__ = ["MASK_VALUE", "KV_CACHE", "IOCache", "LMStep", "lm_geometry", "example_steps", "build_lm", "state_bindings"]

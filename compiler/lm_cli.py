@@ -15,10 +15,13 @@ from pathlib import Path
 
 
 def add_lm_options(p: argparse.ArgumentParser) -> None:
-    """``--max-context`` and ``--prefill-lengths`` (build_lm's options)."""
+    """``--max-context``, ``--prefill-lengths`` and ``--kv-cache`` (build_lm's options)."""
     p.add_argument("--max-context", type=int, default=256, help="KV-cache slots: prompt + new tokens (default 256)")
     p.add_argument("--prefill-lengths", default="32", metavar="L,L,...",
                    help="one prefill function per length (default 32); longer prompts run in chunks of the largest")
+    p.add_argument("--kv-cache", choices=("io", "state"), default="io",
+                   help="io (default): the cache is functional I/O, the Neural Engine form; state: iOS18 MLState "
+                        "buffers updated in the graph, the form for Core ML's GPU")
 
 
 def _lm_build(a, spec):
@@ -33,7 +36,8 @@ def _lm_build(a, spec):
     for k in ("precision", "minimum_deployment_target", "compress"):
         if getattr(a, k, None):
             opts[k] = getattr(a, k)
-    return build_lm(spec.model, max_context=a.max_context, prefill_lengths=lengths, progress=True, **opts)
+    return build_lm(spec.model, max_context=a.max_context, prefill_lengths=lengths, kv_cache=a.kv_cache, progress=True,
+                    **opts)
 
 
 def build_text_generation(a) -> int:
@@ -51,8 +55,12 @@ def build_text_generation(a) -> int:
     print(f"built {path}  (text generation, {mf.precision}, {mf.minimum_deployment_target}"
           + (f", weights {mf.compress}" if mf.compress else "") + f") from {spec.path}")
     print(f"  functions {', '.join(mf.functions)} (default decode)")
-    print(f"  cache   k_cache/v_cache float32{list(info.cache_shape)}: functional I/O, the host writes k_new/v_new "
-          f"at `position` (max_context {info.max_context})")
+    if info.kv_cache == "state":
+        print(f"  cache   k_cache/v_cache MLState float16{list(info.cache_shape)}: updated in the graph at `position` "
+              f"(max_context {info.max_context}; for Core ML's GPU: the Neural Engine wants --kv-cache io)")
+    else:
+        print(f"  cache   k_cache/v_cache float32{list(info.cache_shape)}: functional I/O, the host writes k_new/v_new "
+              f"at `position` (max_context {info.max_context})")
     print(f"  size    {_human(package_size(path))}  (weights stored once: {_human(mf.sizes['weights'])}; one "
           f"function alone {_human(mf.sizes['single_function'])})")
     print(f"  time    {time.perf_counter() - t0:.2f} s")

@@ -18,6 +18,7 @@ the function is chosen by input shape, padding along the axes declared ``paddabl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import tempfile
@@ -126,6 +127,7 @@ class MultiFunctionModel:
         self._save_s = None
         self.metadata: dict[str, str] = {}  # more package metadata (tlc.build_lm: tlc.lm)
         self.lm = None  # tlc.runtime.generate.LMInfo for tlc.build_lm packages
+        self.states: tuple = ()  # tlc.state.StateBinding: inputs saved as MLState buffers (kv_cache="state")
 
     @property
     def default(self):
@@ -180,20 +182,25 @@ class MultiFunctionModel:
                                  f"({listed or 'target ' + cm.target}); a multifunction package holds Core ML "
                                  f"functions only: build each shape separately to get bundles")
 
-    def save(self, path: str | os.PathLike, force: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, force: bool = False, kv_cache: str | None = None) -> Path:
         """Write one multifunction ``.mlpackage`` at ``path`` (temp path + rename): each function
-        emitted (and compressed) as for a single-function build, saved to a scratch directory and
-        checked against its IR, then merged with coremltools' ``save_multifunction`` (which shares
+        emitted (and compressed) as for a single-function build, made stateful when :attr:`states`
+        says so (:func:`tlc.state.stateful_mlmodel`), saved to a scratch directory and checked
+        against its IR, then merged with coremltools' ``save_multifunction`` (which shares
         identical weights); tlc's metadata (which ``save_multifunction`` drops) is written back and
         every function's I/O is checked again in the merged package. Fills :attr:`sizes`.
-        Raises :class:`~tlc.errors.OutputExistsError`, :class:`InputError` (a function needs the
-        fallback runtime), :class:`EmitError`."""
+        ``kv_cache`` (``tlc.build_lm`` models): ``"io"`` or ``"state"`` saves that form of the same
+        build (default: the form it was built for), so one build gives both the Neural Engine and
+        the GPU package. Raises :class:`~tlc.errors.OutputExistsError`, :class:`InputError` (a
+        function needs the fallback runtime; ``kv_cache`` on a model that is not an LM build),
+        :class:`EmitError`."""
         from ._coreml import weight_file_size as _sizes
         from .artifact import atomic_dir, check_output_path, check_package_io, write_package
 
         t0 = time.perf_counter()
         path = check_output_path(path, force)
         self.check_shippable()
+        states, metadata = self._form(kv_cache)
         progress = any(cm.progress for cm in self.functions.values())
         sizes = {}
 
@@ -209,7 +216,12 @@ class MultiFunctionModel:
                         print(f"  ... emitting function {name} ({k + 1} of {len(self.functions)})", file=sys.stderr,
                               flush=True)
                     p = Path(scratch) / f"{name}.mlpackage"
-                    write_package(cm.mlmodel, p, lambda pkg, g=cm.emit_graph: check_package_io(pkg, g))
+                    mlm = cm.mlmodel
+                    if states:
+                        from .state import stateful_mlmodel
+
+                        mlm = stateful_mlmodel(mlm, states, self.minimum_deployment_target)
+                    write_package(mlm, p, lambda pkg, g=cm.emit_graph: check_package_io(pkg, g, states=states))
                     parts[name] = p
                 single = {n: _sizes(p) for n, p in parts.items()}
                 desc = ct.utils.MultiFunctionDescriptor()
@@ -224,12 +236,12 @@ class MultiFunctionModel:
                 except Exception as e:
                     raise EmitError(f"coremltools could not merge the functions ({', '.join(parts)}) into one "
                                     f"package: {type(e).__name__}: {e}") from e
-            self._write_metadata(staged)
+            self._write_metadata(staged, metadata)
             from tlc.runtime import load_program
 
             loaded = load_program(staged)
             problems = [f"{n}: {p}" for n, cm in self.functions.items()
-                        for p in check_package_io(staged, cm.emit_graph, function_name=n, loaded=loaded)]
+                        for p in check_package_io(staged, cm.emit_graph, function_name=n, loaded=loaded, states=states)]
             if problems:
                 raise EmitError(f"multifunction package {path.name} does not match the IR: " + "; ".join(problems))
             sizes.update(weights=_sizes(staged), single_function=max(single.values()), functions=sum(single.values()))
@@ -239,7 +251,21 @@ class MultiFunctionModel:
         self._save_s = time.perf_counter() - t0
         return out
 
-    def _write_metadata(self, pkg: Path) -> None:
+    def _form(self, kv_cache: str | None):
+        """``(states, metadata)`` of the package :meth:`save` writes for ``kv_cache``."""
+        if kv_cache is None:
+            return self.states, self.metadata
+        if self.lm is None:
+            raise InputError("save(kv_cache=...) is for models built by tlc.build_lm")
+        from .lm import KV_CACHE, state_bindings
+        from tlc.runtime.generate import METADATA_KEY
+
+        if kv_cache not in KV_CACHE:
+            raise InputError(f"kv_cache must be one of {KV_CACHE}, got {kv_cache!r}")
+        info = dataclasses.replace(self.lm, kv_cache=kv_cache)
+        return (state_bindings() if kv_cache == "state" else ()), {**self.metadata, METADATA_KEY: info.to_json()}
+
+    def _write_metadata(self, pkg: Path, metadata: dict | None = None) -> None:
         """Copy the default function's metadata (tlc's keys, coremltools' build info, description)
         into the merged spec, adding ``tlc.functions`` and the paddable axes."""
         from tlc.runtime import buckets
@@ -253,7 +279,7 @@ class MultiFunctionModel:
         md = spec.description.metadata
         md.CopyFrom(self.default.mlmodel.get_spec().description.metadata)
         md.userDefined["tlc.functions"] = ",".join(self.functions)
-        for k, v in self.metadata.items():
+        for k, v in (self.metadata if metadata is None else metadata).items():
             md.userDefined[k] = v
         if self.paddable:
             md.userDefined[buckets.METADATA_KEY] = buckets.paddable_metadata(self.paddable)

@@ -166,10 +166,13 @@ class LoadedModel:
         return LMInfo.from_json(text) if text else None
 
     def new_cache(self):
-        """An empty :class:`tlc.runtime.generate.KVCache` for :meth:`generate` (``cache=``)."""
+        """An empty :class:`tlc.runtime.generate.KVCache` for :meth:`generate` (``cache=``): host
+        buffers for a ``kv_cache="io"`` package, the package's own state (:meth:`make_state`) for a
+        ``kv_cache="state"`` one."""
         from .generate import KVCache
 
-        return KVCache.empty(self._lm_info())
+        info = self._lm_info()
+        return KVCache.of_state(info, self.make_state()) if info.kv_cache == "state" else KVCache.empty(info)
 
     def _lm_info(self):
         info = self.lm
@@ -186,6 +189,8 @@ class LoadedModel:
         :class:`~tlc.errors.InputError` for a package that is not an LM build or bad input."""
         from .generate import generate
 
+        if kwargs.get("cache") is None:
+            kwargs["cache"] = self.new_cache()
         return generate(self, self._lm_info(), input_ids, max_new_tokens, **kwargs)
 
     def __repr__(self) -> str:

@@ -1,7 +1,9 @@
-"""Token generation over an LM package built by ``tlc.build_lm`` (``kv_cache="io"``): the host owns
-the KV cache buffers, runs ``prefill_L`` on the prompt (the smallest bucket that holds it, padded;
-longer prompts in chunks of the largest) and ``decode`` once per new token, writing each function's
-``k_new``/``v_new`` into the buffers at ``position``.
+"""Token generation over an LM package built by ``tlc.build_lm``: ``prefill_L`` runs on the prompt
+(the smallest bucket that holds it, padded; longer prompts in chunks of the largest; a bucket is
+used only when it fits in the cache slots left, else the tail goes through ``decode`` one token at a
+time) and ``decode`` once per new token. With ``kv_cache="io"`` the host owns the cache buffers and
+writes each function's ``k_new``/``v_new`` into them at ``position``; with ``kv_cache="state"`` the
+cache is the package's ``MLState`` (``make_state()``), which the functions update themselves.
 
 Sampling follows Hugging Face ``generate``: greedy for ``do_sample=False``; else the logits are
 divided by ``temperature``, then ``top_k`` and ``top_p`` filter them (``TemperatureLogitsWarper``,
@@ -73,23 +75,55 @@ def prefill_name(length: int) -> str:
 
 @dataclass
 class KVCache:
-    """The host's cache buffers (``k``, ``v``: float32 ``LMInfo.cache_shape``) and how many slots
+    """The host's cache buffers (``k``, ``v``: float32 ``LMInfo.cache_shape``; None for a stateful
+    package, whose cache is ``state``: what its ``make_state()`` returned) and how many slots
     hold tokens (``length``: ``tokens`` are theirs); ``owner`` is the fingerprint of the package's
     :class:`LMInfo`. ``pending``: the last token a :func:`generate` call produced, not yet run
     through the model (no step was needed to return it); the next call on this cache feeds it
     before its own tokens, so continuing a conversation loses nothing."""
 
-    k: np.ndarray
-    v: np.ndarray
+    k: np.ndarray | None
+    v: np.ndarray | None
     owner: str
     length: int = 0
     tokens: list = field(default_factory=list)
     pending: list = field(default_factory=list)
+    state: object = None
 
     @classmethod
     def empty(cls, info: LMInfo) -> "KVCache":
         """Zeroed float32 buffers of ``info.cache_shape``, no tokens."""
         return cls(np.zeros(info.cache_shape, np.float32), np.zeros(info.cache_shape, np.float32), info.fingerprint)
+
+    @classmethod
+    def of_state(cls, info: LMInfo, state) -> "KVCache":
+        """A cache held in a stateful package's ``state`` (fresh from its ``make_state()``)."""
+        return cls(None, None, info.fingerprint, state=state)
+
+
+def _step(run, info: LMInfo, cache: KVCache, tokens: list[int], bucket: int) -> np.ndarray:
+    """Run ``tokens`` (padded to ``bucket``, which fits in the slots left) at ``cache.length``;
+    the cache takes their entries. Returns the logits ``[bucket, vocab]``."""
+    feed = np.zeros((1, bucket), np.int32)
+    feed[0, :len(tokens)] = tokens
+    feeds = {"input_ids": feed, "position": np.array([cache.length], np.int32)}
+    if cache.state is not None:  # the package writes its MLState itself
+        out = run(feeds, state=cache.state)
+    else:
+        out = run({**feeds, "k_cache": cache.k, "v_cache": cache.v})
+        n, at = len(tokens), cache.length
+        cache.k[:, :, :, at:at + n] = out["k_new"][:, :, :, :n]
+        cache.v[:, :, :, at:at + n] = out["v_new"][:, :, :, :n]
+    cache.length += len(tokens)
+    cache.tokens += list(tokens)
+    return np.asarray(out["logits"])[0]
+
+
+def _check_cache(info: LMInfo, cache: KVCache) -> None:
+    if cache.owner != info.fingerprint or (cache.state is None and cache.k.shape != info.cache_shape):
+        shape = list(cache.k.shape) if cache.k is not None else "a state"
+        raise InputError(f"generate: the cache comes from another package (cache {shape}, this package "
+                         f"{list(info.cache_shape)}, kv_cache={info.kv_cache!r}); make one with new_cache()")
 
 
 @dataclass
@@ -153,32 +187,27 @@ def _check_prompt(info: LMInfo, ids: Sequence[int], start: int, max_new_tokens: 
                          f"slots; the package holds max_context={info.max_context} (build_lm(max_context=...))")
 
 
-def score(run: Callable[[dict], Mapping[str, np.ndarray]], info: LMInfo, tokens) -> np.ndarray:
-    """Teacher-forced logits ``[n, vocab]`` of a token sequence: the first token through a prefill
-    (or decode) step, then every later token through ``decode`` — exactly the steps
-    :func:`generate` runs, fed given tokens instead of chosen ones. Row i predicts token i + 1.
-    Raises :class:`InputError` as :func:`generate` does."""
+def score(run: Callable[..., Mapping[str, np.ndarray]], info: LMInfo, tokens, cache: KVCache | None = None
+          ) -> np.ndarray:
+    """Teacher-forced logits ``[n, vocab]`` of a token sequence, every token through ``decode``
+    (the steps :func:`generate` takes after the prompt, fed given tokens instead of chosen ones).
+    Row i predicts token i + 1. ``cache``: an empty one from the package's ``new_cache()``
+    (needed for a stateful package). Raises :class:`InputError` as :func:`generate` does."""
     ids = [int(t) for t in np.asarray(tokens).reshape(-1)]
     _check_prompt(info, ids, 0, 0)
-    cache = KVCache.empty(info)
-    rows = []
-    for t in ids:
-        out = run({"input_ids": np.array([[t]], np.int32), "position": np.array([cache.length], np.int32),
-                   "k_cache": cache.k, "v_cache": cache.v})
-        cache.k[:, :, :, cache.length] = out["k_new"][:, :, :, 0]
-        cache.v[:, :, :, cache.length] = out["v_new"][:, :, :, 0]
-        cache.length += 1
-        rows.append(np.asarray(out["logits"])[0, 0])
-    return np.stack(rows)
+    cache = KVCache.empty(info) if cache is None else cache
+    _check_cache(info, cache)
+    return np.stack([_step(run, info, cache, [t], 1)[0] for t in ids])
 
 
-def generate(run: Callable[[dict], Mapping[str, np.ndarray]], info: LMInfo, input_ids, max_new_tokens: int = 32, *,
+def generate(run: Callable[..., Mapping[str, np.ndarray]], info: LMInfo, input_ids, max_new_tokens: int = 32, *,
              do_sample: bool = False, temperature: float = 1.0, top_k: int | None = 50, top_p: float | None = None,
              eos_token_id=None, stream: Callable[[int], None] | None = None, seed: int | None = None,
              cache: KVCache | None = None, stats: GenerationStats | None = None) -> np.ndarray:
     """Generate up to ``max_new_tokens`` after ``input_ids`` (``[n]`` or ``[1, n]`` ints); returns
     ``[1, n + generated]`` int64 like HF ``generate``. ``run(feeds)`` runs the package (the
-    function is picked by the shape of ``input_ids``). ``eos_token_id`` (default the model's; an
+    function is picked by the shape of ``input_ids``; ``run(feeds, state=...)`` for a cache held
+    in a package's state). ``eos_token_id`` (default the model's; an
     int or a list) stops generation after it is produced; ``stream(token)`` is called for every
     new token; ``seed`` seeds sampling; ``cache`` continues from an earlier call's
     :class:`KVCache` (it must come from this package; its pending last token is fed first, and the
@@ -188,11 +217,8 @@ def generate(run: Callable[[dict], Mapping[str, np.ndarray]], info: LMInfo, inpu
     ids = [int(t) for t in np.asarray(input_ids).reshape(-1)]
     if max_new_tokens < 0:
         raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if cache is None:
-        cache = KVCache.empty(info)
-    elif cache.owner != info.fingerprint or cache.k.shape != info.cache_shape:
-        raise InputError(f"generate: the cache comes from another package (cache shape {list(cache.k.shape)}, "
-                         f"this package {list(info.cache_shape)}); make one with new_cache()")
+    cache = KVCache.empty(info) if cache is None else cache
+    _check_cache(info, cache)
     fed = list(cache.pending) + ids  # the previous call's last token first (KVCache.pending)
     _check_prompt(info, fed, cache.length, max_new_tokens)
     cache.pending = []
@@ -202,26 +228,16 @@ def generate(run: Callable[[dict], Mapping[str, np.ndarray]], info: LMInfo, inpu
     stats = stats if stats is not None else GenerationStats()
     stats.prompt_tokens, stats.new_tokens = len(ids), 0
 
-    def step(tokens: list[int], bucket: int) -> np.ndarray:
-        feed = np.zeros((1, bucket), np.int32)
-        feed[0, :len(tokens)] = tokens
-        out = run({"input_ids": feed, "position": np.array([cache.length], np.int32), "k_cache": cache.k,
-                   "v_cache": cache.v})
-        n = min(len(tokens), info.max_context - cache.length)
-        cache.k[:, :, :, cache.length:cache.length + n] = out["k_new"][:, :, :, :n]
-        cache.v[:, :, :, cache.length:cache.length + n] = out["v_new"][:, :, :, :n]
-        cache.length += n
-        cache.tokens += tokens[:n]
-        return np.asarray(out["logits"])[0, len(tokens) - 1]
-
     t0 = time.perf_counter()
-    biggest = max(info.prefill_lengths)
     pos = 0
     while pos < len(fed):
-        chunk = fed[pos:pos + biggest]
-        bucket = 1 if len(chunk) == 1 else min(n for n in info.prefill_lengths if n >= len(chunk))
-        logits = step(chunk, bucket)
-        pos += len(chunk)
+        rest = len(fed) - pos
+        # a padded bucket must fit in the slots left (a stateful package writes all of it)
+        usable = [n for n in info.prefill_lengths if n <= info.max_context - cache.length]
+        take = 1 if rest == 1 or not usable else min(rest, max(usable))
+        bucket = 1 if take == 1 else min(n for n in usable if n >= take)
+        logits = _step(run, info, cache, fed[pos:pos + take], bucket)[take - 1]
+        pos += take
     stats.prefill_s = time.perf_counter() - t0
     out = list(ids)
     t0 = time.perf_counter()
@@ -236,7 +252,7 @@ def generate(run: Callable[[dict], Mapping[str, np.ndarray]], info: LMInfo, inpu
             break
         if k == 0:
             t0 = time.perf_counter()  # decode tokens/s counts the steps after the first token
-        logits = step([tok], 1)
+        logits = _step(run, info, cache, [tok], 1)[0]
     stats.decode_s = time.perf_counter() - t0 if stats.new_tokens > 1 else 0.0
     return np.asarray(out, np.int64)[None]
 

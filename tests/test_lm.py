@@ -3,7 +3,7 @@
 Small random-weight configs of Llama, Qwen2, Qwen3, Gemma, Gemma2 (alternating sliding/global
 layers), Phi-3, Mistral (sliding window 8, shorter than the 43 tokens generated over) and GPT-2:
 greedy ``generate`` of 32 tokens from the fp32 package in the MIL interpreter gives exactly HF
-``model.generate(do_sample=False)``'s tokens; the mixed package's logits stay within rel-L2 1e-2 of
+``model.generate(do_sample=False)``'s tokens, in both ``kv_cache`` forms (I/O and MLState); the mixed package's logits stay within rel-L2 1e-2 of
 torch at every prefill position and every decode step; bad input fails clearly."""
 from __future__ import annotations
 
@@ -57,6 +57,11 @@ def test_greedy_tokens_match_hf_and_mixed_logits_stay_close(name, tmp_path):
     got = m.generate(prompt.numpy(), NEW, eos_token_id=[])
     np.testing.assert_array_equal(got, ref)  # exactly HF's tokens
     assert m.last_function == "decode"
+    # the same build as MLState buffers updated in the graph (fp16: Core ML's only state type)
+    st = load(fp32.save(tmp_path / "state.mlpackage", kv_cache="state"), backend="interpreter")
+    assert st.lm.kv_cache == "state" and [n for n, *_ in st.inputs] == ["input_ids", "position"]
+    assert st.outputs == ["logits"] and set(st.make_state()) == {"k_cache", "v_cache"}
+    np.testing.assert_array_equal(st.generate(prompt.numpy(), NEW, eos_token_id=[]), ref)
     # mixed: every prefill position and every decode step within 1e-2 of torch
     mixed = load(tlc.build_lm(model, max_context=64, prefill_lengths=[16]).save(tmp_path / "mixed.mlpackage"),
                  backend="interpreter")
@@ -95,6 +100,40 @@ def test_torch_executor_and_numpy_generate_the_same(tmp_path):
     want = model.generate(whole, max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0,
                           min_new_tokens=4).numpy()
     np.testing.assert_array_equal(more[0], want[0, 10:])
+
+
+def test_state_package_computes_what_the_io_package_does(tmp_path, capsys):
+    """kv_cache="state": the mixed package's logits are bit-identical to the io package's at every
+    step (the io package casts its cache to fp16 anyway); a padded prefill that would run past the
+    last slot is not used (the tail goes through decode), so nothing is written out of range."""
+    model = _model("qwen2")
+    mf = tlc.build_lm(model, max_context=24, prefill_lengths=[8], kv_cache="state")
+    assert mf.lm.kv_cache == "state"
+    st = load(mf.save(tmp_path / "state.mlpackage"), backend="interpreter")
+    io = load(mf.save(tmp_path / "io.mlpackage", kv_cache="io"), backend="interpreter")
+    assert io.lm.kv_cache == "io" and st.lm.kv_cache == "state"
+    ids = _prompt(20)[0].numpy()
+    np.testing.assert_array_equal(score(st, st.lm, ids, cache=st.new_cache()), score(io, io.lm, ids))
+    # 19 cached slots + a 3-token prompt: prefill_8 would write slots 19..26 of 24, so decode runs them
+    cache = st.new_cache()
+    st.generate(ids[:19], 1, cache=cache, eos_token_id=[])
+    assert cache.length == 19 and cache.pending
+    out = st.generate(np.array([3, 4]), 2, cache=cache, eos_token_id=[])
+    assert cache.length == 23 and st.last_function == "decode" and out.shape == (1, 4)
+    whole = np.concatenate([ids[:19], [cache.tokens[19]], [3, 4]])
+    with torch.no_grad():
+        want = model(torch.from_numpy(whole)[None].long()).logits[0, -1].numpy()
+    assert int(out[0, 2]) == int(np.argmax(want))
+    with pytest.raises(InputError, match="the cache comes from another package"):
+        st.generate(ids[:4], 2, cache=io.new_cache())
+    with pytest.raises(InputError, match="kv_cache must be one of"):
+        mf.save(tmp_path / "x.mlpackage", kv_cache="paged")
+    from tlc.cli import main
+
+    assert main(["inspect", str(tmp_path / "state.mlpackage")]) == 0
+    shown = capsys.readouterr().out
+    assert "state   k_cache                  float16[2, 1, 2, 24, 16]" in shown, shown
+    assert "cache state float16[2, 1, 2, 24, 16]" in shown
 
 
 def test_sampling_is_seeded_and_filtered():
