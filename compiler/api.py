@@ -243,7 +243,8 @@ class CompiledModel:
                 t0 = time.perf_counter()  # after the closed loop: it judges fp16, not the compression
                 self.weights_before_compress = const_bytes(self._mlmodel._mil_program)
                 c = compress_mlmodel(self._mlmodel, self.compress, skip=tuple(plan.islands),
-                                     calibration=[self._package_feed(f) for f in self.calibration])
+                                     calibration=[self._package_feed(f) for f in self.calibration],
+                                     progress=self.progress)
                 self._mlmodel, self.compressed_weights, self.float_activation_ops = c.mlmodel, c.weights, \
                     c.float_activation_ops
                 self._compressed = True

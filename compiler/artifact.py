@@ -42,48 +42,47 @@ SUFFIX = ".tlc"
 
 
 def check_package_io(path, g: Graph, function_name: str = "main", loaded=None, states=()) -> list[str]:
-    """Reload a saved package (coremltools' milproto loader, via :func:`tlc.runtime.load_program`;
-    ``loaded``: its result, when the caller checks several functions of one package) and list every
-    mismatch between function ``function_name``'s I/O and the IR graph's: input names,
-    shapes and dtypes (bool inputs are int32 in a package, 0-d values ``[1]``); output names, shapes
-    and dtypes; and the :mod:`tlc.boundary` record of the 0-d and complex ones. ``states``
-    (:class:`tlc.state.StateBinding`): IR inputs the package holds as fp16 states of the same
-    shape, and IR outputs it writes into them instead of returning."""
-    from coremltools.converters.mil.mil import types
+    """Reread a saved package's spec (the ``Model`` protobuf with its MIL program, not the weights:
+    :func:`tlc.runtime.mlspec.read_spec`; ``loaded``: that spec, when the caller checks several
+    functions of one package) and list every mismatch between function ``function_name``'s I/O
+    and the IR graph's: input names, shapes and dtypes (bool inputs are int32 in a package, 0-d
+    values ``[1]``); output names, shapes and dtypes; and the :mod:`tlc.boundary` record of the 0-d
+    and complex ones. ``states`` (:class:`tlc.state.StateBinding`): IR inputs the package holds as
+    fp16 states of the same shape, and IR outputs it writes into them instead of returning.
+    Reading no weights keeps the check cheap for billion-parameter packages."""
+    from tlc.runtime.mlspec import PackageError, read_spec, spec_summary
 
-    from tlc.runtime import load_program
-
-    mlmodel, _, prog = loaded if loaded is not None else load_program(path)
-    if function_name not in prog.functions:
-        return [f"no function {function_name!r} (functions: {', '.join(prog.functions)})"]
-    f = prog.functions[function_name]
-    io_dtype = lambda t: "int32" if t.dtype == "bool" else t.dtype  # noqa: E731
-    io_shape = lambda t: t.shape or (1,)  # noqa: E731  (0-d is [1] at the boundary: tlc.emit.SCALAR_IO_KEY)
+    spec = loaded if loaded is not None else read_spec(path)
+    try:
+        summary = spec_summary(spec, function_name if len(spec.mlProgram.functions) > 1 else None)
+    except PackageError as e:
+        return [str(e)]
+    names = {"fp32": "float32", "fp16": "float16", "bool": "int32"}
+    io_dtype = lambda t: names.get(t.dtype, t.dtype)  # noqa: E731
+    io_shape = lambda t: list(t.shape or (1,))  # noqa: E731  (0-d is [1] at the boundary: tlc.emit.SCALAR_IO_KEY)
     problems = []
     want_in = {v.name: v.type for v in g.inputs}
     as_state = {b.state for b in states}
-    for name, var in f.inputs.items():
-        t = want_in.pop(name, None)
-        if name in as_state:
-            if not types.is_state(var.sym_type) or tuple(var.sym_type.wrapped_type().get_shape()) != tuple(t.shape):
-                problems.append(f"input {name}: package {var.sym_type} vs IR state fp16{list(t.shape)}")
-            continue
-        dt = types.builtin_to_string(var.dtype)
-        if t is None or tuple(var.shape) != io_shape(t) or dt != io_dtype(t):
-            problems.append(f"input {name}: package {dt}{list(var.shape)} vs IR {t}")
+    for d in summary["states"]:
+        t = want_in.pop(d["name"], None)
+        if d["name"] not in as_state or t is None or d["shape"] != list(t.shape) or d["dtype"] != "float16":
+            problems.append(f"state {d['name']}: package {d['dtype']}{d['shape']} vs IR {t}")
+    for d in summary["inputs"]:
+        t = want_in.pop(d["name"], None)
+        if t is None or d["shape"] != io_shape(t) or d["dtype"] != io_dtype(t):
+            problems.append(f"input {d['name']}: package {d['dtype']}{d['shape']} vs IR {t}")
     problems += [f"input {n} missing from package" for n in want_in]
     written = {b.output for b in states}
     kept = [(n, v) for n, v in zip(g.output_names, g.outputs) if n not in written]
-    got_out = [o.name for o in f.outputs]
+    got_out = [d["name"] for d in summary["outputs"]]
     if got_out != [n for n, _ in kept]:
         problems.append(f"outputs {got_out} vs IR {[n for n, _ in kept]}")
-    for o, (_, v) in zip(f.outputs, kept):
-        dt = types.builtin_to_string(o.dtype)
-        if tuple(o.shape) != io_shape(v.type) or dt != io_dtype(v.type):
-            problems.append(f"output {o.name}: package {dt}{list(o.shape)} vs IR {v.type}")
+    for d, (_, v) in zip(summary["outputs"], kept):
+        if d["shape"] != io_shape(v.type) or d["dtype"] != io_dtype(v.type):
+            problems.append(f"output {d['name']}: package {d['dtype']}{d['shape']} vs IR {v.type}")
     from .boundary import Boundary, of_graph
 
-    want, got = of_graph(g), Boundary.from_metadata(dict(mlmodel.user_defined_metadata))
+    want, got = of_graph(g), Boundary.from_metadata(dict(spec.description.metadata.userDefined))
     if got != want:
         problems.append(f"boundary record {got} vs IR {want}")
     return problems

@@ -21,7 +21,11 @@ macOS), and outlier-dominated tensors left float (:func:`int8_snr_db`).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
+
+import numpy as np
 
 from .errors import InputError
 
@@ -236,8 +240,8 @@ def quantize_activations(mlmodel, calibration: list[dict], skip: tuple[str, ...]
     Returns ``(mlmodel, number of ops kept float for outliers)``. iOS17 opset (coremltools'
     ``quantize`` op)."""
     import coremltools.optimize.coreml as cto
-    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
     from coremltools.converters.mil.frontend.milproto import load as milproto_load
     from coremltools.models import utils as model_utils
 
@@ -278,20 +282,20 @@ class Compressed:
 
 
 def compress_mlmodel(mlmodel, compress: str, skip: tuple[str, ...] = (),
-                     calibration: list[dict] | None = None) -> Compressed:
+                     calibration: list[dict] | None = None, progress: bool = False) -> Compressed:
     """``mlmodel`` (an mlprogram ``MLModel`` tlc emitted: it keeps its MIL program) with the
     weights :func:`weight_consts` selects compressed as ``compress`` says; returns a new
     ``MLModel`` (``mlmodel`` itself when nothing qualifies) in a :class:`Compressed`. ``skip``: op names (fp32 islands) whose weights stay. A mode with ``activations``
     (``w8a8``) first quantizes the activations with ranges measured on ``calibration``
     (:func:`quantize_activations`), as coremltools' docs order it. Quiet: coremltools' progress
-    bars and warnings are suppressed."""
-    import contextlib
+    bars and warnings are suppressed; ``progress`` prints tlc's own line to stderr every 10% of
+    the weights (a 1.1B-parameter palettization runs for minutes)."""
     import io
+    import sys
     import warnings
 
-    import coremltools.optimize.coreml as cto
+    stderr = sys.stderr
 
-    fn = cto.linear_quantize_weights if MODES[compress].kind == "quantize" else cto.palettize_weights
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         kept = 0
@@ -299,9 +303,134 @@ def compress_mlmodel(mlmodel, compress: str, skip: tuple[str, ...] = (),
             mlmodel, kept = quantize_activations(mlmodel, list(calibration or []), skip)
         names = weight_consts(mlmodel._mil_program, skip)
         ios18 = mlmodel.get_spec().specificationVersion >= _IOS18_SPEC
-        return Compressed(fn(mlmodel, config(compress, names, ios18)) if names else mlmodel, names, kept)
+        if not names:
+            return Compressed(mlmodel, names, kept)
+        tick = _Progress(len(names), compress, stderr) if progress else None
+        return Compressed(_compress_in_memory(mlmodel, compress, names, ios18, tick), names, kept)
+
+
+class _Progress:
+    """``  ... compressing N weights (MODE): P% (k/N, S s)`` every 10% of the weights."""
+
+    def __init__(self, total: int, mode: str, stream):
+        import time
+
+        self.total, self.mode, self.stream, self.done, self.t0, self.shown = total, mode, stream, 0, time.perf_counter(), 0
+
+    def __call__(self) -> None:
+        import time
+
+        self.done += 1
+        pct = 100 * self.done // max(self.total, 1)
+        if pct >= self.shown + 10 or self.done == self.total:
+            self.shown = pct - pct % 10
+            print(f"  ... compressing {self.total} weights ({self.mode}): {pct}% ({self.done}/{self.total}, "
+                  f"{time.perf_counter() - self.t0:.0f} s)", file=self.stream, flush=True)
+
+
+#: while :func:`shared_compression` is active: ``{(mode, weight identity): (weight, constexpr op
+#: type, its inputs, its name)}``, what the first program that compressed a weight made of it
+_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("tlc_shared_compression", default=None)
+
+
+@contextlib.contextmanager
+def shared_compression():
+    """Within this block, a weight that several programs read (the same model tensor in every
+    function of a multifunction build: ``tlc.frontend.lower.shared_weights``) is clustered or
+    quantized once: the first program runs coremltools' pass on it, the others get the same
+    ``constexpr_*`` op built from the same arrays (no second k-means, no second copy of the
+    indices; the package stores them once, :func:`tlc.multifunction.share_weights`). Keyed by the
+    weight's memory (address, shape, dtype, strides) and the mode; the record keeps the weight
+    alive, so an address is never reused while it is recorded."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _identity(a: np.ndarray) -> tuple:
+    return (a.__array_interface__["data"][0], a.shape, a.dtype.str, a.strides)
+
+
+def _ticking(fn, tick):
+    def call(*args, **kw):
+        tick()
+        return fn(*args, **kw)
+    return call
+
+
+def _compress_in_memory(mlmodel, compress: str, names: list[str], ios18: bool, tick=None):
+    """Apply coremltools' compression graph pass (``compression::palettize_weights`` /
+    ``compression::linear_quantize_weights``: what ``cto.palettize_weights`` /
+    ``cto.linear_quantize_weights`` apply) to the const ops ``names`` of ``mlmodel``'s program in
+    memory and serialize it. The public functions first reload the program from the package (a
+    second copy of every weight: a 1.1B-parameter LM held three) and rerun coremltools' whole pass
+    pipeline; here the program tlc emitted, whose constants are views of the model's weights, is
+    compressed in place, and weights another program already compressed are taken from it
+    (:func:`shared_compression`). The caller replaces ``mlmodel`` by the result: its program is
+    the compressed one afterwards."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.optimize.coreml import _quantization_passes as Q
+
+    from .emit import run_mil_passes, serialize
+
+    prog = mlmodel._mil_program
+    func = prog.functions["main"]
+    shared = _SHARED.get()
+    consts = {op.name: op for op in func.operations if op.op_type == "const" and op.name in set(names)}
+    todo = [n for n in names if n not in consts]  # (in nested blocks: the pass finds them)
+    with func:
+        for name, op in consts.items():
+            val = op.outputs[0].val
+            rec = shared.get((compress, _identity(val))) if shared is not None and isinstance(val, np.ndarray) else None
+            if rec is None:
+                todo.append(name)
+                continue
+            _, op_type, inputs, new_name = rec
+            new = getattr(mb, op_type)(**inputs, name=new_name, before_op=op)
+            func.replace_uses_of_var_after_op(anchor_op=op, old_var=op.outputs[0], new_var=new)
+            func.remove_ops([op])
+            if tick is not None:
+                tick()
+    if todo:
+        # who reads each weight: after the pass, their input is what replaced it
+        readers = {n: next(((c, k) for c in consts[n].outputs[0].child_ops for k, v in c.inputs.items()
+                            if v is consts[n].outputs[0]), None) for n in todo if n in consts}
+        sources = {n: consts[n].outputs[0].val for n in readers}
+        base = Q.palettize_weights if MODES[compress].kind == "palettize" else Q.linear_quantize_weights
+        method = "blockwise_compress" if base is Q.palettize_weights else "blockwise_compress_by_dtype"
+        graph_pass = base() if tick is None else type(f"ticking_{base.__name__}", (base,), {
+            method: staticmethod(_ticking(getattr(base, method), tick))})()
+        graph_pass.set_options([PassOption("config", config(compress, todo, ios18)),
+                                PassOption("joint_compression", False)])
+        graph_pass.apply(prog)
+        if shared is not None:
+            for n, reader in readers.items():
+                if reader is None or not isinstance(sources[n], np.ndarray):
+                    continue
+                new = reader[0].inputs[reader[1]].op
+                if new is not None and new.op_type.startswith("constexpr_"):
+                    shared[(compress, _identity(sources[n]))] = (
+                        sources[n], new.op_type, {k: v.val for k, v in new.inputs.items()}, new.name)
+    spec = mlmodel.get_spec()
+    target = _target_of(spec.specificationVersion)
+    run_mil_passes(prog, target)  # tidy what the pass leaves (dead consts), validate
+    out = serialize(prog, target)
+    for k, v in spec.description.metadata.userDefined.items():
+        out.user_defined_metadata[k] = v
+    out.version = spec.description.metadata.versionString
+    out.short_description = spec.description.metadata.shortDescription
+    return out
+
+
+def _target_of(spec_version: int) -> str:
+    from coremltools.converters.mil._deployment_compatibility import AvailableTarget
+
+    return max((t for t in AvailableTarget if t.value <= spec_version), key=lambda t: t.value).name
 
 
 __all__ = ["MODES", "WEIGHT_OPS", "WEIGHT_THRESHOLD", "Mode", "check_compress", "weight_consts", "config",
            "const_bytes", "accuracy", "activation_stats", "int8_snr_db", "quantize_activations", "Compressed",
-           "compress_mlmodel", "MIN_ACTIVATION_SNR_DB", "GROUP_SIZE"]
+           "compress_mlmodel", "shared_compression", "MIN_ACTIVATION_SNR_DB", "GROUP_SIZE"]

