@@ -109,18 +109,21 @@ WEIGHT_THRESHOLD = 2048
 
 def weight_consts(prog, skip: tuple[str, ...] = ()) -> list[str]:
     """Names of the ``const`` ops of a MIL program that are weights of :data:`WEIGHT_OPS` only
-    (every reader is one of them and not in ``skip``) with at least :data:`WEIGHT_THRESHOLD`
-    elements: what tlc compresses. A constant also read by another op (a shared scalar, a
-    layer-norm gamma) or by an fp32 island stays as it is."""
-    import numpy as np
-
+    (every reader is one of them, reads it as its ``weight`` — ``x``/``y`` for ``matmul`` — and is
+    not in ``skip``) with at least :data:`WEIGHT_THRESHOLD` elements: what tlc compresses. A
+    constant also read by another op (a shared scalar, a layer-norm gamma), a bias (a linear
+    without one gets a zero vector; a 1.1B LM had 111 of 2048+ elements) or one read by an fp32
+    island stays as it is."""
     out = []
     for f in prog.functions.values():
         for op in f.operations:
             if op.op_type != "const" or np.size(op.outputs[0].val) < WEIGHT_THRESHOLD:
                 continue
-            readers = op.outputs[0].child_ops
-            if readers and all(r.op_type in WEIGHT_OPS and r.name not in skip for r in readers):
+            var = op.outputs[0]
+            readers = var.child_ops
+            if readers and all(r.op_type in WEIGHT_OPS and r.name not in skip
+                               and any(v is var for k, v in r.inputs.items() if k in ("weight", "x", "y"))
+                               and r.inputs.get("bias") is not var for r in readers):
                 out.append(op.name)
     return out
 

@@ -220,3 +220,13 @@ def test_bundle_segments_are_compressed(tmp_path):
     with pytest.raises(InputError, match="w8a8.*weight-only mode"):
         cm.with_options(compress="w8a8").save(tmp_path / "w.tlc")
     assert not (tmp_path / "w.tlc").exists()
+
+
+def test_biases_are_not_compressed():
+    """Only the weight operand of linear/conv/matmul is a weight: a 2048-wide bias (zeros for a
+    bias-free linear, emitted by coremltools' linear) stays dense."""
+    torch.manual_seed(0)
+    cm = tlc.build(torch.nn.Linear(8, 2048), (torch.randn(1, 8),), precision="fp16", compress="int8",
+                   minimum_deployment_target="iOS18")
+    cm.mlmodel
+    assert len(cm.compressed_weights) == 1 and "bias" not in cm.compressed_weights[0], cm.compressed_weights
