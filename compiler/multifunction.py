@@ -5,8 +5,9 @@ Why functions and not flexible shapes: Core ML runs static shapes on the Neural 
 ``RangeDim`` only the default shape stays there (Apple Developer Forums thread 724930;
 apple/coremltools#1764, #2370: 0% ANE for other shapes), so one static function per shape
 ("bucket") is the ANE-friendly answer. Multifunction packages are an iOS18 / macOS15 feature
-(coremltools ``MultiFunctionDescriptor`` / ``save_multifunction``, which also deduplicates
-identical weights across functions, so the weights are stored once). Before iOS18 Core ML's
+(coremltools' format; tlc merges the functions' programs in memory and stores equal weights once,
+:func:`merge_functions`, as coremltools' ``save_multifunction`` would after writing every function
+out and reading them back). Before iOS18 Core ML's
 alternative is ``EnumeratedShapes`` on one function, which needs a shape-polymorphic program;
 tlc traces static shapes, so it asks for iOS18 instead (:func:`check_multifunction_target`).
 
