@@ -204,7 +204,8 @@ def test_constant_outputs_run_from_the_package(tmp_path):
     def fn(x):
         return x + 1, torch.arange(4.0) * 2
 
-    ship(fn, (torch.randn(2),), tmp_path, tol=0, name="const_out")
+    # x + 1 in fp32 against the float64 reference: one rounding (tol=0 held only for lucky inputs)
+    ship(fn, (torch.randn(2, generator=torch.Generator().manual_seed(0)),), tmp_path, tol=1e-7, name="const_out")
 
 
 # ----------------------------------------------------------------------- fallback never aborts
