@@ -352,7 +352,9 @@ def shared_compression():
         _SHARED.reset(token)
 
 
-def _identity(a: np.ndarray) -> tuple:
+def array_identity(a: np.ndarray) -> tuple:
+    """``(address, shape, dtype, strides)``: arrays with equal keys are the same memory read the
+    same way (views of one model weight in several programs)."""
     return (a.__array_interface__["data"][0], a.shape, a.dtype.str, a.strides)
 
 
@@ -374,10 +376,11 @@ def _compress_in_memory(mlmodel, compress: str, names: list[str], ios18: bool, t
     (:func:`shared_compression`). The caller replaces ``mlmodel`` by the result: its program is
     the compressed one afterwards."""
     from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil._deployment_compatibility import AvailableTarget
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
     from coremltools.optimize.coreml import _quantization_passes as Q
 
-    from .emit import run_mil_passes, serialize
+    from .emit import copy_metadata, run_mil_passes, serialize
 
     prog = mlmodel._mil_program
     func = prog.functions["main"]
@@ -387,7 +390,7 @@ def _compress_in_memory(mlmodel, compress: str, names: list[str], ios18: bool, t
     with func:
         for name, op in consts.items():
             val = op.outputs[0].val
-            rec = shared.get((compress, _identity(val))) if shared is not None and isinstance(val, np.ndarray) else None
+            rec = shared.get((compress, array_identity(val))) if shared is not None and isinstance(val, np.ndarray) else None
             if rec is None:
                 todo.append(name)
                 continue
@@ -415,25 +418,16 @@ def _compress_in_memory(mlmodel, compress: str, names: list[str], ios18: bool, t
                     continue
                 new = reader[0].inputs[reader[1]].op
                 if new is not None and new.op_type.startswith("constexpr_"):
-                    shared[(compress, _identity(sources[n]))] = (
+                    shared[(compress, array_identity(sources[n]))] = (
                         sources[n], new.op_type, {k: v.val for k, v in new.inputs.items()}, new.name)
     spec = mlmodel.get_spec()
-    target = _target_of(spec.specificationVersion)
+    target = AvailableTarget(spec.specificationVersion)
     run_mil_passes(prog, target)  # tidy what the pass leaves (dead consts), validate
     out = serialize(prog, target)
-    for k, v in spec.description.metadata.userDefined.items():
-        out.user_defined_metadata[k] = v
-    out.version = spec.description.metadata.versionString
-    out.short_description = spec.description.metadata.shortDescription
+    copy_metadata(spec, out)
     return out
-
-
-def _target_of(spec_version: int) -> str:
-    from coremltools.converters.mil._deployment_compatibility import AvailableTarget
-
-    return max((t for t in AvailableTarget if t.value <= spec_version), key=lambda t: t.value).name
 
 
 __all__ = ["MODES", "WEIGHT_OPS", "WEIGHT_THRESHOLD", "Mode", "check_compress", "weight_consts", "config",
            "const_bytes", "accuracy", "activation_stats", "int8_snr_db", "quantize_activations", "Compressed",
-           "compress_mlmodel", "shared_compression", "MIN_ACTIVATION_SNR_DB", "GROUP_SIZE"]
+           "compress_mlmodel", "shared_compression", "array_identity", "MIN_ACTIVATION_SNR_DB", "GROUP_SIZE"]

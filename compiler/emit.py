@@ -275,6 +275,18 @@ def serialize(prog, minimum_deployment_target, model_description=None):
         raise EmitError(f"coremltools could not serialize the MIL program: {type(e).__name__}: {e}", context=tail) from e
 
 
+def copy_metadata(spec, mlmodel) -> None:
+    """Copy a spec's metadata (user-defined keys, version, short description, author) onto
+    ``mlmodel``: a program rewritten after emission (compressed, made stateful) keeps tlc's and
+    coremltools' records."""
+    md = spec.description.metadata
+    for k, v in md.userDefined.items():
+        mlmodel.user_defined_metadata[k] = v
+    mlmodel.version = md.versionString
+    mlmodel.short_description = md.shortDescription
+    mlmodel.author = md.author
+
+
 def convert(g: Graph, precision: str = "mixed", minimum_deployment_target="iOS17", metadata: dict | None = None):
     """IR graph (already typed by the precision passes) -> ``ct.models.MLModel`` (mlprogram, not
     loaded, backed by a temporary package). Returns ``(mlmodel, EmitInfo)``. ``precision`` is

@@ -22,9 +22,7 @@ import contextlib
 import dataclasses
 import io
 import os
-import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -351,12 +349,15 @@ def share_weights(prog) -> int:
     coremltools' milproto backend writes each once to the weight file (its
     ``weight_id_to_file_value``; what ``save_multifunction``'s ``const_deduplication`` pass does).
     Constants that are views of the same memory (the same model weight read by several functions:
-    ``tlc.frontend.lower.shared_weights``) are grouped without reading them; the others by
-    shape, dtype and a BLAKE2b digest of their bytes. Returns the number of shared groups."""
+    ``tlc.frontend.lower.shared_weights``) are grouped by :func:`tlc.compress.array_identity`; each
+    such group, then, is read once and merged with equal ones by shape, dtype and a BLAKE2b digest
+    of its bytes (copies with equal values). Returns the number of shared groups."""
     import hashlib
 
+    from .compress import array_identity
+
     groups: dict = {}
-    for fname, f in prog.functions.items():
+    for f in prog.functions.values():
         for op in f.operations:
             if op.op_type != "const":
                 continue
@@ -364,9 +365,7 @@ def share_weights(prog) -> int:
             val = op.outputs[0].val
             if not isinstance(val, np.ndarray) or val.size < 16:
                 continue
-            base = val.__array_interface__["data"][0]
-            key = ("view", base, val.shape, val.dtype.str, val.strides)
-            groups.setdefault(key, []).append(op)
+            groups.setdefault(array_identity(val), []).append(op)
     by_content: dict = {}
     for key, ops in list(groups.items()):
         val = ops[0].outputs[0].val

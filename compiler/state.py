@@ -118,7 +118,7 @@ def stateful_mlmodel(mlmodel, bindings, minimum_deployment_target: str = "iOS18"
     from tlc.runtime import load_program
 
     from .artifact import write_package
-    from .emit import resolve_target, serialize
+    from .emit import copy_metadata, resolve_target, serialize
 
     if resolve_target(minimum_deployment_target).value < resolve_target("iOS18").value:
         raise EmitError(f"kv_cache='state' needs minimum_deployment_target iOS18 or newer (MLState), got "
@@ -130,12 +130,7 @@ def stateful_mlmodel(mlmodel, bindings, minimum_deployment_target: str = "iOS18"
         make_stateful(prog, bindings)
         prog.functions["main"].opset_version = resolve_target(minimum_deployment_target)
         out = serialize(prog, minimum_deployment_target)
-    spec = mlmodel.get_spec()
-    for k, v in spec.description.metadata.userDefined.items():
-        out.user_defined_metadata[k] = v
-    out.version = spec.description.metadata.versionString
-    out.short_description = spec.description.metadata.shortDescription
-    out.author = spec.description.metadata.author
+    copy_metadata(mlmodel.get_spec(), out)
     return out
 
 

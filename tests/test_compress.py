@@ -222,11 +222,16 @@ def test_bundle_segments_are_compressed(tmp_path):
     assert not (tmp_path / "w.tlc").exists()
 
 
-def test_biases_are_not_compressed():
+def test_biases_are_not_compressed(tmp_path):
     """Only the weight operand of linear/conv/matmul is a weight: a 2048-wide bias (zeros for a
     bias-free linear, emitted by coremltools' linear) stays dense."""
     torch.manual_seed(0)
-    cm = tlc.build(torch.nn.Linear(8, 2048), (torch.randn(1, 8),), precision="fp16", compress="int8",
-                   minimum_deployment_target="iOS18")
+    lin, x = torch.nn.Linear(8, 2048), torch.randn(1, 8)
+    cm = tlc.build(lin, (x,), precision="fp16", compress="int8", minimum_deployment_target="iOS18")
     cm.mlmodel
     assert len(cm.compressed_weights) == 1 and "bias" not in cm.compressed_weights[0], cm.compressed_weights
+    m = tlc.runtime.load(cm.save(tmp_path / "lin.mlpackage"), backend="interpreter")
+    got = next(iter(m({m.inputs[0][0]: x.numpy()}).values()))
+    with torch.no_grad():
+        want = lin(x).numpy()
+    assert float(np.linalg.norm(got - want) / np.linalg.norm(want)) <= 2e-2
