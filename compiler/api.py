@@ -535,6 +535,8 @@ def build(
     from tlc.passes import PIPELINE, PASSES, run_pipeline
 
     names = list(PIPELINE if passes is None else passes)
+    if target != "ane":  # the (B, C, 1, S) layout is for the Neural Engine; GPU/CPU runtimes want it as traced
+        names = [n for n in names if n != "layout::ane_transformer"]
     unknown = [n for n in list(names) + list(skip_passes) if n not in PASSES]
     if unknown:
         raise InputError(f"unknown pass(es) {unknown}; registered: {', '.join(sorted(PASSES))}")

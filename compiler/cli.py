@@ -7,6 +7,7 @@
               [--report-html F] [--force]
     tlc run PKG|BUNDLE --input NAME=FILE.npy ... [--out DIR] [--backend auto|coreml|interpreter]
     tlc inspect PKG|BUNDLE [--json] [--function NAME]
+    tlc lint PKG|BUNDLE [--fail-on eligibility|efficiency] [--json F] [--all]
     tlc verify model.py [--package PKG] [--precision fp16|fp32] [--tol-fp32 1e-5] [--tol-fp16 1e-2]
     tlc bench model.py [--runs 50] [--warmup 10] [--batch B] [--backends eager,tlc-torch,...] [--json FILE]
 
@@ -127,6 +128,10 @@ def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of
           + f"), static ANE residency {100 * rep.residency:.1f}% of FLOPs")
     if a.report:
         print(rep.text())
+        if not cm.is_bundle or any(s.target == "ane" for s in rep.segments):
+            from .lint import lint
+
+            print(lint(path).text())
     if a.report_json:
         rep.write_json(a.report_json)
         print(f"  report  {a.report_json}")
@@ -178,6 +183,21 @@ def _print_io(inputs: list[dict], outputs: list[dict]) -> None:
             extra = (f"  (value {r['value']})" if "value" in r else "") + (f"  image {r['image']}" if "image" in r else "")
             extra += f"  allowed {r['allowed']}" if "allowed" in r else ""
             print(f"  {kind:<7} {r['name']:<24} {r['dtype']}{r['shape']}{extra}")
+
+
+def cmd_lint(a: argparse.Namespace) -> int:
+    """``tlc lint``: every op breaking an ANE eligibility or efficiency rule (:mod:`tlc.lint`);
+    exit 1 with ``--fail-on`` when one does, 2 when the package cannot be read."""
+    from .lint import lint
+
+    rep = lint(a.package)
+    print(rep.text(limit=None if a.all else 40))
+    if a.json:
+        import json
+
+        Path(a.json).write_text(json.dumps(rep.to_json(), indent=1) + "\n")
+        print(f"  json    {a.json}")
+    return rep.exit_code(a.fail_on)
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
@@ -411,6 +431,21 @@ def make_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     i.add_argument("--function", default=None, help="function of a multifunction package (default: its default function)")
     i.set_defaults(func=cmd_inspect)
+
+    ln = sub.add_parser("lint", help="list every op of an .mlpackage that breaks an ANE eligibility or efficiency rule",
+                        description="Check each op of PKG (any converter's mlprogram, or a tlc bundle's Core ML "
+                                    "segments) against tlc's Neural Engine rules (Apple's neural_engine_rules.md and "
+                                    "the sources in ane-rules.md): eligibility (the op will not run on the ANE) and "
+                                    "efficiency (it runs but breaks a layout rule). Prints a per-rule summary (ops, "
+                                    "FLOP share) and each finding with its source line for tlc packages. Exit code: "
+                                    "0, or 1 with --fail-on when a rule of that kind (or worse) is broken; 2 for a "
+                                    "package that cannot be read.")
+    ln.add_argument("package", help="path to an .mlpackage or a tlc bundle (NAME.tlc)")
+    ln.add_argument("--fail-on", choices=["eligibility", "efficiency"], default=None,
+                    help="exit 1 if an op breaks an eligibility rule (eligibility) or any rule (efficiency)")
+    ln.add_argument("--json", metavar="FILE", help="also write the findings as JSON")
+    ln.add_argument("--all", action="store_true", help="list every finding (default: the first 40)")
+    ln.set_defaults(func=cmd_lint)
 
     pr = sub.add_parser("profile", help="measure per-op costs of model.py on tlc's fallback runtime (for --profile)",
                         description="Run the model's IR on tlc's NumPy executor, time every op (median over --runs), "

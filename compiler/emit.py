@@ -287,6 +287,24 @@ def copy_metadata(spec, mlmodel) -> None:
     mlmodel.author = md.author
 
 
+#: Metadata key of the node -> user source line table (:func:`source_lines`), read by ``tlc lint``.
+SOURCE_LINES_KEY = "tlc.source_lines"
+
+
+def source_lines(g: Graph) -> str:
+    """JSON ``{"files": [file, ...], "ops": {node name: [file index, line]}}`` for the nodes of
+    ``g`` that carry a source location: MIL op names start with their node's name, so a tool
+    reading the package (``tlc lint``, a Core ML profile) maps each op back to the user's line."""
+    import json
+
+    files: dict[str, int] = {}
+    ops = {}
+    for n in g.nodes:
+        if n.op != "const" and n.loc is not None and n.loc.file:
+            ops[n.name] = [files.setdefault(n.loc.file, len(files)), int(n.loc.line or 0)]
+    return json.dumps({"files": list(files), "ops": ops}, separators=(",", ":"), sort_keys=True)
+
+
 def convert(g: Graph, precision: str = "mixed", minimum_deployment_target="iOS17", metadata: dict | None = None):
     """IR graph (already typed by the precision passes) -> ``ct.models.MLModel`` (mlprogram, not
     loaded, backed by a temporary package). Returns ``(mlmodel, EmitInfo)``. ``precision`` is
@@ -324,6 +342,7 @@ def convert(g: Graph, precision: str = "mixed", minimum_deployment_target="iOS17
     from .boundary import of_graph
 
     md.update(of_graph(g).metadata())  # 0-d and complex model I/O, for tlc's runtimes (tlc.boundary)
+    md[SOURCE_LINES_KEY] = source_lines(g)
     for k, v in md.items():
         mlmodel.user_defined_metadata[k] = v
     mlmodel.version = __version__

@@ -2,11 +2,15 @@
 
 ``CompiledModel.report()`` and ``tlc build --report/--report-json/--report-html`` produce a
 :class:`PlacementReport`. Headline figure: **static ANE residency**, the share of the model's
-estimated FLOPs (op table ``flops`` rules) that lie in Core ML segments (target ``ane``); the report
-also gives the stricter share of FLOPs in ops *predicted* to run on the ANE (a Core ML segment can
-hold ops that Core ML runs on GPU/CPU: fp32 islands, gathers, ...). Every op not predicted on the
-ANE is listed with its reason (the op table's ``ane`` rule, sources in ../shared/ane-rules.md, or
-the placement decision) and the user's source line.
+estimated FLOPs (op table ``flops`` rules) in ops that lie in Core ML segments *and* pass every
+ANE eligibility rule of the op table (``ane``; a Core ML segment can hold ops Core ML runs on the
+GPU/CPU: fp32 islands, gathers, int32 casts). Beside it: the share in Core ML segments
+(``coreml_share``), and the efficiency rules (``ane_efficiency``: misaligned last axis, Linear on
+(B, S, C), fused SDPA, rank-5 tensors) the resident ops still break, per rule with their FLOP
+share: those ops run on the ANE, slower than they could. Every op not predicted on the ANE is
+listed with its reason (the op table's ``ane`` rule, sources in ../shared/ane-rules.md, or the
+placement decision) and the user's source line. All of it is predicted statically; what Core ML
+actually places needs a Mac (``MLComputePlan``; docs/partitioning.md).
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ class OpRow:
     source: str
     flops: int
     inputs: tuple[str, ...] = ()
+    efficiency: tuple[str, ...] = ()  # efficiency-rule reasons (tlc.ops.Reason) of an op on the ANE
 
 
 @dataclass(frozen=True)
@@ -63,17 +68,38 @@ class PlacementReport:
 
     @property
     def residency(self) -> float:
-        """Static ANE residency: share of FLOPs in Core ML (``ane``) segments (1.0 if no FLOPs)."""
+        """Static ANE residency: share of FLOPs in ops in Core ML segments that pass every ANE
+        eligibility rule (1.0 / 0.0 for a graph without FLOPs: all ops eligible or not)."""
+        if not self.total_flops:
+            return 1.0 if all(o.on_ane for o in self.ops) else 0.0
+        return sum(o.flops for o in self.ops if o.on_ane) / self.total_flops
+
+    #: the former name of :attr:`residency`
+    predicted_ane_share = residency
+
+    @property
+    def coreml_share(self) -> float:
+        """Share of FLOPs in Core ML (``ane``) segments, eligible for the ANE or not."""
         if not self.total_flops:
             return 1.0 if all(s.target == "ane" for s in self.segments) else 0.0
         return sum(s.flops for s in self.segments if s.target == "ane") / self.total_flops
 
-    @property
-    def predicted_ane_share(self) -> float:
-        """Share of FLOPs in ops predicted to run on the ANE itself."""
-        if not self.total_flops:
-            return 1.0 if all(o.on_ane for o in self.ops) else 0.0
-        return sum(o.flops for o in self.ops if o.on_ane) / self.total_flops
+    def efficiency(self) -> list[dict]:
+        """Efficiency rules broken by ops on the ANE: ``{rule, ops, flops_share, source}`` per rule
+        (most ops first)."""
+        from .ops import rule_of
+
+        rows: dict[str, dict] = {}
+        for o in self.ops:
+            for r in o.efficiency:
+                rule = rule_of(r)
+                row = rows.setdefault(rule.id, {"rule": rule.id, "ops": 0, "flops": 0, "source": rule.source})
+                row["ops"] += 1
+                row["flops"] += o.flops
+        out = sorted(rows.values(), key=lambda r: (-r["ops"], r["rule"]))
+        for r in out:
+            r["flops_share"] = r.pop("flops") / self.total_flops if self.total_flops else 0.0
+        return out
 
     def not_on_ane(self) -> list[OpRow]:
         """Ops not predicted to run on the ANE, in graph order."""
@@ -81,8 +107,12 @@ class PlacementReport:
 
     def __str__(self) -> str:
         lines = [f"placement of {self.model} ({self.precision}): {len(self.segments)} segment(s), static ANE residency "
-                 f"{100 * self.residency:.1f}% of {_flops(self.total_flops)} (ops predicted on the ANE: "
-                 f"{100 * self.predicted_ane_share:.1f}%)"]
+                 f"{100 * self.residency:.1f}% of {_flops(self.total_flops)} (ops passing every eligibility rule; "
+                 f"in Core ML segments: {100 * self.coreml_share:.1f}%)"]
+        eff = self.efficiency()
+        lines.append("  efficiency on the ANE: " + ("; ".join(
+            f"{r['rule']} {r['ops']} op(s), {100 * r['flops_share']:.1f}% of FLOPs" for r in eff)
+            if eff else "no layout rule broken") + " (predicted; MLComputePlan on a Mac confirms)")
         lines.append(f"  {'seg':>3}  {'target':<6} {'ops':>5} {'FLOPs':>10} {'share':>7}  boundary in -> out")
         for s in self.segments:
             io = f"{_names(s.inputs)} -> {_names(s.outputs)} ({_bytes(s.boundary_bytes)})"
@@ -109,11 +139,12 @@ class PlacementReport:
     text = __str__
 
     def to_json(self) -> dict:
-        """JSON-ready dict: model, precision, residency, predicted_ane_share, total_flops,
-        segments, ops, precision_check (``mixed``: per-output results, rounds, islands and fp16
+        """JSON-ready dict: model, precision, residency (= predicted_ane_share, its former name),
+        coreml_share, efficiency (:meth:`efficiency`), total_flops, segments, ops, precision_check (``mixed``: per-output results, rounds, islands and fp16
         constant fixes of the closed loop; else null)."""
         return {"model": self.model, "precision": self.precision, "artifact": self.artifact,
-                "residency": self.residency, "predicted_ane_share": self.predicted_ane_share,
+                "residency": self.residency, "predicted_ane_share": self.residency, "coreml_share": self.coreml_share,
+                "efficiency": self.efficiency(),
                 "total_flops": self.total_flops, "segments": [asdict(s) for s in self.segments],
                 "ops": [asdict(o) for o in self.ops], "precision_check": self.precision_check}
 
@@ -163,6 +194,7 @@ def build_report(graph: Graph, segments, placement, *, model: str, precision: st
                  precision_check: dict | None = None) -> PlacementReport:
     """Assemble a :class:`PlacementReport` from a graph, its segments
     (:func:`tlc.passes.partition.split`) and :class:`~tlc.passes.partition.Placement`."""
+    from tlc.ops import get_op
     from tlc.passes.partition import ane_reason, node_cost_inputs
 
     total = sum(s.flops for s in segments)
@@ -184,6 +216,8 @@ def build_report(graph: Graph, segments, placement, *, model: str, precision: st
         on_ane = target == "ane" and why is None
         reason = "" if on_ane else (placement.reasons.get(n.name) or why or "")
         src = f"{n.loc.file}:{n.loc.line}" if n.loc and n.loc.file else ""
+        eff = tuple(get_op(n.op).ane_efficiency([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs)
+                    if on_ane else ())
         ops.append(OpRow(n.name, n.op, seg, target, on_ane, reason, src, node_cost_inputs(n)[0],
-                         tuple(dict.fromkeys(prod[v] for v in n.inputs if v in prod))))
+                         tuple(dict.fromkeys(prod[v] for v in n.inputs if v in prod)), eff))
     return PlacementReport(model, precision, tuple(seg_rows), tuple(ops), int(total), artifact, precision_check)

@@ -128,8 +128,8 @@ def render(rep: dict) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>tlc placement: {_e(rep['model'])}</title>
 <style>{_STYLE}</style></head><body>
 <h1>tlc placement report: {_e(rep['model'])} ({_e(rep['precision'])})</h1>
-<p><b>Static ANE residency: {100 * rep['residency']:.1f}%</b> of {rep['total_flops']:,} FLOPs in Core ML segments;
-ops predicted on the ANE itself: {100 * rep['predicted_ane_share']:.1f}%. {len(rep['segments'])} segment(s),
+<p><b>Static ANE residency: {100 * rep['residency']:.1f}%</b> of {rep['total_flops']:,} FLOPs in ops passing every
+ANE eligibility rule; in Core ML segments: {100 * rep.get('coreml_share', rep['residency']):.1f}%. {len(rep['segments'])} segment(s),
 {len(off)} op(s) not on the ANE. <span id=drawn></span></p>
 <p>{legend} &nbsp; dashed red border: op not on the ANE; red edge: tensor crossing segments.</p>
 <div id=wrap><svg id=graph xmlns="http://www.w3.org/2000/svg"></svg></div><div id=tip></div>

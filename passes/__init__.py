@@ -3,7 +3,7 @@
 The default pipeline is a plain list of names (:data:`PIPELINE`), each ordering constraint
 commented beside its entry. :func:`run_pipeline` re-verifies the graph after every pass when
 ``TLC_DEBUG`` or ``TLC_VERIFY`` is set (the test suite sets ``TLC_VERIFY=1``) and prints per-pass timing and op counts at ``TLC_DEBUG=1``.
-Passes live in ``cleanup.py``, ``fuse.py``, ``stable.py``, ``layout.py`` and ``precision.py``; fusions are
+Passes live in ``cleanup.py``, ``fuse.py``, ``stable.py``, ``layout.py``, ``ane_layout.py`` (its forms in ``ane_forms.py``) and ``precision.py``; fusions are
 declarative patterns run by the bounded engine in ``rewrite.py``. docs/passes.md lists them.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ PIPELINE = [
     "stable::log_softmax",
     "stable::logcumsumexp",
     "stable::variance",
+    "layout::ane_transformer",  # after the fusions and attention_mask (it reads fused linears, plain masks); target="ane" only
     "layout::channels_first",  # after linear_bias: sinks transposes through linear(+bias) -> 1x1 conv
     "cleanup::merge_layout",  # merges what layout left adjacent
     "layout::fold_rank",  # after merge_layout (fewer views to fold); before cse/dce, which tidy what it leaves
@@ -158,4 +159,4 @@ def dce(g: Graph) -> Graph:
     return replace(g, nodes=tuple(reversed(keep)))
 
 
-from . import cleanup, fuse, layout, precision, rank, stable  # noqa: E402,F401  (register their passes)
+from . import ane_layout, cleanup, fuse, layout, precision, rank, stable  # noqa: E402,F401  (register their passes)

@@ -44,6 +44,7 @@ IMG = R(2, 4, 9, 9)
 
 # (id, op, inputs, attrs): every op with a torch kernel appears at least once
 SAMPLES = [
+    ("einsum", "einsum", [R(2, 5, 1, 7), R(2, 7, 1, 3)], {"equation": "nchw,nwhu->nchu"}),
     *[(op, op, [X34, Y4], {}) for op in ("add", "sub", "mul", "maximum", "minimum")],
     ("real_div", "real_div", [X34, R(4, **POS)], {}),
     ("pow", "pow", [R(3, 4, **POS), Y4], {}),

@@ -236,4 +236,5 @@ def test_scaled_dot_product_attention(precision, tmp_path, rng):
 
 
 #: MIL ops this file tests (tests/test_mil_ops.py checks every interpreter op is covered).
-COVERED = set(REDUCE) | {"softmax", "layer_norm", "batch_norm", "linear", "matmul", "scaled_dot_product_attention"}
+COVERED = set(REDUCE) | {"softmax", "layer_norm", "batch_norm", "linear", "matmul", "scaled_dot_product_attention",
+           "einsum"}  # einsum: tests/test_mil_ops_more.py::test_einsum

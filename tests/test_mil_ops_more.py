@@ -1,5 +1,5 @@
 """Per-op numerics of the MIL interpreter for the interpreter-only rows of
-compiler/ops/mil_misc.py: ``l2_pool``, ``einsum``, ``non_zero``, ``non_maximum_suppression``,
+compiler/ops/mil_misc.py (and ``einsum``, an IR row since issue 16): ``l2_pool``, ``non_zero``, ``non_maximum_suppression``,
 ``sliding_windows``, ``reshape_like``, ``random_categorical``, ``slice_update`` (iOS18),
 ``conv_quantized`` and ``classify``. Built with coremltools' MIL Builder, converted at fp32 and
 fp16, run by :class:`tlc.runtime.MILInterpreter` and compared with float64 torch/NumPy references
@@ -27,7 +27,7 @@ import tlc.ops
 from tlc.errors import IRError, TlcError
 from milcheck import FP16_PIPELINE, R, check, explicit_pads, f32, precisions, run_mil
 
-INTERPRETER_ONLY = {"l2_pool", "einsum", "non_zero", "non_maximum_suppression", "sliding_windows", "reshape_like",
+INTERPRETER_ONLY = {"l2_pool", "non_zero", "non_maximum_suppression", "sliding_windows", "reshape_like",
                     "random_categorical", "slice_update", "conv_quantized", "classify"}
 
 

@@ -13,8 +13,8 @@ import tlc
 torch.manual_seed(0)
 
 
-def check(fn, *inputs, tol=1e-5, ops=None):
-    cm = tlc.build(fn, tuple(inputs), precision="fp32")
+def check(fn, *inputs, tol=1e-5, ops=None, skip_passes=()):
+    cm = tlc.build(fn, tuple(inputs), precision="fp32", skip_passes=skip_passes)
     got = cm(*inputs)
     ref_fn = copy.deepcopy(fn).double() if isinstance(fn, torch.nn.Module) else fn
     with torch.no_grad():
@@ -116,20 +116,23 @@ def test_erf_accuracy_wide_range():
 @pytest.mark.parametrize("mask", [None, "bool", "float", "causal"])
 @pytest.mark.parametrize("scale", [None, 0.3])
 def test_sdpa(mask, scale):
+    """The scaled_dot_product_attention row (the ANE layout pass skipped), and the per-head form
+    ``layout::ane_transformer`` makes of it (einsums), both against torch."""
     q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 6, 8), torch.randn(2, 3, 6, 4)
     if mask == "causal":
         q = torch.randn(2, 3, 6, 8)
-        check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale), q, k, v,
-              ops=["scaled_dot_product_attention"])
-        return
-    m = None
-    if mask == "bool":
-        m = torch.rand(2, 1, 5, 6) > 0.3
-        m[..., 0] = True
-    elif mask == "float":
-        m = torch.randn(2, 1, 5, 6)
-    check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=None if m is None else (m if m.dtype == torch.bool else m.to(q.dtype)), scale=scale),
-          q, k, v, ops=["scaled_dot_product_attention"])
+        fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)  # noqa: E731
+    else:
+        m = None
+        if mask == "bool":
+            m = torch.rand(2, 1, 5, 6) > 0.3
+            m[..., 0] = True
+        elif mask == "float":
+            m = torch.randn(2, 1, 5, 6)
+        fn = lambda q, k, v: F.scaled_dot_product_attention(  # noqa: E731
+            q, k, v, attn_mask=None if m is None else (m if m.dtype == torch.bool else m.to(q.dtype)), scale=scale)
+    check(fn, q, k, v, ops=["scaled_dot_product_attention"], skip_passes=["layout::ane_transformer"])
+    check(fn, q, k, v, ops=["einsum", "softmax"])
 
 
 def test_linear_matmul_addmm():

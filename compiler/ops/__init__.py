@@ -9,6 +9,11 @@ A row (:class:`OpDef`) holds:
   ``None`` when MIL cannot express the op (it can then only run in a fallback runtime).
 * ``ane(in_types, out_types, attrs) -> str | None`` — ``None`` if the op is predicted to run on the
   Apple Neural Engine, else the reason (rules and sources: ../shared/ane-rules.md).
+* ``ane_efficiency(in_types, out_types, attrs) -> [reason, ...]`` — the layout rules an op that
+  runs on the ANE still breaks (misaligned last axis, Linear on (B, S, C), fused SDPA, rank-5
+  tensors; Apple's neural_engine_rules.md). ``ane`` answers *eligibility*, this *efficiency*; both
+  return :class:`Reason` strings naming a rule of :data:`ANE_RULES` (``tlc lint``,
+  :mod:`tlc.lint`, groups by it).
 * ``flops(in_types, out_types, attrs) -> int`` — estimated floating-point operations (a multiply
   and an add count as 2).
 * ``mil_inputs`` / ``from_mil`` — how a loaded MIL op of the same name maps onto this row: the MIL
@@ -53,44 +58,140 @@ from ..ir import TensorType
 Infer = Callable[[Sequence[TensorType], Mapping[str, Any]], list]
 Rule = Callable[[Sequence[TensorType], Sequence[TensorType], Mapping[str, Any]], Any]
 
-#: ANE limits shared by all ops (../shared/ane-rules.md): rank <= 5 (apple/coremltools#2536),
-#: dimension sizes (FluidInference/FluidAudio#121, microsoft/onnxruntime#19543).
+#: ANE limits shared by all ops (../shared/ane-rules.md): rank <= 5 (Apple neural_engine_rules.md
+#: L7-9; apple/coremltools#2536), dimension sizes (FluidInference/FluidAudio#121,
+#: microsoft/onnxruntime#19543).
 ANE_MAX_RANK = 5
 ANE_MAX_DIM = 65536
 ANE_MAX_SPATIAL = 16384
+#: The ANE wants the last axis of a tensor aligned to 64 bytes (Apple neural_engine_rules.md L23):
+#: 32 fp16 values.
+ANE_ALIGN_BYTES = 64
+
+#: Where Apple's Neural Engine authoring rules live; ``L..`` references below are its lines, as
+#: quoted in ../shared/ane-rules.md.
+APPLE_RULES = "apple/coreai-models skills/skills/model-authoring/references/neural_engine_rules.md"
+APPLE = "Apple neural_engine_rules.md"  # short form, in reason strings
+
+
+@dataclass(frozen=True)
+class AneRule:
+    """One named ANE rule: ``kind`` is ``"eligibility"`` (an op breaking it does not run on the
+    ANE: Core ML places it on the GPU/CPU) or ``"efficiency"`` (it runs, but breaks a layout rule
+    that costs speed or memory); ``summary`` says what the rule is, ``source`` where it comes from
+    (../shared/ane-rules.md gives the full list)."""
+
+    id: str
+    kind: str
+    summary: str
+    source: str
+
+
+#: Every rule an ``ane`` or ``ane_efficiency`` reason can name (:attr:`Reason.rule`). Apple's own
+#: document wins where sources disagree (../shared/ane-rules.md, "Apple's own rules").
+ANE_RULES: dict[str, AneRule] = {r.id: r for r in (
+    AneRule("dtype", "eligibility", "tensors must be float16 (int8/int16 for some weights); fp32 falls back to GPU/CPU",
+            f"{APPLE_RULES} L7-9; hollance/neural-engine docs/16-bit.md"),
+    AneRule("rank", "eligibility", f"tensor rank <= {ANE_MAX_RANK}", f"{APPLE_RULES} L7-9; apple/coremltools#2536"),
+    AneRule("static_shape", "eligibility", "fully static shapes (one function per shape)",
+            f"{APPLE_RULES} L7-9, L23; Apple Developer Forums thread 724930"),
+    AneRule("size", "eligibility", f"dimensions <= {ANE_MAX_DIM}, the two last <= {ANE_MAX_SPATIAL}",
+            "FluidInference/FluidAudio#121; microsoft/onnxruntime#19543"),
+    AneRule("complex", "eligibility", "no complex values", "hollance/neural-engine docs/16-bit.md"),
+    AneRule("op", "eligibility", "the op itself (or its attributes) has no ANE implementation",
+            "the op's row: ../shared/ane-rules.md"),
+    AneRule("last_axis_alignment", "efficiency", f"the last axis spans a multiple of {ANE_ALIGN_BYTES} bytes",
+            f"{APPLE_RULES} L23"),
+    AneRule("rank5", "efficiency", "no rank-5 tensors (ANE tensors are (B, C, H, W); 5-D attention tensors "
+            "are split or folded)", "pytorch/executorch#15833, PR #16144 (SDPA decomposed to avoid 5-D tensors)"),
+    AneRule("linear_bsc", "efficiency", "a projection over channels is a 1x1 Conv2d on (B, C, 1, S), not a "
+            "Linear on (B, S, C)", f"{APPLE_RULES} L353; apple/ml-ane-transformers"),
+    AneRule("fused_sdpa", "efficiency", "attention is computed per head (no fused SDPA path on the ANE)",
+            f"{APPLE_RULES} L366-370"),
+    AneRule("head_batched_matmul", "efficiency", "attention matmuls per head on (B, C/h, 1, S) slices, not "
+            "batched over a (B, h, S, d) head axis", f"{APPLE_RULES} L366-370; apple/ml-ane-transformers"),
+)}
+
+
+class Reason(str):
+    """A reason string (what ``ane`` / ``ane_efficiency`` rules return) that also names its rule:
+    ``rule`` is a key of :data:`ANE_RULES`. A plain ``str`` reason from an op's own ``ane`` rule
+    counts as rule ``"op"`` (:func:`rule_of`)."""
+
+    rule: str
+
+    def __new__(cls, text: str, rule: str = "op"):
+        if rule not in ANE_RULES:
+            raise IRError(f"unknown ANE rule {rule!r}")
+        s = super().__new__(cls, text)
+        s.rule = rule
+        return s
+
+    def __reduce__(self):  # copy / deepcopy / pickle keep the rule
+        return (Reason, (str(self), self.rule))
+
+
+def rule_of(reason: str) -> AneRule:
+    """The :class:`AneRule` a reason string names (``"op"`` for a plain string)."""
+    return ANE_RULES[getattr(reason, "rule", "op")]
 
 
 def ane_common(in_types: Sequence[TensorType], out_types: Sequence[TensorType], attrs) -> str | None:
-    """Limits every op shares (sources: ../shared/ane-rules.md): no complex values (the ANE
-    computes in float16), no data-dependent shapes (unbounded dynamic shapes stay off the ANE),
-    rank <= 5, dimension limits."""
+    """Eligibility limits every op shares (sources: ../shared/ane-rules.md): no complex values (the
+    ANE computes in float16), fully static shapes (Apple L7-9; unbounded dynamic shapes stay off
+    the ANE), rank <= 5 (Apple L7-9), dimension limits. Returns a :class:`Reason` or None."""
     for t in list(in_types) + list(out_types):
         if t.dtype == "complex64":
-            return ("complex64 tensor: ANE computes in float16 (int8 for some weights) and Core ML mlprogram "
-                    "has no complex dtype (hollance/neural-engine docs/16-bit.md)")
+            return Reason("complex64 tensor: ANE computes in float16 (int8 for some weights) and Core ML mlprogram "
+                          "has no complex dtype (hollance/neural-engine docs/16-bit.md)", "complex")
         if not t.is_static:
-            return (f"data-dependent shape [{', '.join(map(str, t.shape))}]; unbounded dynamic shapes do not "
-                    f"run on the ANE (Apple Developer Forums thread 724930)")
+            return Reason(f"data-dependent shape [{', '.join(map(str, t.shape))}]; the ANE needs fully static shapes "
+                          f"({APPLE} L7-9; Apple Developer Forums thread 724930)", "static_shape")
     for t in list(in_types) + list(out_types):
         if t.rank > ANE_MAX_RANK:
-            return f"rank {t.rank} > {ANE_MAX_RANK} (ANE rejects rank-6 tensors; apple/coremltools#2536)"
+            return Reason(f"rank {t.rank} > {ANE_MAX_RANK} (ANE tensors have rank <= 5: {APPLE} L7-9; "
+                          f"apple/coremltools#2536)", "rank")
         if t.shape and max(t.shape) > ANE_MAX_DIM:
-            return f"dimension {max(t.shape)} > {ANE_MAX_DIM} (ANE size limit; FluidInference/FluidAudio#121)"
+            return Reason(f"dimension {max(t.shape)} > {ANE_MAX_DIM} (ANE size limit; FluidInference/FluidAudio#121)",
+                          "size")
         if t.rank >= 3 and max(t.shape[-2:]) > ANE_MAX_SPATIAL:
-            return f"spatial size {max(t.shape[-2:])} > {ANE_MAX_SPATIAL} (ANE size limit; microsoft/onnxruntime#19543)"
+            return Reason(f"spatial size {max(t.shape[-2:])} > {ANE_MAX_SPATIAL} (ANE size limit; "
+                          f"microsoft/onnxruntime#19543)", "size")
     return None
 
 
 def ane_dtype(in_types: Sequence[TensorType], out_types: Sequence[TensorType]) -> str | None:
-    """The ANE computes in float16 (and int8/uint8 for some weights): any other tensor dtype keeps
-    an op off it. Sources (../shared/ane-rules.md): hollance/neural-engine docs/16-bit.md, tinygrad
-    extra/accel/ane/README.md; int32 tensors force casts on the CPU (apple/coremltools#2365)."""
+    """The ANE computes in float16 (int8/int16 for some weights; Apple neural_engine_rules.md
+    L7-9): any other tensor dtype keeps an op off it (fp32 falls back to the GPU/CPU). Also
+    hollance/neural-engine docs/16-bit.md; int32 tensors force casts on the CPU
+    (apple/coremltools#2365). Returns a :class:`Reason` (rule ``dtype``) or None."""
     for t in list(in_types) + list(out_types):
         if t.dtype != "fp16":
             why = ("int32 tensors force casts on the CPU (apple/coremltools#2365)" if t.dtype == "int32"
-                   else "the ANE computes in float16 (hollance/neural-engine docs/16-bit.md)")
-            return f"{t.dtype} tensor: {why}; Core ML runs this op on the GPU/CPU"
+                   else f"the ANE computes in float16 ({APPLE} L7-9)")
+            return Reason(f"{t.dtype} tensor: {why}; Core ML runs this op on the GPU/CPU", "dtype")
     return None
+
+
+def ane_layout(in_types: Sequence[TensorType], out_types: Sequence[TensorType], attrs) -> list[str]:
+    """Efficiency rules every op shares (it runs on the ANE but wastes time or memory), as
+    :class:`Reason` strings: an output whose last axis does not span a multiple of 64 bytes
+    (Apple neural_engine_rules.md L23; rank >= 2 outputs), a rank-5 tensor (ANE tensors are
+    (B, C, H, W): pytorch/executorch#15833)."""
+    out = []
+    for t in out_types:
+        if t.rank >= 2 and t.is_static and t.dtype in ("fp16", "fp32"):
+            nbytes = t.shape[-1] * (2 if t.dtype == "fp16" else 4)
+            if nbytes % ANE_ALIGN_BYTES:
+                per = ANE_ALIGN_BYTES // (2 if t.dtype == "fp16" else 4)
+                out.append(Reason(f"last axis {t.shape[-1]} ({nbytes} B) is not a multiple of {ANE_ALIGN_BYTES} B "
+                                  f"({APPLE} L23): pad it to {-(-t.shape[-1] // per) * per}",
+                                  "last_axis_alignment"))
+                break
+    if any(t.rank == 5 for t in list(in_types) + list(out_types)):
+        out.append(Reason("rank-5 tensor: ANE tensors are (B, C, H, W); fold or split the extra axis "
+                          "(pytorch/executorch#15833)", "rank5"))
+    return out
 
 
 def flops_elementwise(in_types, out_types, attrs) -> int:
@@ -123,6 +224,8 @@ class OpDef:
     interpreter_only: bool = False
     is_noop: Callable[[Mapping, Sequence[TensorType]], bool] | None = None
     elementwise: str | None = None
+    ane_efficiency: Callable[[Sequence[TensorType], Sequence[TensorType], Mapping[str, Any]], list] = \
+        lambda i, o, a: []
 
 
 OPS: dict[str, OpDef] = {}
@@ -147,6 +250,7 @@ def register(
     interpreter_only: bool = False,
     is_noop: Callable[[Mapping, Sequence[TensorType]], bool] | None = None,
     elementwise: str | None = None,
+    efficiency: Rule | None = None,
 ) -> OpDef:
     """Add a row to :data:`OPS` (built by :func:`make_row`); raises :class:`IRError` for a name
     registered twice. Every row should give a ``torch`` kernel or a ``host_only`` reason
@@ -157,7 +261,7 @@ def register(
                              mil_inputs=mil_inputs, from_mil=from_mil, ane_dtype_exempt=ane_dtype_exempt,
                              torch=torch, host_only=host_only, nondeterministic=nondeterministic,
                              half_attrs=half_attrs, interpreter_only=interpreter_only, is_noop=is_noop,
-                             elementwise=elementwise)
+                             elementwise=elementwise, efficiency=efficiency)
     return d
 
 
@@ -168,19 +272,24 @@ def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Ca
              host_only: str | None = None, nondeterministic: bool = False,
              half_attrs: Mapping[str, str] | None = None, interpreter_only: bool = False,
              is_noop: Callable[[Mapping, Sequence[TensorType]], bool] | None = None,
-             elementwise: str | None = None) -> OpDef:
+             elementwise: str | None = None, efficiency: Rule | None = None) -> OpDef:
     """An :class:`OpDef` (not added to :data:`OPS`). Its ``ane`` rule is :func:`ane_common`, then
     the op's own ``ane`` rule (the more specific reason), then :func:`ane_dtype` over the tensors
     except the inputs at positions ``ane_dtype_exempt`` (inputs that emission turns into fp16,
-    e.g. a bool mask)."""
+    e.g. a bool mask). Its ``ane_efficiency`` rule is :func:`ane_layout` plus the op's own
+    ``efficiency`` rule (a reason, a list of them, or None)."""
 
     def ane_rule(i, o, a, _extra=ane):
         return (ane_common(i, o, a) or (_extra(i, o, a) if _extra else None)
                 or ane_dtype([t for k, t in enumerate(i) if k not in ane_dtype_exempt], o))
 
+    def efficiency_rule(i, o, a, _extra=efficiency):
+        own = _extra(i, o, a) if _extra else None
+        return ([own] if isinstance(own, str) else list(own or [])) + ane_layout(i, o, a)
+
     return OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""), tuple(mil_inputs), from_mil,
                  torch, host_only, nondeterministic, dict(half_attrs or {}), interpreter_only, is_noop,
-                 elementwise)
+                 elementwise, efficiency_rule)
 
 
 def mil_attr(v: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Matrix ops: ``linear``, ``matmul``, ``scaled_dot_product_attention``.
+"""Matrix ops: ``linear``, ``matmul``, ``einsum``, ``scaled_dot_product_attention``.
 
 Semantics: coremltools MIL ``linear.py`` (iOS15 ``linear``, ``matmul``) and
 ``transformers.py`` (iOS18 ``scaled_dot_product_attention``). Accumulation: NumPy's matmul calls
@@ -11,14 +11,18 @@ from .._lazy import F, torch
 
 from ..errors import IRError
 from ..ir import TensorType
-from . import register
+from . import APPLE, Reason, mil_attr, register
 from .common import FLOAT, broadcast_shape, same_dtype
 from .parallel import map_rows
 
-#: Additive mask value used when a boolean attention mask is lowered to MIL ops for targets
-#: without ``scaled_dot_product_attention`` (iOS17). Finite and fp16-safe (|x| < 65504), and
-#: exp(-30000 - m) underflows to exactly 0 in fp16 and fp32 for any realistic score m, so it matches
-#: torch's -inf except on fully masked rows (where torch returns NaN).
+#: Additive mask value for a masked attention score. Apple's rules for the Neural Engine ask for a
+#: finite value, -40000, instead of -inf (neural_engine_rules.md L366-370, ../shared/ane-rules.md);
+#: tlc uses -30000, the fp16-safe value ``precision`` accepts: -40000 is above its headroom rule
+#: (:data:`tlc.passes.precision.SAFE_MAX`, 32768) and would keep every masked softmax in fp32, while
+#: exp(-30000 - m) underflows to exactly 0 in fp16 and fp32 as exp(-40000 - m) does, so the two
+#: give the same softmax. Used when a boolean mask is lowered to MIL ops (iOS17 has no
+#: ``scaled_dot_product_attention``), by ``layout::ane_transformer``, and by ``precision`` for
+#: fp32-only mask sentinels. It matches torch's -inf except on fully masked rows (torch: NaN).
 MASK_FILL = -30000.0
 
 
@@ -66,8 +70,18 @@ def _flops_linear(i, o, a):
     return 2 * o[0].size * i[0].shape[-1]
 
 
+def _linear_efficiency(i, o, a):
+    """Apple's rule (neural_engine_rules.md L353): a projection over channels is a 1x1 Conv2d on
+    channels-first (B, C, 1, S) data, not a Linear over the last axis of (B, S, C) tokens;
+    ``layout::ane_transformer`` rewrites it."""
+    if i[0].rank >= 2:
+        return Reason(f"linear over the last axis of {list(i[0].shape)}: the ANE prefers a 1x1 conv on (B, C, 1, S) "
+                      f"({APPLE} L353; apple/ml-ane-transformers)", "linear_bsc")
+    return None
+
+
 register("linear", infer=_infer_linear, numpy=_linear, emit_mil=_emit_linear, flops=_flops_linear,
-         mil_inputs=("x", "weight", "bias"),
+         mil_inputs=("x", "weight", "bias"), efficiency=_linear_efficiency,
          torch=lambda a, x, w, b=None: F.linear(x, w, b))
 
 
@@ -119,8 +133,92 @@ def _flops_matmul(i, o, a):
     return 2 * o[0].size * k
 
 
+def _matmul_efficiency(i, o, a):
+    """A matmul batched over more than the batch axis (rank >= 4 with (B, h, S, d) heads: traced
+    attention, or iOS17's lowering of fused SDPA) breaks Apple's per-head attention rule
+    (neural_engine_rules.md L366-370); ``layout::ane_transformer`` computes it per head."""
+    if o[0].rank >= 4 and int(np.prod(o[0].shape[1:-2])) > 1:
+        return Reason(f"matmul batched over heads {list(o[0].shape)}: compute attention per head on (B, C/h, 1, S) "
+                      f"slices ({APPLE} L366-370)", "head_batched_matmul")
+    return None
+
+
 register("matmul", infer=_infer_matmul, numpy=_matmul, emit_mil=_emit_matmul, flops=_flops_matmul, mil_inputs=("x", "y"),
-         torch=_t_matmul)
+         torch=_t_matmul, efficiency=_matmul_efficiency)
+
+
+# ------------------------------------------------------------------------------------- einsum
+
+
+def _einsum_form(equation: str):
+    """coremltools' ``parse_einsum_equation`` (defs/_utils.py): each letter numbered in order of
+    first appearance over input 1, input 2, output; returns the three index vectors."""
+    io = equation.split("->")
+    if len(io) != 2:
+        raise IRError(f"unsupported einsum equation {equation!r}")
+    seen: dict[str, int] = {}
+    vecs = []
+    for part in io[0].split(",") + [io[1]]:
+        vecs.append(tuple(seen.setdefault(c, len(seen)) for c in part))
+    return tuple(vecs)
+
+
+_EINSUM_4D = ((0, 1, 2, 3), (0, 3, 2, 4), (0, 1, 2, 4))  # "nchw,nwhu->nchu"
+_EINSUM_3D = ((0, 1, 2), (2, 1, 3), (0, 1, 3))  # "chw,whr->chr"
+
+
+def _einsum(attrs, x, y):
+    """iOS15 linear.py ``einsum``: the two forms its ``type_inference`` accepts, in any letters:
+    ``"nchw,nwhu->nchu"`` (x[B, C, H, W1], y[B, W1, H, W2] -> [B, C, H, W2]) and ``"chw,whr->chr"``
+    (x[C, H, W1], y[W1, H, W2] -> [C, H, W2]): out[.., c, h, u] = sum_w x[.., c, h, w] * y[.., w, h, u],
+    B and H broadcast where one input has 1 (``value_inference``). Runs as one batched matmul over
+    (B, H), accumulating in float32."""
+    form = _einsum_form(str(attrs["equation"]))
+    if x.ndim != y.ndim:
+        raise IRError(f"einsum inputs must have the same rank: {list(x.shape)}, {list(y.shape)}")
+    if form == _EINSUM_4D and x.ndim == 4:
+        return np.ascontiguousarray(np.matmul(x.transpose(0, 2, 1, 3), y.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3))
+    if form == _EINSUM_3D and x.ndim == 3:
+        return np.ascontiguousarray(np.matmul(x.transpose(1, 0, 2), y.transpose(1, 0, 2)).transpose(1, 0, 2))
+    raise IRError(f"unsupported einsum equation {attrs['equation']!r} for rank {x.ndim} (MIL einsum takes only "
+                  f"'nchw,nwhu->nchu' and 'chw,whr->chr' and their renamings)")
+
+
+def _einsum_from_mil(vals):
+    x, y = vals["values"]
+    return [x, y], {"equation": str(mil_attr(vals["equation"]))}
+
+
+def _infer_einsum(in_types, attrs):
+    x, y = in_types
+    dt = same_dtype(in_types, FLOAT)
+    if _einsum_form(str(attrs["equation"])) != _EINSUM_4D or x.rank != 4 or y.rank != 4:
+        raise IRError(f"einsum in tlc's IR is MIL's rank-4 form 'nchw,nwhu->nchu' (any letters); got "
+                      f"{attrs['equation']!r} on {list(x.shape)}, {list(y.shape)}")
+    if x.shape[3] != y.shape[1]:
+        raise IRError(f"einsum contracts x's last axis with y's axis 1: {list(x.shape)}, {list(y.shape)}")
+    for d in (0, 2):
+        if x.shape[d] != y.shape[d] and 1 not in (x.shape[d], y.shape[d]):
+            raise IRError(f"einsum axis {d} must match or be 1: {list(x.shape)}, {list(y.shape)}")
+    return [TensorType(dt, (max(x.shape[0], y.shape[0]), x.shape[1], max(x.shape[2], y.shape[2]), y.shape[3]))]
+
+
+def _t_einsum(attrs, x, y):
+    return torch.matmul(x.permute(0, 2, 1, 3), y.permute(0, 2, 1, 3)).permute(0, 2, 1, 3).contiguous()
+
+
+def _emit_einsum(ctx, attrs, ins, nm):
+    return ctx.mb.einsum(values=(ins[0], ins[1]), equation="nchw,nwhu->nchu", name=nm)
+
+
+def _flops_einsum(i, o, a):
+    return 2 * o[0].size * i[0].shape[3]
+
+
+register("einsum", infer=_infer_einsum, numpy=_einsum, emit_mil=_emit_einsum, flops=_flops_einsum,
+         mil_inputs=("values",), from_mil=_einsum_from_mil, torch=_t_einsum,
+         doc="MIL einsum 'nchw,nwhu->nchu' (iOS15 linear.py): the per-head attention matmul of Apple's (B, C, 1, S) "
+             "transformer layout (apple/ml-ane-transformers), x[B, C, H, W] y[B, W, H, U] -> [B, C, H, U].")
 
 
 # ------------------------------------------------------------------------------------ attention
@@ -212,6 +310,8 @@ def _flops_sdpa(i, o, a):
 register(
     "scaled_dot_product_attention", infer=_infer_sdpa, numpy=_sdpa, emit_mil=_emit_sdpa, flops=_flops_sdpa,
     mil_inputs=("query", "key", "value", "attn_mask"),
+    efficiency=lambda i, o, a: Reason(f"fused scaled_dot_product_attention on {list(i[0].shape)}: the ANE has no fused "
+                                      f"SDPA path; compute attention per head ({APPLE} L366-370)", "fused_sdpa"),
     ane_dtype_exempt=(3,),  # a bool mask is emitted as an fp16 additive mask (EmitContext.additive_mask)
     torch=_t_sdpa,
 )

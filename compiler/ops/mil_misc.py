@@ -1,5 +1,5 @@
 """Rows for more MIL ops that only tlc's MIL interpreter meets (``emit_mil=None``,
-``interpreter_only``; see :mod:`tlc.ops.mil_only`): ``l2_pool``, ``einsum``, ``non_zero``,
+``interpreter_only``; see :mod:`tlc.ops.mil_only`): ``l2_pool``, ``non_zero``,
 ``non_maximum_suppression``, ``sliding_windows``, ``reshape_like``, ``random_categorical``,
 ``slice_update``, ``conv_quantized`` and ``classify``.
 
@@ -76,48 +76,6 @@ def _l2_pool_from_mil(vals):
                                 tuple(strides), (1,) * nsp)
     attrs["kernel_sizes"], attrs["strides"] = k, tuple(strides)
     return [x], attrs
-
-
-# ------------------------------------------------------------------------------------- einsum
-
-
-def _einsum_form(equation: str):
-    """coremltools' ``parse_einsum_equation`` (defs/_utils.py): each letter numbered in order of
-    first appearance over input 1, input 2, output; returns the three index vectors."""
-    io = equation.split("->")
-    if len(io) != 2:
-        raise IRError(f"unsupported einsum equation {equation!r}")
-    seen: dict[str, int] = {}
-    vecs = []
-    for part in io[0].split(",") + [io[1]]:
-        vecs.append(tuple(seen.setdefault(c, len(seen)) for c in part))
-    return tuple(vecs)
-
-
-_EINSUM_4D = ((0, 1, 2, 3), (0, 3, 2, 4), (0, 1, 2, 4))  # "nchw,nwhu->nchu"
-_EINSUM_3D = ((0, 1, 2), (2, 1, 3), (0, 1, 3))  # "chw,whr->chr"
-
-
-def _einsum(attrs, x, y):
-    """iOS15 linear.py ``einsum``: the two forms its ``type_inference`` accepts, in any letters:
-    ``"nchw,nwhu->nchu"`` (x[B, C, H, W1], y[B, W1, H, W2] -> [B, C, H, W2]) and ``"chw,whr->chr"``
-    (x[C, H, W1], y[W1, H, W2] -> [C, H, W2]): out[.., c, h, u] = sum_w x[.., c, h, w] * y[.., w, h, u],
-    B and H broadcast where one input has 1 (``value_inference``). Runs as one batched matmul over
-    (B, H), accumulating in float32."""
-    form = _einsum_form(str(attrs["equation"]))
-    if x.ndim != y.ndim:
-        raise IRError(f"einsum inputs must have the same rank: {list(x.shape)}, {list(y.shape)}")
-    if form == _EINSUM_4D and x.ndim == 4:
-        return np.ascontiguousarray(np.matmul(x.transpose(0, 2, 1, 3), y.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3))
-    if form == _EINSUM_3D and x.ndim == 3:
-        return np.ascontiguousarray(np.matmul(x.transpose(1, 0, 2), y.transpose(1, 0, 2)).transpose(1, 0, 2))
-    raise IRError(f"unsupported einsum equation {attrs['equation']!r} for rank {x.ndim} (MIL einsum takes only "
-                  f"'nchw,nwhu->nchu' and 'chw,whr->chr' and their renamings)")
-
-
-def _einsum_from_mil(vals):
-    x, y = vals["values"]
-    return [x, y], {"equation": str(mil_attr(vals["equation"]))}
 
 
 # ----------------------------------------------------------------------------------- non_zero
@@ -377,7 +335,6 @@ def _classify(attrs, probabilities):
 
 
 interpreter_row("l2_pool", _l2_pool, from_mil=_l2_pool_from_mil)
-interpreter_row("einsum", _einsum, ("values",), from_mil=_einsum_from_mil)
 interpreter_row("non_zero", _non_zero)
 interpreter_row("non_maximum_suppression", _nms, ("boxes", "scores"))
 interpreter_row("sliding_windows", _sliding_windows)
