@@ -248,3 +248,10 @@ def test_build_reads_the_models_weights_in_place_and_compresses_them_once(tmp_pa
     cm = tlc.build(lin, (torch.randn(1, 512),), precision="fp32")
     assert not any(np.shares_memory(n.attrs["val"], lin.weight.detach().numpy()) for n in cm.graph.nodes
                    if n.op == "const")
+
+
+def test_build_of_a_cache_returning_model_says_use_cache_false():
+    from tlc.errors import FrontendError
+
+    with pytest.raises(FrontendError, match="use_cache=False"):
+        tlc.build(_model("llama").model, ((), {"input_ids": _prompt()}))

@@ -145,8 +145,11 @@ def export(module: torch.nn.Module, args: tuple, kwargs: dict, strict: bool = Fa
     except Exception as e:  # torch raises many types; report them uniformly
         msg = str(e).strip().splitlines()
         head = msg[0] if msg else type(e).__name__
+        hint = (" The model returns a transformers cache object: pass use_cache=False in the example inputs (or "
+                "build a generator with tlc.build_lm, which holds the KV cache as functional I/O)."
+                if "cache_utils" in head else "")
         raise FrontendError(
-            f"torch.export could not trace the model ({type(e).__name__}: {head}). The model must run "
+            f"torch.export could not trace the model ({type(e).__name__}: {head}).{hint} The model must run "
             f"on the example inputs (check their shapes and dtypes); beyond that, data-dependent Python "
             f"control flow is the usual cause (tlc traces with torch.export(strict={strict})).",
             loc=_user_frame(e),
