@@ -22,7 +22,7 @@ from .compress import check_compress
 from .artifact import bundle_path, check_output_path, check_package_io, save_atomic, write_bundle
 from .emit import PRECISIONS, convert, target_name
 from .plan import check_io_dtype, check_shippable, check_target, where
-from .errors import InputError, TlcError
+from .errors import InputError, OutputExistsError, TlcError
 from .frontend import normalize_inputs, trace
 from .ir import Graph
 from tlc.runtime import coreml_available, gpu_available
@@ -88,6 +88,9 @@ class CompiledModel:
     program's constants before), ``compressed_weights`` (the MIL const ops compressed) and, for
     ``w8a8``, ``float_activation_ops`` (ops left with float activations: :func:`tlc.compress.quantize_activations`).
     """
+
+    #: what :meth:`save` writes: "mlpackage", "aimodel" (Core AI) or "both" (``tlc.build(format=)``)
+    format = "mlpackage"
 
     def __init__(self, graph: Graph, *, precision: str, minimum_deployment_target: str, out_spec, kw_order,
                  out_torch_dtypes, timings: dict, source: str | None, calibration: list[dict] | None = None,
@@ -267,6 +270,8 @@ class CompiledModel:
         """Where :meth:`save` writes for a requested ``path``: the path itself for a plain package
         (``.mlpackage``) or an explicit ``.tlc``; for a bundle, ``path`` with suffix ``.tlc``."""
         path = Path(path)
+        if path.suffix == ".aimodel":
+            return path
         return bundle_path(path) if self.is_bundle or path.suffix == ".tlc" else path
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
@@ -278,7 +283,22 @@ class CompiledModel:
         Raises :class:`~tlc.errors.OutputExistsError` if the path exists and not ``force``;
         :class:`~tlc.errors.EmitError` if emission or the check fails.
         """
+        if self.format == "aimodel" and Path(path).suffix != ".aimodel":
+            path = Path(path).with_suffix(".aimodel")
         path = self.output_path(path)
+        if path.suffix == ".aimodel":
+            return self._save_aimodel(path, force)
+        if self.format == "both":
+            aim = path.with_suffix(".aimodel")
+            if aim.exists() and not force:
+                raise OutputExistsError(f"{str(aim)!r} already exists; pass force=True (CLI: --force) to replace it")
+            self._check_one_program()
+            out = self._save_coreml(path, force)
+            self._save_aimodel(aim, force)
+            return out
+        return self._save_coreml(path, force)
+
+    def _save_coreml(self, path: Path, force: bool) -> Path:
         if path.suffix == ".tlc":
             from .compress import MODES
 
@@ -297,6 +317,28 @@ class CompiledModel:
         mlm = self.mlmodel
         t0 = time.perf_counter()
         out = save_atomic(mlm, path, force=force, check=lambda staged: check_package_io(staged, self.emit_graph))
+        self.timings["save"] = time.perf_counter() - t0
+        return out
+
+    def _check_one_program(self) -> None:
+        from .errors import EmitError
+
+        if self.is_bundle:
+            ops = sorted({op for op, *_ in self.fallback_ops()})
+            raise EmitError(f"a .aimodel holds one program; this model has ops for tlc's fallback runtime ({', '.join(ops)})"
+                            f": save it as an .mlpackage bundle (NAME.tlc) instead")
+
+    def _save_aimodel(self, path: Path, force: bool) -> Path:
+        """Write the model as a Core AI ``.aimodel`` asset (:mod:`tlc.coreai_emit`): the same
+        optimized, precision-typed graph the ``.mlpackage`` is emitted from. Raises
+        :class:`~tlc.errors.EmitError` when ops would run in tlc's fallback runtime (not
+        supported in Core AI assets yet) or have no Core AI form, :class:`InputError` without
+        coreai-core."""
+        from .coreai_emit import save_aimodel
+
+        self._check_one_program()
+        t0 = time.perf_counter()
+        out = save_aimodel(self.emit_graph, path, force=force)
         self.timings["save"] = time.perf_counter() - t0
         return out
 
@@ -447,6 +489,7 @@ def build(
     function_names: list[str] | None = None,
     default_function_name: str | None = None,
     paddable: dict | None = None,
+    format: str = "mlpackage",
 ):
     """Trace ``model_or_fn`` on ``example_inputs``, lower it to tlc's IR and optimize it.
 
@@ -489,7 +532,14 @@ def build(
     (per-channel or per-tensor for ``target="ane"``; embeddings and fp32 islands untouched;
     :mod:`tlc.compress`; CLI: ``--compress``).
 
-    Raises :class:`~tlc.errors.InputError` (bad inputs, precision or pass names, several signatures
+    ``format``: what :meth:`CompiledModel.save` writes: ``"mlpackage"`` (default; a bundle
+    ``NAME.tlc`` when ops need tlc's fallback runtime), ``"aimodel"`` (Apple's Core AI asset,
+    iOS/macOS 27, :mod:`tlc.coreai_emit`; needs the ``coreai`` extra) or ``"both"`` (the
+    ``.mlpackage`` and ``NAME.aimodel`` beside it); a path ending in ``.aimodel`` always writes
+    Core AI.
+
+    Raises :class:`~tlc.errors.InputError` (bad inputs, precision or pass names, an unknown
+    ``format`` or ``"aimodel"``/``"both"`` without coreai-core, several signatures
     with a deployment target before iOS18, repeated signature shapes, ``fallback=False``
     with a target other than ``"ane"``, an unknown ``compress`` mode or one the deployment target
     cannot hold), :class:`~tlc.errors.NotShippableError` (``fallback=False``),
@@ -514,6 +564,7 @@ def build(
         raise InputError("function_names, default_function_name and paddable apply to several example input "
                          "signatures (example_inputs=[ex_a, ex_b, ...])")
     check_target(target)
+    check_format(format)
     if not fallback and target != "ane":
         check_shippable(None, target)
     cost = None
@@ -552,11 +603,28 @@ def build(
         feeds.append(_calibration_feed(g, ex, k))
     if not fallback:
         check_shippable(g, target)
-    return CompiledModel(g, precision=precision, minimum_deployment_target=str(minimum_deployment_target),
+    cm = CompiledModel(g, precision=precision, minimum_deployment_target=str(minimum_deployment_target),
                          out_spec=info.out_spec, kw_order=list(kwargs), out_torch_dtypes=out_dtypes,
                          timings=timings, source=source, calibration=feeds, target=target,
                          cost=cost, name=_model_name(model_or_fn), io_dtype=io_dtype, fallback=fallback,
                          progress=progress, compress=compress)
+    cm.format = format
+    return cm
+
+
+FORMATS = ("mlpackage", "aimodel", "both")
+
+
+def check_format(format: str) -> str:
+    """``format`` if it is one of :data:`FORMATS` (and coreai-core is installed for the Core AI
+    ones), else :class:`InputError`."""
+    if format not in FORMATS:
+        raise InputError(f"format must be one of {FORMATS}, got {format!r}")
+    if format != "mlpackage":
+        from .coreai_emit import coreai
+
+        coreai()
+    return format
 
 
 def _calibration_feed(g: Graph, ex, k: int) -> dict:

@@ -1,6 +1,6 @@
 """``tlc`` command line.
 
-    tlc build model.py [-o OUT] [--precision mixed|fp16|fp32] [--target ane|gpu|cpu]
+    tlc build model.py [-o OUT] [--format mlpackage|aimodel|both] [--precision mixed|fp16|fp32] [--target ane|gpu|cpu]
               [--minimum-deployment-target iOS17] [--io-dtype float16] [--no-fallback] [--calibration F.npz]
               [--compress int8|int4|palettize4|palettize6|palettize8]
               [--report] [--report-json F]
@@ -41,8 +41,20 @@ def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of
 
         return build_text_generation(a)
     t0 = time.perf_counter()
-    requested = Path(a.output) if a.output else Path(Path(a.model).stem + ".mlpackage")
-    if requested.suffix != ".tlc":
+    fmt = a.format or ("aimodel" if a.output and Path(a.output).suffix == ".aimodel" else "mlpackage")
+    requested = Path(a.output) if a.output else Path(Path(a.model).stem + (".aimodel" if fmt == "aimodel" else ".mlpackage"))
+    if fmt != "mlpackage":
+        from .api import check_format
+
+        check_format(fmt)  # coreai-core installed: fail fast, before tracing
+    if fmt == "aimodel" and requested.suffix != ".aimodel":
+        requested = requested.with_suffix(".aimodel")
+    if requested.suffix == ".aimodel":
+        if requested.exists() and not a.force:
+            from .errors import OutputExistsError
+
+            raise OutputExistsError(f"{str(requested)!r} already exists; pass --force to replace it")
+    elif requested.suffix != ".tlc":
         check_output_path(requested, a.force)  # fail fast, before tracing
     spec = load_model_file(a.model, entry=a.entry)
     t_load = time.perf_counter() - t0
@@ -96,6 +108,17 @@ def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of
         from .ir import format_graph
 
         print(format_graph(cm.graph, show_loc=True))
+    cm.format = fmt
+    if fmt == "aimodel":
+        path = cm.save(requested, force=a.force)
+        print(f"built {path}  (Core AI asset, {cm.precision}) from {spec.path}")
+        eg = cm.emit_graph
+        for v in eg.inputs:
+            print(f"  input   {v.name:<24} {v.type}")
+        for n, v in zip(eg.output_names, eg.outputs):
+            print(f"  output  {n:<24} {v.type}")
+        print(f"  size    {human(package_size(path))}")
+        return 0
     out = cm.output_path(requested)
     if out != requested and a.output:
         print(f"note: {len(set(cm.placement.segment.values()))} segment(s), some ops run in tlc's fallback runtime; "
@@ -122,6 +145,8 @@ def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of
         print(f"  output  {n:<24} {v.type}")
     print(f"  ops     {g.num_ops}  ({hist}{', ...' if more > 0 else ''})")
     print(f"  size    {human(package_size(path))}  (weights {human(g.weight_bytes())} in fp32)")
+    if fmt == "both":
+        print(f"  aimodel {path.with_suffix('.aimodel')}  (Core AI asset, the same program)")
     rep = cm.report()
     print(f"  placed  {len(rep.segments)} segment(s) ("
           + ", ".join(f"{s.index}: {s.target} {s.num_ops} ops" for s in rep.segments)
@@ -395,6 +420,9 @@ def make_parser() -> argparse.ArgumentParser:
                                                          "every op not on the ANE with its reason and source line")
     b.add_argument("--report-json", metavar="FILE", help="write the placement report as JSON")
     b.add_argument("--report-html", metavar="FILE", help="write the placement report as HTML (graph drawn, segments coloured)")
+    b.add_argument("--format", choices=["mlpackage", "aimodel", "both"], default=None,
+                   help="mlpackage (default), aimodel (Apple's Core AI asset, iOS/macOS 27; needs the coreai extra) or "
+                        "both (NAME.aimodel beside the package); -o NAME.aimodel implies aimodel")
     b.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     b.add_argument("--strict-export", action="store_true", help="trace with torch.export(strict=True)")
     b.add_argument("--print-ir", action="store_true", help="print tlc's IR (after the passes) before emission")

@@ -200,8 +200,9 @@ class LoadedModel:
 
 def load(path: str | Path, backend: str = "auto", compute_units: str = "ALL",
          fallback: str = "auto", function_name: str | None = None, paddable=None) -> LoadedModel | BundleModel:
-    """Load an ``.mlpackage`` (:class:`LoadedModel`) or a tlc bundle directory (:class:`BundleModel`)
-    as a callable mapping named arrays to ``{output_name: array}``.
+    """Load an ``.mlpackage`` (:class:`LoadedModel`), a tlc bundle directory (:class:`BundleModel`)
+    or a Core AI ``.aimodel`` asset (:class:`~tlc.runtime.coreai_runtime.CoreAIModel`, run by
+    Apple's coreai-core runtime) as a callable mapping named arrays to ``{output_name: array}``.
 
     ``backend`` (Core ML parts): ``"auto"`` uses Core ML predict on macOS and the MIL interpreter
     elsewhere; ``compute_units`` (Core ML only): ``ALL``, ``CPU_ONLY``, ``CPU_AND_GPU``,
@@ -214,6 +215,10 @@ def load(path: str | Path, backend: str = "auto", compute_units: str = "ALL",
     """
     if is_bundle(path):
         return BundleModel(path, backend=backend, compute_units=compute_units, fallback=fallback)
+    from .coreai_runtime import CoreAIModel, is_aimodel
+
+    if is_aimodel(path):
+        return CoreAIModel(path, function_name or "main")
     return LoadedModel(path, backend=backend, compute_units=compute_units, function_name=function_name,
                        paddable=paddable)
 

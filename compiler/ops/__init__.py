@@ -14,6 +14,9 @@ A row (:class:`OpDef`) holds:
   tensors; Apple's neural_engine_rules.md). ``ane`` answers *eligibility*, this *efficiency*; both
   return :class:`Reason` strings naming a rule of :data:`ANE_RULES` (``tlc lint``,
   :mod:`tlc.lint`, groups by it).
+* ``emit_coreai(ctx, attrs, inputs, node) -> Value | list`` — the same op for Apple's Core AI
+  (``coreai.authoring`` ops on ``ctx.ca``, :mod:`tlc.coreai_emit`), or ``None`` when tlc has no
+  Core AI form for it yet (the build then names the op).
 * ``flops(in_types, out_types, attrs) -> int`` — estimated floating-point operations (a multiply
   and an add count as 2).
 * ``mil_inputs`` / ``from_mil`` — how a loaded MIL op of the same name maps onto this row: the MIL
@@ -226,6 +229,7 @@ class OpDef:
     elementwise: str | None = None
     ane_efficiency: Callable[[Sequence[TensorType], Sequence[TensorType], Mapping[str, Any]], list] = \
         lambda i, o, a: []
+    emit_coreai: Callable[..., Any] | None = None
 
 
 OPS: dict[str, OpDef] = {}
@@ -251,6 +255,7 @@ def register(
     is_noop: Callable[[Mapping, Sequence[TensorType]], bool] | None = None,
     elementwise: str | None = None,
     efficiency: Rule | None = None,
+    emit_coreai: Callable[..., Any] | None = None,
 ) -> OpDef:
     """Add a row to :data:`OPS` (built by :func:`make_row`); raises :class:`IRError` for a name
     registered twice. Every row should give a ``torch`` kernel or a ``host_only`` reason
@@ -261,7 +266,7 @@ def register(
                              mil_inputs=mil_inputs, from_mil=from_mil, ane_dtype_exempt=ane_dtype_exempt,
                              torch=torch, host_only=host_only, nondeterministic=nondeterministic,
                              half_attrs=half_attrs, interpreter_only=interpreter_only, is_noop=is_noop,
-                             elementwise=elementwise, efficiency=efficiency)
+                             elementwise=elementwise, efficiency=efficiency, emit_coreai=emit_coreai)
     return d
 
 
@@ -272,7 +277,8 @@ def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Ca
              host_only: str | None = None, nondeterministic: bool = False,
              half_attrs: Mapping[str, str] | None = None, interpreter_only: bool = False,
              is_noop: Callable[[Mapping, Sequence[TensorType]], bool] | None = None,
-             elementwise: str | None = None, efficiency: Rule | None = None) -> OpDef:
+             elementwise: str | None = None, efficiency: Rule | None = None,
+             emit_coreai: Callable[..., Any] | None = None) -> OpDef:
     """An :class:`OpDef` (not added to :data:`OPS`). Its ``ane`` rule is :func:`ane_common`, then
     the op's own ``ane`` rule (the more specific reason), then :func:`ane_dtype` over the tensors
     except the inputs at positions ``ane_dtype_exempt`` (inputs that emission turns into fp16,
@@ -289,7 +295,7 @@ def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Ca
 
     return OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""), tuple(mil_inputs), from_mil,
                  torch, host_only, nondeterministic, dict(half_attrs or {}), interpreter_only, is_noop,
-                 elementwise, efficiency_rule)
+                 elementwise, efficiency_rule, emit_coreai)
 
 
 def mil_attr(v: Any) -> Any:

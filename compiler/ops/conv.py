@@ -27,7 +27,7 @@ import numpy as np
 from .._lazy import F, torch
 
 from ..errors import IRError
-from ..ir import TensorType
+from ..ir import DTYPES, TensorType
 from . import register
 from .common import FLOAT, same_dtype
 from .parallel import parallel_for
@@ -273,6 +273,33 @@ def _emit_conv(ctx, attrs, ins, nm):
     )
 
 
+def _ca_conv(ctx, a, ins, node):
+    """``conv`` in Core AI ops: explicit zero padding (``pad``), ``conv2d`` (1-D convs as 2-D
+    with a unit height), the bias added. 3-D convs have no Core AI form in tlc yet."""
+    ca = ctx.ca
+    xt = node.inputs[0].type
+    nsp = xt.rank - 2
+    if nsp not in (1, 2):
+        raise ValueError(f"{nsp}-D conv has no Core AI form in tlc yet")
+    x, w = ins[0], ins[1]
+    strides = list(spatial_attr(a, nsp, "strides", 1))
+    dil = list(spatial_attr(a, nsp, "dilations", 1))
+    pad = list(a.get("pad") or (0,) * (2 * nsp))
+    if any(pad):
+        x = ca.pad(x, np.asarray([0, 0, 0, 0] + pad, np.uint32), ctx.const(np.asarray(0, DTYPES[xt.dtype])))
+    if nsp == 1:
+        wt = node.inputs[1].type
+        x = ca.expand_dims(x, [2])
+        w = ca.reshape(w, [wt.shape[0], wt.shape[1], 1, wt.shape[2]])
+        strides, dil = [1] + strides, [1] + dil
+    y = ca.conv2d(x, w, strides, dil, a.get("groups", 1))
+    if nsp == 1:
+        y = ctx.reshaped(y)
+    if len(ins) == 3:
+        y = ca.broadcasting_add(y, ca.reshape(ins[2], [1, node.out.type.shape[1]] + [1] * nsp))
+    return y
+
+
 def _ane_conv(i, o, a):
     if any(d != 1 for d in a.get("dilations") or ()):
         return "dilated convolution is not run on the ANE (hollance/neural-engine unsupported-layers.md)"
@@ -285,6 +312,7 @@ def _flops_conv(i, o, a):
 
 
 register("conv", infer=_infer_conv, numpy=conv_kernel, emit_mil=_emit_conv, ane=_ane_conv, flops=_flops_conv,
+         emit_coreai=_ca_conv,
          mil_inputs=("x", "weight", "bias"),
          from_mil=lambda v: window_from_mil(v, v["weight"].shape[2:], ("x", "weight", "bias")),
          torch=_t_conv)

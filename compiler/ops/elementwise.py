@@ -24,6 +24,34 @@ from .parallel import map_rows
 # ------------------------------------------------------------------------------------ binary
 
 
+#: IR binary op -> (coreai.authoring op, operands swapped): Core AI's broadcasting ops.
+_COREAI_BINARY = {
+    "add": ("broadcasting_add", False), "sub": ("broadcasting_sub", False), "mul": ("broadcasting_mul", False),
+    "real_div": ("broadcasting_divide", False), "floor_div": ("broadcasting_floor_divide", False),
+    "mod": ("broadcasting_modulo", False), "pow": ("broadcasting_pow", False),
+    "maximum": ("broadcasting_maximum", False), "minimum": ("broadcasting_minimum", False),
+    "equal": ("broadcasting_equal", False), "not_equal": ("broadcasting_not_equal", False),
+    "greater": ("broadcasting_greater", False), "less": ("broadcasting_greater", True),
+    "logical_and": ("broadcasting_and", False), "logical_or": ("broadcasting_or", False),
+    "logical_xor": ("broadcasting_xor", False),
+}
+
+
+def _coreai_binary(name: str):
+    if name in ("greater_equal", "less_equal"):  # x >= y == not (y > x)  (NaN compares false either way in torch)
+        def emit(ctx, attrs, ins, node):
+            x, y = ins if name == "greater_equal" else ins[::-1]
+            return ctx.ca.not_(ctx.ca.broadcasting_greater(y, x))
+        return emit
+    op, swap = _COREAI_BINARY[name]
+
+    def emit(ctx, attrs, ins, node):
+        x, y = ins[::-1] if swap else ins
+        return getattr(ctx.ca, op)(x, y)
+
+    return emit
+
+
 def _binary(name: str, fn, tfn, *, out_dtype=None, allowed=None, doc=""):
     def infer(in_types, attrs):
         if len(in_types) != 2:
@@ -53,7 +81,7 @@ def _binary(name: str, fn, tfn, *, out_dtype=None, allowed=None, doc=""):
         return getattr(ctx.mb, name)(x=x, y=y, name=nm)
 
     register(name, infer=infer, numpy=kernel, emit_mil=emit, mil_inputs=("x", "y"),
-             torch=torch_kernel, elementwise="binary")
+             torch=torch_kernel, elementwise="binary", emit_coreai=_coreai_binary(name))
 
 
 def types_bool():
@@ -303,6 +331,39 @@ _TORCH_UNARY = {
 }
 
 
+def _ca_eps(ctx, x, attrs, fn):
+    eps = attrs.get("epsilon", 0.0)
+    if eps:
+        x = ctx.ca.broadcasting_add(x, ctx.const(np.asarray(eps, DTYPES[ctx.node.inputs[0].type.dtype])))
+    return getattr(ctx.ca, fn)(x)
+
+
+def _ca_gelu(ctx, attrs, x):
+    mode = attrs.get("mode", "EXACT")
+    if mode == "SIGMOID_APPROXIMATION":  # x * sigmoid(1.702 x)
+        k = ctx.const(np.asarray(1.702, DTYPES[ctx.node.inputs[0].type.dtype]))
+        return ctx.ca.broadcasting_mul(x, ctx.ca.sigmoid(ctx.ca.broadcasting_mul(x, k)))
+    return ctx.ca.gelu(x, approximate="tanh" if mode == "TANH_APPROXIMATION" else "none")
+
+
+#: IR unary op -> its Core AI form ``f(ctx, attrs, x)``
+_COREAI_UNARY = {
+    **{n: (lambda n: lambda ctx, a, x: getattr(ctx.ca, n)(x))(n)
+       for n in ("exp", "sqrt", "tanh", "sinh", "cosh", "tan", "asin", "acos", "atan", "atanh", "sigmoid", "relu",
+                 "erf", "sin", "cos", "silu")},
+    "abs": lambda ctx, a, x: ctx.ca.abs_(x),
+    "round": lambda ctx, a, x: ctx.ca.round_(x),
+    "logical_not": lambda ctx, a, x: ctx.ca.not_(x),
+    "square": lambda ctx, a, x: ctx.ca.broadcasting_mul(x, x),
+    "log": lambda ctx, a, x: _ca_eps(ctx, x, a, "log"),
+    "rsqrt": lambda ctx, a, x: _ca_eps(ctx, x, a, "rsqrt"),
+    "gelu": _ca_gelu,
+    "clip": lambda ctx, a, x: ctx.ca.broadcasting_maximum(
+        ctx.ca.broadcasting_minimum(x, ctx.const(np.asarray(a["beta"], DTYPES[ctx.node.inputs[0].type.dtype]))),
+        ctx.const(np.asarray(a["alpha"], DTYPES[ctx.node.inputs[0].type.dtype]))),
+}
+
+
 def _unary(name, kernel, attr_names, allowed):
     def infer(in_types, attrs):
         if len(in_types) != 1:
@@ -327,8 +388,10 @@ def _unary(name, kernel, attr_names, allowed):
     half = {"epsilon": "epsilon"} if "epsilon" in (attr_names or ()) else {}
     if name == "clip":
         half = {"alpha": "bound", "beta": "bound"}
+    ca = _COREAI_UNARY.get(name)
     register(name, infer=infer, numpy=numpy_kernel, emit_mil=emit, elementwise="unary",
-             torch=_TORCH_UNARY[name], half_attrs=half)
+             torch=_TORCH_UNARY[name], half_attrs=half,
+             emit_coreai=None if ca is None else (lambda ctx, attrs, ins, node, _f=ca: _f(ctx, attrs, ins[0])))
 
 
 for _n, (_k, _a, _d) in _UNARY.items():
@@ -360,7 +423,8 @@ def _emit_cast(ctx, attrs, ins, nm):
 
 
 register("cast", elementwise="unary", is_noop=lambda a, t: a["dtype"] == t[0].dtype, infer=_infer_cast, numpy=_cast, emit_mil=_emit_cast, flops=lambda i, o, a: 0,
-         torch=lambda a, x: x.to(TORCH[a["dtype"]]))
+         torch=lambda a, x: x.to(TORCH[a["dtype"]]),
+         emit_coreai=lambda ctx, a, ins, node: ctx.ca.cast(ins[0], DTYPES[a["dtype"]].type))
 
 
 def _infer_select(in_types, attrs):
@@ -395,6 +459,7 @@ def _emit_select(ctx, attrs, ins, nm):
 
 
 register("select", elementwise="ternary", infer=_infer_select, numpy=_select, emit_mil=_emit_select, mil_inputs=("cond", "a", "b"),
-         torch=lambda a, cond, x, y: torch.where(cond, x, y))
+         torch=lambda a, cond, x, y: torch.where(cond, x, y),
+         emit_coreai=lambda ctx, a, ins, node: ctx.ca.broadcasting_where(*ins))
 
 __all__ = ["erf", "flops_elementwise"]

@@ -10,7 +10,7 @@ import numpy as np
 from .._lazy import F, torch
 
 from ..errors import IRError
-from ..ir import TensorType
+from ..ir import DTYPES, TensorType
 from . import APPLE, Reason, mil_attr, register
 from .common import FLOAT, broadcast_shape, same_dtype
 from .parallel import map_rows
@@ -70,6 +70,34 @@ def _flops_linear(i, o, a):
     return 2 * o[0].size * i[0].shape[-1]
 
 
+def _ca_linear(ctx, a, ins, node):
+    """``x @ weight.T + bias``: Core AI's broadcasting batch matmul with the transposed weight
+    (a constant, transposed here) and an add."""
+    ca = ctx.ca
+    w = ctx.array(1)
+    wt = ctx.const(np.ascontiguousarray(w.T)) if w is not None else ca.transpose(ins[1], ctx.u32([1, 0]))
+    x = ins[0]
+    r = node.inputs[0].type.rank
+    y = ca.broadcasting_batch_matmul(ca.reshape(x, [1, node.inputs[0].type.shape[0]]) if r == 1 else x, wt)
+    if r == 1:
+        y = ctx.reshaped(y)
+    return ca.broadcasting_add(y, ins[2]) if len(ins) == 3 else y
+
+
+def _ca_swap_last(ca, x, rank):
+    return ca.transpose(x, np.asarray(list(range(rank - 2)) + [rank - 1, rank - 2], np.uint32))
+
+
+def _ca_matmul(ctx, a, ins, node):
+    x, y = ins
+    rx, ry = (v.type.rank for v in node.inputs)
+    if a.get("transpose_x"):
+        x = _ca_swap_last(ctx.ca, x, rx)
+    if a.get("transpose_y"):
+        y = _ca_swap_last(ctx.ca, y, ry)
+    return ctx.ca.broadcasting_batch_matmul(x, y)
+
+
 def _linear_efficiency(i, o, a):
     """Apple's rule (neural_engine_rules.md L353): a projection over channels is a 1x1 Conv2d on
     channels-first (B, C, 1, S) data, not a Linear over the last axis of (B, S, C) tokens;
@@ -81,7 +109,7 @@ def _linear_efficiency(i, o, a):
 
 
 register("linear", infer=_infer_linear, numpy=_linear, emit_mil=_emit_linear, flops=_flops_linear,
-         mil_inputs=("x", "weight", "bias"), efficiency=_linear_efficiency,
+         mil_inputs=("x", "weight", "bias"), efficiency=_linear_efficiency, emit_coreai=_ca_linear,
          torch=lambda a, x, w, b=None: F.linear(x, w, b))
 
 
@@ -144,7 +172,7 @@ def _matmul_efficiency(i, o, a):
 
 
 register("matmul", infer=_infer_matmul, numpy=_matmul, emit_mil=_emit_matmul, flops=_flops_matmul, mil_inputs=("x", "y"),
-         torch=_t_matmul, efficiency=_matmul_efficiency)
+         torch=_t_matmul, efficiency=_matmul_efficiency, emit_coreai=_ca_matmul)
 
 
 # ------------------------------------------------------------------------------------- einsum
@@ -215,7 +243,14 @@ def _flops_einsum(i, o, a):
     return 2 * o[0].size * i[0].shape[3]
 
 
-register("einsum", infer=_infer_einsum, numpy=_einsum, emit_mil=_emit_einsum, flops=_flops_einsum,
+def _ca_einsum(ctx, a, ins, node):
+    ca = ctx.ca
+    p = ctx.u32([0, 2, 1, 3])
+    x, y = (ca.transpose(v, p) for v in ins)
+    return ca.transpose(ca.broadcasting_batch_matmul(x, y), p)
+
+
+register("einsum", infer=_infer_einsum, numpy=_einsum, emit_mil=_emit_einsum, flops=_flops_einsum, emit_coreai=_ca_einsum,
          mil_inputs=("values",), from_mil=_einsum_from_mil, torch=_t_einsum,
          doc="MIL einsum 'nchw,nwhu->nchu' (iOS15 linear.py): the per-head attention matmul of Apple's (B, C, 1, S) "
              "transformer layout (apple/ml-ane-transformers), x[B, C, H, W] y[B, W, H, U] -> [B, C, H, U].")
@@ -300,6 +335,24 @@ def _emit_sdpa(ctx, attrs, ins, nm):
     return mb.matmul(x=p, y=v, name=nm)
 
 
+def _ca_sdpa(ctx, a, ins, node):
+    """softmax(q * scale @ k^T + mask) @ v in Core AI ops; a bool mask keeps where True (-inf
+    elsewhere, as torch)."""
+    ca = ctx.ca
+    q, k, v = ins[:3]
+    qt = node.inputs[0].type
+    dt = DTYPES[qt.dtype]
+    scale = a.get("scale") or 1.0 / np.sqrt(qt.shape[-1])
+    s = ca.broadcasting_batch_matmul(ca.broadcasting_mul(q, ctx.const(np.asarray(scale, dt))),
+                                     _ca_swap_last(ca, k, node.inputs[1].type.rank))
+    if len(ins) == 4:
+        if node.inputs[3].type.dtype == "bool":
+            s = ca.broadcasting_where(ins[3], s, ctx.const(np.asarray(-np.inf, dt)))
+        else:
+            s = ca.broadcasting_add(s, ins[3])
+    return ca.broadcasting_batch_matmul(ca.softmax(s, qt.rank - 1), v)
+
+
 def _flops_sdpa(i, o, a):
     q, k, v = i[:3]
     lead = int(np.prod(o[0].shape[:-2], dtype=np.int64))
@@ -309,6 +362,7 @@ def _flops_sdpa(i, o, a):
 
 register(
     "scaled_dot_product_attention", infer=_infer_sdpa, numpy=_sdpa, emit_mil=_emit_sdpa, flops=_flops_sdpa,
+    emit_coreai=_ca_sdpa,
     mil_inputs=("query", "key", "value", "attn_mask"),
     efficiency=lambda i, o, a: Reason(f"fused scaled_dot_product_attention on {list(i[0].shape)}: the ANE has no fused "
                                       f"SDPA path; compute attention per head ({APPLE} L366-370)", "fused_sdpa"),

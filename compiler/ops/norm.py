@@ -14,7 +14,7 @@ import numpy as np
 from .._lazy import F, torch
 
 from ..errors import IRError
-from ..ir import TensorType
+from ..ir import DTYPES, TensorType
 from . import register
 from .common import FLOAT, same_dtype
 from .linalg import softmax as _softmax
@@ -125,7 +125,26 @@ def _norm_from_mil(names, default_fill):
     return adapter
 
 
-register("layer_norm", half_attrs={"epsilon": "epsilon"},
+
+def _ca_norm(ctx, a, ins, node):
+    """layer_norm / rms_norm in Core AI ops: statistics over ``axes`` in the input's dtype (as the
+    MIL ops compute), then gamma (and beta)."""
+    ca, x = ctx.ca, ins[0]
+    t = node.inputs[0].type
+    axes = list(norm_axes(a["axes"], t.rank))
+    dt = DTYPES[t.dtype]
+    eps = ctx.const(np.asarray(a.get("epsilon", 1e-5), dt))
+    if node.op == "layer_norm":
+        x = ca.broadcasting_sub(x, ca.reduce_mean(x, axes))
+    var = ca.reduce_mean(ca.broadcasting_mul(x, x), axes)
+    y = ca.broadcasting_mul(x, ca.rsqrt(ca.broadcasting_add(var, eps)))
+    shape = [t.shape[i] if i in axes else 1 for i in range(t.rank)]
+    for k, v in enumerate(ins[1:]):  # gamma, beta
+        v = ca.reshape(v, shape)
+        y = ca.broadcasting_mul(y, v) if k == 0 else ca.broadcasting_add(y, v)
+    return y
+
+register("layer_norm", half_attrs={"epsilon": "epsilon"}, emit_coreai=_ca_norm,
          infer=_infer_layer_norm, numpy=_layer_norm, emit_mil=_emit_layer_norm,
          flops=lambda i, o, a: 8 * o[0].size, mil_inputs=("x", "gamma", "beta"),
          from_mil=_norm_from_mil(("x", "gamma", "beta"), 1),
@@ -181,7 +200,7 @@ def _t_rms_norm(attrs, x, gamma=None):
     return y.to(x.dtype)
 
 
-register("rms_norm", half_attrs={"epsilon": "epsilon"},
+register("rms_norm", half_attrs={"epsilon": "epsilon"}, emit_coreai=_ca_norm,
          infer=_infer_layer_norm, numpy=_rms_norm, emit_mil=_emit_rms_norm,
          flops=lambda i, o, a: 6 * o[0].size, mil_inputs=("x", "gamma"), torch=_t_rms_norm)
 
@@ -309,6 +328,7 @@ def _softmax_kernel(attrs, x):
 
 
 register("softmax", infer=_infer_softmax, numpy=_softmax_kernel,
+         emit_coreai=lambda ctx, a, ins, node: ctx.ca.softmax(ins[0], a.get("axis", -1) % node.out.type.rank),
          emit_mil=lambda ctx, a, ins, nm: ctx.mb.softmax(x=ins[0], axis=a.get("axis", -1), name=nm),
          flops=lambda i, o, a: 5 * o[0].size,
          torch=lambda a, x: torch.softmax(x, a.get("axis", -1)))
@@ -316,6 +336,10 @@ register("softmax", infer=_infer_softmax, numpy=_softmax_kernel,
 
 # ------------------------------------------------------------------------------------ reductions
 
+
+#: IR reduction -> Core AI op (which keeps the reduced axes; the result is reshaped)
+_COREAI_REDUCE = {"reduce_sum": "reduce_sum", "reduce_mean": "reduce_mean", "reduce_max": "reduce_max",
+                  "reduce_min": "reduce_min", "reduce_prod": "reduce_product"}
 
 #: Names of the ``reduce_*`` rows (``axes``, ``keep_dims``), for passes (tlc.passes.rank).
 REDUCE_OPS: list[str] = []
@@ -349,8 +373,15 @@ def _reduce(name, fn, tfn, float_only=False):
         kw = {"axes": list(attrs["axes"])} if attrs.get("axes") is not None else {}
         return getattr(ctx.mb, name)(x=ins[0], keep_dims=attrs.get("keep_dims", False), name=nm, **kw)
 
+    def emit_coreai(ctx, attrs, ins, node):
+        rank = node.inputs[0].type.rank
+        axes = list(norm_axes(attrs["axes"], rank)) if attrs.get("axes") is not None else list(range(rank))
+        if not axes:
+            return ins[0]
+        return ctx.reshaped(getattr(ctx.ca, _COREAI_REDUCE[name])(ins[0], axes))
+
     register(name, infer=infer, numpy=kernel, emit_mil=emit, flops=lambda i, o, a: i[0].size,
-             torch=torch_kernel)
+             torch=torch_kernel, emit_coreai=emit_coreai if name in _COREAI_REDUCE else None)
 
 
 def _mean(x, axis, keepdims):

@@ -13,7 +13,7 @@ import numpy as np
 from .._lazy import F, torch
 
 from ..errors import IRError
-from ..ir import TensorType
+from ..ir import DTYPES, TensorType
 from . import register
 from .conv import conv_taps, out_size, pad_array, spatial_attr, window_from_mil, window_shapes
 from .parallel import parallel_for
@@ -34,20 +34,30 @@ def _infer_pool(in_types, attrs):
     return [TensorType(x.dtype, x.shape[:2] + sp)]
 
 
-def _pool_input(attrs, x, fill):
-    """Padded input, the padding used, output size, strides and taps of a pool."""
+def pool_pads(attrs, shape) -> tuple[list[int], tuple[int, ...]]:
+    """(padding per spatial side, output size) of a pool over an input of ``shape``: the
+    explicit ``pad`` plus, on the right, what ``ceil_mode`` windows run past it."""
     k = tuple(attrs["kernel_sizes"])
     nsp = len(k)
     strides = spatial_attr(attrs, nsp, "strides", 1)
     pad = list(attrs.get("pad") or (0,) * (2 * nsp))
     ceil_mode = attrs.get("ceil_mode", False)
     out_sp = tuple(
-        out_size(x.shape[2 + i], k[i], strides[i], 1, pad[2 * i], pad[2 * i + 1], ceil_mode) for i in range(nsp)
+        out_size(shape[2 + i], k[i], strides[i], 1, pad[2 * i], pad[2 * i + 1], ceil_mode) for i in range(nsp)
     )
     for i in range(nsp):  # ceil_mode windows may run past the right padding: pad further
-        need = (out_sp[i] - 1) * strides[i] + k[i] - (x.shape[2 + i] + pad[2 * i] + pad[2 * i + 1])
+        need = (out_sp[i] - 1) * strides[i] + k[i] - (shape[2 + i] + pad[2 * i] + pad[2 * i + 1])
         if need > 0:
             pad[2 * i + 1] += need
+    return pad, out_sp
+
+
+def _pool_input(attrs, x, fill):
+    """Padded input, the padding used, output size, strides and taps of a pool."""
+    k = tuple(attrs["kernel_sizes"])
+    nsp = len(k)
+    strides = spatial_attr(attrs, nsp, "strides", 1)
+    pad, out_sp = pool_pads(attrs, x.shape)
     xp = pad_array(x, pad, fill)
     return xp, pad, out_sp, list(conv_taps(k, strides, (1,) * nsp, out_sp))
 
@@ -160,6 +170,50 @@ def _emit_pool(kind):
     return emit
 
 
+def _coreai_pool(kind):
+    """max_pool / avg_pool in Core AI ops: explicit padding (-inf / the lowest finite value for max,
+    0 for avg; the ``ceil_mode`` overhang included), then ``maxpool2d`` or ``sumpool2d`` divided by
+    each window's count (explicit padding counted unless ``exclude_padding_from_average``, the
+    overhang never, as the NumPy kernel). 1-D pools run as 2-D with a unit height."""
+    def emit(ctx, attrs, ins, node):
+        ca = ctx.ca
+        xt = node.inputs[0].type
+        nsp = xt.rank - 2
+        if nsp not in (1, 2):
+            raise ValueError(f"{nsp}-D pooling has no Core AI form in tlc yet")
+        pads, out_sp = pool_pads(attrs, xt.shape)
+        k = list(attrs["kernel_sizes"])
+        st = list(spatial_attr(attrs, nsp, "strides", 1))
+        dt = DTYPES[xt.dtype]
+        fill = np.finfo(dt).min if kind == "max_pool" else 0
+        x = ins[0]
+        if any(pads):
+            x = ca.pad(x, ctx.u32([0, 0, 0, 0] + pads), ctx.const(np.asarray(fill, dt)))
+        if nsp == 1:
+            x, k, st, pads = ca.expand_dims(x, [2]), [1] + k, [1] + st, [0, 0] + pads
+        out2 = tuple(xt.shape[:2]) + ((1,) if nsp == 1 else ()) + tuple(out_sp)
+        if kind == "max_pool":
+            from coreai.authoring import TensorType as CATensorType
+
+            y = ca.maxpool2d(CATensorType(out2, dt), x, ctx.u32(k), ctx.u32(st), ctx.u32([1, 1]), False)
+        else:
+            y = ca.sumpool2d(x, ctx.u32(k), ctx.u32(st), ctx.u32([1, 1]))
+            orig = (xt.shape[2:] if nsp == 2 else (1,) + tuple(xt.shape[2:]))
+            explicit = list(attrs.get("pad") or (0,) * (2 * nsp))
+            explicit = explicit if nsp == 2 else [0, 0] + explicit
+            inside = np.pad(np.ones((1, 1) + tuple(orig), np.float32),
+                            [(0, 0), (0, 0)] + [(explicit[2 * i], explicit[2 * i + 1]) for i in range(2)],
+                            constant_values=0.0 if attrs.get("exclude_padding_from_average", False) else 1.0)
+            inside = np.pad(inside, [(0, 0), (0, 0)] + [(0, pads[2 * i] + pads[2 * i + 1] - explicit[2 * i]
+                                                         - explicit[2 * i + 1]) for i in range(2)])
+            taps = list(conv_taps(tuple(k), tuple(st), (1, 1), out2[2:]))
+            count = tap_reduce(np.add, inside, taps, out2[2:])
+            y = ca.broadcasting_divide(y, ctx.const(count.astype(dt)))
+        return ctx.reshaped(y) if nsp == 1 else y
+
+    return emit
+
+
 def _ane_pool(i, o, a):
     if max(a["kernel_sizes"]) > POOL_MAX_KERNEL:
         return f"pool kernel {max(a['kernel_sizes'])} > {POOL_MAX_KERNEL} is not run on the ANE (hollance/neural-engine #1, #2)"
@@ -181,4 +235,4 @@ def _pool_from_mil(v):
 for _kind, _fn in (("max_pool", _max_pool), ("avg_pool", _avg_pool)):
     register(_kind, infer=_infer_pool, numpy=_fn, emit_mil=_emit_pool(_kind), ane=_ane_pool, flops=_flops_pool,
              from_mil=_pool_from_mil,
-             torch=_t_pool(_kind))
+             torch=_t_pool(_kind), emit_coreai=_coreai_pool(_kind))

@@ -12,7 +12,7 @@ import numpy as np
 from .._lazy import F, torch
 
 from ..errors import IRError
-from ..ir import TensorType, dtype_of
+from ..ir import DTYPES, TensorType, dtype_of
 from . import flops_none, mil_attr, register
 from .norm import norm_axes
 
@@ -29,6 +29,54 @@ def _const(attrs):
     return attrs["val"]
 
 
+
+# ------------------------------------------------------------------ Core AI forms (tlc.coreai_emit)
+
+
+def _ca_reshape(ctx, a, ins, node):
+    return ctx.reshaped(ins[0])
+
+
+def _ca_concat(ctx, a, ins, node):
+    return ctx.ca.concat(a["axis"] % node.out.type.rank, list(ins))
+
+
+def _ca_split(ctx, a, ins, node):
+    return ctx.ca.split(ins[0], ctx.u32(a["split_sizes"]), a["axis"] % node.inputs[0].type.rank)
+
+
+def _ca_slice(ctx, a, ins, node):
+    x = ins[0]
+    if a.get("flip"):
+        raise ValueError("slice_by_index with flipped axes has no Core AI form in tlc yet")
+    y = ctx.ca.slice_(x, list(a["begin"]), list(a["end"]), list(a["stride"]))
+    return ctx.reshaped(y)  # squeeze_mask
+
+
+def _ca_pad(ctx, a, ins, node):
+    if a.get("mode", "constant") != "constant":
+        raise ValueError(f"pad mode {a['mode']!r} has no Core AI form in tlc yet")
+    x = node.inputs[0].type
+    p = list(a["pad"])
+    spec = [0] * (2 * (x.rank - len(p) // 2)) + p
+    val = np.asarray(a.get("constant_val", 0.0), DTYPES[x.dtype])
+    return ctx.ca.pad(ins[0], np.asarray(spec, np.uint32), ctx.const(val))
+
+
+def _ca_gather(ctx, a, ins, node):
+    """IR ``gather(x, indices, axis)`` as Core AI ``gather_nd`` over the axis moved first."""
+    x, idx = ins
+    rank = node.inputs[0].type.rank
+    ax = a.get("axis", 0) % rank
+    ir = node.inputs[1].type.rank
+    if ax:
+        x = ctx.ca.transpose(x, ctx.u32([ax] + [i for i in range(rank) if i != ax]))
+    y = ctx.ca.gather_nd(x, ctx.ca.expand_dims(idx, [ir]))  # idx.shape + rest
+    if ax:
+        rest = rank - 1
+        y = ctx.ca.transpose(y, ctx.u32(list(range(ir, ir + ax)) + list(range(ir)) + list(range(ir + ax, ir + rest))))
+    return y
+
 register(
     "const",
     infer=lambda i, a: [TensorType(dtype_of(a["val"]), a["val"].shape)],
@@ -40,6 +88,7 @@ register(
 
 register(
     "identity",
+    emit_coreai=lambda ctx, a, ins, node: ins[0],
     is_noop=lambda a, t: True,
     elementwise="unary",
     doc="MIL ``identity`` (tensor_operation.py): returns x.",
@@ -79,6 +128,7 @@ def _reshape_from_mil(v):
 
 register(
     "reshape",
+    emit_coreai=_ca_reshape,
     is_noop=lambda a, t: tuple(a["shape"]) == t[0].shape,
     from_mil=_reshape_from_mil,
     doc="MIL ``reshape`` (tensor_transformation.py): row-major reshape to the static ``shape``.",
@@ -100,6 +150,7 @@ def _infer_transpose(in_types, attrs):
 
 register(
     "transpose",
+    emit_coreai=lambda ctx, a, ins, node: ctx.ca.transpose(ins[0], ctx.u32(a["perm"])),
     is_noop=lambda a, t: tuple(a["perm"]) == tuple(range(t[0].rank)),
     doc="MIL ``transpose`` (tensor_transformation.py): permute axes by ``perm``.",
     infer=_infer_transpose,
@@ -125,6 +176,7 @@ def _infer_expand_dims(in_types, attrs):
 
 register(
     "expand_dims",
+    emit_coreai=_ca_reshape,
     is_noop=lambda a, t: not a["axes"],
     doc="MIL ``expand_dims`` (tensor_transformation.py): insert size-1 axes at ``axes`` (output positions).",
     infer=_infer_expand_dims,
@@ -145,6 +197,7 @@ def _infer_squeeze(in_types, attrs):
 
 register(
     "squeeze",
+    emit_coreai=_ca_reshape,
     is_noop=lambda a, t: not a["axes"],
     from_mil=lambda v: ([v["x"]], {"axes": mil_attr(v.get("axes")) if v.get("axes") is not None
                                    else tuple(i for i, d in enumerate(v["x"].shape) if d == 1)}),
@@ -192,6 +245,7 @@ def _t_concat(attrs, *xs):
 
 register(
     "concat",
+    emit_coreai=_ca_concat,
     is_noop=lambda a, t: len(t) == 1,
     infer=_infer_concat,
     numpy=_concat,
@@ -232,7 +286,7 @@ def _split_from_mil(v):
     return [x], {"axis": ax, "split_sizes": tuple(int(s) for s in sizes)}
 
 
-register("split", infer=_infer_split, numpy=_split, emit_mil=_emit_split, flops=flops_none, from_mil=_split_from_mil,
+register("split", emit_coreai=_ca_split, infer=_infer_split, numpy=_split, emit_mil=_emit_split, flops=flops_none, from_mil=_split_from_mil,
          torch=lambda a, x: tuple(torch.split(x, list(a["split_sizes"]), a["axis"])))
 
 
@@ -341,7 +395,7 @@ def _slice_is_noop(a, t) -> bool:
             and not a.get("flip") and not any(a.get("squeeze_mask") or ()))
 
 
-register("slice_by_index", is_noop=_slice_is_noop, infer=_infer_slice, numpy=_slice, emit_mil=_emit_slice, flops=flops_none,
+register("slice_by_index", emit_coreai=_ca_slice, is_noop=_slice_is_noop, infer=_infer_slice, numpy=_slice, emit_mil=_emit_slice, flops=flops_none,
          from_mil=slice_from_mil,
          torch=_t_slice)
 
@@ -382,6 +436,7 @@ def _t_gather(attrs, x, idx):
 
 register(
     "gather",
+    emit_coreai=_ca_gather,
     torch=_t_gather,
     infer=_infer_gather,
     numpy=_gather,
@@ -435,6 +490,7 @@ def _infer_tile(in_types, attrs):
 
 register(
     "tile",
+    emit_coreai=lambda ctx, a, ins, node: ctx.ca.tile(ins[0], ctx.u32(a["reps"])),
     is_noop=lambda a, t: set(a["reps"]) <= {1},
     doc="MIL ``tile`` (tensor_operation.py): repeat x ``reps[i]`` times along axis i.",
     infer=_infer_tile,
@@ -492,6 +548,7 @@ def _t_pad(attrs, x):
 
 register(
     "pad",
+    emit_coreai=_ca_pad,
     is_noop=lambda a, t: not any(a["pad"]),
     torch=_t_pad,
     infer=_infer_pad,

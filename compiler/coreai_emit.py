@@ -1,0 +1,161 @@
+"""Core AI emission: tlc IR -> ``coreai.authoring`` program -> ``.aimodel`` (issue 17).
+
+Apple's ``coreai-core`` (an optional extra: ``pip install -e ".[coreai]"``) has an authoring API
+(``Module.create()``, the ``graph`` decorator, ops such as ``broadcasting_add``,
+``batch_matmul``, ``conv2d``, ``softmax``) and a runtime that executes ``.aimodel`` assets on
+Linux and macOS. Each op row's ``emit_coreai`` field (:mod:`tlc.ops`) maps one IR node to Core AI
+ops, exactly as ``emit_mil`` does for MIL: one table, two emitters. An op without the field
+raises :class:`~tlc.errors.EmitError` naming it and its source line.
+
+The graph is built through the ``graph`` decorator on a function whose signature is made from
+the IR graph's inputs and outputs (names, shapes, dtypes), so the asset's I/O names are the
+user's. Constants are baked with ``coreai.authoring.constant.constant``.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+
+from .errors import EmitError, InputError
+from .ir import DTYPES, Graph, Node, Value
+
+INSTALL = 'pip install -e ".[coreai]"  (coreai-core 1.0.0b3: Linux x86_64 manylinux_2_34, macOS arm64)'
+
+
+def coreai():
+    """``coreai.authoring`` (imported on first use); raises :class:`InputError` with the install
+    line when the optional extra is absent."""
+    try:
+        import coreai.authoring as ca
+    except ImportError:
+        raise InputError(f"Core AI (.aimodel) needs Apple's coreai-core: {INSTALL}") from None
+    return ca
+
+
+class CoreAIContext:
+    """What an ``emit_coreai`` rule gets: ``ca`` (``coreai.authoring``), ``node`` (the IR node
+    being emitted), :meth:`const` (an array as a Core AI constant), :meth:`array` (the NumPy
+    value of an input that is an IR constant, else None)."""
+
+    def __init__(self, ca, consts: dict[Value, np.ndarray]):
+        from coreai.authoring.constant import constant
+
+        self.ca = ca
+        self._constant = constant
+        self._consts = consts
+        self.node: Node | None = None
+
+    def const(self, arr) -> Any:
+        a = np.asarray(arr)
+        if a.dtype == np.float64:
+            a = a.astype(np.float32)
+        elif a.dtype == np.int64:
+            a = a.astype(np.int32)
+        return self._constant(a if a.ndim == 0 else np.ascontiguousarray(a))  # ascontiguousarray makes 0-d 1-d
+
+    @staticmethod
+    def u32(values) -> np.ndarray:
+        """Index-like operands (permutations, split sizes, repeats, paddings) as Core AI wants them:
+        1-D uint32."""
+        return np.asarray(list(values), np.uint32)
+
+    def array(self, i: int) -> np.ndarray | None:
+        return self._consts.get(self.node.inputs[i])
+
+    def out_shape(self, k: int = 0) -> tuple[int, ...]:
+        return tuple(self.node.outputs[k].type.shape)
+
+    def reshaped(self, v, k: int = 0):
+        """``v`` reshaped to the node's k-th output shape (for ops whose Core AI form keeps axes)."""
+        return self.ca.reshape(v, list(self.out_shape(k)))
+
+
+def _np_dtype(t) -> np.dtype:
+    return DTYPES[t.dtype]
+
+
+def _signature_fn(g: Graph, body):
+    from coreai.authoring import TensorType, Value as CAValue
+
+    params = [inspect.Parameter(v.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                annotation=Annotated[CAValue, TensorType(tuple(v.type.shape), _np_dtype(v.type),
+                                                                         name=v.name)])
+              for v in g.inputs]
+    outs = [Annotated[CAValue, TensorType(tuple(v.type.shape), _np_dtype(v.type), name=n)]
+            for v, n in zip(g.outputs, g.output_names)]
+    ret = outs[0] if len(outs) == 1 else tuple[tuple(outs)]
+
+    def main(*args):
+        return body(*args)
+
+    main.__signature__ = inspect.Signature(params, return_annotation=ret)
+    main.__annotations__ = {**{p.name: p.annotation for p in params}, "return": ret}
+    return main
+
+
+def missing_ops(g: Graph) -> list[Node]:
+    """Nodes of ``g`` whose op has no Core AI form yet (``emit_coreai is None``)."""
+    from .ops import get_op
+
+    return [n for n in g.nodes if n.op != "const" and get_op(n.op).emit_coreai is None]
+
+
+def to_aiprogram(g: Graph):
+    """``g`` (typed IR, fp32 or fp16) as a ``coreai.authoring.AIProgram`` with one function
+    ``main``. Raises :class:`EmitError` for an op without a Core AI form (all of them listed, with
+    their source lines) or an emission that fails."""
+    from .ops import get_op
+
+    ca = coreai()
+    missing = missing_ops(g)
+    if missing:
+        lines = "; ".join(f"{n.op} ({n.name}{', ' + str(n.loc) if n.loc and n.loc.file else ''})" for n in missing[:8])
+        raise EmitError(f"no Core AI form yet for {len({n.op for n in missing})} op kind(s): {lines}"
+                        + (f"; +{len(missing) - 8} more" if len(missing) > 8 else ""), loc=missing[0].loc)
+    consts = {n.out: np.asarray(n.attrs["val"]) for n in g.nodes if n.op == "const"}
+    ctx = CoreAIContext(ca, consts)
+
+    def body(*args):
+        env: dict[Value, Any] = dict(zip(g.inputs, args))
+        for n in g.nodes:
+            if n.op == "const":
+                continue
+            ctx.node = n
+            ins = [env[v] if v in env else env.setdefault(v, ctx.const(consts[v])) for v in n.inputs]
+            try:
+                out = get_op(n.op).emit_coreai(ctx, n.attrs, ins, n)
+            except EmitError:
+                raise
+            except Exception as e:  # noqa: BLE001 - name the node whatever coreai raised
+                raise EmitError(f"Core AI emission of {n.op} (node {n.name}) failed: {type(e).__name__}: {e}",
+                                loc=n.loc) from e
+            outs = out if isinstance(out, (list, tuple)) else [out]
+            env.update(zip(n.outputs, outs))
+        res = [env[v] if v in env else ctx.const(consts[v]) for v in g.outputs]
+        return res[0] if len(res) == 1 else tuple(res)
+
+    with ca.Module.create() as m:
+        ca.graph(_signature_fn(g, body))
+    return ca.AIProgram(m)
+
+
+def save_aimodel(g: Graph, path: str | os.PathLike, force: bool = False) -> Path:
+    """Write ``g`` as a Core AI asset directory ``path`` (``.aimodel``), staged and renamed into
+    place (:func:`tlc.artifact.atomic_dir`). Raises :class:`InputError` for another suffix or
+    without coreai-core, :class:`~tlc.errors.OutputExistsError` if ``path`` exists and not
+    ``force``, :class:`EmitError` (see :func:`to_aiprogram`)."""
+    from .artifact import atomic_dir
+
+    path = Path(path)
+    if path.suffix != ".aimodel":
+        raise InputError(f"a Core AI asset path ends in .aimodel, got {str(path)!r}")
+    if path.exists() and not force:
+        from .errors import OutputExistsError
+
+        raise OutputExistsError(f"{str(path)!r} already exists; pass force=True (CLI: --force) to replace it")
+    prog = to_aiprogram(g)
+    return atomic_dir(path, force, lambda staged: prog.save_asset(staged))
