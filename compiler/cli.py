@@ -5,10 +5,10 @@
               [--compress int8|int4|palettize4|palettize6|palettize8]
               [--report] [--report-json F]
               [--report-html F] [--force]
-    tlc run PKG|BUNDLE --input NAME=FILE.npy ... [--out DIR] [--backend auto|coreml|interpreter]
-    tlc inspect PKG|BUNDLE [--json] [--function NAME]
+    tlc run PKG|BUNDLE|ASSET.aimodel --input NAME=FILE.npy ... [--out DIR] [--backend auto|coreml|interpreter]
+    tlc inspect PKG|BUNDLE|ASSET.aimodel [--json] [--function NAME]
     tlc lint PKG|BUNDLE [--fail-on eligibility|efficiency] [--json F] [--all]
-    tlc verify model.py [--package PKG] [--precision fp16|fp32] [--tol-fp32 1e-5] [--tol-fp16 1e-2]
+    tlc verify model.py [--package PKG] [--format mlpackage|both] [--precision fp16|fp32] [--tol-fp32 1e-5] [--tol-fp16 1e-2]
     tlc bench model.py [--runs 50] [--warmup 10] [--batch B] [--backends eager,tlc-torch,...] [--json FILE]
 
 Errors tlc knows about print one paragraph (what, where) to stderr and exit non-zero
@@ -225,6 +225,32 @@ def cmd_lint(a: argparse.Namespace) -> int:
     return rep.exit_code(a.fail_on)
 
 
+def _inspect_aimodel(path: Path, as_json: bool) -> int:
+    """``tlc inspect`` of a Core AI asset: its function's inputs and outputs (from Apple's runtime),
+    size and metadata.json."""
+    import json
+
+    from ._coreml import package_size
+    from tlc.runtime.coreai_runtime import CoreAIModel
+
+    m = CoreAIModel(path)
+    meta = json.loads((path / "metadata.json").read_text()) if (path / "metadata.json").is_file() else {}
+    info = {"path": str(path), "format": "aimodel", "functions": m.functions, "size_bytes": package_size(path),
+            "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, (s, d) in m.input_types.items()],
+            "outputs": [{"name": n, "shape": list(s), "dtype": d} for n, (s, d) in m.output_types.items()],
+            "metadata": meta}
+    m.close()
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{path}  (Core AI asset, {meta.get('producer', '?')}, function {', '.join(m.functions)}, "
+          f"{human(info['size_bytes'])})")
+    for kind, rows in (("input", info["inputs"]), ("output", info["outputs"])):
+        for r in rows:
+            print(f"  {kind:<7} {r['name']:<24} {r['dtype']}{r['shape']}")
+    return 0
+
+
 def cmd_inspect(a: argparse.Namespace) -> int:
     import json
 
@@ -232,6 +258,10 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 
     if is_bundle(a.package):
         return _inspect_bundle(Path(a.package), a.json)
+    from tlc.runtime.coreai_runtime import is_aimodel
+
+    if is_aimodel(a.package):
+        return _inspect_aimodel(Path(a.package), a.json)
     info = package_info(a.package, function_name=a.function)
     if a.json:
         print(json.dumps(info, indent=2))
@@ -296,7 +326,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
     spec = load_model_file(a.model, entry=a.entry)
     opts = dict(spec.options)
     opts.pop("strict", None)
-    report = verify(spec.model, spec.example_inputs, package=a.package,
+    report = verify(spec.model, spec.example_inputs, package=a.package, format=a.format,
                     precision=a.precision or opts.get("precision"),
                     minimum_deployment_target=a.minimum_deployment_target or opts.get("minimum_deployment_target", "iOS17"),
                     target=a.target or opts.get("target", "ane"),
@@ -492,6 +522,9 @@ def make_parser() -> argparse.ArgumentParser:
                      "source line. Exit code 0 on PASS, 1 on FAIL."))
     v.add_argument("model", help="path to model.py (same convention as `tlc build`)")
     v.add_argument("--package", help="verify this existing .mlpackage instead of building one")
+    v.add_argument("--format", choices=["mlpackage", "both"], default="mlpackage",
+                   help="both: also build the Core AI .aimodel of the same program, run it in Apple's Core AI runtime, "
+                        "and compare torch, the MIL interpreter and Core AI in one table (needs the coreai extra)")
     v.add_argument("-o", "--output", help="keep the built package at this path (default: a temp dir)")
     v.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     _build_options(v)

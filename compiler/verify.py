@@ -108,10 +108,15 @@ class VerifyReport:
     outputs: list[OutputCheck]
     divergence: Divergence | None = None
     timings: dict = field(default_factory=dict)
+    #: ``format="both"``: the Core AI asset's outputs vs torch eager, the two Apple formats against
+    #: each other (MIL interpreter vs Core AI runtime), and the first op where they disagree
+    coreai: list[OutputCheck] | None = None
+    apple_agreement: list[OutputCheck] | None = None
+    apple_divergence: Divergence | None = None
 
     @property
     def passed(self) -> bool:
-        return all(o.passed for o in self.outputs)
+        return all(o.passed for o in self.outputs + (self.coreai or []) + (self.apple_agreement or []))
 
     def text(self) -> str:
         """The report as a table: one row per output, the verdict, and the divergence if any."""
@@ -122,9 +127,20 @@ class VerifyReport:
         for o in self.outputs:
             lines.append(f"  {o.name:<24} {str(list(o.shape)):<16} {o.max_abs:9.2e} {o.rel_l2:9.2e} {o.cosine:10.7f} "
                          f"{o.nonfinite:7d} {o.tol:7.0e}  {'PASS' if o.passed else 'FAIL'}")
+        for title, rows in (("Core AI runtime vs torch eager", self.coreai),
+                            ("MIL interpreter vs Core AI runtime (the two Apple formats)", self.apple_agreement)):
+            if rows is None:
+                continue
+            lines.append(f"  {title}")
+            for o in rows:
+                lines.append(f"  {o.name:<24} {str(list(o.shape)):<16} {o.max_abs:9.2e} {o.rel_l2:9.2e} {o.cosine:10.7f} "
+                             f"{o.nonfinite:7d} {o.tol:7.0e}  {'PASS' if o.passed else 'FAIL'}")
         lines.append("PASS" if self.passed else "FAIL")
         if self.divergence is not None:
             lines.append(str(self.divergence))
+        if self.apple_divergence is not None:
+            lines.append("the Apple formats part at: " + str(self.apple_divergence).replace(
+                "against tlc's reference runtime", "between the MIL interpreter and the Core AI runtime"))
         return "\n".join(lines)
 
 
@@ -199,6 +215,93 @@ def first_divergence(graph: Graph, runner, feeds: dict, tol: float) -> Divergenc
     return None
 
 
+def _verify_coreai(report: VerifyReport, cm, interp, feeds, got, refs, tol, package: Path) -> None:
+    """``format="both"``: fill ``report``'s Core AI rows (see :func:`verify`)."""
+    from tlc.runtime.coreai_runtime import CoreAIModel
+
+    from .api import check_format
+
+    check_format("both")
+    if cm.is_bundle:
+        raise TlcError("verify --format both needs one Core ML program; this model has ops in tlc's fallback runtime")
+    work = Path(tempfile.mkdtemp(prefix="tlc-verify-coreai-"))
+    try:
+        aim = work / "model.aimodel"
+        cm._save_aimodel(aim, force=True)
+        t0 = time.perf_counter()
+        m = CoreAIModel(aim)
+        try:
+            ca_out = m({n: feeds[n] for n in m.inputs})
+        finally:
+            m.close()
+        report.timings["coreai"] = time.perf_counter() - t0
+        report.coreai = [compare(n, ca_out[n], r.detach().double().numpy(), tol) for n, r in zip(cm.output_names, refs)]
+        report.apple_agreement = [compare(n, ca_out[n], np.asarray(got[n], np.float64), tol) for n in cm.output_names]
+        if not all(o.passed for o in report.apple_agreement):
+            report.apple_divergence = apple_divergence(cm.emit_graph, interp, feeds, tol, work)
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def apple_divergence(graph: Graph, interp, feeds: dict, tol: float, workdir: Path) -> Divergence | None:
+    """The first node of ``graph`` (the program both Apple formats were emitted from) whose value
+    in the Core AI runtime departs (rel-L2 > ``tol``) from its value in tlc's MIL interpreter
+    (``interp``). Core AI has no per-op observer: prefixes of the graph ending at a node are
+    emitted as small ``.aimodel`` assets and bisected over the graph order (about log2(ops)
+    emissions) to a node that differs, then followed up the dataflow to the first node whose
+    inputs agree but whose output does not: the op where the formats part. None when no node differs."""
+    from tlc.passes import dce
+    from tlc.runtime.coreai_runtime import CoreAIModel
+
+    from .coreai_emit import save_aimodel
+    from .ir import replace
+
+    mil: dict[str, tuple] = {}
+    interp.run(feeds, observer=lambda op, outs: mil.__setitem__(ir_node_name(op.name), (op.name, outs[0])))
+    cands = [n for n in graph.nodes if n.op != "const" and len(n.outputs) == 1 and n.name in mil
+             and n.out.type.dtype in ("fp32", "fp16") and tuple(np.shape(mil[n.name][1])) == n.out.type.shape]
+
+    errs: dict[int, float] = {}
+
+    def err(i: int) -> float:
+        if i not in errs:
+            errs[i] = _probe(i)
+        return errs[i]
+
+    def _probe(i: int) -> float:
+        n = cands[i]
+        sub = dce(replace(graph, outputs=(n.out,), output_names=("probe",)))
+        path = save_aimodel(sub, workdir / f"probe{i}.aimodel", force=True)
+        m = CoreAIModel(path)
+        try:
+            got = m({k: v for k, v in feeds.items() if k in m.inputs})["probe"]
+        finally:
+            m.close()
+        return rel_l2(np.asarray(got, np.float32), np.asarray(mil[n.name][1], np.float32))
+
+    if not cands or err(len(cands) - 1) <= tol:
+        return None
+    lo, hi = 0, len(cands) - 1  # invariant: cands[hi] diverges
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if err(mid) > tol:
+            hi = mid
+        else:
+            lo = mid + 1
+    index = {n: i for i, n in enumerate(cands)}
+    prod = graph.producers()
+    i = hi
+    while True:  # up the dataflow while an input differs too
+        up = next((index[p] for v in cands[i].inputs if (p := prod.get(v)) in index and err(index[p]) > tol), None)
+        if up is None:
+            break
+        i = up
+    n = cands[i]
+    return Divergence(n, err(i), mil[n.name][0], float(np.abs(np.asarray(mil[n.name][1], np.float64)).max()))
+
+
 def verify(
     model_or_fn,
     example_inputs,
@@ -212,6 +315,7 @@ def verify(
     compiled: CompiledModel | None = None,
     keep: str | Path | None = None,
     force: bool = False,
+    format: str = "mlpackage",
 ) -> VerifyReport:
     """Trace (or take ``compiled``), save the package or bundle (unless ``package`` is given), run
     it with the MIL interpreter (bundles: the hybrid runtime) and compare with torch eager (the model in eval mode). The trace is
@@ -224,6 +328,10 @@ def verify(
     by the precision the package actually computes in (:func:`tlc.runtime.package_info`).
     ``keep``: where to write the built package (default: a temp dir, removed afterwards); an
     existing ``keep`` is replaced only with ``force``.
+    ``format="both"`` also writes the Core AI asset of the same program (``NAME.aimodel`` beside
+    the package), runs it in Apple's Core AI runtime, compares it with torch eager and with the
+    MIL interpreter (same tolerance), and on disagreement names the first op where the two Apple
+    formats part (:func:`apple_divergence`). Needs coreai-core.
     Raises :class:`TlcError` subclasses for bad models, inputs or packages.
     """
     from tlc.runtime import BundleModel, MILInterpreter, is_bundle, package_info
@@ -274,8 +382,10 @@ def verify(
                 raise TlcError(f"package {str(package)!r} has no output {name!r} (outputs: {', '.join(got)})")
             rows.append(compare(name, got[name], r.detach().double().numpy(), tol_v))
         report = VerifyReport(Path(package), prec, rows, timings={"build": t_build, "interpreter": t_interp})
-        if not report.passed:
+        if not all(o.passed for o in rows):
             report.divergence = first_divergence(cm.graph, interp, feeds, tol_v)
+        if format == "both":
+            _verify_coreai(report, cm, interp, feeds, got, refs, tol_v, Path(package))
         return report
     finally:
         if tmp is not None:

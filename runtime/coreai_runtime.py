@@ -53,8 +53,13 @@ class CoreAIModel:
             raise PackageError(f"{str(self.path)!r}: Core AI cannot load function {function_name!r} "
                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         desc = self._fn.desc
-        self.inputs = list(getattr(desc, "input_names", None) or _names(desc, "Inputs"))
-        self.outputs = list(getattr(desc, "output_names", None) or _names(desc, "Outputs"))
+        self.inputs = list(desc.input_names)
+        self.outputs = list(desc.output_names)
+        #: ``{name: (shape, dtype name)}`` of the function's inputs and outputs
+        self.input_types = {n: (tuple(desc.input_descriptor(n).shape), str(desc.input_descriptor(n).dtype))
+                            for n in self.inputs}
+        self.output_types = {n: (tuple(desc.output_descriptor(n).shape), str(desc.output_descriptor(n).dtype))
+                             for n in self.outputs}
 
     def __call__(self, feeds: Mapping[str, np.ndarray] | None = None, **named) -> dict[str, np.ndarray]:
         feeds = {**(feeds or {}), **named}
@@ -62,7 +67,7 @@ class CoreAIModel:
             from tlc.errors import InputError
 
             raise InputError(f"{self.path.name} takes inputs {self.inputs}; got {sorted(feeds)}")
-        args = {k: self._ndarray(np.ascontiguousarray(np.asarray(v))) for k, v in feeds.items()}
+        args = {k: self._ndarray(np.ascontiguousarray(_narrow(k, v))) for k, v in feeds.items()}
         out = self._loop.run_until_complete(self._fn(args))
         return {k: np.asarray(v.numpy()) for k, v in out.items()}
 
@@ -82,12 +87,16 @@ class CoreAIModel:
             pass
 
 
-def _names(desc, label: str) -> list[str]:
-    """Input/output names from the descriptor's text form (``Inputs:  ["x"]``)."""
-    import json
+def _narrow(name: str, v) -> np.ndarray:
+    """An input as Core AI takes it: int64 -> int32 (refused when a value does not fit), float64
+    -> float32, as tlc's builds declare them (Core AI assets from tlc have no 64-bit inputs)."""
+    a = np.asarray(v)
+    if a.dtype == np.int64:
+        info = np.iinfo(np.int32)
+        if a.size and (a.min() < info.min or a.max() > info.max):
+            from tlc.errors import InputError
 
-    for line in str(desc).splitlines():
-        line = line.strip()
-        if line.startswith(label + ":"):
-            return json.loads(line.split(":", 1)[1].strip())
-    return []
+            raise InputError(f"input {name!r}: int64 values outside int32's range [{info.min}, {info.max}] "
+                             f"(min {a.min()}, max {a.max()})")
+        return a.astype(np.int32)
+    return a.astype(np.float32) if a.dtype == np.float64 else a

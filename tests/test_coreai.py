@@ -38,7 +38,7 @@ def test_spine_architecture_runs_in_the_coreai_runtime(name, tmp_path):
         assert rel_l2(got[out_name], r.numpy()) <= 1e-5, out_name
 
 
-@pytest.mark.parametrize("name", ["bert", "resnet", "whisper_encoder"])
+@pytest.mark.parametrize("name", ARCHS)
 def test_mixed_precision_program_within_1e_2(name, tmp_path):
     m, args, kwargs = make(name)
     cm = tlc.build(m, (args, kwargs))  # mixed: fp16 with fp32 islands
@@ -93,6 +93,8 @@ def test_cli_build_and_run_aimodel(tmp_path):
     assert rel_l2(got, want) <= 1e-2  # the example builds mixed precision
     res = run_tlc("run", out, "--input", f"q={tmp_path / 'q.npy'}")
     assert res.returncode != 0 and "takes inputs" in res.stderr
+    res = run_tlc("inspect", out)
+    assert res.returncode == 0 and "Core AI asset" in res.stdout and "input   q" in res.stdout, res.stdout
 
 
 def test_missing_asset_is_a_package_error(tmp_path):
@@ -104,3 +106,35 @@ def tlc_repo():
     from pathlib import Path
 
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_verify_format_both_agrees_within_1e_5(name):
+    """`tlc verify --format both` on the zoo: torch, the MIL interpreter and the Core AI runtime in
+    one report; in fp32 the two Apple formats agree within 1e-5."""
+    from tlc.verify import verify
+
+    m, args, kwargs = make(name)
+    rep = verify(m, (args, kwargs), precision="fp32", format="both")
+    assert rep.passed, rep.text()
+    assert rep.coreai and rep.apple_agreement and all(o.rel_l2 <= 1e-5 for o in rep.apple_agreement)
+    assert "MIL interpreter vs Core AI runtime" in rep.text()
+
+
+def test_apple_divergence_names_the_first_op_where_the_formats_part(tmp_path):
+    """In fp16 the two runtimes round differently somewhere; with a zero tolerance the bisection
+    must name that first op (a node of the program, with its MIL op), and none in fp32 at 1e-3."""
+    from tlc.runtime import MILInterpreter
+    from tlc.verify import apple_divergence
+
+    m, args, kwargs = make("bert")
+    feeds = None
+    for prec, tol, expect in (("fp16", 0.0, True), ("fp32", 1e-3, False)):
+        cm = tlc.build(m, (args, kwargs), precision=prec)
+        feeds = _feeds(cm, args, kwargs)
+        pkg = cm.save(tmp_path / f"b_{prec}.mlpackage")
+        d = apple_divergence(cm.emit_graph, MILInterpreter(pkg), feeds, tol, tmp_path)
+        if expect:
+            assert d is not None and d.node in cm.emit_graph.nodes and d.rel_l2 > 0 and d.mil_op
+        else:
+            assert d is None

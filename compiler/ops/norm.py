@@ -341,6 +341,9 @@ register("softmax", infer=_infer_softmax, numpy=_softmax_kernel,
 _COREAI_REDUCE = {"reduce_sum": "reduce_sum", "reduce_mean": "reduce_mean", "reduce_max": "reduce_max",
                   "reduce_min": "reduce_min", "reduce_prod": "reduce_product"}
 
+#: reductions composed of Core AI ops (see ``emit_coreai`` in :func:`_reduce`)
+_COREAI_REDUCE_COMPOSED = {"reduce_l2_norm", "reduce_sum_square", "reduce_l1_norm", "reduce_log_sum", "reduce_log_sum_exp"}
+
 #: Names of the ``reduce_*`` rows (``axes``, ``keep_dims``), for passes (tlc.passes.rank).
 REDUCE_OPS: list[str] = []
 
@@ -378,10 +381,19 @@ def _reduce(name, fn, tfn, float_only=False):
         axes = list(norm_axes(attrs["axes"], rank)) if attrs.get("axes") is not None else list(range(rank))
         if not axes:
             return ins[0]
-        return ctx.reshaped(getattr(ctx.ca, _COREAI_REDUCE[name])(ins[0], axes))
+        ca, x = ctx.ca, ins[0]
+        if name in _COREAI_REDUCE:
+            return ctx.reshaped(getattr(ca, _COREAI_REDUCE[name])(x, axes))
+        if name == "reduce_log_sum_exp":  # m + log(sum(exp(x - m))), m the max (stable)
+            m = ca.reduce_max(x, axes)
+            return ctx.reshaped(ca.broadcasting_add(m, ca.log(ca.reduce_sum(ca.exp(ca.broadcasting_sub(x, m)), axes))))
+        pre = {"reduce_l2_norm": lambda v: ca.broadcasting_mul(v, v), "reduce_sum_square": lambda v: ca.broadcasting_mul(v, v),
+               "reduce_l1_norm": ca.abs_, "reduce_log_sum": lambda v: v}[name]
+        post = {"reduce_l2_norm": ca.sqrt, "reduce_log_sum": ca.log}.get(name, lambda v: v)
+        return ctx.reshaped(post(ca.reduce_sum(pre(x), axes)))
 
     register(name, infer=infer, numpy=kernel, emit_mil=emit, flops=lambda i, o, a: i[0].size,
-             torch=torch_kernel, emit_coreai=emit_coreai if name in _COREAI_REDUCE else None)
+             torch=torch_kernel, emit_coreai=emit_coreai if name in _COREAI_REDUCE or name in _COREAI_REDUCE_COMPOSED else None)
 
 
 def _mean(x, axis, keepdims):
