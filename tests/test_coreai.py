@@ -138,3 +138,42 @@ def test_apple_divergence_names_the_first_op_where_the_formats_part(tmp_path):
             assert d is not None and d.node in cm.emit_graph.nodes and d.rel_l2 > 0 and d.mil_op
         else:
             assert d is None
+
+
+@pytest.fixture(scope="module")
+def diffusers_models():
+    import test_one_package as op
+
+    return {"unet": op.unet.__wrapped__(), "vae_decoder": op.vae_decoder.__wrapped__()}
+
+
+@pytest.mark.parametrize("which", ["unet", "vae_decoder"])
+def test_diffusers_models_group_norm_upsample(which, diffusers_models, tmp_path):
+    """group norm, cross-attention, nearest upsampling, timestep embedding in Core AI (fp32)."""
+    model, inputs = diffusers_models[which]
+    cm = tlc.build(model, inputs, precision="fp32")
+    assert {"group_norm", "upsample_nearest_neighbor"} <= set(cm.graph.op_histogram())
+    got = load(cm.save(tmp_path / "d.aimodel"))({n: x.numpy() for n, x in zip(cm.input_names, inputs)})
+    with torch.no_grad():
+        ref = model(*inputs)
+    ref = getattr(ref, "sample", ref)
+    assert rel_l2(got[cm.output_names[0]], ref.numpy()) <= 1e-5
+
+
+def test_activations_and_batch_norm(tmp_path):
+    bn = torch.nn.BatchNorm1d(6).eval()
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+
+    def f(x):
+        y = torch.cat([torch.nn.functional.leaky_relu(x, 0.1), torch.nn.functional.relu6(3 * x),
+                       torch.nn.functional.softsign(x), torch.nn.functional.softplus(8 * x), torch.exp2(x)], dim=1)
+        return bn(y.reshape(4, 6, -1))
+
+    x = torch.randn(4, 6, 5)
+    cm = tlc.build(f, (x,), precision="fp32")
+    assert "batch_norm" in cm.graph.op_histogram()
+    got = load(cm.save(tmp_path / "a.aimodel"))({cm.input_names[0]: x.numpy()})[cm.output_names[0]]
+    with torch.no_grad():
+        want = f(x).numpy()
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())

@@ -338,6 +338,11 @@ def _ca_eps(ctx, x, attrs, fn):
     return getattr(ctx.ca, fn)(x)
 
 
+def _ca_scalar(ctx, v):
+    """A scalar constant in the dtype of the node's first input."""
+    return ctx.const(np.asarray(v, DTYPES[ctx.node.inputs[0].type.dtype]))
+
+
 def _ca_gelu(ctx, attrs, x):
     mode = attrs.get("mode", "EXACT")
     if mode == "SIGMOID_APPROXIMATION":  # x * sigmoid(1.702 x)
@@ -358,6 +363,17 @@ _COREAI_UNARY = {
     "log": lambda ctx, a, x: _ca_eps(ctx, x, a, "log"),
     "rsqrt": lambda ctx, a, x: _ca_eps(ctx, x, a, "rsqrt"),
     "gelu": _ca_gelu,
+    "leaky_relu": lambda ctx, a, x: ctx.ca.broadcasting_where(
+        ctx.ca.not_(ctx.ca.broadcasting_greater(_ca_scalar(ctx, 0.0), x)), x,
+        ctx.ca.broadcasting_mul(x, _ca_scalar(ctx, a["alpha"]))),
+    "relu6": lambda ctx, a, x: ctx.ca.broadcasting_minimum(ctx.ca.relu(x), _ca_scalar(ctx, 6.0)),
+    "softsign": lambda ctx, a, x: ctx.ca.broadcasting_divide(x, ctx.ca.broadcasting_add(ctx.ca.abs_(x), _ca_scalar(ctx, 1.0))),
+    "softplus": lambda ctx, a, x: ctx.ca.broadcasting_add(  # max(x, 0) + log(1 + exp(-|x|)): no overflow
+        ctx.ca.relu(x), ctx.ca.log(ctx.ca.broadcasting_add(ctx.ca.exp(ctx.ca.broadcasting_mul(ctx.ca.abs_(x), _ca_scalar(ctx, -1.0))),
+                                                           _ca_scalar(ctx, 1.0)))),
+    "exp2": lambda ctx, a, x: ctx.ca.exp(ctx.ca.broadcasting_mul(x, _ca_scalar(ctx, math.log(2.0)))),
+    "inverse": lambda ctx, a, x: ctx.ca.broadcasting_divide(_ca_scalar(ctx, 1.0), ctx.ca.broadcasting_add(
+        x, _ca_scalar(ctx, a.get("epsilon", 0.0)))),
     "clip": lambda ctx, a, x: ctx.ca.broadcasting_maximum(
         ctx.ca.broadcasting_minimum(x, ctx.const(np.asarray(a["beta"], DTYPES[ctx.node.inputs[0].type.dtype]))),
         ctx.const(np.asarray(a["alpha"], DTYPES[ctx.node.inputs[0].type.dtype]))),

@@ -269,7 +269,51 @@ def _t_group_norm(attrs, x, gamma=None, beta=None):
     return F.group_norm(x, attrs["num_groups"], gamma, beta, float(attrs.get("epsilon", 1e-5)))
 
 
-register("group_norm", half_attrs={"epsilon": "epsilon"},
+def _ca_group_norm(ctx, a, ins, node):
+    """Group norm in Core AI ops: [N, G, C/G * spatial] statistics, then per-channel gamma/beta."""
+    ca = ctx.ca
+    t = node.inputs[0].type
+    n, c = t.shape[:2]
+    g = a["num_groups"]
+    dt = DTYPES[t.dtype]
+    x = ca.reshape(ins[0], [n, g, t.size // (n * g)])
+    d = ca.broadcasting_sub(x, ca.reduce_mean(x, [2]))
+    var = ca.reduce_mean(ca.broadcasting_mul(d, d), [2])
+    y = ca.reshape(ca.broadcasting_mul(d, ca.rsqrt(ca.broadcasting_add(var, ctx.const(np.asarray(a.get("epsilon", 1e-5), dt))))),
+                   list(t.shape))
+    shape = [1, c] + [1] * (t.rank - 2)
+    for k, v in enumerate(ins[1:]):
+        v = ca.reshape(v, shape)
+        y = ca.broadcasting_mul(y, v) if k == 0 else ca.broadcasting_add(y, v)
+    return y
+
+
+def _ca_batch_norm(ctx, a, ins, node):
+    """Inference batch norm as x * scale + shift per channel (scale/shift folded here when the
+    statistics are constants, else computed in Core AI ops)."""
+    ca = ctx.ca
+    t = node.inputs[0].type
+    dt = DTYPES[t.dtype]
+    shape = [1, t.shape[1]] + [1] * (t.rank - 2)
+    arrs = [ctx.array(i) for i in range(1, len(ins))]
+    if all(v is not None for v in arrs):
+        mean, var, *gb = (np.asarray(v, np.float32) for v in arrs)
+        scale = 1.0 / np.sqrt(var + np.float32(a.get("epsilon", 1e-5)))
+        if gb:
+            scale = scale * gb[0]
+        shift = -mean * scale + (gb[1] if len(gb) > 1 else 0)
+        return ca.broadcasting_add(ca.broadcasting_mul(ins[0], ctx.const(scale.reshape(shape).astype(dt))),
+                                   ctx.const(np.asarray(shift, np.float32).reshape(shape).astype(dt)))
+    mean, var = (ca.reshape(v, shape) for v in ins[1:3])
+    y = ca.broadcasting_mul(ca.broadcasting_sub(ins[0], mean),
+                            ca.rsqrt(ca.broadcasting_add(var, ctx.const(np.asarray(a.get("epsilon", 1e-5), dt)))))
+    for k, v in enumerate(ins[3:]):
+        v = ca.reshape(v, shape)
+        y = ca.broadcasting_mul(y, v) if k == 0 else ca.broadcasting_add(y, v)
+    return y
+
+
+register("group_norm", half_attrs={"epsilon": "epsilon"}, emit_coreai=_ca_group_norm,
          infer=_infer_group_norm, numpy=_group_norm, emit_mil=_emit_group_norm,
          flops=lambda i, o, a: 8 * o[0].size, mil_inputs=("x", "gamma", "beta"), torch=_t_group_norm)
 
@@ -307,7 +351,7 @@ def _emit_batch_norm(ctx, attrs, ins, nm):
     return ctx.mb.batch_norm(x=ins[0], mean=ins[1], variance=ins[2], epsilon=np.float32(attrs.get("epsilon", 1e-5)), name=nm, **kw)
 
 
-register("batch_norm", half_attrs={"epsilon": "epsilon"},
+register("batch_norm", half_attrs={"epsilon": "epsilon"}, emit_coreai=_ca_batch_norm,
          infer=_infer_batch_norm, numpy=_batch_norm, emit_mil=_emit_batch_norm,
          flops=lambda i, o, a: 2 * o[0].size, mil_inputs=("x", "mean", "variance", "gamma", "beta"),
          from_mil=_norm_from_mil(("x", "mean", "variance", "gamma", "beta"), 3),

@@ -90,5 +90,22 @@ def _emit_upsample_nn(ctx, attrs, ins, nm):
                                             scale_factor_width=factor(sw, "sw"), name=nm)
 
 
+def _ca_upsample_nn(ctx, attrs, ins, node):
+    """Nearest-neighbour upsampling in Core AI ops: a take along H and one along W of the same
+    source indices as the NumPy kernel (:func:`_src`)."""
+    from .shape import ca_take
+
+    x = ins[0]
+    t = node.inputs[0].type
+    rank = t.rank
+    sh, sw = _scales(attrs)
+    oh, ow = node.out.type.shape[-2:]
+    for axis, n_in, n_out, sc in ((rank - 2, t.shape[-2], oh, sh), (rank - 1, t.shape[-1], ow, sw)):
+        if n_out != n_in or sc != 1:
+            x = ca_take(ctx, x, ctx.const(_src(n_in, n_out, sc).astype(np.int32)), axis, rank, 1)
+    return x
+
+
 register("upsample_nearest_neighbor", infer=_infer_upsample_nn, numpy=_upsample_nn, emit_mil=_emit_upsample_nn,
+         emit_coreai=_ca_upsample_nn,
          ane=_ane_upsample, flops=flops_none, from_mil=_upsample_from_mil, torch=_t_upsample_nn)

@@ -63,19 +63,23 @@ def _ca_pad(ctx, a, ins, node):
     return ctx.ca.pad(ins[0], np.asarray(spec, np.uint32), ctx.const(val))
 
 
-def _ca_gather(ctx, a, ins, node):
-    """IR ``gather(x, indices, axis)`` as Core AI ``gather_nd`` over the axis moved first."""
-    x, idx = ins
-    rank = node.inputs[0].type.rank
-    ax = a.get("axis", 0) % rank
-    ir = node.inputs[1].type.rank
-    if ax:
-        x = ctx.ca.transpose(x, ctx.u32([ax] + [i for i in range(rank) if i != ax]))
-    y = ctx.ca.gather_nd(x, ctx.ca.expand_dims(idx, [ir]))  # idx.shape + rest
-    if ax:
-        rest = rank - 1
-        y = ctx.ca.transpose(y, ctx.u32(list(range(ir, ir + ax)) + list(range(ir)) + list(range(ir + ax, ir + rest))))
+def ca_take(ctx, x, idx, axis: int, rank: int, idx_rank: int):
+    """Core AI ``x.take(idx, axis)`` (x of ``rank``, idx a Core AI value or array of ``idx_rank``):
+    ``gather_nd`` over the axis moved first, then the gathered axes moved back into place."""
+    ca = ctx.ca
+    if axis:
+        x = ca.transpose(x, ctx.u32([axis] + [i for i in range(rank) if i != axis]))
+    y = ca.gather_nd(x, ca.expand_dims(idx, [idx_rank]))  # idx.shape + the other axes
+    if axis:
+        ir = idx_rank
+        y = ca.transpose(y, ctx.u32(list(range(ir, ir + axis)) + list(range(ir)) + list(range(ir + axis, ir + rank - 1))))
     return y
+
+
+def _ca_gather(ctx, a, ins, node):
+    """IR ``gather(x, indices, axis)`` as Core AI ``gather_nd`` (:func:`ca_take`)."""
+    rank = node.inputs[0].type.rank
+    return ca_take(ctx, ins[0], ins[1], a.get("axis", 0) % rank, rank, node.inputs[1].type.rank)
 
 register(
     "const",
