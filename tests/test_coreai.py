@@ -177,3 +177,15 @@ def test_activations_and_batch_norm(tmp_path):
     with torch.no_grad():
         want = f(x).numpy()
     assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("fn", [lambda x: torch.cumsum(x, 1), lambda x: torch.topk(x, 2, dim=1).values,
+                                lambda x: torch.topk(x, 3, dim=1).indices, lambda x: torch.argmin(x, -1, keepdim=True),
+                                lambda x: torch.take_along_dim(x, torch.argsort(x, dim=1), 1), torch.sign],
+                         ids=["cumsum", "topk_values", "topk_indices", "argmin", "argsort_take", "sign"])
+def test_scans_sorting_and_indexing(fn, tmp_path):
+    x = torch.randn(3, 6)
+    cm = tlc.build(fn, (x,), precision="fp32")
+    got = load(cm.save(tmp_path / "s.aimodel"))({cm.input_names[0]: x.numpy()})[cm.output_names[0]]
+    want = fn(x).numpy()
+    assert np.abs(got.astype(np.float64) - want).max() <= 1e-5

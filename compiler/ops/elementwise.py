@@ -366,6 +366,9 @@ _COREAI_UNARY = {
     "leaky_relu": lambda ctx, a, x: ctx.ca.broadcasting_where(
         ctx.ca.not_(ctx.ca.broadcasting_greater(_ca_scalar(ctx, 0.0), x)), x,
         ctx.ca.broadcasting_mul(x, _ca_scalar(ctx, a["alpha"]))),
+    "sign": lambda ctx, a, x: ctx.ca.broadcasting_sub(
+        ctx.ca.cast(ctx.ca.broadcasting_greater(x, _ca_scalar(ctx, 0)), DTYPES[ctx.node.inputs[0].type.dtype].type),
+        ctx.ca.cast(ctx.ca.broadcasting_greater(_ca_scalar(ctx, 0), x), DTYPES[ctx.node.inputs[0].type.dtype].type)),
     "relu6": lambda ctx, a, x: ctx.ca.broadcasting_minimum(ctx.ca.relu(x), _ca_scalar(ctx, 6.0)),
     "softsign": lambda ctx, a, x: ctx.ca.broadcasting_divide(x, ctx.ca.broadcasting_add(ctx.ca.abs_(x), _ca_scalar(ctx, 1.0))),
     "softplus": lambda ctx, a, x: ctx.ca.broadcasting_add(  # max(x, 0) + log(1 + exp(-|x|)): no overflow

@@ -20,7 +20,7 @@ import numpy as np
 from .._lazy import torch
 
 from ..errors import IRError
-from ..ir import TensorType
+from ..ir import DTYPES, TensorType
 from . import flops_none, mil_attr, register
 from .common import same_dtype
 from .norm import norm_axes
@@ -100,6 +100,7 @@ def _t_gather_along_axis(attrs, x, idx):
 
 
 register("gather_along_axis", infer=_infer_gather_along_axis, numpy=_gather_along_axis,
+         emit_coreai=lambda ctx, a, ins, node: ctx.ca.gather_along_axis(ins[0], ins[1], a.get("axis", 0) % node.inputs[0].type.rank),
          emit_mil=lambda ctx, a, ins, nm: ctx.mb.gather_along_axis(x=ins[0], indices=ins[1], axis=a.get("axis", 0),
                                                                     name=nm),
          ane=_no_ane(_GATHER_ANE), flops=flops_none, mil_inputs=("x", "indices"),
@@ -320,7 +321,14 @@ def _t_cumsum(attrs, x):
     return y.flip(ax) if attrs.get("reverse") else y
 
 
-register("cumsum", infer=_infer_cumsum, numpy=_cumsum,
+def _ca_cumsum(ctx, a, ins, node):
+    """cumsum as Core AI ``scan`` (sum); ``exclusive`` subtracts x itself (x + exclusive = inclusive)."""
+    ax = a.get("axis", 0) % node.inputs[0].type.rank
+    y = ctx.ca.scan(ins[0], np.uint32(ax), bool(a.get("reverse", False)), combiner="sum")
+    return ctx.ca.broadcasting_sub(y, ins[0]) if a.get("exclusive") else y
+
+
+register("cumsum", infer=_infer_cumsum, numpy=_cumsum, emit_coreai=_ca_cumsum,
          emit_mil=lambda ctx, a, ins, nm: ctx.mb.cumsum(x=ins[0], axis=a.get("axis", 0),
                                                         exclusive=bool(a.get("exclusive", False)),
                                                         reverse=bool(a.get("reverse", False)), name=nm),
@@ -369,7 +377,19 @@ def _t_topk(attrs, x):
     return v.narrow(ax, 0, k), i.narrow(ax, 0, k).to(torch.int32)
 
 
-register("topk", infer=_infer_topk, numpy=_topk,
+def _ca_topk(ctx, a, ins, node):
+    """topk as a stable Core AI ``argsort``, its first k indices, and a gather of the values."""
+    ca = ctx.ca
+    t = node.inputs[0].type
+    ax = a.get("axis", -1) % t.rank
+    idx = ca.argsort(ins[0], ax, not a.get("ascending", False), True)
+    end = list(t.shape)
+    end[ax] = a.get("k", 1)
+    idx = ca.cast(ca.slice_(idx, [0] * t.rank, end, [1] * t.rank), np.int32)
+    return [ca.gather_along_axis(ins[0], idx, ax), idx]
+
+
+register("topk", infer=_infer_topk, numpy=_topk, emit_coreai=_ca_topk,
          emit_mil=lambda ctx, a, ins, nm: tuple(ctx.mb.topk(x=ins[0], k=a.get("k", 1), axis=a.get("axis", -1),
                                                             ascending=bool(a.get("ascending", False)), name=nm)),
          ane=_no_ane(_SORT_ANE), flops=lambda i, o, a: i[0].size * max(1, int(np.log2(max(i[0].shape or (1,))))),
@@ -382,7 +402,13 @@ def _argsort(attrs, x):
     return order(x, attrs.get("axis", -1) % x.ndim, bool(attrs.get("ascending", False))).astype(np.int32)
 
 
-register("argsort", infer=lambda i, a: [TensorType("int32", i[0].shape)], numpy=_argsort,
+def _ca_argsort(ctx, a, ins, node):
+    """Stable Core AI ``argsort`` (descending unless ``ascending``), int32 as the IR."""
+    ax = a.get("axis", -1) % node.inputs[0].type.rank
+    return ctx.ca.cast(ctx.ca.argsort(ins[0], ax, not a.get("ascending", False), True), np.int32)
+
+
+register("argsort", infer=lambda i, a: [TensorType("int32", i[0].shape)], numpy=_argsort, emit_coreai=_ca_argsort,
          emit_mil=lambda ctx, a, ins, nm: ctx.mb.argsort(x=ins[0], axis=a.get("axis", -1),
                                                          ascending=bool(a.get("ascending", False)), name=nm),
          ane=_no_ane(_SORT_ANE), flops=lambda i, o, a: i[0].size * max(1, int(np.log2(max(i[0].shape or (1,))))),
@@ -410,10 +436,14 @@ def _arg_reduce(name, fn, tfn):
     def tkernel(attrs, x):
         return tfn(x, dim=attrs.get("axis", -1) % x.dim(), keepdim=bool(attrs.get("keep_dims", False))).to(torch.int32)
 
+    def emit_coreai(ctx, a, ins, node):  # argmin(x) = argmax(-x): the first smallest
+        x = ins[0] if "max" in name else ctx.ca.broadcasting_mul(ins[0], ctx.const(np.asarray(-1, DTYPES[node.inputs[0].type.dtype])))
+        return ctx.reshaped(ctx.ca.cast(ctx.ca.argmax(x, a.get("axis", -1) % node.inputs[0].type.rank), np.int32))
+
     register(name, infer=infer, numpy=kernel,
              emit_mil=lambda ctx, a, ins, nm: getattr(ctx.mb, name)(x=ins[0], axis=a.get("axis", -1),
                                                                     keep_dims=bool(a.get("keep_dims", False)), name=nm),
-             flops=lambda i, o, a: i[0].size, torch=tkernel)
+             flops=lambda i, o, a: i[0].size, torch=tkernel, emit_coreai=emit_coreai)
 
 
 _arg_reduce("reduce_argmax", np.argmax, torch.deferred("argmax"))  # NumPy returns the first NaN, as torch does
