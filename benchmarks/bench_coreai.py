@@ -32,19 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.utils._pytree as pytree  # noqa: E402
 
 import tlc  # noqa: E402
+from tlc.bench import _first, time_interleaved  # noqa: E402
 from tlc.runtime import load  # noqa: E402
-
-
-def _first(out):
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "last_hidden_state"):
-        return out.last_hidden_state
-    if isinstance(out, dict):
-        return next(iter(out.values()))
-    return out[0]
 
 
 class _Positional(torch.nn.Module):
@@ -55,17 +47,13 @@ class _Positional(torch.nn.Module):
         self.m, self.n, self.kw = m, n_args, list(kw)
 
     def forward(self, *xs):
-        return _first(self.m(*xs[:self.n], **dict(zip(self.kw, xs[self.n:]))))
+        out = self.m(*xs[:self.n], **dict(zip(self.kw, xs[self.n:])))
+        return next(x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor))
 
 
 def _latency(model, feeds, runs: int) -> float:
-    model(feeds)
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        model(feeds)
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+    """Median seconds of one call (after one warm-up), timed by :func:`tlc.bench.time_interleaved`."""
+    return float(np.median(time_interleaved({"m": lambda: model(feeds)}, {"m": "cpu"}, runs, 1)["m"])) / 1e3
 
 
 def _rel(got, ref) -> float:
@@ -76,7 +64,7 @@ def measure(name, model, example, tmp: Path, runs: int) -> list[dict]:
     args, kwargs = example
     xs = tuple(list(args) + list(kwargs.values()))
     with torch.no_grad():
-        ref = _first(model(*args, **kwargs)).double().numpy()
+        ref = _first(model(*args, **kwargs)).astype(np.float64)
     rows = []
     # tlc
     row = {"model": name, "converter": "tlc"}
