@@ -268,31 +268,57 @@ class CompiledModel:
 
     def output_path(self, path: str | os.PathLike) -> Path:
         """Where :meth:`save` writes for a requested ``path``: the path itself for a plain package
-        (``.mlpackage``) or an explicit ``.tlc``; for a bundle, ``path`` with suffix ``.tlc``."""
+        (``.mlpackage``) or an explicit ``.tlc``; for a bundle, ``path`` with suffix ``.tlc``. A
+        path ending in ``.aimodel``: see :meth:`coreai_output_path`."""
         path = Path(path)
         if path.suffix == ".aimodel":
-            return path
+            return self.coreai_output_path(path)
         return bundle_path(path) if self.is_bundle or path.suffix == ".tlc" else path
+
+    @property
+    def coreai_is_bundle(self) -> bool:
+        """Like :attr:`is_bundle` for the Core AI artifact: also True when an op Core ML holds has
+        no Core AI form yet (:attr:`tlc.plan.BuildPlan.coreai_placement`)."""
+        from .plan import is_bundle
+
+        return is_bundle(self.plan.coreai_placement)
+
+    def coreai_output_path(self, path: str | os.PathLike) -> Path:
+        """Where the Core AI artifact goes for a requested ``path``: ``NAME.aimodel`` when the
+        model is one Core AI program, else the bundle ``NAME.aimodel.tlc`` (Core AI segments plus
+        tlc's fallback runtime; never the name of the Core ML bundle ``NAME.tlc``), or an explicit
+        ``NAME.tlc`` path as given (with ``format="aimodel"``)."""
+        path = Path(path)
+        if path.suffix == ".tlc" and self.format == "aimodel":
+            return path
+        stem = path.with_suffix("") if path.suffix in (".aimodel", ".mlpackage", ".tlc", "") else path
+        return Path(f"{stem}.aimodel.tlc") if self.coreai_is_bundle else Path(f"{stem}.aimodel")
+
+    def coreai_fallback_ops(self) -> list[tuple[str, str, str, str]]:
+        """:meth:`fallback_ops` of the Core AI artifact (ops without a Core AI form included)."""
+        p = self.plan.coreai_placement
+        nodes = {n.name: n for n in self.emit_graph.nodes}
+        return [(nodes[k].op, k, p.reasons.get(k, ""), where(nodes[k].loc)) for k, t in p.target.items() if t != "ane"]
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write the artifact (temp path + rename) and return its path (see :meth:`output_path`):
         one ``.mlpackage`` when the whole model runs in Core ML, else a bundle ``NAME.tlc``.
+        ``format="aimodel"`` (or a path ending in ``.aimodel``): the Core AI artifact at
+        :meth:`coreai_output_path`; ``"both"``: the Core ML artifact (returned) and the Core AI one.
 
         After writing, each package is reloaded with coremltools' milproto loader and its
         input/output names, shapes and dtypes are checked against the IR.
         Raises :class:`~tlc.errors.OutputExistsError` if the path exists and not ``force``;
         :class:`~tlc.errors.EmitError` if emission or the check fails.
         """
-        if self.format == "aimodel" and Path(path).suffix != ".aimodel":
-            path = Path(path).with_suffix(".aimodel")
+        path = Path(path)
+        if self.format == "aimodel" or path.suffix == ".aimodel":
+            return self._save_aimodel(self.coreai_output_path(path), force)
         path = self.output_path(path)
-        if path.suffix == ".aimodel":
-            return self._save_aimodel(path, force)
         if self.format == "both":
-            aim = path.with_suffix(".aimodel")
+            aim = self.coreai_output_path(path)
             if aim.exists() and not force:
                 raise OutputExistsError(f"{str(aim)!r} already exists; pass force=True (CLI: --force) to replace it")
-            self._check_one_program()
             out = self._save_coreml(path, force)
             self._save_aimodel(aim, force)
             return out
@@ -320,26 +346,23 @@ class CompiledModel:
         self.timings["save"] = time.perf_counter() - t0
         return out
 
-    def _check_one_program(self) -> None:
-        from .errors import EmitError
-
-        if self.is_bundle:
-            ops = sorted({op for op, *_ in self.fallback_ops()})
-            raise EmitError(f"a .aimodel holds one program; this model has ops for tlc's fallback runtime ({', '.join(ops)})"
-                            f": save it as an .mlpackage bundle (NAME.tlc) instead")
-
     def _save_aimodel(self, path: Path, force: bool) -> Path:
-        """Write the model as a Core AI ``.aimodel`` asset (:mod:`tlc.coreai_emit`): the same
-        optimized, precision-typed graph the ``.mlpackage`` is emitted from. Raises
-        :class:`~tlc.errors.EmitError` when ops would run in tlc's fallback runtime (not
-        supported in Core AI assets yet) or have no Core AI form, :class:`InputError` without
+        """Write the model as Core AI (:mod:`tlc.coreai_emit`) at ``path``: the same optimized,
+        precision-typed graph the ``.mlpackage`` is emitted from, as one ``.aimodel`` or, for a
+        ``.tlc`` path, a bundle whose Core ML segments are ``.aimodel`` assets
+        (:func:`tlc.artifact.write_bundle` with ``program="coreai"``). Raises
+        :class:`~tlc.errors.EmitError` for an emission that fails, :class:`InputError` without
         coreai-core."""
         from .coreai_emit import save_aimodel
 
-        self._check_one_program()
         t0 = time.perf_counter()
-        out = save_aimodel(self.emit_graph, path, force=force)
-        self.timings["save"] = time.perf_counter() - t0
+        if path.suffix == ".tlc":
+            out = write_bundle(path, self.emit_graph, self.plan.coreai_segments, precision=self.precision,
+                               minimum_deployment_target=self.minimum_deployment_target,
+                               metadata=self._metadata(), force=force, program="coreai")
+        else:
+            out = save_aimodel(self.emit_graph, path, force=force, metadata=self._metadata())
+        self.timings["save_aimodel"] = time.perf_counter() - t0
         return out
 
     def with_options(self, precision: str | None = None, minimum_deployment_target: str | None = None,
@@ -534,9 +557,11 @@ def build(
 
     ``format``: what :meth:`CompiledModel.save` writes: ``"mlpackage"`` (default; a bundle
     ``NAME.tlc`` when ops need tlc's fallback runtime), ``"aimodel"`` (Apple's Core AI asset,
-    iOS/macOS 27, :mod:`tlc.coreai_emit`; needs the ``coreai`` extra) or ``"both"`` (the
-    ``.mlpackage`` and ``NAME.aimodel`` beside it); a path ending in ``.aimodel`` always writes
-    Core AI.
+    iOS/macOS 27, :mod:`tlc.coreai_emit`; needs the ``coreai`` extra; a bundle
+    ``NAME.aimodel.tlc`` of ``.aimodel`` segments when ops need tlc's fallback runtime, including
+    ops with no Core AI form: :meth:`CompiledModel.coreai_fallback_ops`) or ``"both"`` (the Core
+    ML artifact and the Core AI one beside it); a path ending in ``.aimodel`` always writes Core
+    AI. ``compress`` applies to the ``.mlpackage`` only (``InputError`` with another format).
 
     Raises :class:`~tlc.errors.InputError` (bad inputs, precision or pass names, an unknown
     ``format`` or ``"aimodel"``/``"both"`` without coreai-core, several signatures
@@ -565,6 +590,9 @@ def build(
                          "signatures (example_inputs=[ex_a, ex_b, ...])")
     check_target(target)
     check_format(format)
+    if compress and format != "mlpackage":
+        raise InputError(f"compress={compress!r} applies to the .mlpackage (coremltools.optimize); Core AI assets "
+                         f"(format={format!r}) are not compressed by tlc yet")
     if not fallback and target != "ane":
         check_shippable(None, target)
     cost = None
@@ -603,6 +631,8 @@ def build(
         feeds.append(_calibration_feed(g, ex, k))
     if not fallback:
         check_shippable(g, target)
+        if format != "mlpackage":
+            check_shippable(g, target, program="coreai")
     cm = CompiledModel(g, precision=precision, minimum_deployment_target=str(minimum_deployment_target),
                          out_spec=info.out_spec, kw_order=list(kwargs), out_torch_dtypes=out_dtypes,
                          timings=timings, source=source, calibration=feeds, target=target,

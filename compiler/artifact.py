@@ -173,12 +173,15 @@ def _io(v, name=None) -> dict:
 
 def write_bundle(path: str | os.PathLike, graph: Graph, segments, *, precision: str, minimum_deployment_target: str,
                  metadata: dict | None = None, force: bool = False, compress: str | None = None,
-                 skip: tuple = ()) -> Path:
+                 skip: tuple = (), program: str = "coreml") -> Path:
     """Write the bundle for ``graph`` split into ``segments`` (:class:`tlc.passes.partition.Segment`
     list, execution order) at ``path`` (must end in ``.tlc``). Core ML segments are converted with
     :func:`tlc.emit.convert` (weights compressed as ``compress`` says, a weight-only mode of
-    :mod:`tlc.compress`, ops ``skip`` left dense) and checked; fallback segments are saved with
-    :func:`tlc.serialize.save_graph` (uncompressed: they run in tlc's runtime). Returns the path.
+    :mod:`tlc.compress`, ops ``skip`` left dense) and checked; with ``program="coreai"`` they are
+    Core AI assets instead (``NN.aimodel``, :func:`tlc.coreai_emit.write_aimodel`; no compression).
+    Fallback segments are saved with :func:`tlc.serialize.save_graph` (uncompressed: they run in
+    tlc's runtime). The manifest names each segment's ``format`` and the bundle's ``program``.
+    Returns the path.
 
     Raises :class:`EmitError` (bad suffix, conversion or check failure; nothing written),
     :class:`OutputExistsError` (``path`` exists and not ``force``).
@@ -197,21 +200,27 @@ def write_bundle(path: str | os.PathLike, graph: Graph, segments, *, precision: 
             stem = f"segments/{seg.index:02d}"
             e = {"index": seg.index, "target": seg.target, "inputs": [v.name for v in seg.graph.inputs],
                  "outputs": list(seg.graph.output_names), "num_ops": seg.num_ops, "flops": int(seg.flops)}
-            if seg.target == "ane":
-                md = dict(metadata or {}, **{"tlc.segment": f"{seg.index} of {len(segments)} in {path.name}"})
+            md = dict(metadata or {}, **{"tlc.segment": f"{seg.index} of {len(segments)} in {path.name}"})
+            if seg.target == "ane" and program == "coreai":
+                from .coreai_emit import write_aimodel
+
+                write_aimodel(seg.graph, staged / f"{stem}.aimodel", md)
+                e["path"], e["format"] = f"{stem}.aimodel", "aimodel"
+            elif seg.target == "ane":
                 mlm, _ = convert(seg.graph, precision, minimum_deployment_target, md)
                 if compress:
                     from .compress import compress_mlmodel
 
                     mlm = compress_mlmodel(mlm, compress, skip=skip).mlmodel
                 write_package(mlm, staged / f"{stem}.mlpackage", lambda pkg: check_package_io(pkg, seg.graph))
-                e["path"] = f"{stem}.mlpackage"
+                e["path"], e["format"] = f"{stem}.mlpackage", "mlpackage"
             else:
                 save_graph(seg.graph, staged / f"{stem}.json", staged / f"{stem}.safetensors")
-                e["path"] = f"{stem}.json"
+                e["path"], e["format"] = f"{stem}.json", "tlc-graph"
             entries.append(e)
         manifest = {
-            "format": FORMAT, "version": VERSION, "tlc_version": __version__, "precision": precision,
+            "format": FORMAT, "version": VERSION, "tlc_version": __version__, "program": program,
+            "precision": precision,
             "minimum_deployment_target": str(minimum_deployment_target),
             "inputs": [_io(v) for v in graph.inputs],
             "outputs": [_io(v, n) for n, v in zip(graph.output_names, graph.outputs)],

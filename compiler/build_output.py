@@ -146,14 +146,18 @@ def print_precision(cm) -> None:
             print(f"          {', '.join(names[:4])}{f' (+{len(names) - 4})' if len(names) > 4 else ''}: {why}")
 
 
-def print_shippable(cm) -> None:
-    """The first thing a user must know: does this ship as one .mlpackage?"""
-    off = cm.fallback_ops()
+def print_shippable(cm, program: str = "coreml") -> None:
+    """The first thing a user must know: does this ship as one .mlpackage (``program="coreai"``:
+    one .aimodel)?"""
+    coreai = program == "coreai"
+    off = cm.coreai_fallback_ops() if coreai else cm.fallback_ops()
+    one, where_ = (".aimodel", "Core AI") if coreai else (".mlpackage", "Core ML")
     if not off:
-        print("  ships   one .mlpackage: every op is in Core ML (drop it into Xcode)")
+        print(f"  ships   one {one}: every op is in {where_} (drop it into Xcode)")
         return
-    nseg = len(set(cm.placement.segment.values()))
-    print(f"  ships   NOT one .mlpackage: a tlc bundle of {nseg} segment(s); {len(off)} op(s) run in tlc's fallback "
+    p = cm.plan.coreai_placement if coreai else cm.placement
+    nseg = len(set(p.segment.values()))
+    print(f"  ships   NOT one {one}: a tlc bundle of {nseg} segment(s); {len(off)} op(s) run in tlc's fallback "
           f"runtime, which an iOS/macOS app does not have (--no-fallback makes this an error):")
     for op, name, why, src in off[:12]:
         print(f"          {op} ({name}): {why}" + (f"  [{src.split('  ')[0]}]" if src else ""))

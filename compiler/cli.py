@@ -110,8 +110,13 @@ def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of
         print(format_graph(cm.graph, show_loc=True))
     cm.format = fmt
     if fmt == "aimodel":
-        path = cm.save(requested, force=a.force)
-        print(f"built {path}  (Core AI asset, {cm.precision}) from {spec.path}")
+        out = cm.coreai_output_path(requested)
+        if out != requested and a.output:
+            print(f"note: some ops run in tlc's fallback runtime; writing the bundle {out} instead of {requested}")
+        path = cm.save(out, force=a.force)
+        print(f"built {path}  (Core AI {'bundle' if path.suffix == '.tlc' else 'asset'}, {cm.precision}) "
+              f"from {spec.path}")
+        print_shippable(cm, "coreai")
         eg = cm.emit_graph
         for v in eg.inputs:
             print(f"  input   {v.name:<24} {v.type}")
@@ -146,7 +151,10 @@ def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of
     print(f"  ops     {g.num_ops}  ({hist}{', ...' if more > 0 else ''})")
     print(f"  size    {human(package_size(path))}  (weights {human(g.weight_bytes())} in fp32)")
     if fmt == "both":
-        print(f"  aimodel {path.with_suffix('.aimodel')}  (Core AI asset, the same program)")
+        aim = cm.coreai_output_path(path)
+        print(f"  aimodel {aim}  (Core AI {'bundle' if aim.suffix == '.tlc' else 'asset'}, the same graph)")
+        if cm.coreai_is_bundle:
+            print_shippable(cm, "coreai")
     rep = cm.report()
     print(f"  placed  {len(rep.segments)} segment(s) ("
           + ", ".join(f"{s.index}: {s.target} {s.num_ops} ops" for s in rep.segments)

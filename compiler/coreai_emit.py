@@ -98,10 +98,21 @@ def _signature_fn(g: Graph, body):
 
 
 def missing_ops(g: Graph) -> list[Node]:
-    """Nodes of ``g`` whose op has no Core AI form yet (``emit_coreai is None``)."""
-    from .ops import get_op
+    """Nodes of ``g`` with no Core AI form (:func:`tlc.ops.coreai_reason`: no ``emit_coreai``,
+    or its ``coreai_limit`` refuses the node's types or attributes)."""
+    from .ops import coreai_reason
 
-    return [n for n in g.nodes if n.op != "const" and get_op(n.op).emit_coreai is None]
+    return [n for n in g.nodes if n.op != "const" and coreai_reason(n)]
+
+
+def _debuginfo(ca, n: Node):
+    """A Core AI location for node ``n``: its source file and line when known (Core AI's verifier
+    errors and the asset's debug info then point at the user's code, as ``tlc.source_lines`` does
+    for MIL), else the IR node name as metadata (a file location takes metadata only inside a
+    DWARF subprogram scope, which tlc does not build)."""
+    if n.loc is not None and n.loc.file:
+        return ca.DebugInfo.file(n.loc.file, int(n.loc.line or 0))
+    return ca.DebugInfo.metadata_only([n.name])
 
 
 def to_aiprogram(g: Graph):
@@ -127,7 +138,8 @@ def to_aiprogram(g: Graph):
             ctx.node = n
             ins = [env[v] if v in env else env.setdefault(v, ctx.const(consts[v])) for v in n.inputs]
             try:
-                out = get_op(n.op).emit_coreai(ctx, n.attrs, ins, n)
+                with _debuginfo(ca, n).activate():  # the asset's ops carry the user's source line and node name
+                    out = get_op(n.op).emit_coreai(ctx, n.attrs, ins, n)
             except EmitError:
                 raise
             except Exception as e:  # noqa: BLE001 - name the node whatever coreai raised
@@ -138,16 +150,51 @@ def to_aiprogram(g: Graph):
         res = [env[v] if v in env else ctx.const(consts[v]) for v in g.outputs]
         return res[0] if len(res) == 1 else tuple(res)
 
-    with ca.Module.create() as m:
-        ca.graph(_signature_fn(g, body))
+    try:
+        with ca.Module.create() as m:  # leaving the block runs Core AI's verifier and rewrites
+            ca.graph(_signature_fn(g, body))
+    except EmitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an op tlc built that Core AI's verifier refuses: a tlc bug
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise EmitError(f"Core AI refused the program tlc built ({type(e).__name__}: {msg}); this is a tlc bug: "
+                        f"please report it with the output of `tlc build --print-ir`") from e
     return ca.AIProgram(m)
 
 
-def save_aimodel(g: Graph, path: str | os.PathLike, force: bool = False) -> Path:
-    """Write ``g`` as a Core AI asset directory ``path`` (``.aimodel``), staged and renamed into
-    place (:func:`tlc.artifact.atomic_dir`). Raises :class:`InputError` for another suffix or
-    without coreai-core, :class:`~tlc.errors.OutputExistsError` if ``path`` exists and not
-    ``force``, :class:`EmitError` (see :func:`to_aiprogram`)."""
+#: what the asset's ``minimum_os`` is (coreai-core 1.0.0b3 knows only ``OSVersion.v27``: iOS/macOS 27)
+MINIMUM_OS = "v27"
+
+
+def write_aimodel(g: Graph, dest: Path, metadata: dict | None = None) -> None:
+    """Emit ``g`` (:func:`to_aiprogram`) and save it at ``dest`` (a fresh ``.aimodel`` path; a
+    staging path when called through :func:`save_aimodel`). ``metadata`` (str -> str) becomes the
+    asset's creator-defined metadata, with ``tlc.version`` and ``tlc.minimum_os``; the asset's
+    ``minimum_os`` is :data:`MINIMUM_OS`. The creation date coreai-core stamps is replaced by
+    ``$SOURCE_DATE_EPOCH`` (seconds; the reproducible-builds convention) or 0, so two builds of one
+    model are byte-identical (issue 18). Raises :class:`EmitError` (see :func:`to_aiprogram`)."""
+    from coreai.authoring import OSVersion
+    from coreai.authoring.asset import AIModelAssetMetadata
+
+    from . import __version__
+
+    prog = to_aiprogram(g)
+    md = AIModelAssetMetadata()
+    custom = {"tlc.version": __version__, "tlc.minimum_os": f"iOS/macOS {MINIMUM_OS[1:]}",
+              **{k: str(v) for k, v in (metadata or {}).items()}}
+    for k in sorted(custom):
+        md.set_custom(k, custom[k])
+    md.author = f"tlc {__version__}"
+    asset = prog.save_asset(Path(dest), metadata=md, minimum_os=OSVersion(MINIMUM_OS))
+    stamp = float(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
+    asset.update_metadata(updates=lambda m: setattr(m, "creation_date", stamp))
+
+
+def save_aimodel(g: Graph, path: str | os.PathLike, force: bool = False, metadata: dict | None = None) -> Path:
+    """Write ``g`` as a Core AI asset directory ``path`` (``.aimodel``, :func:`write_aimodel`),
+    staged and renamed into place (:func:`tlc.artifact.atomic_dir`). Raises :class:`InputError`
+    for another suffix or without coreai-core, :class:`~tlc.errors.OutputExistsError` if ``path``
+    exists and not ``force``, :class:`EmitError` (see :func:`to_aiprogram`)."""
     from .artifact import atomic_dir
 
     path = Path(path)
@@ -157,5 +204,5 @@ def save_aimodel(g: Graph, path: str | os.PathLike, force: bool = False) -> Path
         from .errors import OutputExistsError
 
         raise OutputExistsError(f"{str(path)!r} already exists; pass force=True (CLI: --force) to replace it")
-    prog = to_aiprogram(g)
-    return atomic_dir(path, force, lambda staged: prog.save_asset(staged))
+    to_aiprogram(g)  # fail before staging anything
+    return atomic_dir(path, force, lambda staged: write_aimodel(g, staged, metadata))

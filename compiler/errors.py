@@ -74,7 +74,8 @@ class NotShippableError(TlcError):
     def __init__(self, ops: list[tuple[str, str, str, str]]):
         lines = [f"  {op} (node {name}): {why}" + (f"\n      at {src}" if src else "") for op, name, why, src in ops]
         super().__init__(
-            f"not one .mlpackage: {len(ops)} op(s) cannot run in Core ML, so the model would need tlc's fallback "
+            f"not one .mlpackage (or .aimodel): {len(ops)} op(s) cannot run in Core ML (or Core AI), so the model would "
+            f"need tlc's fallback "
             f"runtime (a NAME.tlc bundle, which an iOS/macOS app cannot ship). Nothing was written.\n" + "\n".join(lines)
             + "\nWithout --no-fallback (fallback=False) tlc builds the bundle instead.")
         self.ops = ops

@@ -61,10 +61,11 @@ def check_io_dtype(io_dtype: str, minimum_deployment_target) -> str:
     return IO_DTYPES[io_dtype]
 
 
-def check_shippable(g: Graph | None, target: str) -> None:
-    """Raise unless graph ``g`` can be one ``.mlpackage`` (``fallback=False``): :class:`InputError`
-    for a target other than ``"ane"``, :class:`NotShippableError` listing every op Core ML cannot
-    hold (:func:`tlc.passes.partition.coreml_reason`), with its reason and source line."""
+def check_shippable(g: Graph | None, target: str, program: str = "coreml") -> None:
+    """Raise unless graph ``g`` can be one ``.mlpackage`` (``fallback=False``; one ``.aimodel``
+    with ``program="coreai"``): :class:`InputError` for a target other than ``"ane"``,
+    :class:`NotShippableError` listing every op Core ML (Core AI) cannot hold
+    (:func:`tlc.passes.partition.coreml_reason`), with its reason and source line."""
     if target != "ane":
         raise InputError(f"fallback=False (one .mlpackage) needs target='ane'; target={target!r} runs everything in "
                          f"tlc's fallback runtime")
@@ -72,9 +73,9 @@ def check_shippable(g: Graph | None, target: str) -> None:
         return
     from tlc.passes.partition import blockers, coreml_reason
 
-    bad = blockers(g)
+    bad = blockers(g, program)
     if bad:
-        raise NotShippableError([(n.op, n.name, coreml_reason(n), where(n.loc)) for n in bad])
+        raise NotShippableError([(n.op, n.name, coreml_reason(n, program), where(n.loc)) for n in bad])
 
 
 def where(loc) -> str:
@@ -131,6 +132,28 @@ class BuildPlan:
         """True when some op runs in tlc's fallback runtime (the artifact is a ``NAME.tlc`` bundle)."""
         return is_bundle(self.placement)
 
+    @functools.cached_property
+    def coreai_placement(self):
+        """:attr:`placement` for Core AI segments (``format="aimodel"``): the same placement when
+        every op it puts in Core ML has a Core AI form, else a new partition of :attr:`emit_graph`
+        in which those ops run in tlc's fallback runtime too (:func:`tlc.passes.partition.assign`
+        with ``program="coreai"``; the cost model decides as for Core ML)."""
+        from tlc.ops import coreai_reason
+
+        nodes = {n.name: n for n in self.emit_graph.nodes}
+        if all(coreai_reason(nodes[k]) is None for k, t in self.placement.target.items() if t == "ane"):
+            return self.placement
+        return _assign(self.emit_graph, self.options, dict(self.timings), program="coreai")
+
+    @functools.cached_property
+    def coreai_segments(self) -> tuple:
+        """:attr:`emit_graph` cut by :attr:`coreai_placement` (:attr:`segments` when they agree)."""
+        from tlc.passes.partition import split
+
+        if self.coreai_placement is self.placement:
+            return self.segments
+        return tuple(split(self.emit_graph, self.coreai_placement))
+
     @property
     def islands(self) -> dict[str, str]:
         """``{node name: reason}`` of the ops ``mixed`` kept in fp32."""
@@ -142,12 +165,12 @@ def is_bundle(placement) -> bool:
     return len(set(placement.segment.values())) > 1 or any(t != "ane" for t in placement.target.values())
 
 
-def _assign(g: Graph, options: BuildOptions, timings: dict):
+def _assign(g: Graph, options: BuildOptions, timings: dict, program: str = "coreml"):
     from tlc.passes.partition import assign
 
     t0 = time.perf_counter()
     kw = {"cost": options.cost} if options.cost is not None else {}
-    p = assign(g, target=options.target, fallback=options.fallback, **kw)
+    p = assign(g, target=options.target, fallback=options.fallback, program=program, **kw)
     timings["partition"] = timings.get("partition", 0.0) + time.perf_counter() - t0
     return p
 

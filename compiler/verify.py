@@ -217,7 +217,7 @@ def first_divergence(graph: Graph, runner, feeds: dict, tol: float) -> Divergenc
 
 def _verify_coreai(report: VerifyReport, cm, interp, feeds, got, refs, tol, package: Path) -> None:
     """``format="both"``: fill ``report``'s Core AI rows (see :func:`verify`)."""
-    from tlc.runtime.coreai_runtime import CoreAIModel
+    from tlc.runtime import load
 
     from .api import check_format
 
@@ -226,14 +226,13 @@ def _verify_coreai(report: VerifyReport, cm, interp, feeds, got, refs, tol, pack
         raise TlcError("verify --format both needs one Core ML program; this model has ops in tlc's fallback runtime")
     work = Path(tempfile.mkdtemp(prefix="tlc-verify-coreai-"))
     try:
-        aim = work / "model.aimodel"
-        cm._save_aimodel(aim, force=True)
+        aim = cm._save_aimodel(cm.coreai_output_path(work / "model.aimodel"), force=True)
         t0 = time.perf_counter()
-        m = CoreAIModel(aim)
+        m = load(aim)  # a CoreAIModel, or a bundle of Core AI segments and fallback ones
         try:
-            ca_out = m({n: feeds[n] for n in m.inputs})
+            ca_out = m(dict(feeds))
         finally:
-            m.close()
+            getattr(m, "close", lambda: None)()
         report.timings["coreai"] = time.perf_counter() - t0
         report.coreai = [compare(n, ca_out[n], r.detach().double().numpy(), tol) for n, r in zip(cm.output_names, refs)]
         report.apple_agreement = [compare(n, ca_out[n], np.asarray(got[n], np.float64), tol) for n in cm.output_names]

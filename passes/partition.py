@@ -32,7 +32,7 @@ import networkx as nx
 
 from tlc.errors import InputError, IRError
 from tlc.ir import Graph, Node, Value, verify
-from tlc.ops import get_op
+from tlc.ops import coreai_reason, get_op
 
 
 TARGETS = ("ane", "gpu", "cpu")
@@ -139,12 +139,22 @@ def node_cost_inputs(n: Node) -> tuple[int, int]:
     return int(row.flops(ins, outs, n.attrs)), sum(t.nbytes for t in ins + outs)
 
 
-def coreml_reason(n: Node) -> str | None:
-    """``None`` if ``n`` can be emitted into a Core ML program, else why not: its op has no MIL
-    form (``emit_mil is None``), or a tensor it reads or writes has rank > 5 (Core ML rejects
-    those: coremltools ``Program._check_invalid_tensor_rank``; what ``layout::fold_rank`` could not
-    fold) or no elements (Core ML tensors have no zero-size dimensions)."""
+#: what an "ane" segment becomes: "coreml" (an mlprogram in an ``.mlpackage``) or "coreai" (a Core AI
+#: ``.aimodel``, :mod:`tlc.coreai_emit`)
+PROGRAMS = ("coreml", "coreai")
+
+
+def coreml_reason(n: Node, program: str = "coreml") -> str | None:
+    """``None`` if ``n`` can be emitted into a Core ML program (``program="coreml"``) or a Core AI
+    program (``"coreai"``), else why not: its op has no MIL form (``emit_mil is None``) or, for
+    Core AI, no Core AI form (``emit_coreai is None``), or a tensor it reads or writes has rank > 5
+    (Core ML rejects those: coremltools ``Program._check_invalid_tensor_rank``; what
+    ``layout::fold_rank`` could not fold) or no elements (Core ML tensors have no zero-size
+    dimensions). Core AI programs follow the same rank and size rules, so one graph partitions the
+    same way for both formats except where an op lacks its Core AI form."""
     row = get_op(n.op)
+    if program == "coreai" and row.emit_mil is not None and coreai_reason(n):
+        return f"{coreai_reason(n)}; it runs in tlc's fallback runtime"
     if row.emit_mil is None:
         return row.ane([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs) or \
             f"MIL has no form of {n.op}; it runs in tlc's fallback runtime"
@@ -157,9 +167,10 @@ def coreml_reason(n: Node) -> str | None:
     return None
 
 
-def ane_reason(n: Node) -> str | None:
-    """``None`` if ``n`` is predicted to run on the ANE, else why not."""
-    why = coreml_reason(n)
+def ane_reason(n: Node, program: str = "coreml") -> str | None:
+    """``None`` if ``n`` is predicted to run on the ANE, else why not (``program``: see
+    :func:`coreml_reason`)."""
+    why = coreml_reason(n, program)
     if why:
         return why
     return get_op(n.op).ane([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs)
@@ -169,7 +180,8 @@ def _ns(seconds: float) -> int:
     return max(1, int(round(seconds * 1e9)))
 
 
-def label_nodes(g: Graph, cost: CostModel = DEFAULT_COST, target: str = "ane") -> dict[Node, bool]:
+def label_nodes(g: Graph, cost: CostModel = DEFAULT_COST, target: str = "ane",
+                program: str = "coreml") -> dict[Node, bool]:
     """``{node: True if coreml}`` for every non-const node, minimising the cost model's total
     (an exact s-t minimum cut; see the module docstring). ``target="gpu"``/``"cpu"`` labels every
     node fallback. Raises :class:`InputError` for an unknown target."""
@@ -184,10 +196,10 @@ def label_nodes(g: Graph, cost: CostModel = DEFAULT_COST, target: str = "ane") -
     for i, n in enumerate(nodes):
         flops, nbytes = node_cost_inputs(n)
         fb = min(cost.cpu(flops, nbytes, n.op), cost.gpu(flops, nbytes, n.op))
-        if coreml_reason(n):
+        if coreml_reason(n, program):
             G.add_edge(i, "T")  # no capacity = infinite: n can never be on the coreml side
             continue
-        on_coreml = cost.ane(flops, nbytes) if ane_reason(n) is None else cost.coreml_other(flops, nbytes)
+        on_coreml = cost.ane(flops, nbytes) if ane_reason(n, program) is None else cost.coreml_other(flops, nbytes)
         G.add_edge("S", i, capacity=_ns(fb))  # paid when n is cut to the fallback side
         G.add_edge(i, "T", capacity=_ns(on_coreml))  # paid when n stays on the coreml side
     index = {n: i for i, n in enumerate(nodes)}
@@ -244,19 +256,23 @@ def _phases(g: Graph, label: Mapping[Node, bool]) -> dict[Node, int]:
     return alap
 
 
-def blockers(g: Graph) -> list[Node]:
-    """The nodes of ``g`` that cannot be in a Core ML program (:func:`coreml_reason`), in order."""
-    return [n for n in g.nodes if n.op != "const" and coreml_reason(n)]
+def blockers(g: Graph, program: str = "coreml") -> list[Node]:
+    """The nodes of ``g`` that cannot be in a Core ML (or Core AI) program (:func:`coreml_reason`), in order."""
+    return [n for n in g.nodes if n.op != "const" and coreml_reason(n, program)]
 
 
-def assign(g: Graph, cost: CostModel = DEFAULT_COST, target: str = "ane", fallback: bool = True) -> Placement:
+def assign(g: Graph, cost: CostModel = DEFAULT_COST, target: str = "ane", fallback: bool = True,
+           program: str = "coreml") -> Placement:
     """Label, group into segments and pick each fallback segment's device. See the module docstring.
     ``fallback=False`` puts every op Core ML can hold into Core ML regardless of cost (the caller
-    rejects the graph if :func:`blockers` is not empty)."""
+    rejects the graph if :func:`blockers` is not empty). ``program="coreai"`` partitions for Core
+    AI segments (:func:`coreml_reason`). Raises :class:`InputError` for an unknown program."""
+    if program not in PROGRAMS:
+        raise InputError(f"program must be one of {PROGRAMS}, got {program!r}")
     if fallback:
-        label = label_nodes(g, cost, target)
+        label = label_nodes(g, cost, target, program)
     else:
-        label = {n: coreml_reason(n) is None for n in g.nodes if n.op != "const"}
+        label = {n: coreml_reason(n, program) is None for n in g.nodes if n.op != "const"}
     phase = _phases(g, label)
     order = sorted(set(phase.values()))
     seg_of = {n: order.index(ph) for n, ph in phase.items()}
@@ -271,7 +287,7 @@ def assign(g: Graph, cost: CostModel = DEFAULT_COST, target: str = "ane", fallba
             seg_target[s] = _fallback_device(members, cost)
     reasons: dict[str, str] = {}
     for n, coreml in label.items():
-        why = ane_reason(n)
+        why = ane_reason(n, program)
         if target != "ane":
             why = f"target={target}: every op runs in tlc's fallback runtime" + (f" (and: {why})" if why else "")
         elif not coreml and why is None:

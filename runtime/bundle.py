@@ -1,6 +1,8 @@
 """Hybrid runtime: runs a bundle (``NAME.tlc/``, format in :mod:`tlc.artifact`) segment by segment.
 
-Core ML segments run through Core ML predict on macOS or tlc's MIL interpreter elsewhere. Fallback
+Core ML segments run through Core ML predict on macOS or tlc's MIL interpreter elsewhere; Core AI
+segments (``NN.aimodel``, bundles built with ``format="aimodel"``) run in Apple's Core AI runtime
+(:mod:`tlc.runtime.coreai_runtime`, Linux and macOS). Fallback
 segments (tlc IR) placed on ``gpu`` run in tlc's torch-device executor when a GPU is here (``mps``
 or ``cuda``), and consecutive device segments hand each other device tensors (no host round trip);
 ``cpu`` segments, and ``gpu`` segments on a machine without a GPU, run in tlc's NumPy executor.
@@ -106,7 +108,11 @@ class BundleModel:
                 p = self.path / e["path"]
                 if not p.exists():
                     raise PackageError(f"{self.path}: segment {e['index']} file {e['path']} is missing")
-                if e["target"] == "ane":
+                if e["target"] == "ane" and p.suffix == ".aimodel":
+                    from .coreai_runtime import CoreAIModel
+
+                    runner = CoreAIModel(p)
+                elif e["target"] == "ane":
                     runner = LoadedModel(p, backend="interpreter" if backend == "interpreter" else backend,
                                          compute_units=compute_units)
                 else:
@@ -148,7 +154,7 @@ class BundleModel:
                 out = run_graph(runner.graph, sub, observer=lambda n, outs: observer(n.name, outs))
             elif runner.backend == "interpreter":
                 out = runner.interpreter.run(sub, observer=lambda op, outs: observer(op.name, outs))
-            else:  # pragma: no cover - macOS only
+            else:  # Core ML predict (macOS) and Core AI segments have no per-op observer
                 out = runner(sub)
             env.update(out)
             for n in self._drop_after[i]:

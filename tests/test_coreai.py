@@ -63,15 +63,151 @@ def test_format_both_writes_two_programs_that_agree(tmp_path):
 
 
 def test_op_without_a_coreai_form_fails_before_writing(tmp_path):
+    """to_aiprogram/save_aimodel (one program) refuse an op Core AI cannot hold, naming it and its
+    source line, before anything is written."""
+    from tlc.coreai_emit import save_aimodel
+
     def f(x):
-        return torch.flip(x, [1])  # MIL reverse: no Core AI form in tlc yet (docs/coreai.md)
+        return torch.flip(x[:, ::-1] if False else x, [1]) + 1  # reverse, with a Core AI form
 
     cm = tlc.build(f, (torch.randn(2, 5),), precision="fp32")
-    with pytest.raises(EmitError, match="no Core AI form yet.*reverse.*test_coreai.py"):
-        cm.save(tmp_path / "c.aimodel")
-    assert not (tmp_path / "c.aimodel").exists() and not list(tmp_path.iterdir())
+    g = cm.emit_graph
+    bad = tlc.ir.GraphBuilder()
+    x = bad.add_input("x", tlc.ir.TensorType("fp32", (2, 5)))
+    y = bad.add("random_uniform", [], {"shape": (2, 5), "low": 0.0, "high": 1.0, "seed": 1})
+    bad_g = bad.build([bad.add("add", [x, y.out]).out], ["y"])
+    with pytest.raises(EmitError, match="no Core AI form yet.*random_uniform"):
+        save_aimodel(bad_g, tmp_path / "c.aimodel")
+    assert not list(tmp_path.iterdir())
+    assert load(save_aimodel(g, tmp_path / "ok.aimodel"))({"x": np.ones((2, 5), np.float32)})
     with pytest.raises(InputError, match="format must be one of"):
         tlc.build(f, (torch.randn(2, 5),), format="onnx")
+
+
+def _mlp_with(op_fn, width=512, depth=6):
+    """Linear layers around ``op_fn``: enough ANE work on both sides that the partitioner keeps
+    them in Apple programs and cuts out only ``op_fn``'s op."""
+    torch.manual_seed(0)
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(depth)])
+            self.b = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(depth)])
+
+        def forward(self, x):
+            return self.b(op_fn(self.a(x)))
+
+    return M().eval()
+
+
+def test_op_without_a_coreai_form_becomes_a_bundle_with_coreai_segments(tmp_path, monkeypatch):
+    """Issue 17: ops Core AI cannot express follow the partitioning rules: a bundle
+    ``NAME.aimodel.tlc`` whose Apple segments are ``.aimodel`` assets, the op in tlc's fallback
+    runtime, said so by ``coreai_fallback_ops``; the .mlpackage of the same build stays one program."""
+    import dataclasses
+    import json
+
+    from tlc.ops import OPS
+
+    monkeypatch.setitem(OPS, "sin", dataclasses.replace(OPS["sin"], emit_coreai=None))  # as if it had no form
+    m = _mlp_with(torch.sin)
+    x = torch.randn(64, 512)
+    cm = tlc.build(m, (x,), precision="fp16", format="both")
+    assert not cm.is_bundle and cm.coreai_is_bundle
+    off = cm.coreai_fallback_ops()
+    assert [o[0] for o in off] == ["sin"] and "Core AI has no form of sin" in off[0][2]
+    pkg = cm.save(tmp_path / "m.mlpackage")
+    assert pkg.suffix == ".mlpackage" and (tmp_path / "m.aimodel.tlc").is_dir()
+    man = json.loads((tmp_path / "m.aimodel.tlc" / "manifest.json").read_text())
+    assert man["program"] == "coreai"
+    assert [(e["target"], e["format"]) for e in man["segments"]] == [("ane", "aimodel"), ("cpu", "tlc-graph"),
+                                                                     ("ane", "aimodel")]
+    b = load(tmp_path / "m.aimodel.tlc")
+    assert [s[2] for s in b.segments] == ["coreai", "numpy", "coreai"]
+    with torch.no_grad():
+        want = m(x).numpy()
+    got = b({"x": x.numpy()})[cm.output_names[0]]
+    assert rel_l2(got, want) <= 1e-2
+    one = load(pkg, backend="interpreter")({"x": x.numpy()})[cm.output_names[0]]
+    assert rel_l2(got, one) <= 1e-2
+    with pytest.raises(tlc.errors.NotShippableError, match="sin"):
+        tlc.build(m, (x,), precision="fp16", format="aimodel", fallback=False)
+
+
+def test_aimodel_metadata_minimum_os_and_fixed_creation_date(tmp_path, monkeypatch):
+    import json
+
+    cm = tlc.build(lambda x: torch.relu(x) * 2, (torch.randn(2, 3),), precision="fp32")
+    md = json.loads((cm.save(tmp_path / "r.aimodel") / "metadata.json").read_text())
+    custom = md["creatorDefinedMetadata"]
+    assert custom["tlc.version"] == tlc.__version__ and custom["tlc.minimum_os"] == "iOS/macOS 27"
+    assert custom["tlc.io_dtype"] == "float32" and md["author"].startswith("tlc ")
+    assert md["creationDate"] == "19700101T000000Z"  # no wall-clock timestamp (issue 18)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    md = json.loads((cm.save(tmp_path / "r.aimodel", force=True) / "metadata.json").read_text())
+    assert md["creationDate"] == "20260101T000000Z"
+
+
+def _ir_unary(op, attrs, x):
+    gb = tlc.ir.GraphBuilder()
+    v = gb.add_input("x", tlc.ir.TensorType("fp32", x.shape))
+    return gb.build([gb.add(op, [v], attrs).out], ["y"])
+
+
+@pytest.mark.parametrize("op,attrs", [("clamped_relu", {"alpha": 0.2, "beta": 1.5}), ("elu", {"alpha": 0.7}),
+                                      ("linear_activation", {"alpha": 2.0, "beta": -0.5}),
+                                      ("scaled_tanh", {"alpha": 1.5, "beta": 0.5}), ("threshold", {"alpha": 0.3}),
+                                      ("thresholded_relu", {"alpha": 0.3}), ("sigmoid_hard", {"alpha": 0.2, "beta": 0.5}),
+                                      ("floor", {}), ("ceil", {})])
+def test_mil_activations_match_the_numpy_kernel(op, attrs, tmp_path):
+    """The activations other converters' packages use (tlc's front-end does not produce them):
+    Core AI forms against the op table's NumPy kernel, in float64."""
+    from tlc.coreai_emit import save_aimodel
+    from tlc.ops import get_op
+
+    x = np.concatenate([np.random.default_rng(1).standard_normal(40) * 3, [-1.0, -0.5, 0.0, 0.3, 1.0, 2.5]])
+    x = x.astype(np.float32).reshape(2, 23)
+    got = load(save_aimodel(_ir_unary(op, attrs, x), tmp_path / "u.aimodel"))({"x": x})["y"]
+    want = get_op(op).numpy(attrs, x.astype(np.float64))
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("name,fn,op", [
+    ("flip", lambda x: torch.flip(x, [0, 2]), "reverse"),
+    ("floor_ceil", lambda x: torch.floor(3 * x) + torch.ceil(2 * x), "floor"),
+    ("hardsigmoid", torch.nn.functional.hardsigmoid, "sigmoid_hard"),
+    ("scatter_add", lambda x: x.scatter_add(2, torch.tensor([[[0, 2, 2, 5]] * 4] * 3), x[:, :, :4]), None),
+    ("scatter", lambda x: x.scatter(1, torch.tensor([[[3, 0, 1, 2, 0, 1]]] * 3), -x[:, :1]), None),
+    ("index_put", lambda x: x.index_put((torch.tensor([0, 2]), torch.tensor([1, -1])), torch.ones(2, 6)), "scatter_nd"),
+    ("index_put_acc", lambda x: x.index_put((torch.tensor([0, 0, 2]),), torch.ones(3, 4, 6), accumulate=True),
+     "scatter_nd"),
+    ("index_add", lambda x: x.index_add(1, torch.tensor([3, 0, 3]), x[:, :3] * 2), None),
+    ("gather_2d", lambda x: x[torch.tensor([0, 2, -1]), torch.tensor([1, 3, 0])], None),
+])
+def test_reverse_floor_scatters_and_gathers(name, fn, op, tmp_path):
+    x = torch.randn(3, 4, 6)
+    cm = tlc.build(fn, (x,), precision="fp32")
+    if op is not None:
+        assert op in cm.graph.op_histogram()
+    assert not cm.coreai_is_bundle
+    got = load(cm.save(tmp_path / "s.aimodel"))({cm.input_names[0]: x.numpy()})[cm.output_names[0]]
+    want = fn(x).numpy()
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("nd,kw", [(2, dict(stride=2, padding=1, output_padding=1)), (2, dict(stride=(2, 3), dilation=(1, 2))),
+                                   (2, dict(stride=2, groups=2)), (1, dict(stride=3, padding=2, output_padding=1))])
+def test_conv_transpose(nd, kw, tmp_path):
+    torch.manual_seed(0)
+    conv = (torch.nn.ConvTranspose2d if nd == 2 else torch.nn.ConvTranspose1d)(4, 6, 3, **kw).eval()
+    x = torch.randn(1, 4, *(5, 7)[:nd])
+    cm = tlc.build(conv, (x,), precision="fp32")
+    assert "conv_transpose" in cm.graph.op_histogram()
+    got = load(cm.save(tmp_path / "t.aimodel"))({cm.input_names[0]: x.numpy()})[cm.output_names[0]]
+    with torch.no_grad():
+        want = conv(x).numpy()
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
 
 
 def test_cli_build_and_run_aimodel(tmp_path):

@@ -16,7 +16,9 @@ A row (:class:`OpDef`) holds:
   :mod:`tlc.lint`, groups by it).
 * ``emit_coreai(ctx, attrs, inputs, node) -> Value | list`` — the same op for Apple's Core AI
   (``coreai.authoring`` ops on ``ctx.ca``, :mod:`tlc.coreai_emit`), or ``None`` when tlc has no
-  Core AI form for it yet (the build then names the op).
+  Core AI form for it yet (the build then names the op); ``coreai_limit(in_types, out_types,
+  attrs) -> str | None`` says why one instance has none (a scatter mode Core AI lacks, ...);
+  :func:`coreai_reason` combines the two.
 * ``flops(in_types, out_types, attrs) -> int`` — estimated floating-point operations (a multiply
   and an add count as 2).
 * ``mil_inputs`` / ``from_mil`` — how a loaded MIL op of the same name maps onto this row: the MIL
@@ -230,9 +232,23 @@ class OpDef:
     ane_efficiency: Callable[[Sequence[TensorType], Sequence[TensorType], Mapping[str, Any]], list] = \
         lambda i, o, a: []
     emit_coreai: Callable[..., Any] | None = None
+    coreai_limit: Rule | None = None
 
 
 OPS: dict[str, OpDef] = {}
+
+
+def coreai_reason(n) -> str | None:
+    """``None`` if IR node ``n`` has a Core AI form (``emit_coreai``, and its ``coreai_limit``
+    allows these types and attributes), else why not (:mod:`tlc.coreai_emit`)."""
+    row = get_op(n.op)
+    if row.emit_coreai is None:
+        return f"Core AI has no form of {n.op} in tlc yet"
+    if row.coreai_limit is not None:
+        why = row.coreai_limit([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs)
+        if why:
+            return f"Core AI has no form of {n.op} {why}"
+    return None
 
 
 def register(
@@ -256,6 +272,7 @@ def register(
     elementwise: str | None = None,
     efficiency: Rule | None = None,
     emit_coreai: Callable[..., Any] | None = None,
+    coreai_limit: Rule | None = None,
 ) -> OpDef:
     """Add a row to :data:`OPS` (built by :func:`make_row`); raises :class:`IRError` for a name
     registered twice. Every row should give a ``torch`` kernel or a ``host_only`` reason
@@ -266,7 +283,8 @@ def register(
                              mil_inputs=mil_inputs, from_mil=from_mil, ane_dtype_exempt=ane_dtype_exempt,
                              torch=torch, host_only=host_only, nondeterministic=nondeterministic,
                              half_attrs=half_attrs, interpreter_only=interpreter_only, is_noop=is_noop,
-                             elementwise=elementwise, efficiency=efficiency, emit_coreai=emit_coreai)
+                             elementwise=elementwise, efficiency=efficiency, emit_coreai=emit_coreai,
+                             coreai_limit=coreai_limit)
     return d
 
 
@@ -278,7 +296,7 @@ def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Ca
              half_attrs: Mapping[str, str] | None = None, interpreter_only: bool = False,
              is_noop: Callable[[Mapping, Sequence[TensorType]], bool] | None = None,
              elementwise: str | None = None, efficiency: Rule | None = None,
-             emit_coreai: Callable[..., Any] | None = None) -> OpDef:
+             emit_coreai: Callable[..., Any] | None = None, coreai_limit: Rule | None = None) -> OpDef:
     """An :class:`OpDef` (not added to :data:`OPS`). Its ``ane`` rule is :func:`ane_common`, then
     the op's own ``ane`` rule (the more specific reason), then :func:`ane_dtype` over the tensors
     except the inputs at positions ``ane_dtype_exempt`` (inputs that emission turns into fp16,
@@ -295,7 +313,7 @@ def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Ca
 
     return OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""), tuple(mil_inputs), from_mil,
                  torch, host_only, nondeterministic, dict(half_attrs or {}), interpreter_only, is_noop,
-                 elementwise, efficiency_rule, emit_coreai)
+                 elementwise, efficiency_rule, emit_coreai, coreai_limit)
 
 
 def mil_attr(v: Any) -> Any:

@@ -279,8 +279,6 @@ def _ca_conv(ctx, a, ins, node):
     ca = ctx.ca
     xt = node.inputs[0].type
     nsp = xt.rank - 2
-    if nsp not in (1, 2):
-        raise ValueError(f"{nsp}-D conv has no Core AI form in tlc yet")
     x, w = ins[0], ins[1]
     strides = list(spatial_attr(a, nsp, "strides", 1))
     dil = list(spatial_attr(a, nsp, "dilations", 1))
@@ -312,7 +310,7 @@ def _flops_conv(i, o, a):
 
 
 register("conv", infer=_infer_conv, numpy=conv_kernel, emit_mil=_emit_conv, ane=_ane_conv, flops=_flops_conv,
-         emit_coreai=_ca_conv,
+         emit_coreai=_ca_conv, coreai_limit=lambda i, o, a: None if i[0].rank in (3, 4) else f"in {i[0].rank - 2}-D in tlc yet",
          mil_inputs=("x", "weight", "bias"),
          from_mil=lambda v: window_from_mil(v, v["weight"].shape[2:], ("x", "weight", "bias")),
          torch=_t_conv)
@@ -450,6 +448,40 @@ def _flops_conv_transpose(i, o, a):
     return 2 * i[0].size * int(np.prod(i[1].shape[1:]))
 
 
+def _ca_conv_transpose_limit(i, o, a):
+    nsp = i[0].rank - 2
+    pad = tuple(a.get("pad") or (0,) * (2 * nsp))
+    if nsp not in (1, 2):
+        return f"in {nsp}-D in tlc yet"
+    if any(pad[2 * k] != pad[2 * k + 1] for k in range(nsp)):
+        return f"with asymmetric padding {list(pad)} (Core AI conv_transpose2d pads each axis symmetrically)"
+    return None
+
+
+def _ca_conv_transpose(ctx, a, ins, node):
+    """``conv_transpose`` as Core AI ``conv_transpose2d`` (weight [Cin, Cout/groups, kh, kw] as in
+    torch; symmetric padding per axis, ``output_padding`` at the end; checked against
+    ``F.conv_transpose2d`` on coreai-core 1.0.0b3); 1-D as 2-D with a unit height; bias added."""
+    ca = ctx.ca
+    nsp = node.inputs[0].type.rank - 2
+    x, w = ins[0], ins[1]
+    strides = list(spatial_attr(a, nsp, "strides", 1))
+    dil = list(spatial_attr(a, nsp, "dilations", 1))
+    pad = list(a.get("pad") or (0,) * (2 * nsp))[::2]
+    op = list(spatial_attr(a, nsp, "output_padding", 0))
+    if nsp == 1:
+        wt = node.inputs[1].type
+        x = ca.expand_dims(x, [2])
+        w = ca.reshape(w, [wt.shape[0], wt.shape[1], 1, wt.shape[2]])
+        strides, dil, pad, op = [1] + strides, [1] + dil, [0] + pad, [0] + op
+    y = ca.conv_transpose2d(x, w, ctx.u32(strides), ctx.u32(pad), ctx.u32(dil), ctx.u32(op), np.uint32(a.get("groups", 1)))
+    if nsp == 1:
+        y = ctx.reshaped(y)
+    if len(ins) == 3:
+        y = ca.broadcasting_add(y, ca.reshape(ins[2], [1, node.out.type.shape[1]] + [1] * nsp))
+    return y
+
+
 def _conv_transpose_from_mil(v):
     """MIL ``conv_transpose``: ``pad_type`` valid / custom (``same`` and ``output_shape`` are
     resolved to the declared output shape by cropping at the end)."""
@@ -473,5 +505,6 @@ def _conv_transpose_from_mil(v):
 
 
 register("conv_transpose", infer=_infer_conv_transpose, numpy=_conv_transpose, emit_mil=_emit_conv_transpose,
+         emit_coreai=_ca_conv_transpose, coreai_limit=_ca_conv_transpose_limit,
          flops=_flops_conv_transpose, mil_inputs=("x", "weight", "bias"), from_mil=_conv_transpose_from_mil,
          torch=_t_conv_transpose)

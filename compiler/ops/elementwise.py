@@ -351,6 +351,20 @@ def _ca_gelu(ctx, attrs, x):
     return ctx.ca.gelu(x, approximate="tanh" if mode == "TANH_APPROXIMATION" else "none")
 
 
+def _ca_ge(ctx, x, v):
+    """``x >= v`` (Core AI has ``greater`` only: ``not (v > x)``)."""
+    return ctx.ca.not_(ctx.ca.broadcasting_greater(_ca_scalar(ctx, v), x))
+
+
+def _ca_affine(ctx, x, alpha, beta):
+    return ctx.ca.broadcasting_add(ctx.ca.broadcasting_mul(x, _ca_scalar(ctx, alpha)), _ca_scalar(ctx, beta))
+
+
+def _ca_floor(ctx, x):
+    """``floor`` as Core AI ``broadcasting_floor_divide(x, 1)`` (Core AI has no floor op)."""
+    return ctx.ca.broadcasting_floor_divide(x, _ca_scalar(ctx, 1.0))
+
+
 #: IR unary op -> its Core AI form ``f(ctx, attrs, x)``
 _COREAI_UNARY = {
     **{n: (lambda n: lambda ctx, a, x: getattr(ctx.ca, n)(x))(n)
@@ -364,8 +378,7 @@ _COREAI_UNARY = {
     "rsqrt": lambda ctx, a, x: _ca_eps(ctx, x, a, "rsqrt"),
     "gelu": _ca_gelu,
     "leaky_relu": lambda ctx, a, x: ctx.ca.broadcasting_where(
-        ctx.ca.not_(ctx.ca.broadcasting_greater(_ca_scalar(ctx, 0.0), x)), x,
-        ctx.ca.broadcasting_mul(x, _ca_scalar(ctx, a["alpha"]))),
+        _ca_ge(ctx, x, 0.0), x, ctx.ca.broadcasting_mul(x, _ca_scalar(ctx, a["alpha"]))),
     "sign": lambda ctx, a, x: ctx.ca.broadcasting_sub(
         ctx.ca.cast(ctx.ca.broadcasting_greater(x, _ca_scalar(ctx, 0)), DTYPES[ctx.node.inputs[0].type.dtype].type),
         ctx.ca.cast(ctx.ca.broadcasting_greater(_ca_scalar(ctx, 0), x), DTYPES[ctx.node.inputs[0].type.dtype].type)),
@@ -380,6 +393,24 @@ _COREAI_UNARY = {
     "clip": lambda ctx, a, x: ctx.ca.broadcasting_maximum(
         ctx.ca.broadcasting_minimum(x, ctx.const(np.asarray(a["beta"], DTYPES[ctx.node.inputs[0].type.dtype]))),
         ctx.const(np.asarray(a["alpha"], DTYPES[ctx.node.inputs[0].type.dtype]))),
+    "floor": lambda ctx, a, x: _ca_floor(ctx, x),
+    "ceil": lambda ctx, a, x: ctx.ca.broadcasting_mul(_ca_floor(ctx, ctx.ca.broadcasting_mul(x, _ca_scalar(ctx, -1.0))),
+                                                      _ca_scalar(ctx, -1.0)),
+    "sigmoid_hard": lambda ctx, a, x: ctx.ca.broadcasting_maximum(ctx.ca.broadcasting_minimum(
+        _ca_affine(ctx, x, a["alpha"], a["beta"]), _ca_scalar(ctx, 1.0)), _ca_scalar(ctx, 0.0)),
+    "clamped_relu": lambda ctx, a, x: ctx.ca.broadcasting_minimum(ctx.ca.broadcasting_where(
+        _ca_ge(ctx, x, 0.0), x, ctx.ca.broadcasting_mul(x, _ca_scalar(ctx, a.get("alpha", 0.0)))),
+        _ca_scalar(ctx, a.get("beta", 6.0))),
+    "elu": lambda ctx, a, x: ctx.ca.broadcasting_where(ctx.ca.broadcasting_greater(x, _ca_scalar(ctx, 0.0)), x,
+                                                       _ca_affine(ctx, ctx.ca.exp(ctx.ca.broadcasting_minimum(
+                                                           x, _ca_scalar(ctx, 0.0))), a.get("alpha", 1.0),
+                                                           -a.get("alpha", 1.0))),
+    "linear_activation": lambda ctx, a, x: _ca_affine(ctx, x, a["alpha"], a.get("beta", 0.0)),
+    "scaled_tanh": lambda ctx, a, x: ctx.ca.broadcasting_mul(
+        ctx.ca.tanh(ctx.ca.broadcasting_mul(x, _ca_scalar(ctx, a.get("beta", 1.0)))), _ca_scalar(ctx, a.get("alpha", 1.0))),
+    "threshold": lambda ctx, a, x: ctx.ca.broadcasting_maximum(x, _ca_scalar(ctx, a.get("alpha", 1.0))),
+    "thresholded_relu": lambda ctx, a, x: ctx.ca.broadcasting_where(_ca_ge(ctx, x, a.get("alpha", 1.0)), x,
+                                                                    _ca_scalar(ctx, 0.0)),
 }
 
 

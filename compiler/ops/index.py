@@ -134,6 +134,7 @@ def _t_gather_nd(attrs, x, idx):
 
 
 register("gather_nd", infer=_infer_gather_nd, numpy=_gather_nd,
+         emit_coreai=lambda ctx, a, ins, node: ctx.ca.gather_nd(ins[0], ins[1]),  # wraps negative indices as MIL does
          emit_mil=lambda ctx, a, ins, nm: ctx.mb.gather_nd(x=ins[0], indices=ins[1], name=nm),
          ane=_no_ane(_GATHER_ANE), flops=flops_none, mil_inputs=("x", "indices"),
          from_mil=_idx_from_mil(("x", "indices")), torch=_t_gather_nd)
@@ -196,6 +197,49 @@ def _t_scatter_along(mode, data, ax, idx, upd):
     raise IRError(f"scatter mode {mode!r} has no torch kernel")
 
 
+def _ca_scatter_along(ctx, data, idx, upd, axis: int, mode: str):
+    """Core AI ``scatter_along_axis`` (every MIL mode; negative indices wrap, as in MIL)."""
+    t = ctx.node.outputs[0].type
+    from coreai.authoring import TensorType as CAType
+
+    return ctx.ca.scatter_along_axis(CAType(tuple(t.shape), DTYPES[t.dtype]), data, idx, upd, int(axis),  # Core AI's index type
+                                     scatter_mode=mode)
+
+
+def _ca_scatter(ctx, a, ins, node):
+    """IR ``scatter`` (1-D indices along ``axis``) as Core AI ``scatter_along_axis``: the indices
+    reshaped onto ``axis`` and broadcast to the updates' shape."""
+    rank = node.inputs[0].type.rank
+    ax = a.get("axis", 0) % rank
+    ushape = list(node.inputs[2].type.shape)
+    idx = ctx.ca.reshape(ins[1], [1] * ax + [-1] + [1] * (rank - ax - 1))
+    return _ca_scatter_along(ctx, ins[0], ctx.ca.broadcast_to(idx, ctx.u32(ushape)), ins[2], ax, _mode(a))
+
+
+def _ca_scatter_nd(ctx, a, ins, node):
+    """IR ``scatter_nd`` as Core AI ``scatter_along_axis`` over the flattened leading axes (Core
+    AI's own ``scatter_nd`` has no combine mode): each index row becomes one linear index
+    (negative entries wrapped), the updates one row each, as tlc's torch kernel does."""
+    ca = ctx.ca
+    dt, it = node.inputs[0].type, node.inputs[1].type
+    k = it.shape[-1]
+    lead, rest = list(dt.shape[:k]), list(dt.shape[k:])
+    m = int(np.prod(it.shape[:-1], dtype=np.int64))
+    strides = [int(np.prod(lead[j + 1:], dtype=np.int64)) for j in range(k)]
+    idx = ins[1]
+    neg = ca.cast(ca.broadcasting_greater(ctx.const(np.zeros((), np.int32)), idx), np.int32)
+    idx = ca.broadcasting_add(idx, ca.broadcasting_mul(neg, ctx.const(np.asarray(lead, np.int32))))
+    flat = ca.reduce_sum(ca.broadcasting_mul(idx, ctx.const(np.asarray(strides, np.int32))), [it.rank - 1])
+    flat = ca.broadcast_to(ca.reshape(flat, [m] + [1] * len(rest)), ctx.u32([m] + rest))
+    data = ca.reshape(ins[0], [int(np.prod(lead, dtype=np.int64))] + rest)
+    upd = ca.reshape(ins[2], [m] + rest)
+    from coreai.authoring import TensorType as CAType
+
+    out = ca.scatter_along_axis(CAType((int(np.prod(lead, dtype=np.int64)), *rest), DTYPES[dt.dtype]), data, flat, upd,
+                                0, scatter_mode=_mode(a))
+    return ctx.reshaped(out)
+
+
 def _emit_scatter(op):
     def emit(ctx, a, ins, nm):
         kw = {"axis": a.get("axis", 0)} if op != "scatter_nd" else {}
@@ -205,7 +249,7 @@ def _emit_scatter(op):
     return emit
 
 
-register("scatter", infer=_infer_scatter, numpy=_scatter, emit_mil=_emit_scatter("scatter"),
+register("scatter", infer=_infer_scatter, numpy=_scatter, emit_mil=_emit_scatter("scatter"), emit_coreai=_ca_scatter,
          ane=_no_ane(_SCATTER_ANE), flops=lambda i, o, a: i[2].size, mil_inputs=("data", "indices", "updates"),
          from_mil=_idx_from_mil(("data", "indices", "updates")), torch=_t_scatter)
 
@@ -241,6 +285,8 @@ def _t_scatter_along_axis(attrs, data, idx, upd):
 
 register("scatter_along_axis", infer=_infer_scatter_along_axis, numpy=_scatter_along_axis,
          emit_mil=_emit_scatter("scatter_along_axis"), ane=_no_ane(_SCATTER_ANE), flops=lambda i, o, a: i[2].size,
+         emit_coreai=lambda ctx, a, ins, node: _ca_scatter_along(ctx, *ins, a.get("axis", 0) % node.inputs[0].type.rank,
+                                                                 _mode(a)),
          mil_inputs=("data", "indices", "updates"), from_mil=_idx_from_mil(("data", "indices", "updates")),
          torch=_t_scatter_along_axis)
 
@@ -285,6 +331,7 @@ def _t_scatter_nd(attrs, data, idx, upd):
 
 
 register("scatter_nd", infer=_infer_scatter_nd, numpy=_scatter_nd, emit_mil=_emit_scatter("scatter_nd"),
+         emit_coreai=_ca_scatter_nd,
          ane=_no_ane(_SCATTER_ANE), flops=lambda i, o, a: i[2].size, mil_inputs=("data", "indices", "updates"),
          from_mil=_idx_from_mil(("data", "indices", "updates")), torch=_t_scatter_nd)
 

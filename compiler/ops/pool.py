@@ -179,8 +179,6 @@ def _coreai_pool(kind):
         ca = ctx.ca
         xt = node.inputs[0].type
         nsp = xt.rank - 2
-        if nsp not in (1, 2):
-            raise ValueError(f"{nsp}-D pooling has no Core AI form in tlc yet")
         pads, out_sp = pool_pads(attrs, xt.shape)
         k = list(attrs["kernel_sizes"])
         st = list(spatial_attr(attrs, nsp, "strides", 1))
@@ -235,4 +233,5 @@ def _pool_from_mil(v):
 for _kind, _fn in (("max_pool", _max_pool), ("avg_pool", _avg_pool)):
     register(_kind, infer=_infer_pool, numpy=_fn, emit_mil=_emit_pool(_kind), ane=_ane_pool, flops=_flops_pool,
              from_mil=_pool_from_mil,
-             torch=_t_pool(_kind), emit_coreai=_coreai_pool(_kind))
+             torch=_t_pool(_kind), emit_coreai=_coreai_pool(_kind),
+             coreai_limit=lambda i, o, a: None if i[0].rank in (3, 4) else f"in {i[0].rank - 2}-D in tlc yet")

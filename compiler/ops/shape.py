@@ -47,15 +47,11 @@ def _ca_split(ctx, a, ins, node):
 
 def _ca_slice(ctx, a, ins, node):
     x = ins[0]
-    if a.get("flip"):
-        raise ValueError("slice_by_index with flipped axes has no Core AI form in tlc yet")
     y = ctx.ca.slice_(x, list(a["begin"]), list(a["end"]), list(a["stride"]))
     return ctx.reshaped(y)  # squeeze_mask
 
 
 def _ca_pad(ctx, a, ins, node):
-    if a.get("mode", "constant") != "constant":
-        raise ValueError(f"pad mode {a['mode']!r} has no Core AI form in tlc yet")
     x = node.inputs[0].type
     p = list(a["pad"])
     spec = [0] * (2 * (x.rank - len(p) // 2)) + p
@@ -399,7 +395,8 @@ def _slice_is_noop(a, t) -> bool:
             and not a.get("flip") and not any(a.get("squeeze_mask") or ()))
 
 
-register("slice_by_index", emit_coreai=_ca_slice, is_noop=_slice_is_noop, infer=_infer_slice, numpy=_slice, emit_mil=_emit_slice, flops=flops_none,
+register("slice_by_index", emit_coreai=_ca_slice, coreai_limit=lambda i, o, a: "with flipped axes" if a.get("flip") else None,
+         is_noop=_slice_is_noop, infer=_infer_slice, numpy=_slice, emit_mil=_emit_slice, flops=flops_none,
          from_mil=slice_from_mil,
          torch=_t_slice)
 
@@ -479,6 +476,9 @@ register(
     numpy=_reverse,
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.reverse(x=ins[0], axes=list(a["axes"]) if a.get("axes") is not None else None,
                                                     name=nm),
+    # Core AI's dims are its index type: a Python list (or int32) builds it, uint32 does not
+    emit_coreai=lambda ctx, a, ins, node: ctx.ca.reverse(ins[0], list(range(node.inputs[0].type.rank)) if a.get("axes") is None
+                                                         else [int(v) for v in norm_axes(a["axes"], node.inputs[0].type.rank)]),
     flops=flops_none,
     torch=lambda a, x: torch.flip(x, tuple(range(x.dim())) if a.get("axes") is None else tuple(a["axes"])),
 )
@@ -553,6 +553,7 @@ def _t_pad(attrs, x):
 register(
     "pad",
     emit_coreai=_ca_pad,
+    coreai_limit=lambda i, o, a: None if a.get("mode", "constant") == "constant" else f"in mode {a['mode']!r} in tlc yet",
     is_noop=lambda a, t: not any(a["pad"]),
     torch=_t_pad,
     infer=_infer_pad,
