@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -119,6 +120,11 @@ class CompiledModel:
         self.weights_before_compress = None  # bytes of the program's constants before compression
         self.compressed_weights: list[str] = []  # MIL const ops compress= compressed
         self.float_activation_ops = 0  # w8a8: ops kept with float activations (outlier tensors)
+        #: the persistent compile cache (tlc.cache): this build's key, the store, and "hit" / "miss" (None: not cached)
+        self.cache_key: str | None = None
+        self._cache = None
+        self.cache_status: str | None = None
+        self._written: list[Path] = []  # what the last save() wrote (the artifact cache copies it)
 
     precision = property(lambda self: self.options.precision, doc="``mixed``, ``fp16`` or ``fp32``")
     minimum_deployment_target = property(lambda self: self.options.minimum_deployment_target,
@@ -147,12 +153,26 @@ class CompiledModel:
         closed loop for ``mixed``, placement, segments) and kept; its stage timings join
         :attr:`timings`. Raises :class:`tlc.calibrate.PrecisionError` when ``mixed`` finds no
         passing island assignment."""
+        if self._plan is None and self.cache_key is not None:
+            from .cache import load_plan
+
+            self._plan = load_plan(self._cache, self.cache_key, self.options)
+            if self._plan is not None:
+                self.timings.update(self._plan.timings)
+                return self._plan
         if self._plan is None:
             from .plan import make_plan
+            from .progress import stage
 
-            self._plan = make_plan(self.graph, self.options, calibration=self.calibration, metadata=self._metadata,
-                                   progress=self.progress)
+            what = "closed loop: emit, run, add fp32 islands" if self.precision == "mixed" else "precision, placement"
+            with stage(f"planning {self.precision} ({what})"):
+                self._plan = make_plan(self.graph, self.options, calibration=self.calibration,
+                                       metadata=self._metadata, progress=self.progress)
             self.timings.update(self._plan.timings)
+            if self.cache_key is not None:
+                from .cache import store_plan
+
+                store_plan(self._cache, self.cache_key, self._plan)
             if self._plan.emit_info is not None:
                 self._mlmodel = self._plan.mlmodel
                 self._record_emit(self._plan.emit_info)
@@ -312,6 +332,33 @@ class CompiledModel:
         :class:`~tlc.errors.EmitError` if emission or the check fails.
         """
         path = Path(path)
+        self._written = []
+        if self.cache_key is None:
+            return self._save(path, force)
+        from .cache import artifact_key, copy_artifact
+
+        akey = artifact_key(self.cache_key, path, self.format)
+        got = self._cache.get("artifacts", akey)
+        t0 = time.perf_counter()
+        if got is not None:
+            d, meta = got
+            outs = [copy_artifact(d / name, path.parent / name, force) for name in meta["outputs"]]
+            self.timings["save"] = time.perf_counter() - t0
+            return outs[0]
+        self._written = []
+        out = self._save(path, force)
+        written = list(self._written)
+        self._cache.put("artifacts", akey, lambda d: [shutil.copytree(p, d / p.name) for p in written],
+                        {"outputs": [p.name for p in written]})
+        return out
+
+    def _save(self, path: Path, force: bool) -> Path:
+        from .progress import stage
+
+        with stage(f"writing {path.name} ({self.format})"):
+            return self._save_unstaged(path, force)
+
+    def _save_unstaged(self, path: Path, force: bool) -> Path:
         if self.format == "aimodel" or path.suffix == ".aimodel":
             return self._save_aimodel(self.coreai_output_path(path), force)
         path = self.output_path(path)
@@ -338,12 +385,14 @@ class CompiledModel:
                                metadata=self._metadata(), force=force, compress=self.compress,
                                skip=tuple(self.islands))
             self.timings["save"] = time.perf_counter() - t0
+            self._written.append(out)
             return out
         path = check_output_path(path, force)  # before spending time on emission
         mlm = self.mlmodel
         t0 = time.perf_counter()
         out = save_atomic(mlm, path, force=force, check=lambda staged: check_package_io(staged, self.emit_graph))
         self.timings["save"] = time.perf_counter() - t0
+        self._written.append(out)
         return out
 
     def _save_aimodel(self, path: Path, force: bool) -> Path:
@@ -363,6 +412,7 @@ class CompiledModel:
         else:
             out = save_aimodel(self.emit_graph, path, force=force, metadata=self._metadata())
         self.timings["save_aimodel"] = time.perf_counter() - t0
+        self._written.append(out)
         return out
 
     def with_options(self, precision: str | None = None, minimum_deployment_target: str | None = None,
@@ -391,6 +441,11 @@ class CompiledModel:
         check_compress(o.compress, o.target, o.minimum_deployment_target)
         cm = copy.copy(self)
         cm.options = o
+        if self.cache_key is not None and o != self.options:  # same trace, another plan and artifacts
+            from .cache import derived_key
+
+            cm.cache_key = derived_key(self.cache_key, repr(o))
+        cm._written = []
         cm.timings = {k: v for k, v in self.timings.items() if k in TRACE_STAGES}
         cm._plan = cm._mlmodel = cm._coreml = cm._torch = None
         cm._compressed = False
@@ -513,6 +568,9 @@ def build(
     default_function_name: str | None = None,
     paddable: dict | None = None,
     format: str = "mlpackage",
+    cache: bool = False,
+    cache_key: str | None = None,
+    _cache_values: bool = True,
 ):
     """Trace ``model_or_fn`` on ``example_inputs``, lower it to tlc's IR and optimize it.
 
@@ -563,6 +621,13 @@ def build(
     ML artifact and the Core AI one beside it); a path ending in ``.aimodel`` always writes Core
     AI. ``compress`` applies to the ``.mlpackage`` only (``InputError`` with another format).
 
+    ``cache``: use the persistent compile cache (:mod:`tlc.cache`): a build whose key (versions,
+    options, input signature and values, the model's weights and source files) is in the cache
+    loads from it without tracing; its plan and the artifacts :meth:`CompiledModel.save` wrote are
+    cached too. ``cache_key``: your own key for the model part (weights and code are then not
+    hashed; implies ``cache``). ``$TLC_NO_CACHE=1`` turns the cache off. ``cm.cache_status`` is
+    ``"hit"``, ``"miss"`` or None (not cached).
+
     Raises :class:`~tlc.errors.InputError` (bad inputs, precision or pass names, an unknown
     ``format`` or ``"aimodel"``/``"both"`` without coreai-core, several signatures
     with a deployment target before iOS18, repeated signature shapes, ``fallback=False``
@@ -576,6 +641,26 @@ def build(
     from .multifunction import build_multifunction, check_multifunction_target, signatures
 
     sigs = signatures(example_inputs)
+    # the persistent compile cache, looked up before anything imports coremltools (seconds on its own)
+    store = key = None
+    from . import cache as _cache
+
+    if sigs is None and _cache.enabled(cache or cache_key is not None):
+        store = _cache.Cache()
+        opts = dict(precision=precision or ("mixed" if target == "ane" else "fp32"),
+                    minimum_deployment_target=str(minimum_deployment_target or "iOS17"), target=target,
+                    profile=_cache.file_key(profile) if profile is not None else None, strict=strict,
+                    passes=passes, skip_passes=list(skip_passes), io_dtype=io_dtype, fallback=fallback,
+                    compress=compress)
+        key = _cache.source_key(getattr(model_or_fn, "__tlc_function__", model_or_fn), example_inputs, opts,
+                                values=_cache_values, calibration=list(calibration or []) + list(calibration_inputs or []),
+                                user_key=cache_key)
+        cm = _cache.load_trace(store, key, progress=progress)
+        if cm is not None:
+            if format != "mlpackage":
+                check_format(format)
+            cm.format, cm.cache_key, cm._cache, cm.cache_status = format, key, store, "hit"
+            return cm
     minimum_deployment_target = target_name(minimum_deployment_target or ("iOS18" if sigs else "iOS17"))
     if sigs is not None:
         check_multifunction_target(minimum_deployment_target)
@@ -610,7 +695,10 @@ def build(
     model_or_fn = getattr(model_or_fn, "__tlc_function__", model_or_fn)
     source = _source_of(model_or_fn)
     meta = {"tlc.source": source} if source else {}
-    g, info = trace(model_or_fn, example_inputs, strict=strict, meta=meta)
+    from .progress import stage
+
+    with stage(f"tracing {_model_name(model_or_fn)} (torch.export, decompositions, lowering)"):
+        g, info = trace(model_or_fn, example_inputs, strict=strict, meta=meta)
     from tlc.passes import PIPELINE, PASSES, run_pipeline
 
     names = list(PIPELINE if passes is None else passes)
@@ -620,7 +708,8 @@ def build(
     if unknown:
         raise InputError(f"unknown pass(es) {unknown}; registered: {', '.join(sorted(PASSES))}")
     t0 = time.perf_counter()
-    g = run_pipeline(g, [n for n in names if n not in set(skip_passes)])
+    with stage(f"optimizing ({len(names)} passes)"):
+        g = run_pipeline(g, [n for n in names if n not in set(skip_passes)])
     t_passes = time.perf_counter() - t0
     args, kwargs = normalize_inputs(example_inputs)
     out_dtypes = info.extra["out_dtypes"]  # to hand back int64/float64 as the model itself would
@@ -633,12 +722,17 @@ def build(
         check_shippable(g, target)
         if format != "mlpackage":
             check_shippable(g, target, program="coreai")
-    cm = CompiledModel(g, precision=precision, minimum_deployment_target=str(minimum_deployment_target),
-                         out_spec=info.out_spec, kw_order=list(kwargs), out_torch_dtypes=out_dtypes,
-                         timings=timings, source=source, calibration=feeds, target=target,
-                         cost=cost, name=_model_name(model_or_fn), io_dtype=io_dtype, fallback=fallback,
-                         progress=progress, compress=compress)
+    kw = dict(precision=precision, minimum_deployment_target=str(minimum_deployment_target), out_spec=info.out_spec,
+              kw_order=list(kwargs), out_torch_dtypes=out_dtypes, timings=timings, source=source, target=target,
+              cost=cost, name=_model_name(model_or_fn), io_dtype=io_dtype, fallback=fallback, progress=progress,
+              compress=compress)
+    cm = CompiledModel(g, calibration=feeds, **kw)
     cm.format = format
+    if store is not None:
+        t0 = time.perf_counter()
+        _cache.store_trace(store, key, cm, kw)
+        cm.timings["cache_store"] = time.perf_counter() - t0
+        cm.cache_key, cm._cache, cm.cache_status = key, store, "miss"
     return cm
 
 

@@ -24,11 +24,15 @@ renamed into place: a failed build leaves nothing half-written and keeps an exis
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -88,10 +92,50 @@ def check_package_io(path, g: Graph, function_name: str = "main", loaded=None, s
     return problems
 
 
+OWNER_FILE = ".tlc-owner"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale_temp(path: Path, max_age_s: float = 24 * 3600) -> list[Path]:
+    """Remove the staging directories (``.NAME.*.tmp`` beside ``path``) that earlier builds left
+    when they were killed mid-write: those whose owning process (recorded in
+    :data:`OWNER_FILE` as ``host pid``) no longer runs on this host, or, without a record, older
+    than ``max_age_s``. A live build's directory is never touched. Returns what was removed."""
+    import socket
+
+    removed = []
+    for d in Path(path).parent.glob(f".{Path(path).stem}.*.tmp"):
+        if not d.is_dir():
+            continue
+        try:
+            host, pid = (d / OWNER_FILE).read_text().split()
+            stale = host == socket.gethostname() and not _alive(int(pid))
+        except (OSError, ValueError):
+            try:
+                stale = time.time() - d.stat().st_mtime > max_age_s
+            except OSError:
+                continue
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
 def atomic_dir(path: Path, force: bool, write: Callable[[Path], None]) -> Path:
     """Create directory artifact ``path`` by calling ``write(staged)`` on a temp path in the same
     directory, then renaming it into place (an existing ``path`` is replaced only if ``force``, and
-    put back if the rename fails). ``write`` raises to abort; nothing is left behind.
+    put back if the rename fails). ``write`` raises to abort; nothing is left behind. Staging
+    directories of earlier builds that were killed mid-write are removed first
+    (:func:`clean_stale_temp`).
 
     Raises :class:`OutputExistsError` if ``path`` exists and not ``force``; re-raises
     :class:`TlcError` from ``write``; wraps anything else in :class:`EmitError`.
@@ -101,7 +145,13 @@ def atomic_dir(path: Path, force: bool, write: Callable[[Path], None]) -> Path:
         raise OutputExistsError(f"{str(path)!r} already exists; pass force=True (CLI: --force) to replace it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        for d in clean_stale_temp(path):
+            print(f"tlc: removed {d.name}, left beside {path.name} by an earlier build that was killed mid-write",
+                  file=sys.stderr)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent))
+        import socket
+
+        (tmp / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     except OSError as e:
         raise EmitError(f"cannot create the output directory for {str(path)!r}: {e}") from e
     old = tmp / "old"
@@ -122,12 +172,60 @@ def atomic_dir(path: Path, force: bool, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def _tree_digest(p: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]:
+        h.update(str(f.relative_to(p) if p.is_dir() else "").encode() + b"\0")
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+CONVERSION_DATE_KEY = "com.github.apple.coremltools.conversion_date"
+
+
+def make_reproducible(pkg: Path) -> None:
+    """Make the ``.mlpackage`` ``pkg`` a function of its content only (issue 18): the model spec
+    re-serialized deterministically (protobuf map fields such as the metadata are otherwise
+    written in hash order), coremltools' ``conversion_date`` replaced by the date of
+    ``$SOURCE_DATE_EPOCH`` or removed, and ``Manifest.json``'s random item identifiers replaced
+    by UUIDs derived from each item's path and content (written with sorted keys). Raises
+    :class:`EmitError` for a package without a readable manifest or spec."""
+    from coremltools.proto import Model_pb2
+
+    try:
+        man = json.loads((pkg / "Manifest.json").read_text())
+        items = man["itemInfoEntries"]
+        root_item = items[man["rootModelIdentifier"]]
+        spec_path = pkg / "Data" / root_item["path"]
+        m = Model_pb2.Model()
+        m.ParseFromString(spec_path.read_bytes())
+    except (OSError, ValueError, KeyError) as e:
+        raise EmitError(f"package {pkg.name}: cannot read its manifest or model spec ({type(e).__name__}: {e})") from None
+    ud = m.description.metadata.userDefined
+    if CONVERSION_DATE_KEY in ud:
+        epoch = os.environ.get("SOURCE_DATE_EPOCH")
+        if epoch:
+            ud[CONVERSION_DATE_KEY] = time.strftime("%Y-%m-%d", time.gmtime(int(epoch)))
+        else:
+            del ud[CONVERSION_DATE_KEY]
+    spec_path.write_bytes(m.SerializeToString(deterministic=True))
+    renamed = {}
+    for old, entry in items.items():
+        digest = hashlib.sha256(f"{entry.get('path')}\0{_tree_digest(pkg / 'Data' / entry['path'])}".encode()).digest()
+        renamed[old] = str(uuid.UUID(bytes=digest[:16], version=4)).upper()
+    man["itemInfoEntries"] = {renamed[k]: v for k, v in items.items()}
+    man["rootModelIdentifier"] = renamed[man["rootModelIdentifier"]]
+    (pkg / "Manifest.json").write_text(json.dumps(man, indent=4, sort_keys=True) + "\n")
+
+
 def write_package(mlmodel, dest: Path, check: Callable[[Path], list[str]] | None = None) -> None:
-    """Save ``mlmodel`` (coremltools ``MLModel``) as the package ``dest`` and run ``check(dest) ->
-    [problem, ...]`` on it; raises :class:`EmitError` listing the problems (the caller discards
-    ``dest``, which is always inside a staging directory)."""
+    """Save ``mlmodel`` (coremltools ``MLModel``) as the package ``dest``, byte-reproducibly
+    (:func:`make_reproducible`), and run ``check(dest) -> [problem, ...]`` on it; raises
+    :class:`EmitError` listing the problems (the caller discards ``dest``, which is always inside
+    a staging directory)."""
     with contextlib.redirect_stdout(io.StringIO()):
         mlmodel.save(str(dest))
+    make_reproducible(dest)
     problems = check(dest) if check is not None else []
     if problems:
         raise EmitError(f"package {dest.name} does not match the IR: " + "; ".join(problems))

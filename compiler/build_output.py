@@ -15,12 +15,18 @@ def human(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+#: the stages ``tlc build`` reports, in order: (label, ``CompiledModel.timings`` key)
+TIME_STAGES = (("export", "export"), ("decompose", "decompose"), ("lower", "lower"), ("passes", "passes"),
+               ("cache load", "cache_load"), ("cache store", "cache_store"),
+               ("plan cache load", "plan_cache_load"), ("precision", "precision"),
+               ("closed loop", "closed_loop"), ("emit", "emit_mil"), ("mil passes", "mil_passes"),
+               ("serialize", "serialize"), ("partition", "partition"), ("compress", "compress"), ("save", "save"))
+
+
 def print_time(total: float, t_load: float, t: dict) -> None:
-    print(f"  time    {total:.2f} s  (load {t_load:.2f}, export {t['export']:.2f}, decompose {t['decompose']:.2f}, "
-          f"lower {t['lower']:.2f}, passes {t.get('passes', 0):.2f}, precision {t.get('precision', 0):.2f}, "
-          f"closed loop {t.get('closed_loop', 0):.2f}, emit {t.get('emit_mil', 0):.2f}, "
-          f"mil passes {t.get('mil_passes', 0):.2f}, serialize {t.get('serialize', 0):.2f}, "
-          f"partition {t.get('partition', 0):.2f}, compress {t.get('compress', 0):.2f}, save {t.get('save', 0):.2f})")
+    """The build's wall time and its stages (those that ran)."""
+    parts = [f"{label} {t[k]:.2f}" for label, k in TIME_STAGES if k in t]
+    print(f"  time    {total:.2f} s  (load {t_load:.2f}" + "".join(f", {p}" for p in parts) + ")")
 
 
 def print_compression(cm, path, function_name: str | None = None, weights_after: int | None = None,
@@ -163,3 +169,15 @@ def print_shippable(cm, program: str = "coreml") -> None:
         print(f"          {op} ({name}): {why}" + (f"  [{src.split('  ')[0]}]" if src else ""))
     if len(off) > 12:
         print(f"          ... and {len(off) - 12} more (--report lists every op)")
+
+
+def print_cache(cm) -> None:
+    """One line on the persistent compile cache (:mod:`tlc.cache`): the trace's status and the
+    entries read (trace, plan, artifact) in this build."""
+    if cm.cache_status is None:
+        return
+    c = cm._cache
+    print(f"  cache   trace {cm.cache_status}" + (" (no export ran)" if cm.cache_status == "hit" else "")
+          + f"; {c.hits} entr{'y' if c.hits == 1 else 'ies'} read, {c.misses} built and stored in {c.root}"
+          + (f"; {c.rebuilt} damaged entr{'y' if c.rebuilt == 1 else 'ies'} rebuilt" if c.rebuilt else "")
+          + " (--no-cache skips it)")

@@ -8,6 +8,7 @@
     tlc run PKG|BUNDLE|ASSET.aimodel --input NAME=FILE.npy ... [--out DIR] [--backend auto|coreml|interpreter]
     tlc inspect PKG|BUNDLE|ASSET.aimodel [--json] [--function NAME]
     tlc lint PKG|BUNDLE [--fail-on eligibility|efficiency] [--json F] [--all]
+    tlc cache info|clear [--json]
     tlc verify model.py [--package PKG] [--format mlpackage|both] [--precision fp16|fp32] [--tol-fp32 1e-5] [--tol-fp16 1e-2]
     tlc bench model.py [--runs 50] [--warmup 10] [--batch B] [--backends eager,tlc-torch,...] [--json FILE]
 
@@ -24,12 +25,26 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .build_output import (finish_multifunction, human, load_calibration, parse_paddable, print_compression,
-                           print_precision, print_shippable, print_time)
+from .build_output import (finish_multifunction, human, load_calibration, parse_paddable, print_cache,
+                           print_compression, print_precision, print_shippable, print_time)
 from .errors import TlcError
 
 
-def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of a build
+def cmd_build(a: argparse.Namespace) -> int:
+    if not a.no_cache:
+        return _cmd_build(a)
+    old = os.environ.get("TLC_NO_CACHE")
+    os.environ["TLC_NO_CACHE"] = "1"  # before the model file is imported: its @tlc.compile may trace then
+    try:
+        return _cmd_build(a)
+    finally:
+        if old is None:
+            os.environ.pop("TLC_NO_CACHE", None)
+        else:
+            os.environ["TLC_NO_CACHE"] = old
+
+
+def _cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of a build
     from .api import build
     from .specialize import CompiledFunction
     from ._coreml import package_size
@@ -103,7 +118,7 @@ def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of
         cm.progress = True
     else:
         model = spec.model.fn if isinstance(spec.model, CompiledFunction) else spec.model
-        cm = build(model, spec.example_inputs, strict=a.strict_export, **opts, **pass_opts)
+        cm = build(model, spec.example_inputs, strict=a.strict_export, cache=True, **opts, **pass_opts)
     if a.print_ir:
         from .ir import format_graph
 
@@ -117,6 +132,7 @@ def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of
         print(f"built {path}  (Core AI {'bundle' if path.suffix == '.tlc' else 'asset'}, {cm.precision}) "
               f"from {spec.path}")
         print_shippable(cm, "coreai")
+        print_cache(cm)
         eg = cm.emit_graph
         for v in eg.inputs:
             print(f"  input   {v.name:<24} {v.type}")
@@ -143,6 +159,7 @@ def cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story of
     print(f"built {path}  ({cm.precision}, {cm.minimum_deployment_target}, {cm.io_dtype} I/O"
           + (f", weights {cm.compress}" if cm.compress else "") + f") from {spec.path}")
     print_shippable(cm)
+    print_cache(cm)
     eg = cm.emit_graph  # the package's I/O types (fp16 with --io-dtype float16)
     for v in eg.inputs:
         print(f"  input   {v.name:<24} {v.type}")
@@ -384,9 +401,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
     backends = [b for b in a.backends.split(",") if b]
     devs = [d for d in a.device.split(",") if d] if a.device else None
     caps = [c for c in (a.capture or "").split(",") if c]
-    log = (lambda s: print(f"  ... {s}", file=sys.stderr, flush=True))
+    from .progress import note
+
     res = bench.bench(spec.model, spec.example_inputs, backends=backends, devices_=devs, captures=caps, runs=a.runs,
-                      warmup=a.warmup, batch=a.batch, dtype=a.dtype, log=log)
+                      warmup=a.warmup, batch=a.batch, dtype=a.dtype, log=note)
     env = bench.environment()
     print(f"tlc bench {spec.path}  ({a.dtype}, {a.runs} runs after {a.warmup} warm-up, interleaved; "
           f"torch {env['torch']}{', ' + env['cuda_device'] if 'cuda_device' in env else ''})")
@@ -462,6 +480,11 @@ def make_parser() -> argparse.ArgumentParser:
                    help="mlpackage (default), aimodel (Apple's Core AI asset, iOS/macOS 27; needs the coreai extra) or "
                         "both (NAME.aimodel beside the package); -o NAME.aimodel implies aimodel")
     b.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    b.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress on stderr (it only shows on a terminal anyway)")
+    b.add_argument("--no-cache", action="store_true",
+                   help="do not use the persistent compile cache ($TLC_CACHE_DIR; `tlc cache info`): trace and build "
+                        "from scratch, store nothing")
     b.add_argument("--strict-export", action="store_true", help="trace with torch.export(strict=True)")
     b.add_argument("--print-ir", action="store_true", help="print tlc's IR (after the passes) before emission")
     b.add_argument("--passes", metavar="A,B,C", help="run exactly these passes, in this order (empty: none)")
@@ -538,9 +561,17 @@ def make_parser() -> argparse.ArgumentParser:
     _build_options(v)
     v.add_argument("--tol-fp32", type=float, default=1e-5, help="rel-L2 tolerance for fp32 packages (default 1e-5)")
     v.add_argument("--tol-fp16", type=float, default=1e-2, help="rel-L2 tolerance for fp16/mixed packages (default 1e-2)")
+    v.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (it only shows on a terminal)")
     v.set_defaults(func=cmd_verify)
 
     add_generate_parser(sub)
+    ca = sub.add_parser("cache", help="show (info) or empty (clear) the persistent compile cache",
+                        description="The persistent compile cache (tlc.cache): traces, plans and artifacts of earlier "
+                                    "builds, keyed by versions, options, inputs, weights and source files.")
+    ca.add_argument("action", choices=["info", "clear"])
+    ca.add_argument("--json", action="store_true", help="info as JSON")
+    ca.set_defaults(func=cmd_cache)
+
     bn = sub.add_parser(
         "bench", help="latency/throughput of model.py on each backend here, beside torch eager on the same device",
         description=("Trace model.py once, then time torch eager and tlc's backends (torch-device executor on "
@@ -557,8 +588,30 @@ def make_parser() -> argparse.ArgumentParser:
     bn.add_argument("--capture", help="extra torch-executor captures to time: none,cuda_graph,compile,compile+cuda_graph")
     bn.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
     bn.add_argument("--json", metavar="FILE", help="also write the results (with every run's time) as JSON")
+    bn.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (it only shows on a terminal)")
     bn.set_defaults(func=cmd_bench)
     return p
+
+
+def cmd_cache(a: argparse.Namespace) -> int:
+    import json
+
+    from .cache import Cache
+
+    c = Cache()
+    if a.action == "clear":
+        n = c.clear()
+        print(f"removed {n} entr{'y' if n == 1 else 'ies'} from {c.root}")
+        return 0
+    info = c.info()
+    if a.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"tlc compile cache at {info['root']} ($TLC_CACHE_DIR)")
+    print("  entries " + ", ".join(f"{n} {k}" for k, n in info["entries"].items()))
+    print(f"  size    {human(info['bytes'])} of {human(info['max_bytes'])} ($TLC_CACHE_MAX_BYTES; least recently used "
+          f"entries are evicted beyond it)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -567,6 +620,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(a, "func", None):
         p.print_help()
         return 2
+    from .progress import set_quiet
+
+    set_quiet(bool(getattr(a, "quiet", False)))
     try:
         return a.func(a)
     except TlcError as e:
@@ -583,6 +639,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tlc {a.command}: internal error: {type(e).__name__}: {e}. This is a bug in tlc unless the "
               f"message says otherwise; rerun with TLC_DEBUG=1 for the traceback.", file=sys.stderr)
         return 3
+    finally:
+        set_quiet(False)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .progress import enabled as progress_enabled, note
 
 #: MIL op types whose constant weights are compressed.
 WEIGHT_OPS = ("conv", "conv_transpose", "linear", "matmul")
@@ -308,7 +309,7 @@ def compress_mlmodel(mlmodel, compress: str, skip: tuple[str, ...] = (),
         ios18 = mlmodel.get_spec().specificationVersion >= _IOS18_SPEC
         if not names:
             return Compressed(mlmodel, names, kept)
-        tick = _Progress(len(names), compress, stderr) if progress else None
+        tick = _Progress(len(names), compress, stderr) if progress and progress_enabled(stderr) else None
         return Compressed(_compress_in_memory(mlmodel, compress, names, ios18, tick), names, kept)
 
 
@@ -327,8 +328,8 @@ class _Progress:
         pct = 100 * self.done // max(self.total, 1)
         if pct >= self.shown + 10 or self.done == self.total:
             self.shown = pct - pct % 10
-            print(f"  ... compressing {self.total} weights ({self.mode}): {pct}% ({self.done}/{self.total}, "
-                  f"{time.perf_counter() - self.t0:.0f} s)", file=self.stream, flush=True)
+            note(f"compressing {self.total} weights ({self.mode}): {pct}% ({self.done}/{self.total}, "
+                 f"{time.perf_counter() - self.t0:.0f} s)", self.stream)
 
 
 #: while :func:`shared_compression` is active: ``{(mode, weight identity): (weight, constexpr op

@@ -212,10 +212,10 @@ class MultiFunctionModel:
             with shared_compression():  # a weight every function reads is compressed once
                 for k, (name, cm) in enumerate(self.functions.items()):
                     if progress:
-                        import sys
+                        from .progress import note
 
-                        print(f"  ... emitting function {name} ({k + 1} of {len(self.functions)})"
-                              + (f", weights {self.compress}" if self.compress else ""), file=sys.stderr, flush=True)
+                        note(f"emitting function {name} ({k + 1} of {len(self.functions)})"
+                             + (f", weights {self.compress}" if self.compress else ""))
                     mlm = cm.mlmodel
                     if states:
                         from .state import stateful_mlmodel
@@ -227,15 +227,17 @@ class MultiFunctionModel:
                     mlms[name] = mlm
             single = {n: _sizes(m.package_path) for n, m in mlms.items()}
             if progress:
-                import sys
+                from .progress import note
 
-                print(f"  ... writing {path.name}: {len(mlms)} functions, equal weights stored once", file=sys.stderr,
-                      flush=True)
+                note(f"writing {path.name}: {len(mlms)} functions, equal weights stored once")
             merged = merge_functions(mlms, self.default_function_name, self.minimum_deployment_target)
             with contextlib.redirect_stdout(io.StringIO()):
                 merged.save(str(staged))
             del merged
             self._write_metadata(staged, metadata)
+            from .artifact import make_reproducible
+
+            make_reproducible(staged)
             spec = read_spec(staged)
             problems = [f"{n}: {p}" for n, cm in self.functions.items()
                         for p in check_package_io(staged, cm.emit_graph, function_name=n, loaded=spec, states=states)]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -223,7 +222,9 @@ def _verified_mixed(graph, options, io, calibration, metadata, progress, timings
                      minimum_deployment_target=options.minimum_deployment_target, metadata=metadata(eg))
         return BundleModel(path, backend="interpreter"), (placement, None, None)
 
-    log = (lambda line: print(f"  ... {line}", file=sys.stderr, flush=True)) if progress else None
+    from .progress import note
+
+    log = note if progress else None
     try:
         eg, (placement, m, inf), check = verified_mixed(graph, calibration, io, emit, log=log)
     finally:

@@ -21,13 +21,17 @@ class CompiledFunction:
     (shapes, dtypes, structure, Python scalar values) on first use and reuse it after.
 
     ``cache`` maps signature -> CompiledModel; ``trace_count`` counts traces (one per new
-    signature). With ``example_inputs``, the first entry is built at decoration time.
+    signature not found in the persistent compile cache either); ``persistent``: whether the
+    persistent compile cache (:mod:`tlc.cache`) is used, so that a new process with the same
+    model and signature loads instead of tracing (keyed by the signature, not the values, as the
+    in-memory cache). With ``example_inputs``, the first entry is built at decoration time.
     """
 
-    def __init__(self, fn, *, example_inputs=None, **options):
+    def __init__(self, fn, *, example_inputs=None, cache: bool = True, **options):
         self.fn = fn
         self.__tlc_function__ = fn  # what tlc.build traces when given this wrapper
         self.options = options
+        self.persistent = cache
         self.cache: dict = {}
         self.trace_count = 0
         self.example_inputs = example_inputs
@@ -41,8 +45,8 @@ class CompiledFunction:
         key, _ = signature_key(args, kwargs)
         cm = self.cache.get(key)
         if cm is None:
-            cm = build(self.fn, (args, kwargs), **self.options)
-            self.trace_count += 1
+            cm = build(self.fn, (args, kwargs), cache=self.persistent, _cache_values=False, **self.options)
+            self.trace_count += cm.cache_status != "hit"
             self.cache[key] = cm
         return cm
 
@@ -63,14 +67,15 @@ class CompiledFunction:
 
 def compile(fn=None, *, example_inputs=None, precision: str | None = None, minimum_deployment_target: str = "iOS17",
             target: str = "ane", strict: bool = False, io_dtype: str = "float32", fallback: bool = True,
-            compress: str | None = None):
+            compress: str | None = None, cache: bool = True):
     """Decorator/wrapper: ``@tlc.compile``, ``@tlc.compile(example_inputs=...)``,
     ``tlc.compile(module_instance)`` or on an ``nn.Module`` subclass (instances then run through
     tlc). Specializes on input shapes/dtypes at first call; see :class:`CompiledFunction`.
-    Options as in :func:`build`.
+    Options as in :func:`build`; ``cache=False`` keeps the specializations in memory only (no
+    persistent compile cache, :mod:`tlc.cache`).
     """
     options = dict(precision=precision, minimum_deployment_target=minimum_deployment_target, target=target,
-                   strict=strict, io_dtype=io_dtype, fallback=fallback, compress=compress)
+                   strict=strict, io_dtype=io_dtype, fallback=fallback, compress=compress, cache=cache)
     # pass selection stays a build()/CLI option; @tlc.compile uses the default pipeline
     if fn is None:
         return lambda f: compile(f, example_inputs=example_inputs, **options)

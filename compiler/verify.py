@@ -362,7 +362,10 @@ def verify(
         if missing:
             raise TlcError(f"package {str(package)!r} expects inputs {missing} that the model's example inputs do not provide")
         t1 = time.perf_counter()
-        got = interp.run(feeds)  # MILInterpreter.run / BundleModel.run
+        from .progress import stage
+
+        with stage(f"running {Path(package).name} in tlc's MIL interpreter"):
+            got = interp.run(feeds)  # MILInterpreter.run / BundleModel.run
         t_interp = time.perf_counter() - t1
         model = model_or_fn.fn if hasattr(model_or_fn, "cache") else model_or_fn
         modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
@@ -382,9 +385,11 @@ def verify(
             rows.append(compare(name, got[name], r.detach().double().numpy(), tol_v))
         report = VerifyReport(Path(package), prec, rows, timings={"build": t_build, "interpreter": t_interp})
         if not all(o.passed for o in rows):
-            report.divergence = first_divergence(cm.graph, interp, feeds, tol_v)
+            with stage("bisecting to the first op that diverges"):
+                report.divergence = first_divergence(cm.graph, interp, feeds, tol_v)
         if format == "both":
-            _verify_coreai(report, cm, interp, feeds, got, refs, tol_v, Path(package))
+            with stage("building and running the Core AI asset"):
+                _verify_coreai(report, cm, interp, feeds, got, refs, tol_v, Path(package))
         return report
     finally:
         if tmp is not None:

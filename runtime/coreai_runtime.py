@@ -92,11 +92,7 @@ def _narrow(name: str, v) -> np.ndarray:
     -> float32, as tlc's builds declare them (Core AI assets from tlc have no 64-bit inputs)."""
     a = np.asarray(v)
     if a.dtype == np.int64:
-        info = np.iinfo(np.int32)
-        if a.size and (a.min() < info.min or a.max() > info.max):
-            from tlc.errors import InputError
+        from .numpy_executor import fit_int
 
-            raise InputError(f"input {name!r}: int64 values outside int32's range [{info.min}, {info.max}] "
-                             f"(min {a.min()}, max {a.max()})")
-        return a.astype(np.int32)
+        return fit_int(name, a, np.int32, "the Core AI asset")
     return a.astype(np.float32) if a.dtype == np.float64 else a

@@ -35,14 +35,29 @@ from tlc.ir import DTYPES, Graph, Node, node_context
 from tlc.ops import bind_kernel, get_op
 
 
+def fit_int(name: str, a: np.ndarray, dt: np.dtype, what: str = "the model") -> np.ndarray:
+    """Integer array ``a`` as ``dt`` (a narrower or other integer dtype), refusing values that do
+    not fit instead of wrapping them (3 000 000 000 as int32 is -1294967296): raises
+    :class:`InputError` naming the input, the range and the values found."""
+    dt = np.dtype(dt)
+    if a.dtype.kind in "iu" and a.size:
+        info = np.iinfo(dt)
+        lo, hi = a.min(), a.max()
+        if lo < info.min or hi > info.max:
+            raise InputError(f"input {name!r} of {what}: {a.dtype} values outside {dt.name}'s range "
+                             f"[{info.min}, {info.max}] (min {lo}, max {hi}); {what} takes {dt.name}")
+    return a.astype(dt)
+
+
 def validate_feeds(expected: list[tuple[str, tuple, np.dtype]], feeds: Mapping[str, np.ndarray],
                    what: str = "the model") -> dict[str, np.ndarray]:
     """Check named inputs against ``expected`` ``(name, shape, numpy dtype)`` entries.
 
     A None in a shape matches any size on that axis (a flexible input: the caller checks what the
-    package allows). Safe conversions are applied (any int -> int32, float64 -> float32, float32 <-> float16 where
-    the model takes float16, int/bool -> bool); anything else raises :class:`InputError` naming
-    the input, what was expected and what was given.
+    package allows). Safe conversions are applied (any int -> int32 when every value fits
+    (:func:`fit_int`), float64 -> float32, float32 <-> float16 where the model takes float16,
+    int/bool -> bool); anything else raises :class:`InputError` naming the input, what was
+    expected and what was given.
     """
     want = {n: (tuple(s), np.dtype(d)) for n, s, d in expected}
     missing = [n for n in want if n not in feeds]
@@ -60,7 +75,7 @@ def validate_feeds(expected: list[tuple[str, tuple, np.dtype]], feeds: Mapping[s
                   or (dt.kind == "b" and a.dtype.kind in "iub"))
             if not ok:
                 raise InputError(f"input {name!r} has dtype {a.dtype}, expected {dt.name}")
-            a = a.astype(dt)
+            a = fit_int(name, a, dt, what) if dt.kind in "iu" else a.astype(dt)
         if len(a.shape) != len(shape) or any(d is not None and d != s for d, s in zip(shape, a.shape)):
             want_s = [("*" if d is None else d) for d in shape]
             raise InputError(f"input {name!r} has shape {list(a.shape)}, expected {want_s}")

@@ -54,7 +54,7 @@ from tlc.ir import DTYPES, Graph, node_context
 from tlc.ops import get_op
 from tlc.dtypes import TORCH as TORCH_DTYPES
 
-from .numpy_executor import last_uses, validate_feeds, value_slots
+from .numpy_executor import fit_int, last_uses, validate_feeds, value_slots
 
 CAPTURES = ("none", "cuda_graph", "compile", "compile+cuda_graph")
 
@@ -180,6 +180,8 @@ class TorchExecutor:
             if t is None:
                 a = checked[name]
                 t = torch.from_numpy(a if a.flags.writeable else a.copy())
+            elif t.dtype != dt and t.numel() and not t.is_floating_point() and t.dtype != torch.bool and not dt.is_floating_point:
+                fit_int(name, np.array([int(t.min()), int(t.max())]), _numpy_dtype(dt), "the graph")  # never wrap
             out.append(t.to(device=self.device, dtype=dt))  # no-op when already there
         return out
 
