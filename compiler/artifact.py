@@ -318,6 +318,7 @@ def write_bundle(path: str | os.PathLike, graph: Graph, segments, *, precision: 
             entries.append(e)
         manifest = {
             "format": FORMAT, "version": VERSION, "tlc_version": __version__, "program": program,
+            **({"minimum_os": "v27 (Core AI: iOS/macOS 27)"} if program == "coreai" else {}),
             "precision": precision,
             "minimum_deployment_target": str(minimum_deployment_target),
             "inputs": [_io(v) for v in graph.inputs],

@@ -321,6 +321,9 @@ class Cache:
         d = self._entry(kind, key)
         try:
             (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+            for old in (self.root / "tmp").iterdir():  # left by a process killed mid-write a day ago or more
+                if time.time() - old.stat().st_mtime > 24 * 3600:
+                    shutil.rmtree(old, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=self.root / "tmp"))
         except OSError as e:
             print(f"tlc: cannot write the compile cache at {self.root} ({e}); continuing without it", file=sys.stderr)

@@ -329,16 +329,19 @@ def _inspect_bundle(path: Path, as_json: bool) -> int:
 
     m = BundleModel(path, backend="interpreter").manifest  # validates the manifest and segment files
     for e in m["segments"]:
-        if e["target"] == "ane":
+        if e["target"] == "ane" and e["path"].endswith(".aimodel"):
+            md = path / e["path"] / "metadata.json"
+            e["asset"] = json.loads(md.read_text()) if md.is_file() else {}
+        elif e["target"] == "ane":
             e["package"] = package_info(path / e["path"])
     if as_json:
         print(json.dumps(m, indent=2))
         return 0
     print(f"{path}  (tlc bundle v{m['version']}, {len(m['segments'])} segments, precision {m['precision']}, "
-          f"{m['minimum_deployment_target']}, {human(package_size(path))})")
+          f"{m.get('minimum_os') or m['minimum_deployment_target']}, {human(package_size(path))})")
     _print_io(m["inputs"], m["outputs"])
     for e in m["segments"]:
-        kind = "Core ML" if e["target"] == "ane" else "tlc fallback"
+        kind = ("Core AI" if e["path"].endswith(".aimodel") else "Core ML") if e["target"] == "ane" else "tlc fallback"
         print(f"  segment {e['index']:<3} {e['target']:<4} {kind:<13} {e['num_ops']:>4} ops  {e['path']}  "
               f"in: {', '.join(e['inputs'])}  out: {', '.join(e['outputs'])}")
     return 0

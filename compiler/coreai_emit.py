@@ -78,7 +78,7 @@ def _np_dtype(t) -> np.dtype:
     return DTYPES[t.dtype]
 
 
-def _signature_fn(g: Graph, body):
+def _signature_fn(g: Graph, body, name: str = "main"):
     from coreai.authoring import TensorType, Value as CAValue
 
     params = [inspect.Parameter(v.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -92,6 +92,7 @@ def _signature_fn(g: Graph, body):
     def main(*args):
         return body(*args)
 
+    main.__name__ = main.__qualname__ = name  # the asset's function name
     main.__signature__ = inspect.Signature(params, return_annotation=ret)
     main.__annotations__ = {**{p.name: p.annotation for p in params}, "return": ret}
     return main
@@ -115,18 +116,10 @@ def _debuginfo(ca, n: Node):
     return ca.DebugInfo.metadata_only([n.name])
 
 
-def to_aiprogram(g: Graph):
-    """``g`` (typed IR, fp32 or fp16) as a ``coreai.authoring.AIProgram`` with one function
-    ``main``. Raises :class:`EmitError` for an op without a Core AI form (all of them listed, with
-    their source lines) or an emission that fails."""
+def _body(ca, g: Graph):
+    """The function that emits ``g``'s nodes, called by the ``graph`` decorator on its inputs."""
     from .ops import get_op
 
-    ca = coreai()
-    missing = missing_ops(g)
-    if missing:
-        lines = "; ".join(f"{n.op} ({n.name}{', ' + str(n.loc) if n.loc and n.loc.file else ''})" for n in missing[:8])
-        raise EmitError(f"no Core AI form yet for {len({n.op for n in missing})} op kind(s): {lines}"
-                        + (f"; +{len(missing) - 8} more" if len(missing) > 8 else ""), loc=missing[0].loc)
     consts = {n.out: np.asarray(n.attrs["val"]) for n in g.nodes if n.op == "const"}
     ctx = CoreAIContext(ca, consts)
 
@@ -150,9 +143,26 @@ def to_aiprogram(g: Graph):
         res = [env[v] if v in env else ctx.const(consts[v]) for v in g.outputs]
         return res[0] if len(res) == 1 else tuple(res)
 
+    return body
+
+
+def to_aiprogram(g: Graph | dict[str, Graph]):
+    """``g`` (typed IR, fp32 or fp16) as a ``coreai.authoring.AIProgram`` with one function
+    ``main``, or, for ``{function name: graph}``, one function per graph in one asset (Core AI
+    stores equal constants once: a weight every function reads is one storage entry). Raises
+    :class:`EmitError` for an op without a Core AI form (all of them listed, with their source
+    lines) or an emission that fails."""
+    ca = coreai()
+    graphs = {"main": g} if isinstance(g, Graph) else dict(g)
+    missing = [n for gg in graphs.values() for n in missing_ops(gg)]
+    if missing:
+        lines = "; ".join(f"{n.op} ({n.name}{', ' + str(n.loc) if n.loc and n.loc.file else ''})" for n in missing[:8])
+        raise EmitError(f"no Core AI form yet for {len({n.op for n in missing})} op kind(s): {lines}"
+                        + (f"; +{len(missing) - 8} more" if len(missing) > 8 else ""), loc=missing[0].loc)
     try:
         with ca.Module.create() as m:  # leaving the block runs Core AI's verifier and rewrites
-            ca.graph(_signature_fn(g, body))
+            for name, gg in graphs.items():
+                ca.graph(_signature_fn(gg, _body(ca, gg), name))
     except EmitError:
         raise
     except Exception as e:  # noqa: BLE001 - an op tlc built that Core AI's verifier refuses: a tlc bug
@@ -166,8 +176,8 @@ def to_aiprogram(g: Graph):
 MINIMUM_OS = "v27"
 
 
-def write_aimodel(g: Graph, dest: Path, metadata: dict | None = None) -> None:
-    """Emit ``g`` (:func:`to_aiprogram`) and save it at ``dest`` (a fresh ``.aimodel`` path; a
+def write_aimodel(g: Graph | dict[str, Graph], dest: Path, metadata: dict | None = None) -> None:
+    """Emit ``g`` (one graph, or ``{function name: graph}``: :func:`to_aiprogram`) and save it at ``dest`` (a fresh ``.aimodel`` path; a
     staging path when called through :func:`save_aimodel`). ``metadata`` (str -> str) becomes the
     asset's creator-defined metadata, with ``tlc.version`` and ``tlc.minimum_os``; the asset's
     ``minimum_os`` is :data:`MINIMUM_OS`. The creation date coreai-core stamps is replaced by
@@ -190,7 +200,8 @@ def write_aimodel(g: Graph, dest: Path, metadata: dict | None = None) -> None:
     asset.update_metadata(updates=lambda m: setattr(m, "creation_date", stamp))
 
 
-def save_aimodel(g: Graph, path: str | os.PathLike, force: bool = False, metadata: dict | None = None) -> Path:
+def save_aimodel(g: Graph | dict[str, Graph], path: str | os.PathLike, force: bool = False,
+                 metadata: dict | None = None) -> Path:
     """Write ``g`` as a Core AI asset directory ``path`` (``.aimodel``, :func:`write_aimodel`),
     staged and renamed into place (:func:`tlc.artifact.atomic_dir`). Raises :class:`InputError`
     for another suffix or without coreai-core, :class:`~tlc.errors.OutputExistsError` if ``path``

@@ -236,6 +236,9 @@ def lint(path: str | Path) -> LintReport:
     path = Path(path)
     pkgs = _packages(path)
     if not pkgs:
+        if (path / "segments").is_dir() and any((path / "segments").glob("*.aimodel")):
+            raise LintError(f"{str(path)!r}: a bundle of Core AI segments; tlc lint checks Core ML (.mlpackage) "
+                            f"programs against the ANE rules, which are not known for Core AI yet")
         raise LintError(f"{str(path)!r}: a tlc bundle with no Core ML segment (nothing runs on the ANE)")
     rep = LintReport(str(path), [])
     for pkg in pkgs:

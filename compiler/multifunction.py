@@ -197,6 +197,8 @@ class MultiFunctionModel:
         from .artifact import atomic_dir, check_output_path, check_package_io
 
         t0 = time.perf_counter()
+        if Path(path).suffix == ".aimodel":
+            return self._save_aimodel(Path(path), force, kv_cache, t0)
         path = check_output_path(path, force)
         self.check_shippable()
         states, metadata = self._form(kv_cache)
@@ -247,6 +249,35 @@ class MultiFunctionModel:
 
         out = atomic_dir(path, force, write)
         self.sizes = sizes
+        self._save_s = time.perf_counter() - t0
+        return out
+
+    def _save_aimodel(self, path: Path, force: bool, kv_cache: str | None, t0: float) -> Path:
+        """One Core AI asset holding every function, named as in the package, the default first
+        (what :class:`tlc.runtime.coreai_runtime.CoreAIModel` loads without a name) (issue 17):
+        Core AI stores equal constants once, so shared weights are not repeated. ``kv_cache="state"`` has
+        no Core AI form in tlc yet (``InputError``; the I/O form works); a function with ops in
+        tlc's fallback runtime or without a Core AI form is refused as for the package."""
+        from .coreai_emit import save_aimodel
+
+        states, metadata = self._form(kv_cache)
+        if states:
+            raise InputError("kv_cache='state' (MLState) has no Core AI form in tlc yet; save(..., kv_cache='io') "
+                             "writes the KV cache as inputs and outputs")
+        for name, cm in self.functions.items():
+            off = cm.coreai_fallback_ops()
+            if off:
+                raise InputError(f"function {name} needs tlc's fallback runtime for {len(off)} op(s) in Core AI "
+                                 f"({'; '.join(f'{op} ({n}): {why}' for op, n, why, _ in off[:4])}); a multifunction "
+                                 f".aimodel holds Core AI functions only")
+        md = {**self.default._metadata(), **metadata, "tlc.functions": ",".join(self.functions),
+              "tlc.default_function": self.default_function_name}
+        if self.paddable:
+            from tlc.runtime import buckets
+
+            md[buckets.METADATA_KEY] = buckets.paddable_metadata(self.paddable)
+        order = [self.default_function_name] + [n for n in self.functions if n != self.default_function_name]
+        out = save_aimodel({n: self.functions[n].emit_graph for n in order}, path, force=force, metadata=md)
         self._save_s = time.perf_counter() - t0
         return out
 

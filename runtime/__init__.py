@@ -218,7 +218,7 @@ def load(path: str | Path, backend: str = "auto", compute_units: str = "ALL",
     from .coreai_runtime import CoreAIModel, is_aimodel
 
     if is_aimodel(path):
-        return CoreAIModel(path, function_name or "main")
+        return CoreAIModel(path, function_name)
     return LoadedModel(path, backend=backend, compute_units=compute_units, function_name=function_name,
                        paddable=paddable)
 

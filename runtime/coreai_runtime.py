@@ -26,15 +26,16 @@ def is_aimodel(path: str | Path) -> bool:
 
 class CoreAIModel:
     """A ``.aimodel`` as a callable: ``model({input: array}) -> {output: array}``; ``function_name``
-    picks the function (default ``main``). ``inputs`` / ``outputs`` list the function's names.
+    picks the function (default ``main``, else the asset's first: a multifunction asset from
+    ``tlc.build`` with several shapes). ``functions`` lists every function of the asset;
+    ``inputs`` / ``outputs`` the chosen function's names.
     Raises :class:`PackageError` for a missing or unloadable asset, or when coreai-core is not
     installed (with the line that installs it)."""
 
     backend = "coreai"  #: what ran it (``tlc run`` prints it)
 
-    def __init__(self, path: str | Path, function_name: str = "main"):
+    def __init__(self, path: str | Path, function_name: str | None = None):
         self.path = Path(path)
-        self.functions = [function_name]
         if not self.path.is_dir():
             raise PackageError(f"{str(self.path)!r} does not exist (or is not a .aimodel directory)")
         try:
@@ -45,6 +46,10 @@ class CoreAIModel:
         self._ndarray = NDArray
         try:
             asset = AIModelAsset.load(str(self.path))
+            self.functions = list(asset.summary().function_names)
+            function_name = function_name or ("main" if "main" in self.functions or not self.functions
+                                              else self.functions[0])
+            self.function_name = function_name
             self._loop = asyncio.new_event_loop()
             self._cm = asset.executable()
             self._ex = self._loop.run_until_complete(self._cm.__aenter__())
@@ -60,14 +65,17 @@ class CoreAIModel:
                             for n in self.inputs}
         self.output_types = {n: (tuple(desc.output_descriptor(n).shape), str(desc.output_descriptor(n).dtype))
                              for n in self.outputs}
+        self._expected = [(n, shape, _np_dtype(dt)) for n, (shape, dt) in self.input_types.items()]
 
     def __call__(self, feeds: Mapping[str, np.ndarray] | None = None, **named) -> dict[str, np.ndarray]:
-        feeds = {**(feeds or {}), **named}
-        if self.inputs and set(feeds) != set(self.inputs):
-            from tlc.errors import InputError
+        """Run on named arrays; returns ``{output_name: array}``. Inputs are checked and converted
+        as for Core ML packages (:func:`tlc.runtime.numpy_executor.validate_feeds`: names, shapes,
+        fp32 arrays for fp16 inputs, int64 narrowed to int32 only when every value fits). Raises
+        :class:`~tlc.errors.InputError`."""
+        from .numpy_executor import validate_feeds
 
-            raise InputError(f"{self.path.name} takes inputs {self.inputs}; got {sorted(feeds)}")
-        args = {k: self._ndarray(np.ascontiguousarray(_narrow(k, v))) for k, v in feeds.items()}
+        feeds = validate_feeds(self._expected, {**(feeds or {}), **named}, self.path.name)
+        args = {k: self._ndarray(np.ascontiguousarray(v)) for k, v in feeds.items()}
         out = self._loop.run_until_complete(self._fn(args))
         return {k: np.asarray(v.numpy()) for k, v in out.items()}
 
@@ -87,12 +95,9 @@ class CoreAIModel:
             pass
 
 
-def _narrow(name: str, v) -> np.ndarray:
-    """An input as Core AI takes it: int64 -> int32 (refused when a value does not fit), float64
-    -> float32, as tlc's builds declare them (Core AI assets from tlc have no 64-bit inputs)."""
-    a = np.asarray(v)
-    if a.dtype == np.int64:
-        from .numpy_executor import fit_int
-
-        return fit_int(name, a, np.int32, "the Core AI asset")
-    return a.astype(np.float32) if a.dtype == np.float64 else a
+def _np_dtype(name: str) -> np.dtype:
+    """A Core AI descriptor's dtype name (``float16``, ``int32``, ...) as NumPy's."""
+    try:
+        return np.dtype(name.rsplit(".", 1)[-1].lower())
+    except TypeError:
+        raise PackageError(f"Core AI input dtype {name!r} has no NumPy equivalent in tlc") from None

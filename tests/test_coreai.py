@@ -228,7 +228,7 @@ def test_cli_build_and_run_aimodel(tmp_path):
     want = (a * torch.rsqrt(a.pow(2).mean(-1, keepdim=True) + 1e-6)).numpy()
     assert rel_l2(got, want) <= 1e-2  # the example builds mixed precision
     res = run_tlc("run", out, "--input", f"q={tmp_path / 'q.npy'}")
-    assert res.returncode != 0 and "takes inputs" in res.stderr
+    assert res.returncode == 2 and "missing ['k', 'v']" in res.stderr
     res = run_tlc("inspect", out)
     assert res.returncode == 0 and "Core AI asset" in res.stdout and "input   q" in res.stdout, res.stdout
 
@@ -325,3 +325,69 @@ def test_scans_sorting_and_indexing(fn, tmp_path):
     got = load(cm.save(tmp_path / "s.aimodel"))({cm.input_names[0]: x.numpy()})[cm.output_names[0]]
     want = fn(x).numpy()
     assert np.abs(got.astype(np.float64) - want).max() <= 1e-5
+
+
+def test_fp16_io_and_integer_range(tmp_path):
+    """io_dtype="float16" assets take fp16 (or fp32, converted) and return fp16; int64 token ids
+    that do not fit int32 are refused, naming the input, never wrapped (issue 18)."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4)).eval()
+    x = torch.randn(2, 16)
+    cm = tlc.build(m, (x,), io_dtype="float16", format="aimodel")
+    r = load(cm.save(tmp_path / "h.aimodel"))
+    name, out = cm.input_names[0], cm.output_names[0]
+    assert r.input_types[name][1] == "float16" and r.output_types[out][1] == "float16"
+    a, b = r({name: x.numpy()})[out], r({name: x.numpy().astype(np.float16)})[out]
+    assert a.dtype == np.float16 and np.array_equal(a, b)
+    with torch.no_grad():
+        assert rel_l2(a.astype(np.float32), m(x).numpy()) <= 1e-2
+
+    cm = tlc.build(lambda ids: ids + 1, (torch.ones(1, 3, dtype=torch.int64),), precision="fp32", format="aimodel")
+    r = load(cm.save(tmp_path / "ids.aimodel"))
+    with pytest.raises(InputError, match=r"int32's range.*3000000000"):
+        r({cm.input_names[0]: np.array([[1, 2, 3_000_000_000]], np.int64)})
+    np.testing.assert_array_equal(r({cm.input_names[0]: np.array([[1, 2, 3]], np.int64)})[cm.output_names[0]],
+                                  [[2, 3, 4]])
+
+
+def test_several_shapes_become_one_multifunction_asset_with_weights_once(tmp_path):
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64)).eval()
+    xs = [torch.randn(1, 64), torch.randn(8, 64)]
+    mf = tlc.build(m, [(x,) for x in xs], precision="fp32")
+    one = mf.functions[mf.default_function_name].save(tmp_path / "one.aimodel")
+    p = mf.save(tmp_path / "mf.aimodel")
+    from tlc._coreml import package_size
+
+    assert package_size(p) < 1.2 * package_size(one)  # the second function adds no weights
+    default = load(p)
+    assert default.functions[0] == mf.default_function_name and set(default.functions) == set(mf.functions)
+    for name, x in zip(mf.functions, xs):
+        r = load(p, function_name=name)
+        got = r({mf.functions[name].input_names[0]: x.numpy()})[mf.functions[name].output_names[0]]
+        with torch.no_grad():
+            assert rel_l2(got, m(x).numpy()) <= 1e-5, name
+
+
+def test_lm_prefill_and_decode_functions_in_one_asset(tmp_path):
+    """tlc.build_lm with the KV cache as I/O: one .aimodel with the prefill and decode functions,
+    each agreeing with the MIL interpreter on the .mlpackage of the same build."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    model = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+                                             max_position_embeddings=128)).eval()
+    mf = tlc.build_lm(model, max_context=24, prefill_lengths=[8], precision="fp32")
+    aim, pkg = mf.save(tmp_path / "lm.aimodel"), mf.save(tmp_path / "lm.mlpackage")
+    assert set(load(aim).functions) == {"decode", "prefill_8"}
+    with pytest.raises(InputError, match="kv_cache='state'"):
+        mf.save(tmp_path / "st.aimodel", kv_cache="state")
+    rng = np.random.default_rng(0)
+    for fn in ("decode", "prefill_8"):
+        a, b = load(aim, function_name=fn), load(pkg, backend="interpreter", function_name=fn)
+        feeds = {n: rng.integers(0, 8, s).astype(d) if "int" in d else (0.1 * rng.standard_normal(s)).astype(d)
+                 for n, (s, d) in a.input_types.items()}
+        oa, ob = a(feeds), b(feeds)
+        for k in ob:
+            assert np.abs(oa[k] - ob[k]).max() <= 1e-5 * max(1.0, np.abs(ob[k]).max()), (fn, k)
