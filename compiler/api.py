@@ -669,7 +669,7 @@ def build(
             paddable=paddable, calibration=list(calibration or []) + list(calibration_inputs or []), build_one=build,
             precision=precision, minimum_deployment_target=minimum_deployment_target, target=target, profile=profile,
             strict=strict, passes=passes, skip_passes=skip_passes, io_dtype=io_dtype, fallback=fallback,
-            progress=progress, compress=compress)
+            progress=progress, compress=compress, cache=cache, cache_key=cache_key)
     if function_names is not None or default_function_name is not None or paddable is not None:
         raise InputError("function_names, default_function_name and paddable apply to several example input "
                          "signatures (example_inputs=[ex_a, ex_b, ...])")

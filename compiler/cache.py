@@ -31,6 +31,10 @@ of your own). Editing only such a file keeps the key; pass ``cache=False``, or a
 them all, and an entry that fails (truncated, edited, half-deleted) is removed and rebuilt, never
 trusted. Entries are written to a temp directory and renamed into place.
 
+**Trust.** Entries hold small pickles (the output pytree spec, the placement, the closed-loop
+record), so the cache directory is trusted like the user's own code: do not share a writable
+``$TLC_CACHE_DIR`` between users. The hashes catch damage, not an attacker who rewrites them.
+
 **Size.** ``$TLC_CACHE_MAX_BYTES`` (default 10 GiB) caps the root; after each write the
 least-recently-used entries (a hit touches ``last_used``) are evicted until it fits. ``tlc cache
 info|clear`` reports and empties it. ``$TLC_NO_CACHE=1`` turns the cache off everywhere.

@@ -108,7 +108,7 @@ def _cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story o
         sigs = signatures_for_shapes(model, spec.example_inputs, parse_shapes(a.shape))
         if a.paddable:
             opts["paddable"] = parse_paddable(a.paddable)
-        cm = build(model, sigs, strict=a.strict_export, **opts, **pass_opts)
+        cm = build(model, sigs, strict=a.strict_export, cache=True, **opts, **pass_opts)
         return finish_multifunction(a, cm, requested, spec, t0, t_load)
     if (isinstance(spec.model, CompiledFunction) and not a.strict_export and not pass_opts and not a.profile
             and not a.calibration):

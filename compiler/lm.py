@@ -184,7 +184,7 @@ def example_steps(step: LMStep, info: LMInfo, dtype=torch.float32, seed: int = 0
 
 def build_lm(model: torch.nn.Module, *, max_context: int = 256, prefill_lengths=(32,), kv_cache: str = "io",
              precision: str | None = None, minimum_deployment_target: str = "iOS18", target: str = "ane",
-             compress: str | None = None, progress: bool = False):
+             compress: str | None = None, progress: bool = False, cache: bool = False):
     """Build prefill and decode functions of a causal LM into one multifunction package
     (module docstring). Returns a :class:`tlc.multifunction.MultiFunctionModel` with ``lm`` (the
     :class:`LMInfo`, stored in the package as ``tlc.lm``) and ``generate``.
@@ -198,7 +198,9 @@ def build_lm(model: torch.nn.Module, *, max_context: int = 256, prefill_lengths=
     forms, only the saved package differs, and ``save(path, kv_cache=...)`` writes either form of
     one build); ``precision``/``compress``/``target`` as :func:`tlc.build`
     (``compress`` leaves embeddings, and an LM head tied to them, dense: :mod:`tlc.compress`
-    compresses only weights every reader of which is a matmul/linear/conv).
+    compresses only weights every reader of which is a matmul/linear/conv). ``cache``: each
+    function's trace and plan from the persistent compile cache (:mod:`tlc.cache`; ``tlc build
+    --task text-generation`` uses it unless ``--no-cache``).
     Raises :class:`InputError` for a bad length, ``kv_cache`` or model.
     """
     from .api import build
@@ -225,7 +227,7 @@ def build_lm(model: torch.nn.Module, *, max_context: int = 256, prefill_lengths=
     with shared_weights():  # the functions read the model's weights in place: no copy per function
         mf = build(step, sigs, function_names=names, default_function_name="decode", precision=precision,
                    minimum_deployment_target=minimum_deployment_target, target=target, compress=compress,
-                   progress=progress)
+                   progress=progress, cache=cache)
     mf.lm = info
     mf.metadata[METADATA_KEY] = info.to_json()
     mf.states = state_bindings() if kv_cache == "state" else ()

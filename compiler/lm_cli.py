@@ -37,7 +37,7 @@ def _lm_build(a, spec):
         if getattr(a, k, None):
             opts[k] = getattr(a, k)
     return build_lm(spec.model, max_context=a.max_context, prefill_lengths=lengths, kv_cache=a.kv_cache, progress=True,
-                    **opts)
+                    cache=True, **opts)
 
 
 def build_text_generation(a) -> int:

@@ -523,20 +523,21 @@ def signatures_for_shapes(model, example_inputs, shapes: Mapping[str, list[tuple
 
 def build_multifunction(model, sigs: list, *, function_names_: list[str] | None, default_function_name: str | None,
                         paddable, calibration: list, build_one, **options) -> MultiFunctionModel:
-    """Trace ``model`` once per signature with ``build_one(model, ex, **options)`` (tlc.api.build),
+    """Trace ``model`` once per signature with ``build_one(model, ex, **options)`` (tlc.api.build;
+    with ``cache=True`` each function's trace and plan come from the persistent compile cache),
     hand each calibration sample to the function whose input shapes it has, and name the
     functions. Raises :class:`InputError` for a calibration sample no function takes, repeated
     shapes or bad names."""
     from .api import _calibration_feed, signature_key
     from .frontend import normalize_inputs
 
-    import sys
+    from .progress import note
 
     cms = []
     for k, ex in enumerate(sigs):
         if options.get("progress"):
             name = function_names_[k] if function_names_ is not None and k < len(function_names_) else f"#{k}"
-            print(f"  ... tracing function {name} ({k + 1} of {len(sigs)})", file=sys.stderr, flush=True)
+            note(f"tracing function {name} ({k + 1} of {len(sigs)})")
         try:
             cm = build_one(model, ex, **options)
         except InputError as e:

@@ -258,3 +258,21 @@ def test_progress_only_on_a_terminal_or_when_asked(tmp_path, monkeypatch):
     res = run_tlc("build", "examples/tensor_function.py", "-o", out, "--force", "--no-cache", "--quiet", cwd=REPO)
     assert res.returncode == 0 and "..." not in res.stderr
     assert not progress._QUIET  # --quiet ends with the command
+
+
+def test_build_lm_functions_come_from_the_cache():
+    """tlc.build_lm(cache=True): every function's trace is cached (tlc build --task text-generation
+    uses it); the cached build generates the same tokens."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    model = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+                                             max_position_embeddings=128)).eval()
+    cold = tlc.build_lm(model, max_context=24, prefill_lengths=[8], precision="fp32", cache=True)
+    warm = tlc.build_lm(model, max_context=24, prefill_lengths=[8], precision="fp32", cache=True)
+    assert [cm.cache_status for cm in cold.functions.values()] == ["miss", "miss"]
+    assert [cm.cache_status for cm in warm.functions.values()] == ["hit", "hit"]
+    prompt = torch.randint(2, 256, (1, 11), generator=torch.Generator().manual_seed(1))
+    np.testing.assert_array_equal(warm.generate(prompt, 8, backend="numpy", eos_token_id=[]),
+                                  cold.generate(prompt, 8, backend="numpy", eos_token_id=[]))
