@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -125,6 +126,7 @@ class CompiledModel:
         self._cache = None
         self.cache_status: str | None = None
         self._written: list[Path] = []  # what the last save() wrote (the artifact cache copies it)
+        self._mlmodel_handed_out = False  # the public mlmodel was read: it may have been edited
 
     precision = property(lambda self: self.options.precision, doc="``mixed``, ``fp16`` or ``fp32``")
     minimum_deployment_target = property(lambda self: self.options.minimum_deployment_target,
@@ -248,7 +250,13 @@ class CompiledModel:
     @property
     def mlmodel(self):
         """The ``coremltools.models.MLModel`` (mlprogram), emitted on first access. Raises
-        :class:`~tlc.errors.EmitError` when the model is a bundle (see :attr:`is_bundle`)."""
+        :class:`~tlc.errors.EmitError` when the model is a bundle (see :attr:`is_bundle`). Once
+        handed out it may be edited (author, metadata), so :meth:`save` no longer copies a cached
+        artifact for this model."""
+        self._mlmodel_handed_out = True
+        return self._emitted_mlmodel()
+
+    def _emitted_mlmodel(self):
         if self._mlmodel is None or (self.compress and not self._compressed):
             plan = self.plan  # mixed emits in its closed loop and keeps that MLModel
             if plan.is_bundle:
@@ -338,13 +346,20 @@ class CompiledModel:
         from .cache import artifact_key, copy_artifact
 
         akey = artifact_key(self.cache_key, path, self.format)
-        got = self._cache.get("artifacts", akey)
+        got = None if self._mlmodel_handed_out else self._cache.get("artifacts", akey)
         t0 = time.perf_counter()
         if got is not None:
+            if self.format != "mlpackage" or path.suffix == ".aimodel":
+                self._check_coreai_options()
             d, meta = got
-            outs = [copy_artifact(d / name, path.parent / name, force) for name in meta["outputs"]]
-            self.timings["save"] = time.perf_counter() - t0
-            return outs[0]
+            try:
+                outs = [copy_artifact(d / name, path.parent / name, force) for name in meta["outputs"]]
+                self.timings["save"] = time.perf_counter() - t0
+                return outs[0]
+            except OutputExistsError:
+                raise
+            except (TlcError, OSError) as e:  # the entry went away mid-copy (evicted, cleared): build it
+                print(f"tlc: cached artifact unusable ({type(e).__name__}: {e}); building it", file=sys.stderr)
         self._written = []
         out = self._save(path, force)
         written = list(self._written)
@@ -388,12 +403,25 @@ class CompiledModel:
             self._written.append(out)
             return out
         path = check_output_path(path, force)  # before spending time on emission
-        mlm = self.mlmodel
+        mlm = self._emitted_mlmodel()
         t0 = time.perf_counter()
         out = save_atomic(mlm, path, force=force, check=lambda staged: check_package_io(staged, self.emit_graph))
         self.timings["save"] = time.perf_counter() - t0
         self._written.append(out)
         return out
+
+    def _check_coreai_options(self) -> None:
+        """Before writing Core AI: ``fallback=False`` with ops outside Core AI raises
+        :class:`~tlc.errors.NotShippableError`; ``compress`` raises :class:`InputError` (Core AI
+        assets are not compressed by tlc yet). Checked at save time, so a cached model, a later
+        ``format`` and ``with_options`` are held to it too."""
+        if self.compress:
+            raise InputError(f"compress={self.compress!r} applies to the .mlpackage (coremltools.optimize); Core AI "
+                             f"assets are not compressed by tlc yet")
+        if not self.fallback and self.coreai_is_bundle:
+            from .errors import NotShippableError
+
+            raise NotShippableError(self.coreai_fallback_ops())
 
     def _save_aimodel(self, path: Path, force: bool) -> Path:
         """Write the model as Core AI (:mod:`tlc.coreai_emit`) at ``path``: the same optimized,
@@ -404,6 +432,7 @@ class CompiledModel:
         coreai-core."""
         from .coreai_emit import save_aimodel
 
+        self._check_coreai_options()
         t0 = time.perf_counter()
         if path.suffix == ".tlc":
             out = write_bundle(path, self.emit_graph, self.plan.coreai_segments, precision=self.precision,
@@ -645,7 +674,7 @@ def build(
     store = key = None
     from . import cache as _cache
 
-    if sigs is None and _cache.enabled(cache or cache_key is not None):
+    if sigs is None and _cache.enabled(cache or cache_key is not None) and (profile is None or os.path.isfile(profile)):
         store = _cache.Cache()
         opts = dict(precision=precision or ("mixed" if target == "ane" else "fp32"),
                     minimum_deployment_target=str(minimum_deployment_target or "iOS17"), target=target,

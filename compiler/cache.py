@@ -41,11 +41,13 @@ info|clear`` reports and empties it. ``$TLC_NO_CACHE=1`` turns the cache off eve
 """
 from __future__ import annotations
 
+import enum
 import hashlib
 import inspect
 import json
 import os
 import pickle
+import re
 import shutil
 import sys
 import tempfile
@@ -123,12 +125,13 @@ class _Hasher:
 
 
 def versions() -> dict[str, str]:
-    """The versions a cache key depends on (tlc, torch, coremltools, coreai-core when installed)."""
+    """The versions a cache key depends on: tlc's version and the digest of its sources
+    (:func:`tlc_source_digest`), torch, coremltools, coreai-core and transformers when installed."""
     from importlib import metadata
 
     from . import __version__
 
-    out = {"tlc": __version__, "format": str(FORMAT_VERSION)}
+    out = {"tlc": __version__, "tlc_sources": tlc_source_digest(), "format": str(FORMAT_VERSION)}
     for dist in ("torch", "coremltools", "coreai-core", "transformers"):
         try:
             out[dist] = metadata.version(dist)
@@ -152,10 +155,69 @@ def _source_file(obj) -> str | None:
     return f if f and os.path.isfile(f) else None
 
 
-def _model_part(h: _Hasher, obj, files: set[str], seen: set[int]) -> None:
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+_MAX_DEPTH = 6
+
+
+def _value(h: _Hasher, tag: str, v, files: set[str], seen: set[int], depth: int = 0) -> None:
+    """Feed what ``v`` contributes to a model's behaviour: tensors by bytes, modules and
+    functions by :func:`_model_part`, ``functools.partial`` by its function and arguments,
+    containers element by element, plain values, dtypes and enums by ``repr``; other objects by
+    type and (to a bounded depth) their attributes."""
+    import functools
+
     import torch
 
-    if id(obj) in seen:
+    if isinstance(v, (torch.Tensor, np.ndarray)):
+        h.tensor(tag, v)
+    elif _plain(v) and not isinstance(v, (list, tuple)):
+        h.part(tag, repr(v))
+    elif isinstance(v, (torch.dtype, torch.device, torch.Size)) or isinstance(v, enum.Enum):
+        h.part(tag, repr(v))
+    elif isinstance(v, (list, tuple, set, frozenset)):
+        h.part(tag, f"{type(v).__name__}[{len(v)}]")
+        items = sorted(v, key=repr) if isinstance(v, (set, frozenset)) else v
+        for k, x in enumerate(items):
+            _value(h, f"{tag}[{k}]", x, files, seen, depth + 1)
+    elif isinstance(v, dict):
+        h.part(tag, f"dict[{len(v)}]")
+        for k in sorted(v, key=repr):
+            _value(h, f"{tag}[{k!r}]", v[k], files, seen, depth + 1)
+    elif isinstance(v, functools.partial):
+        h.part(tag, "partial")
+        _model_part(h, v.func, files, seen, depth + 1)
+        _value(h, f"{tag}.args", v.args, files, seen, depth + 1)
+        _value(h, f"{tag}.keywords", v.keywords, files, seen, depth + 1)
+    elif isinstance(v, torch.nn.Module) or inspect.isfunction(v) or inspect.ismethod(v) or inspect.isbuiltin(v):
+        _model_part(h, v, files, seen, depth + 1)
+    elif isinstance(v, type):
+        h.part(tag, f"class {v.__qualname__}@{_source_file(v)}")
+    else:
+        h.part(tag, f"{type(v).__qualname__}@{_source_file(type(v))}")
+        if id(v) in seen or depth >= _MAX_DEPTH:
+            return
+        seen.add(id(v))
+        if hasattr(v, "to_json_string"):  # a Hugging Face config
+            h.part(tag + ".config", v.to_json_string(use_diff=False))
+            return
+        attrs = getattr(v, "__dict__", None)
+        if attrs is not None:
+            if callable(v):  # a callable object: its __call__ is code
+                _model_part(h, type(v).__call__, files, seen, depth + 1)
+            for k in sorted(attrs):
+                _value(h, f"{tag}.{k}", attrs[k], files, seen, depth + 1)
+        else:
+            r = repr(v)
+            h.part(tag + ".repr", _ADDRESS.sub("", r))
+
+
+def _model_part(h: _Hasher, obj, files: set[str], seen: set[int], depth: int = 0) -> None:
+    """Feed a module (its tree: classes and their source files, every parameter and buffer, the
+    other attributes of every submodule, hooks) or a function (source file, bytecode, defaults,
+    closure, the globals it reads)."""
+    import torch
+
+    if id(obj) in seen or depth > 2 * _MAX_DEPTH:
         return
     seen.add(id(obj))
     obj = getattr(obj, "__tlc_function__", obj)  # a @tlc.compile wrapper: what it wraps
@@ -167,45 +229,66 @@ def _model_part(h: _Hasher, obj, files: set[str], seen: set[int]) -> None:
                 files.add(f)
             h.part("module", f"{name}={cls.__qualname__}@{f}")  # not __module__: tlc build imports files under random names
             for k, v in sorted(vars(m).items()):
-                if not k.startswith("_") and _plain(v):
-                    h.part(f"{name}.{k}", repr(v))
-            cfg = getattr(m, "config", None)
-            if cfg is not None and hasattr(cfg, "to_json_string"):
-                h.part(f"{name}.config", cfg.to_json_string(use_diff=False))
-        for k, t in obj.state_dict(keep_vars=True).items():
-            h.tensor(k, t)
-        if "forward" in vars(obj):  # an instance-level forward (monkeypatched)
-            _model_part(h, vars(obj)["forward"], files, seen)
+                if k in ("_parameters", "_buffers", "_modules"):
+                    continue  # the parameters and buffers are hashed by name below, submodules by named_modules
+                if k.startswith("_") and not k.endswith("hooks"):
+                    continue  # torch's bookkeeping (_non_persistent_buffers_set, ...); hooks change results
+                _value(h, f"{name}.{k}", v, files, seen, depth + 1)
+        for k, t in list(obj.named_parameters(remove_duplicate=False)) + list(obj.named_buffers(remove_duplicate=False)):
+            h.tensor(k, t)  # named_buffers: persistent or not (state_dict leaves non-persistent ones out)
         return
     if inspect.ismethod(obj):
-        _model_part(h, obj.__self__, files, seen)
+        _model_part(h, obj.__self__, files, seen, depth + 1)
         obj = obj.__func__
     fn = inspect.unwrap(obj) if callable(obj) else obj
     code = getattr(fn, "__code__", None)
     if code is None:
-        h.part("object", f"{type(obj).__qualname__}")
-        f = _source_file(type(obj))
-        if f:
-            files.add(f)
+        _value(h, "object", obj, files, seen, depth + 1)
         return
     f = _source_file(fn)
     if f:
         files.add(f)
     h.part("function", f"{fn.__qualname__}@{f}")
     h.part("code", code.co_code)
-    h.part("consts", repr([c for c in code.co_consts if _plain(c)]))
-    for d in fn.__defaults__ or ():
-        h.part("default", repr(d) if _plain(d) else type(d).__qualname__)
-    refs = [(c.cell_contents if c.cell_contents is not None else None) for c in (fn.__closure__ or ())]
+    _value(h, "consts", [c for c in code.co_consts if not inspect.iscode(c)], files, seen, depth + 1)
+    _value(h, "defaults", (fn.__defaults__ or (), fn.__kwdefaults__ or {}), files, seen, depth + 1)
+    for k, c in enumerate(fn.__closure__ or ()):
+        try:
+            cell = c.cell_contents
+        except ValueError:  # an empty cell: a name bound later in the enclosing function
+            cell = None
+        _value(h, f"closure{k}", cell, files, seen, depth + 1)
     glb = getattr(fn, "__globals__", {})
-    refs += [glb[n] for n in code.co_names if n in glb]
-    for k, v in enumerate(refs):
-        if isinstance(v, (torch.Tensor, np.ndarray)):
-            h.tensor(f"ref{k}", v)
-        elif isinstance(v, torch.nn.Module) or (inspect.isfunction(v) and _source_file(v) == f):
-            _model_part(h, v, files, seen)
-        elif _plain(v):
-            h.part(f"ref{k}", repr(v))
+    for n in code.co_names:
+        if n in glb and not inspect.ismodule(glb[n]):
+            v = glb[n]
+            if inspect.isfunction(v) and _source_file(v) != f:
+                h.part(f"global.{n}", f"{v.__qualname__}@{_source_file(v)}")  # library code: covered by its version
+            else:
+                _value(h, f"global.{n}", v, files, seen, depth + 1)
+
+
+_TLC_SOURCES: str | None = None
+
+
+def tlc_source_digest() -> str:
+    """SHA-256 over tlc's own source files' names, sizes and modification times (once per
+    process): a fix to a pass or an emitter in an editable install changes every key, though
+    ``tlc.__version__`` does not. A checkout that only touches files misses once, harmlessly."""
+    global _TLC_SOURCES
+    if _TLC_SOURCES is None:
+        import tlc
+        import tlc.passes
+        import tlc.runtime
+
+        h = hashlib.sha256()
+        roots = {Path(m.__file__).parent for m in (tlc, tlc.passes, tlc.runtime)}
+        for root in sorted(roots):
+            for f in sorted(root.rglob("*.py")):
+                st = f.stat()  # size and mtime: any edit changes them (reading ~2 MB of source costs 0.15 s a start)
+                h.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        _TLC_SOURCES = h.hexdigest()
+    return _TLC_SOURCES
 
 
 def source_key(model, example_inputs, options: dict, *, values: bool = True, calibration: Iterable = (),
@@ -289,6 +372,7 @@ class Cache:
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else cache_dir()
         self.hits = self.misses = self.rebuilt = 0
+        self.max_bytes = max_bytes()  # a bad $TLC_CACHE_MAX_BYTES fails here, before any work
 
     def _entry(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / key
@@ -313,7 +397,10 @@ class Cache:
             self.misses += 1
             print(f"tlc: cache entry {kind}/{key[:12]} failed its integrity check; rebuilding it", file=sys.stderr)
             return None
-        (d / "last_used").write_text(f"{time.time():.3f}\n")
+        try:
+            (d / "last_used").write_text(f"{time.time():.3f}\n")
+        except OSError:  # a read-only cache still serves hits (it just cannot record them for eviction)
+            pass
         self.hits += 1
         return d, doc.get("meta", {})
 
@@ -341,11 +428,11 @@ class Cache:
             (stage / "entry.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
             (stage / "last_used").write_text(f"{time.time():.3f}\n")
             d.parent.mkdir(parents=True, exist_ok=True)
-            if d.exists():
-                shutil.rmtree(d, ignore_errors=True)
-            os.replace(stage, d)
-        except OSError as e:
-            print(f"tlc: cannot write the compile cache at {self.root} ({e}); continuing without it", file=sys.stderr)
+            if not d.exists():  # keys name content: an entry another process just wrote is as good as ours
+                os.replace(stage, d)
+        except Exception as e:  # noqa: BLE001 - e.g. an output structure that does not pickle: build on, uncached
+            print(f"tlc: not caching this {kind[:-1]} ({type(e).__name__}: {e}); the build goes on without it",
+                  file=sys.stderr)
             return None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -368,7 +455,7 @@ class Cache:
     def evict(self, limit: int | None = None) -> int:
         """Remove least-recently-used entries until the cache holds at most ``limit`` bytes
         (default :func:`max_bytes`); returns how many were removed."""
-        limit = max_bytes() if limit is None else limit
+        limit = self.max_bytes if limit is None else limit
         ents = sorted(self.entries(), key=lambda e: e[3])
         total = sum(e[2] for e in ents)
         n = 0
@@ -384,7 +471,7 @@ class Cache:
         """``{"root", "entries": {kind: count}, "bytes", "max_bytes"}``."""
         ents = self.entries()
         return {"root": str(self.root), "entries": {k: sum(1 for e in ents if e[0] == k) for k in KINDS},
-                "bytes": sum(e[2] for e in ents), "max_bytes": max_bytes()}
+                "bytes": sum(e[2] for e in ents), "max_bytes": self.max_bytes}
 
     def clear(self) -> int:
         """Remove every entry (and staging leftovers); returns how many entries there were."""
@@ -515,13 +602,23 @@ def derived_key(key: str, what: str) -> str:
     return h.hexdigest()
 
 
+def calibration_key(key: str, feed: dict) -> str:
+    """``key`` with one more calibration sample (``{input: array}``) for the plan and artifacts."""
+    h = _Hasher()
+    h.part("base", key)
+    for n in sorted(feed):
+        h.tensor(f"calibration.{n}", np.asarray(feed[n]))
+    return h.hexdigest()
+
+
 def artifact_key(trace_key: str, path: Path, fmt: str) -> str:
     """The key of the artifact a cached model writes at ``path`` in format ``fmt`` (the file name
-    matters: a bundle's segments record it)."""
+    matters: a bundle's segments record it; so does ``$SOURCE_DATE_EPOCH``)."""
     h = _Hasher()
     h.part("trace", trace_key)
     h.part("name", path.name)
     h.part("format", fmt)
+    h.part("source_date_epoch", os.environ.get("SOURCE_DATE_EPOCH", ""))  # it sets the dates the files hold
     return h.hexdigest()
 
 

@@ -623,9 +623,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(a, "func", None):
         p.print_help()
         return 2
-    from .progress import set_quiet
+    from . import progress
 
-    set_quiet(bool(getattr(a, "quiet", False)))
+    was_quiet = progress._QUIET
+    progress.set_quiet(was_quiet or bool(getattr(a, "quiet", False)))
     try:
         return a.func(a)
     except TlcError as e:
@@ -643,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
               f"message says otherwise; rerun with TLC_DEBUG=1 for the traceback.", file=sys.stderr)
         return 3
     finally:
-        set_quiet(False)
+        progress.set_quiet(was_quiet)
 
 
 if __name__ == "__main__":

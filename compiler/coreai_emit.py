@@ -176,19 +176,22 @@ def to_aiprogram(g: Graph | dict[str, Graph]):
 MINIMUM_OS = "v27"
 
 
-def write_aimodel(g: Graph | dict[str, Graph], dest: Path, metadata: dict | None = None) -> None:
-    """Emit ``g`` (one graph, or ``{function name: graph}``: :func:`to_aiprogram`) and save it at ``dest`` (a fresh ``.aimodel`` path; a
-    staging path when called through :func:`save_aimodel`). ``metadata`` (str -> str) becomes the
-    asset's creator-defined metadata, with ``tlc.version`` and ``tlc.minimum_os``; the asset's
-    ``minimum_os`` is :data:`MINIMUM_OS`. The creation date coreai-core stamps is replaced by
-    ``$SOURCE_DATE_EPOCH`` (seconds; the reproducible-builds convention) or 0, so two builds of one
-    model are byte-identical (issue 18). Raises :class:`EmitError` (see :func:`to_aiprogram`)."""
+def write_aimodel(g: Graph | dict[str, Graph], dest: Path, metadata: dict | None = None, prog=None) -> None:
+    """Emit ``g`` (one graph, or ``{function name: graph}``: :func:`to_aiprogram`) and save it at
+    ``dest`` (a fresh ``.aimodel`` path; a staging path when called through :func:`save_aimodel`).
+    ``metadata`` (str -> str) becomes the asset's creator-defined metadata, with ``tlc.version``
+    and ``tlc.minimum_os``; the asset's ``minimum_os`` is :data:`MINIMUM_OS`. The creation date
+    coreai-core stamps is replaced by ``$SOURCE_DATE_EPOCH`` (seconds; the reproducible-builds
+    convention) or 0: no wall-clock time in the asset (issue 18). The asset is still not
+    byte-reproducible: coreai-core 1.0.0b3 names weight resources randomly per process
+    (docs/coreai.md). ``prog``: the program :func:`to_aiprogram` already made
+    of ``g``. Raises :class:`EmitError` (see :func:`to_aiprogram`)."""
     from coreai.authoring import OSVersion
     from coreai.authoring.asset import AIModelAssetMetadata
 
     from . import __version__
 
-    prog = to_aiprogram(g)
+    prog = to_aiprogram(g) if prog is None else prog
     md = AIModelAssetMetadata()
     custom = {"tlc.version": __version__, "tlc.minimum_os": f"iOS/macOS {MINIMUM_OS[1:]}",
               **{k: str(v) for k, v in (metadata or {}).items()}}
@@ -215,5 +218,5 @@ def save_aimodel(g: Graph | dict[str, Graph], path: str | os.PathLike, force: bo
         from .errors import OutputExistsError
 
         raise OutputExistsError(f"{str(path)!r} already exists; pass force=True (CLI: --force) to replace it")
-    to_aiprogram(g)  # fail before staging anything
-    return atomic_dir(path, force, lambda staged: write_aimodel(g, staged, metadata))
+    prog = to_aiprogram(g)  # fail before staging anything
+    return atomic_dir(path, force, lambda staged: write_aimodel(g, staged, metadata, prog))

@@ -554,6 +554,10 @@ def build_multifunction(model, sigs: list, *, function_names_: list[str] | None,
             except InputError:
                 continue
             cm.calibration.append(feed)
+            if cm.cache_key is not None:  # mixed plans on these samples too: its plan and artifacts are keyed by them
+                from .cache import calibration_key
+
+                cm.cache_key = calibration_key(cm.cache_key, feed)
             break
         else:
             raise InputError(f"calibration sample {j + 1} fits none of the functions' input shapes ("

@@ -42,11 +42,15 @@ def note(line: str, stream=None) -> None:
         print(f"  ... {line}", file=s, flush=True)
 
 
+_LIVE: list = []  # the terminal spinner of the outermost running stage, and the stage names under it
+
+
 @contextlib.contextmanager
 def stage(name: str):
-    """Show ``name`` while the ``with`` block runs (a spinner on a terminal), then ``done NAME
-    (S s)``; silent when not :func:`enabled`. Stages nest; an exception passes through after the
-    spinner is cleared."""
+    """Show ``name`` while the ``with`` block runs (a spinner on a terminal), then ``... NAME:
+    S s``; silent when not :func:`enabled`. Stages nest: an inner stage takes over the one
+    spinner's text and gives it back (one line, never two spinners fighting over it); an
+    exception passes through after the spinner is cleared."""
     if not enabled():
         yield
         return
@@ -55,11 +59,26 @@ def stage(name: str):
         yield
         print(f"  ... {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         return
+    if _LIVE:
+        status, names = _LIVE[0]
+        names.append(name)
+        status.update(f"[bold]{name}[/bold] ...")
+        try:
+            yield
+        finally:
+            names.pop()
+            status.update(f"[bold]{names[-1]}[/bold] ...")
+        status.console.print(f"  [dim]... {name}: {time.perf_counter() - t0:.1f} s[/dim]", highlight=False)
+        return
     from rich.console import Console
 
     con = Console(stderr=True)
-    with con.status(f"[bold]{name}[/bold] ..."):
-        yield
+    with con.status(f"[bold]{name}[/bold] ...") as status:
+        _LIVE.append((status, [name]))
+        try:
+            yield
+        finally:
+            _LIVE.clear()
     con.print(f"  [dim]... {name}: {time.perf_counter() - t0:.1f} s[/dim]", highlight=False)
 
 

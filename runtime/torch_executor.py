@@ -180,7 +180,8 @@ class TorchExecutor:
             if t is None:
                 a = checked[name]
                 t = torch.from_numpy(a if a.flags.writeable else a.copy())
-            elif t.dtype != dt and t.numel() and not t.is_floating_point() and t.dtype != torch.bool and not dt.is_floating_point:
+            elif (t.dtype != dt and t.numel() and not t.is_floating_point() and t.dtype != torch.bool
+                  and not dt.is_floating_point and dt != torch.bool):
                 fit_int(name, np.array([int(t.min()), int(t.max())]), _numpy_dtype(dt), "the graph")  # never wrap
             out.append(t.to(device=self.device, dtype=dt))  # no-op when already there
         return out

@@ -92,6 +92,44 @@ def test_weight_option_and_version_changes_miss(monkeypatch):
     assert tlc.build(m, (x,), cache_key="my-mlp-v1").cache_status == "hit"
 
 
+def test_key_sees_partials_buffers_and_attributes():
+    """What the model computes with is in the key: a partial's function and arguments, tensors
+    outside state_dict (non-persistent buffers, plain tensor attributes), dtype attributes, hooks."""
+    import functools
+
+    from tlc.cache import source_key
+
+    def key(obj):
+        return source_key(obj, (torch.ones(2),), {}, values=False)
+
+    def f(x, scale):
+        return x * scale
+
+    def g(x, scale):
+        return x * scale + 1
+
+    assert key(functools.partial(f, scale=2.0)) != key(functools.partial(f, scale=3.0))
+    assert key(functools.partial(f, scale=2.0)) != key(functools.partial(g, scale=2.0))
+
+    class M(torch.nn.Module):
+        def __init__(self, v, dt=torch.float32):
+            super().__init__()
+            self.mask = torch.ones(3) * v
+            self.register_buffer("b", torch.ones(2), persistent=False)
+            self.dt = dt
+
+        def forward(self, x):
+            return x
+
+    assert key(M(1)) == key(M(1)) and key(M(1)) != key(M(2)) and key(M(1)) != key(M(1, torch.float16))
+    m = M(1)
+    m.b += 1  # a non-persistent buffer
+    assert key(m) != key(M(1))
+    m = M(1)
+    m.register_forward_hook(lambda mod, args, out: out * 2)
+    assert key(m) != key(M(1))
+
+
 def test_corrupted_entries_are_rebuilt_never_trusted(tmp_path):
     m, x = _mlp(), torch.randn(2, 8)
     tlc.build(m, (x,), cache=True).save(tmp_path / "a.mlpackage")

@@ -133,6 +133,10 @@ def test_op_without_a_coreai_form_becomes_a_bundle_with_coreai_segments(tmp_path
     assert rel_l2(got, one) <= 1e-2
     with pytest.raises(tlc.errors.NotShippableError, match="sin"):
         tlc.build(m, (x,), precision="fp16", format="aimodel", fallback=False)
+    strict = cm.with_options(fallback=False)  # Core ML holds every op, so this passes; Core AI does not
+    with pytest.raises(tlc.errors.NotShippableError, match="sin"):
+        strict.save(tmp_path / "strict.aimodel")
+    assert not (tmp_path / "strict.aimodel").exists() and not (tmp_path / "strict.aimodel.tlc").exists()
 
 
 def test_aimodel_metadata_minimum_os_and_fixed_creation_date(tmp_path, monkeypatch):
