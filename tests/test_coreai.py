@@ -170,11 +170,15 @@ def test_mil_activations_match_the_numpy_kernel(op, attrs, tmp_path):
     from tlc.coreai_emit import save_aimodel
     from tlc.ops import get_op
 
-    x = np.concatenate([np.random.default_rng(1).standard_normal(40) * 3, [-1.0, -0.5, 0.0, 0.3, 1.0, 2.5]])
-    x = x.astype(np.float32).reshape(2, 23)
+    x = np.concatenate([np.random.default_rng(1).standard_normal(40) * 3, [-1.0, -0.5, 0.0, 0.3, 1.0, 2.5],
+                        [np.inf, -np.inf, np.nan, 2.0 ** 30 + 0.5, -(2.0 ** 24) - 2, 0.3]])  # specials: inf, NaN, huge
+    x = x.astype(np.float32).reshape(2, 26)
     got = load(save_aimodel(_ir_unary(op, attrs, x), tmp_path / "u.aimodel"))({"x": x})["y"]
-    want = get_op(op).numpy(attrs, x.astype(np.float64))
-    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    want = get_op(op).numpy(attrs, x.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)])
+    fin = np.isfinite(want)
+    assert np.all(np.abs(got[fin] - want[fin]) <= 1e-5 * np.maximum(1.0, np.abs(want[fin])))  # per element
 
 
 @pytest.mark.parametrize("name,fn,op", [

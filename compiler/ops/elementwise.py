@@ -352,8 +352,9 @@ def _ca_gelu(ctx, attrs, x):
 
 
 def _ca_ge(ctx, x, v):
-    """``x >= v`` (Core AI has ``greater`` only: ``not (v > x)``)."""
-    return ctx.ca.not_(ctx.ca.broadcasting_greater(_ca_scalar(ctx, v), x))
+    """``x >= v`` as ``x > v or x == v`` (false for NaN, as NumPy's; ``not (v > x)`` would be true)."""
+    c = _ca_scalar(ctx, v)
+    return ctx.ca.broadcasting_or(ctx.ca.broadcasting_greater(x, c), ctx.ca.broadcasting_equal(x, c))
 
 
 def _ca_affine(ctx, x, alpha, beta):
@@ -361,8 +362,12 @@ def _ca_affine(ctx, x, alpha, beta):
 
 
 def _ca_floor(ctx, x):
-    """``floor`` as Core AI ``broadcasting_floor_divide(x, 1)`` (Core AI has no floor op)."""
-    return ctx.ca.broadcasting_floor_divide(x, _ca_scalar(ctx, 1.0))
+    """``floor`` as Core AI ``broadcasting_floor_divide(x, 1)`` (Core AI has no floor op). That
+    gives NaN for +-inf (coreai-core 1.0.0b3), so values at or beyond 2^mantissa bits (all
+    integers already: 2^23 in fp32, 2^10 in fp16) and the infinities pass through unchanged."""
+    big = 2.0 ** (10 if ctx.node.inputs[0].type.dtype == "fp16" else 23)
+    whole = ctx.ca.broadcasting_greater(ctx.ca.abs_(x), _ca_scalar(ctx, big))
+    return ctx.ca.broadcasting_where(whole, x, ctx.ca.broadcasting_floor_divide(x, _ca_scalar(ctx, 1.0)))
 
 
 #: IR unary op -> its Core AI form ``f(ctx, attrs, x)``
