@@ -222,7 +222,9 @@ class CompiledModel:
     def fallback_ops(self) -> list[tuple[str, str, str, str]]:
         """``(op, node name, reason, source)`` for every op that runs in tlc's fallback runtime
         instead of Core ML (empty when :meth:`save` writes one ``.mlpackage``), in graph order."""
-        p = self.placement
+        return self._off_program(self.placement)
+
+    def _off_program(self, p) -> list[tuple[str, str, str, str]]:
         nodes = {n.name: n for n in self.emit_graph.nodes}
         return [(nodes[k].op, k, p.reasons.get(k, ""), where(nodes[k].loc)) for k, t in p.target.items() if t != "ane"]
 
@@ -324,9 +326,7 @@ class CompiledModel:
 
     def coreai_fallback_ops(self) -> list[tuple[str, str, str, str]]:
         """:meth:`fallback_ops` of the Core AI artifact (ops without a Core AI form included)."""
-        p = self.plan.coreai_placement
-        nodes = {n.name: n for n in self.emit_graph.nodes}
-        return [(nodes[k].op, k, p.reasons.get(k, ""), where(nodes[k].loc)) for k, t in p.target.items() if t != "ane"]
+        return self._off_program(self.plan.coreai_placement)
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write the artifact (temp path + rename) and return its path (see :meth:`output_path`):
@@ -360,7 +360,6 @@ class CompiledModel:
                 raise
             except (TlcError, OSError) as e:  # the entry went away mid-copy (evicted, cleared): build it
                 print(f"tlc: cached artifact unusable ({type(e).__name__}: {e}); building it", file=sys.stderr)
-        self._written = []
         out = self._save(path, force)
         written = list(self._written)
         self._cache.put("artifacts", akey, lambda d: [shutil.copytree(p, d / p.name) for p in written],
@@ -415,9 +414,7 @@ class CompiledModel:
         :class:`~tlc.errors.NotShippableError`; ``compress`` raises :class:`InputError` (Core AI
         assets are not compressed by tlc yet). Checked at save time, so a cached model, a later
         ``format`` and ``with_options`` are held to it too."""
-        if self.compress:
-            raise InputError(f"compress={self.compress!r} applies to the .mlpackage (coremltools.optimize); Core AI "
-                             f"assets are not compressed by tlc yet")
+        check_coreai_compress(self.compress)
         if not self.fallback and self.coreai_is_bundle:
             from .errors import NotShippableError
 
@@ -704,9 +701,8 @@ def build(
                          "signatures (example_inputs=[ex_a, ex_b, ...])")
     check_target(target)
     check_format(format)
-    if compress and format != "mlpackage":
-        raise InputError(f"compress={compress!r} applies to the .mlpackage (coremltools.optimize); Core AI assets "
-                         f"(format={format!r}) are not compressed by tlc yet")
+    if format != "mlpackage":
+        check_coreai_compress(compress)
     if not fallback and target != "ane":
         check_shippable(None, target)
     cost = None
@@ -766,6 +762,14 @@ def build(
 
 
 FORMATS = ("mlpackage", "aimodel", "both")
+
+
+def check_coreai_compress(compress: str | None) -> None:
+    """Raise :class:`InputError` when ``compress`` is set for a Core AI artifact: tlc compresses
+    ``.mlpackage`` weights with coremltools.optimize only (issue 17: not yet for Core AI)."""
+    if compress:
+        raise InputError(f"compress={compress!r} applies to the .mlpackage (coremltools.optimize); Core AI assets "
+                         f"are not compressed by tlc yet")
 
 
 def check_format(format: str) -> str:

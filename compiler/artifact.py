@@ -29,6 +29,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -110,8 +111,6 @@ def clean_stale_temp(path: Path, max_age_s: float = 24 * 3600) -> list[Path]:
     when they were killed mid-write: those whose owning process (recorded in
     :data:`OWNER_FILE` as ``host pid``) no longer runs on this host, or, without a record, older
     than ``max_age_s``. A live build's directory is never touched. Returns what was removed."""
-    import socket
-
     removed = []
     for d in Path(path).parent.glob(f".{Path(path).stem}.*.tmp"):
         if not d.is_dir():
@@ -149,8 +148,6 @@ def atomic_dir(path: Path, force: bool, write: Callable[[Path], None]) -> Path:
             print(f"tlc: removed {d.name}, left beside {path.name} by an earlier build that was killed mid-write",
                   file=sys.stderr)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent))
-        import socket
-
         (tmp / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     except OSError as e:
         raise EmitError(f"cannot create the output directory for {str(path)!r}: {e}") from e

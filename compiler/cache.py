@@ -328,15 +328,14 @@ def source_key(model, example_inputs, options: dict, *, values: bool = True, cal
 
 
 def _opt(v):
+    """A build option as JSON (paths as strings, anything else by ``repr``)."""
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
     if isinstance(v, (list, tuple)):
         return [_opt(x) for x in v]
     if isinstance(v, dict):
         return {str(k): _opt(x) for k, x in sorted(v.items())}
-    if isinstance(v, (str, os.PathLike)) or isinstance(v, Path):
-        return str(v)
-    return repr(v)
+    return str(v) if isinstance(v, os.PathLike) else repr(v)
 
 
 def file_key(path: str | os.PathLike) -> str:
