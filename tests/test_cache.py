@@ -38,9 +38,12 @@ SCALE = float(sys.argv[1]) if len(sys.argv) > 1 else 2.0
 def f(x):
     return net(x) * SCALE
 
-y = f(torch.linspace(-1, 1, 32).reshape(2, 16))
+x = torch.linspace(-1, 1, 32).reshape(2, 16)
+y = f(x)
+with torch.no_grad():
+    ref = f.fn(x)  # torch eager, the function itself
 print(json.dumps({"status": f.compiled.cache_status, "exports": calls["export"], "traces": f.trace_count,
-                  "timings": sorted(f.compiled.timings), "y": y.tolist()}))
+                  "timings": sorted(f.compiled.timings), "y": y.tolist(), "ref": ref.tolist()}))
 '''
 
 
@@ -62,6 +65,7 @@ def test_second_process_loads_the_compile_function_from_the_cache(tmp_path):
     assert warm["status"] == "hit" and warm["exports"] == 0 and warm["traces"] == 0  # no export ran
     assert "export" not in warm["timings"] and "cache_load" in warm["timings"]
     assert warm["y"] == cold["y"]
+    np.testing.assert_allclose(warm["y"], warm["ref"], rtol=1e-5, atol=1e-6)  # and both are torch's numbers
     script.write_text(SCRIPT.replace("* SCALE", "* SCALE + 1"))  # the function's code changed: a miss
     assert _child(script, env)["status"] == "miss"
     assert _child(script, {**env, "TLC_NO_CACHE": "1"})["status"] is None
@@ -72,12 +76,16 @@ def _mlp():
     return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
 
 
-def test_weight_option_and_version_changes_miss(monkeypatch):
+def test_weight_option_and_version_changes_miss(monkeypatch, tmp_path):
     m, x = _mlp(), torch.randn(2, 8)
     assert tlc.build(m, (x,), cache=True).cache_status == "miss"
     hit = tlc.build(m, (x,), cache=True)
     assert hit.cache_status == "hit" and "export" not in hit.timings
     np.testing.assert_array_equal(hit(x).numpy(), tlc.build(m, (x,))(x).numpy())
+    pkg = hit.save(tmp_path / "hit.mlpackage")  # the cached model's artifact against torch eager
+    got = tlc.runtime.load(pkg, backend="interpreter")({hit.input_names[0]: x.numpy()})[hit.output_names[0]]
+    with torch.no_grad():
+        assert np.abs(got - m(x).numpy()).max() < 2e-2
     assert tlc.build(m, (x,), cache=True, precision="fp32").cache_status == "miss"  # an option
     assert tlc.build(m, (x + 1,), cache=True).cache_status == "miss"  # example values (mixed calibrates on them)
     with torch.no_grad():
@@ -164,6 +172,9 @@ def test_plan_and_artifact_hits_write_the_same_bytes(tmp_path):
     assert cm.cache_status == "hit" and cm._cache.hits == 2  # trace, artifact (no plan needed)
     assert cm._plan is None  # nothing was planned or emitted
     assert _tree(first) == _tree(out)
+    got = tlc.runtime.load(out, backend="interpreter")({cm.input_names[0]: x.numpy()})[cm.output_names[0]]
+    with torch.no_grad():
+        assert np.abs(got - m(x).numpy()).max() < 2e-2  # the copied package computes torch's numbers
     assert cm.placement is not None and cm._cache.hits == 3  # the plan, when asked for, from its entry
 
 
@@ -312,5 +323,8 @@ def test_build_lm_functions_come_from_the_cache():
     assert [cm.cache_status for cm in cold.functions.values()] == ["miss", "miss"]
     assert [cm.cache_status for cm in warm.functions.values()] == ["hit", "hit"]
     prompt = torch.randint(2, 256, (1, 11), generator=torch.Generator().manual_seed(1))
-    np.testing.assert_array_equal(warm.generate(prompt, 8, backend="numpy", eos_token_id=[]),
-                                  cold.generate(prompt, 8, backend="numpy", eos_token_id=[]))
+    tokens = warm.generate(prompt, 8, backend="numpy", eos_token_id=[])
+    np.testing.assert_array_equal(tokens, cold.generate(prompt, 8, backend="numpy", eos_token_id=[]))
+    ref = model.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0,
+                         min_new_tokens=8).numpy()
+    np.testing.assert_array_equal(tokens, ref)  # Hugging Face's own greedy tokens

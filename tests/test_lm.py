@@ -255,3 +255,28 @@ def test_build_of_a_cache_returning_model_says_use_cache_false():
 
     with pytest.raises(FrontendError, match="use_cache=False"):
         tlc.build(_model("llama").model, ((), {"input_ids": _prompt()}))
+
+
+@pytest.mark.xfail(strict=True, reason="known: tlc's prefill graph at position > 0 with a filled cache differs from "
+                                       "torch eager (tlc.lm.LMStep, itself equal to HF with a DynamicCache) by ~1% "
+                                       "rel-L2 in the logits; position 0 and decode match within 3e-7")
+def test_prefill_at_a_nonzero_position_matches_torch_eager():
+    from tlc.lm import LMStep
+    from tlc.verify import rel_l2
+
+    model = _model("llama")
+    mf = tlc.build_lm(model, max_context=24, prefill_lengths=[8], precision="fp32")
+    cm = mf.functions["prefill_8"]
+    rng = np.random.default_rng(0)
+    kc = np.zeros((2, 1, 2, 24, 16), np.float32)
+    vc = kc.copy()
+    first = cm.run({"input_ids": rng.integers(0, 200, (1, 8)).astype(np.int32), "position": np.array([0], np.int32),
+                    "k_cache": kc, "v_cache": vc}, backend="numpy")
+    kc[:, :, :, :8], vc[:, :, :, :8] = first["k_new"], first["v_new"]  # the cache the first chunk fills
+    feeds = {"input_ids": rng.integers(0, 200, (1, 8)).astype(np.int32), "position": np.array([8], np.int32),
+             "k_cache": kc, "v_cache": vc}
+    got = cm.run(dict(feeds), backend="numpy")
+    with torch.no_grad():
+        ref = LMStep(model).eval()(*(torch.from_numpy(feeds[n].copy()) for n in ("input_ids", "position", "k_cache",
+                                                                                  "v_cache")))
+    assert rel_l2(got["logits"], ref["logits"].numpy()) <= 1e-5
