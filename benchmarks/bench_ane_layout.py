@@ -5,7 +5,7 @@ For each visible-zoo transformer (BERT-base, DistilBERT, GPT-2, ViT-base, all-Mi
 Whisper-base encoder; the builders of ``bench_spine.py``: default configs, random weights except
 MiniLM's real ones, nothing downloaded) it builds with ``precision="fp16"`` twice in one run, with
 the pass skipped and with it (the layout rules do not depend on the closed loop of ``mixed``),
-saves both packages and runs :func:`tlc.lint.lint` on them, then converts the model with
+saves both packages and runs :func:`tlc.check.lint.lint` on them, then converts the model with
 coremltools (``torch.jit.trace`` + ``ct.convert(convert_to="mlprogram")``, fp16) and lints that
 too where it converts. Printed per model and package: MIL op count, ops breaking an eligibility
 rule, ops breaking an efficiency rule, and per efficiency rule the op count and FLOP share.
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import tlc  # noqa: E402
-from tlc.lint import lint  # noqa: E402
+from tlc.check.lint import lint  # noqa: E402
 
 from bench_spine import MODELS  # noqa: E402
 

@@ -7,12 +7,12 @@ the real all-MiniLM-L6-v2 sentence embedder of examples/minilm.py) it builds tlc
 inputs and prints, side by side:
 
 * ``ratio``: the weight file against the same build uncompressed;
-* ``psnr``: PSNR (dB, coremltools' definition, ``tlc.verify.psnr``) of the first output against
+* ``psnr``: PSNR (dB, coremltools' definition, ``tlc.check.metrics.psnr``) of the first output against
   torch eager fp32; ``cos``: cosine similarity to it (the MiniLM embedding's figure of merit);
 * ``s``: seconds to emit and compress;
 * ``ct_ratio`` / ``ct_psnr`` / ``ct_cos``: the same for coremltools 9's torch.export conversion
   (fp16, iOS18) compressed with ``coremltools.optimize.coreml`` and the same settings
-  (``tlc.compress._op_config``: per-channel quantization, per-tensor / per-16-channel tables) (``w8a8`` is not run for coremltools: its activation calibration needs
+  (``tlc.backends.coreml.compress._op_config``: per-channel quantization, per-tensor / per-16-channel tables) (``w8a8`` is not run for coremltools: its activation calibration needs
   Core ML predict, i.e. macOS). A failed coremltools conversion is printed as such.
 
 Floors from the issue, checked with ``--check``: int8 PSNR >= 40 dB and palettize4 >= 25 dB on
@@ -42,9 +42,9 @@ from bench_spine import MODELS  # noqa: E402  (the same full-size factories)
 
 import tlc  # noqa: E402
 from tlc._coreml import weight_file_size  # noqa: E402
-from tlc.compress import MODES  # noqa: E402
+from tlc.backends.coreml.compress import MODES  # noqa: E402
 from tlc.runtime import MILInterpreter  # noqa: E402
-from tlc.verify import compare, psnr  # noqa: E402
+from tlc.check.metrics import compare, psnr  # noqa: E402
 
 FLOORS = {("minilm", "int8"): 40.0, ("minilm", "palettize4"): 25.0}
 MIN_COS = 0.99
@@ -87,7 +87,7 @@ def ct_convert(model, args, kwargs, path: Path):
 def ct_compress(ml, mode: str, path: Path):
     import coremltools.optimize.coreml as cto
 
-    from tlc.compress import _op_config  # the very settings tlc uses for target="ane", iOS18
+    from tlc.backends.coreml.compress import _op_config  # the very settings tlc uses for target="ane", iOS18
 
     op = _op_config(mode, ios18=True)
     fn = cto.linear_quantize_weights if MODES[mode].kind == "quantize" else cto.palettize_weights

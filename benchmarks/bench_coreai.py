@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import torch.utils._pytree as pytree  # noqa: E402
 
 import tlc  # noqa: E402
-from tlc.bench import _first, time_interleaved  # noqa: E402
+from tlc.driver.bench import _first, time_interleaved  # noqa: E402
 from tlc.runtime import load  # noqa: E402
 
 
@@ -52,7 +52,7 @@ class _Positional(torch.nn.Module):
 
 
 def _latency(model, feeds, runs: int) -> float:
-    """Median seconds of one call (after one warm-up), timed by :func:`tlc.bench.time_interleaved`."""
+    """Median seconds of one call (after one warm-up), timed by :func:`tlc.driver.bench.time_interleaved`."""
     return float(np.median(time_interleaved({"m": lambda: model(feeds)}, {"m": "cpu"}, runs, 1)["m"])) / 1e3
 
 

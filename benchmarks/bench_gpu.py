@@ -7,7 +7,7 @@ latency does not depend on the weights), ``resnet50``, ``mobilenetv2``, ``vit`` 
 ``gpt2`` (124M). Text models take 128 tokens with 28 of them padding (a real attention mask).
 
 For each model, batch size (``--batches``, default 1,32) and dtype (``--dtypes``, default fp32):
-:func:`tlc.bench.bench` traces the model at that batch size, then times torch eager, the executor
+:func:`tlc.driver.bench.bench` traces the model at that batch size, then times torch eager, the executor
 with its default capture (CUDA graphs) and with ``capture="none"`` (plus ``--captures``, e.g.
 ``compile``), interleaved round by round: ``--runs`` timed calls after ``--warmup`` (medians).
 Inputs are already on the device and outputs stay there; each call ends with a synchronize.

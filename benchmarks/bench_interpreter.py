@@ -45,7 +45,7 @@ import torch.utils._pytree as pytree  # noqa: E402
 import tlc  # noqa: E402
 from bench_spine import MODELS, log  # noqa: E402
 from tlc.runtime import MILInterpreter  # noqa: E402
-from tlc.verify import rel_l2  # noqa: E402
+from tlc.check.metrics import rel_l2  # noqa: E402
 
 
 def median_ms(fn, runs: int) -> float:

@@ -49,7 +49,7 @@ import torch.utils._pytree as pytree  # noqa: E402
 import transformers  # noqa: E402
 
 import tlc  # noqa: E402
-from tlc.emit import package_size  # noqa: E402
+from tlc.util.coreml import package_size  # noqa: E402
 from tlc.frontend import normalize_inputs  # noqa: E402
 from tlc.frontend.export import export  # noqa: E402
 
@@ -99,7 +99,7 @@ def make_resnet50():
 
 
 def make_mobilenetv2():
-    from tlc.testing import trained_like_batchnorm
+    from tlc.util.testing import trained_like_batchnorm
 
     model, x = transformers.MobileNetV2Model(transformers.MobileNetV2Config()), _image()
     trained_like_batchnorm(model, x[0])  # random init underflows fp16 (see its docstring)

@@ -10,8 +10,7 @@ Public API::
 
 See README.md and docs/ for the model.py convention used by ``tlc build``.
 """
-__version__ = "0.1.0"
-
+from .version import __version__
 from .errors import (  # noqa: E402
     EmitError, FrontendError, InputError, IRError, ModelFileError, NotShippableError, OutputExistsError, TlcError,
     UnsupportedOpError,
@@ -23,15 +22,9 @@ def __getattr__(name):
     """``tlc.build``, ``tlc.compile``, ... import the API (and with it torch) on first use, so
     ``import tlc.runtime`` (running and inspecting packages) does not pay torch's import."""
     if name in _API:
-        from . import api, multifunction, specialize
+        from . import api
 
-        if name == "MultiFunctionModel":
-            return multifunction.MultiFunctionModel
-        if name == "build_lm":
-            from .lm import build_lm
-
-            return build_lm
-        return getattr(specialize if name in ("CompiledFunction", "compile") else api, name)
+        return getattr(api, name)
     raise AttributeError(f"module 'tlc' has no attribute {name!r}")
 
 __all__ = [

@@ -10,8 +10,8 @@ model nevertheless:
 The package metadata records them (``tlc.scalar_io`` and ``tlc.complex_io``, each the JSON
 ``{"inputs": [...], "outputs": [...]}``), so any caller can undo the widening; tlc's runtimes
 (:class:`tlc.runtime.LoadedModel`, :class:`tlc.runtime.BundleModel`,
-:class:`tlc.api.CompiledModel`) do it for you with :class:`Boundary`; emission
-(:func:`tlc.emit.convert`) writes the records from :func:`of_graph`.
+:class:`tlc.driver.model.CompiledModel`) do it for you with :class:`Boundary`; emission
+(:func:`tlc.backends.coreml.emit.convert`) writes the records from :func:`of_graph`.
 """
 from __future__ import annotations
 
@@ -54,13 +54,17 @@ class Boundary:
         ci, co = _names(md.get(COMPLEX_IO_KEY), COMPLEX_IO_KEY)
         return cls(si, so, ci, co)
 
-    def user_inputs(self, package_inputs: list[tuple]) -> list[tuple]:
-        """``(name, shape, dtype)`` as the model takes them, from the package's own."""
+    def user_io(self, package_io: list[tuple], outputs: bool = False) -> list[tuple]:
+        """``(name, shape, dtype)`` of the model's inputs (``outputs``: its outputs) as the model takes
+        and returns them, from the package's own rows: 0-d for a ``[1]`` scalar, complex64
+        ``[...]`` for a real ``[..., 2]`` pair."""
+        scalar, cplx = (self.scalar_outputs, self.complex_outputs) if outputs else (self.scalar_inputs,
+                                                                                     self.complex_inputs)
         out = []
-        for n, s, d in package_inputs:
-            if n in self.scalar_inputs:
+        for n, s, d in package_io:
+            if n in scalar:
                 s = ()
-            elif n in self.complex_inputs:
+            elif n in cplx:
                 s, d = tuple(s)[:-1], np.dtype(np.complex64)
             out.append((n, tuple(s), d))
         return out

@@ -1,4 +1,5 @@
-"""One home for dtype names: the IR's names and their NumPy, torch and MIL counterparts.
+"""One home for dtype names and the IR's value type: the IR's dtype names, their NumPy, torch and MIL
+counterparts, and :class:`TensorType` (dtype + shape), which the op table's rules read and write.
 
 The IR has five dtypes (``fp32``, ``fp16``, ``int32``, ``bool``, ``complex64``; no 64-bit types:
 Core ML mlprogram I/O and most MIL ops take int32/fp32/fp16 — coremltools MIL types
@@ -9,9 +10,12 @@ for, so ``import tlc.runtime`` stays free of both.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import numpy as np
+
+from .errors import IRError
 
 #: IR dtype name -> NumPy dtype.
 NUMPY: dict[str, np.dtype] = {
@@ -82,4 +86,63 @@ def to_mil(dt: str):
     return {"fp32": types.fp32, "fp16": types.fp16, "int32": types.int32, "bool": types.bool}[dt]
 
 
-__all__ = ["NUMPY", "FROM_TORCH", "TORCH_NAMES", "TORCH", "MIL_EXTRA_NUMPY", "IO", "from_torch", "numpy_of", "to_mil"]
+
+#: IR dtype name -> NumPy dtype (:data:`tlc.dtypes.NUMPY`; why these five: :mod:`tlc.dtypes`).
+DTYPES: dict[str, np.dtype] = NUMPY
+
+
+def dtype_of(array: np.ndarray) -> str:
+    """IR dtype name of a NumPy array; raises :class:`IRError` for dtypes the IR cannot hold."""
+    for name, dt in DTYPES.items():
+        if array.dtype == dt:
+            return name
+    raise IRError(f"NumPy dtype {array.dtype} has no IR dtype (supported: {', '.join(DTYPES)})")
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """Type of an IR value: ``dtype`` (a key of :data:`DTYPES`) and a ``shape``.
+
+    Each dimension is a non-negative int or, for a data-dependent size, a non-empty string naming
+    it (torch's unbacked SymInt as printed: ``"u0"``, ``"(u0//2)"``); see :attr:`is_static`.
+    Raises :class:`IRError` for an unknown dtype or a malformed shape.
+    """
+
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise IRError(f"unknown IR dtype {self.dtype!r} (supported: {', '.join(DTYPES)})")
+        ok = all((isinstance(d, (int, np.integer)) and d >= 0)
+                 or (isinstance(d, str) and d) for d in self.shape)
+        if not ok:
+            raise IRError(f"shape {self.shape} must be a tuple of non-negative ints or symbolic size names")
+        object.__setattr__(self, "shape", tuple(d if isinstance(d, str) else int(d) for d in self.shape))
+
+    @property
+    def rank(self) -> int:
+        """Number of axes (0 for a scalar)."""
+        return len(self.shape)
+
+    @property
+    def is_static(self) -> bool:
+        """True when every dimension is an int (no data-dependent size)."""
+        return not any(isinstance(d, str) for d in self.shape)
+
+    @property
+    def size(self) -> int:
+        """Number of elements. A symbolic dimension counts as 1, so for a data-dependent shape
+        this is a lower bound (enough for reports, which must not crash on such values)."""
+        return int(np.prod([1 if isinstance(d, str) else d for d in self.shape], dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor's data (elements x dtype size; a lower bound when not static)."""
+        return self.size * DTYPES[self.dtype].itemsize
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{','.join(map(str, self.shape))}]"
+
+
+__all__ = ["DTYPES", "TensorType", "dtype_of", "NUMPY", "FROM_TORCH", "TORCH_NAMES", "TORCH", "MIL_EXTRA_NUMPY", "IO", "from_torch", "numpy_of", "to_mil"]

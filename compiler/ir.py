@@ -25,66 +25,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .dtypes import NUMPY
+from .dtypes import DTYPES, TensorType, dtype_of  # noqa: F401  (the IR's value type, re-exported)
 from .errors import IRError
-
-#: IR dtype name -> NumPy dtype (:data:`tlc.dtypes.NUMPY`; why these five: :mod:`tlc.dtypes`).
-DTYPES: dict[str, np.dtype] = NUMPY
-
-
-def dtype_of(array: np.ndarray) -> str:
-    """IR dtype name of a NumPy array; raises :class:`IRError` for dtypes the IR cannot hold."""
-    for name, dt in DTYPES.items():
-        if array.dtype == dt:
-            return name
-    raise IRError(f"NumPy dtype {array.dtype} has no IR dtype (supported: {', '.join(DTYPES)})")
-
-
-@dataclass(frozen=True)
-class TensorType:
-    """Type of an IR value: ``dtype`` (a key of :data:`DTYPES`) and a ``shape``.
-
-    Each dimension is a non-negative int or, for a data-dependent size, a non-empty string naming
-    it (torch's unbacked SymInt as printed: ``"u0"``, ``"(u0//2)"``); see :attr:`is_static`.
-    Raises :class:`IRError` for an unknown dtype or a malformed shape.
-    """
-
-    dtype: str
-    shape: tuple[int | str, ...]
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise IRError(f"unknown IR dtype {self.dtype!r} (supported: {', '.join(DTYPES)})")
-        ok = all((isinstance(d, (int, np.integer)) and d >= 0)
-                 or (isinstance(d, str) and d) for d in self.shape)
-        if not ok:
-            raise IRError(f"shape {self.shape} must be a tuple of non-negative ints or symbolic size names")
-        object.__setattr__(self, "shape", tuple(d if isinstance(d, str) else int(d) for d in self.shape))
-
-    @property
-    def rank(self) -> int:
-        """Number of axes (0 for a scalar)."""
-        return len(self.shape)
-
-    @property
-    def is_static(self) -> bool:
-        """True when every dimension is an int (no data-dependent size)."""
-        return not any(isinstance(d, str) for d in self.shape)
-
-    @property
-    def size(self) -> int:
-        """Number of elements. A symbolic dimension counts as 1, so for a data-dependent shape
-        this is a lower bound (enough for reports, which must not crash on such values)."""
-        return int(np.prod([1 if isinstance(d, str) else d for d in self.shape], dtype=np.int64))
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the tensor's data (elements x dtype size; a lower bound when not static)."""
-        return self.size * DTYPES[self.dtype].itemsize
-
-    def __str__(self) -> str:
-        return f"{self.dtype}[{','.join(map(str, self.shape))}]"
-
 
 @dataclass(frozen=True)
 class SourceLoc:

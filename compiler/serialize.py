@@ -123,6 +123,35 @@ def graph_from_json(doc: dict, tensors: dict[str, np.ndarray], what: str = "grap
     return g
 
 
+#: Metadata key of the node -> user source line table (:func:`source_lines`), read by ``tlc lint``.
+SOURCE_LINES_KEY = "tlc.source_lines"
+
+
+def source_lines(g: Graph) -> str:
+    """JSON ``{"files": [file, ...], "ops": {node name: [file index, line]}}`` for the nodes of
+    ``g`` that carry a source location: MIL op names start with their node's name, so a tool
+    reading the package (``tlc lint``, a Core ML profile) maps each op back to the user's line (:func:`read_source_lines`)."""
+    files: dict[str, int] = {}
+    ops = {}
+    for n in g.nodes:
+        if n.op != "const" and n.loc is not None and n.loc.file:
+            ops[n.name] = [files.setdefault(n.loc.file, len(files)), int(n.loc.line or 0)]
+    return json.dumps({"files": list(files), "ops": ops}, separators=(",", ":"), sort_keys=True)
+
+
+def read_source_lines(metadata) -> dict[str, str]:
+    """``{node name: "file:line"}`` from package metadata holding :data:`SOURCE_LINES_KEY` (empty when
+    absent or not the JSON :func:`source_lines` writes)."""
+    raw = metadata.get(SOURCE_LINES_KEY) if metadata else None
+    if not raw:
+        return {}
+    try:
+        t = json.loads(raw)
+        return {k: f"{t['files'][fi]}:{line}" for k, (fi, line) in t["ops"].items()}
+    except (ValueError, KeyError, IndexError, TypeError):
+        return {}
+
+
 def save_graph(g: Graph, json_path: str | Path, weights_path: str | Path) -> None:
     """Write ``g`` as ``json_path`` + ``weights_path`` (safetensors). The JSON names the weights
     file relative to itself."""

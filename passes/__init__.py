@@ -3,7 +3,7 @@
 The default pipeline is a plain list of names (:data:`PIPELINE`), each ordering constraint
 commented beside its entry. :func:`run_pipeline` re-verifies the graph after every pass when
 ``TLC_DEBUG`` or ``TLC_VERIFY`` is set (the test suite sets ``TLC_VERIFY=1``) and prints per-pass timing and op counts at ``TLC_DEBUG=1``.
-Passes live in ``cleanup.py``, ``fuse.py``, ``stable.py``, ``layout.py``, ``ane_layout.py`` (its forms in ``ane_forms.py``) and ``precision.py``; fusions are
+Passes live in ``cleanup.py``, ``fuse.py``, ``stable.py``, ``layout.py``, ``ane_layout.py`` (its forms in ``ane_forms.py``) and ``precision.py`` (the fp16 program it builds in ``fp16_program.py``); fusions are
 declarative patterns run by the bounded engine in ``rewrite.py``. docs/passes.md lists them.
 """
 from __future__ import annotations
@@ -11,12 +11,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Callable
-
 from tlc.errors import IRError, TlcError
-from tlc.ir import Graph, replace, verify
+from tlc.ir import Graph, verify
 
-PASSES: dict[str, Callable[[Graph], Graph]] = {}
+from .registry import _REQUIRED, PASS_OPTIONS, PASSES, register_pass  # noqa: F401  (tlc.passes.register_pass, ...)
 
 #: Default pipeline, in order.
 PIPELINE = [
@@ -39,39 +37,6 @@ PIPELINE = [
     "cleanup::cse",  # after fusions, which create identical constants/ops
     "cleanup::dce",  # last: removes what earlier passes orphaned
 ]
-
-
-#: ``{pass name: {option name: default}}``: the keyword-only parameters each pass declares
-#: (``def mixed(g, *, calibration, io_dtype="fp32")``), read from its signature at registration.
-PASS_OPTIONS: dict[str, dict[str, object]] = {}
-_REQUIRED = object()
-
-
-def register_pass(name: str):
-    """Decorator: register ``fn(Graph, *, option=default, ...) -> Graph`` under ``name``
-    (``namespace::pass``). Options are the function's keyword-only parameters (a parameter
-    without a default is required); :func:`run_pipeline` checks what it is given against them.
-    Raises :class:`IRError` for an un-namespaced name, a name registered twice, or a parameter
-    that is not keyword-only."""
-    if "::" not in name:
-        raise IRError(f"pass name {name!r} must be namespaced, e.g. 'cleanup::dce'")
-
-    def deco(fn):
-        import inspect
-
-        if name in PASSES:
-            raise IRError(f"pass {name!r} registered twice")
-        params = list(inspect.signature(fn).parameters.values())
-        opts = {}
-        for p in params[1:]:
-            if p.kind is not inspect.Parameter.KEYWORD_ONLY:
-                raise IRError(f"pass {name!r}: option {p.name!r} must be keyword-only (def {fn.__name__}(g, *, ...))")
-            opts[p.name] = _REQUIRED if p.default is inspect.Parameter.empty else p.default
-        PASSES[name] = fn
-        PASS_OPTIONS[name] = opts
-        return fn
-
-    return deco
 
 
 def _pass_kwargs(name: str, given: dict) -> dict:
@@ -141,22 +106,5 @@ def run_pipeline(g: Graph, names: list[str] | None = None, options: dict[str, di
     return g
 
 
-@register_pass("cleanup::dce")
-def dce(g: Graph) -> Graph:
-    """Dead-code elimination: drop nodes none of whose outputs reach a graph output.
-
-    Given:  %a = relu(%x); %b = exp(%x); return %a
-    Result: %a = relu(%x); return %a
-    """
-    live = set(g.outputs)
-    keep = []
-    for n in reversed(g.nodes):
-        if any(v in live for v in n.outputs):
-            keep.append(n)
-            live.update(n.inputs)
-    if len(keep) == len(g.nodes):
-        return g
-    return replace(g, nodes=tuple(reversed(keep)))
-
-
 from . import ane_layout, cleanup, fuse, layout, precision, rank, stable  # noqa: E402,F401  (register their passes)
+from .cleanup import dce  # noqa: E402,F401  (tlc.passes.dce: used by passes and the build alike)

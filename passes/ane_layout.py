@@ -41,7 +41,8 @@ from tlc.ir import Graph, Value
 from tlc.ops.linalg import MASK_FILL
 from tlc.ops.norm import norm_axes
 
-from . import dce, register_pass
+from .cleanup import dce
+from .registry import register_pass
 from .ane_forms import BINARY, PAD_SAFE, UNARY, Ctx, Heads, Seq, seed
 from .cleanup import merge_layout
 

@@ -1,5 +1,5 @@
 """Cleanup passes: common-subexpression elimination, constant folding, no-op removal, merging of
-consecutive transposes / reshapes. (``cleanup::dce`` lives in ``tlc.passes``.)"""
+consecutive transposes / reshapes, dead-code elimination."""
 from __future__ import annotations
 
 import types
@@ -9,8 +9,12 @@ import numpy as np
 from tlc.ir import DTYPES, Graph, Node, Value, replace
 from tlc.ops import get_op, run_kernel
 
-from . import dce, register_pass
-from .rewrite import Match, Pat, rewrite
+from .registry import register_pass
+from .rewrite import Match, Pat, dce, rewrite
+
+
+register_pass("cleanup::dce")(dce)  # defined with the rewrite engine, which drops what rewrites orphan
+
 
 #: Constant folding never creates a constant larger than this unless every constant it reads
 #: is used only there (then the inputs disappear and nothing is duplicated).

@@ -8,7 +8,7 @@ import numpy as np
 
 from tlc.ir import DTYPES, Graph
 
-from . import register_pass
+from .registry import register_pass
 from .rewrite import Match, Pat, any_of, const, either, rewrite, scalar
 
 

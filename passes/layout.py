@@ -14,7 +14,7 @@ from tlc.errors import IRError
 from tlc.ir import Graph
 from tlc.ops import elementwise_ops
 
-from . import register_pass
+from .registry import register_pass
 from .cleanup import merge_transposes, remove_noops
 from .rewrite import Match, Pat, const, either, rewrite
 

@@ -20,7 +20,7 @@ ANE-capable island between fallback ops runs in the fallback segment instead of 
 transitions; a fallback segment goes to the GPU when its work outweighs the host<->device copies
 of its boundary tensors ("small work on CPU, large on GPU").
 
-:func:`assign` is the one placement entry (the build plan calls it, :mod:`tlc.plan`);
+:func:`assign` is the one placement entry (the build plan calls it, :mod:`tlc.driver.plan`);
 :func:`split` turns its :class:`Placement` into standalone segment graphs.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ class CostModel:
     transition and per-op overheads are assumptions, stated as such: a Core ML ``predict`` call plus
     the host copy of its inputs/outputs (``segment_transition_s``), a GPU kernel launch, and tlc's
     per-op dispatch on CPU. ``measured``: ``{"cpu"|"gpu": {op: (overhead_s, s_per_flop)}}`` from a
-    ``tlc profile`` file (:func:`tlc.profile.cost_model`) replaces the fallback estimates for the op
+    ``tlc profile`` file (:func:`tlc.driver.profile.cost_model`) replaces the fallback estimates for the op
     kinds it covers. A non-ANE op inside a Core ML program is charged its GPU compute time
     only: Core ML's internal hand-offs are taken as cheaper than tlc's dispatch, so a graph Core ML
     can run whole is never split (a single plain ``.mlpackage``). A profile measured by ``tlc profile`` is meant to replace them.
@@ -140,7 +140,7 @@ def node_cost_inputs(n: Node) -> tuple[int, int]:
 
 
 #: what an "ane" segment becomes: "coreml" (an mlprogram in an ``.mlpackage``) or "coreai" (a Core AI
-#: ``.aimodel``, :mod:`tlc.coreai_emit`)
+#: ``.aimodel``, :mod:`tlc.backends.coreai.emit`)
 PROGRAMS = ("coreml", "coreai")
 
 

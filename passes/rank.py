@@ -34,7 +34,7 @@ from tlc.ir import Graph, GraphBuilder, Node, Value
 from tlc.ops import elementwise_ops
 from tlc.ops.norm import REDUCE_OPS, norm_axes
 
-from . import register_pass
+from .registry import register_pass
 
 MAX_RANK = 5
 _ELEMENTWISE = set(elementwise_ops())  # the rows' elementwise trait

@@ -283,9 +283,24 @@ def rewrite_once(g: Graph, rules: Sequence[Rule]) -> tuple[Graph, list[str]]:
         if node.outputs[0] in subst if node.outputs else False:
             continue  # replaced; its now-dead inputs go with DCE
         out_nodes.append(_with_inputs(node, [s(v) for v in node.inputs]))
-    from tlc.passes import dce
-
     return dce(replace(g, nodes=tuple(out_nodes), outputs=tuple(s(v) for v in g.outputs))), fired
+
+
+def dce(g: Graph) -> Graph:
+    """Dead-code elimination: drop nodes none of whose outputs reach a graph output.
+
+    Given:  %a = relu(%x); %b = exp(%x); return %a
+    Result: %a = relu(%x); return %a
+    """
+    live = set(g.outputs)
+    keep = []
+    for n in reversed(g.nodes):
+        if any(v in live for v in n.outputs):
+            keep.append(n)
+            live.update(n.inputs)
+    if len(keep) == len(g.nodes):
+        return g
+    return replace(g, nodes=tuple(reversed(keep)))
 
 
 def _with_inputs(n: Node, inputs: list[Value]) -> Node:

@@ -20,7 +20,7 @@ import numpy as np
 
 from tlc.ir import DTYPES, Graph, Value
 
-from . import register_pass
+from .registry import register_pass
 from .rewrite import Match, Pat, const, rewrite
 
 

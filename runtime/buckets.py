@@ -5,7 +5,7 @@ Core ML runs static shapes on the Neural Engine (with ``RangeDim`` only the defa
 it: apple/coremltools#1764, #2370), so a model that takes several sequence lengths or image sizes
 ships one static function per shape (a "bucket"); the caller picks one per call. Used by
 :class:`tlc.runtime.LoadedModel` (any multifunction package, tlc's or coremltools') and by
-:class:`tlc.multifunction.MultiFunctionModel`.
+:class:`tlc.driver.multifunction.MultiFunctionModel`.
 
 Padding: an input may be padded along an axis the user declared paddable
 (``paddable={"input_ids": 1, "attention_mask": 1}``, stored by ``tlc.build`` in the package

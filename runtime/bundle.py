@@ -1,4 +1,4 @@
-"""Hybrid runtime: runs a bundle (``NAME.tlc/``, format in :mod:`tlc.artifact`) segment by segment.
+"""Hybrid runtime: runs a bundle (``NAME.tlc/``, format in :mod:`tlc.backends.bundle`) segment by segment.
 
 Core ML segments run through Core ML predict on macOS or tlc's MIL interpreter elsewhere; Core AI
 segments (``NN.aimodel``, bundles built with ``format="aimodel"``) run in Apple's Core AI runtime
@@ -17,12 +17,22 @@ from typing import Mapping
 
 import numpy as np
 
+from tlc.boundary import Boundary
+from tlc.errors import InputError, IRError, TlcError
 from tlc.ir import DTYPES
+from tlc.ops import get_op
+from tlc.serialize import load_graph
 
+from .coreai_runtime import CoreAIModel
 from .mil_interpreter import PackageError
 from .numpy_executor import run_graph, validate_feeds
+from .protocol import NamedIO, io_specs
 
 MANIFEST = "manifest.json"
+
+
+#: where a bundle's fallback segments run (``BundleModel(fallback=)``, ``tlc run --fallback``)
+FALLBACKS = ("auto", "numpy", "torch")
 
 
 def is_bundle(path: str | Path) -> bool:
@@ -35,16 +45,11 @@ class _FallbackSegment:
     unless it holds a host-only op (no torch kernel: data-dependent shapes, ...)."""
 
     def __init__(self, path: Path, device: bool):
-        from tlc.errors import IRError
-        from tlc.serialize import load_graph
-
         try:
             self.graph = load_graph(path)
         except IRError as e:
             raise PackageError(f"bundle segment {path.name}: {e}") from None
         self.torch = None
-        from tlc.ops import get_op
-
         if device and not any(get_op(n.op).host_only for n in self.graph.nodes):
             from .torch_executor import TorchExecutor
 
@@ -62,11 +67,12 @@ def _host(a):
     return a.detach().cpu().numpy() if hasattr(a, "detach") else a
 
 
-class BundleModel:
+class BundleModel(NamedIO):
     """A bundle ready to run: call with named arrays, get ``{output_name: array}``.
 
-    ``segments``: per segment ``(index, target, backend)``; ``inputs``: ``(name, shape, numpy
-    dtype)`` per model input; ``outputs``: output names; ``backend``: a summary such as
+    ``segments``: per segment ``(index, target, backend)``; ``inputs`` / ``outputs``:
+    :class:`~tlc.runtime.protocol.IOSpec` records (the protocol of :mod:`tlc.runtime.protocol`);
+    ``functions``: ``["main"]``; ``backend``: a summary such as
     ``"interpreter+numpy"``. ``fallback``: ``"auto"`` (``gpu`` segments on the torch-device executor
     when a GPU is here), ``"numpy"`` (every fallback segment on the NumPy executor) or ``"torch"``
     (every fallback segment on the torch-device executor, on the best device here).
@@ -74,12 +80,10 @@ class BundleModel:
     """
 
     def __init__(self, path: str | Path, backend: str = "auto", compute_units: str = "ALL", fallback: str = "auto"):
-        from tlc.errors import InputError
+        from .package import LoadedModel, gpu_available
 
-        from . import LoadedModel, gpu_available
-
-        if fallback not in ("auto", "numpy", "torch"):
-            raise InputError(f"fallback must be 'auto', 'numpy' or 'torch', got {fallback!r}")
+        if fallback not in FALLBACKS:
+            raise InputError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
 
         self.path = Path(path)
         try:
@@ -90,9 +94,7 @@ class BundleModel:
             raise PackageError(f"{self.path}: not a tlc-bundle v1 manifest "
                                f"(format {m.get('format')!r}, version {m.get('version')!r})")
         self.manifest = m
-        from tlc.boundary import Boundary
-        from tlc.errors import TlcError
-
+        self.functions = ["main"]
         try:
             self.boundary = Boundary.from_metadata(m.get("metadata") or {})
         except TlcError as e:
@@ -100,8 +102,9 @@ class BundleModel:
         self.boundary.scalar_inputs, self.boundary.scalar_outputs = set(), set()  # 0-d is native in bundles
         try:
             self._inputs = [(d["name"], tuple(d["shape"]), DTYPES[d["dtype"]]) for d in m["inputs"]]
-            self.inputs = self.boundary.user_inputs(self._inputs)
-            self.outputs = [d["name"] for d in m["outputs"]]
+            self.inputs = io_specs(self.boundary.user_io(self._inputs))
+            self.outputs = io_specs(self.boundary.user_io([(d["name"], tuple(d["shape"]), DTYPES[d["dtype"]])
+                                                           for d in m["outputs"]], outputs=True))
             self._out_values = {d["name"]: d["value"] for d in m["outputs"]}
             self._segments = []
             for e in m["segments"]:
@@ -109,8 +112,6 @@ class BundleModel:
                 if not p.exists():
                     raise PackageError(f"{self.path}: segment {e['index']} file {e['path']} is missing")
                 if e["target"] == "ane" and p.suffix == ".aimodel":
-                    from .coreai_runtime import CoreAIModel
-
                     runner = CoreAIModel(p)
                 elif e["target"] == "ane":
                     runner = LoadedModel(p, backend="interpreter" if backend == "interpreter" else backend,
@@ -163,4 +164,4 @@ class BundleModel:
 
     def __repr__(self) -> str:
         segs = ", ".join(f"{i}:{t}/{b}" for i, t, b in self.segments)
-        return f"<tlc BundleModel {self.path.name} [{segs}]: {[n for n, *_ in self.inputs]} -> {self.outputs}>"
+        return f"<tlc BundleModel {self.path.name} [{segs}]: {self.input_names} -> {self.output_names}>"

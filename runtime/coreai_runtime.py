@@ -7,13 +7,14 @@ collection) releases them.
 """
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from .mlspec import PackageError
+from .numpy_executor import validate_feeds
+from .protocol import NamedIO, io_specs
 
 INSTALL = 'pip install -e ".[coreai]"'
 
@@ -24,11 +25,13 @@ def is_aimodel(path: str | Path) -> bool:
     return p.suffix == ".aimodel" or (p / "metadata.json").is_file() and any(p.glob("*.mlirb"))
 
 
-class CoreAIModel:
+class CoreAIModel(NamedIO):
     """A ``.aimodel`` as a callable: ``model({input: array}) -> {output: array}``; ``function_name``
     picks the function (default ``main``, else the asset's first: a multifunction asset from
     ``tlc.build`` with several shapes). ``functions`` lists every function of the asset;
-    ``inputs`` / ``outputs`` the chosen function's names.
+    ``inputs`` / ``outputs`` are the chosen function's :class:`~tlc.runtime.protocol.IOSpec`
+    records (:mod:`tlc.runtime.protocol`), ``input_types`` / ``output_types`` the same as
+    ``{name: (shape, Core AI dtype name)}``.
     Raises :class:`PackageError` for a missing or unloadable asset, or when coreai-core is not
     installed (with the line that installs it)."""
 
@@ -38,6 +41,8 @@ class CoreAIModel:
         self.path = Path(path)
         if not self.path.is_dir():
             raise PackageError(f"{str(self.path)!r} does not exist (or is not a .aimodel directory)")
+        import asyncio  # with coreai-core, when an asset is loaded: `import tlc.runtime` stays light
+
         try:
             from coreai.authoring import AIModelAsset
             from coreai.runtime import NDArray
@@ -58,26 +63,26 @@ class CoreAIModel:
             raise PackageError(f"{str(self.path)!r}: Core AI cannot load function {function_name!r} "
                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         desc = self._fn.desc
-        self.inputs = list(desc.input_names)
-        self.outputs = list(desc.output_names)
-        #: ``{name: (shape, dtype name)}`` of the function's inputs and outputs
         self.input_types = {n: (tuple(desc.input_descriptor(n).shape), str(desc.input_descriptor(n).dtype))
-                            for n in self.inputs}
+                            for n in desc.input_names}
         self.output_types = {n: (tuple(desc.output_descriptor(n).shape), str(desc.output_descriptor(n).dtype))
-                             for n in self.outputs}
-        self._expected = [(n, shape, _np_dtype(dt)) for n, (shape, dt) in self.input_types.items()]
+                             for n in desc.output_names}
+        self.inputs = io_specs((n, shape, _np_dtype(dt)) for n, (shape, dt) in self.input_types.items())
+        self.outputs = io_specs((n, shape, _np_dtype(dt)) for n, (shape, dt) in self.output_types.items())
 
     def __call__(self, feeds: Mapping[str, np.ndarray] | None = None, **named) -> dict[str, np.ndarray]:
         """Run on named arrays; returns ``{output_name: array}``. Inputs are checked and converted
         as for Core ML packages (:func:`tlc.runtime.numpy_executor.validate_feeds`: names, shapes,
         fp32 arrays for fp16 inputs, int64 narrowed to int32 only when every value fits). Raises
         :class:`~tlc.errors.InputError`."""
-        from .numpy_executor import validate_feeds
-
-        feeds = validate_feeds(self._expected, {**(feeds or {}), **named}, self.path.name)
+        feeds = validate_feeds(self.inputs, {**(feeds or {}), **named}, self.path.name)
         args = {k: self._ndarray(np.ascontiguousarray(v)) for k, v in feeds.items()}
         out = self._loop.run_until_complete(self._fn(args))
         return {k: np.asarray(v.numpy()) for k, v in out.items()}
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``self(feeds)`` (:class:`tlc.runtime.protocol.LoadedArtifact`)."""
+        return self(feeds)
 
     def close(self) -> None:
         """Release the executable and the event loop (idempotent)."""

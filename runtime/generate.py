@@ -12,7 +12,7 @@ Defaults are HF's ``GenerationConfig`` ones: ``temperature=1.0``, ``top_k=50`` (
 top-k), ``top_p=1.0``.
 Runs on anything that maps named arrays to outputs and picks the function by input shape:
 :class:`tlc.runtime.LoadedModel` (Core ML on macOS, the MIL interpreter anywhere) and
-:class:`tlc.multifunction.MultiFunctionModel` (tlc's NumPy and torch-device executors).
+:class:`tlc.driver.multifunction.MultiFunctionModel` (tlc's NumPy and torch-device executors).
 """
 from __future__ import annotations
 

@@ -13,8 +13,6 @@ import numpy as np
 
 from tlc.errors import TlcError
 
-from .mil_interpreter import BUILTINS
-
 _LIST_DTYPES = {"fp32": np.float32, "fp16": np.float32, "int32": np.int32, "bool": np.bool_}
 
 
@@ -110,6 +108,7 @@ def _list_scatter(interp, op, env):
     return [ls.written([(int(i), val[k]) for k, i in enumerate(idx)], op.name)]
 
 
-BUILTINS.update({"cond": _cond, "while_loop": _while_loop, "make_list": _make_list, "list_length": _list_length,
-                 "list_read": _list_read, "list_write": _list_write, "list_gather": _list_gather,
-                 "list_scatter": _list_scatter})
+#: the built-ins of this module, by MIL op type (merged into :data:`tlc.runtime.mil_interpreter.BUILTINS`)
+CONTROL_BUILTINS = {"cond": _cond, "while_loop": _while_loop, "make_list": _make_list, "list_length": _list_length,
+                    "list_read": _list_read, "list_write": _list_write, "list_gather": _list_gather,
+                    "list_scatter": _list_scatter}

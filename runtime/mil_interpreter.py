@@ -35,6 +35,7 @@ from tlc.ops.compression import CONSTEXPR_OPS
 
 from tlc.errors import InputError
 
+from .mil_control import CONTROL_BUILTINS
 from .mil_io import ShapeRule, function_description, image_format, image_to_tensor, shape_rule, tensor_to_image
 from .mlspec import PackageError, check_package, read_spec, spec_summary
 from .numpy_executor import validate_feeds
@@ -122,7 +123,7 @@ class MILInterpreter:
     ``MILInterpreter(path)`` loads the package and runs its default function (``main``, or the
     ``defaultFunctionName`` of a multifunction package); ``function_name=`` picks another
     (``functions`` lists them). ``MILInterpreter(path, mlmodel=m)`` runs the MIL program ``m`` was
-    serialized from (``m._mil_program``, e.g. from :func:`tlc.emit.convert`) instead of parsing
+    serialized from (``m._mil_program``, e.g. from :func:`tlc.backends.coreml.emit.convert`) instead of parsing
     ``path`` again; ``loaded=`` takes :func:`load_program`'s ``(mlmodel, spec, program)`` (to run
     several functions of one package without loading it once per function).
 
@@ -130,7 +131,8 @@ class MILInterpreter:
     input may vary along; ``shape_rules`` (name -> :class:`~tlc.runtime.mil_io.ShapeRule`: the
     shapes each input allows, from ``RangeDim`` / ``EnumeratedShapes`` / image size ranges);
     ``images`` / ``image_outputs`` (name -> :class:`~tlc.runtime.mil_io.ImageFormat`); ``states``
-    (name -> ``(shape, numpy dtype)``: MLState buffers, iOS18); ``outputs``: output names;
+    (name -> ``(shape, numpy dtype)``: MLState buffers, iOS18); ``outputs``: output names
+    (``output_rows``: ``(name, shape, numpy dtype)``);
     ``opset`` (e.g. ``"iOS17"``). Call with named NumPy arrays (images: PIL images or uint8
     ``[H, W, C]`` arrays); a stateful function also takes ``state=`` from :meth:`make_state`.
     """
@@ -140,7 +142,7 @@ class MILInterpreter:
         if loaded is not None:  # (mlmodel, spec, program) of load_program: another function of one package
             self.mlmodel, self.spec, self.program = loaded
         elif mlmodel is not None and getattr(mlmodel, "_mil_program", None) is not None:
-            # the program an MLModel was serialized from (tlc.emit.convert keeps it): the same ops and
+            # the program an MLModel was serialized from (tlc.backends.coreml.emit.convert keeps it): the same ops and
             # weights the package holds, without parsing them back (ResNet-50: 0.17 s)
             self.mlmodel, self.spec, self.program = mlmodel, mlmodel.get_spec(), mlmodel._mil_program
         else:
@@ -165,6 +167,8 @@ class MILInterpreter:
                        for n, v in self.function.inputs.items() if n not in state_names]
         self.outputs = [v.name for v in self.function.outputs]
         self._out_dtypes = {v.name: _np_dtype(v.dtype) for v in self.function.outputs}
+        #: ``(name, shape, numpy dtype)`` of each output, as the package declares it
+        self.output_rows = [(v.name, _dims(v.shape), self._out_dtypes[v.name]) for v in self.function.outputs]
         self._wide: dict[int, np.ndarray] = {}  # fp16 constants widened once (id of the MIL var)
         ops = [op for op in self.function.operations if op.op_type != "const"]
         for op in _walk(ops):
@@ -388,8 +392,9 @@ def _update_state(interp, op, env):
     return [v]
 
 
-BUILTINS: dict[str, Callable] = {"read_state": _read_state, "coreml_update_state": _update_state}
-from . import mil_control  # noqa: E402,F401  (control flow and list ops register into BUILTINS)
+#: MIL ops the interpreter runs itself rather than through an op-table kernel: states, and the control
+#: flow and list ops of :mod:`tlc.runtime.mil_control`
+BUILTINS: dict[str, Callable] = {"read_state": _read_state, "coreml_update_state": _update_state, **CONTROL_BUILTINS}
 
 
 def package_info(path: str | Path, function_name: str | None = None) -> dict:

@@ -8,7 +8,7 @@ import torch
 import transformers as T
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from tlc.testing import trained_like_batchnorm
+from tlc.util.testing import trained_like_batchnorm
 
 T.logging.set_verbosity_error()
 

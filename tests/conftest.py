@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _tlc_cache_dir(tmp_path_factory, monkeypatch):
-    """Every test gets an empty persistent compile cache (tlc.cache), so no test reads another's
+    """Every test gets an empty persistent compile cache (tlc.driver.cache), so no test reads another's
     entries; progress output is left to each test ($TLC_PROGRESS / $TLC_QUIET unset)."""
     monkeypatch.setenv("TLC_CACHE_DIR", str(tmp_path_factory.mktemp("tlc-cache")))
     monkeypatch.delenv("TLC_NO_CACHE", raising=False)

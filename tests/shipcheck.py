@@ -10,7 +10,7 @@ import torch.utils._pytree as pytree
 
 import tlc
 from tlc.runtime import load
-from tlc.verify import rel_l2
+from tlc.check.metrics import rel_l2
 
 
 def reference(model, inputs, double: bool = True) -> list[torch.Tensor]:

@@ -18,12 +18,12 @@ import transformers as T
 
 import tlc
 from tlc.ir import GraphBuilder, TensorType
-from tlc.lint import LintError, lint
+from tlc.check.lint import LintError, lint
 from tlc.ops import ANE_RULES, OPS, Reason, rule_of
 from tlc.passes import PASSES
 from tlc.runtime import load
 from tlc.runtime.numpy_executor import run_graph
-from tlc.verify import rel_l2
+from tlc.check.metrics import rel_l2
 
 from archs import make
 from pkgtools import run_tlc

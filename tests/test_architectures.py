@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tlc
-from tlc.api import check_package_io
+from tlc.backends.coreml.package import check_package_io
 from archs import ARCHS, make, reference
 
 

@@ -1,6 +1,6 @@
 """Bad input to ``tlc build`` (CLI, run as a subprocess) and to the Python API.
 
-For every kind of bad input the contract is (compiler/cli.py, compiler/errors.py):
+For every kind of bad input the contract is (compiler/cli/, compiler/errors.py):
 
 * one paragraph on stderr, ``tlc build: error: ...``, naming the problem and where it is
   (the model file, the ATen op, the ``file:line`` of the user's source);
@@ -268,7 +268,7 @@ def assert_fallback_bundle(res: subprocess.CompletedProcess, out: Path, op: str,
     output for a random input ``x`` matches ``expected(x)`` (mixed precision: 1e-2)."""
     import numpy as np
 
-    from tlc.verify import rel_l2
+    from tlc.check.metrics import rel_l2
 
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr + res.stdout
@@ -539,7 +539,7 @@ def _assert_falls_back(model, x, needle: str, marker: str, tmp_path):
     """Issue 5: an op MIL cannot express (no lowering, complex values) no longer stops the build: it
     becomes a fallback node that keeps its torch name, runs in the NumPy runtime and is saved in
     a bundle. Emitting it into an mlprogram is a clear error naming the op and the user's line."""
-    from tlc.emit import to_mil_program
+    from tlc.backends.coreml.emit import to_mil_program
 
     cm = tlc.build(model, (x,), precision="fp32")
     with torch.no_grad():

@@ -13,7 +13,7 @@ import tlc.passes.partition as partition
 import tlc.passes.precision as precision
 from tlc.errors import IRError
 from tlc.passes import PASS_OPTIONS, run_pipeline
-from tlc.verify import rel_l2
+from tlc.check.metrics import rel_l2
 
 
 class Small(torch.nn.Module):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import tlc
-from tlc.cache import Cache
+from tlc.driver.cache import Cache
 from tlc.errors import InputError
 
 from pkgtools import run_tlc
@@ -92,7 +92,7 @@ def test_weight_option_and_version_changes_miss(monkeypatch, tmp_path):
         m[2].weight[0, 0] += 1e-3  # one weight
     assert tlc.build(m, (x,), cache=True).cache_status == "miss"
     assert tlc.build(m, (x,), cache=True).cache_status == "hit"
-    monkeypatch.setattr(tlc, "__version__", tlc.__version__ + ".post1")  # the tlc version
+    monkeypatch.setattr(tlc.version, "__version__", tlc.__version__ + ".post1")  # the tlc version
     assert tlc.build(m, (x,), cache=True).cache_status == "miss"
     assert tlc.build(m, (x,), cache_key="my-mlp-v1").cache_status == "miss"  # a user key replaces weights+code
     with torch.no_grad():
@@ -105,7 +105,7 @@ def test_key_sees_partials_buffers_and_attributes():
     outside state_dict (non-persistent buffers, plain tensor attributes), dtype attributes, hooks."""
     import functools
 
-    from tlc.cache import source_key
+    from tlc.driver.cache_key import source_key
 
     def key(obj):
         return source_key(obj, (torch.ones(2),), {}, values=False)
@@ -294,7 +294,7 @@ def test_stale_temp_dir_of_a_killed_build_is_cleaned(tmp_path):
 
 
 def test_progress_only_on_a_terminal_or_when_asked(tmp_path, monkeypatch):
-    from tlc import progress
+    from tlc.util import progress
 
     out = tmp_path / "tf.mlpackage"
     res = run_tlc("build", "examples/tensor_function.py", "-o", out, "--no-cache", cwd=REPO)

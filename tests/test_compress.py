@@ -13,7 +13,7 @@ import tlc.runtime
 from tlc.errors import InputError
 from tlc.runtime import MILInterpreter
 from tlc._coreml import weight_file_size
-from tlc.verify import psnr
+from tlc.check.metrics import psnr
 
 torch.manual_seed(0)
 

@@ -14,7 +14,7 @@ pytest.importorskip("coreai.authoring", reason="coreai-core (the coreai extra) i
 import tlc  # noqa: E402
 from tlc.errors import EmitError, InputError  # noqa: E402
 from tlc.runtime import PackageError, load  # noqa: E402
-from tlc.verify import rel_l2  # noqa: E402
+from tlc.check.metrics import rel_l2  # noqa: E402
 
 from archs import ARCHS, make, reference  # noqa: E402
 from pkgtools import run_tlc  # noqa: E402
@@ -65,7 +65,7 @@ def test_format_both_writes_two_programs_that_agree(tmp_path):
 def test_op_without_a_coreai_form_fails_before_writing(tmp_path):
     """to_aiprogram/save_aimodel (one program) refuse an op Core AI cannot hold, naming it and its
     source line, before anything is written."""
-    from tlc.coreai_emit import save_aimodel
+    from tlc.backends.coreai.emit import save_aimodel
 
     def f(x):
         return torch.flip(x[:, ::-1] if False else x, [1]) + 1  # reverse, with a Core AI form
@@ -169,7 +169,7 @@ def _ir_unary(op, attrs, x):
 def test_mil_activations_match_the_numpy_kernel(op, attrs, tmp_path):
     """The activations other converters' packages use (tlc's front-end does not produce them):
     Core AI forms against the op table's NumPy kernel, in float64."""
-    from tlc.coreai_emit import save_aimodel
+    from tlc.backends.coreai.emit import save_aimodel
     from tlc.ops import get_op
 
     x = np.concatenate([np.random.default_rng(1).standard_normal(40) * 3, [-1.0, -0.5, 0.0, 0.3, 1.0, 2.5],
@@ -258,7 +258,7 @@ def tlc_repo():
 def test_verify_format_both_agrees_within_1e_5(name):
     """`tlc verify --format both` on the zoo: torch, the MIL interpreter and the Core AI runtime in
     one report; in fp32 the two Apple formats agree within 1e-5."""
-    from tlc.verify import verify
+    from tlc.driver.verify import verify
 
     m, args, kwargs = make(name)
     rep = verify(m, (args, kwargs), precision="fp32", format="both")
@@ -271,7 +271,7 @@ def test_apple_divergence_names_the_first_op_where_the_formats_part(tmp_path):
     """In fp16 the two runtimes round differently somewhere; with a zero tolerance the bisection
     must name that first op (a node of the program, with its MIL op), and none in fp32 at 1e-3."""
     from tlc.runtime import MILInterpreter
-    from tlc.verify import apple_divergence
+    from tlc.driver.verify import apple_divergence
 
     m, args, kwargs = make("bert")
     feeds = None
@@ -381,11 +381,11 @@ def test_several_shapes_become_one_multifunction_asset_with_weights_once(tmp_pat
 
 def test_lm_prefill_and_decode_functions_in_one_asset(tmp_path):
     """tlc.build_lm with the KV cache as I/O: one .aimodel with the prefill and decode functions,
-    each agreeing with torch eager (tlc.lm.LMStep, what was traced) and with the MIL interpreter
+    each agreeing with torch eager (tlc.driver.lm.LMStep, what was traced) and with the MIL interpreter
     on the .mlpackage of the same build."""
     import transformers as T
 
-    from tlc.lm import LMStep
+    from tlc.driver.lm import LMStep
 
     torch.manual_seed(0)
     model = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import tlc
-from tlc.emit import TLC_PIPELINE, to_mil_program
+from tlc.backends.coreml.emit import TLC_PIPELINE, to_mil_program
 
 
 def attn(q, k, v):
@@ -116,7 +116,8 @@ def test_serialization_matches_ct_convert(tmp_path):
     aside: conversion date) and the same weight file, byte for byte."""
     import coremltools as ct
 
-    from tlc.emit import convert, resolve_target
+    from tlc.backends.coreml.emit import convert
+    from tlc.util.coreml import resolve_target
 
     m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
                             torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10), torch.nn.LayerNorm(10)).eval()
@@ -138,3 +139,18 @@ def test_serialization_matches_ct_convert(tmp_path):
     wa = sorted((tmp_path / "a.mlpackage").rglob("weight.bin"))
     wb = sorted((tmp_path / "b.mlpackage").rglob("weight.bin"))
     assert len(wa) == len(wb) == 1 and wa[0].read_bytes() == wb[0].read_bytes()
+
+
+def test_deployment_target_table_is_coremltools_own():
+    """tlc checks and orders ``minimum_deployment_target`` names from a copy of coremltools'
+    ``AvailableTarget`` (so deciding options imports no coremltools); the copy must not drift."""
+    import coremltools as ct
+
+    from tlc.util.coreml import DEPLOYMENT_TARGETS, SPEC_VERSIONS, resolve_target, target_name
+
+    assert SPEC_VERSIONS == {n: m.value for n, m in ct.target.__members__.items()}
+    for name in SPEC_VERSIONS:
+        assert resolve_target(name) == getattr(ct.target, name)
+        assert getattr(ct.target, target_name(name)) == getattr(ct.target, name)
+    assert set(DEPLOYMENT_TARGETS) <= set(SPEC_VERSIONS)
+    assert target_name("macOS14") == "iOS17" and target_name(ct.target.iOS18) == "iOS18"

@@ -17,13 +17,13 @@ import pytest
 import torch
 
 import tlc
-from tlc.emit import to_mil_program
+from tlc.backends.coreml.emit import to_mil_program
 from tlc.errors import EmitError
 from tlc.ir import Graph, Node, TensorType, replace, verify
 from tlc.ops import ane_common, get_op
 from tlc.ops.fallback import is_fallback
 from tlc.runtime import run_graph
-from tlc.verify import rel_l2
+from tlc.check.metrics import rel_l2
 
 
 @torch.library.custom_op("tlc_test::soft_clip", mutates_args=())

@@ -416,7 +416,7 @@ def test_tlc_bench_cli(tmp_path):
 
 
 def test_bench_batched_inputs():
-    from tlc.bench import batched
+    from tlc.driver.bench import batched
 
     args, kwargs = batched(((torch.arange(6).reshape(2, 3),), {"m": torch.ones(2, 4)}), 5)
     assert args[0].shape == (5, 3) and kwargs["m"].shape == (5, 4)

@@ -10,7 +10,7 @@ import torch
 import tlc
 from archs import ARCHS, make, reference
 from tlc.runtime import MILInterpreter, package_info
-from tlc.verify import rel_l2
+from tlc.check.metrics import rel_l2
 
 TOL = {"fp32": 1e-5, "fp16": 1e-2}
 

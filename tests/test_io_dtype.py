@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import tlc
-from tlc.api import check_package_io
+from tlc.backends.coreml.package import check_package_io
 from tlc.runtime import MILInterpreter, package_info
-from tlc.verify import rel_l2
+from tlc.check.metrics import rel_l2
 
 
 class Net(torch.nn.Module):

@@ -162,7 +162,7 @@ CASES = {
     "max_pool_indices": (lambda x: F.max_pool2d(x, 3, 2, 1, return_indices=True), (X4,)),
     "adaptive_max_indices": (lambda x: F.adaptive_max_pool2d(x, (4, 5), return_indices=True), (X4,)),
     "conv_transpose_computed_weight": (lambda x, w: F.conv_transpose2d(x, w * 2, stride=2), (X4, torch.randn(8, 3, 2, 2))),
-    # special functions as elementwise series (aten_special.py)
+    # special functions as elementwise series (aten_special.py, aten_bessel.py)
     "lgamma_digamma": (lambda x: torch.lgamma(x * 5) + torch.digamma(x * 5 + 0.3), (X4,), 1e-4),  # poles: fp32
     "polygamma": (lambda x: torch.polygamma(2, x.abs() + 0.5), (X4,)),
     # negative x (reflection through cot derivatives), away from the poles: OpInfo's sample range

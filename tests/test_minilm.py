@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tlc
-from tlc.modelfile import load_model_file
+from tlc.cli.modelfile import load_model_file
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "minilm.py")
 
@@ -47,7 +47,7 @@ def test_embedding_matches_sentence_transformers(minilm):
 
 
 def test_minilm_package(minilm, tmp_path):
-    from tlc.api import check_package_io
+    from tlc.backends.coreml.package import check_package_io
 
     spec, cm = minilm
     p = cm.save(tmp_path / "minilm.mlpackage")
@@ -55,6 +55,6 @@ def test_minilm_package(minilm, tmp_path):
     assert cm.input_names == ["input_ids", "attention_mask"]
     assert cm.output_names == ["embedding"]
     # fp16 weights: the package is about half the fp32 weight bytes
-    from tlc.emit import package_size
+    from tlc.util.coreml import package_size
 
     assert package_size(p) < 0.6 * cm.graph.weight_bytes()

@@ -15,7 +15,7 @@ import torch
 import tlc
 from tlc.errors import InputError
 from tlc.runtime import load, package_info
-from tlc.verify import rel_l2
+from tlc.check.metrics import rel_l2
 
 from archs import make, reference
 from pkgtools import run_tlc
@@ -227,7 +227,7 @@ def test_bucket_choice_pads_least_and_crops_height_and_width_apart():
     fs = [Function("A", {"x": (1, 100), "y": (1, 1000)}), Function("B", {"x": (1, 10), "y": (1, 1010)})]
     two = parse_paddable({"x": 1, "y": 1}, {"x": (1, 100), "y": (1, 1000)})
     assert choose(fs, {"x": (1, 10), "y": (1, 1000)}, two).function == "B"  # pads 10 elements, not 90
-    from tlc.multifunction import parse_shapes
+    from tlc.cli.parse import parse_shapes
 
     with pytest.raises(InputError, match="give two or more shapes"):
         parse_shapes(["input_ids=1x128"])

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tlc.ops import OPS, parallel, run_kernel
-from tlc.ops.elementwise import erf
+from tlc.ops.unary import erf
 
 rng = np.random.default_rng(0)
 
@@ -109,7 +109,7 @@ BIG = (3, 197, 3072)  # > 2 tiles: the tiled, threaded path
     ("SIGMOID_APPROXIMATION", lambda t: t * torch.sigmoid(1.702 * t)),
 ])
 def test_gelu_tiled(mode, ref):
-    from tlc.ops.elementwise import _GELU
+    from tlc.ops.unary import _GELU
 
     x = (rng.standard_normal(BIG) * 3).astype(np.float32)
     got = kernel("gelu", {"mode": mode}, x)

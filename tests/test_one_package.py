@@ -15,7 +15,7 @@ import torch
 import tlc
 from tlc.errors import NotShippableError
 from tlc.runtime import load
-from tlc.verify import rel_l2
+from tlc.check.metrics import rel_l2
 
 from shipcheck import reference, ship
 

@@ -106,7 +106,7 @@ def test_unary(fn, op):
 
 
 def test_erf_accuracy_wide_range():
-    from tlc.ops.elementwise import erf
+    from tlc.ops.unary import erf
 
     x = np.linspace(-6, 6, 20001).astype(np.float32)
     ref = torch.erf(torch.from_numpy(x).double()).numpy()

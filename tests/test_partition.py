@@ -151,7 +151,7 @@ def test_bundle_write_is_atomic(tmp_path):
     assert sorted(p.name for p in path.rglob("*")) == before
     # a build that fails half-way (a Core ML segment with a rank-6 tensor cannot be emitted)
     # leaves the existing bundle as it was and no temp files
-    from tlc.artifact import write_bundle
+    from tlc.backends.bundle import write_bundle
     from tlc.passes.partition import Segment
 
     b = GraphBuilder()
@@ -221,7 +221,7 @@ def test_cli_bundle_build_report_run_inspect_verify(tmp_path):
 
 def three_segment_report():
     from tlc.passes.partition import Placement
-    from tlc.report import build_report
+    from tlc.check.report import build_report
 
     g = sandwich(fp32_island)
     names = [n.name for n in g.nodes if n.op != "const"]  # matmul, cast, relu, cast, matmul
@@ -286,7 +286,7 @@ def test_report_html_in_headless_chromium(tmp_path):
 
 def test_profile_fit_and_cost_model(tmp_path):
     from tlc.errors import InputError
-    from tlc.profile import cost_model, fit, measure, write
+    from tlc.driver.profile import cost_model, fit, measure, write
 
     rows = [{"node": f"c{i}", "op": "conv", "flops": f, "s": 2e-5 + f * 1e-10} for i, f in enumerate([1e6, 4e6, 9e6])]
     rows.append({"node": "r", "op": "relu", "flops": 0, "s": 3e-6})

@@ -8,7 +8,7 @@ import tlc
 from tlc.ir import GraphBuilder, TensorType
 from tlc.passes.precision import SAFE_MAX, choose_islands
 from tlc.runtime import MILInterpreter
-from tlc.verify import rel_l2
+from tlc.check.metrics import rel_l2
 
 
 class Hot(torch.nn.Module):

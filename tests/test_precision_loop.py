@@ -9,11 +9,11 @@ import torch.nn.functional as F
 import transformers as T
 
 import tlc
-from tlc.calibrate import PrecisionError, verified_mixed
+from tlc.check.calibrate import PrecisionError, verified_mixed
 from tlc.ir import GraphBuilder, TensorType
-from tlc.passes.precision import FP16_TINY, fp16_attr_fix
+from tlc.passes.fp16_program import FP16_TINY, fp16_attr_fix
 from tlc.runtime import MILInterpreter
-from tlc.verify import rel_l2
+from tlc.check.metrics import rel_l2
 
 T.logging.set_verbosity_error()
 
@@ -61,7 +61,7 @@ def test_deit_without_the_epsilon_fix_is_what_the_loop_catches(tmp_path):
 
     raw = replace(g, nodes=tuple(Node(n.op, n.inputs, n.outputs, types.MappingProxyType({**n.attrs, "epsilon": 1e-12}),
                                       n.name, n.loc) if n.op == "layer_norm" else n for n in g.nodes))
-    from tlc.emit import convert
+    from tlc.backends.coreml.emit import convert
 
     mlm, _ = convert(raw, "fp16")
     out = MILInterpreter(mlm.package_path).run({"pixel_values": x.numpy()})["last_hidden_state"]
@@ -109,7 +109,7 @@ def test_closed_loop_moves_what_the_error_needs_to_fp32(tmp_path):
 def test_closed_loop_without_rounds_left_raises_naming_the_op():
     x = torch.rand(2, 64) * 1e-2
     cm = tlc.build(Cancel(), (x,))
-    from tlc.emit import convert
+    from tlc.backends.coreml.emit import convert
 
     def emit(eg):
         mlm, _ = convert(eg, "mixed")

@@ -9,7 +9,7 @@ import transformers as T
 
 import tlc
 from tlc.runtime import MILInterpreter
-from tlc.verify import rel_l2
+from tlc.check.metrics import rel_l2
 
 T.logging.set_verbosity_error()
 

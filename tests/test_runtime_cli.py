@@ -35,7 +35,7 @@ def pkg(tmp_path_factory):
 def test_load_runs_with_interpreter(pkg):
     m = load(pkg)
     assert m.backend == "interpreter"
-    assert [n for n, *_ in m.inputs] == ["x", "ids"] and m.outputs == ["y", "emb"]
+    assert [n for n, *_ in m.inputs] == ["x", "ids"] and m.output_names == ["y", "emb"]
     out = m({"x": X.numpy(), "ids": IDS.numpy()})  # int64 ids are accepted (cast to int32)
     ref = f(X.double(), IDS)
     np.testing.assert_allclose(out["y"], ref["y"].numpy(), rtol=1e-5, atol=1e-6)

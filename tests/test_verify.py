@@ -8,7 +8,8 @@ import torch
 
 import tlc
 from pkgtools import corrupt_weights
-from tlc.verify import ir_node_name, verify
+from tlc.check.metrics import ir_node_name
+from tlc.driver.verify import verify
 
 
 class Mlp(torch.nn.Module):

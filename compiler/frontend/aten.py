@@ -287,7 +287,7 @@ lower("aten.prod.default")(_reduce("reduce_prod"))
 
 
 # Lowerings of the other op families register themselves into LOWERINGS on import.
-from . import (aten_blas, aten_linalg, aten_math, aten_nn, aten_random, aten_reduce, aten_resample,  # noqa: E402,F401
-               aten_sample, aten_scan, aten_shape, aten_sort, aten_special, aten_strided)
+from . import (aten_bessel, aten_blas, aten_linalg, aten_math, aten_nn, aten_random, aten_reduce, aten_resample,  # noqa: E402,F401
+               aten_sample, aten_scan, aten_scatter, aten_shape, aten_sort, aten_special, aten_strided)
 
 __all__ = ["LOWERINGS", "SKIP", "math"]

@@ -10,7 +10,8 @@ import torch
 
 from ..errors import FrontendError, UnsupportedOpError
 from .. import dtypes
-from .common import Const, lower, narrow, rank_of, shape_of, take
+from .aten_reduce import var_mean
+from .common import Const, lower, narrow, rank_of, shape_of, sub_name, take
 
 # ----------------------------------------------------------------------------------------- conv
 
@@ -109,8 +110,6 @@ def _native_group_norm(L, x, w, b, n, c, hw, group, eps):
     y = _group_norm(L, x, group, w, b, eps)
     if not (L.result_used(1) or L.result_used(2)):
         return (y, None, None)
-    from .aten_reduce import var_mean
-
     v = L.v(x)
     grouped = L.add("reshape", [v], {"shape": (v.type.shape[0], int(group), v.type.size //
                                                (v.type.shape[0] * int(group)))}, name=L.node.name + "_groups")
@@ -118,6 +117,58 @@ def _native_group_norm(L, x, w, b, n, c, hw, group, eps):
     rstd = L.add("rsqrt", [L.add("add", [var, L.scalar(float(eps), v.type.dtype)], name=L.node.name + "_veps")],
                  {"epsilon": 0.0}, name=L.node.name + "_rstd")
     return (y, mean, rstd)
+
+
+@lower("aten.native_layer_norm.default")
+def _native_layer_norm(L, x, shape, w, b, eps):
+    y = lower_layer_norm(L, x, shape, w, b, eps)
+    if not (L.result_used(1) or L.result_used(2)):
+        return (y, None, None)
+    v = L.v(x)  # mean / rstd over the normalized axes, kept as size-1 axes (torch's shapes)
+    axes = tuple(range(v.type.rank - len(shape), v.type.rank))
+    var, mean = var_mean(L, v, axes, 0, True, "stats")
+    rstd = L.add("rsqrt", [L.add("add", [var, L.scalar(float(eps), v.type.dtype)], name=sub_name(L, "veps"))], {"epsilon": 0.0},
+                 name=sub_name(L, "rstd"))
+    return (y, mean, rstd)
+
+
+@lower("aten._native_batch_norm_legit.default", "aten.native_batch_norm.default",
+       "aten._native_batch_norm_legit.no_stats", "aten._native_batch_norm_legit_functional.default",
+       "aten._batch_norm_with_update.default", "aten._batch_norm_with_update_functional.default")
+def _batch_norm_any(L, x, w, b, *args):
+    """Batch norm as torch's training mode computes it (batch statistics over every axis but 1;
+    the biased variance normalizes, saved rstd = 1/sqrt(var + eps)) or, for the no-training
+    overloads with running statistics, the inference ``batch_norm``. The running-statistics
+    updates are buffer mutations, not outputs (tlc drops them)."""
+    target = str(L.node.target)
+    if "no_stats" in target:
+        mean = var = None
+        training, momentum, eps = args
+    elif "with_update" in target:
+        mean, var, momentum, eps = args
+        training = True
+    else:
+        mean, var, training, momentum, eps = args
+    n_out = len(L.node.meta["val"])
+    if not training:
+        return (batch_norm_value(L, x, w, b, mean, var, eps),) + (None,) * (n_out - 1)
+    x = L.v(x)
+    dt = x.type.dtype
+    r = x.type.rank
+    axes = tuple(i for i in range(r) if i != 1)
+    shape = tuple(x.type.shape[1] if i == 1 else 1 for i in range(r))
+    var_k, mean_k = var_mean(L, x, axes, 0, True, "bn")
+    rstd_k = L.add("rsqrt", [L.add("add", [var_k, L.scalar(float(eps), dt)], name=sub_name(L, "veps"))], {"epsilon": 0.0},
+                   name=sub_name(L, "rstd_k"))
+    y = L.add("mul", [L.add("sub", [x, mean_k], name=sub_name(L, "cent")), rstd_k], name=sub_name(L, "norm"))
+    if w is not None:
+        y = L.add("mul", [y, L.add("reshape", [L.cast(w, dt)], {"shape": shape}, name=sub_name(L, "w"))], name=sub_name(L, "scaled"))
+    if b is not None:
+        y = L.add("add", [y, L.add("reshape", [L.cast(b, dt)], {"shape": shape}, name=sub_name(L, "b"))], name=sub_name(L, "out"))
+    c = x.type.shape[1]
+    mean = L.add("reshape", [mean_k], {"shape": (c,)}, name=sub_name(L, "mean"))
+    rstd = L.add("reshape", [rstd_k], {"shape": (c,)}, name=sub_name(L, "rstd"))
+    return (y, mean, rstd) + (None,) * (n_out - 3)
 
 
 @lower("aten.group_norm.default")

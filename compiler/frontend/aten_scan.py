@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedOpError
-from .common import Const, lower, narrow, norm_axis, sub_name, take
+from .common import Const, lower, narrow, norm_axis, sub_name
 
 
 def _shifted(L, v, ax: int, d: int, fill, tag: str):

@@ -4,7 +4,7 @@
 spellings of views.
 
 A strided view of a contiguous tensor reads the constant flat positions offset + sum_k i_k s_k:
-one ``gather`` (or slices, :func:`tlc.frontend.aten_shape._take`) of the flattened input; its
+one ``gather`` (or slices, :func:`tlc.frontend.common.take`) of the flattened input; its
 scatter writes them with ``scatter_nd``. Writes whose positions follow a boolean mask in
 row-major order (``masked_scatter``, ``nonzero_static``) have static shapes too: the running count
 of the mask (``cumsum``) numbers the positions.

@@ -1,9 +1,11 @@
 """What every ATen lowering module shares: the lowering registry, compile-time constants, and
 the small helpers for shapes, axes, dtypes and operands.
 
-The ``aten_*`` modules and :mod:`tlc.frontend.lower` import from here and not from each other,
-so the front end has no import cycle: ``lower`` (the fx walker) -> ``common`` <- ``aten*``; the
-package ``__init__`` imports the ``aten*`` modules, which fills :data:`LOWERINGS`.
+The ``aten_*`` modules and :mod:`tlc.frontend.lower` import from here; an ``aten_*`` module uses
+another's public helper only one way (``aten_nn`` -> ``aten_reduce``'s ``var_mean``, ``aten_resample``
+-> ``aten_nn``, ``aten_complex`` -> ``aten_math`` / ``aten_shape`` / ``aten_resample``), so the front
+end has no import cycle (tests/test_layers.py); the package ``__init__`` imports the ``aten*``
+modules, which fills :data:`LOWERINGS`.
 """
 from __future__ import annotations
 
@@ -75,6 +77,11 @@ def rank_of(x) -> int:
 def shape_of(x) -> tuple:
     """Shape of an IR value or a :class:`Const`."""
     return x.type.shape if isinstance(x, Value) else tuple(x.tensor.shape)
+
+
+def is_bool_tensor(x) -> bool:
+    """Whether an IR value or a :class:`Const` is bool."""
+    return (x.tensor.dtype == torch.bool) if isinstance(x, Const) else x.type.dtype == "bool"
 
 
 def sub_name(L: "Lowerer", tag: str) -> str:
@@ -163,5 +170,38 @@ def narrow(L, x, ax, start, length, tag):
                  name=f"{L.node.name}_{tag}")
 
 
-__all__ = ["LOWERINGS", "SKIP", "lower", "Const", "ir_dtype", "rank_of", "shape_of", "norm_axis", "operand", "sub_name", "as_float_result", "wrapped_index", "broadcast_to",
-           "take", "narrow"]
+class Shorthand:
+    """``e("add", a, b)``: a node with a unique name under the current node; floats are scalars
+    (the special functions' series and recurrences: :mod:`tlc.frontend.aten_special`,
+    :mod:`tlc.frontend.aten_bessel`)."""
+
+    def __init__(self, L, dt):
+        self.L, self.dt, self.k = L, dt, 0
+
+    def __call__(self, op, *ins, **attrs):
+        self.k += 1
+        return self.L.add(op, [self.L.v(i) if not isinstance(i, (int, float)) else self.L.scalar(float(i), self.dt)
+                               for i in ins], attrs, name=f"{self.L.node.name}_{op}{self.k}")
+
+    def log(self, x):
+        return self("log", x, epsilon=0.0)
+
+    def inv(self, x):
+        return self("inverse", x, epsilon=0.0)
+
+    def horner(self, x, coeffs):
+        """c0 + c1 x + c2 x^2 + ... (coefficients lowest first)."""
+        acc = None
+        for c in reversed(coeffs):
+            acc = self.L.scalar(float(c), self.dt) if acc is None else self("add", self("mul", acc, x), float(c))
+        return acc
+
+
+def with_shorthand(L: "Lowerer", x):
+    """``x`` cast to the current node's result dtype, and a :class:`Shorthand` in that dtype."""
+    dt = L.out_type().dtype
+    return L.cast(x, dt), Shorthand(L, dt)
+
+
+__all__ = ["LOWERINGS", "SKIP", "lower", "Const", "ir_dtype", "rank_of", "shape_of", "is_bool_tensor", "norm_axis", "operand", "sub_name", "as_float_result", "wrapped_index", "broadcast_to",
+           "take", "narrow", "Shorthand", "with_shorthand"]

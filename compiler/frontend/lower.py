@@ -11,31 +11,30 @@
 * An op is never a reason to stop the build: an ATen or custom op without a lowering (or whose
   lowering declines its arguments), and any op reading or producing a complex value or a
   data-dependent shape (unbacked SymInts ``u0`` from ``nonzero`` / boolean-mask indexing) becomes a
-  *fallback node* that keeps the torch op's name and arguments (:mod:`tlc.ops.fallback`). A
-  symbolic size used as a number (``x[mask].shape[0]``) is a 0-d int32 value; Python arithmetic
-  on it (``operator.add`` ...) lowers to the IR's elementwise ops.
+  *fallback node* that keeps the torch op's name and arguments (:mod:`tlc.ops.fallback`; made
+  in :mod:`tlc.frontend.fallback_nodes`). A symbolic size used as a number
+  (``x[mask].shape[0]``) is a 0-d int32 value; Python arithmetic on it (``operator.add`` ...)
+  lowers to the IR's elementwise ops.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import operator
-import re
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from .. import __version__
+from ..version import __version__
 from ..errors import FrontendError, InputError, TlcError, UnsupportedOpError
 from ..ir import Graph, GraphBuilder, SourceLoc, TensorType, Value
-from ..ops.fallback import encode
 from .common import LOWERINGS, SKIP, Const, ir_dtype
 from .fx_values import (KNOWN_SIZES, data_dependent, empty_result, fallback_reason, ir_shape, is_complex_value,  # noqa: F401
                         output_names, source_loc)
 from .aten_complex import Complex, lower_complex
+from .fallback_nodes import EFFECT_TOKEN, fallback_node, lower_with_effects
 
 #: when set (:func:`shared_weights`), large contiguous constants are read-only views of the
 #: model's tensors instead of copies
@@ -252,7 +251,7 @@ class Lowerer:
             src, idx = node.args
             return self.env[src][idx]
         if target is torch.ops.higher_order.with_effects:
-            return self.with_effects(node)
+            return lower_with_effects(self, node)
         key = str(target)
         if key in SKIP:
             return None
@@ -284,25 +283,25 @@ class Lowerer:
             if res is not None:
                 return res
         if why:
-            return self.fallback(why)
+            return fallback_node(self, why)
         if fn is None:
-            return self.fallback(f"tlc has no lowering for {key}")
+            return fallback_node(self, f"tlc has no lowering for {key}")
         # a symbolic size argument (x[mask].shape[0]) arrives as a 0-d int32 value; a lowering
         # written for a Python int may not take it, and then the torch op is kept instead
         sym_arg = fallback_reason([v for v in ins if not isinstance(v, torch.Tensor)])
         try:
             res = fn(self, *args, **kwargs)
         except UnsupportedOpError as e:  # the lowering declines these arguments: keep the torch op
-            return self.fallback(f"tlc's lowering of {key} declines it: {e.args[0]}")
+            return fallback_node(self, f"tlc's lowering of {key} declines it: {e.args[0]}")
         except TlcError as e:
             if sym_arg:
-                return self.fallback(sym_arg)
+                return fallback_node(self, sym_arg)
             if e.loc is None:
                 e.loc = self.loc
             raise
         except Exception as e:
             if sym_arg:
-                return self.fallback(sym_arg)
+                return fallback_node(self, sym_arg)
             raise FrontendError(f"lowering {key} (node {node.name}) failed: {type(e).__name__}: {e}", loc=self.loc) from e
         self._check(res)
         return res
@@ -336,23 +335,6 @@ class Lowerer:
     def _is_const(self, v: Value) -> bool:
         return any(n.op == "const" and n.outputs[0] is v for n in reversed(self.b.nodes))
 
-    def with_effects(self, node: torch.fx.Node):
-        """``with_effects(token, op, *args)``: torch.export's wrapper of an op with side effects
-        (``aten._linalg_check_errors`` after ``linalg_inv_ex`` and the other linalg ops, printing,
-        ...). The token only orders effects; tlc's graphs have no side effects, so the wrapper is
-        dropped: a check/assertion (an op returning nothing) is skipped like the other run-time
-        assertions (:data:`tlc.frontend.aten.SKIP`), any other op is lowered as itself with its
-        results after the token. Returns ``(token, *results)``."""
-        _, op, *args = node.args
-        schema = getattr(op, "_schema", None)
-        if schema is None or not schema.returns or str(op) in _SKIP_EFFECTS:
-            return (EFFECT_TOKEN,)
-        val = node.meta.get("val")
-        inner = val[1:] if isinstance(val, (tuple, list)) else val
-        res = self.fallback(f"{op} runs with side effects (torch.export with_effects)", target=op,
-                            args=tuple(args), kwargs=dict(node.kwargs), val=tuple(inner))
-        return (EFFECT_TOKEN, *(res if isinstance(res, tuple) else (res,)))
-
     def _check(self, res):
         val = self.node.meta.get("val")
         outs = res if isinstance(res, tuple) else (res,)
@@ -364,81 +346,6 @@ class Lowerer:
                     raise FrontendError(
                         f"lowering of {self.node.target} (node {self.node.name}) produced {r.type} "
                         f"but torch computes {want}", loc=self.loc)
-
-    def fallback(self, why: str, target=None, args=None, kwargs=None, val=None):
-        """Lower the current node as a fallback op (format: :mod:`tlc.ops.fallback`): the torch
-        op's name, its arguments with IR values as numbered inputs, and torch's output types.
-        Returns its output value (a tuple, ``None`` where torch returns ``None``, for ops with
-        several results). ``target``/``args``/``kwargs``/``val`` replace the node's own (an op
-        unwrapped from a higher-order op). Raises :class:`UnsupportedOpError` for a callable
-        that is not a torch operator (nothing could run it later)."""
-        node = self.node
-        target = node.target if target is None else target
-        node_args = tuple(node.args) if args is None else args
-        node_kwargs = dict(node.kwargs) if kwargs is None else kwargs
-        if not isinstance(target, torch._ops.OpOverload):
-            if node.users and all(str(u.target) in SKIP for u in node.users):
-                return None  # a symbolic condition only run-time assertions read (tlc drops those)
-            raise UnsupportedOpError(
-                f"{getattr(target, '__name__', target)} (node {node.name}) is not a torch operator, so the "
-                f"fallback runtime cannot run it either ({why})", loc=self.loc)
-        inputs: list[Value] = []
-
-        def ref(a):
-            if not isinstance(a, torch.fx.Node):
-                return None
-            r, val = self.env[a], a.meta.get("val")
-            if isinstance(r, Complex):
-                r = self.materialize(r)
-            if not isinstance(r, (Value, Const)):
-                return _Literal(r)  # folded to a Python value (or None)
-            if isinstance(r, Const):
-                val = r.tensor if r.tensor.dtype != torch.bfloat16 else r.tensor.float()
-            v = self.v(r)
-            if not any(w is v for w in inputs):
-                inputs.append(v)
-            i = next(k for k, w in enumerate(inputs) if w is v)
-            if isinstance(val, torch.Tensor):
-                return ("$in", i, str(val.dtype).removeprefix("torch."))
-            return ("$bool" if isinstance(val, (bool, torch.SymBool)) else
-                    "$float" if isinstance(val, (float, torch.SymFloat)) else "$int", i)
-
-        def as_input(a):
-            r = ref(a)
-            return encode(r.value, as_input) if isinstance(r, _Literal) else r
-
-        attrs = {
-            "args": encode(node_args, as_input),
-            "kwargs": tuple((k, encode(v, as_input)) for k, v in node_kwargs.items()),
-            "out_types": None,
-            "why": why,
-        }
-        val = node.meta.get("val") if val is None else (val[0] if len(val) == 1 else val)
-        many = isinstance(val, (tuple, list))
-        entries = tuple(self._out_entry(v) for v in (val if many else (val,)))
-        if all(e is None for e in entries):
-            return None
-        attrs["out_types"] = entries
-        res = self.add(str(target), inputs, attrs)
-        outs = iter(res if isinstance(res, tuple) else (res,))
-        if not many:
-            return next(outs)
-        return tuple(None if e is None else next(outs) for e in entries)
-
-    def _out_entry(self, v):
-        """``out_types`` entry of one torch result: ``(ir_dtype, shape)``, or None."""
-        if v is None:
-            return None
-        if isinstance(v, torch.Tensor):
-            return (ir_dtype(v.dtype, f"result of {self.node.target}", self.loc), ir_shape(v.shape))
-        if isinstance(v, (bool, torch.SymBool)):
-            return ("bool", ())
-        if isinstance(v, (int, torch.SymInt)):
-            return ("int32", ())
-        if isinstance(v, (float, torch.SymFloat)):
-            return ("fp32", ())
-        raise UnsupportedOpError(f"{self.node.target} returns a {type(v).__name__}, which tlc's IR cannot hold",
-                                 loc=self.loc)
 
     def sym_op(self, target, args):
         """Python arithmetic/comparison on symbolic sizes (0-d int32 values) as an IR op."""
@@ -465,18 +372,6 @@ class Lowerer:
         return r
 
 
-class _EffectToken:
-    """The effect token torch.export threads through ``with_effects`` (ordering only)."""
-
-    def __repr__(self):
-        return "<effect token>"
-
-
-EFFECT_TOKEN = _EffectToken()
-
-#: Effectful ops that only check or assert (dropped like run-time assertions).
-_SKIP_EFFECTS = {"aten._linalg_check_errors.default"}
-
 def _random(target) -> bool:
     """Whether a torch op draws random numbers (torch's ``nondeterministic_seeded`` tag): never
     folded into a constant (``torch.randn(3)`` would otherwise be one fixed draw)."""
@@ -489,13 +384,6 @@ SYM_OPS = {
     operator.mod: "mod", operator.truediv: "real_div", operator.eq: "equal", operator.ne: "not_equal",
     operator.lt: "less", operator.le: "less_equal", operator.gt: "greater", operator.ge: "greater_equal",
 }
-
-
-@dataclass
-class _Literal:
-    """An fx argument the front-end folded to a Python value (stored in attrs as itself)."""
-
-    value: Any
 
 
 def lower(ep, meta: dict | None = None, input_names: list[str] | None = None) -> Graph:

@@ -43,8 +43,8 @@ import numpy as np
 
 from ..errors import IRError, TlcError, UnsupportedOpError
 from ..dtypes import FROM_TORCH
-from ..ir import TensorType
-from . import OPS, OpDef, make_row, register
+from ..dtypes import TensorType
+from .table import OPS, OpDef, make_row, register
 
 _SCALAR_TAGS = {"$int": "int32", "$float": "fp32", "$bool": "bool"}
 

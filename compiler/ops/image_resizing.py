@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import mil_attr
+from .table import mil_attr
 from .mil_only import interpreter_row
 
 

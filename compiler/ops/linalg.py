@@ -10,8 +10,8 @@ import numpy as np
 from .._lazy import F, torch
 
 from ..errors import IRError
-from ..ir import DTYPES, TensorType
-from . import APPLE, Reason, mil_attr, register
+from ..dtypes import DTYPES, TensorType
+from .table import APPLE, Reason, mil_attr, register
 from .common import FLOAT, broadcast_shape, same_dtype
 from .parallel import map_rows
 

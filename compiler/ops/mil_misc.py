@@ -15,10 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import IRError
-from . import mil_attr
+from .table import mil_attr
 from .conv import conv_kernel, conv_taps, explicit_pad, pad_array, window_from_mil
 from .pool import tap_reduce
 from .mil_only import interpreter_row, attrs_except as _attrs
+from .slicing import slice_from_mil
 
 
 # ------------------------------------------------------------------------------------ l2_pool
@@ -237,7 +238,7 @@ def _slice_update(attrs, x, update):
     (``begin_mask`` / ``end_mask`` / ``squeeze_mask``, negative indices and strides; its shape
     rule, ``solve_slice_by_index_shape``). ``update`` has the slice's shape (squeezed axes
     dropped). The attributes are the slice in tlc's normalized form
-    (:func:`tlc.ops.shape.slice_from_mil`: forward ``begin``/``end``/``stride``, ``flip`` for
+    (:func:`tlc.ops.slicing.slice_from_mil`: forward ``begin``/``end``/``stride``, ``flip`` for
     the axes a negative stride walks backwards)."""
     out = np.array(x, copy=True)
     sl = tuple(slice(b, e, s) for b, e, s in zip(attrs["begin"], attrs["end"], attrs["stride"]))
@@ -253,8 +254,6 @@ def _slice_update(attrs, x, update):
 
 
 def _slice_update_from_mil(vals):
-    from .shape import slice_from_mil
-
     names = ("x", "begin", "end", "stride", "begin_mask", "end_mask", "squeeze_mask")
     _, attrs = slice_from_mil({k: vals.get(k) for k in names})
     return [vals["x"], vals["update"]], attrs

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import IRError
-from . import mil_attr, register
+from .table import mil_attr, register
 
 _HOST = "MIL interpreter only: tlc's front-end never produces this op, so no device kernel is needed"
 
@@ -118,7 +118,7 @@ def _instance_norm(attrs, x, gamma=None, beta=None):
 
 
 def _instance_norm_from_mil(vals):
-    from . import mil_attr
+    from .table import mil_attr
 
     arrays = [vals["x"]]
     g, b = vals.get("gamma"), vals.get("beta")

@@ -14,8 +14,8 @@ import numpy as np
 from .._lazy import F, torch
 
 from ..errors import IRError
-from ..ir import DTYPES, TensorType
-from . import register
+from ..dtypes import DTYPES, TensorType
+from .table import register
 from .common import FLOAT, same_dtype
 from .linalg import softmax as _softmax
 from .parallel import map_rows
@@ -111,7 +111,7 @@ def _norm_from_mil(names, default_fill):
     missing gamma before a given beta becomes ones (and a missing beta zeros)."""
 
     def adapter(vals):
-        from . import mil_attr
+        from .table import mil_attr
 
         arrays = [vals[n] for n in names[:default_fill]]
         opt = [vals.get(n) for n in names[default_fill:]]

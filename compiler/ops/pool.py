@@ -13,8 +13,8 @@ import numpy as np
 from .._lazy import F, torch
 
 from ..errors import IRError
-from ..ir import DTYPES, TensorType
-from . import register
+from ..dtypes import DTYPES, TensorType
+from .table import register
 from .conv import conv_taps, out_size, pad_array, spatial_attr, window_from_mil, window_shapes
 from .parallel import parallel_for
 

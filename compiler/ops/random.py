@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import IRError
-from ..ir import TensorType
-from . import register
+from ..dtypes import TensorType
+from .table import register
 
 
 def _infer(in_types, attrs):

@@ -16,9 +16,10 @@ import numpy as np
 from .._lazy import torch
 
 from ..errors import IRError
-from ..ir import TensorType
-from . import flops_none, mil_attr, register
+from ..dtypes import TensorType
+from .table import flops_none, mil_attr, register
 from .common import FLOAT
+from .index import ca_take
 
 #: hollance/neural-engine docs/unsupported-layers.md (issues #1, #2): upsampling by more than 2x
 #: may leave the ANE.
@@ -93,8 +94,6 @@ def _emit_upsample_nn(ctx, attrs, ins, nm):
 def _ca_upsample_nn(ctx, attrs, ins, node):
     """Nearest-neighbour upsampling in Core AI ops: a take along H and one along W of the same
     source indices as the NumPy kernel (:func:`_src`)."""
-    from .shape import ca_take
-
     x = ins[0]
     t = node.inputs[0].type
     rank = t.rank

@@ -1,0 +1,1 @@
+"""Apple's Core AI: ``.aimodel`` emission from tlc's IR (:mod:`.emit`)."""

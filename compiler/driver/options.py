@@ -1,0 +1,184 @@
+"""Build options, checked once where they enter (``tlc.build``, ``@tlc.compile``, ``tlc.build_lm``,
+``tlc build``, ``CompiledModel.with_options``): :meth:`BuildOptions.decide` applies the defaults and
+raises :class:`~tlc.errors.InputError` naming a bad value; what it returns is decided, and nothing
+below (the plan, emission, the writers) checks it again.
+
+Two "targets" exist and are kept apart: :data:`TARGETS` is *where* capable ops run (``ane``,
+``gpu``, ``cpu``); ``minimum_deployment_target`` is the oldest OS the package must load on
+(:data:`tlc.util.coreml.DEPLOYMENT_TARGETS`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from tlc import dtypes
+from tlc.backends.coreml.compress import MODES
+from tlc.errors import InputError
+from tlc.util.coreml import MULTIFUNCTION_MIN_TARGET, at_least, coreai, target_name
+
+#: ``precision=``: ``mixed`` (fp16 except measured fp32 islands; the default for ``target="ane"``),
+#: ``fp16`` (every float op in fp16), ``fp32`` (no fp16; the default for gpu/cpu). See tlc.passes.precision.
+PRECISIONS = ("mixed", "fp16", "fp32")
+
+#: ``target=`` values: where capable ops run.
+TARGETS = ("ane", "gpu", "cpu")
+
+#: ``format=``: what ``save`` writes (``.mlpackage``, Core AI ``.aimodel``, or both side by side).
+FORMATS = ("mlpackage", "aimodel", "both")
+
+#: ``io_dtype`` names (coremltools' ``ct.TensorType(dtype=np.float32 / np.float16)``) -> IR dtype.
+IO_DTYPES = dtypes.IO
+
+#: ``tlc.build_lm(kv_cache=)``: ``io``, the cache as functional I/O (the Neural Engine form); ``state``,
+#: iOS18 ``MLState`` buffers the program updates itself (:mod:`tlc.backends.coreml.state`; for Core ML's GPU)
+KV_CACHE = ("io", "state")
+
+#: ``CompiledModel.run(backend=)``: ``auto`` picks Core ML (macOS), else tlc's torch executor on a GPU,
+#: else NumPy
+RUN_BACKENDS = ("auto", "coreml", "torch", "numpy")
+
+
+def check_target(target: str) -> str:
+    """``target`` if it is one of :data:`TARGETS`, else :class:`~tlc.errors.InputError`."""
+    if target not in TARGETS:
+        raise InputError(f"target must be one of {TARGETS} (where capable ops run; the OS version is "
+                         f"minimum_deployment_target), got {target!r}")
+    return target
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else :class:`~tlc.errors.InputError`."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def check_io_dtype(io_dtype: str, minimum_deployment_target) -> str:
+    """The IR dtype (``"fp32"``/``"fp16"``) of the package's float inputs and outputs.
+
+    ``"float16"`` needs ``minimum_deployment_target`` iOS16 / macOS13 or newer: fp16 model I/O
+    arrived with Core ML 6, and coremltools refuses ``ct.TensorType(dtype=np.float16)`` for
+    older targets. Raises :class:`~tlc.errors.InputError` for an unknown name or an older target.
+    """
+    if io_dtype not in IO_DTYPES:
+        raise InputError(f"io_dtype must be one of {', '.join(IO_DTYPES)}, got {io_dtype!r}")
+    if io_dtype == "float16" and not at_least(minimum_deployment_target, "iOS16"):
+        raise InputError(f"io_dtype='float16' needs minimum_deployment_target iOS16/macOS13 or newer "
+                         f"(got {target_name(minimum_deployment_target)}): Core ML takes fp16 inputs and outputs "
+                         f"from iOS16 on")
+    return IO_DTYPES[io_dtype]
+
+
+def check_compress(compress: str | None, target: str, minimum_deployment_target: str) -> str | None:
+    """``compress`` if it is None or a key of :data:`tlc.backends.coreml.compress.MODES` that
+    ``minimum_deployment_target`` can hold; raises :class:`InputError` naming the option, the
+    allowed values and, for a target too old, the one needed, and for ``target`` other than
+    ``"ane"`` (gpu/cpu builds run in tlc's fallback runtime: there is no Core ML program to compress)."""
+    if compress is None:
+        return None
+    if compress not in MODES:
+        raise InputError(f"compress must be one of {', '.join(MODES)} (or None), got {compress!r}")
+    if target != "ane":
+        raise InputError(f"compress={compress!r} compresses the Core ML program; target={target!r} runs every op in "
+                         f"tlc's fallback runtime, so there is none (use target='ane')")
+    need = MODES[compress].min_target
+    if not at_least(minimum_deployment_target, need):
+        raise InputError(f"compress={compress!r} needs minimum_deployment_target {need} or newer (got "
+                         f"{target_name(minimum_deployment_target)}): its constexpr ops arrived in that opset")
+    return compress
+
+
+def check_format(format: str) -> str:
+    """``format`` if it is one of :data:`FORMATS` (and coreai-core is installed for the Core AI
+    ones), else :class:`InputError`."""
+    if format not in FORMATS:
+        raise InputError(f"format must be one of {FORMATS}, got {format!r}")
+    if format != "mlpackage":
+        coreai()
+    return format
+
+
+def check_coreai_compress(compress: str | None) -> None:
+    """Raise :class:`InputError` when ``compress`` is set for a Core AI artifact: tlc compresses
+    ``.mlpackage`` weights with coremltools.optimize only (issue 17: not yet for Core AI)."""
+    if compress:
+        raise InputError(f"compress={compress!r} applies to the .mlpackage (coremltools.optimize); Core AI assets "
+                         f"are not compressed by tlc yet")
+
+
+def check_multifunction_target(minimum_deployment_target: str) -> None:
+    """Raise :class:`InputError` unless the target holds multifunction packages (iOS18+)."""
+    if not at_least(minimum_deployment_target, MULTIFUNCTION_MIN_TARGET):
+        raise InputError(
+            f"several input signatures build a multifunction package, which needs minimum_deployment_target "
+            f"{MULTIFUNCTION_MIN_TARGET} (macOS15) or newer; got {target_name(minimum_deployment_target)}. Before "
+            f"iOS18 Core ML's alternative is EnumeratedShapes on one shape-polymorphic function, which tlc does not "
+            f"build (it traces static shapes, and Core ML keeps only the default shape on the Neural Engine: "
+            f"apple/coremltools#1764); build one package per shape for older targets")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """The decided options of a build (make them with :meth:`decide`, which checks them):
+    ``precision`` (:data:`PRECISIONS`), ``minimum_deployment_target`` (a canonical coremltools target
+    name: ``"iOS17"``), ``target`` (:data:`TARGETS`), ``io_dtype`` (``"float32"``/``"float16"``),
+    ``fallback`` (whether ops may leave Core ML), ``cost`` (a
+    :class:`tlc.passes.partition.CostModel`, None for the default), ``compress`` (a
+    :data:`tlc.backends.coreml.compress.MODES` key or None) and ``format`` (:data:`FORMATS`: what
+    ``save`` writes; the plan does not depend on it)."""
+
+    precision: str
+    minimum_deployment_target: str
+    target: str = "ane"
+    io_dtype: str = "float32"
+    fallback: bool = True
+    cost: Any = None
+    compress: str | None = None
+    format: str = "mlpackage"
+
+    @classmethod
+    def decide(cls, *, precision: str | None = None, minimum_deployment_target=None, target: str = "ane",
+               io_dtype: str = "float32", fallback: bool = True, cost=None, compress: str | None = None,
+               format: str = "mlpackage", functions: int = 1) -> "BuildOptions":
+        """Apply the defaults and check every option once. Defaults: ``precision`` ``"mixed"`` for
+        ``target="ane"``, else ``"fp32"``; ``minimum_deployment_target`` ``"iOS17"``, or ``"iOS18"``
+        when ``functions`` > 1 (a multifunction package). Raises :class:`~tlc.errors.InputError`
+        (an unknown target, precision, io_dtype, compress mode or format, a deployment target too
+        old for fp16 I/O, the compression mode or several functions, ``compress`` with a Core AI
+        format, ``fallback=False`` with a target other than ``"ane"``) and
+        :class:`~tlc.errors.EmitError` (a deployment target coremltools does not know)."""
+        check_target(target)
+        check_format(format)
+        if format != "mlpackage":
+            check_coreai_compress(compress)
+        if not fallback and target != "ane":
+            raise InputError(f"fallback=False (one .mlpackage) needs target='ane'; target={target!r} runs everything in "
+                             f"tlc's fallback runtime")
+        precision = check_precision(precision if precision is not None else "mixed" if target == "ane" else "fp32")
+        mdt = target_name(minimum_deployment_target or ("iOS18" if functions > 1 else "iOS17"))
+        if functions > 1:
+            check_multifunction_target(mdt)
+        check_io_dtype(io_dtype, mdt)
+        check_compress(compress, target, mdt)
+        return cls(precision, mdt, target, io_dtype, bool(fallback), cost, compress, format)
+
+    def replace(self, **changes) -> "BuildOptions":
+        """These options with ``changes`` (None values keep the current one), checked again by
+        :meth:`decide`; ``compress=""`` turns compression off."""
+        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        kw.update({k: v for k, v in changes.items() if v is not None})
+        if kw.get("compress") in ("", False):
+            kw["compress"] = None
+        return BuildOptions.decide(**kw)
+
+    @property
+    def io_ir_dtype(self) -> str:
+        """The IR dtype of the package's float inputs and outputs (``"fp32"``/``"fp16"``)."""
+        return IO_DTYPES[self.io_dtype]
+
+
+__all__ = ["PRECISIONS", "TARGETS", "FORMATS", "IO_DTYPES", "KV_CACHE", "RUN_BACKENDS", "BuildOptions", "check_target", "check_precision",
+           "check_io_dtype", "check_compress", "check_format", "check_coreai_compress", "check_multifunction_target",
+]

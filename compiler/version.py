@@ -1,0 +1,4 @@
+"""tlc's version, in a module of its own so that any layer can read it without importing the
+package's public API (:mod:`tlc`)."""
+
+__version__ = "0.1.0"
