@@ -3,14 +3,14 @@
 The base tree is ``git archive REV`` unpacked in a temp directory, made importable as ``tlc`` with
 a folder of links laid out as pyproject.toml's package-dir says (``compiler/`` is ``tlc``,
 ``passes/`` is ``tlc.passes``, ``runtime/`` is ``tlc.runtime``) and put first on ``PYTHONPATH``;
-the head is the working tree as installed. Each tree runs *its own* copy of the script (a refactor
+the head is the working tree as installed, or another revision checked out the same way (``--head``). Each tree runs *its own* copy of the script (a refactor
 may change the script's imports too), one model per process, alternating base and head model by
 model so that drift in the machine's speed hits both alike. Every script must take ``--models A``
 and ``--json FILE`` (a list of row dicts with a ``model`` key): ``bench_passes.py`` and
 ``bench_spine.py`` do.
 
-Printed per model and column: both values, and for a time (a column ending in ``_s``) the ratio
-head / base, for anything else (op counts, sizes, errors) ``=`` or ``DIFF``. Exit code 1 when
+Printed per model and column: both values, and for a time (a column ``*_s`` or ``t_*``, or a ratio
+of times) the ratio head / base, for anything else (op counts, sizes, errors) ``=`` or ``DIFF``. Exit code 1 when
 anything but a time differs.
 
 Run::
@@ -66,6 +66,11 @@ def run(tree: Path, script: str, model: str, args: list[str], site: Path | None,
     return json.loads(out.read_text())
 
 
+def timed(column: str) -> bool:
+    """Whether a column is a time or a ratio of times (``*_s``, ``t_*``, ``*ratio``): compared by ratio."""
+    return column.endswith("_s") or column.startswith("t_") or column.endswith("ratio")
+
+
 def compare(base: dict, head: dict) -> tuple[list[str], bool]:
     """Lines ``column  base  head  verdict`` for the columns both rows have, and whether every
     column that is not a time is equal."""
@@ -74,7 +79,7 @@ def compare(base: dict, head: dict) -> tuple[list[str], bool]:
         if k == "model" or k not in head:
             continue
         a, b = base[k], head[k]
-        if k.endswith("_s") and isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        if timed(k) and isinstance(a, (int, float)) and isinstance(b, (int, float)):
             verdict = f"x{b / a:.2f}" if a else "-"
         else:
             verdict = "=" if a == b else "DIFF"
@@ -87,7 +92,8 @@ def compare(base: dict, head: dict) -> tuple[list[str], bool]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--base", required=True, help="git revision of the base tree (the head is the working tree)")
+    ap.add_argument("--base", required=True, help="git revision of the base tree")
+    ap.add_argument("--head", help="git revision of the head tree (default: the working tree as installed)")
     ap.add_argument("--models", required=True, help="comma-separated models, one process each per tree")
     ap.add_argument("--rounds", type=int, default=1, help="runs per model and tree (times: the median is shown)")
     ap.add_argument("script", help="a script in benchmarks/ of both trees (bench_passes.py, bench_spine.py)")
@@ -97,9 +103,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="tlc-ab-") as tmp:
         tmp = Path(tmp)
         site = checkout(a.base, tmp / "base")
-        sides = {"base": (tmp / "base" / "tree", site), "head": (ROOT, None)}
-        print(f"{a.script} {' '.join(a.args)}: base = {a.base}, head = the working tree; {a.rounds} round(s), "
-              f"alternating per model; python {sys.version.split()[0]}")
+        head = (tmp / "head" / "tree", checkout(a.head, tmp / "head")) if a.head else (ROOT, None)
+        sides = {"base": (tmp / "base" / "tree", site), "head": head}
+        print(f"{a.script} {' '.join(a.args)}: base = {a.base}, head = {a.head or 'the working tree'}; {a.rounds} "
+              f"round(s), alternating per model; python {sys.version.split()[0]}")
         for model in [m for m in a.models.split(",") if m]:
             rows: dict[str, list[dict]] = {"base": [], "head": []}
             for r in range(a.rounds):
@@ -110,7 +117,7 @@ def main(argv=None) -> int:
             for side, rs in rows.items():
                 row = dict(rs[0])
                 for k, v in row.items():
-                    if k.endswith("_s") and all(isinstance(x.get(k), (int, float)) for x in rs):
+                    if timed(k) and all(isinstance(x.get(k), (int, float)) for x in rs):
                         row[k] = statistics.median(x[k] for x in rs)
                 merged[side] = row
             lines, same = compare(merged["base"], merged["head"])
