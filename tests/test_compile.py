@@ -102,3 +102,22 @@ def test_compiled_model_run_named_inputs():
         cm.run({"x": np.ones(2, np.float32)})
     with pytest.raises(tlc.InputError, match="shape"):
         cm.run({"x": np.ones(3, np.float32), "y": np.ones(3, np.float32)})
+
+
+def test_one_tensor_passed_for_two_inputs_gives_two_independent_inputs():
+    """torch.export gives one tensor object passed for two inputs a single placeholder (every use
+    reads the last input); tlc traces with a copy, so the built graph reads each input (issue 34:
+    build_lm's prefill read its cached keys from v_cache)."""
+    x = torch.randn(3)
+    cm = tlc.build(lambda a, b: a * 2 + b * 3, (x, x), precision="fp32")
+    out = cm.run({"a": np.ones(3, np.float32), "b": np.zeros(3, np.float32)}, backend="numpy")
+    np.testing.assert_array_equal(out["output"], [2, 2, 2])  # torch eager: 1 * 2 + 0 * 3
+
+    @tlc.compile
+    def g(a, b=None):
+        return a - b
+
+    assert torch.equal(g(x, b=x), torch.zeros(3))  # traced with one tensor for both ...
+    a, b = torch.randn(3), torch.randn(3)
+    torch.testing.assert_close(g(a, b=b), a - b)  # ... then called with two (same signature: no re-trace)
+    assert g.trace_count == 1

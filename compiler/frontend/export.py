@@ -18,6 +18,7 @@ import warnings
 from typing import Any, Callable
 
 import torch
+import torch.utils._pytree as pytree
 
 from ..errors import FrontendError, InputError
 
@@ -110,6 +111,33 @@ def as_module(model_or_fn: Any) -> torch.nn.Module:
     raise InputError(f"expected an nn.Module or a callable, got {type(model_or_fn).__name__}")
 
 
+def distinct_inputs(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` where a tensor object that fills more than one input is copied in every
+    place after its first.
+
+    torch.export gives one tensor object passed for two inputs a single placeholder: every use of
+    either input reads the last one and the other is left unused (strict and non-strict alike; by
+    design, pytorch/pytorch#144683). The inputs of the built graph are independent, so the
+    example inputs must be too. Issue 34: ``build_lm``'s prefill examples passed one empty tensor
+    as both ``k_cache`` and ``v_cache``, and every prefill function read its cached keys from
+    ``v_cache`` (wrong only at ``position > 0``, where cache slots are visible).
+    """
+    ids = [id(x) for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+    if len(set(ids)) == len(ids):
+        return args, kwargs  # the usual case: the inputs as given, containers untouched
+    seen: set[int] = set()
+
+    def distinct(x):
+        if not isinstance(x, torch.Tensor):
+            return x
+        if id(x) in seen:
+            return x.clone()
+        seen.add(id(x))
+        return x
+
+    return pytree.tree_map(distinct, (args, kwargs))
+
+
 def _with_signature(f, sig):
     def forward(*args, **kwargs):
         return f(*args, **kwargs)
@@ -138,7 +166,7 @@ def export(module: torch.nn.Module, args: tuple, kwargs: dict, strict: bool = Fa
         with torch.no_grad(), warnings.catch_warnings():
             # torch's own pytree deprecation chatter (LeafSpec) is not the user's concern
             warnings.filterwarnings("ignore", category=FutureWarning)
-            ep = torch.export.export(module, args, kwargs, strict=strict)
+            ep = torch.export.export(module, *distinct_inputs(args, kwargs), strict=strict)
             t1 = time.perf_counter()
             ep = ep.run_decompositions(decomposition_table())
         t2 = time.perf_counter()
