@@ -40,7 +40,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import bench_spine as spine  # noqa: E402  (model factories)
-from tlc import bench  # noqa: E402
+from tlc.driver import bench  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
