@@ -1,4 +1,4 @@
-"""GPU benchmark: tlc's torch-device executor against torch eager on the same CUDA device.
+"""GPU benchmark: tlc's torch-device executor against torch eager and ``torch.compile`` on one CUDA device.
 
 Models (full size; random weights from default ``transformers`` configs, as in bench_spine.py):
 ``minilm`` (all-MiniLM-L6-v2's BertConfig: 6 layers, hidden 384, 12 heads; the real checkpoint
@@ -7,20 +7,28 @@ latency does not depend on the weights), ``resnet50``, ``mobilenetv2``, ``vit`` 
 ``gpt2`` (124M). Text models take 128 tokens with 28 of them padding (a real attention mask).
 
 For each model, batch size (``--batches``, default 1,32) and dtype (``--dtypes``, default fp32):
-:func:`tlc.driver.bench.bench` traces the model at that batch size, then times torch eager, the executor
-with its default capture (CUDA graphs) and with ``capture="none"`` (plus ``--captures``, e.g.
-``compile``), interleaved round by round: ``--runs`` timed calls after ``--warmup`` (medians).
-Inputs are already on the device and outputs stay there; each call ends with a synchronize.
-fp32 runs under torch's default TF32 settings (cuDNN convs may use TF32, matmuls do not), the
-same for eager and tlc. fp16 casts the model and float inputs to half and traces that.
+:func:`tlc.driver.bench.bench` traces the model at that batch size, then times, interleaved round
+by round (``--runs`` timed calls after ``--warmup``, medians): torch eager; ``torch.compile(model,
+mode="reduce-overhead")`` (Inductor + CUDA graphs; the anchor, with its compile time); tlc's
+executor on the default build (``target="ane"``: it runs the build's executor graph, without the
+Neural Engine layout) and on a ``target="gpu"`` build, each with its default capture (Inductor +
+CUDA graphs) — plus ``--captures`` (e.g. ``cuda_graph,none``). ``x`` columns are latency / the
+torch.compile latency (below 1: faster); ``err`` is the worst relative L2 error of tlc's first
+output against eager. fp32 rows run with TF32 off (``torch.backends.*.allow_tf32 = False``) for
+every backend, so errors measure the compiler, not TF32; fp16 casts the model and float inputs.
 
-``--profile`` (or any default-capture ratio above 1.0) adds a torch.profiler breakdown of one
-call of eager and of tlc without capture: total CUDA kernel time, kernel count and the top kernels.
+``--first-call`` instead measures, per model, the first call of the default build's executor in a
+fresh process twice: cold (empty Inductor cache) and warm (the second process finds the first's
+compiled kernels in tlc's cache: ``TORCHINDUCTOR_CACHE_DIR`` under ``$TLC_CACHE_DIR``).
+
+``--profile`` adds a torch.profiler breakdown of one call of eager and of tlc without capture:
+total CUDA kernel time, kernel count and the top kernels.
 
 Run::
 
     python benchmarks/bench_gpu.py [--models minilm,resnet50,...] [--batches 1,32] [--dtypes fp32,fp16]
-                                   [--runs 50] [--warmup 10] [--captures compile] [--json out.json]
+                                   [--runs 50] [--warmup 10] [--captures cuda_graph] [--json out.json]
+    python benchmarks/bench_gpu.py --first-call [--models ...]
 """
 from __future__ import annotations
 
@@ -86,7 +94,7 @@ def profile(model, example_inputs, batch: int, dtype: str) -> dict:
     m = model.to(tdt) if tdt else model
     cm = build(m, (args, kwargs), precision="fp32")
     leaves = [x.cuda() for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
-    ex = TorchExecutor(cm.graph, device="cuda", capture="none")
+    ex = TorchExecutor(cm.exec_graph, device="cuda", capture="none")
     feeds = dict(zip(cm.input_names, leaves))
     mc = m.cuda()
     a, k = bench._to((args, kwargs), "cuda")
@@ -108,6 +116,26 @@ def profile(model, example_inputs, batch: int, dtype: str) -> dict:
     return out
 
 
+def first_call(name: str, cache_dir: str, batch: int = 1) -> float:
+    """Seconds of the first call of the default build's torch executor on CUDA, in a fresh process
+    whose compile caches live in ``cache_dir`` (the build itself is not counted)."""
+    import subprocess
+
+    code = (f"import sys, time, torch; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+            f"import bench_gpu as b, tlc; from tlc.driver import bench; "
+            f"torch.manual_seed(0); m, inputs, _ = b.MODELS[{name!r}](); m.eval(); "
+            f"a, k = bench.batched(inputs, {batch}); cm = tlc.build(m, (a, k), precision='fp32'); "
+            f"a, k = bench._to((a, k), 'cuda'); t0 = time.perf_counter(); out = cm(*a, backend='torch', **k); "
+            f"torch.cuda.synchronize(); print('FIRST', time.perf_counter() - t0)")
+    env = dict(os.environ, TLC_CACHE_DIR=cache_dir)
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    line = next((x for x in r.stdout.splitlines() if x.startswith("FIRST")), None)
+    if line is None:
+        raise SystemExit(f"first call of {name} failed:\n{r.stderr[-3000:]}")
+    return float(line.split()[1])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
@@ -115,58 +143,85 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="fp32")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--captures", default="", help="extra captures besides cuda_graph and none (e.g. compile)")
-    ap.add_argument("--profile", action="store_true", help="profile every row, not only rows slower than eager")
+    ap.add_argument("--captures", default="", help="extra tlc captures to time (e.g. cuda_graph,none)")
+    ap.add_argument("--profile", action="store_true", help="profile every row (eager vs tlc without capture)")
+    ap.add_argument("--first-call", action="store_true", help="measure the first call cold and warm, then stop")
     ap.add_argument("--json", metavar="FILE")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device here (torch.cuda.is_available() is False)", file=sys.stderr)
         return 2
+    if a.first_call:
+        import tempfile
+
+        rows = []
+        for name in a.models.split(","):
+            with tempfile.TemporaryDirectory(prefix="tlc-first-") as d:
+                cold, warm = first_call(name, d), first_call(name, d)
+            rows.append({"model": name, "cold_s": cold, "warm_s": warm})
+            log(f"{name}: first call cold {cold:.2f} s, warm {warm:.2f} s")
+        print(f"first call of tlc's torch executor (default build, batch 1, fp32), {torch.cuda.get_device_name()}, "
+              f"torch {torch.__version__}: cold = empty compile caches, warm = a second process")
+        print("model | cold_s | warm_s")
+        for r in rows:
+            print(f"{r['model']} | {r['cold_s']:.2f} | {r['warm_s']:.2f}")
+        if a.json:
+            Path(a.json).write_text(json.dumps(rows, indent=2))
+        return 0
     extra = [c for c in a.captures.split(",") if c]
     rows = []
     for name in a.models.split(","):
         for dtype in a.dtypes.split(","):
+            tf32 = dtype != "fp32"  # fp32: no TF32 anywhere, so errors measure the compiler
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
             for batch in [int(b) for b in a.batches.split(",")]:
                 torch.manual_seed(0)
                 model, inputs, note = MODELS[name]()
                 model.eval()
                 log(f"{name} batch {batch} {dtype}")
-                res = bench.bench(model, inputs, backends=("eager", "tlc-torch"), devices_=["cuda"],
-                                  captures=["none"] + extra, runs=a.runs, warmup=a.warmup, batch=batch, dtype=dtype,
-                                  log=lambda s: log("  " + s))
+                res = bench.bench(model, inputs, backends=("eager", "compile", "tlc-torch"), devices_=["cuda"],
+                                  captures=extra, builds=("ane", "gpu"), runs=a.runs, warmup=a.warmup, batch=batch,
+                                  dtype=dtype, log=lambda s: log("  " + s))
                 by = {r.backend: r for r in res}
-                row = {"model": name, "batch": batch, "dtype": dtype, "note": note,
-                       "eager_ms": by["eager:cuda"].median_ms}
+                comp = by["compile:cuda"]
+                row = {"model": name, "batch": batch, "dtype": dtype, "note": note, "eager_ms": by["eager:cuda"].median_ms,
+                       "compile_ms": comp.median_ms, "compile_first_s": comp.first_ms / 1e3,
+                       "compile_err": comp.rel_err}
                 for r in res:
                     if r.backend.startswith("tlc-torch"):
-                        cap = r.backend.split(":")[2] if r.backend.count(":") == 2 else "cuda_graph"
-                        row[f"{cap}_ms"] = r.median_ms
-                        row[f"{cap}_x"] = r.vs_eager
-                        row[f"{cap}_err"] = r.rel_err
-                        if "fell back" in r.note:
-                            row["note"] += " " + r.note
-                if a.profile or row["cuda_graph_x"] > 1.0:
+                        key = r.backend.replace("tlc-torch", "tlc").replace(":cuda", "").replace("/", "_").replace(":", "_")
+                        row[f"{key}_ms"] = r.median_ms
+                        row[f"{key}_x"] = r.median_ms / comp.median_ms
+                        row[f"{key}_err"] = r.rel_err
+                        row[f"{key}_first_s"] = r.first_ms / 1e3
+                        row[f"{key}_note"] = r.note
+                if a.profile:
                     log("  profiling")
                     row["profile"] = profile(model, inputs, batch, dtype)
                 rows.append(row)
-                log(f"  eager {row['eager_ms']:.3f} ms, tlc+graph {row['cuda_graph_ms']:.3f} ms "
-                    f"({row['cuda_graph_x']:.2f}x), tlc {row['none_ms']:.3f} ms ({row['none_x']:.2f}x)")
+                log(f"  eager {row['eager_ms']:.3f} ms, compile {row['compile_ms']:.3f} ms, tlc {row['tlc_ms']:.3f} ms "
+                    f"({row['tlc_x']:.2f}x compile), tlc gpu build {row['tlc_gpu_ms']:.3f} ms ({row['tlc_gpu_x']:.2f}x)")
                 if a.json:
                     Path(a.json).write_text(json.dumps({"env": bench.environment(), "rows": rows}, indent=2))
                 del model
                 gc.collect()
                 torch.cuda.empty_cache()
-    caps = ["cuda_graph", "none"] + extra
-    head = ["model", "batch", "dtype", "eager_ms"] + [f"{c}_{s}" for c in caps for s in ("ms", "x")] + ["rel_err"]
-    print(f"tlc torch-device executor vs torch eager, {bench.environment().get('cuda_device')}, torch {torch.__version__}; "
-          f"median of {a.runs} interleaved runs after {a.warmup} warm-up; x = tlc / eager (below 1: tlc faster)")
+    keys = ["tlc", "tlc_gpu"] + [f"tlc_{c.replace('+', '_')}" for c in extra]
+    head = ["model", "batch", "dtype", "eager_ms", "compile_ms", "compile_first_s"] + \
+        [f"{k}_{s}" for k in keys for s in ("ms", "x")] + ["tlc_err", "tlc_first_s"]
+    print(f"tlc's torch executor vs torch eager and torch.compile(mode='reduce-overhead'), "
+          f"{bench.environment().get('cuda_device')}, torch {torch.__version__}; median of {a.runs} interleaved runs "
+          f"after {a.warmup} warm-up; x = tlc / torch.compile (below 1: tlc faster); fp32 with TF32 off")
     print(" | ".join(head))
     for r in rows:
-        cells = [r["model"], str(r["batch"]), r["dtype"], f"{r['eager_ms']:.3f}"]
-        for c in caps:
-            cells += [f"{r.get(c + '_ms', float('nan')):.3f}", f"{r.get(c + '_x', float('nan')):.2f}"]
-        cells.append(f"{max(r.get(c + '_err') or 0 for c in caps):.1e}")
+        cells = [r["model"], str(r["batch"]), r["dtype"], f"{r['eager_ms']:.3f}", f"{r['compile_ms']:.3f}",
+                 f"{r['compile_first_s']:.1f}"]
+        for k in keys:
+            cells += [f"{r.get(k + '_ms', float('nan')):.3f}", f"{r.get(k + '_x', float('nan')):.2f}"]
+        cells += [f"{max(r.get(k + '_err') or 0 for k in keys):.1e}", f"{r['tlc_first_s']:.1f}"]
         print(" | ".join(cells))
+    notes = {r["tlc_note"] for r in rows}
+    print("tlc captures: " + "; ".join(sorted(notes)))
     for r in rows:
         if "profile" in r:
             print(f"\nprofile {r['model']} batch {r['batch']} {r['dtype']}:")

@@ -10,9 +10,16 @@ side by side in one process:
 * HF ``generate`` (torch eager, its own dynamic cache, same device) decode tokens/s at the same
   prefixes, and tlc's ``generate`` prefill and decode tokens/s.
 
+With ``--device cuda`` (issue 33; no package is saved: coremltools need not be installed) it
+measures instead, at each prefix: tlc's ``generate`` decode tokens/s on its torch executor (the KV
+cache stays on the GPU; the executor's default capture: Inductor + CUDA graphs), HF ``generate``
+eager (dynamic cache) and HF ``generate`` with ``cache_implementation="static"`` and its forward
+under ``torch.compile(mode="reduce-overhead")``, each after one warm-up call.
+
 Run::
 
     python benchmarks/bench_lm.py [--hidden 512 --layers 8] [--contexts 64,256,1024] [--runs 5] [--device cpu]
+    python benchmarks/bench_lm.py --device cuda [--contexts 64,256,1024] [--new 64]
 """
 from __future__ import annotations
 
@@ -70,6 +77,61 @@ def hf_decode_tokens_per_s(model, prefix: int, new: int, device: str) -> float:
     return (new - 1) / max((t2 - t1) - (t1 - t0), 1e-9)
 
 
+def hf_generate_tokens_per_s(model, prefix: int, new: int, device: str, static: bool = False) -> float:
+    """HF ``generate`` decode tokens/s after ``prefix`` tokens: the second of two calls (the first
+    warms up or compiles), minus a one-token call's time (the prefill)."""
+    ids = torch.randint(0, model.config.vocab_size, (1, prefix), generator=torch.Generator().manual_seed(1)).to(device)
+    kw = dict(do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(ids))
+    if static:
+        kw["cache_implementation"] = "static"
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)  # warm-up (compiles, for static)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+    return (new - 1) / max((t2 - t1) - (t1 - t0), 1e-9)
+
+
+def main_cuda(a) -> int:
+    """``--device cuda``: tlc generate (cache on the GPU) vs HF eager and HF static + torch.compile."""
+    contexts = [int(x) for x in a.contexts.split(",")]
+    model = model_of(a)
+    n = sum(q.numel() for q in model.parameters())
+    t0 = time.perf_counter()
+    mf = tlc.build_lm(model, max_context=a.max_context, prefill_lengths=[64], precision="fp32")
+    print(f"llama-shaped {n / 1e6:.1f}M params, max_context {a.max_context}; build_lm {time.perf_counter() - t0:.1f} s; "
+          f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    hf = model.to("cuda")
+    compiled = model_of(a).to("cuda")
+    compiled.forward = torch.compile(compiled.forward, mode="reduce-overhead", fullgraph=True)
+    rows = []
+    for prefix in contexts:
+        prompt = (np.arange(prefix) % (a.vocab - 2)) + 2
+        st = GenerationStats()
+        mf.generate(prompt, a.new, backend="torch", eos_token_id=[])  # warm-up: compiles/records each function
+        t0 = time.perf_counter()
+        mf.generate(prompt, a.new, backend="torch", eos_token_id=[], stats=st)
+        row = {"prefix": prefix, "tlc_tok_s": st.decode_tokens_per_s, "tlc_prefill_tok_s": st.prefill_tokens_per_s,
+               "hf_eager_tok_s": hf_generate_tokens_per_s(hf, prefix, a.new, "cuda"),
+               "hf_static_compile_tok_s": hf_generate_tokens_per_s(compiled, prefix, a.new, "cuda", static=True)}
+        rows.append(row)
+        print(row, file=sys.stderr, flush=True)
+    cols = ["prefix", "tlc_tok_s", "hf_eager_tok_s", "hf_static_compile_tok_s", "tlc_prefill_tok_s"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    print(f"tlc decode tokens/s at prefix {rows[-1]['prefix']} / prefix {rows[0]['prefix']}: "
+          f"{rows[-1]['tlc_tok_s'] / rows[0]['tlc_tok_s']:.2f}x; vs HF eager (worst prefix): "
+          f"{min(r['tlc_tok_s'] / r['hf_eager_tok_s'] for r in rows):.2f}x")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--hidden", type=int, default=512)
@@ -81,6 +143,8 @@ def main(argv=None) -> int:
     p.add_argument("--new", type=int, default=16, help="tokens per generate call for tokens/s")
     p.add_argument("--device", default="cpu", help="torch device for HF generate and tlc's torch executor")
     a = p.parse_args(argv)
+    if a.device.startswith("cuda"):
+        return main_cuda(a)
     contexts = [int(x) for x in a.contexts.split(",")]
     model = model_of(a)
     n = sum(q.numel() for q in model.parameters())

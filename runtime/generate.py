@@ -75,7 +75,8 @@ def prefill_name(length: int) -> str:
 
 @dataclass
 class KVCache:
-    """The host's cache buffers (``k``, ``v``: float32 ``LMInfo.cache_shape``; None for a stateful
+    """The cache buffers (``k``, ``v``: float32 ``LMInfo.cache_shape``, NumPy arrays on the host or
+    torch tensors on the device the model runs on, which then never copies them; None for a stateful
     package, whose cache is ``state``: what its ``make_state()`` returned) and how many slots
     hold tokens (``length``: ``tokens`` are theirs); ``owner`` is the fingerprint of the package's
     :class:`LMInfo`. ``pending``: the last token a :func:`generate` call produced, not yet run
@@ -116,7 +117,8 @@ def _step(run, info: LMInfo, cache: KVCache, tokens: list[int], bucket: int) -> 
         cache.v[:, :, :, at:at + n] = out["v_new"][:, :, :, :n]
     cache.length += len(tokens)
     cache.tokens += list(tokens)
-    return np.asarray(out["logits"])[0]
+    logits = out["logits"]
+    return (logits.detach().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits))[0]
 
 
 def _check_cache(info: LMInfo, cache: KVCache) -> None:

@@ -24,14 +24,16 @@ API (what the hybrid runtime builds on)::
   device, so that consecutive device segments pass device tensors with no host round trip. Output
   tensors may alias an input or a weight (an ``identity`` or a ``reshape`` of one): do not modify
   them in place.
-* ``capture``: ``None`` = the default for the device (``"cuda_graph"`` on CUDA, ``"none"``
+* ``capture``: ``None`` = the default for the device (:func:`default_capture`:
+  ``"compile+cuda_graph"`` on CUDA where Inductor runs, else ``"cuda_graph"``; ``"none"``
   elsewhere; measured in docs/performance.md, "## GPU"), or ``"none"``, ``"cuda_graph"``,
   ``"compile"``, ``"compile+cuda_graph"``. ``cuda_graph`` records the whole run once into a CUDA
   graph (static input buffers that each run copies the inputs into, then one replay; outputs are
   cloned out of the graph's buffers), which removes the per-kernel launch cost that dominates at
   small batch sizes. ``compile`` runs the loop through ``torch.compile`` (Inductor fuses
-  elementwise chains; the first run pays the compile time). A capture that fails falls back to
-  plain execution and records why in ``capture_error``.
+  elementwise chains; the first run pays the compile time, which Inductor's on-disk caches pay once
+  per machine). A capture that fails falls back (compilation first, then graph recording) and
+  records why in ``capture_error``.
 
 Numerics: fp32 values are computed by the same torch/cuBLAS/cuDNN calls torch eager makes for the
 same ops (with torch's default TF32 settings), so results match eager closely; fp16 is computed
@@ -44,6 +46,7 @@ node and source line when a kernel fails; :class:`~tlc.errors.TlcError` when an 
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Mapping
 
 import numpy as np
@@ -68,10 +71,24 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def inductor_available() -> bool:
+    """Whether ``torch.compile`` can build CUDA kernels here: Inductor generates Triton kernels for
+    CUDA, so Triton must be importable (it is not on CPU-only installs or Windows)."""
+    return importlib.util.find_spec("triton") is not None
+
+
 def default_capture(device: torch.device) -> str:
-    """The capture used when none is asked for: CUDA graphs on CUDA (they win at every measured
-    model and batch size, docs/performance.md), none elsewhere (MPS and CPU have no graph replay)."""
-    return "cuda_graph" if device.type == "cuda" else "none"
+    """The capture used when none is asked for: on CUDA ``compile+cuda_graph`` (Inductor's fused
+    kernels replayed as one CUDA graph: what ``torch.compile(mode="reduce-overhead")`` does) when
+    Inductor can run, else ``cuda_graph``; none elsewhere (MPS and CPU have no graph replay).
+    Measured on an H100 (issue 33, docs/performance.md "## GPU"): compile+cuda_graph beat
+    cuda_graph on ResNet-50, GPT-2 and ViT-B at batch 1 and 32 (e.g. ResNet-50 b1 0.46 vs 0.84
+    ms, GPT-2 b32 2.67 vs 5.22 ms); its one-time compile is paid once per machine through
+    Inductor's on-disk caches (``TORCHINDUCTOR_CACHE_DIR``; tlc's driver points it into tlc's
+    compile cache). A capture that fails falls back (``capture_error`` says why)."""
+    if device.type != "cuda":
+        return "none"
+    return "compile+cuda_graph" if inductor_available() else "cuda_graph"
 
 
 def _numpy_dtype(dt: torch.dtype) -> np.dtype:
@@ -201,19 +218,38 @@ class TorchExecutor:
             static_out = self._fn(static_in)
         self._graph = (cg, static_in, static_out)
 
+    def _fall_back(self, e: Exception) -> None:
+        """A capture failed (Inductor could not compile, a kernel cannot be recorded): drop the
+        failing part and say why in ``capture_error``. Compilation goes first (``compile+cuda_graph``
+        -> ``cuda_graph`` -> ``none``), since CUDA graphs of the plain kernels almost always record."""
+        self.capture_error = ((self.capture_error + "; ") if self.capture_error else "") + f"{type(e).__name__}: {e}"
+        if "compile" in self.capture:
+            self.capture = "cuda_graph" if "cuda_graph" in self.capture else "none"
+            self._fn = self._execute
+        else:
+            self.capture = "none"
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def _run_device(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        if "cuda_graph" not in self.capture:
-            return self._fn(inputs)
-        if self._graph is None:
+        while "cuda_graph" not in self.capture:
+            try:
+                return self._fn(inputs)
+            except TlcError:
+                raise
+            except Exception as e:  # compile failed: run plainly and say why
+                if self.capture == "none":
+                    raise
+                self._fall_back(e)
+        while self._graph is None:
             try:
                 self._record(inputs)
             except TlcError:
                 raise
             except Exception as e:  # capture is an optimization: run plainly and say why
-                self.capture_error = f"{type(e).__name__}: {e}"
-                self.capture = self.capture.replace("+cuda_graph", "").replace("cuda_graph", "none")
-                torch.cuda.synchronize(self.device)
-                return self._fn(inputs)
+                self._fall_back(e)
+                if "cuda_graph" not in self.capture:
+                    return self._fn(inputs)
         cg, static_in, static_out = self._graph
         for s, t in zip(static_in, inputs):
             if s is not t:
@@ -243,4 +279,4 @@ class TorchExecutor:
                 f"{[n for n, *_ in self.inputs]} -> {self.outputs}>")
 
 
-__all__ = ["TorchExecutor", "default_device", "default_capture", "CAPTURES"]
+__all__ = ["TorchExecutor", "default_device", "default_capture", "inductor_available", "CAPTURES"]

@@ -294,11 +294,101 @@ def test_device_tensor_passes_through_without_copy():
     assert out["y"].data_ptr() == t.data_ptr()
 
 
-def test_default_device_and_capture():
+def test_default_device_and_capture(monkeypatch):
+    """Issue 33: CUDA's default capture is Inductor + CUDA graphs where Inductor can run (Triton
+    importable), CUDA graphs alone where it cannot; no capture on the CPU or MPS."""
+    import tlc.runtime.torch_executor as te
+
     d = default_device()
     assert d.type == ("mps" if torch.backends.mps.is_available() else "cuda" if torch.cuda.is_available() else "cpu")
+    assert default_capture(torch.device("cuda")) == ("compile+cuda_graph" if te.inductor_available() else "cuda_graph")
+    monkeypatch.setattr(te, "inductor_available", lambda: False)  # as on a machine without Triton
     assert default_capture(torch.device("cuda")) == "cuda_graph"
+    monkeypatch.setattr(te, "inductor_available", lambda: True)
+    assert default_capture(torch.device("cuda")) == "compile+cuda_graph"
     assert default_capture(torch.device("cpu")) == default_capture(torch.device("mps")) == "none"
+
+
+def test_a_failing_compile_falls_back_to_plain_execution():
+    """A capture is an optimization: when Inductor cannot compile the graph, the executor runs the
+    plain kernels, says why (``capture_error``) and gives the same numbers."""
+    cm, f, x, ids = small_graph()
+    ex = TorchExecutor(cm.graph, device="cpu", capture="compile")
+
+    def broken(inputs):  # what a torch.compile that cannot build kernels for this graph does
+        raise RuntimeError("InductorError: no C++ compiler")
+
+    ex._fn = broken
+    out = ex.run({"x": x, "ids": ids})
+    assert ex.capture == "none" and "no C++ compiler" in ex.capture_error
+    assert np.allclose(out["y"], f(x, ids)["y"].numpy(), atol=1e-6)
+
+
+def test_default_build_executes_the_graph_without_the_ane_layout():
+    """Issue 33: the Core ML program keeps the Neural Engine layout (per-head einsums, 1x1 convs);
+    tlc's torch and NumPy executors run the build's graph without it, as a target="gpu" build would,
+    and agree with torch eager."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, max_position_embeddings=64)
+    m = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    ids = torch.randint(0, 100, (1, 16))
+    mask = torch.ones(1, 16, dtype=torch.long)
+    mask[0, 12:] = 0
+    cm = tlc.build(m, ((), {"input_ids": ids, "attention_mask": mask}))
+    assert cm.graph.op_histogram().get("einsum", 0) >= 8  # laid out for the ANE: per-head attention
+    assert "einsum" not in cm.exec_graph.op_histogram()
+    gpu = tlc.build(m, ((), {"input_ids": ids, "attention_mask": mask}), target="gpu")
+    assert cm.exec_graph.op_histogram() == gpu.graph.op_histogram()
+    with torch.no_grad():
+        want = m(input_ids=ids, attention_mask=mask).last_hidden_state.numpy()
+    for backend in ("torch", "numpy"):
+        got = cm.run({"input_ids": ids.numpy(), "attention_mask": mask.numpy()}, backend=backend)
+        assert np.abs(got[cm.output_names[0]] - want).max() < 1e-4, backend
+    assert cm._torch.graph is cm.exec_graph
+
+
+def test_inductor_caches_live_in_tlcs_cache(monkeypatch, tmp_path):
+    """The compiled kernels of a capture are cached under tlc's compile cache, so a second process
+    starts warm; a user's own $TORCHINDUCTOR_CACHE_DIR is left alone, and nothing is set with the
+    cache off."""
+    import os
+
+    from tlc.driver.cache import use_for_inductor
+
+    monkeypatch.setenv("TLC_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TLC_NO_CACHE", "1")
+    use_for_inductor()
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    monkeypatch.delenv("TLC_NO_CACHE")
+    use_for_inductor()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "c" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    use_for_inductor()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def test_lm_cache_stays_on_the_executor_device():
+    """Issue 33: generate() on tlc's torch executor keeps the KV cache as tensors on its device
+    (only token ids go in and logits come out each step), and gives Hugging Face's greedy tokens."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=256, max_position_embeddings=128)
+    m = transformers.LlamaForCausalLM(cfg).eval()
+    mf = tlc.build_lm(m, max_context=48, prefill_lengths=[8], precision="fp32")
+    ids = torch.randint(1, 256, (1, 11))
+    cache = mf.new_cache(backend="torch")
+    assert isinstance(cache.k, torch.Tensor) and cache.k.device == default_device()
+    k = cache.k
+    got = mf.generate(ids.numpy(), 10, backend="torch", cache=cache)
+    want = m.generate(ids, max_new_tokens=10, do_sample=False, attention_mask=torch.ones_like(ids))
+    assert got.tolist() == want.tolist()
+    assert cache.k is k and cache.length == 11 + 9 and float(cache.k[:, :, :, :cache.length].abs().sum()) > 0
 
 
 def test_weights_are_converted_once():

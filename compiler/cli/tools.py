@@ -132,7 +132,8 @@ def add_parsers(sub) -> None:
     bn.add_argument("--warmup", type=int, default=10, help="untimed calls per backend first (default 10)")
     bn.add_argument("--batch", type=int, help="repeat/cut the example inputs' first axis to this size")
     bn.add_argument("--backends", default="eager,tlc-torch,tlc-numpy,coreml",
-                    help="comma-separated subset of eager,tlc-torch,tlc-numpy,coreml (default: all available)")
+                    help="comma-separated subset of eager,compile,tlc-torch,tlc-numpy,coreml (default: eager,tlc-torch,"
+                         "tlc-numpy,coreml where available; compile: torch.compile(mode='reduce-overhead'))")
     bn.add_argument("--device", help="torch devices for eager/tlc-torch, comma-separated (default: cpu + cuda/mps)")
     bn.add_argument("--capture", help="extra torch-executor captures to time: none,cuda_graph,compile,compile+cuda_graph")
     bn.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")

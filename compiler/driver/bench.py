@@ -6,9 +6,14 @@ alike):
 
 * ``eager:<dev>`` — the torch model itself on each device (``cpu``, and ``cuda`` / ``mps`` when
   present), under ``torch.inference_mode()``;
+* ``compile:<dev>`` — ``torch.compile(model, mode="reduce-overhead")`` (Inductor kernels and, on
+  CUDA, CUDA graphs: the anchor users compare with); its note gives the first call's seconds (the
+  compile);
 * ``tlc-torch:<dev>`` — tlc's torch-device executor (:mod:`tlc.runtime.torch_executor`) with its
-  default capture for the device (CUDA graphs on CUDA), and ``tlc-torch:<dev>:<capture>`` for
-  other captures asked for with ``--capture``;
+  default capture for the device (Inductor + CUDA graphs on CUDA), running the default build's
+  executor graph (:attr:`tlc.driver.model.CompiledModel.exec_graph`), and
+  ``tlc-torch:<dev>:<capture>`` for other captures asked for with ``--capture``;
+  ``tlc-torch/gpu:<dev>`` the same for a ``target="gpu"`` build (``builds``);
 * ``tlc-numpy`` — tlc's NumPy executor over the IR (the reference; slow on big models);
 * ``coreml`` — the saved ``.mlpackage`` through Core ML predict (macOS only).
 
@@ -18,7 +23,8 @@ arrays. Each timed call ends with a device synchronize. Reported per backend: ``
 ``p90_ms`` over ``runs`` calls after ``warmup`` untimed calls, ``throughput`` = batch / median
 (samples per second), ``vs_eager`` = median / median of torch eager on the same device (below 1:
 faster than eager), and ``rel_err``: relative L2 error ``||tlc - eager|| / ||eager||`` of the first
-output against torch eager on that device.
+output against torch eager on that device; ``first_ms``: the first call (compiling or recording a
+capture).
 """
 from __future__ import annotations
 
@@ -39,11 +45,12 @@ from tlc.runtime import coreml_available, run_graph
 from tlc.runtime.torch_executor import TorchExecutor, default_capture
 from tlc.version import __version__
 
+from .cache import use_for_inductor
 from .inputs import unwrap
 from .options import BuildOptions
 from .single import build_one
 
-BACKENDS = ("eager", "tlc-torch", "tlc-numpy", "coreml")
+BACKENDS = ("eager", "compile", "tlc-torch", "tlc-numpy", "coreml")
 
 
 @dataclass
@@ -59,6 +66,7 @@ class Result:
     vs_eager: float | None = None
     rel_err: float | None = None
     note: str = ""
+    first_ms: float | None = None
     times_ms: list = field(default_factory=list, repr=False)
 
 
@@ -139,14 +147,16 @@ def p90(xs: list[float]) -> float:
 
 def bench(model, example_inputs, *, backends=("eager", "tlc-torch", "tlc-numpy", "coreml"), devices_=None,
           captures=(), runs: int = 50, warmup: int = 10, batch: int | None = None, dtype: str = "fp32",
-          log: Callable[[str], None] = lambda s: None) -> list[Result]:
+          builds=("ane",), log: Callable[[str], None] = lambda s: None) -> list[Result]:
     """Benchmark ``model`` on ``example_inputs`` (batched to ``batch``) on each backend.
 
     ``backends``: subset of :data:`BACKENDS` (unavailable ones are skipped: ``coreml`` off macOS);
     ``devices_``: torch devices for ``eager``/``tlc-torch`` (default :func:`devices`);
     ``captures``: extra torch-executor captures to time besides the device default (e.g.
     ``("none",)``); ``dtype``: ``"fp32"`` or ``"fp16"`` (model and float inputs cast to half; the
-    IR is traced in fp16; ``tlc-numpy``/``coreml`` then skipped). Returns one :class:`Result` per
+    IR is traced in fp16; ``tlc-numpy``/``coreml`` then skipped); ``builds``: the build targets whose
+    executor graphs ``tlc-torch`` times (``"ane"``: the default build; ``"gpu"``: ``target="gpu"``).
+    Returns one :class:`Result` per
     backend and device, eager first per device. Raises :class:`~tlc.errors.InputError` for unknown
     backends or dtypes.
     """
@@ -164,13 +174,22 @@ def bench(model, example_inputs, *, backends=("eager", "tlc-torch", "tlc-numpy",
     host_model = copy.deepcopy(fn).to(tdt) if (tdt is not None and isinstance(fn, torch.nn.Module)) else fn
     h_args, h_kwargs = _to((args, kwargs), "cpu", tdt)
     log(f"tracing (batch {nbatch}, {dtype})")
-    cm = build_one(host_model, (h_args, h_kwargs), BuildOptions.decide(precision="fp32"))
+    cms = {t: build_one(host_model, (h_args, h_kwargs), BuildOptions.decide(precision="fp32", target=t)) for t in builds}
+    cm = cms[builds[0]]
     leaves = [x for x in pytree.tree_leaves((h_args, h_kwargs)) if isinstance(x, torch.Tensor)]
     host_feeds = {n: x.numpy() for n, x in zip(cm.input_names, leaves)}
 
-    calls, syncs, notes, firsts = {}, {}, {}, {}
+    calls, syncs, notes, firsts, first_ms = {}, {}, {}, {}, {}
+
+    def first(name, call):  # the first call compiles or records; its output is the one compared
+        t0 = time.perf_counter()
+        firsts[name] = _first(call())
+        sync(syncs[name])
+        first_ms[name] = (time.perf_counter() - t0) * 1e3
+
+    use_for_inductor()
     for dev in devs:
-        if "eager" in backends:
+        if "eager" in backends or "compile" in backends:
             m = copy.deepcopy(host_model).to(dev) if isinstance(host_model, torch.nn.Module) else host_model
             a, k = _to((h_args, h_kwargs), dev)
 
@@ -178,34 +197,51 @@ def bench(model, example_inputs, *, backends=("eager", "tlc-torch", "tlc-numpy",
                 with torch.inference_mode():
                     return m(*a, **k)
 
-            calls[f"eager:{dev}"], syncs[f"eager:{dev}"] = eager, dev
+            if "eager" in backends:
+                calls[f"eager:{dev}"], syncs[f"eager:{dev}"] = eager, dev
+            if "compile" in backends:
+                compiled = torch.compile(m, mode="reduce-overhead")
+
+                def comp(c=compiled, a=a, k=k):
+                    with torch.inference_mode():
+                        return c(*a, **k)
+
+                name = f"compile:{dev}"
+                calls[name], syncs[name] = comp, dev
+                log(f"torch.compile(mode='reduce-overhead') on {dev}")
+                first(name, comp)
+                notes[name] = f"first call {first_ms[name] / 1e3:.1f} s (compile)"
         if "tlc-torch" in backends:
-            feeds = {n: x.to(dev) for n, x in zip(cm.input_names, leaves)}
-            for cap in dict.fromkeys([default_capture(torch.device(dev))] + list(captures)):
-                if "cuda_graph" in cap and not dev.startswith("cuda"):
-                    continue
-                log(f"tlc-torch on {dev}, capture {cap}")
-                ex = TorchExecutor(cm.graph, device=dev, capture=cap)
-                name = f"tlc-torch:{dev}" + ("" if cap == default_capture(torch.device(dev)) else f":{cap}")
-                calls[name] = lambda ex=ex, f=feeds: ex.run(f, keep_on_device=True)
-                syncs[name] = dev
-                firsts[name] = _first(calls[name]())  # first run: records/compiles the capture
-                notes[name] = f"capture {ex.capture}" + (f" (fell back: {ex.capture_error})" if ex.capture_error else "")
+            for target, c in cms.items():
+                feeds = {n: x.to(dev) for n, x in zip(c.input_names, leaves)}
+                for cap in dict.fromkeys([default_capture(torch.device(dev))] + list(captures)):
+                    if "cuda_graph" in cap and not dev.startswith("cuda"):
+                        continue
+                    log(f"tlc-torch on {dev}, {target} build, capture {cap}")
+                    ex = TorchExecutor(c.exec_graph, device=dev, capture=cap)
+                    name = f"tlc-torch{'' if target == 'ane' else '/' + target}:{dev}" + (
+                        "" if cap == default_capture(torch.device(dev)) else f":{cap}")
+                    calls[name] = lambda ex=ex, f=feeds: ex.run(f, keep_on_device=True)
+                    syncs[name] = dev
+                    first(name, calls[name])  # first run: records/compiles the capture
+                    notes[name] = f"capture {ex.capture}, {len(c.exec_graph.nodes)} nodes" + (
+                        f" (fell back: {ex.capture_error})" if ex.capture_error else "")
     if "tlc-numpy" in backends and dtype == "fp32":
-        calls["tlc-numpy"], syncs["tlc-numpy"] = (lambda: run_graph(cm.graph, host_feeds)), "cpu"
+        calls["tlc-numpy"], syncs["tlc-numpy"] = (lambda: run_graph(cm.exec_graph, host_feeds)), "cpu"
     if "coreml" in backends and coreml_available() and dtype == "fp32":  # pragma: no cover - macOS only
         calls["coreml"], syncs["coreml"] = (lambda: cm.run(host_feeds, backend="coreml")), "cpu"
         notes["coreml"] = f"{cm.precision} package, compute units ALL"
     for name, call in calls.items():
         if name not in firsts:
-            firsts[name] = _first(call())
+            first(name, call)
     log(f"timing {len(calls)} backends: {runs} runs after {warmup} warm-up calls each, interleaved")
     times = time_interleaved(calls, syncs, runs, warmup)
     results = []
     for name, ts in times.items():
         dev = syncs[name]
         med = statistics.median(ts)
-        results.append(Result(name, dev, nbatch, med, p90(ts), nbatch / med * 1e3, note=notes.get(name, ""), times_ms=ts))
+        results.append(Result(name, dev, nbatch, med, p90(ts), nbatch / med * 1e3, note=notes.get(name, ""),
+                              first_ms=first_ms.get(name), times_ms=ts))
     for r in results:
         ref_name = f"eager:{r.device}"
         if ref_name in times:

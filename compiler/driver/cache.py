@@ -81,6 +81,20 @@ def enabled(requested: bool | None = True) -> bool:
     return bool(requested) and os.environ.get("TLC_NO_CACHE", "0") in ("", "0")
 
 
+#: the folder under the cache root that holds torch Inductor's own on-disk caches (:func:`use_for_inductor`)
+INDUCTOR = "inductor"
+
+
+def use_for_inductor() -> None:
+    """Point torch Inductor's on-disk caches (its FX graph and AOT autograd caches, under
+    ``$TORCHINDUCTOR_CACHE_DIR``) into tlc's cache root, so a second process compiling the same
+    graph for tlc's torch executor (``capture="compile+cuda_graph"``, the CUDA default) starts warm.
+    Leaves a ``$TORCHINDUCTOR_CACHE_DIR`` the user set alone, and does nothing when the cache is off
+    (:func:`enabled`). ``tlc cache clear`` empties it too."""
+    if enabled() and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / INDUCTOR)
+
+
 def max_bytes() -> int:
     """The size cap in bytes (``$TLC_CACHE_MAX_BYTES``, default :data:`DEFAULT_MAX_BYTES`)."""
     try:
@@ -220,9 +234,10 @@ class Cache:
                 "bytes": sum(e[2] for e in ents), "max_bytes": self.max_bytes}
 
     def clear(self) -> int:
-        """Remove every entry (and staging leftovers); returns how many entries there were."""
+        """Remove every entry (and staging leftovers, and Inductor's caches: :func:`use_for_inductor`);
+        returns how many entries there were."""
         n = len(self.entries())
-        for kind in KINDS + ("tmp",):
+        for kind in KINDS + ("tmp", INDUCTOR):
             shutil.rmtree(self.root / kind, ignore_errors=True)
         return n
 
@@ -272,5 +287,5 @@ def copy_artifact(src: Path, dest: Path, force: bool) -> Path:
     return atomic_dir(dest, force, lambda staged: shutil.copytree(src, staged))
 
 
-__all__ = ["Cache", "cache_dir", "enabled", "max_bytes", "save_graph_entry", "load_graph_entry", "read_entry",
+__all__ = ["Cache", "cache_dir", "enabled", "max_bytes", "use_for_inductor", "save_graph_entry", "load_graph_entry", "read_entry",
            "copy_artifact", "KINDS", "FORMAT_VERSION"]

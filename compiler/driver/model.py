@@ -31,7 +31,7 @@ from tlc.runtime import check_inputs, coreml_available, gpu_available, load, run
 from tlc.util.progress import stage
 
 from . import save as _save
-from .cache import Cache, load_graph_entry, read_entry, save_graph_entry
+from .cache import Cache, load_graph_entry, read_entry, save_graph_entry, use_for_inductor
 from .cache_key import derived_key
 from .inputs import complex_boundary, signature_key
 from .options import RUN_BACKENDS as BACKENDS, BuildOptions
@@ -44,9 +44,11 @@ TRACE_STAGES = ("export", "decompose", "lower", "passes")
 class CompiledModel:
     """A model traced into tlc's IR, ready to save as ``.mlpackage`` or to run.
 
-    Attributes: ``graph`` (the optimized IR :class:`~tlc.ir.Graph` in the model's own dtypes; what
-    ``__call__`` runs on Linux, the reference), ``emit_graph`` (the same after the precision pass: what the package
-    holds), ``islands`` (ops kept in fp32 and why), ``precision`` (``"mixed"``/``"fp16"``/``"fp32"``),
+    Attributes: ``graph`` (the optimized IR :class:`~tlc.ir.Graph` in the model's own dtypes, laid out
+    for the Neural Engine where ``target="ane"``: what the Core ML program is made of, and the reference
+    its package is checked against), ``exec_graph`` (the same without the Neural Engine layout: what
+    ``__call__`` and :meth:`run` execute with tlc's torch and NumPy executors), ``emit_graph`` (``graph``
+    after the precision pass: what the package holds), ``islands`` (ops kept in fp32 and why), ``precision`` (``"mixed"``/``"fp16"``/``"fp32"``),
     ``minimum_deployment_target``, ``target`` (``"ane"``: capable ops to Core ML; ``"gpu"``/``"cpu"``:
     everything to tlc's fallback runtime), ``placement`` and ``segments`` (the partition of
     ``emit_graph``), ``is_bundle`` (whether :meth:`save` writes a bundle), ``input_names``,
@@ -60,8 +62,11 @@ class CompiledModel:
 
     def __init__(self, graph: Graph, *, options: BuildOptions, out_spec, kw_order, out_torch_dtypes, timings: dict,
                  source: str | None, calibration: list[dict] | None = None, name: str = "model",
-                 progress: bool = False):
+                 progress: bool = False, exec_graph: Graph | None = None):
         self.graph = graph
+        #: what tlc's own executors run (torch, NumPy): the graph without the Neural Engine layout
+        #: (:func:`tlc.driver.single.optimize`); ``graph`` itself when that layout did not fire
+        self.exec_graph = graph if exec_graph is None else exec_graph
         self.options = options  # decided (BuildOptions.decide): nothing below checks them again
         self.name = name
         self.progress = progress
@@ -307,14 +312,17 @@ class CompiledModel:
 
     # --------------------------------------------------------------------------------- running
 
-    def run(self, feeds: dict[str, Any], backend: str = "auto") -> dict[str, np.ndarray]:
-        """Run on named inputs (NumPy arrays or torch tensors); returns ``{output_name: ndarray}``.
+    def run(self, feeds: dict[str, Any], backend: str = "auto", keep_on_device: bool = False) -> dict[str, np.ndarray]:
+        """Run on named inputs (NumPy arrays or torch tensors); returns ``{output_name: ndarray}``
+        (``keep_on_device`` with the torch backend: ``{output_name: torch.Tensor}`` on the executor's
+        device, no copy to the host: what consecutive device steps, such as an LM's decode loop, want).
 
         ``backend``: ``"auto"`` picks by availability, Core ML (macOS) -> GPU (tlc's torch-device
         executor on ``mps``/``cuda``) -> NumPy; ``"coreml"`` (macOS only; raises
         :class:`~tlc.errors.TlcError` elsewhere); ``"torch"`` (the torch-device executor on the
         best device here, the CPU if there is no GPU); ``"numpy"`` (tlc's reference executor).
-        The torch and NumPy backends run :attr:`graph` (the model's own dtypes); the executor is
+        The torch and NumPy backends run :attr:`exec_graph` (the model's own dtypes, without the Neural
+        Engine layout: the graph optimized for the device it runs on); the executor is
         built on first use and kept (weights stay on the device). Float inputs may be fp32 or fp16
         whatever :attr:`io_dtype` is (converted); float outputs come in :attr:`io_dtype`, as the
         package returns them. Raises :class:`~tlc.errors.InputError` for missing/misnamed inputs
@@ -326,23 +334,32 @@ class CompiledModel:
         if self.boundary.complex_inputs or self.boundary.complex_outputs:
             feeds = self.boundary.to_package(feeds)
             return self.boundary.from_package(self._run(feeds, backend))
-        return self._run(feeds, backend)
+        return self._run(feeds, backend, keep_on_device)
 
-    def _run(self, feeds, backend):
-        if backend == "auto":
-            backend = "coreml" if coreml_available() else "torch" if gpu_available() else "numpy"
+    def resolved_backend(self, backend: str = "auto") -> str:
+        """The backend ``backend="auto"`` stands for here: Core ML on macOS, else the torch executor
+        on a GPU, else NumPy (any other value as given)."""
+        if backend != "auto":
+            return backend
+        return "coreml" if coreml_available() else "torch" if gpu_available() else "numpy"
+
+    def _run(self, feeds, backend, keep_on_device: bool = False):
+        backend = self.resolved_backend(backend)
         if backend == "torch":
             if self._torch is None:
                 from tlc.runtime.torch_executor import TorchExecutor
 
-                self._torch = TorchExecutor(self.graph)
-            out = self._torch.run(feeds)
+                use_for_inductor()  # a compiled capture's kernels are cached with tlc's cache
+                self._torch = TorchExecutor(self.exec_graph)
+            out = self._torch.run(feeds, keep_on_device=keep_on_device)
+            if keep_on_device:
+                return out
         else:
             feeds = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
                      for k, v in feeds.items()}
             if backend == "coreml":
                 return self._run_coreml(check_inputs(self.graph, feeds))
-            out = run_graph(self.graph, feeds)
+            out = run_graph(self.exec_graph, feeds)
         if self.io_dtype == "float16":
             out = {k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in out.items()}
         return out
@@ -407,6 +424,8 @@ def store_trace(cache: Cache, key: str, cm: CompiledModel) -> Path | None:
 
     def write(d: Path):
         save_graph_entry(cm.graph, d, "graph")
+        if cm.exec_graph is not cm.graph:
+            save_graph_entry(cm.exec_graph, d, "exec")
         np.savez(d / "calibration.npz", **{f"{k}/{n}": np.asarray(v) for k, f in enumerate(cm.calibration)
                                            for n, v in f.items()})
         with open(d / "python.pkl", "wb") as f:  # the output pytree spec, torch dtypes, options: small, tlc-written
@@ -421,6 +440,7 @@ def load_trace(cache: Cache, key: str, progress: bool = False) -> CompiledModel 
 
     def read(d: Path):
         g = load_graph_entry(d, "graph")
+        ex = load_graph_entry(d, "exec") if (d / "exec.json").is_file() else None
         with open(d / "python.pkl", "rb") as f, warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch's pytree LeafSpec deprecation, from unpickling
             py = pickle.load(f)
@@ -429,13 +449,13 @@ def load_trace(cache: Cache, key: str, progress: bool = False) -> CompiledModel 
             for name in z.files:
                 k, n = name.split("/", 1)
                 feeds.setdefault(int(k), {})[n] = z[name]
-        return g, py, [feeds[k] for k in sorted(feeds)]
+        return (g, ex), py, [feeds[k] for k in sorted(feeds)]
 
     got = read_entry(cache, "traces", key, read)
     if got is None:
         return None
-    (g, py, calibration), meta, secs = got
-    return CompiledModel(g, options=py["options"], out_spec=py["out_spec"], kw_order=meta["kw_order"],
+    ((g, ex), py, calibration), meta, secs = got
+    return CompiledModel(g, exec_graph=ex, options=py["options"], out_spec=py["out_spec"], kw_order=meta["kw_order"],
                          out_torch_dtypes=py["out_torch_dtypes"], timings={"cache_load": secs}, source=meta["source"],
                          calibration=calibration, name=meta["name"], progress=progress)
 

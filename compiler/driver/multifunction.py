@@ -295,13 +295,19 @@ class MultiFunctionModel:
         return buckets.choose(self._buckets(), {k: tuple(np.shape(v)) for k, v in feeds.items()}, self.paddable,
                               where="this model")
 
-    def run(self, feeds: Mapping[str, Any], backend: str = "auto", function_name: str | None = None):
-        """Run the function ``function_name``, or the one :meth:`choose` picks (inputs padded and
-        outputs cropped back), on ``backend`` (as :meth:`tlc.driver.model.CompiledModel.run`)."""
+    def run(self, feeds: Mapping[str, Any], backend: str = "auto", function_name: str | None = None,
+            keep_on_device: bool = False):
+        """Run the function ``function_name``, or the one whose input shapes the feeds have, or the
+        one :meth:`choose` picks (inputs padded and outputs cropped back), on ``backend`` (as
+        :meth:`tlc.driver.model.CompiledModel.run`; ``keep_on_device`` likewise, for a function
+        that fits without padding)."""
+        if function_name is None:
+            shapes = {k: tuple(np.shape(v)) for k, v in feeds.items()}
+            function_name = next((n for n, s in self.shapes().items() if s == shapes), None)
         if function_name is not None:
             if function_name not in self.functions:
                 raise InputError(f"no function {function_name!r} (functions: {', '.join(self.functions)})")
-            return self.functions[function_name].run(feeds, backend=backend)
+            return self.functions[function_name].run(feeds, backend=backend, keep_on_device=keep_on_device)
         feeds = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in feeds.items()}
         choice = self.choose(feeds)
         out = self.functions[choice.function].run(choice.pad(feeds, self.paddable), backend=backend)
@@ -309,17 +315,30 @@ class MultiFunctionModel:
 
     def generate(self, input_ids, max_new_tokens: int = 32, *, backend: str = "auto", **kwargs):
         """For ``tlc.build_lm`` models: generate tokens with tlc's executors (``backend`` as
-        :meth:`run`; :func:`tlc.runtime.generate.generate` takes the other arguments). Raises
-        :class:`InputError` for a model that is not an LM build."""
+        :meth:`run`; :func:`tlc.runtime.generate.generate` takes the other arguments). On the torch
+        executor the KV cache stays on its device between steps (:meth:`new_cache`): each step
+        copies only the token ids in and the logits out. Raises :class:`InputError` for a model that
+        is not an LM build."""
         if self.lm is None:
             raise InputError("generate needs a model built by tlc.build_lm")
-        return generate(lambda feeds: self.run(feeds, backend=backend), self.lm, input_ids, max_new_tokens, **kwargs)
+        on_device = self.default.resolved_backend(backend) == "torch"
+        if on_device and kwargs.get("cache") is None:
+            kwargs["cache"] = self.new_cache(backend=backend)
+        return generate(lambda feeds: self.run(feeds, backend=backend, keep_on_device=on_device), self.lm, input_ids,
+                        max_new_tokens, **kwargs)
 
-    def new_cache(self):
-        """An empty :class:`tlc.runtime.generate.KVCache` for :meth:`generate` (``cache=``)."""
+    def new_cache(self, backend: str = "numpy"):
+        """An empty :class:`tlc.runtime.generate.KVCache` for :meth:`generate` (``cache=``): host
+        buffers, or, for ``backend="torch"`` (or ``"auto"`` where that means the torch executor),
+        zeroed float32 tensors on the torch executor's device."""
         if self.lm is None:
             raise InputError("new_cache needs a model built by tlc.build_lm")
-        return KVCache.empty(self.lm)
+        if self.default.resolved_backend(backend) != "torch":
+            return KVCache.empty(self.lm)
+        from tlc.runtime.torch_executor import default_device
+
+        zeros = lambda: torch.zeros(self.lm.cache_shape, dtype=torch.float32, device=default_device())  # noqa: E731
+        return KVCache(zeros(), zeros(), self.lm.fingerprint)
 
     def __call__(self, *args, backend: str = "auto", **kwargs):
         """Call like the original model: the function whose signature matches the inputs, else

@@ -35,6 +35,33 @@ def pass_names(options: BuildOptions, passes: list[str] | None, skip_passes=()) 
     return [n for n in names if n not in set(skip_passes)]
 
 
+def _same(a, b) -> bool:
+    """Whether two graphs are the same nodes and outputs (a pass that did not fire)."""
+    return len(a.nodes) == len(b.nodes) and all(x is y for x, y in zip(a.nodes, b.nodes)) and \
+        all(x is y for x, y in zip(a.outputs, b.outputs))
+
+
+def optimize(g, names: list[str]):
+    """Run the pass pipeline ``names`` on ``g``; returns ``(program graph, executor graph)``.
+
+    The device-specific layout (:data:`ANE_LAYOUT_PASS`: the Neural Engine's (B, C, 1, S) form,
+    1x1 convs and per-head attention) shapes the Core ML program only; tlc's own executors (torch
+    on a GPU or the CPU, NumPy) run the graph without it, as a ``target="gpu"`` build would (issue
+    33: a default build's GPT-2 ran 2.5x slower than torch eager on CUDA in the per-head form).
+    The passes before the layout run once; those after it run on both graphs. When the layout
+    does not fire, both are the same graph."""
+    if ANE_LAYOUT_PASS not in names:
+        g = run_pipeline(g, names)
+        return g, g
+    i = names.index(ANE_LAYOUT_PASS)
+    before = run_pipeline(g, names[:i])
+    laid_out = run_pipeline(before, [ANE_LAYOUT_PASS])
+    if _same(laid_out, before):
+        g = run_pipeline(before, names[i + 1:])
+        return g, g
+    return run_pipeline(laid_out, names[i + 1:]), run_pipeline(before, names[i + 1:])
+
+
 def build_one(model_or_fn: Callable, example_inputs, options: BuildOptions, *, profile=None, strict: bool = False,
               calibration: list | None = None, passes: list[str] | None = None, skip_passes=(),
               progress: bool = False, cache: bool = False, cache_key: str | None = None,
@@ -66,7 +93,7 @@ def build_one(model_or_fn: Callable, example_inputs, options: BuildOptions, *, p
         g, info = trace(model_or_fn, example_inputs, strict=strict, meta={"tlc.source": source} if source else {})
     t0 = time.perf_counter()
     with stage(f"optimizing ({len(names)} passes)"):
-        g = run_pipeline(g, names)
+        g, exec_graph = optimize(g, names)
     timings = {"export": info.export_s, "decompose": info.decompose_s, "lower": info.lower_s,
                "passes": time.perf_counter() - t0}
     feeds = [calibration_feed(g, ex, k) for k, ex in enumerate([example_inputs] + calibration)]
@@ -75,7 +102,7 @@ def build_one(model_or_fn: Callable, example_inputs, options: BuildOptions, *, p
         if options.format != "mlpackage":
             check_shippable(g, program="coreai")
     _, kwargs = normalize_inputs(example_inputs)
-    cm = CompiledModel(g, options=options, out_spec=info.out_spec, kw_order=list(kwargs),
+    cm = CompiledModel(g, exec_graph=exec_graph, options=options, out_spec=info.out_spec, kw_order=list(kwargs),
                        out_torch_dtypes=info.extra["out_dtypes"],  # int64/float64 handed back as the model would
                        timings=timings, source=source, calibration=feeds, name=model_name(model_or_fn),
                        progress=progress)
@@ -87,4 +114,4 @@ def build_one(model_or_fn: Callable, example_inputs, options: BuildOptions, *, p
     return cm
 
 
-__all__ = ["build_one", "pass_names", "ANE_LAYOUT_PASS"]
+__all__ = ["build_one", "pass_names", "optimize", "ANE_LAYOUT_PASS"]
