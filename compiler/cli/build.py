@@ -116,6 +116,9 @@ def _cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story o
     for n, v in zip(eg.output_names, eg.outputs):
         print(f"  output  {n:<24} {v.type}")
     print(f"  ops     {g.num_ops}  ({hist}{', ...' if more > 0 else ''})")
+    if cm.exec_graph is not cm.graph:
+        print(f"  exec    tlc's torch/NumPy executors run the graph without layout::ane_transformer: "
+              f"{cm.exec_graph.num_ops} ops (the Core ML program is laid out for the Neural Engine)")
     print(f"  size    {human(package_size(path))}  (weights {human(g.weight_bytes())} in fp32)")
     if fmt == "both":
         aim = cm.coreai_output_path(path)
