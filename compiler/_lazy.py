@@ -21,12 +21,17 @@ class Deferred:
 
     def __init__(self, module: str, attr: str):
         self._module, self._attr, self._fn = module, attr, None
+        _DEFERRED.append(self)
 
-    def __call__(self, *args, **kwargs):
+    def resolve(self):
+        """The function itself (imported now if it was not yet)."""
         fn = self._fn
         if fn is None:
             fn = self._fn = getattr(importlib.import_module(self._module), self._attr)
-        return fn(*args, **kwargs)
+        return fn
+
+    def __call__(self, *args, **kwargs):
+        return self.resolve()(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<deferred {self._module}.{self._attr}>"
@@ -42,10 +47,25 @@ class LazyModule(types.ModuleType):
 
     def __getattr__(self, attr):
         mod = sys.modules.get(self._lazy_name) or importlib.import_module(self._lazy_name)
-        return getattr(mod, attr)
+        value = getattr(mod, attr)
+        self.__dict__[attr] = value  # found directly from now on (no __getattr__: torch.compile traces through)
+        return value
 
     def deferred(self, attr: str) -> Deferred:
         return Deferred(self._lazy_name, attr)
+
+
+#: every :class:`Deferred` made, so that :func:`resolve_all` can resolve them before tracing
+_DEFERRED: list = []
+
+
+def resolve_all() -> None:
+    """Import torch and resolve every :class:`Deferred` and the names the op kernels read through
+    :data:`torch` / :data:`F`: what ``torch.compile`` must see as plain torch functions (an
+    import or a ``sys.modules`` lookup inside a kernel would break its graph). The torch executor
+    calls it before compiling."""
+    for d in _DEFERRED:
+        d.resolve()
 
 
 torch = LazyModule("torch")

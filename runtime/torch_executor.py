@@ -55,6 +55,7 @@ import torch
 from tlc.errors import TlcError
 from tlc.ir import DTYPES, Graph, node_context
 from tlc.ops import get_op
+from tlc._lazy import resolve_all
 from tlc.dtypes import TORCH as TORCH_DTYPES
 
 from .numpy_executor import fit_int, last_uses, validate_feeds, value_slots
@@ -127,8 +128,9 @@ class TorchExecutor:
         self._plan()
         self._graph = None  # CUDA graph, its static inputs and outputs, once recorded
         self._fn = self._execute
+        self._ran = False  # one eager run precedes a compile (see _run_device)
         if "compile" in capture:
-            self._fn = torch.compile(self._execute, dynamic=False)
+            self._fn = torch.compile(self._loop, dynamic=False)
 
     # ------------------------------------------------------------------------------- planning
 
@@ -156,8 +158,26 @@ class TorchExecutor:
         self._in_slots = [slot[v] for v in g.inputs]
         self._out_slots = [slot[v] for v in g.outputs]
 
+    def _loop(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One pass over the precompiled steps; ``inputs`` are device tensors in graph order. Plain
+        Python over plain torch calls, with nothing ``torch.compile`` cannot trace: it compiles
+        this (a failing kernel is named by :meth:`_execute`)."""
+        env = self._template.copy()
+        for s, t in zip(self._in_slots, inputs):
+            env[s] = t
+        for fn, attrs, ins, outs, free in self._steps:
+            r = fn(attrs, *[env[j] for j in ins])
+            if len(outs) == 1:
+                env[outs[0]] = r
+            else:
+                for o, t in zip(outs, r):
+                    env[o] = t
+            for j in free:
+                env[j] = None
+        return [env[s] for s in self._out_slots]
+
     def _execute(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """One pass over the precompiled steps; ``inputs`` are device tensors in graph order."""
+        """:meth:`_loop`, eagerly, naming the node (and source line) whose kernel fails."""
         env = self._template.copy()
         for s, t in zip(self._in_slots, inputs):
             env[s] = t
@@ -175,7 +195,7 @@ class TorchExecutor:
         except TlcError:
             raise
         except Exception as e:
-            if i < 0 or torch.compiler.is_compiling():
+            if i < 0:
                 raise
             n = self.nodes[i]
             raise TlcError(f"torch kernel for {n.op} failed on node {n.name} ({self.device}): "
@@ -232,6 +252,12 @@ class TorchExecutor:
             torch.cuda.synchronize(self.device)
 
     def _run_device(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if not self._ran and "compile" in self.capture:
+            # one eager run first: it names a failing kernel, and it resolves the torch functions the
+            # kernels reach through tlc._lazy, so the compiled trace sees plain torch calls
+            resolve_all()
+            self._execute(inputs)
+        self._ran = True
         while "cuda_graph" not in self.capture:
             try:
                 return self._fn(inputs)
