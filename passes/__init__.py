@@ -38,6 +38,10 @@ PIPELINE = [
     "cleanup::dce",  # last: removes what earlier passes orphaned
 ]
 
+#: passes that lay the graph out for the Neural Engine only: a build for target="gpu"/"cpu" skips
+#: them, and tlc's own executors (torch, NumPy) run the graph without them (tlc.driver.single.optimize)
+ANE_ONLY = frozenset({"layout::ane_transformer"})
+
 
 def _pass_kwargs(name: str, given: dict) -> dict:
     declared = PASS_OPTIONS.get(name, {})

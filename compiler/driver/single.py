@@ -8,7 +8,7 @@ from typing import Callable
 
 from tlc.errors import InputError
 from tlc.frontend import normalize_inputs, trace
-from tlc.passes import PASSES, PIPELINE, run_pipeline
+from tlc.passes import ANE_ONLY, PASSES, PIPELINE, run_pipeline
 from tlc.util.progress import stage
 
 from . import cache as _cache
@@ -18,17 +18,14 @@ from .model import CompiledModel, load_trace, store_trace
 from .options import BuildOptions
 from .plan import check_shippable
 
-#: the pass of the pipeline that lays the graph out for the Neural Engine: ``target="ane"`` only
-ANE_LAYOUT_PASS = "layout::ane_transformer"
-
-
 def pass_names(options: BuildOptions, passes: list[str] | None, skip_passes=()) -> list[str]:
     """The passes a build runs: ``passes`` (default :data:`tlc.passes.PIPELINE`) without
     ``skip_passes``, and without the Neural Engine layout unless ``options.target`` is ``"ane"``
-    (GPU/CPU runtimes want the graph as traced). Raises :class:`InputError` naming unknown passes."""
+    (:data:`tlc.passes.ANE_ONLY`: GPU/CPU runtimes want the graph as traced). Raises
+    :class:`InputError` naming unknown passes."""
     names = list(PIPELINE if passes is None else passes)
     if options.target != "ane":
-        names = [n for n in names if n != ANE_LAYOUT_PASS]
+        names = [n for n in names if n not in ANE_ONLY]
     unknown = [n for n in names + list(skip_passes) if n not in PASSES]
     if unknown:
         raise InputError(f"unknown pass(es) {unknown}; registered: {', '.join(sorted(PASSES))}")
@@ -36,30 +33,32 @@ def pass_names(options: BuildOptions, passes: list[str] | None, skip_passes=()) 
 
 
 def _same(a, b) -> bool:
-    """Whether two graphs are the same nodes and outputs (a pass that did not fire)."""
-    return len(a.nodes) == len(b.nodes) and all(x is y for x, y in zip(a.nodes, b.nodes)) and \
-        all(x is y for x, y in zip(a.outputs, b.outputs))
+    """Whether two graphs compute alike step by step: the same ops with the same attributes and
+    output types, in the same order (the layout passes did not fire)."""
+    def steps(g):
+        return [(n.op, repr(sorted((k, v) for k, v in n.attrs.items() if k != "val")), tuple(v.type for v in n.outputs))
+                for n in g.nodes]
+    return len(a.nodes) == len(b.nodes) and steps(a) == steps(b)
 
 
 def optimize(g, names: list[str]):
     """Run the pass pipeline ``names`` on ``g``; returns ``(program graph, executor graph)``.
 
-    The device-specific layout (:data:`ANE_LAYOUT_PASS`: the Neural Engine's (B, C, 1, S) form,
-    1x1 convs and per-head attention) shapes the Core ML program only; tlc's own executors (torch
-    on a GPU or the CPU, NumPy) run the graph without it, as a ``target="gpu"`` build would (issue
-    33: a default build's GPT-2 ran 2.5x slower than torch eager on CUDA in the per-head form).
-    The passes before the layout run once; those after it run on both graphs. When the layout
-    does not fire, both are the same graph."""
-    if ANE_LAYOUT_PASS not in names:
+    The Neural Engine layout (:data:`tlc.passes.ANE_ONLY`: the (B, C, 1, S) form, 1x1 convs,
+    per-head attention) shapes the Core ML program only; tlc's own executors (torch on a GPU or the
+    CPU, NumPy) run the graph without it, as a ``target="gpu"`` build would (issue 33: a default
+    build's GPT-2 ran 2.5x slower than torch eager on CUDA in the per-head form). The passes before
+    the first layout pass run once; the rest run for each graph, the executor's without the layout
+    passes. When the layout does not fire, both are the same graph."""
+    first = next((i for i, n in enumerate(names) if n in ANE_ONLY), None)
+    if first is None:
         g = run_pipeline(g, names)
         return g, g
-    i = names.index(ANE_LAYOUT_PASS)
-    before = run_pipeline(g, names[:i])
-    laid_out = run_pipeline(before, [ANE_LAYOUT_PASS])
-    if _same(laid_out, before):
-        g = run_pipeline(before, names[i + 1:])
-        return g, g
-    return run_pipeline(laid_out, names[i + 1:]), run_pipeline(before, names[i + 1:])
+    before = run_pipeline(g, names[:first])
+    rest = names[first:]
+    program = run_pipeline(before, rest)
+    plain = run_pipeline(before, [n for n in rest if n not in ANE_ONLY])
+    return program, program if _same(program, plain) else plain
 
 
 def build_one(model_or_fn: Callable, example_inputs, options: BuildOptions, *, profile=None, strict: bool = False,
@@ -114,4 +113,4 @@ def build_one(model_or_fn: Callable, example_inputs, options: BuildOptions, *, p
     return cm
 
 
-__all__ = ["build_one", "pass_names", "optimize", "ANE_LAYOUT_PASS"]
+__all__ = ["build_one", "pass_names", "optimize"]
