@@ -147,7 +147,9 @@ class TorchExecutor:
         self.nodes = []
         for i, n in enumerate(g.nodes):
             if n.op == "const":  # converted once, resident on the device
-                template[slot[n.out]] = get_op("const").torch(n.attrs).to(self.device)
+                # contiguous: a weight folded from a transpose is a strided view, and a strided weight
+                # makes cuBLAS and Inductor pick other (slower) layouts than the model's own
+                template[slot[n.out]] = get_op("const").torch(n.attrs).to(self.device).contiguous()
                 continue
             dead = [v for v in n.outputs if v not in read]  # never read: drop at once
             steps.append((get_op(n.op).torch, dict(n.attrs), tuple(slot[v] for v in n.inputs),
