@@ -21,8 +21,9 @@ every backend, so errors measure the compiler, not TF32; fp16 casts the model an
 fresh process twice: cold (empty Inductor cache) and warm (the second process finds the first's
 compiled kernels in tlc's cache: ``TORCHINDUCTOR_CACHE_DIR`` under ``$TLC_CACHE_DIR``).
 
-``--profile`` adds a torch.profiler breakdown of one call of eager and of tlc without capture:
-total CUDA kernel time, kernel count and the top kernels.
+``--profile`` adds a torch.profiler breakdown of one call of eager, of ``torch.compile`` and of
+tlc's executor (both compiled by Inductor, without CUDA graphs, so the kernels show): total CUDA
+kernel time, kernel count and the top kernels.
 
 Run::
 
@@ -81,8 +82,9 @@ def log(msg: str) -> None:
 
 
 def profile(model, example_inputs, batch: int, dtype: str) -> dict:
-    """torch.profiler over one call each of eager and tlc (capture none) on CUDA: total kernel
-    time (ms), kernel launches, and the five most expensive kernels of each."""
+    """torch.profiler over one call each of eager, ``torch.compile`` (default mode: Inductor
+    without CUDA graphs, so the kernels show) and tlc's executor with ``capture="compile"`` on CUDA:
+    total kernel time (ms), kernel launches, and the six most expensive kernels of each."""
     from torch.profiler import ProfilerActivity, profile as tprofile
 
     from tlc import build
@@ -94,11 +96,13 @@ def profile(model, example_inputs, batch: int, dtype: str) -> dict:
     m = model.to(tdt) if tdt else model
     cm = build(m, (args, kwargs), precision="fp32")
     leaves = [x.cuda() for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
-    ex = TorchExecutor(cm.exec_graph, device="cuda", capture="none")
+    ex = TorchExecutor(cm.exec_graph, device="cuda", capture="compile")
     feeds = dict(zip(cm.input_names, leaves))
     mc = m.cuda()
+    compiled = torch.compile(mc)
     a, k = bench._to((args, kwargs), "cuda")
-    calls = {"eager": lambda: mc(*a, **k), "tlc": lambda: ex.run(feeds, keep_on_device=True)}
+    calls = {"eager": lambda: mc(*a, **k), "torch.compile": lambda: compiled(*a, **k),
+             "tlc": lambda: ex.run(feeds, keep_on_device=True)}
     out = {}
     for name, fn in calls.items():
         with torch.inference_mode():
@@ -110,7 +114,7 @@ def profile(model, example_inputs, batch: int, dtype: str) -> dict:
                 torch.cuda.synchronize()
         ev = [e for e in prof.key_averages() if e.device_time_total > 0]
         total = sum(e.device_time_total for e in ev) / 1e3
-        top = sorted(ev, key=lambda e: -e.device_time_total)[:5]
+        top = sorted(ev, key=lambda e: -e.device_time_total)[:6]
         out[name] = {"cuda_ms": total, "kernels": sum(e.count for e in ev),
                      "top": [(e.key[:60], round(e.device_time_total / 1e3, 3), e.count) for e in top]}
     return out
@@ -144,7 +148,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--captures", default="", help="extra tlc captures to time (e.g. cuda_graph,none)")
-    ap.add_argument("--profile", action="store_true", help="profile every row (eager vs tlc without capture)")
+    ap.add_argument("--profile", action="store_true", help="profile every row (eager, torch.compile, tlc)")
     ap.add_argument("--first-call", action="store_true", help="measure the first call cold and warm, then stop")
     ap.add_argument("--json", metavar="FILE")
     a = ap.parse_args(argv)
