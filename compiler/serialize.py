@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -67,18 +69,23 @@ def _type(t: TensorType) -> dict:
     return {"dtype": t.dtype, "shape": list(t.shape)}
 
 
-def graph_to_json(g: Graph) -> tuple[dict, dict[str, np.ndarray]]:
-    """``(document, arrays)``: the JSON-ready description of ``g`` and the arrays it refers to.
-    Raises :class:`IRError` for an attribute the format cannot hold (a tlc bug: attributes are
-    scalars, strings, tuples or arrays by the IR contract)."""
+def graph_to_json(g: Graph, portable: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
+    """``(document, arrays)``: the JSON-ready description of ``g`` and the arrays it refers to;
+    ``portable``: source files stored relative to their package or project root
+    (:func:`relative_source`), as in a bundle a user ships. Raises :class:`IRError` for an
+    attribute the format cannot hold (a tlc bug: attributes are scalars, strings, tuples or
+    arrays by the IR contract)."""
     tensors: dict[str, np.ndarray] = {}
     nodes = []
+    roots = source_roots(g) if portable else None
     for n in g.nodes:
         d = {"op": n.op, "name": n.name, "inputs": [v.name for v in n.inputs],
              "outputs": [{"name": v.name, **_type(v.type)} for v in n.outputs],
              "attrs": {k: _enc(a, f"{n.name}.{k}", tensors) for k, a in n.attrs.items()}}
         if n.loc is not None:
             d["loc"] = {k: getattr(n.loc, k) for k in ("file", "line", "code", "module") if getattr(n.loc, k)}
+            if roots is not None and "file" in d["loc"]:
+                d["loc"]["file"] = relative_source(d["loc"]["file"], roots)
         nodes.append(d)
     doc = {"format": FORMAT, "version": VERSION,
            "inputs": [{"name": v.name, **_type(v.type)} for v in g.inputs],
@@ -127,15 +134,52 @@ def graph_from_json(doc: dict, tensors: dict[str, np.ndarray], what: str = "grap
 SOURCE_LINES_KEY = "tlc.source_lines"
 
 
+#: the graph meta key naming the file that defines the model (set by the driver when it traces)
+SOURCE_KEY = "tlc.source"
+
+
+def source_roots(g: Graph | None = None, source: str | None = None) -> list[str]:
+    """The directories source files are stored relative to (:func:`relative_source`), in the
+    order they are tried: the import roots on ``sys.path`` (site-packages, the standard library, a
+    project put on the path), innermost first, then the directory of the file defining the model
+    (``source``, or ``g.meta["tlc.source"]``: its neighbours, imported while it loaded). The
+    file-system root is never one."""
+    source = source or (g.meta.get(SOURCE_KEY) if g is not None else None)
+    roots = sorted({os.path.abspath(p or os.curdir) for p in sys.path if not p or os.path.isdir(p)}, key=len,
+                   reverse=True)
+    if source:
+        roots.append(os.path.dirname(os.path.abspath(source)))
+    return [r for r in roots if os.path.dirname(r) != r]
+
+
+def relative_source(path: str | None, roots: list[str] | None = None) -> str | None:
+    """``path`` relative to the innermost of ``roots`` (:func:`source_roots`) that holds it
+    (``.../site-packages/transformers/models/bert/modeling_bert.py`` ->
+    ``transformers/models/bert/modeling_bert.py``; the model file -> ``model.py``), else its file
+    name: a package never holds the builder's absolute paths (user name, directory layout), and
+    builds in two checkouts or virtual environments write the same bytes (issue 32). Paths that are
+    not absolute (``<string>``, already relative) are kept."""
+    if not path or not os.path.isabs(path):
+        return path
+    full = os.path.abspath(path)
+    for r in source_roots() if roots is None else roots:
+        if full.startswith(r.rstrip(os.sep) + os.sep):
+            return os.path.relpath(full, r).replace(os.sep, "/")
+    return os.path.basename(full)
+
+
 def source_lines(g: Graph) -> str:
     """JSON ``{"files": [file, ...], "ops": {node name: [file index, line]}}`` for the nodes of
     ``g`` that carry a source location: MIL op names start with their node's name, so a tool
-    reading the package (``tlc lint``, a Core ML profile) maps each op back to the user's line (:func:`read_source_lines`)."""
+    reading the package (``tlc lint``, a Core ML profile) maps each op back to the user's line
+    (:func:`read_source_lines`). Files are relative to their package or project root
+    (:func:`relative_source`)."""
     files: dict[str, int] = {}
     ops = {}
+    roots = source_roots(g)
     for n in g.nodes:
         if n.op != "const" and n.loc is not None and n.loc.file:
-            ops[n.name] = [files.setdefault(n.loc.file, len(files)), int(n.loc.line or 0)]
+            ops[n.name] = [files.setdefault(relative_source(n.loc.file, roots), len(files)), int(n.loc.line or 0)]
     return json.dumps({"files": list(files), "ops": ops}, separators=(",", ":"), sort_keys=True)
 
 
@@ -152,12 +196,12 @@ def read_source_lines(metadata) -> dict[str, str]:
         return {}
 
 
-def save_graph(g: Graph, json_path: str | Path, weights_path: str | Path) -> None:
+def save_graph(g: Graph, json_path: str | Path, weights_path: str | Path, portable: bool = False) -> None:
     """Write ``g`` as ``json_path`` + ``weights_path`` (safetensors). The JSON names the weights
-    file relative to itself."""
+    file relative to itself; ``portable``: source files relative (:func:`graph_to_json`)."""
     from safetensors.numpy import save_file
 
-    doc, tensors = graph_to_json(g)
+    doc, tensors = graph_to_json(g, portable)
     doc["weights"] = Path(weights_path).name
     save_file(tensors, str(weights_path), metadata={"format": FORMAT})
     Path(json_path).write_text(json.dumps(doc, indent=1) + "\n")

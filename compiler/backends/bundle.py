@@ -94,7 +94,7 @@ def write_bundle(path: str | os.PathLike, graph: Graph, segments, *, precision: 
                 write_package(mlm, staged / f"{stem}.mlpackage", lambda pkg: check_package_io(pkg, seg.graph))
                 e["path"], e["format"] = f"{stem}.mlpackage", "mlpackage"
             else:
-                save_graph(seg.graph, staged / f"{stem}.json", staged / f"{stem}.safetensors")
+                save_graph(seg.graph, staged / f"{stem}.json", staged / f"{stem}.safetensors", portable=True)
                 e["path"], e["format"] = f"{stem}.json", "tlc-graph"
             entries.append(e)
         manifest = {

@@ -23,6 +23,7 @@ import numpy as np
 from tlc.errors import EmitError, InputError
 from tlc.ir import DTYPES, Graph, Node, Value
 from tlc.ops import coreai_reason, get_op
+from tlc.serialize import relative_source, source_roots
 from tlc.util.coreml import coreai
 from tlc.util.files import atomic_dir, refuse_existing
 from tlc.version import __version__
@@ -95,13 +96,13 @@ def missing_ops(g: Graph) -> list[Node]:
     return [n for n in g.nodes if n.op != "const" and coreai_reason(n)]
 
 
-def _debuginfo(ca, n: Node):
+def _debuginfo(ca, n: Node, roots: list[str]):
     """A Core AI location for node ``n``: its source file and line when known (Core AI's verifier
     errors and the asset's debug info then point at the user's code, as ``tlc.source_lines`` does
     for MIL), else the IR node name as metadata (a file location takes metadata only inside a
     DWARF subprogram scope, which tlc does not build)."""
-    if n.loc is not None and n.loc.file:
-        return ca.DebugInfo.file(n.loc.file, int(n.loc.line or 0))
+    if n.loc is not None and n.loc.file:  # relative to its package or project root, as tlc.source_lines
+        return ca.DebugInfo.file(relative_source(n.loc.file, roots), int(n.loc.line or 0))
     return ca.DebugInfo.metadata_only([n.name])
 
 
@@ -109,6 +110,7 @@ def _body(ca, g: Graph):
     """The function that emits ``g``'s nodes, called by the ``graph`` decorator on its inputs."""
     consts = {n.out: np.asarray(n.attrs["val"]) for n in g.nodes if n.op == "const"}
     ctx = CoreAIContext(ca, consts)
+    roots = source_roots(g)
 
     def body(*args):
         env: dict[Value, Any] = dict(zip(g.inputs, args))
@@ -118,7 +120,7 @@ def _body(ca, g: Graph):
             ctx.node = n
             ins = [env[v] if v in env else env.setdefault(v, ctx.const(consts[v])) for v in n.inputs]
             try:
-                with _debuginfo(ca, n).activate():  # the asset's ops carry the user's source line and node name
+                with _debuginfo(ca, n, roots).activate():  # the asset's ops carry the user's source line and node name
                     out = get_op(n.op).emit_coreai(ctx, n.attrs, ins, n)
             except EmitError:
                 raise
