@@ -15,7 +15,9 @@ from .errors import (  # noqa: E402
     EmitError, FrontendError, InputError, IRError, ModelFileError, NotShippableError, OutputExistsError, TlcError,
     UnsupportedOpError,
 )
-_API = ("CompiledFunction", "CompiledModel", "MultiFunctionModel", "build", "build_lm", "compile")
+from .iospec import ClassifierConfig, ImageType, TensorType  # noqa: E402  (no torch: the I/O specs of tlc.build)
+
+_API = ("CompiledFunction", "CompiledModel", "MultiFunctionModel", "build", "build_lm", "build_pretrained", "compile")
 
 
 def __getattr__(name):
@@ -28,7 +30,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'tlc' has no attribute {name!r}")
 
 __all__ = [
-    "build", "build_lm", "compile", "CompiledModel", "MultiFunctionModel", "CompiledFunction", "TlcError", "IRError", "FrontendError",
+    "TensorType", "ImageType", "ClassifierConfig", "build", "build_pretrained", "build_lm", "compile", "CompiledModel", "MultiFunctionModel", "CompiledFunction", "TlcError", "IRError", "FrontendError",
     "UnsupportedOpError", "InputError", "ModelFileError", "EmitError", "OutputExistsError", "NotShippableError",
     "__version__",
 ]

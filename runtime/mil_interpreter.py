@@ -406,7 +406,9 @@ def package_info(path: str | Path, function_name: str | None = None) -> dict:
     ``fp32`` if none does, else ``mixed``), size in bytes, spec version, opset and metadata;
     ``function_inputs`` (``{function: {input: shape}}``, every function, default first) and
     ``compression`` (``{constexpr op type: count}`` of the function: its compressed weights,
-    :data:`COMPRESSION_OPS` says which kind each is).
+    :data:`COMPRESSION_OPS` says which kind each is); the model page's ``author``, ``license``,
+    ``version`` and ``short_description``; ``classifier`` (``{"label": name, "probabilities": name}``
+    of a Core ML classifier, else None).
     Raises :class:`PackageError` for a path that is not an mlprogram package."""
     spec = read_spec(path)
     desc = spec.description
@@ -419,7 +421,10 @@ def package_info(path: str | Path, function_name: str | None = None) -> dict:
     return {"path": str(path), **info, "default_function": default, "function_inputs": shapes,
             "compression": compression, "size_bytes": package_size(path),
             "specification_version": spec.specificationVersion, "metadata": dict(desc.metadata.userDefined),
-            "short_description": desc.metadata.shortDescription}
+            "short_description": desc.metadata.shortDescription, "author": desc.metadata.author,
+            "license": desc.metadata.license, "version": desc.metadata.versionString,
+            "classifier": ({"label": desc.predictedFeatureName, "probabilities": desc.predictedProbabilitiesName}
+                           if desc.predictedFeatureName else None)}
 
 
 #: constexpr op types coremltools' compression emits, and what each holds

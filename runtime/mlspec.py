@@ -118,7 +118,9 @@ def spec_summary(spec, function_name: str | None = None) -> dict:
     """Functions, inputs, states, outputs, ops and precision of one function of a spec, read from
     the protobuf (the same facts :class:`tlc.runtime.MILInterpreter` has after loading the
     program): ``inputs``/``states``/``outputs`` as ``{name, shape, dtype}`` (``"*"`` for a
-    flexible dimension), ``ops`` the non-const op histogram (nested blocks and ``constexpr_*``
+    flexible dimension; ``image``: the color space of an image feature; ``feature``: ``String``,
+    ``Int64`` or ``Dictionary`` for a classifier's outputs; ``description``: the feature's
+    description when it has one), ``ops`` the non-const op histogram (nested blocks and ``constexpr_*``
     included, most frequent first), ``num_ops`` the top-level non-const ops, ``precision``
     (``fp16`` if every top-level float op other than boundary casts computes in fp16, ``fp32`` if
     none does, else ``mixed``). Raises :class:`PackageError` for an unknown function."""
@@ -135,6 +137,8 @@ def spec_summary(spec, function_name: str | None = None) -> dict:
     block = f.block_specializations[opset]
     in_desc, out_desc, state_desc = function_description(spec, name)
     state_names = {d.name for d in state_desc}
+    text = {d.name: d.shortDescription for d in in_desc + out_desc if d.shortDescription}
+    kinds = {d.name: d.type.WhichOneof("Type") for d in out_desc}
     rules = {d.name: shape_rule(d) for d in in_desc}
     images = {d.name: fmt for d in in_desc if (fmt := image_format(d)) is not None}
     image_outputs = {d.name: fmt for d in out_desc if (fmt := image_format(d)) is not None}
@@ -152,6 +156,8 @@ def spec_summary(spec, function_name: str | None = None) -> dict:
             d["shapes"] = rule.as_dict()
         if v.name in images:
             d["image"] = images[v.name].color_space
+        if v.name in text:
+            d["description"] = text[v.name]
         inputs.append(d)
     top = [op for op in block.operations if op.type != "const"]
     types_of = {o.name: o.type for op in _walk(block.operations) for o in op.outputs}
@@ -161,6 +167,10 @@ def spec_summary(spec, function_name: str | None = None) -> dict:
         d = {"name": out, "shape": _shape(t) if t is not None else [], "dtype": _dtype(t) if t is not None else "object"}
         if out in image_outputs:
             d["image"] = image_outputs[out].color_space
+        if kinds.get(out) in ("stringType", "int64Type", "dictionaryType"):  # a classifier's label / probabilities
+            d["feature"] = {"stringType": "String", "int64Type": "Int64", "dictionaryType": "Dictionary"}[kinds[out]]
+        if out in text:
+            d["description"] = text[out]
         outputs.append(d)
     hist: dict[str, int] = {}
     for op in _walk(block.operations):

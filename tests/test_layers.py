@@ -28,7 +28,7 @@ PACKAGES = {"compiler": "tlc", "passes": "tlc.passes", "runtime": "tlc.runtime"}
 LAYERS = [
     ("base", 0, ("tlc.version", "tlc.errors", "tlc._lazy", "tlc._coreml", "tlc.dtypes")),
     ("ops", 1, ("tlc.ops",)),
-    ("ir", 2, ("tlc.ir", "tlc.serialize", "tlc.boundary")),
+    ("ir", 2, ("tlc.ir", "tlc.serialize", "tlc.boundary", "tlc.iospec")),
     ("frontend", 3, ("tlc.frontend",)),
     ("runtime", 3, ("tlc.runtime",)),
     ("passes", 4, ("tlc.passes",)),

@@ -153,6 +153,12 @@ def _model_part(h: _Hasher, obj, files: set[str], seen: set[int], depth: int = 0
         return
     seen.add(id(obj))
     obj = unwrap(obj)  # a @tlc.compile wrapper: what it wraps
+    if isinstance(obj, torch.export.ExportedProgram):  # its graph and state are the model
+        h.part("exported", str(obj.graph_module.code))
+        for k, t in sorted({**obj.state_dict, **obj.constants}.items()):
+            if isinstance(t, torch.Tensor):
+                h.tensor(k, t)
+        return
     if isinstance(obj, torch.nn.Module):
         for name, m in obj.named_modules():
             cls = type(m)

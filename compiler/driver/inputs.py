@@ -4,6 +4,7 @@ wrapper (:func:`unwrap`), its name and source file for reports."""
 from __future__ import annotations
 
 import inspect
+import sys
 
 import numpy as np
 import torch
@@ -13,6 +14,8 @@ from tlc.boundary import Boundary, of_graph
 from tlc.errors import InputError
 from tlc.frontend import normalize_inputs
 from tlc.ir import Graph
+from tlc.iospec import PackageIO
+from tlc.runtime.mil_io import ImageFormat, image_to_tensor
 
 
 def unwrap(model):
@@ -28,8 +31,41 @@ def complex_boundary(g: Graph):
     return Boundary(complex_inputs=b.complex_inputs, complex_outputs=b.complex_outputs)
 
 
+def exported_class(ep) -> type | None:
+    """The ``nn.Module`` class an ``ExportedProgram`` was exported from (the root of its nodes'
+    ``nn_module_stack``, looked up in ``sys.modules``), or None."""
+    for node in ep.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            _, cls = next(iter(stack.values()))
+            if isinstance(cls, type):
+                return cls
+            mod, _, name = str(cls).rpartition(".")
+            obj = sys.modules.get(mod)
+            for part in name.split("."):
+                obj = getattr(obj, part, None)
+            return obj if isinstance(obj, type) else None
+    return None
+
+
+def example_inputs_of(model, example_inputs):
+    """``example_inputs``, or for an ``ExportedProgram`` given without them the ones it was
+    exported with (``ep.example_inputs``). Raises :class:`InputError` when neither exists."""
+    if example_inputs is not None:
+        return example_inputs
+    if isinstance(model, torch.export.ExportedProgram) and model.example_inputs is not None:
+        return model.example_inputs
+    raise InputError("example_inputs are needed (the model is traced on them; an ExportedProgram saved without its "
+                     "example inputs needs them too)")
+
+
 def source_of(obj) -> str | None:
-    """The file defining ``obj`` (a function, or a module's class), or None."""
+    """The file defining ``obj`` (a function, a module's class, the class an ``ExportedProgram``
+    came from), or None."""
+    if isinstance(obj, torch.export.ExportedProgram):
+        obj = exported_class(obj)
+        if obj is None:
+            return None
     target = obj if not isinstance(obj, torch.nn.Module) else type(obj)
     try:
         return inspect.getsourcefile(target)
@@ -38,7 +74,11 @@ def source_of(obj) -> str | None:
 
 
 def model_name(obj) -> str:
-    """``ClassName`` for a module, ``fn_name`` for a function (for reports)."""
+    """``ClassName`` for a module (or the ``ExportedProgram`` of one), ``fn_name`` for a function
+    (for reports)."""
+    if isinstance(obj, torch.export.ExportedProgram):
+        cls = exported_class(obj)
+        return cls.__name__ if cls is not None else "ExportedProgram"
     if isinstance(obj, torch.nn.Module):
         inner = getattr(obj, "inner", None)  # @tlc.compile on a module class wraps instances
         return type(inner if isinstance(inner, torch.nn.Module) and type(obj).__name__ == "_EagerCall" else obj).__name__
@@ -85,4 +125,53 @@ def calibration_feed(g: Graph, ex, k: int) -> dict:
     return arrays
 
 
-__all__ = ["unwrap", "signature_key", "calibration_feed", "complex_boundary", "source_of", "model_name"]
+def image_feeds(io: PackageIO, feeds: dict) -> dict:
+    """``feeds`` with each image input given as the package takes it (a PIL image, a uint8
+    ``[H, W, C]`` array: :func:`tlc.runtime.mil_io.image_to_tensor`) as its float ``[1, C, H, W]``
+    tensor; other values as given."""
+    for im in io.images:
+        if im.name in feeds and not (hasattr(feeds[im.name], "ndim") and feeds[im.name].ndim == 4):
+            feeds = {**feeds, im.name: image_to_tensor(feeds[im.name], ImageFormat(im.color_layout), im.name)}
+    return feeds
+
+
+def pixel_feeds(io: PackageIO, feeds: dict) -> dict:
+    """``feeds`` of the model's own values (``CompiledModel.__call__``) with each image input as
+    the image tensor that gives that value (:meth:`tlc.iospec.ImageType.to_pixels`)."""
+    for im in io.images:
+        x = feeds[im.name]
+        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+        feeds = {**feeds, im.name: im.spec.to_pixels(x)}
+    return feeds
+
+
+def model_outputs(io: PackageIO, out: dict) -> dict:
+    """Package outputs (``CompiledModel.run``) as the model returns them: an image output's pixel
+    values mapped back through its ``scale`` and ``bias`` (``(pixels - bias) / scale``)."""
+    for im in io.image_outputs:
+        p = np.asarray(out[im.name], np.float64)
+        s = im.spec
+        v = (p - np.reshape(s.bias, (1, -1, 1, 1))) / np.reshape(s.scale, (1, -1, 1, 1))
+        out = {**out, im.name: (v if s.channel_first else v.transpose(0, 2, 3, 1)).astype(np.float32)}
+    return out
+
+
+def graph_outputs(io: PackageIO, got: dict, output_names: list[str]) -> dict:
+    """A package's outputs (``MILInterpreter.run``) as the graph's: a classifier's dictionary as the
+    probabilities tensor (``[1, N]``, label order) under the graph's output name, an image output
+    (uint8 ``[H, W, C]``) as its float ``[1, C, H, W]`` pixels; for comparing with the model."""
+    got = dict(got)
+    c = io.classifier
+    if c is not None and c.dict_name in got:
+        d = got.pop(c.dict_name)
+        d = d.item() if isinstance(d, np.ndarray) else d
+        got[c.probabilities] = np.asarray([[d[k] for k in c.labels]], np.float32)
+    for im in io.image_outputs:
+        a = np.asarray(got[im.name], np.float32)
+        got[im.name] = (a[None, None] if a.ndim == 2 else a.transpose(2, 0, 1)[None])
+        if im.color_layout == "BGR":
+            got[im.name] = got[im.name][:, ::-1]
+    return {n: got[n] for n in output_names if n in got}
+
+
+__all__ = ["graph_outputs", "exported_class", "example_inputs_of", "image_feeds", "pixel_feeds", "model_outputs", "unwrap", "signature_key", "calibration_feed", "complex_boundary", "source_of", "model_name"]

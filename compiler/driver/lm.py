@@ -36,7 +36,7 @@ from tlc.frontend.lower import shared_weights
 from tlc.runtime.generate import METADATA_KEY, LMInfo, prefill_name
 
 from .multifunction import MultiFunctionModel, build_multifunction
-from .options import KV_CACHE, BuildOptions
+from .options import KV_CACHE, BuildOptions, decide_interface
 
 #: additive mask value for hidden positions: finite and representable in fp16 (Apple's Neural
 #: Engine rules, apple/coreai-models neural_engine_rules.md: "-40000 instead of -inf")
@@ -182,7 +182,9 @@ def example_steps(step: LMStep, info: LMInfo, dtype=torch.float32, seed: int = 0
 
 def build_lm(model: torch.nn.Module, *, max_context: int = 256, prefill_lengths=(32,), kv_cache: str = "io",
              precision: str | None = None, minimum_deployment_target: str = "iOS18", target: str = "ane",
-             compress: str | None = None, progress: bool = False, cache: bool = False) -> MultiFunctionModel:
+             compress: str | None = None, progress: bool = False, cache: bool = False, author: str | None = None,
+             license: str | None = None, version: str | None = None, short_description: str | None = None,
+             metadata: dict | None = None) -> MultiFunctionModel:
     """Build prefill and decode functions of a causal LM into one multifunction package
     (module docstring). Returns a :class:`tlc.driver.multifunction.MultiFunctionModel` with ``lm`` (the
     :class:`LMInfo`, stored in the package as ``tlc.lm``) and ``generate``.
@@ -198,8 +200,9 @@ def build_lm(model: torch.nn.Module, *, max_context: int = 256, prefill_lengths=
     (``compress`` leaves embeddings, and an LM head tied to them, dense: :mod:`tlc.backends.coreml.compress`
     compresses only weights every reader of which is a matmul/linear/conv). ``cache``: each
     function's trace and plan from the persistent compile cache (:mod:`tlc.driver.cache`; ``tlc build
-    --task text-generation`` uses it unless ``--no-cache``).
-    Raises :class:`InputError` for a bad length, ``kv_cache`` or model.
+    --task text-generation`` uses it unless ``--no-cache``). ``author``, ``license``, ``version``,
+    ``short_description``, ``metadata``: the package's metadata, as :func:`tlc.build`'s.
+    Raises :class:`InputError` for a bad length, ``kv_cache``, model or metadata.
     """
     if kv_cache not in KV_CACHE:
         raise InputError(f"kv_cache must be one of {KV_CACHE}, got {kv_cache!r}")
@@ -218,8 +221,10 @@ def build_lm(model: torch.nn.Module, *, max_context: int = 256, prefill_lengths=
     step = LMStep(model).eval()
     sigs = example_steps(step, info, dtype)
     names = [prefill_name(n) for n in lengths] + ["decode"]
+    interface = decide_interface(author=author, license=license, version=version, short_description=short_description,
+                                 metadata=metadata)
     options = BuildOptions.decide(precision=precision, minimum_deployment_target=minimum_deployment_target,
-                                  target=target, compress=compress, functions=len(names))
+                                  target=target, compress=compress, functions=len(names), interface=interface)
     with shared_weights():  # the functions read the model's weights in place: no copy per function
         mf = build_multifunction(step, sigs, options, function_names=names, default_function_name="decode",
                                  progress=progress, cache=cache)

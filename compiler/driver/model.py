@@ -24,16 +24,19 @@ import torch.utils._pytree as pytree
 
 from tlc.backends.coreml.compress import compress_mlmodel, const_bytes
 from tlc.backends.coreml.emit import convert
+from tlc.backends.coreml.features import finish_package
 from tlc.check.report import build_report
 from tlc.errors import EmitError, InputError, TlcError
 from tlc.ir import Graph
+from tlc.iospec import PackageIO
+from tlc.serialize import relative_source, source_roots
 from tlc.runtime import check_inputs, coreml_available, gpu_available, load, run_graph
 from tlc.util.progress import stage
 
 from . import save as _save
 from .cache import Cache, load_graph_entry, read_entry, save_graph_entry, use_for_inductor
 from .cache_key import derived_key
-from .inputs import complex_boundary, signature_key
+from .inputs import complex_boundary, image_feeds, model_outputs, pixel_feeds, signature_key
 from .options import RUN_BACKENDS as BACKENDS, BuildOptions
 from .plan import BuildPlan, check_shippable, is_bundle, make_plan, where
 
@@ -54,19 +57,23 @@ class CompiledModel:
     ``emit_graph``), ``is_bundle`` (whether :meth:`save` writes a bundle), ``input_names``,
     ``output_names``, ``timings`` (seconds per
     stage: ``export``, ``decompose``, ``lower``, ``passes``, then ``precision``, ``emit_mil``,
-    ``mil_passes``, ``serialize`` (their sum: ``convert``), ``compress``, ``save`` once
+    ``mil_passes``, ``serialize`` (their sum: ``convert``), ``compress``, ``finish`` (the package's
+    images, classifier, descriptions, metadata: :func:`tlc.backends.coreml.features.finish_package`), ``save`` once
     emitted/saved); with ``compress``, once emitted: ``weights_before_compress`` (bytes of the
     program's constants before), ``compressed_weights`` (the MIL const ops compressed) and, for
-    ``w8a8``, ``float_activation_ops`` (ops left with float activations: :func:`tlc.backends.coreml.compress.quantize_activations`).
+    ``w8a8``, ``float_activation_ops`` (ops left with float activations: :func:`tlc.backends.coreml.compress.quantize_activations`);
+    ``io`` (:class:`tlc.iospec.PackageIO`: the image inputs/outputs, classifier, descriptions and
+    metadata the package declares; ``tlc.build(inputs=, outputs=, classifier_config=, author=, ...)``).
     """
 
     def __init__(self, graph: Graph, *, options: BuildOptions, out_spec, kw_order, out_torch_dtypes, timings: dict,
                  source: str | None, calibration: list[dict] | None = None, name: str = "model",
-                 progress: bool = False, exec_graph: Graph | None = None):
+                 progress: bool = False, exec_graph: Graph | None = None, io: PackageIO | None = None):
         self.graph = graph
         #: what tlc's own executors run (torch, NumPy): the graph without the Neural Engine layout
         #: (:func:`tlc.driver.single.optimize`); ``graph`` itself when that layout did not fire
         self.exec_graph = graph if exec_graph is None else exec_graph
+        self.io = io if io is not None else PackageIO()
         self.options = options  # decided (BuildOptions.decide): nothing below checks them again
         self.name = name
         self.progress = progress
@@ -80,6 +87,7 @@ class CompiledModel:
         self.boundary = complex_boundary(graph)  # complex model I/O are real [..., 2] pairs in the IR
         self._mlmodel = None
         self._compressed = False
+        self._finished = False  # the package's images, classifier, descriptions and metadata are on _mlmodel
         self._coreml = None
         self._torch = None
         self._signature = None  # set by tlc.driver.multifunction for the function of one signature
@@ -197,7 +205,7 @@ class CompiledModel:
                             precision=self.precision, precision_check=pc)
 
     def _metadata(self, g: Graph | None = None) -> dict:
-        md = {"tlc.source": self.source} if self.source else {}
+        md = {"tlc.source": relative_source(self.source, source_roots(source=self.source))} if self.source else {}
         md["tlc.io_dtype"] = self.io_dtype
         if self.compress:
             md["tlc.compress"] = self.compress
@@ -217,7 +225,7 @@ class CompiledModel:
         return self._emitted_mlmodel()
 
     def _emitted_mlmodel(self):
-        if self._mlmodel is None or (self.compress and not self._compressed):
+        if self._mlmodel is None or (self.compress and not self._compressed) or not self._finished:
             plan = self.plan  # mixed emits in its closed loop and keeps that MLModel
             if plan.is_bundle:
                 raise EmitError("this model is not one Core ML program (ops run in tlc's fallback runtime: "
@@ -236,6 +244,11 @@ class CompiledModel:
                     c.float_activation_ops
                 self._compressed = True
                 self.timings["compress"] = time.perf_counter() - t0
+            if not self._finished:  # last: the closed loop and compression work on the tensor program
+                t0 = time.perf_counter()
+                self._mlmodel = finish_package(self._mlmodel, self.io, self.minimum_deployment_target)
+                self._finished = True
+                self.timings["finish"] = time.perf_counter() - t0
         return self._mlmodel
 
     def _package_feed(self, feed: dict) -> dict:
@@ -307,7 +320,7 @@ class CompiledModel:
         cm._written = []
         cm.timings = {k: v for k, v in self.timings.items() if k in TRACE_STAGES}
         cm._plan = cm._mlmodel = cm._coreml = cm._torch = None
-        cm._compressed = False
+        cm._compressed = cm._finished = False
         return cm
 
     # --------------------------------------------------------------------------------- running
@@ -380,7 +393,8 @@ class CompiledModel:
         if len(tensors) != len(self.graph.inputs):
             raise InputError(
                 f"expected {len(self.graph.inputs)} tensor inputs ({', '.join(self.input_names)}), got {len(tensors)}")
-        return self.as_model_output(self.run(dict(zip(self.input_names, tensors)), backend=backend), tensors)
+        feeds = pixel_feeds(self.io, dict(zip(self.input_names, tensors)))  # image inputs: the model's values -> pixels
+        return self.as_model_output(model_outputs(self.io, self.run(feeds, backend=backend)), tensors)
 
     def as_model_output(self, out: dict, inputs: list):
         """``{output_name: ndarray}`` in the model's own output structure (pytree), as torch
@@ -429,7 +443,8 @@ def store_trace(cache: Cache, key: str, cm: CompiledModel) -> Path | None:
         np.savez(d / "calibration.npz", **{f"{k}/{n}": np.asarray(v) for k, f in enumerate(cm.calibration)
                                            for n, v in f.items()})
         with open(d / "python.pkl", "wb") as f:  # the output pytree spec, torch dtypes, options: small, tlc-written
-            pickle.dump({"out_spec": cm._out_spec, "out_torch_dtypes": cm._out_dtypes, "options": cm.options}, f)
+            pickle.dump({"out_spec": cm._out_spec, "out_torch_dtypes": cm._out_dtypes, "options": cm.options,
+                         "io": cm.io}, f)
 
     return cache.put("traces", key, write, {"name": cm.name, "source": cm.source, "kw_order": list(cm._kw_order)})
 
@@ -457,7 +472,7 @@ def load_trace(cache: Cache, key: str, progress: bool = False) -> CompiledModel 
     ((g, ex), py, calibration), meta, secs = got
     return CompiledModel(g, exec_graph=ex, options=py["options"], out_spec=py["out_spec"], kw_order=meta["kw_order"],
                          out_torch_dtypes=py["out_torch_dtypes"], timings={"cache_load": secs}, source=meta["source"],
-                         calibration=calibration, name=meta["name"], progress=progress)
+                         calibration=calibration, name=meta["name"], progress=progress, io=py.get("io"))
 
 
 __all__ = ["CompiledModel", "BACKENDS", "TRACE_STAGES", "store_trace", "load_trace"]

@@ -16,6 +16,7 @@ from typing import Any
 from tlc import dtypes
 from tlc.backends.coreml.compress import MODES
 from tlc.errors import InputError
+from tlc.iospec import ClassifierConfig, ImageType, Interface, PackageMetadata, TensorType
 from tlc.util.coreml import MULTIFUNCTION_MIN_TARGET, at_least, coreai, target_name
 
 #: ``precision=``: ``mixed`` (fp16 except measured fp32 islands; the default for ``target="ane"``),
@@ -34,6 +35,14 @@ IO_DTYPES = dtypes.IO
 #: ``tlc.build_lm(kv_cache=)``: ``io``, the cache as functional I/O (the Neural Engine form); ``state``,
 #: iOS18 ``MLState`` buffers the program updates itself (:mod:`tlc.backends.coreml.state`; for Core ML's GPU)
 KV_CACHE = ("io", "state")
+
+#: Hugging Face tasks ``tlc build DIR --task`` / ``tlc.build_pretrained`` builds (Hugging Face exporters'
+#: names: :mod:`tlc.driver.hf`)
+TASKS = ("feature-extraction", "sequence-classification", "image-classification", "token-classification",
+         "question-answering", "object-detection", "semantic-segmentation", "text-generation")
+#: exporters' older and Hugging Face's other names for the same tasks
+TASK_ALIASES = {"default": "feature-extraction", "text-classification": "sequence-classification",
+                "causal-lm": "text-generation"}
 
 #: ``CompiledModel.run(backend=)``: ``auto`` picks Core ML (macOS), else tlc's torch executor on a GPU,
 #: else NumPy
@@ -119,6 +128,72 @@ def check_multifunction_target(minimum_deployment_target: str) -> None:
             f"apple/coremltools#1764); build one package per shape for older targets")
 
 
+def _specs(specs, what: str) -> tuple:
+    if specs is None:
+        return ()
+    if isinstance(specs, (TensorType, ImageType)):
+        specs = [specs]
+    if not isinstance(specs, (list, tuple)):
+        raise InputError(f"{what}= must be a list of tlc.TensorType / tlc.ImageType (None keeps one as traced), got "
+                         f"{type(specs).__name__}")
+    for i, s in enumerate(specs):
+        if s is not None and not isinstance(s, (TensorType, ImageType)):
+            hint = " (coremltools' types are not tlc's: use tlc.TensorType / tlc.ImageType)" \
+                if type(s).__module__.startswith("coremltools") else ""
+            raise InputError(f"{what}[{i}] must be a tlc.TensorType, a tlc.ImageType or None, got {type(s).__name__}{hint}")
+    return tuple(specs)
+
+
+def decide_interface(*, inputs=None, outputs=None, classifier_config=None, class_labels=None, author=None,
+                     license=None, version=None, short_description=None, metadata=None) -> Interface:
+    """The package's I/O declarations and metadata (:class:`tlc.iospec.Interface`), checked:
+    ``inputs``/``outputs`` lists of :class:`tlc.TensorType` / :class:`tlc.ImageType` / None (a
+    single spec is a list of one), ``classifier_config`` (:class:`tlc.ClassifierConfig`) or its
+    shorthand ``class_labels`` (a list, a label file or an ``id2label`` mapping), metadata
+    (:meth:`tlc.iospec.PackageMetadata.decide`). Raises :class:`InputError` naming the bad value:
+    another type in a list, both ``classifier_config`` and ``class_labels``, an image output with a
+    classifier (coremltools' exporter matches output types by position, which its ``classify``
+    outputs shift). What depends on the model is checked when the graph is bound
+    (:func:`tlc.passes.interface.bind_interface`)."""
+    ins, outs = _specs(inputs, "inputs"), _specs(outputs, "outputs")
+    if class_labels is not None and classifier_config is not None:
+        raise InputError("give class_labels or classifier_config, not both (class_labels=L is "
+                         "classifier_config=tlc.ClassifierConfig(L))")
+    if class_labels is not None:
+        classifier_config = ClassifierConfig(class_labels)
+    if classifier_config is not None and not isinstance(classifier_config, ClassifierConfig):
+        raise InputError(f"classifier_config must be a tlc.ClassifierConfig, got {type(classifier_config).__name__}")
+    if classifier_config is not None and any(isinstance(s, ImageType) for s in outs):
+        raise InputError("a classifier package with an image output: coremltools' exporter cannot write both "
+                         "(it matches output types by position, which the classify outputs shift)")
+    md = PackageMetadata.decide(author, license, version, short_description, metadata)
+    return Interface(ins, outs, classifier_config, md)
+
+
+def check_interface(interface: Interface, io_dtype: str, functions: int) -> str:
+    """The ``io_dtype`` a build with ``interface`` uses: ``io_dtype``, or ``"float16"`` when a
+    :class:`tlc.TensorType` asks for it (one float dtype for every float input and output: tlc's
+    precision pass types the package boundary as a whole). Raises :class:`InputError` for float
+    TensorType dtypes that differ, an image with float16 I/O (Core ML's RGB/BGR images are fp32
+    tensors in the program), images or a classifier with several signatures (coremltools writes
+    neither into a multifunction package)."""
+    specs = interface.inputs + interface.outputs
+    floats = {s.dtype for s in specs if isinstance(s, TensorType) and s.dtype in ("float16", "float32")}
+    if len(floats) > 1:
+        raise InputError("TensorType dtypes float16 and float32 in one package: tlc gives every float input and output "
+                         "one dtype (io_dtype); declare one of them")
+    if floats:
+        io_dtype = floats.pop()
+    if io_dtype == "float16" and any(isinstance(s, ImageType) for s in specs):
+        raise InputError("an ImageType with float16 package I/O (io_dtype='float16' or a float16 TensorType): Core ML "
+                         "hands image pixels to the program as float32; use io_dtype='float32' (the program still "
+                         "computes in fp16 with precision 'mixed' or 'fp16')")
+    if functions > 1 and (interface.classifier is not None or any(isinstance(s, ImageType) for s in specs)):
+        raise InputError("image inputs/outputs and classifiers are for one input signature: coremltools does not write "
+                         "them into a multifunction package; build one package per shape")
+    return io_dtype
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """The decided options of a build (make them with :meth:`decide`, which checks them):
@@ -127,7 +202,8 @@ class BuildOptions:
     ``fallback`` (whether ops may leave Core ML), ``cost`` (a
     :class:`tlc.passes.partition.CostModel`, None for the default), ``compress`` (a
     :data:`tlc.backends.coreml.compress.MODES` key or None) and ``format`` (:data:`FORMATS`: what
-    ``save`` writes; the plan does not depend on it)."""
+    ``save`` writes; the plan does not depend on it), ``interface`` (:class:`tlc.iospec.Interface`:
+    the package's I/O declarations and metadata, :func:`decide_interface`)."""
 
     precision: str
     minimum_deployment_target: str
@@ -137,18 +213,20 @@ class BuildOptions:
     cost: Any = None
     compress: str | None = None
     format: str = "mlpackage"
+    interface: Interface = Interface()
 
     @classmethod
     def decide(cls, *, precision: str | None = None, minimum_deployment_target=None, target: str = "ane",
                io_dtype: str = "float32", fallback: bool = True, cost=None, compress: str | None = None,
-               format: str = "mlpackage", functions: int = 1) -> "BuildOptions":
+               format: str = "mlpackage", functions: int = 1, interface: Interface | None = None) -> "BuildOptions":
         """Apply the defaults and check every option once. Defaults: ``precision`` ``"mixed"`` for
         ``target="ane"``, else ``"fp32"``; ``minimum_deployment_target`` ``"iOS17"``, or ``"iOS18"``
         when ``functions`` > 1 (a multifunction package). Raises :class:`~tlc.errors.InputError`
         (an unknown target, precision, io_dtype, compress mode or format, a deployment target too
         old for fp16 I/O, the compression mode or several functions, ``compress`` with a Core AI
-        format, ``fallback=False`` with a target other than ``"ane"``) and
-        :class:`~tlc.errors.EmitError` (a deployment target coremltools does not know)."""
+        format, ``fallback=False`` with a target other than ``"ane"``, an ``interface`` that does not
+        fit the other options: :func:`check_interface`) and :class:`~tlc.errors.EmitError` (a
+        deployment target coremltools does not know). ``interface``: from :func:`decide_interface`."""
         check_target(target)
         check_format(format)
         if format != "mlpackage":
@@ -160,9 +238,11 @@ class BuildOptions:
         mdt = target_name(minimum_deployment_target or ("iOS18" if functions > 1 else "iOS17"))
         if functions > 1:
             check_multifunction_target(mdt)
+        interface = interface if interface is not None else Interface()
+        io_dtype = check_interface(interface, io_dtype, functions)
         check_io_dtype(io_dtype, mdt)
         check_compress(compress, target, mdt)
-        return cls(precision, mdt, target, io_dtype, bool(fallback), cost, compress, format)
+        return cls(precision, mdt, target, io_dtype, bool(fallback), cost, compress, format, interface)
 
     def replace(self, **changes) -> "BuildOptions":
         """These options with ``changes`` (None values keep the current one), checked again by
@@ -180,5 +260,6 @@ class BuildOptions:
 
 
 __all__ = ["PRECISIONS", "TARGETS", "FORMATS", "IO_DTYPES", "KV_CACHE", "RUN_BACKENDS", "BuildOptions", "check_target", "check_precision",
+           "decide_interface", "check_interface", "TASKS", "TASK_ALIASES",
            "check_io_dtype", "check_compress", "check_format", "check_coreai_compress", "check_multifunction_target",
 ]

@@ -134,13 +134,14 @@ def save_coreml(cm, path: Path, force: bool) -> Path:
                              f"report()); use a weight-only mode (int8, int4, palettize4/6/8) for bundles")
         t0 = time.perf_counter()
         out = write_bundle(path, cm.emit_graph, cm.segments, precision=cm.precision,
-                           minimum_deployment_target=cm.minimum_deployment_target, metadata=cm._metadata(),
-                           force=force, compress=cm.compress, skip=tuple(cm.islands))
+                           minimum_deployment_target=cm.minimum_deployment_target,
+                           metadata={**cm._metadata(), **cm.io.metadata.as_dict()}, force=force, compress=cm.compress,
+                           skip=tuple(cm.islands))
     else:
         path = check_output_path(path, force)  # before spending time on emission
         mlm = cm._emitted_mlmodel()
         t0 = time.perf_counter()
-        out = save_atomic(mlm, path, force=force, check=lambda staged: check_package_io(staged, cm.emit_graph))
+        out = save_atomic(mlm, path, force=force, check=lambda staged: check_package_io(staged, cm.emit_graph, io=cm.io))
     cm.timings["save"] = time.perf_counter() - t0
     cm._written.append(out)
     return out
@@ -164,12 +165,13 @@ def save_aimodel(cm, path: Path, force: bool) -> Path:
     :class:`InputError` without coreai-core."""
     check_coreai_options(cm)
     t0 = time.perf_counter()
+    md = {**cm._metadata(), **cm.io.metadata.as_dict()}  # a Core AI asset has no model-page fields: all as keys
     if path.suffix == ".tlc":
         out = write_bundle(path, cm.emit_graph, cm.plan.coreai_segments, precision=cm.precision,
-                           minimum_deployment_target=cm.minimum_deployment_target, metadata=cm._metadata(),
-                           force=force, program="coreai")
+                           minimum_deployment_target=cm.minimum_deployment_target, metadata=md, force=force,
+                           program="coreai")
     else:
-        out = write_aimodel_atomic(cm.emit_graph, path, force=force, metadata=cm._metadata())
+        out = write_aimodel_atomic(cm.emit_graph, path, force=force, metadata=md)
     cm.timings["save_aimodel"] = time.perf_counter() - t0
     cm._written.append(out)
     return out

@@ -9,11 +9,12 @@ from typing import Callable
 from tlc.errors import InputError
 from tlc.frontend import normalize_inputs, trace
 from tlc.passes import ANE_ONLY, PASSES, PIPELINE, run_pipeline
+from tlc.passes.interface import bind_interface, package_feed
 from tlc.util.progress import stage
 
 from . import cache as _cache
 from .cache_key import file_key, source_key
-from .inputs import calibration_feed, model_name, source_of, unwrap
+from .inputs import calibration_feed, example_inputs_of, model_name, source_of, unwrap
 from .model import CompiledModel, load_trace, store_trace
 from .options import BuildOptions
 from .plan import check_shippable
@@ -73,6 +74,7 @@ def build_one(model_or_fn: Callable, example_inputs, options: BuildOptions, *, p
     ``cache_values``: key on the example values too, not only their signature (``@tlc.compile``
     keys by signature). Other arguments as :func:`tlc.build`. Raises what :func:`tlc.build` raises."""
     model_or_fn = unwrap(model_or_fn)  # a @tlc.compile wrapper builds what it wraps
+    example_inputs = example_inputs_of(model_or_fn, example_inputs)
     calibration = list(calibration or [])
     names = pass_names(options, passes, skip_passes)
     store = key = None
@@ -80,6 +82,7 @@ def build_one(model_or_fn: Callable, example_inputs, options: BuildOptions, *, p
         store = _cache.Cache()
         opts = {f: getattr(options, f) for f in ("precision", "minimum_deployment_target", "target", "io_dtype",
                                                   "fallback", "compress", "format")}
+        opts["interface"] = repr(options.interface)
         opts.update(profile=file_key(profile) if profile is not None else None, strict=strict, passes=names)
         key = source_key(model_or_fn, example_inputs, opts, values=cache_values, calibration=calibration,
                          user_key=cache_key)
@@ -89,13 +92,15 @@ def build_one(model_or_fn: Callable, example_inputs, options: BuildOptions, *, p
             return cm
     source = source_of(model_or_fn)
     with stage(f"tracing {model_name(model_or_fn)} (torch.export, decompositions, lowering)"):
-        g, info = trace(model_or_fn, example_inputs, strict=strict, meta={"tlc.source": source} if source else {})
+        traced, info = trace(model_or_fn, example_inputs, strict=strict, meta={"tlc.source": source} if source else {})
+    g, io = bind_interface(traced, options.interface)  # names, image ops: before the passes, which may fuse them
     t0 = time.perf_counter()
     with stage(f"optimizing ({len(names)} passes)"):
         g, exec_graph = optimize(g, names)
     timings = {"export": info.export_s, "decompose": info.decompose_s, "lower": info.lower_s,
                "passes": time.perf_counter() - t0}
-    feeds = [calibration_feed(g, ex, k) for k, ex in enumerate([example_inputs] + calibration)]
+    feeds = [package_feed(traced, g, io, calibration_feed(traced, ex, k))
+             for k, ex in enumerate([example_inputs] + calibration)]
     if not options.fallback:
         check_shippable(g)
         if options.format != "mlpackage":
@@ -104,7 +109,7 @@ def build_one(model_or_fn: Callable, example_inputs, options: BuildOptions, *, p
     cm = CompiledModel(g, exec_graph=exec_graph, options=options, out_spec=info.out_spec, kw_order=list(kwargs),
                        out_torch_dtypes=info.extra["out_dtypes"],  # int64/float64 handed back as the model would
                        timings=timings, source=source, calibration=feeds, name=model_name(model_or_fn),
-                       progress=progress)
+                       progress=progress, io=io)
     if store is not None:
         t0 = time.perf_counter()
         store_trace(store, key, cm)

@@ -29,7 +29,7 @@ from tlc.runtime import BundleModel, MILInterpreter, is_bundle, load, package_in
 from tlc.runtime.coreai_runtime import CoreAIModel
 from tlc.util.progress import stage
 
-from .inputs import unwrap
+from .inputs import graph_outputs, model_outputs, pixel_feeds, unwrap
 from .model import CompiledModel
 from .options import BuildOptions, check_format
 from .save import save_aimodel as save_model_aimodel
@@ -168,6 +168,7 @@ def verify(
     keep: str | Path | None = None,
     force: bool = False,
     format: str = "mlpackage",
+    interface=None,
 ) -> VerifyReport:
     """Trace (or take ``compiled``), save the package or bundle (unless ``package`` is given), run
     it with the MIL interpreter (bundles: the hybrid runtime) and compare with torch eager (the model in eval mode). The trace is
@@ -184,12 +185,16 @@ def verify(
     the package), runs it in Apple's Core AI runtime, compares it with torch eager and with the
     MIL interpreter (same tolerance), and on disagreement names the first op where the two Apple
     formats part (:func:`apple_divergence`). Needs coreai-core.
+    ``interface``: the package's I/O declarations (:func:`tlc.driver.options.decide_interface`):
+    image inputs are fed the pixels that give the example inputs, a classifier's dictionary and
+    image outputs are compared as the model's tensors.
     Raises :class:`TlcError` subclasses for bad models, inputs or packages.
     """
     tols = {**DEFAULT_TOL, **(tol or {})}
     t0 = time.perf_counter()
     cm = compiled or build_one(model_or_fn, example_inputs, BuildOptions.decide(
-        precision=precision, minimum_deployment_target=minimum_deployment_target, target=target, io_dtype=io_dtype))
+        precision=precision, minimum_deployment_target=minimum_deployment_target, target=target, io_dtype=io_dtype,
+        interface=interface))
     tmp = None
     if package is None:
         if keep is None:
@@ -208,13 +213,13 @@ def verify(
         args, kwargs = normalize_inputs(example_inputs)
         leaves = pytree.tree_leaves((args, kwargs))
         tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
-        feeds = {n: t.detach().cpu().numpy() for n, t in zip(cm.input_names, tensors)}
+        feeds = pixel_feeds(cm.io, {n: t.detach().cpu().numpy() for n, t in zip(cm.input_names, tensors)})
         missing = [n for n, *_ in interp.inputs if n not in feeds]
         if missing:
             raise TlcError(f"package {str(package)!r} expects inputs {missing} that the model's example inputs do not provide")
         t1 = time.perf_counter()
         with stage(f"running {Path(package).name} in tlc's MIL interpreter"):
-            got = interp.run(feeds)  # MILInterpreter.run / BundleModel.run
+            got = model_outputs(cm.io, graph_outputs(cm.io, interp.run(feeds), cm.output_names))  # MILInterpreter / BundleModel
         t_interp = time.perf_counter() - t1
         model = unwrap(model_or_fn)
         modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import InputError
 from ..ir import Graph
-from .export import as_module, decomposition_table, export
+from .export import as_module, decompose_exported, decomposition_table, export
 from . import aten  # noqa: F401  (registers every lowering into common.LOWERINGS)
 from .lower import ir_dtype, lower
 
@@ -88,11 +88,15 @@ def trace(model_or_fn, example_inputs, strict: bool = False, meta: dict | None =
     Raises :class:`InputError` (bad example inputs), :class:`FrontendError` (tracing failed),
     :class:`UnsupportedOpError` (only for what cannot be a fallback op either; names the op and
     source line). Ops without a lowering, complex values and data-dependent shapes become
-    fallback nodes (:mod:`tlc.ops.fallback`).
+    fallback nodes (:mod:`tlc.ops.fallback`). ``model_or_fn`` may be an ``ExportedProgram``
+    (``torch.export.export``'s result): it is lowered as it is (``strict`` does not apply) and
+    ``example_inputs`` only have to match its input signature.
     """
     args, kwargs = normalize_inputs(example_inputs)
-    module = as_module(model_or_fn)
-    ep, t_exp, t_dec = export(module, args, kwargs, strict=strict)
+    if isinstance(model_or_fn, torch.export.ExportedProgram):
+        ep, t_exp, t_dec = decompose_exported(model_or_fn)
+    else:
+        ep, t_exp, t_dec = export(as_module(model_or_fn), args, kwargs, strict=strict)
     t0 = time.perf_counter()
     g = lower(ep, meta=meta)
     info = TraceInfo(t_exp, t_dec, time.perf_counter() - t0, ep.call_spec.out_spec, ep.call_spec.in_spec)

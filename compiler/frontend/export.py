@@ -189,6 +189,23 @@ def export(module: torch.nn.Module, args: tuple, kwargs: dict, strict: bool = Fa
     return ep, t1 - t0, t2 - t1
 
 
+def decompose_exported(ep) -> tuple:
+    """``(exported_program, 0.0, seconds_decompose)`` for a program the user exported
+    (``torch.export.export``): tlc's decompositions (:func:`decomposition_table`) applied as to its
+    own trace, so a module and its ``ExportedProgram`` build the same package. Raises
+    :class:`FrontendError` when torch's decompositions fail."""
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            ep = ep.run_decompositions(decomposition_table())
+    except Exception as e:  # torch raises many types; report them uniformly
+        head = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise FrontendError(f"torch could not decompose the ExportedProgram ({type(e).__name__}: {head})",
+                            loc=_user_frame(e)) from e
+    return ep, 0.0, time.perf_counter() - t0
+
+
 def _user_frame(e: BaseException):
     """SourceLoc of the innermost traceback frame outside torch, if any."""
     import traceback

@@ -223,10 +223,12 @@ def run_mil_passes(prog, minimum_deployment_target) -> None:
         raise EmitError(f"coremltools rejects tlc's MIL program: {e}") from e
 
 
-def serialize(prog, minimum_deployment_target, model_description=None):
+def serialize(prog, minimum_deployment_target, model_description=None, classifier_config=None):
     """A MIL ``Program`` (passes already run) -> ``ct.models.MLModel`` backed by a temporary
     package: coremltools' milproto backend (``backend.mil.load.load``: spec + weight blob file;
-    ``model_description``: the ``ModelDescription`` of a multifunction program), then
+    ``model_description``: the ``ModelDescription`` of a multifunction program;
+    ``classifier_config``: a ``ct.ClassifierConfig``, for which the backend adds the ``classify``
+    op to ``prog`` and writes Core ML's classifier description), then
     ``models.utils._create_mlpackage``. Raises :class:`EmitError` with the tail of
     coremltools' log when serialization fails."""
     ct = _ct()
@@ -240,6 +242,8 @@ def serialize(prog, minimum_deployment_target, model_description=None):
                 tempfile.TemporaryDirectory(prefix="tlc-weights-") as weights:
             warnings.simplefilter("ignore")
             extra = {"model_description": model_description} if model_description is not None else {}
+            if classifier_config is not None:
+                extra["classifier_config"] = classifier_config
             proto = milproto_export(prog, weights_dir=weights, specification_version=opset.value,
                                     convert_from="milinternal", convert_to="mlprogram", **extra)
             package = _create_mlpackage(proto, weights)

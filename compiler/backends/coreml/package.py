@@ -21,15 +21,18 @@ from tlc.runtime.mlspec import PackageError, read_spec, spec_summary
 from tlc.util.files import atomic_dir, refuse_existing, tree_digest
 
 
-def check_package_io(path, g: Graph, function_name: str = "main", loaded=None, states=()) -> list[str]:
+def check_package_io(path, g: Graph, function_name: str = "main", loaded=None, states=(), io=None) -> list[str]:
     """Reread a saved package's spec (the ``Model`` protobuf with its MIL program, not the weights:
     :func:`tlc.runtime.mlspec.read_spec`; ``loaded``: that spec, when the caller checks several
     functions of one package) and list every mismatch between function ``function_name``'s I/O
     and the IR graph's: input names, shapes and dtypes (bool inputs are int32 in a package, 0-d
     values ``[1]``); output names, shapes and dtypes; and the :mod:`tlc.boundary` record of the 0-d
     and complex ones. ``states`` (:class:`tlc.backends.coreml.state.StateBinding`): IR inputs the package holds as
-    fp16 states of the same shape, and IR outputs it writes into them instead of returning.
-    Reading no weights keeps the check cheap for billion-parameter packages."""
+    fp16 states of the same shape, and IR outputs it writes into them instead of returning. ``io``
+    (:class:`tlc.iospec.PackageIO`): a classifier's label and dictionary outputs come first in place
+    of its probabilities output, and the package declares them as Core ML's classifier does; image
+    features hold the IR's float tensors. Reading no weights keeps the check cheap for
+    billion-parameter packages."""
     spec = loaded if loaded is not None else read_spec(path)
     try:
         summary = spec_summary(spec, function_name if len(spec.mlProgram.functions) > 1 else None)
@@ -53,11 +56,32 @@ def check_package_io(path, g: Graph, function_name: str = "main", loaded=None, s
     written = {b.output for b in states}
     kept = [(n, v) for n, v in zip(g.output_names, g.outputs) if n not in written]
     got_out = [d["name"] for d in summary["outputs"]]
-    if got_out != [n for n, _ in kept]:
-        problems.append(f"outputs {got_out} vs IR {[n for n, _ in kept]}")
-    for d, (_, v) in zip(summary["outputs"], kept):
-        if d["shape"] != io_shape(v.type) or d["dtype"] != io_dtype(v.type):
+    want_out = io.output_features([n for n, _ in kept]) if io is not None else [n for n, _ in kept]
+    if got_out != want_out:
+        problems.append(f"outputs {got_out} vs IR {want_out}")
+    values = dict(kept)
+    if io is not None and io.classifier is not None:  # the label and dictionary are checked below
+        for n in (io.classifier.label_name, io.classifier.dict_name):
+            values.pop(n, None)
+    for d in summary["outputs"]:
+        v = values.get(d["name"])
+        if v is not None and (d["shape"] != io_shape(v.type) or d["dtype"] != io_dtype(v.type)):
             problems.append(f"output {d['name']}: package {d['dtype']}{d['shape']} vs IR {v.type}")
+    c = io.classifier if io is not None else None
+    if c is not None:
+        desc = spec.description
+        kinds = {o.name: o.type.WhichOneof("Type") for o in desc.output}
+        label = "stringType" if isinstance(c.labels[0], str) else "int64Type"
+        if (desc.predictedFeatureName, desc.predictedProbabilitiesName) != (c.label_name, c.dict_name) or \
+                kinds.get(c.label_name) != label or kinds.get(c.dict_name) != "dictionaryType":
+            problems.append(f"classifier outputs {desc.predictedFeatureName} ({kinds.get(c.label_name)}), "
+                            f"{desc.predictedProbabilitiesName} ({kinds.get(c.dict_name)}) vs {c.label_name} ({label}), "
+                            f"{c.dict_name} (dictionaryType)")
+    if io is not None:
+        kinds = {f.name: f.type.WhichOneof("Type") for f in list(spec.description.input) + list(spec.description.output)}
+        for im in io.images + io.image_outputs:
+            if kinds.get(im.name) != "imageType":
+                problems.append(f"{im.name} is a {kinds.get(im.name)} feature, declared an image")
     want, got = of_graph(g), Boundary.from_metadata(dict(spec.description.metadata.userDefined))
     if got != want:
         problems.append(f"boundary record {got} vs IR {want}")
