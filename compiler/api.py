@@ -6,14 +6,16 @@ which does the work; nothing here builds anything itself.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Callable
 
 import torch
 
+from .driver.hf import prepare
 from .driver.lm import build_lm
 from .driver.model import CompiledModel
 from .driver.multifunction import MultiFunctionModel, build_multifunction, signatures
-from .driver.options import BuildOptions
+from .driver.options import BuildOptions, decide_interface
 from .driver.profile import cost_model
 from .driver.single import build_one
 from .driver.specialize import CompiledFunction, compile
@@ -21,9 +23,18 @@ from .errors import InputError
 
 
 def build(
-    model_or_fn: Callable | torch.nn.Module,
-    example_inputs,
+    model_or_fn: Callable | torch.nn.Module | torch.export.ExportedProgram,
+    example_inputs=None,
     *,
+    inputs: list | None = None,
+    outputs: list | None = None,
+    classifier_config=None,
+    class_labels=None,
+    author: str | None = None,
+    license: str | None = None,
+    version: str | None = None,
+    short_description: str | None = None,
+    metadata: dict | None = None,
     precision: str | None = None,
     minimum_deployment_target: str | None = None,
     target: str = "ane",
@@ -47,6 +58,9 @@ def build(
 ):
     """Trace ``model_or_fn`` on ``example_inputs``, lower it to tlc's IR and optimize it.
 
+    ``model_or_fn``: an ``nn.Module``, a function on tensors, or an ``ExportedProgram``
+    (``torch.export.export``'s result, as ExecuTorch and coremltools take; lowered as exported,
+    ``example_inputs`` defaulting to the ones it was exported with: the same package as its module).
     ``example_inputs``: a tensor, a tuple/list of positional inputs, a dict of keyword inputs,
     or ``(args, kwargs)``; NumPy arrays are accepted. Integer inputs become int32 (Core ML has no
     int64 I/O), float64 becomes fp32. Shapes are static: the package accepts exactly these shapes.
@@ -86,6 +100,17 @@ def build(
     (per-channel or per-tensor for ``target="ane"``; embeddings and fp32 islands untouched;
     :mod:`tlc.backends.coreml.compress`; CLI: ``--compress``).
 
+    **The package's interface** (:mod:`tlc.iospec`; coremltools' names): ``inputs`` / ``outputs``,
+    one entry per model input / output in order (from the first; None keeps one as traced):
+    :class:`tlc.TensorType` (``name``, ``dtype``, ``description``) or :class:`tlc.ImageType`
+    (``name``, ``scale``, ``bias``, ``color_layout`` ``"RGB"``/``"BGR"``/``"GRAYSCALE"``,
+    ``channel_first``: the package takes an image, and the model ``pixel * scale + bias``, computed
+    by ops in the program); ``classifier_config`` (:class:`tlc.ClassifierConfig`) or
+    ``class_labels`` (a list, a label file or a Hugging Face ``id2label``): a Core ML classifier,
+    whose outputs are ``classLabel`` and the ``{label: probability}`` dictionary; ``author``,
+    ``license``, ``version``, ``short_description`` (Xcode's model page) and ``metadata`` (more
+    ``{key: value}`` strings). Names must be Core ML feature names and distinct.
+
     ``format``: what :meth:`CompiledModel.save` writes: ``"mlpackage"`` (default; a bundle
     ``NAME.tlc`` when ops need tlc's fallback runtime), ``"aimodel"`` (Apple's Core AI asset,
     iOS/macOS 27, :mod:`tlc.backends.coreai.emit`; needs the ``coreai`` extra; a bundle
@@ -101,7 +126,9 @@ def build(
     hashed; implies ``cache``). ``$TLC_NO_CACHE=1`` turns the cache off. ``cm.cache_status`` is
     ``"hit"``, ``"miss"`` or None (not cached).
 
-    Raises :class:`~tlc.errors.InputError` (bad inputs, precision or pass names, an unknown
+    Raises :class:`~tlc.errors.InputError` (bad inputs, precision or pass names, bad I/O
+    declarations: an ``ImageType`` on a non-float input or a shape other than ``[1, C, H, W]``,
+    labels whose count differs from the probabilities output's size, clashing names; an unknown
     ``format`` or ``"aimodel"``/``"both"`` without coreai-core, several signatures
     with a deployment target before iOS18, repeated signature shapes, ``fallback=False``
     with a target other than ``"ane"``, an unknown ``compress`` mode or one the deployment target
@@ -115,10 +142,13 @@ def build(
     if sigs is None and (function_names is not None or default_function_name is not None or paddable is not None):
         raise InputError("function_names, default_function_name and paddable apply to several example input "
                          "signatures (example_inputs=[ex_a, ex_b, ...])")
+    interface = decide_interface(inputs=inputs, outputs=outputs, classifier_config=classifier_config,
+                                 class_labels=class_labels, author=author, license=license, version=version,
+                                 short_description=short_description, metadata=metadata)
     options = BuildOptions.decide(precision=precision, minimum_deployment_target=minimum_deployment_target,
                                   target=target, io_dtype=io_dtype, fallback=fallback, compress=compress, format=format,
                                   cost=cost_model(profile) if profile is not None else None,
-                                  functions=len(sigs) if sigs else 1)
+                                  functions=len(sigs) if sigs else 1, interface=interface)
     calibration = list(calibration or []) + list(calibration_inputs or [])
     trace = dict(profile=profile, strict=strict, passes=passes, skip_passes=skip_passes, progress=progress, cache=cache,
                  cache_key=cache_key)
@@ -129,4 +159,37 @@ def build(
     return build_one(model_or_fn, example_inputs, options, calibration=calibration, cache_values=_cache_values, **trace)
 
 
-__all__ = ["build", "compile", "build_lm", "CompiledModel", "MultiFunctionModel", "CompiledFunction"]
+#: ``co.huggingface.exporters.precision`` for tlc's precisions (exporters writes float32 or float16)
+HF_PRECISION = {"mixed": "float16", "fp16": "float16", "fp32": "float32"}
+
+
+def build_pretrained(path: str | os.PathLike, task: str | None = None, *, sequence_length: int | None = None,
+                     short_description: str | None = None, metadata: dict | None = None, max_context: int = 256,
+                     prefill_lengths=(32,), kv_cache: str = "io", **options):
+    """Build the Hugging Face model saved in directory ``path`` (``save_pretrained``; nothing is
+    downloaded) for ``task``, with the input names, output names, labels and metadata of Hugging
+    Face's Core ML exporter (:mod:`tlc.driver.hf`: ``feature-extraction``,
+    ``sequence-classification``, ``image-classification``, ``token-classification``,
+    ``question-answering``, ``object-detection``, ``semantic-segmentation``; None infers it from the
+    config's architecture). ``text-generation`` builds the causal LM with :func:`build_lm`
+    (``max_context``, ``prefill_lengths``, ``kv_cache``). ``sequence_length``: the text inputs'
+    length (default 128). ``options``: :func:`build`'s (``precision``, ``author``, ...);
+    ``metadata`` adds keys to the task's. What the user should know (a directory without an image
+    processor) is a ``UserWarning``. Returns a :class:`CompiledModel` (a
+    :class:`MultiFunctionModel` for ``text-generation``). Raises :class:`~tlc.errors.InputError`
+    for a path that is not a model directory, an unknown task, a model the task cannot load, and
+    what :func:`build` raises."""
+    p = prepare(path, task, sequence_length)
+    for note in p.notes:
+        warnings.warn(note, stacklevel=2)
+    precision = options.get("precision") or ("mixed" if options.get("target", "ane") == "ane" else "fp32")
+    md = {**p.metadata, "co.huggingface.exporters.precision": HF_PRECISION.get(precision, precision), **(metadata or {})}
+    desc = short_description or p.short_description
+    if p.task == "text-generation":
+        return build_lm(p.model, max_context=max_context, prefill_lengths=prefill_lengths, kv_cache=kv_cache,
+                        short_description=desc, metadata=md, **options)
+    return build(p.model, p.example_inputs, inputs=p.inputs, outputs=p.outputs, class_labels=p.classifier_labels,
+                 short_description=desc, metadata=md, **options)
+
+
+__all__ = ["build", "build_pretrained", "compile", "build_lm", "CompiledModel", "MultiFunctionModel", "CompiledFunction"]

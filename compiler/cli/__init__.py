@@ -5,7 +5,9 @@
               [--compress int8|int4|palettize4|palettize6|palettize8]
               [--report] [--report-json F]
               [--report-html F] [--force]
-    tlc run PKG|BUNDLE|ASSET.aimodel --input NAME=FILE.npy ... [--out DIR] [--backend auto|coreml|interpreter]
+              [--class-labels FILE] [--author A] [--license L] [--model-version V] [--description D] [--metadata K=V]
+    tlc build DIR --task TASK [--sequence-length N] ...   (a Hugging Face model directory, exporters' task names)
+    tlc run PKG|BUNDLE|ASSET.aimodel --input NAME=FILE.npy|IMAGE.png ... [--out DIR] [--top K] [--backend auto|coreml|interpreter]
     tlc inspect PKG|BUNDLE|ASSET.aimodel [--json] [--function NAME]
     tlc lint PKG|BUNDLE [--fail-on eligibility|efficiency] [--json F] [--all]
     tlc cache info|clear [--json]

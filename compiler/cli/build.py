@@ -12,15 +12,15 @@ from typing import Mapping
 
 from tlc.backends.coreml.compress import MODES
 from tlc.check.lint import lint
-from tlc.driver.options import FORMATS
+from tlc.driver.options import FORMATS, TASK_ALIASES, TASKS
 from tlc.errors import InputError
 from tlc.ir import format_graph
 from tlc.util.coreml import package_size
 
-from .lm import add_lm_options, build_text_generation
-from .modelfile import add_build_options, load_model_file, merged_options, model_of
-from .output import (finish_multifunction, human, print_cache, print_compression, print_precision, print_shippable,
-                     print_time)
+from .lm import add_lm_options, build_text_generation, prefill_lengths, report_text_generation
+from .modelfile import add_build_options, add_interface_options, io_options, load_model_file, merged_options, model_of
+from .output import (finish_multifunction, human, print_cache, print_compression, print_image_ops, print_io,
+                     print_precision, print_shippable, print_time)
 from .parse import load_calibration, parse_paddable, parse_shapes
 
 
@@ -45,14 +45,47 @@ def _cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story o
     from tlc.driver.save import check_writable, requested_output
     from tlc.driver.specialize import CompiledFunction
 
+    if Path(a.model).is_dir():
+        return build_directory(a)
     if a.task == "text-generation":
         return build_text_generation(a)
+    if a.task is not None:
+        raise InputError(f"--task {a.task} builds a Hugging Face model directory (saved with save_pretrained); "
+                         f"{a.model!r} is not a directory (a model file defines its own model and inputs; --task "
+                         f"text-generation is the task a model file may name)")
+    if a.sequence_length is not None:
+        raise InputError("--sequence-length applies to a Hugging Face model directory; a model file's example_inputs "
+                         "set its shapes")
     t0 = time.perf_counter()
     fmt, requested = requested_output(a.output, Path(a.model).stem, a.format)
     check_writable(requested, a.force)  # fail fast, before tracing
     spec = load_model_file(a.model, entry=a.entry)
     t_load = time.perf_counter() - t0
     opts = merged_options(a, spec)
+    io = io_options(a, spec)
+    extra = build_extras(a)
+    if a.shape or a.paddable:
+        if not a.shape:
+            raise InputError("--paddable applies to several shapes (--shape NAME=DIMS,DIMS,...)")
+        model = model_of(spec)
+        sigs = signatures_for_shapes(model, spec.example_inputs, parse_shapes(a.shape))
+        if a.paddable:
+            extra["paddable"] = parse_paddable(a.paddable)
+        mf = build(model, sigs, strict=a.strict_export, cache=True, progress=True, **opts, **extra, **io)
+        return finish_multifunction(a, mf, requested, spec, t0, t_load)
+    if isinstance(spec.model, CompiledFunction) and not a.strict_export and not extra and not io:
+        # traced already when the file was imported (eager example_inputs=): reuse that trace
+        cm = spec.model.compiled_for(spec.example_inputs).with_options(format=fmt, **opts)
+        cm.progress = True
+    else:
+        cm = build(model_of(spec), spec.example_inputs, strict=a.strict_export, cache=True, progress=True, format=fmt,
+                   **opts, **extra, **io)
+    return finish_build(a, cm, fmt, requested, spec.path, t0, t_load)
+
+
+def build_extras(a: argparse.Namespace) -> dict:
+    """``tlc.build`` keywords of the flags every build may take: ``--profile``, ``--calibration``,
+    ``--passes``, ``--skip-pass``."""
     extra = {}
     if a.profile:
         extra["profile"] = a.profile
@@ -62,22 +95,49 @@ def _cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story o
         extra["passes"] = [p for p in a.passes.split(",") if p]
     if a.skip_pass:
         extra["skip_passes"] = list(a.skip_pass)
-    if a.shape or a.paddable:
-        if not a.shape:
-            raise InputError("--paddable applies to several shapes (--shape NAME=DIMS,DIMS,...)")
-        model = model_of(spec)
-        sigs = signatures_for_shapes(model, spec.example_inputs, parse_shapes(a.shape))
-        if a.paddable:
-            extra["paddable"] = parse_paddable(a.paddable)
-        mf = build(model, sigs, strict=a.strict_export, cache=True, progress=True, **opts, **extra)
-        return finish_multifunction(a, mf, requested, spec, t0, t_load)
-    if isinstance(spec.model, CompiledFunction) and not a.strict_export and not extra:
-        # traced already when the file was imported (eager example_inputs=): reuse that trace
-        cm = spec.model.compiled_for(spec.example_inputs).with_options(format=fmt, **opts)
-        cm.progress = True
-    else:
-        cm = build(model_of(spec), spec.example_inputs, strict=a.strict_export, cache=True, progress=True, format=fmt,
-                   **opts, **extra)
+    return extra
+
+
+def build_directory(a: argparse.Namespace) -> int:
+    """``tlc build DIR [--task TASK]``: a Hugging Face model directory (:func:`tlc.build_pretrained`),
+    with exporters' task names, output names, labels and metadata."""
+    import warnings
+
+    from tlc.api import build_pretrained
+    from tlc.driver.save import check_writable, requested_output
+
+    t0 = time.perf_counter()
+    name = Path(a.model).resolve().name
+    if a.shape or a.paddable or a.entry or a.class_labels:
+        raise InputError("--shape, --paddable, --entry and --class-labels apply to model files; a model directory's "
+                         "task sets its inputs and labels (--sequence-length sets the text length)")
+    opts = merged_options(a, None)
+    io = {k: v for k, v in io_options(a).items() if k != "short_description"}
+    desc = io_options(a).get("short_description")
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", UserWarning)
+        if a.task in ("text-generation", "causal-lm"):
+            out = Path(a.output) if a.output else Path(name + ".mlpackage")
+            mf = build_pretrained(a.model, "text-generation", max_context=a.max_context, short_description=desc,
+                                  prefill_lengths=prefill_lengths(a), kv_cache=a.kv_cache, progress=True, cache=True,
+                                  **{k: v for k, v in opts.items() if k in ("precision", "minimum_deployment_target",
+                                                                            "compress")}, **io)
+            return report_text_generation(a, mf, out, a.model, t0)
+        fmt, requested = requested_output(a.output, name, a.format)
+        check_writable(requested, a.force)
+        cm = build_pretrained(a.model, a.task, sequence_length=a.sequence_length, short_description=desc,
+                              strict=a.strict_export, cache=True, progress=True, format=fmt, **opts,
+                              **build_extras(a), **io)
+    for w in notes:
+        print(f"note: {w.message}")
+    task = dict(cm.io.metadata.user).get("co.huggingface.exporters.task")
+    return finish_build(a, cm, fmt, requested, f"{a.model} (Hugging Face, {task})", t0, time.perf_counter() - t0)
+
+
+def finish_build(a: argparse.Namespace, cm, fmt: str, requested: Path, source, t0: float, t_load: float) -> int:
+    """Save ``cm`` (built from ``source``) as ``tlc build`` asked and print what was built."""
+    from tlc.driver.save import check_writable
+
     if a.print_ir:
         print(format_graph(cm.graph, show_loc=True))
     if fmt == "aimodel":
@@ -86,14 +146,10 @@ def _cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story o
             print(f"note: some ops run in tlc's fallback runtime; writing the bundle {out} instead of {requested}")
         path = cm.save(out, force=a.force)
         print(f"built {path}  (Core AI {'bundle' if path.suffix == '.tlc' else 'asset'}, {cm.precision}) "
-              f"from {spec.path}")
+              f"from {source}")
         print_shippable(cm, "coreai")
         print_cache(cm)
-        eg = cm.emit_graph
-        for v in eg.inputs:
-            print(f"  input   {v.name:<24} {v.type}")
-        for n, v in zip(eg.output_names, eg.outputs):
-            print(f"  output  {n:<24} {v.type}")
+        print_io(cm)
         print(f"  size    {human(package_size(path))}")
         return 0
     out = cm.output_path(requested)
@@ -107,14 +163,11 @@ def _cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story o
     hist = ", ".join(f"{k} {v}" for k, v in list(g.op_histogram().items())[:8])
     more = len(g.op_histogram()) - 8
     print(f"built {path}  ({cm.precision}, {cm.minimum_deployment_target}, {cm.io_dtype} I/O"
-          + (f", weights {cm.compress}" if cm.compress else "") + f") from {spec.path}")
+          + (f", weights {cm.compress}" if cm.compress else "") + f") from {source}")
     print_shippable(cm)
     print_cache(cm)
-    eg = cm.emit_graph  # the package's I/O types (fp16 with --io-dtype float16)
-    for v in eg.inputs:
-        print(f"  input   {v.name:<24} {v.type}")
-    for n, v in zip(eg.output_names, eg.outputs):
-        print(f"  output  {n:<24} {v.type}")
+    print_io(cm)  # the package's I/O types (fp16 with --io-dtype float16), images, classifier
+    print_image_ops(cm)
     print(f"  ops     {g.num_ops}  ({hist}{', ...' if more > 0 else ''})")
     if cm.exec_graph is not cm.graph:
         print(f"  exec    tlc's torch/NumPy executors run the graph without layout::ane_transformer: "
@@ -205,7 +258,7 @@ def add_parser(sub) -> None:
             "mlprogram package. The package is written to a temp path and renamed into place."
         ),
     )
-    b.add_argument("model", help="path to model.py")
+    b.add_argument("model", help="path to model.py, or a Hugging Face model directory (save_pretrained) with --task")
     b.add_argument("-o", "--output", help="output path (default: ./<model stem>.mlpackage, or <stem>.tlc when some "
                                           "ops need tlc's fallback runtime: then a .mlpackage suffix becomes .tlc)")
     add_build_options(b)
@@ -243,9 +296,14 @@ def add_parser(sub) -> None:
     b.add_argument("--print-ir", action="store_true", help="print tlc's IR (after the passes) before emission")
     b.add_argument("--passes", metavar="A,B,C", help="run exactly these passes, in this order (empty: none)")
     b.add_argument("--skip-pass", action="append", metavar="NAME", help="leave this pass out (repeatable)")
-    b.add_argument("--task", choices=["text-generation"],
-                   help="text-generation: model.py defines a causal LM; build prefill/decode functions with the KV "
-                        "cache as I/O into one multifunction package (tlc.build_lm)")
+    b.add_argument("--task", choices=list(TASKS) + list(TASK_ALIASES), metavar="TASK",
+                   help="a Hugging Face model directory's task, with Hugging Face exporters' names, inputs, outputs "
+                        "and labels: " + ", ".join(TASKS) + " (default: from the config's architecture); "
+                        "text-generation also takes a model.py defining a causal LM: prefill/decode functions with the "
+                        "KV cache as I/O in one multifunction package (tlc.build_lm)")
+    b.add_argument("--sequence-length", type=int, metavar="N",
+                   help="a Hugging Face text model's input length (default 128; the package's shapes are static)")
+    add_interface_options(b)
     add_lm_options(b)
     b.set_defaults(func=cmd_build)
 

@@ -20,7 +20,7 @@ from tlc.util.coreml import package_size
 
 from tlc.driver.options import KV_CACHE, PRECISIONS, RUN_BACKENDS
 
-from .modelfile import load_model_file, merged_options
+from .modelfile import io_options, load_model_file, merged_options
 from .output import human
 
 
@@ -34,16 +34,22 @@ def add_lm_options(p: argparse.ArgumentParser) -> None:
                         "buffers updated in the graph, the form for Core ML's GPU")
 
 
+def prefill_lengths(a) -> list[int]:
+    """``--prefill-lengths L,L,...`` as integers (:class:`InputError` naming the value otherwise)."""
+    try:
+        return [int(x) for x in a.prefill_lengths.split(",") if x]
+    except ValueError:
+        raise InputError(f"--prefill-lengths {a.prefill_lengths!r}: expected comma-separated integers") from None
+
+
 def _lm_build(a, spec):
     from tlc.driver.lm import build_lm  # torch: imported when an LM is built, not when the parser is
 
-    try:
-        lengths = [int(x) for x in a.prefill_lengths.split(",") if x]
-    except ValueError:
-        raise InputError(f"--prefill-lengths {a.prefill_lengths!r}: expected comma-separated integers") from None
     opts = merged_options(a, spec, keys=("precision", "minimum_deployment_target", "compress"))
-    return build_lm(spec.model, max_context=a.max_context, prefill_lengths=lengths, kv_cache=a.kv_cache, progress=True,
-                    cache=True, **opts)
+    meta = {k: v for k, v in io_options(a, spec).items() if k in ("author", "license", "version", "short_description",
+                                                                   "metadata")}
+    return build_lm(spec.model, max_context=a.max_context, prefill_lengths=prefill_lengths(a), kv_cache=a.kv_cache,
+                    progress=True, cache=True, **opts, **meta)
 
 
 def build_text_generation(a) -> int:
@@ -51,11 +57,15 @@ def build_text_generation(a) -> int:
     t0 = time.perf_counter()
     spec = load_model_file(a.model, need_inputs=False)
     out = Path(a.output) if a.output else Path(Path(a.model).stem + ".mlpackage")
-    mf = _lm_build(a, spec)
+    return report_text_generation(a, _lm_build(a, spec), out, spec.path, t0)
+
+
+def report_text_generation(a, mf, out: Path, source, t0: float) -> int:
+    """Save the LM package ``mf`` at ``out`` and say what it holds (built from ``source``)."""
     path = mf.save(out, force=a.force)
     info = mf.lm
     print(f"built {path}  (text generation, {mf.precision}, {mf.minimum_deployment_target}"
-          + (f", weights {mf.compress}" if mf.compress else "") + f") from {spec.path}")
+          + (f", weights {mf.compress}" if mf.compress else "") + f") from {source}")
     print(f"  functions {', '.join(mf.functions)} (default decode)")
     if info.kv_cache == "state":
         print(f"  cache   k_cache/v_cache MLState float16{list(info.cache_shape)}: updated in the graph at `position` "
@@ -142,4 +152,5 @@ def add_generate_parser(sub) -> None:
     g.set_defaults(func=cmd_generate)
 
 
-__all__ = ["add_lm_options", "add_generate_parser", "build_text_generation", "cmd_generate"]
+__all__ = ["add_lm_options", "add_generate_parser", "build_text_generation", "report_text_generation", "prefill_lengths",
+           "cmd_generate"]

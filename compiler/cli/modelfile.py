@@ -28,6 +28,11 @@ from tlc.errors import InputError, ModelFileError, TlcError
 #: build options a model file (or a ``@tlc.compile`` in it) may set and a flag may override
 OPTION_KEYS = ("precision", "minimum_deployment_target", "target", "io_dtype", "fallback", "compress")
 
+#: the package interface a model file may declare at module level (``tlc.build``'s arguments of the same
+#: names: docs/model-file.md), each overridden by its flag where one exists
+IO_KEYS = ("inputs", "outputs", "class_labels", "classifier_config", "author", "license", "version",
+           "short_description", "metadata")
+
 
 @dataclass
 class ModelSpec:
@@ -38,6 +43,7 @@ class ModelSpec:
     name: str
     path: Path
     options: dict = field(default_factory=dict)
+    io: dict = field(default_factory=dict)  # module-level IO_KEYS: the package interface
     tokenizer: Any = None  # module-level `tokenizer`, if the file defines one (tlc generate --prompt)
 
 
@@ -58,12 +64,15 @@ def load_model_file(path: str | Path, entry: str | None = None, need_inputs: boo
     modname = f"_tlc_model_{path.stem}_{uuid.uuid4().hex[:8]}"
     spec = importlib.util.spec_from_file_location(modname, path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = mod  # as importlib's recipe does: inspect (tlc.source), dataclasses and pickle look here
     sys.path.insert(0, str(path.parent.resolve()))
     try:
         spec.loader.exec_module(mod)
     except SystemExit as e:
+        sys.modules.pop(modname, None)
         raise ModelFileError(f"model file {str(path)!r} called sys.exit({e.code}) while being imported") from None
     except BaseException as e:
+        sys.modules.pop(modname, None)
         frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
         where = f" at {path}:{frames[-1].lineno}: {frames[-1].line}" if frames else ""
         if isinstance(e, TlcError):  # e.g. an eager @tlc.compile(example_inputs=...) failed
@@ -78,6 +87,7 @@ def load_model_file(path: str | Path, entry: str | None = None, need_inputs: boo
             pass
     spec = _find(mod, path, entry, need_inputs)
     spec.tokenizer = getattr(mod, "tokenizer", None)
+    spec.io = {k: getattr(mod, k) for k in IO_KEYS if getattr(mod, k, None) is not None}
     from tlc.frontend import normalize_inputs  # torch: imported by the commands that trace, not by `tlc run`
 
     if spec.example_inputs is None and not need_inputs:
@@ -120,12 +130,12 @@ def _find(mod, path: Path, entry: str | None, need_inputs: bool = True) -> Model
         f"or decorate one function with @tlc.compile(example_inputs=...)")
 
 
-def merged_options(a: argparse.Namespace, spec: ModelSpec, keys=OPTION_KEYS) -> dict:
+def merged_options(a: argparse.Namespace, spec: ModelSpec | None, keys=OPTION_KEYS) -> dict:
     """The build options of a command (only ``keys``): the model file's (module-level settings and a
     ``@tlc.compile``'s own options), each overridden by its flag when the flag was given
     (``--no-fallback`` sets ``fallback=False``). The options are checked where they enter the
     driver (:meth:`tlc.driver.options.BuildOptions.decide`)."""
-    opts = {k: v for k, v in spec.options.items() if k in keys}
+    opts = {k: v for k, v in (spec.options if spec is not None else {}).items() if k in keys}
     for k in keys:
         v = getattr(a, k, None)
         if v:
@@ -133,6 +143,45 @@ def merged_options(a: argparse.Namespace, spec: ModelSpec, keys=OPTION_KEYS) -> 
     if "fallback" in keys and getattr(a, "no_fallback", False):
         opts["fallback"] = False
     return opts
+
+
+def io_options(a: argparse.Namespace, spec: ModelSpec | None = None) -> dict:
+    """The package interface of a build (``tlc.build``'s ``inputs``, ``outputs``, ``class_labels``,
+    ``author``, ... keywords): the model file's module-level settings (:data:`IO_KEYS`), each
+    overridden by its flag (``--class-labels``, ``--author``, ``--license``, ``--model-version``,
+    ``--description``; ``--metadata KEY=VALUE`` adds keys). Checked where they enter the driver
+    (:func:`tlc.driver.options.decide_interface`)."""
+    io = dict(spec.io) if spec is not None else {}
+    flags = {"class_labels": "class_labels", "author": "author", "license": "license", "version": "model_version",
+             "short_description": "description"}
+    for key, flag in flags.items():
+        v = getattr(a, flag, None)
+        if v is not None:
+            io[key] = v
+    if "class_labels" in io and "classifier_config" in io and getattr(a, "class_labels", None) is not None:
+        del io["classifier_config"]  # the flag replaces the file's classifier
+    pairs = getattr(a, "metadata", None) or []
+    if pairs:
+        md = dict(io.get("metadata") or {})
+        for item in pairs:
+            k, sep, v = item.partition("=")
+            if not sep or not k:
+                raise InputError(f"--metadata {item!r} must be KEY=VALUE")
+            md[k] = v
+        io["metadata"] = md
+    return io
+
+
+def add_interface_options(p: argparse.ArgumentParser) -> None:
+    """The flags that name, describe and label a package (``tlc build``)."""
+    p.add_argument("--class-labels", metavar="FILE", help="a classifier package: one label per line, in the order of the "
+                                                          "model's (first) output; outputs classLabel and the "
+                                                          "{label: probability} dictionary (or the file's `class_labels`)")
+    p.add_argument("--author", help="the package's author (Xcode's model page)")
+    p.add_argument("--license", help="the package's license (Xcode's model page)")
+    p.add_argument("--model-version", metavar="VERSION", help="the package's version (Xcode's model page; default tlc's)")
+    p.add_argument("--description", metavar="TEXT", help="the package's short description (Xcode's model page)")
+    p.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="a user-defined metadata key (repeatable)")
 
 
 def model_of(spec: ModelSpec):
@@ -167,4 +216,5 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entry", help="which @tlc.compile object to use when the file has several")
 
 
-__all__ = ["ModelSpec", "load_model_file", "merged_options", "model_of", "add_build_options", "OPTION_KEYS"]
+__all__ = ["ModelSpec", "load_model_file", "merged_options", "io_options", "model_of", "add_build_options",
+           "add_interface_options", "OPTION_KEYS", "IO_KEYS"]

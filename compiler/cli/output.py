@@ -22,7 +22,8 @@ TIME_STAGES = (("export", "export"), ("decompose", "decompose"), ("lower", "lowe
                ("cache load", "cache_load"), ("cache store", "cache_store"),
                ("plan cache load", "plan_cache_load"), ("precision", "precision"),
                ("closed loop", "closed_loop"), ("emit", "emit_mil"), ("mil passes", "mil_passes"),
-               ("serialize", "serialize"), ("partition", "partition"), ("compress", "compress"), ("save", "save"))
+               ("serialize", "serialize"), ("partition", "partition"), ("compress", "compress"), ("finish", "finish"),
+               ("save", "save"))
 
 
 def print_time(total: float, t_load: float, t: dict) -> None:
@@ -107,6 +108,47 @@ def print_precision(cm) -> None:
             by_note.setdefault(why, []).append(name)
         for why, names in by_note.items():
             print(f"          {', '.join(names[:4])}{f' (+{len(names) - 4})' if len(names) > 4 else ''}: {why}")
+
+
+def print_io(cm) -> None:
+    """The package's inputs and outputs as an app sees them: names, types (fp16 with
+    ``--io-dtype float16``), image features, a classifier's label and dictionary, descriptions."""
+    eg = cm.emit_graph
+    io = cm.io
+    images = {im.name: im for im in io.images + io.image_outputs}
+    text = dict(io.descriptions)
+
+    def row(kind, name, what):
+        im = images.get(name)
+        extra = f"  image {im.color_layout} {im.shape[3]}x{im.shape[2]}" if im else ""
+        print(f"  {kind:<7} {name:<24} {what}{extra}" + (f"  ({text[name]})" if name in text else ""))
+
+    for v in eg.inputs:
+        row("input", v.name, v.type)
+    types = dict(zip(eg.output_names, eg.outputs))
+    c = io.classifier
+    for name in io.output_features(list(eg.output_names)):
+        if c is not None and name == c.label_name:
+            row("output", name, "String" if isinstance(c.labels[0], str) else "Int64")
+        elif c is not None and name == c.dict_name:
+            shown = ", ".join(map(str, c.labels[:4])) + (", ..." if len(c.labels) > 4 else "")
+            row("output", name, f"{{label: probability}} of {len(c.labels)} labels ({shown})")
+        else:
+            row("output", name, types[name].type)
+
+
+def print_image_ops(cm) -> None:
+    """Where the image inputs' and outputs' scale/bias ops run (they are ordinary ops of the
+    program: the placement decides, as for every op)."""
+    target = cm.placement.target
+    for kind in ("input", "output"):
+        ops = [n for n in cm.emit_graph.nodes if n.op != "const" and n.loc is not None
+               and (n.loc.module or "").startswith(f"image {kind}")]
+        names = sorted({n.loc.module.split(" ", 2)[2] for n in ops})
+        for name in names:
+            mine = [n for n in ops if n.loc.module == f"image {kind} {name}"]
+            where = ", ".join(f"{n.op} on {target.get(n.name, '?')}" for n in mine)
+            print(f"  image   {kind} {name}: {len(mine)} op(s) in the program" + (f" ({where})" if mine else ""))
 
 
 def print_shippable(cm, program: str = "coreml") -> None:

@@ -36,6 +36,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     if outdir:
         outdir.mkdir(parents=True, exist_ok=True)
     for name, arr in out.items():
+        if isinstance(arr, dict) or not isinstance(arr, np.ndarray) or arr.dtype == object or arr.dtype.kind in "US":
+            _print_classifier_output(name, arr, outdir, a.top)
+            continue
         f = arr.astype(np.float64) if arr.dtype.kind == "f" else None
         stats = (f"min {f.min():.4g} max {f.max():.4g} mean {f.mean():.4g} nan/inf {int((~np.isfinite(f)).sum())}"
                  if f is not None and f.size else "")
@@ -47,12 +50,54 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def _print_classifier_output(name: str, value, outdir: Path | None, top: int) -> None:
+    """A classifier's label (a str or int) or its ``{label: probability}`` dictionary: the label, or
+    the ``top`` most probable labels; saved as ``DIR/<name>.json`` with ``--out``."""
+    value = value.item() if isinstance(value, np.ndarray) else value
+    if isinstance(value, dict):
+        best = sorted(value.items(), key=lambda kv: -kv[1])[:top]
+        line = f"  {name:<24} {{label: probability}} of {len(value)}, top {len(best)}: " + \
+            ", ".join(f"{k} {v:.4f}" for k, v in best)
+    else:
+        line = f"  {name:<24} {value!r}"
+    if outdir:
+        (outdir / f"{name}.json").write_text(json.dumps(value, indent=1, default=str) + "\n")
+        line += f"  -> {outdir / (name + '.json')}"
+    print(line)
+
+
+#: metadata values longer than this are summarized by ``tlc inspect`` (``--json`` prints them whole)
+LONG_VALUE = 120
+
+
+def summarize(key: str, value: str) -> str:
+    """A metadata value as ``tlc inspect`` prints it: whole when short, else summarized: the source
+    line table (``tlc.source_lines``) as its op and file counts and first files, JSON by its keys,
+    other text by its start and length."""
+    if len(value) <= LONG_VALUE:
+        return value
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        doc = None
+    if key == "tlc.source_lines" and isinstance(doc, dict) and "files" in doc:
+        files = doc["files"]
+        return (f"{len(doc.get('ops', {}))} ops in {len(files)} file(s): " + ", ".join(files[:3])
+                + (f", ... (+{len(files) - 3})" if len(files) > 3 else "") + "  [--json shows it whole]")
+    if isinstance(doc, dict):
+        return f"JSON with keys {', '.join(list(doc)[:6])}{', ...' if len(doc) > 6 else ''} ({len(value)} characters; --json)"
+    return f"{value[:80]}... ({len(value)} characters; --json shows it whole)"
+
+
 def _print_io(inputs: list[dict], outputs: list[dict]) -> None:
     for kind, rows in (("input", inputs), ("output", outputs)):
         for r in rows:
             extra = (f"  (value {r['value']})" if "value" in r else "") + (f"  image {r['image']}" if "image" in r else "")
             extra += f"  allowed {r['allowed']}" if "allowed" in r else ""
-            print(f"  {kind:<7} {r['name']:<24} {r['dtype']}{r['shape']}{extra}")
+            kind_of = r["feature"] if "feature" in r else f"{r['dtype']}{r['shape']}"
+            print(f"  {kind:<7} {r['name']:<24} {kind_of}{extra}")
+            if r.get("description"):
+                print(f"  {'':<7} {'':<24} {r['description']}")
 
 
 def cmd_lint(a: argparse.Namespace) -> int:
@@ -115,10 +160,15 @@ def cmd_inspect(a: argparse.Namespace) -> int:
         lm = LMInfo.from_json(info["metadata"]["tlc.lm"])
         print(f"  lm      text generation: max_context {lm.max_context}, prefill {list(lm.prefill_lengths)} + decode, "
               f"cache {lm.kv_cache} {'float16' if lm.kv_cache == 'state' else 'float32'}{list(lm.cache_shape)}, vocab {lm.vocab_size} (tlc generate PKG --prompt-ids ...)")
-    if info["short_description"]:
-        print(f"  about   {info['short_description']}")
+    if info["classifier"]:
+        c = info["classifier"]
+        print(f"  classifier  label {c['label']}, probabilities {c['probabilities']} (Core ML classifier: Xcode's "
+              f"preview, VNClassificationObservation)")
+    for field in ("short_description", "author", "license", "version"):
+        if info.get(field):
+            print(f"  {'about' if field == 'short_description' else field:<7} {info[field]}")
     for k, v in sorted(info["metadata"].items()):
-        print(f"  meta    {k} = {v}")
+        print(f"  meta    {k} = {summarize(k, v)}")
     return 0
 
 
@@ -148,8 +198,11 @@ def add_parsers(sub) -> None:
     r = sub.add_parser("run", help="run an .mlpackage on .npy inputs (Core ML on macOS, tlc's MIL interpreter elsewhere)",
                        description="Run PKG on named inputs given as .npy files and print (or save) the outputs.")
     r.add_argument("package", help="path to an .mlpackage or a tlc bundle (NAME.tlc)")
-    r.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="one per model input")
-    r.add_argument("--out", metavar="DIR", help="save each output as DIR/<name>.npy")
+    r.add_argument("--input", action="append", metavar="NAME=FILE", help="one per model input: a .npy file, or an image "
+                                                                       "file (.png, .jpg, ...) for an image input")
+    r.add_argument("--out", metavar="DIR", help="save each output as DIR/<name>.npy (a classifier's label and "
+                                                "probabilities as DIR/<name>.json)")
+    r.add_argument("--top", type=int, default=5, help="a classifier's most probable labels to print (default 5)")
     r.add_argument("--backend", choices=list(BACKENDS), default="auto")
     r.add_argument("--fallback", default="auto", choices=list(FALLBACKS),
                    help="bundles: where fallback segments run (auto: gpu segments on tlc's torch-device executor "

@@ -10,17 +10,19 @@ from pathlib import Path
 from tlc.driver.cache import Cache
 from tlc.util.progress import note
 
-from .modelfile import add_build_options, load_model_file, merged_options, model_of
+from .modelfile import add_build_options, io_options, load_model_file, merged_options, model_of
 from .output import human
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
+    from tlc.driver.options import decide_interface
     from tlc.driver.verify import verify
 
     spec = load_model_file(a.model, entry=a.entry)
     opts = merged_options(a, spec, keys=("precision", "minimum_deployment_target", "target", "io_dtype"))
     report = verify(spec.model, spec.example_inputs, package=a.package, format=a.format,
-                    tol={"fp32": a.tol_fp32, "fp16": a.tol_fp16}, keep=a.output, force=a.force, **opts)
+                    tol={"fp32": a.tol_fp32, "fp16": a.tol_fp16}, keep=a.output, force=a.force,
+                    interface=decide_interface(**io_options(a, spec)), **opts)
     print(report.text())
     return 0 if report.passed else 1
 
