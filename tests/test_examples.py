@@ -11,6 +11,7 @@ EXPECT = {
     "minilm.py": (["input_ids", "attention_mask"], ["embedding"]),
     "resnet50.py": (["pixel_values"], ["last_hidden_state", "pooler_output"]),
     "tensor_function.py": (["q", "k", "v"], ["output"]),
+    "image_classifier.py": (["image"], ["classLabel", "probabilities"]),
 }
 
 
