@@ -306,9 +306,9 @@ class Interface:
     metadata: PackageMetadata = field(default_factory=PackageMetadata)
 
     @property
-    def shapes_io(self) -> bool:
-        """True when the declarations change the program or its feature types (names, images, a
-        classifier), not only descriptions and metadata."""
+    def declares_io(self) -> bool:
+        """True when inputs, outputs or a classifier are declared (anything to bind to the graph),
+        not only the package's metadata."""
         return bool(self.classifier) or any(s is not None for s in self.inputs + self.outputs)
 
 

@@ -118,7 +118,7 @@ def bind_interface(g: Graph, iface: Interface) -> tuple[Graph, PackageIO]:
     inputs/outputs, an image that is not a float ``[1, C, H, W]`` with the layout's channels, a
     dtype of another family, labels whose count differs from the output's size, names that clash.
     With nothing declared, ``g`` is returned as it is."""
-    if not iface.shapes_io:
+    if not iface.declares_io:
         return g, PackageIO(metadata=iface.metadata)
     names_in = [v.name for v in g.inputs]
     if len(iface.inputs) > len(g.inputs):
@@ -172,7 +172,8 @@ def bind_interface(g: Graph, iface: Interface) -> tuple[Graph, PackageIO]:
             _check_dtype(spec, v.type, what)
         if isinstance(spec, ImageType):
             h, w = _image_shape(spec, v.type, what)
-            loc = SourceLoc(None, None, f"ImageType output {new_out[i]!r}: value * scale + bias", f"image output {new_out[i]}")
+            loc = SourceLoc(None, None, f"ImageType output {new_out[i]!r}: value * scale + bias",
+                            f"image output {new_out[i]}")
             start = len(b.nodes)
             x = v if v.type.dtype == "fp32" else b.add("cast", [v], {"dtype": "fp32"}, name=f"{new_out[i]}__cast__",
                                                       loc=loc).out

@@ -85,7 +85,8 @@ def summarize(key: str, value: str) -> str:
         return (f"{len(doc.get('ops', {}))} ops in {len(files)} file(s): " + ", ".join(files[:3])
                 + (f", ... (+{len(files) - 3})" if len(files) > 3 else "") + "  [--json shows it whole]")
     if isinstance(doc, dict):
-        return f"JSON with keys {', '.join(list(doc)[:6])}{', ...' if len(doc) > 6 else ''} ({len(value)} characters; --json)"
+        keys = ", ".join(list(doc)[:6]) + (", ..." if len(doc) > 6 else "")
+        return f"JSON with keys {keys} ({len(value)} characters; --json shows it whole)"
     return f"{value[:80]}... ({len(value)} characters; --json shows it whole)"
 
 

@@ -176,8 +176,9 @@ def _load(path: Path, task: str, config):
     try:
         return auto.from_pretrained(path, local_files_only=True).eval()
     except Exception as e:
-        raise InputError(f"{str(path)!r} has no {task} model transformers can load ({type(e).__name__}: "
-                         f"{(str(e).splitlines() or [''])[0]}); its config says {getattr(config, 'architectures', None)}") from None
+        head = (str(e).splitlines() or [""])[0]
+        raise InputError(f"{str(path)!r} has no {task} model transformers can load ({type(e).__name__}: {head}); its "
+                         f"config says {getattr(config, 'architectures', None)}") from None
 
 
 def _image_input(path: Path, config, notes: list) -> tuple[ImageType, tuple[int, int, int]]:

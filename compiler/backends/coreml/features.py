@@ -53,8 +53,9 @@ def finish_package(mlmodel, io: PackageIO, minimum_deployment_target: str):
                                      for im in io.images)
         if io.image_outputs:
             images = {im.name: im for im in io.image_outputs}
-            func.set_output_types([ct.ImageType(name=v.name, color_layout=getattr(ct.colorlayout, images[v.name].color_layout))
-                                   if v.name in images else ct.TensorType(name=v.name) for v in func.outputs])
+            layout = {n: getattr(ct.colorlayout, im.color_layout) for n, im in images.items()}
+            func.set_output_types([ct.ImageType(name=v.name, color_layout=layout[v.name]) if v.name in images
+                                   else ct.TensorType(name=v.name) for v in func.outputs])
         config = None
         c = io.classifier
         if c is not None:
