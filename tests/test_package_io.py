@@ -93,10 +93,13 @@ def test_image_classifier(layout, tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-2)
     assert out["classLabel"] == LABELS[int(np.argmax(want))]
 
-    r = cli("run", str(path), "--input", f"image={image}", "--top", "2")
+    r = cli("run", str(path), "--input", f"image={image}", "--top", "2", "--out", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     assert f"'{LABELS[int(np.argmax(want))]}'" in r.stdout
     assert "top 2:" in r.stdout and LABELS[int(np.argmax(want))] in r.stdout.split("top 2:")[1]
+    saved = json.loads((tmp_path / "out" / "probabilities.json").read_text())
+    np.testing.assert_allclose([saved[k] for k in LABELS], got, rtol=1e-6)
+    assert json.loads((tmp_path / "out" / "classLabel.json").read_text()) == LABELS[int(np.argmax(want))]
     # the preprocessing ops are in the program, placed and reported like the others
     ops = [n for n in cm.emit_graph.nodes if n.op != "const" and n.loc is not None and n.loc.module == "image input image"]
     assert [n.op for n in ops] == ["mul", "add"]
