@@ -28,7 +28,7 @@ from .._lazy import F
 
 from ..errors import IRError
 from ..dtypes import DTYPES, TensorType
-from .table import register
+from .table import PositiveScale, Reason, register
 from .common import FLOAT, same_dtype
 from .parallel import parallel_for
 
@@ -300,7 +300,8 @@ def _ca_conv(ctx, a, ins, node):
 
 def _ane_conv(i, o, a):
     if any(d != 1 for d in a.get("dilations") or ()):
-        return "dilated convolution is not run on the ANE (hollance/neural-engine unsupported-layers.md)"
+        return Reason("dilated convolution is not run on the ANE (hollance/neural-engine unsupported-layers.md, marked "
+                      "\"possibly wrong\")", "dilated_conv")
     return None
 
 
@@ -310,6 +311,7 @@ def _flops_conv(i, o, a):
 
 
 register("conv", infer=_infer_conv, numpy=conv_kernel, emit_mil=_emit_conv, ane=_ane_conv, flops=_flops_conv,
+         scale=PositiveScale("product", (0, 1), bias=2),
          emit_coreai=_ca_conv, coreai_limit=lambda i, o, a: None if i[0].rank in (3, 4) else f"in {i[0].rank - 2}-D in tlc yet",
          mil_inputs=("x", "weight", "bias"),
          from_mil=lambda v: window_from_mil(v, v["weight"].shape[2:], ("x", "weight", "bias")),

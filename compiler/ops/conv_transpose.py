@@ -16,7 +16,7 @@ from .._lazy import F, torch
 
 from ..errors import IRError
 from ..dtypes import TensorType
-from .table import register
+from .table import PositiveScale, register
 from .common import FLOAT, same_dtype
 from .conv import spatial_attr
 
@@ -206,6 +206,7 @@ def _conv_transpose_from_mil(v):
 
 
 register("conv_transpose", infer=_infer_conv_transpose, numpy=_conv_transpose, emit_mil=_emit_conv_transpose,
+         scale=PositiveScale("product", (0, 1), bias=2),
          emit_coreai=_ca_conv_transpose, coreai_limit=_ca_conv_transpose_limit,
          flops=_flops_conv_transpose, mil_inputs=("x", "weight", "bias"), from_mil=_conv_transpose_from_mil,
          torch=_t_conv_transpose)

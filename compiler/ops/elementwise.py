@@ -16,7 +16,7 @@ from .._lazy import torch
 from ..dtypes import TORCH, numpy_of
 from ..errors import IRError
 from ..dtypes import DTYPES, TensorType
-from .table import flops_elementwise, register
+from .table import COMMUTES, PositiveScale, flops_elementwise, register
 from .common import FLOAT, broadcast_shape, same_dtype
 
 # ------------------------------------------------------------------------------------ binary
@@ -50,7 +50,7 @@ def _coreai_binary(name: str):
     return emit
 
 
-def _binary(name: str, fn, tfn, *, out_dtype=None, allowed=None, doc=""):
+def _binary(name: str, fn, tfn, *, out_dtype=None, allowed=None, doc="", scale=None):
     def infer(in_types, attrs):
         if len(in_types) != 2:
             raise IRError(f"expects 2 inputs, got {len(in_types)}")
@@ -79,7 +79,7 @@ def _binary(name: str, fn, tfn, *, out_dtype=None, allowed=None, doc=""):
         return getattr(ctx.mb, name)(x=x, y=y, name=nm)
 
     register(name, infer=infer, numpy=kernel, emit_mil=emit, mil_inputs=("x", "y"),
-             torch=torch_kernel, elementwise="binary", emit_coreai=_coreai_binary(name))
+             torch=torch_kernel, elementwise="binary", emit_coreai=_coreai_binary(name), scale=scale)
 
 
 def types_bool():
@@ -97,16 +97,16 @@ def _real_div(x, y):
     return np.divide(x, y)
 
 
-_binary("add", np.add, torch.deferred("add"))
-_binary("sub", np.subtract, torch.deferred("sub"))
-_binary("mul", np.multiply, torch.deferred("mul"))
+_binary("add", np.add, torch.deferred("add"), scale=COMMUTES)
+_binary("sub", np.subtract, torch.deferred("sub"), scale=COMMUTES)
+_binary("mul", np.multiply, torch.deferred("mul"), scale=PositiveScale("product", (0, 1)))
 _binary("real_div", _real_div, torch.deferred("div"), allowed=FLOAT, doc="MIL ``real_div``: x / y in floating point.")
 _binary("floor_div", _floor_div, torch.deferred("floor_divide"), doc="MIL ``floor_div``: floor(x / y).")
 _binary("mod", np.mod, torch.deferred("remainder"),
         doc="MIL ``mod``: x - floor(x / y) * y (sign of y, like Python/torch.remainder).")
 _binary("pow", np.power, torch.deferred("pow"), allowed=FLOAT)
-_binary("maximum", np.maximum, torch.deferred("maximum"))
-_binary("minimum", np.minimum, torch.deferred("minimum"))
+_binary("maximum", np.maximum, torch.deferred("maximum"), scale=COMMUTES)
+_binary("minimum", np.minimum, torch.deferred("minimum"), scale=COMMUTES)
 for _n, _f, _t in [
     ("equal", np.equal, torch.deferred("eq")),
     ("not_equal", np.not_equal, torch.deferred("ne")),
@@ -181,7 +181,7 @@ def _emit_select(ctx, attrs, ins, nm):
     return ctx.mb.select(cond=ins[0], a=a, b=b, name=nm)
 
 
-register("select", elementwise="ternary", infer=_infer_select, numpy=_select, emit_mil=_emit_select, mil_inputs=("cond", "a", "b"),
+register("select", elementwise="ternary", scale=COMMUTES, infer=_infer_select, numpy=_select, emit_mil=_emit_select, mil_inputs=("cond", "a", "b"),
          torch=lambda a, cond, x, y: torch.where(cond, x, y),
          emit_coreai=lambda ctx, a, ins, node: ctx.ca.broadcasting_where(*ins))
 

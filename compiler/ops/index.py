@@ -16,13 +16,13 @@ from .._lazy import torch
 
 from ..errors import IRError
 from ..dtypes import DTYPES, TensorType
-from .table import flops_none, mil_attr, register
+from .table import COMMUTES, Reason, flops_none, mil_attr, register
 from .common import same_dtype
 from .norm import norm_axes
 
-_GATHER_ANE = "gather is not run on the ANE (hollance/neural-engine unsupported-layers.md)"
-_SCATTER_ANE = ("scatter writes are indexed memory updates, the gather family the ANE does not run "
-                "(hollance/neural-engine unsupported-layers.md lists gather)")
+_GATHER_ANE = Reason("gather is not run on the ANE (hollance/neural-engine unsupported-layers.md)", "gather")
+_SCATTER_ANE = Reason("scatter writes are indexed memory updates, the gather family the ANE does not run "
+                      "(hollance/neural-engine unsupported-layers.md lists gather)", "gather")
 
 _MODES = ("update", "add", "sub", "mul", "div", "max", "min")
 _UFUNC = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "max": np.maximum,
@@ -128,7 +128,7 @@ register(
     infer=_infer_gather,
     numpy=_gather,
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.gather(x=ins[0], indices=ins[1], axis=a.get("axis", 0), name=nm),
-    ane=_no_ane(_GATHER_ANE),
+    ane=_no_ane(_GATHER_ANE), scale=COMMUTES,
     flops=flops_none,
     mil_inputs=("x", "indices"),
     from_mil=lambda v: _gather_from_mil(v),
@@ -172,7 +172,7 @@ register("gather_along_axis", infer=_infer_gather_along_axis, numpy=_gather_alon
          emit_coreai=lambda ctx, a, ins, node: ctx.ca.gather_along_axis(ins[0], ins[1], a.get("axis", 0) % node.inputs[0].type.rank),
          emit_mil=lambda ctx, a, ins, nm: ctx.mb.gather_along_axis(x=ins[0], indices=ins[1], axis=a.get("axis", 0),
                                                                     name=nm),
-         ane=_no_ane(_GATHER_ANE), flops=flops_none, mil_inputs=("x", "indices"),
+         ane=_no_ane(_GATHER_ANE), scale=COMMUTES, flops=flops_none, mil_inputs=("x", "indices"),
          from_mil=_idx_from_mil(("x", "indices")), torch=_t_gather_along_axis)
 
 
@@ -205,7 +205,7 @@ def _t_gather_nd(attrs, x, idx):
 register("gather_nd", infer=_infer_gather_nd, numpy=_gather_nd,
          emit_coreai=lambda ctx, a, ins, node: ctx.ca.gather_nd(ins[0], ins[1]),  # wraps negative indices as MIL does
          emit_mil=lambda ctx, a, ins, nm: ctx.mb.gather_nd(x=ins[0], indices=ins[1], name=nm),
-         ane=_no_ane(_GATHER_ANE), flops=flops_none, mil_inputs=("x", "indices"),
+         ane=_no_ane(_GATHER_ANE), scale=COMMUTES, flops=flops_none, mil_inputs=("x", "indices"),
          from_mil=_idx_from_mil(("x", "indices")), torch=_t_gather_nd)
 
 

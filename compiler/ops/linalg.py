@@ -11,7 +11,7 @@ from .._lazy import F, torch
 
 from ..errors import IRError
 from ..dtypes import DTYPES, TensorType
-from .table import APPLE, Reason, mil_attr, register
+from .table import APPLE, PositiveScale, Reason, mil_attr, register
 from .common import FLOAT, broadcast_shape, same_dtype
 from .parallel import map_rows
 
@@ -109,6 +109,7 @@ def _linear_efficiency(i, o, a):
 
 
 register("linear", infer=_infer_linear, numpy=_linear, emit_mil=_emit_linear, flops=_flops_linear,
+         scale=PositiveScale("product", (0, 1), bias=2),
          mil_inputs=("x", "weight", "bias"), efficiency=_linear_efficiency, emit_coreai=_ca_linear,
          torch=lambda a, x, w, b=None: F.linear(x, w, b))
 
@@ -172,6 +173,7 @@ def _matmul_efficiency(i, o, a):
 
 
 register("matmul", infer=_infer_matmul, numpy=_matmul, emit_mil=_emit_matmul, flops=_flops_matmul, mil_inputs=("x", "y"),
+         scale=PositiveScale("product", (0, 1)),
          torch=_t_matmul, efficiency=_matmul_efficiency, emit_coreai=_ca_matmul)
 
 

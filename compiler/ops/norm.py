@@ -15,7 +15,7 @@ from .._lazy import F, torch
 
 from ..errors import IRError
 from ..dtypes import DTYPES, TensorType
-from .table import register
+from .table import COMMUTES, PositiveScale, register
 from .common import FLOAT, same_dtype
 from .linalg import softmax as _softmax
 from .parallel import map_rows
@@ -145,6 +145,7 @@ def _ca_norm(ctx, a, ins, node):
     return y
 
 register("layer_norm", half_attrs={"epsilon": "epsilon"}, emit_coreai=_ca_norm,
+         scale=PositiveScale("invariant", affine=(1, 2)),
          infer=_infer_layer_norm, numpy=_layer_norm, emit_mil=_emit_layer_norm,
          flops=lambda i, o, a: 8 * o[0].size, mil_inputs=("x", "gamma", "beta"),
          from_mil=_norm_from_mil(("x", "gamma", "beta"), 1),
@@ -201,6 +202,7 @@ def _t_rms_norm(attrs, x, gamma=None):
 
 
 register("rms_norm", half_attrs={"epsilon": "epsilon"}, emit_coreai=_ca_norm,
+         scale=PositiveScale("invariant", affine=(1,)),
          infer=_infer_layer_norm, numpy=_rms_norm, emit_mil=_emit_rms_norm,
          flops=lambda i, o, a: 6 * o[0].size, mil_inputs=("x", "gamma"), torch=_t_rms_norm)
 
@@ -314,6 +316,7 @@ def _ca_batch_norm(ctx, a, ins, node):
 
 
 register("group_norm", half_attrs={"epsilon": "epsilon"}, emit_coreai=_ca_group_norm,
+         scale=PositiveScale("invariant", affine=(1, 2)),
          infer=_infer_group_norm, numpy=_group_norm, emit_mil=_emit_group_norm,
          flops=lambda i, o, a: 8 * o[0].size, mil_inputs=("x", "gamma", "beta"), torch=_t_group_norm)
 
@@ -392,6 +395,10 @@ _COREAI_REDUCE_COMPOSED = {"reduce_l2_norm", "reduce_sum_square", "reduce_l1_nor
 REDUCE_OPS: list[str] = []
 
 
+#: reductions of degree 1 in x (sum, mean, max, min, L1/L2 norm of s x are s times those of x, s > 0)
+_HOMOGENEOUS_REDUCE = ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "reduce_l1_norm", "reduce_l2_norm")
+
+
 def _reduce(name, fn, tfn, float_only=False):
     REDUCE_OPS.append(name)
     def infer(in_types, attrs):
@@ -437,7 +444,7 @@ def _reduce(name, fn, tfn, float_only=False):
         return ctx.reshaped(post(ca.reduce_sum(pre(x), axes)))
 
     register(name, infer=infer, numpy=kernel, emit_mil=emit, flops=lambda i, o, a: i[0].size,
-             torch=torch_kernel, emit_coreai=emit_coreai if name in _COREAI_REDUCE or name in _COREAI_REDUCE_COMPOSED else None)
+             scale=COMMUTES if name in _HOMOGENEOUS_REDUCE else None, torch=torch_kernel, emit_coreai=emit_coreai if name in _COREAI_REDUCE or name in _COREAI_REDUCE_COMPOSED else None)
 
 
 def _mean(x, axis, keepdims):

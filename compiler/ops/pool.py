@@ -14,7 +14,7 @@ from .._lazy import F, torch
 
 from ..errors import IRError
 from ..dtypes import DTYPES, TensorType
-from .table import register
+from .table import COMMUTES, Reason, register
 from .conv import conv_taps, out_size, pad_array, spatial_attr, window_from_mil, window_shapes
 from .parallel import parallel_for
 
@@ -214,9 +214,11 @@ def _coreai_pool(kind):
 
 def _ane_pool(i, o, a):
     if max(a["kernel_sizes"]) > POOL_MAX_KERNEL:
-        return f"pool kernel {max(a['kernel_sizes'])} > {POOL_MAX_KERNEL} is not run on the ANE (hollance/neural-engine #1, #2)"
+        return Reason(f"pool kernel {max(a['kernel_sizes'])} > {POOL_MAX_KERNEL} is not run on the ANE "
+                      f"(hollance/neural-engine #1, #2)", "pool_window")
     if max(a.get("strides") or (1,)) > POOL_MAX_STRIDE:
-        return f"pool stride > {POOL_MAX_STRIDE} is not run on the ANE (hollance/neural-engine unsupported-layers.md)"
+        return Reason(f"pool stride > {POOL_MAX_STRIDE} is not run on the ANE (hollance/neural-engine "
+                      f"unsupported-layers.md)", "pool_window")
     return None
 
 
@@ -231,7 +233,7 @@ def _pool_from_mil(v):
 
 
 for _kind, _fn in (("max_pool", _max_pool), ("avg_pool", _avg_pool)):
-    register(_kind, infer=_infer_pool, numpy=_fn, emit_mil=_emit_pool(_kind), ane=_ane_pool, flops=_flops_pool,
+    register(_kind, infer=_infer_pool, numpy=_fn, emit_mil=_emit_pool(_kind), ane=_ane_pool, flops=_flops_pool, scale=COMMUTES,
              from_mil=_pool_from_mil,
              torch=_t_pool(_kind), emit_coreai=_coreai_pool(_kind),
              coreai_limit=lambda i, o, a: None if i[0].rank in (3, 4) else f"in {i[0].rank - 2}-D in tlc yet")

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import IRError
 from ..dtypes import TensorType
-from .table import register
+from .table import Reason, register
 
 
 def _infer(in_types, attrs):
@@ -41,7 +41,8 @@ def _emit(kind, params):
 
 
 def _no_ane(i, o, a):
-    return "random sampling is not documented to run on the ANE (../shared/ane-rules.md); Core ML runs it on the GPU/CPU"
+    return Reason("random sampling is not documented to run on the ANE (../shared/ane-rules.md); Core ML runs it on the "
+                  "GPU/CPU", "undocumented")
 
 
 def _uniform(attrs):

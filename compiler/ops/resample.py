@@ -17,7 +17,7 @@ from .._lazy import torch
 
 from ..errors import IRError
 from ..dtypes import TensorType
-from .table import flops_none, mil_attr, register
+from .table import COMMUTES, Reason, flops_none, mil_attr, register
 from .common import FLOAT
 from .index import ca_take
 
@@ -70,8 +70,8 @@ def _t_upsample_nn(attrs, x):
 
 def _ane_upsample(i, o, a):
     if max(_scales(a)) > ANE_MAX_UPSAMPLE:
-        return (f"upsampling by more than {ANE_MAX_UPSAMPLE}x is not run on the ANE "
-                "(hollance/neural-engine unsupported-layers.md)")
+        return Reason(f"upsampling by more than {ANE_MAX_UPSAMPLE}x is not run on the ANE "
+                      "(hollance/neural-engine unsupported-layers.md)", "upsample_scale")
     return None
 
 
@@ -107,4 +107,4 @@ def _ca_upsample_nn(ctx, attrs, ins, node):
 
 register("upsample_nearest_neighbor", infer=_infer_upsample_nn, numpy=_upsample_nn, emit_mil=_emit_upsample_nn,
          emit_coreai=_ca_upsample_nn,
-         ane=_ane_upsample, flops=flops_none, from_mil=_upsample_from_mil, torch=_t_upsample_nn)
+         ane=_ane_upsample, flops=flops_none, scale=COMMUTES, from_mil=_upsample_from_mil, torch=_t_upsample_nn)

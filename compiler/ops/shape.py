@@ -13,7 +13,7 @@ from .._lazy import F, torch
 
 from ..errors import IRError
 from ..dtypes import DTYPES, TensorType, dtype_of
-from .table import flops_none, mil_attr, register
+from .table import COMMUTES, PositiveScale, flops_none, mil_attr, register
 from .norm import norm_axes
 
 
@@ -60,6 +60,7 @@ register(
 
 register(
     "identity",
+    scale=COMMUTES,
     emit_coreai=lambda ctx, a, ins, node: ins[0],
     is_noop=lambda a, t: True,
     elementwise="unary",
@@ -100,6 +101,7 @@ def _reshape_from_mil(v):
 
 register(
     "reshape",
+    scale=COMMUTES,
     emit_coreai=_ca_reshape,
     is_noop=lambda a, t: tuple(a["shape"]) == t[0].shape,
     from_mil=_reshape_from_mil,
@@ -122,6 +124,7 @@ def _infer_transpose(in_types, attrs):
 
 register(
     "transpose",
+    scale=COMMUTES,
     emit_coreai=lambda ctx, a, ins, node: ctx.ca.transpose(ins[0], ctx.u32(a["perm"])),
     is_noop=lambda a, t: tuple(a["perm"]) == tuple(range(t[0].rank)),
     doc="MIL ``transpose`` (tensor_transformation.py): permute axes by ``perm``.",
@@ -148,6 +151,7 @@ def _infer_expand_dims(in_types, attrs):
 
 register(
     "expand_dims",
+    scale=COMMUTES,
     emit_coreai=_ca_reshape,
     is_noop=lambda a, t: not a["axes"],
     doc="MIL ``expand_dims`` (tensor_transformation.py): insert size-1 axes at ``axes`` (output positions).",
@@ -169,6 +173,7 @@ def _infer_squeeze(in_types, attrs):
 
 register(
     "squeeze",
+    scale=COMMUTES,
     emit_coreai=_ca_reshape,
     is_noop=lambda a, t: not a["axes"],
     from_mil=lambda v: ([v["x"]], {"axes": mil_attr(v.get("axes")) if v.get("axes") is not None
@@ -217,6 +222,7 @@ def _t_concat(attrs, *xs):
 
 register(
     "concat",
+    scale=COMMUTES,
     emit_coreai=_ca_concat,
     is_noop=lambda a, t: len(t) == 1,
     infer=_infer_concat,
@@ -258,7 +264,7 @@ def _split_from_mil(v):
     return [x], {"axis": ax, "split_sizes": tuple(int(s) for s in sizes)}
 
 
-register("split", emit_coreai=_ca_split, infer=_infer_split, numpy=_split, emit_mil=_emit_split, flops=flops_none, from_mil=_split_from_mil,
+register("split", scale=COMMUTES, emit_coreai=_ca_split, infer=_infer_split, numpy=_split, emit_mil=_emit_split, flops=flops_none, from_mil=_split_from_mil,
          torch=lambda a, x: tuple(torch.split(x, list(a["split_sizes"]), a["axis"])))
 
 
@@ -272,6 +278,7 @@ def _infer_tile(in_types, attrs):
 
 register(
     "tile",
+    scale=COMMUTES,
     emit_coreai=lambda ctx, a, ins, node: ctx.ca.tile(ins[0], ctx.u32(a["reps"])),
     is_noop=lambda a, t: set(a["reps"]) <= {1},
     doc="MIL ``tile`` (tensor_operation.py): repeat x ``reps[i]`` times along axis i.",
@@ -330,6 +337,7 @@ def _t_pad(attrs, x):
 
 register(
     "pad",
+    scale=PositiveScale("commutes", attrs=("constant_val",)),
     emit_coreai=_ca_pad,
     coreai_limit=lambda i, o, a: None if a.get("mode", "constant") == "constant" else f"in mode {a['mode']!r} in tlc yet",
     is_noop=lambda a, t: not any(a["pad"]),

@@ -13,7 +13,7 @@ from .._lazy import torch
 
 from ..errors import IRError
 from ..dtypes import TensorType
-from .table import flops_none, register
+from .table import COMMUTES, flops_none, register
 from .norm import norm_axes
 
 
@@ -128,7 +128,7 @@ def _slice_is_noop(a, t) -> bool:
             and not a.get("flip") and not any(a.get("squeeze_mask") or ()))
 
 
-register("slice_by_index", emit_coreai=_ca_slice, coreai_limit=lambda i, o, a: "with flipped axes" if a.get("flip") else None,
+register("slice_by_index", scale=COMMUTES, emit_coreai=_ca_slice, coreai_limit=lambda i, o, a: "with flipped axes" if a.get("flip") else None,
          is_noop=_slice_is_noop, infer=_infer_slice, numpy=_slice, emit_mil=_emit_slice, flops=flops_none,
          from_mil=slice_from_mil,
          torch=_t_slice)
@@ -148,6 +148,7 @@ def _reverse(attrs, x):
 
 register(
     "reverse",
+    scale=COMMUTES,
     infer=_infer_reverse,
     numpy=_reverse,
     emit_mil=lambda ctx, a, ins, nm: ctx.mb.reverse(x=ins[0], axes=list(a["axes"]) if a.get("axes") is not None else None,

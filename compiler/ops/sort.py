@@ -13,11 +13,12 @@ from .._lazy import torch
 
 from ..errors import IRError
 from ..dtypes import DTYPES, TensorType
-from .table import register
+from .table import COMMUTES, Reason, register
 from .norm import norm_axes
 
-_SORT_ANE = "sorting is not run on the ANE (no ANE sort kernel is documented; ../shared/ane-rules.md)"
-_SCAN_ANE = "cumsum is not documented to run on the ANE (../shared/ane-rules.md); Core ML runs it on the GPU/CPU"
+_SORT_ANE = Reason("sorting is not run on the ANE (no ANE sort kernel is documented; ../shared/ane-rules.md)", "undocumented")
+_SCAN_ANE = Reason("cumsum is not documented to run on the ANE (../shared/ane-rules.md); Core ML runs it on the GPU/CPU",
+                   "undocumented")
 
 
 def _no_ane(reason):
@@ -71,7 +72,7 @@ register("cumsum", infer=_infer_cumsum, numpy=_cumsum, emit_coreai=_ca_cumsum,
          emit_mil=lambda ctx, a, ins, nm: ctx.mb.cumsum(x=ins[0], axis=a.get("axis", 0),
                                                         exclusive=bool(a.get("exclusive", False)),
                                                         reverse=bool(a.get("reverse", False)), name=nm),
-         ane=_no_ane(_SCAN_ANE), torch=_t_cumsum)
+         ane=_no_ane(_SCAN_ANE), scale=COMMUTES, torch=_t_cumsum)
 
 
 # ------------------------------------------------------------------------------------ sorting

@@ -42,6 +42,9 @@ A row (:class:`OpDef`) holds:
   (:func:`tlc.passes.fp16_program.fp16_attr_fix`): ``"epsilon"`` (a norm/rsqrt/log epsilon: raised
   to fp16's smallest normal), ``"bound"`` (a clamp bound: saturated to +/-65504). Any other float
   attribute that over- or underflows in fp16 keeps its op in fp32.
+* ``scale`` — how the op treats a positive power-of-two scale on its float tensors
+  (:class:`PositiveScale`: ``commutes`` / ``product`` / ``invariant``, or None: it does not
+  commute); ``precision::rescale`` (:mod:`tlc.passes.rescale`) reads it.
 * ``interpreter_only`` — a MIL op only tlc's MIL interpreter meets (other converters' packages):
   the IR never holds it, so it has no ``infer`` rule, emission or device kernel
   (:mod:`tlc.ops.mil_only`); ``emit_mil is None`` does not make it a fallback op.
@@ -59,6 +62,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import IRError
 from ..dtypes import TensorType
+from .scale import COMMUTES, PositiveScale  # noqa: F401  (re-exported: tlc.ops.PositiveScale)
 
 Infer = Callable[[Sequence[TensorType], Mapping[str, Any]], list]
 Rule = Callable[[Sequence[TensorType], Sequence[TensorType], Mapping[str, Any]], Any]
@@ -79,17 +83,26 @@ APPLE_RULES = "apple/coreai-models skills/skills/model-authoring/references/neur
 APPLE = "Apple neural_engine_rules.md"  # short form, in reason strings
 
 
+#: How much a rule's source can be trusted, strongest first (../shared/ane-rules.md): ``documented``
+#: (Apple's own documentation or code, or a fact of the format: mlprogram has no complex dtype),
+#: ``observed`` (an Apple engineer or a maintainer reporting what a device did, a runtime log),
+#: ``unverified`` (a third-party page, some of which warn they may be wrong).
+EVIDENCE = ("documented", "observed", "unverified")
+
+
 @dataclass(frozen=True)
 class AneRule:
     """One named ANE rule: ``kind`` is ``"eligibility"`` (an op breaking it does not run on the
     ANE: Core ML places it on the GPU/CPU) or ``"efficiency"`` (it runs, but breaks a layout rule
     that costs speed or memory); ``summary`` says what the rule is, ``source`` where it comes from
-    (../shared/ane-rules.md gives the full list)."""
+    (../shared/ane-rules.md gives the full list), ``evidence`` how far that source can be trusted
+    (one of :data:`EVIDENCE`; the placement report gives residency under each level)."""
 
     id: str
     kind: str
     summary: str
     source: str
+    evidence: str = "documented"
 
 
 #: Every rule an ``ane`` or ``ane_efficiency`` reason can name (:attr:`Reason.rule`). Apple's own
@@ -101,14 +114,25 @@ ANE_RULES: dict[str, AneRule] = {r.id: r for r in (
     AneRule("static_shape", "eligibility", "fully static shapes (one function per shape)",
             f"{APPLE_RULES} L7-9, L23; Apple Developer Forums thread 724930"),
     AneRule("size", "eligibility", f"dimensions <= {ANE_MAX_DIM}, the two last <= {ANE_MAX_SPATIAL}",
-            "FluidInference/FluidAudio#121; microsoft/onnxruntime#19543"),
+            "FluidInference/FluidAudio#121; microsoft/onnxruntime#19543", "observed"),
     AneRule("complex", "eligibility", "no complex values", "hollance/neural-engine docs/16-bit.md"),
-    AneRule("op", "eligibility", "the op itself (or its attributes) has no ANE implementation",
-            "the op's row: ../shared/ane-rules.md"),
+    AneRule("op", "eligibility", "the op has no Core ML (MIL) form in tlc: it runs in tlc's fallback runtime",
+            "the op's row (emit_mil is None); docs/coverage.md"),
+    AneRule("dilated_conv", "eligibility", "no dilated convolution", "hollance/neural-engine docs/unsupported-layers.md "
+            "(marked \"possibly wrong\")", "unverified"),
+    AneRule("pool_window", "eligibility", "pooling kernel <= 13 and stride <= 2", "hollance/neural-engine issues #1, "
+            "#2 and docs/unsupported-layers.md (marked \"possibly wrong\")", "unverified"),
+    AneRule("upsample_scale", "eligibility", "upsampling by at most 2x", "hollance/neural-engine "
+            "docs/unsupported-layers.md (marked \"possibly wrong\")", "unverified"),
+    AneRule("gather", "eligibility", "no gather / scatter (indexed memory access)", "hollance/neural-engine "
+            "docs/unsupported-layers.md (marked \"possibly wrong\")", "unverified"),
+    AneRule("undocumented", "eligibility", "an op no source documents on the ANE (sort, scan, random sampling) is "
+            "predicted off it", "absence of evidence: ../shared/ane-rules.md lists none", "unverified"),
     AneRule("last_axis_alignment", "efficiency", f"the last axis spans a multiple of {ANE_ALIGN_BYTES} bytes",
             f"{APPLE_RULES} L23"),
     AneRule("rank5", "efficiency", "no rank-5 tensors (ANE tensors are (B, C, H, W); 5-D attention tensors "
-            "are split or folded)", "pytorch/executorch#15833, PR #16144 (SDPA decomposed to avoid 5-D tensors)"),
+            "are split or folded)", "pytorch/executorch#15833, PR #16144 (SDPA decomposed to avoid 5-D tensors)",
+            "observed"),
     AneRule("linear_bsc", "efficiency", "a projection over channels is a 1x1 Conv2d on (B, C, 1, S), not a "
             "Linear on (B, S, C)", f"{APPLE_RULES} L353; apple/ml-ane-transformers"),
     AneRule("fused_sdpa", "efficiency", "attention is computed per head (no fused SDPA path on the ANE)",
@@ -144,25 +168,40 @@ def rule_of(reason: str) -> AneRule:
 def ane_common(in_types: Sequence[TensorType], out_types: Sequence[TensorType], attrs) -> str | None:
     """Eligibility limits every op shares (sources: ../shared/ane-rules.md): no complex values (the
     ANE computes in float16), fully static shapes (Apple L7-9; unbounded dynamic shapes stay off
-    the ANE), rank <= 5 (Apple L7-9), dimension limits. Returns a :class:`Reason` or None."""
-    for t in list(in_types) + list(out_types):
-        if t.dtype == "complex64":
-            return Reason("complex64 tensor: ANE computes in float16 (int8 for some weights) and Core ML mlprogram "
-                          "has no complex dtype (hollance/neural-engine docs/16-bit.md)", "complex")
-        if not t.is_static:
-            return Reason(f"data-dependent shape [{', '.join(map(str, t.shape))}]; the ANE needs fully static shapes "
-                          f"({APPLE} L7-9; Apple Developer Forums thread 724930)", "static_shape")
-    for t in list(in_types) + list(out_types):
-        if t.rank > ANE_MAX_RANK:
-            return Reason(f"rank {t.rank} > {ANE_MAX_RANK} (ANE tensors have rank <= 5: {APPLE} L7-9; "
-                          f"apple/coremltools#2536)", "rank")
+    the ANE), rank <= 5 (Apple L7-9), dimension limits. Returns the first :class:`Reason` or None
+    (:func:`ane_common_all` gives every one)."""
+    return next(ane_common_all(in_types, out_types), None)
+
+
+def ane_common_all(in_types: Sequence[TensorType], out_types: Sequence[TensorType]):
+    """Every shared limit (:func:`ane_common`) the tensors break, one :class:`Reason` per rule, in
+    the order :func:`ane_common` checks them."""
+    ts = list(in_types) + list(out_types)
+    seen: set[str] = set()
+    for t in ts:
+        if t.dtype == "complex64" and "complex" not in seen:
+            seen.add("complex")
+            yield Reason("complex64 tensor: ANE computes in float16 (int8 for some weights) and Core ML mlprogram "
+                         "has no complex dtype (hollance/neural-engine docs/16-bit.md)", "complex")
+        if not t.is_static and "static_shape" not in seen:
+            seen.add("static_shape")
+            yield Reason(f"data-dependent shape [{', '.join(map(str, t.shape))}]; the ANE needs fully static shapes "
+                         f"({APPLE} L7-9; Apple Developer Forums thread 724930)", "static_shape")
+    for t in ts if "static_shape" not in seen else ():
+        if t.rank > ANE_MAX_RANK and "rank" not in seen:
+            seen.add("rank")
+            yield Reason(f"rank {t.rank} > {ANE_MAX_RANK} (ANE tensors have rank <= 5: {APPLE} L7-9; "
+                         f"apple/coremltools#2536)", "rank")
+        if "size" in seen:
+            continue
         if t.shape and max(t.shape) > ANE_MAX_DIM:
-            return Reason(f"dimension {max(t.shape)} > {ANE_MAX_DIM} (ANE size limit; FluidInference/FluidAudio#121)",
-                          "size")
-        if t.rank >= 3 and max(t.shape[-2:]) > ANE_MAX_SPATIAL:
-            return Reason(f"spatial size {max(t.shape[-2:])} > {ANE_MAX_SPATIAL} (ANE size limit; "
-                          f"microsoft/onnxruntime#19543)", "size")
-    return None
+            seen.add("size")
+            yield Reason(f"dimension {max(t.shape)} > {ANE_MAX_DIM} (ANE size limit; FluidInference/FluidAudio#121)",
+                         "size")
+        elif t.rank >= 3 and max(t.shape[-2:]) > ANE_MAX_SPATIAL:
+            seen.add("size")
+            yield Reason(f"spatial size {max(t.shape[-2:])} > {ANE_MAX_SPATIAL} (ANE size limit; "
+                         f"microsoft/onnxruntime#19543)", "size")
 
 
 def ane_dtype(in_types: Sequence[TensorType], out_types: Sequence[TensorType]) -> str | None:
@@ -233,6 +272,9 @@ class OpDef:
         lambda i, o, a: []
     emit_coreai: Callable[..., Any] | None = None
     coreai_limit: Rule | None = None
+    scale: PositiveScale | None = None
+    ane_reasons: Callable[[Sequence[TensorType], Sequence[TensorType], Mapping[str, Any]], list] = \
+        lambda i, o, a: []
 
 
 OPS: dict[str, OpDef] = {}
@@ -260,6 +302,7 @@ def register(
     efficiency: Rule | None = None,
     emit_coreai: Callable[..., Any] | None = None,
     coreai_limit: Rule | None = None,
+    scale: PositiveScale | None = None,
 ) -> OpDef:
     """Add a row to :data:`OPS` (built by :func:`make_row`); raises :class:`IRError` for a name
     registered twice. Every row should give a ``torch`` kernel or a ``host_only`` reason
@@ -271,7 +314,7 @@ def register(
                              torch=torch, host_only=host_only, nondeterministic=nondeterministic,
                              half_attrs=half_attrs, interpreter_only=interpreter_only, is_noop=is_noop,
                              elementwise=elementwise, efficiency=efficiency, emit_coreai=emit_coreai,
-                             coreai_limit=coreai_limit)
+                             coreai_limit=coreai_limit, scale=scale)
     return d
 
 
@@ -283,16 +326,27 @@ def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Ca
              half_attrs: Mapping[str, str] | None = None, interpreter_only: bool = False,
              is_noop: Callable[[Mapping, Sequence[TensorType]], bool] | None = None,
              elementwise: str | None = None, efficiency: Rule | None = None,
-             emit_coreai: Callable[..., Any] | None = None, coreai_limit: Rule | None = None) -> OpDef:
+             emit_coreai: Callable[..., Any] | None = None, coreai_limit: Rule | None = None,
+             scale: PositiveScale | None = None) -> OpDef:
     """An :class:`OpDef` (not added to :data:`OPS`). Its ``ane`` rule is :func:`ane_common`, then
     the op's own ``ane`` rule (the more specific reason), then :func:`ane_dtype` over the tensors
     except the inputs at positions ``ane_dtype_exempt`` (inputs that emission turns into fp16,
-    e.g. a bool mask). Its ``ane_efficiency`` rule is :func:`ane_layout` plus the op's own
-    ``efficiency`` rule (a reason, a list of them, or None)."""
+    e.g. a bool mask); its ``ane_reasons`` every eligibility rule broken, not only the first (the
+    placement report weighs them by evidence). Its ``ane_efficiency`` rule is :func:`ane_layout`
+    plus the op's own ``efficiency`` rule (a reason, a list of them, or None)."""
 
     def ane_rule(i, o, a, _extra=ane):
         return (ane_common(i, o, a) or (_extra(i, o, a) if _extra else None)
                 or ane_dtype([t for k, t in enumerate(i) if k not in ane_dtype_exempt], o))
+
+    def ane_reasons(i, o, a, _extra=ane):
+        out = list(ane_common_all(i, o))
+        static = all(t.is_static for t in list(i) + list(o))
+        for r in ((_extra(i, o, a) if _extra and static else None),
+                  ane_dtype([t for k, t in enumerate(i) if k not in ane_dtype_exempt], o)):
+            if r:
+                out.append(r)
+        return out
 
     def efficiency_rule(i, o, a, _extra=efficiency):
         own = _extra(i, o, a) if _extra else None
@@ -300,7 +354,7 @@ def make_row(name: str, *, infer: Infer, numpy: Callable[..., Any], emit_mil: Ca
 
     return OpDef(name, infer, numpy, emit_mil, ane_rule, flops, doc or (numpy.__doc__ or ""), tuple(mil_inputs), from_mil,
                  torch, host_only, nondeterministic, dict(half_attrs or {}), interpreter_only, is_noop,
-                 elementwise, efficiency_rule, emit_coreai, coreai_limit)
+                 elementwise, efficiency_rule, emit_coreai, coreai_limit, scale, ane_reasons)
 
 
 def mil_attr(v: Any) -> Any:
@@ -442,4 +496,4 @@ def elementwise_ops(kind: str | None = None) -> frozenset[str]:
     return frozenset(n for n, r in OPS.items() if r.elementwise and (kind is None or r.elementwise == kind))
 
 
-__all__ = ['Infer', 'Rule', 'ANE_MAX_RANK', 'ANE_MAX_DIM', 'ANE_MAX_SPATIAL', 'ANE_ALIGN_BYTES', 'APPLE_RULES', 'APPLE', 'AneRule', 'ANE_RULES', 'Reason', 'rule_of', 'ane_common', 'ane_dtype', 'ane_layout', 'flops_elementwise', 'flops_none', 'OpDef', 'OPS', 'register', 'make_row', 'mil_attr', 'args_from_mil', 'bind_kernel', 'to_float16', 'to_float32', 'round_fp16', 'run_kernel', 'elementwise_ops']
+__all__ = ['EVIDENCE', 'PositiveScale', 'COMMUTES', 'ane_common_all', 'Infer', 'Rule', 'ANE_MAX_RANK', 'ANE_MAX_DIM', 'ANE_MAX_SPATIAL', 'ANE_ALIGN_BYTES', 'APPLE_RULES', 'APPLE', 'AneRule', 'ANE_RULES', 'Reason', 'rule_of', 'ane_common', 'ane_dtype', 'ane_layout', 'flops_elementwise', 'flops_none', 'OpDef', 'OPS', 'register', 'make_row', 'mil_attr', 'args_from_mil', 'bind_kernel', 'to_float16', 'to_float32', 'round_fp16', 'run_kernel', 'elementwise_ops']

@@ -17,7 +17,7 @@ from .._lazy import F, torch
 
 from ..errors import IRError
 from ..dtypes import DTYPES
-from .table import register
+from .table import COMMUTES, register
 from .common import FLOAT
 from .parallel import map_rows
 
@@ -315,6 +315,10 @@ _COREAI_UNARY = {
 }
 
 
+#: unary ops of degree 1 for a positive scale: relu(s x) = s relu(x); leaky_relu's slope and abs keep s
+_HOMOGENEOUS = ("relu", "leaky_relu", "abs")
+
+
 def _unary(name, kernel, attr_names, allowed):
     def infer(in_types, attrs):
         if len(in_types) != 1:
@@ -341,7 +345,7 @@ def _unary(name, kernel, attr_names, allowed):
         half = {"alpha": "bound", "beta": "bound"}
     ca = _COREAI_UNARY.get(name)
     register(name, infer=infer, numpy=numpy_kernel, emit_mil=emit, elementwise="unary",
-             torch=_TORCH_UNARY[name], half_attrs=half,
+             torch=_TORCH_UNARY[name], half_attrs=half, scale=COMMUTES if name in _HOMOGENEOUS else None,
              emit_coreai=None if ca is None else (lambda ctx, attrs, ins, node, _f=ca: _f(ctx, attrs, ins[0])))
 
 
