@@ -11,11 +11,17 @@ measures instead:
    with a constant weight the input/weight part of that error is estimated from per-channel
    statistics instead (:func:`_weighted_sum_error_sq`; 0.85-1.3x of the re-run on the spine
    models, one ConvNeXt op 3.2x; tests/test_precision.py), which halves the analysis on conv nets.
-3. An op stays fp32 (an *island*) when one of its float inputs or outputs exceeds
-   :data:`SAFE_MAX` (half of fp16's 65504: a value may double once more before it overflows), or
-   when its fp16 error (judged against the scale of what it flows into, see :func:`analyze`) is
-   over :data:`ERROR_FACTOR` times the graph's median and over :data:`ERROR_FLOOR`. Each island
-   carries its reason.
+3. **Rescaling** (:mod:`tlc.passes.rescale`): regions of positively homogeneous ops whose values
+   lie outside fp16's safe range are held as x * 2^-e, the scale folded into the constants that
+   feed them and undone where that is exact (a normalization, or one multiply at a graph output).
+4. **Islands, proposed and required** (:func:`propose_islands`): an op fp16 cannot compute at all
+   (a value beyond 65504, an integer result that fp16 rounding changes, an output below fp16's
+   normal range) is *required* in fp32; an op with a value above :data:`SAFE_MAX` (half of
+   fp16's 65504: a value may double once more before it overflows) or an fp16 error (judged
+   against the scale of what it flows into, see :func:`analyze`) over :data:`ERROR_FACTOR` times
+   the graph's median and over :data:`ERROR_FLOOR` is *proposed*: the closed loop of
+   ``tlc.build`` (:mod:`tlc.check.calibrate`) starts without the proposals and keeps one only
+   where the whole program needs it. Each island carries its reason.
 
 Before that, ``precision::clamp_sentinels`` replaces constants at or beyond +/-1e30 (attention
 masks built from ``torch.finfo(torch.float32).min``, apple/coremltools PR #2669) with
@@ -44,10 +50,10 @@ from tlc.ir import DTYPES, Graph, Node, Value, replace
 from tlc.ops import get_op, round_fp16, run_kernel, to_float16, to_float32
 from tlc.ops.linalg import MASK_FILL
 
-from .fp16_program import FLOAT, fallback_only, plan_fp16_constants, to_half
+from .fp16_program import FLOAT, FP16_MAX, fallback_only, plan_fp16_constants, to_half
 from .registry import register_pass
+from .rescale import FP16_NORMAL_MIN, SAFE_MAX, rescale
 
-SAFE_MAX = 32768.0
 ERROR_FACTOR = 50.0
 ERROR_FLOOR = 1e-3
 SENTINEL = 1e30
@@ -238,68 +244,155 @@ def analyze(g: Graph, feeds_list: list[dict], half_consts: dict | None = None, o
 
 def choose_islands(g: Graph, maxabs: dict[Value, float], err: dict[Node, float],
                    inexact: set[Value] = frozenset()) -> dict[str, str]:
-    """``{node name: reason}`` for the ops that must stay fp32 (rules in the module docstring).
-    An op whose integer/bool result fp16 would change also keeps in fp32 the float ops feeding
-    it whose values fp16 cannot hold exactly (``inexact``), transitively."""
-    islands: dict[str, str] = {}
+    """``{node name: reason}`` for the ops the local rules (module docstring) keep in fp32: what
+    :func:`propose_islands` requires and proposes, together (``precision::mixed`` run as a pass,
+    with no closed loop to decide)."""
+    required, proposed = propose_islands(g, maxabs, err, inexact)
+    return {n.name: required.get(n.name) or proposed[n.name] for n in g.nodes
+            if n.name in required or n.name in proposed}
+
+
+def propose_islands(g: Graph, maxabs: dict[Value, float], err: dict[Node, float],
+                    inexact: set[Value] = frozenset()) -> tuple[dict[str, str], dict[str, str]]:
+    """``(required, proposed)``, each ``{node name: reason}``.
+
+    *Required* are the ops fp16 cannot compute at all on the calibration data: a float input or
+    output beyond fp16's largest value 65504 (inf in fp16), an integer/bool result that rounding
+    its float inputs to fp16 changes (and, transitively, the float ops feeding it whose values
+    fp16 cannot hold exactly: ``inexact``), and a graph output whose every value lies below
+    fp16's smallest normal 2^-14 (its producer computes in fp32: the output tail). *Proposed*
+    are the local rules' guesses, which the closed loop (:mod:`tlc.check.calibrate`) tries
+    without and keeps only where the whole program needs them: values above :data:`SAFE_MAX`
+    (one doubling from overflow) and fp16 errors over :data:`ERROR_FACTOR` times the graph's
+    median and over :data:`ERROR_FLOOR`."""
+    required: dict[str, str] = {}
+    proposed: dict[str, str] = {}
     errs = [e for e in err.values() if 0 < e < float("inf")]
     median = float(np.median(errs)) if errs else 0.0
+    producer = g.producers()
+    tails = {producer[v].name: maxabs.get(v, 0.0) for v in g.outputs
+             if v in producer and v.type.dtype in FLOAT and 0.0 < maxabs.get(v, 0.0) < FP16_NORMAL_MIN}
     for n in g.nodes:
         if n.op == "const":
             continue
         vals = [v for v in list(n.inputs) + list(n.outputs) if v.type.dtype in FLOAT]
         big = max((maxabs.get(v, 0.0) for v in vals), default=0.0)
-        if big > SAFE_MAX:
-            islands[n.name] = f"values reach |x| = {big:.3g} > {SAFE_MAX:g} (half of fp16's max 65504)"
+        if big > FP16_MAX:
+            required[n.name] = f"values reach |x| = {big:.3g} > 65504: inf in fp16"
+        elif big > SAFE_MAX:
+            proposed[n.name] = f"values reach |x| = {big:.3g} > {SAFE_MAX:g} (half of fp16's max 65504)"
         elif err.get(n) == float("inf") and not any(v.type.dtype in FLOAT for v in n.outputs):
-            islands[n.name] = "rounding its float inputs to fp16 changes its integer/bool result"
+            required[n.name] = "rounding its float inputs to fp16 changes its integer/bool result"
+        elif n.name in tails:
+            required[n.name] = (f"its output never exceeds |x| = {tails[n.name]:.3g}, below fp16's smallest normal "
+                                f"6.1e-05: the output tail computes in fp32")
         elif n in err and err[n] > ERROR_FLOOR and err[n] > ERROR_FACTOR * median:
-            islands[n.name] = f"fp16 error {err[n]:.2g} is {err[n] / max(median, 1e-30):.0f}x the graph's median {median:.2g}"
-    producer = g.producers()
-    todo = [n for n in g.nodes if islands.get(n.name, "").startswith("rounding")]
+            proposed[n.name] = (f"fp16 error {err[n]:.2g} is {err[n] / max(median, 1e-30):.0f}x the graph's median "
+                                f"{median:.2g}")
+    todo = [n for n in g.nodes if required.get(n.name, "").startswith("rounding")]
     while todo:
         n = todo.pop()
         for v in n.inputs:
             p = producer.get(v)
-            if p is not None and p.op != "const" and v in inexact and p.name not in islands:
-                islands[p.name] = f"feeds the integer result of {n.name} with values fp16 cannot hold exactly"
+            if p is not None and p.op != "const" and v in inexact and p.name not in required:
+                required[p.name] = f"feeds the integer result of {n.name} with values fp16 cannot hold exactly"
+                proposed.pop(p.name, None)
                 todo.append(p)
-    return islands
+    return required, proposed
+
+
+def island_groups(g: Graph, names) -> list[tuple[frozenset, int, int]]:
+    """The islands ``names`` as groups of ops joined by a value (one fp32 stretch of the program):
+    ``(names, FLOPs, transitions)`` per group, most FLOPs first. FLOPs are the op table's
+    estimates; transitions count the float values that cross between the group and fp16 ops or
+    the graph's I/O (a cast each, and a device change when Core ML moves the stretch off the ANE)."""
+    names = set(names)
+    nodes = [n for n in g.nodes if n.name in names]
+    parent = {n.name: n.name for n in nodes}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    producer = g.producers()
+    for n in nodes:
+        for v in n.inputs:
+            p = producer.get(v)
+            if p is not None and p.name in names:
+                parent[find(p.name)] = find(n.name)
+    groups: dict[str, list[Node]] = {}
+    for n in nodes:
+        groups.setdefault(find(n.name), []).append(n)
+    users = g.users()
+    outs = set(g.outputs)
+    result = []
+    for members in groups.values():
+        inside = {n.name for n in members}
+        flops = sum(int(get_op(n.op).flops([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs))
+                    for n in members)
+        cross = 0
+        for n in members:
+            cross += sum(1 for v in n.inputs if v.type.dtype in FLOAT and (producer.get(v) is None or (
+                producer[v].op != "const" and producer[v].name not in inside)))
+            cross += sum(1 for v in n.outputs if v.type.dtype in FLOAT and (
+                v in outs or any(u.name not in inside for u in users.get(v, ()))))
+        result.append((frozenset(inside), flops, cross))
+    return sorted(result, key=lambda r: (-r[1], -r[2], sorted(r[0])))
 
 
 @dataclass
 class MixedPlan:
     """What :func:`plan_mixed` measured once, reused by every :func:`apply_plan` round: the graph
-    (sentinels clamped), the analysis (:func:`analyze`), the islands it chose, the fp16 constant
-    arrays made, and the fp32 reference outputs per calibration feed."""
+    (sentinels clamped, out-of-range regions rescaled), the analysis (:func:`analyze`) of that
+    graph, the islands the local rules require and propose (:func:`propose_islands`), the fp16
+    constant arrays made, the fp32 reference outputs per calibration feed (of the graph as
+    traced), and the rescaled regions (``meta["tlc.rescaled"]``, :mod:`tlc.passes.rescale`)."""
 
     graph: Graph
     maxabs: dict
     err: dict
     inexact: set
-    islands: dict[str, str]
+    required: dict[str, str]
+    proposed: dict[str, str]
     halves: dict = field(default_factory=dict)
     reference: list[dict] = field(default_factory=list)
+    rescaled: list[dict] = field(default_factory=list)
+
+    @property
+    def islands(self) -> dict[str, str]:
+        """Required and proposed islands together (the local rules alone)."""
+        return {**self.proposed, **self.required}
 
 
-def plan_mixed(g: Graph, feeds_list: list[dict]) -> MixedPlan:
-    """Range analysis and island choice for ``precision::mixed`` on ``feeds_list`` (feed dicts
-    by input name). Raises :class:`IRError` for an empty list."""
+def plan_mixed(g: Graph, feeds_list: list[dict], io_dtype: str = "fp32") -> MixedPlan:
+    """Range analysis, rescaling (:func:`tlc.passes.rescale.rescale`: out-of-range regions moved
+    into fp16's range by exact power-of-two scales; analysed again when it changes the graph) and
+    the island proposals for ``precision::mixed`` on ``feeds_list`` (feed dicts by input name).
+    Raises :class:`IRError` for an empty list."""
     if not feeds_list:
         raise IRError("precision::mixed needs at least one calibration input (tlc.build passes the example inputs)")
     g = clamp_sentinels(g)
     halves: dict = {}
     ref: list[dict] = []
     maxabs, err, inexact = analyze(g, list(feeds_list), halves, outputs=ref)
-    return MixedPlan(g, maxabs, err, inexact, choose_islands(g, maxabs, err, inexact), halves, ref)
+    scaled = rescale(g, maxabs, io_dtype)
+    if scaled is not g:
+        if any(r.get("exponent") for r in scaled.meta.get("tlc.rescaled", ())):
+            halves = {}
+            maxabs, err, inexact = analyze(scaled, list(feeds_list), halves)
+        g = scaled
+    required, proposed = propose_islands(g, maxabs, err, inexact)
+    return MixedPlan(g, maxabs, err, inexact, required, proposed, halves, ref, list(g.meta.get("tlc.rescaled", ())))
 
 
-def apply_plan(plan: MixedPlan, io_dtype: str = "fp32", extra: dict[str, str] | None = None) -> Graph:
-    """The fp16 graph of ``plan`` with ``extra`` islands (``{node name: reason}``) added; fp16
-    constants judged by :func:`~tlc.passes.fp16_program.plan_fp16_constants` (blockers become
-    islands too).
+def apply_plan(plan: MixedPlan, io_dtype: str = "fp32", islands: dict[str, str] | None = None) -> Graph:
+    """The fp16 graph of ``plan`` with its required islands plus ``islands`` (``{node name:
+    reason}``; None: the proposed ones, i.e. :attr:`MixedPlan.islands`); fp16 constants judged by
+    :func:`~tlc.passes.fp16_program.plan_fp16_constants` (blockers become islands too).
     ``meta["tlc.islands"]`` and ``meta["tlc.fp16_constants"]`` record every decision."""
-    islands = {**plan.islands, **(extra or {})}
+    islands = {**plan.required, **(plan.proposed if islands is None else islands)}
     fixes, notes, blockers = plan_fp16_constants(plan.graph, set(islands))
     islands.update(blockers)
     out = to_half(plan.graph, set(islands), io_dtype, plan.halves, fixes)
@@ -309,16 +402,17 @@ def apply_plan(plan: MixedPlan, io_dtype: str = "fp32", extra: dict[str, str] | 
 @register_pass("precision::mixed")
 def mixed(g: Graph, *, calibration: list, io_dtype: str = "fp32") -> Graph:
     """fp16 everywhere range analysis allows on the ``calibration`` feeds (a list of
-    ``{input name: array}``); fp32 islands elsewhere (reasons in ``meta["tlc.islands"]``); float
-    inputs/outputs in ``io_dtype`` (``"fp32"``/``"fp16"``). Without the closed loop
-    (``tlc.build`` runs :func:`tlc.check.calibrate.verified_mixed`, which uses the same plan).
+    ``{input name: array}``), after rescaling what can be; fp32 islands where the local rules
+    require or propose them (reasons in ``meta["tlc.islands"]``); float inputs/outputs in
+    ``io_dtype`` (``"fp32"``/``"fp16"``). Without the closed loop (``tlc.build`` runs
+    :func:`tlc.check.calibrate.verified_mixed`, which uses the same plan and decides the proposals).
 
-    Given:  %h = mul(%x, 1e3); %n = layer_norm(%h)      with |%h| reaching 1e5 on the calibration inputs
-    Result: %x16 = cast(%x, fp16) ... %h, %n computed in fp32, the rest in fp16
+    Given:  %s = matmul(%q, %kt); %p = softmax(%s)      with |%s| reaching 1e5 on the calibration inputs
+    Result: %q16 = cast(%q, fp16) ... %s, %p computed in fp32 (softmax needs the true scores), the rest in fp16
     """
     if not calibration:
         raise IRError("precision::mixed needs calibration inputs (at least the example inputs)")
-    return apply_plan(plan_mixed(g, list(calibration)), io_dtype)
+    return apply_plan(plan_mixed(g, list(calibration), io_dtype), io_dtype)
 
 
 @register_pass("precision::fp16")
