@@ -40,6 +40,7 @@ def build(
     target: str = "ane",
     profile: str | os.PathLike | None = None,
     strict: bool = False,
+    strict_precision: bool = False,
     calibration: list | None = None,
     calibration_inputs: list | None = None,
     passes: list[str] | None = None,
@@ -84,6 +85,9 @@ def build(
     ``calibration_inputs`` is the former name, still accepted); ``progress``: print the closed
     loop's rounds to stderr as they run (the CLI sets it); ``minimum_deployment_target``: ``"iOS17"``
     (default; = macOS14) or another ``coremltools.target`` name; ``strict``: torch.export mode;
+    ``strict_precision``: with ``precision="mixed"``, raise :class:`tlc.check.calibrate.PrecisionError`
+    when no fp32 island assignment passes the closed loop (default: ship the smallest passing
+    program, at worst every op in fp32, and say so; CLI ``--strict-precision``);
     ``passes``: the pass pipeline (default :data:`tlc.passes.PIPELINE`), ``skip_passes``: names
     to leave out of it; ``io_dtype``: ``"float32"`` (default) or ``"float16"``, the dtype of the
     package's float inputs and outputs, as coremltools' ``ct.TensorType(dtype=np.float16)``
@@ -148,7 +152,8 @@ def build(
     options = BuildOptions.decide(precision=precision, minimum_deployment_target=minimum_deployment_target,
                                   target=target, io_dtype=io_dtype, fallback=fallback, compress=compress, format=format,
                                   cost=cost_model(profile) if profile is not None else None,
-                                  functions=len(sigs) if sigs else 1, interface=interface)
+                                  functions=len(sigs) if sigs else 1, interface=interface,
+                                  strict_precision=strict_precision)
     calibration = list(calibration or []) + list(calibration_inputs or [])
     trace = dict(profile=profile, strict=strict, passes=passes, skip_passes=skip_passes, progress=progress, cache=cache,
                  cache_key=cache_key)

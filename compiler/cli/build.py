@@ -85,8 +85,10 @@ def _cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story o
 
 def build_extras(a: argparse.Namespace) -> dict:
     """``tlc.build`` keywords of the flags every build may take: ``--profile``, ``--calibration``,
-    ``--passes``, ``--skip-pass``."""
+    ``--passes``, ``--skip-pass``, ``--strict-precision``."""
     extra = {}
+    if getattr(a, "strict_precision", False):
+        extra["strict_precision"] = True
     if a.profile:
         extra["profile"] = a.profile
     if a.calibration:
@@ -181,7 +183,8 @@ def finish_build(a: argparse.Namespace, cm, fmt: str, requested: Path, source, t
     rep = cm.report()
     print(f"  placed  {len(rep.segments)} segment(s) ("
           + ", ".join(f"{s.index}: {s.target} {s.num_ops} ops" for s in rep.segments)
-          + f"), static ANE residency {100 * rep.residency:.1f}% of FLOPs")
+          + f"), static ANE residency {100 * rep.residency:.1f}% of FLOPs ({100 * rep.residency_under('documented'):.1f}% "
+            f"under documented rules only)")
     if a.report:
         print(rep.text())
         if not cm.is_bundle or any(s.target == "ane" for s in rep.segments):
@@ -293,6 +296,9 @@ def add_parser(sub) -> None:
                    help="do not use the persistent compile cache ($TLC_CACHE_DIR; `tlc cache info`): trace and build "
                         "from scratch, store nothing")
     b.add_argument("--strict-export", action="store_true", help="trace with torch.export(strict=True)")
+    b.add_argument("--strict-precision", action="store_true",
+                   help="precision=mixed: fail (PrecisionError, nothing written) when no fp32 island assignment passes "
+                        "the closed loop, instead of shipping the smallest passing program (at worst all fp32)")
     b.add_argument("--print-ir", action="store_true", help="print tlc's IR (after the passes) before emission")
     b.add_argument("--passes", metavar="A,B,C", help="run exactly these passes, in this order (empty: none)")
     b.add_argument("--skip-pass", action="append", metavar="NAME", help="leave this pass out (repeatable)")

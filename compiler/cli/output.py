@@ -90,12 +90,16 @@ def finish_multifunction(a, mf, requested: Path, spec, t0: float, t_load: float)
 
 
 def print_precision(cm) -> None:
-    """Calibration samples, the closed loop's result per output, fp32 islands and fp16 constant fixes."""
+    """Calibration samples, the closed loop's result per output (its rounds, pruned islands and,
+    loudly, a fallback), rescaled regions, fp32 islands and fp16 constant fixes."""
     chk = cm.precision_check
     n = len(cm.calibration)
     print(f"  calib   {n} sample(s) (the example inputs" + (f" + {n - 1} from --calibration/calibration=)" if n > 1 else ")"))
     if chk is not None:
         print(chk.text(indent="  ").replace("  checked", "  loop    checked", 1))
+    for r in (chk.rescaled if chk is not None else ()):
+        print(f"  rescale {len(r['ops'])} op(s) ({', '.join(r['ops'][:3])}{', ...' if len(r['ops']) > 3 else ''}): "
+              + (r["why"] if r["exponent"] else f"not rescaled ({r['max_abs']:.3g}): {r['why_not']}"))
     isl = cm.islands
     print(f"  fp32    {len(isl)} island op(s)" + ("" if isl else " (everything computes in fp16)"))
     for name, why in isl.items():

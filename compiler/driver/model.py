@@ -213,6 +213,9 @@ class CompiledModel:
         islands = (self.emit_graph if g is None else g).meta.get("tlc.islands", {})
         if islands:
             md["tlc.fp32_islands"] = ",".join(islands)
+        fallback = (self.emit_graph if g is None else g).meta.get("tlc.precision_fallback")
+        if fallback:  # the closed loop shipped a fallback program: tlc verify / inspect show it
+            md["tlc.precision_fallback"] = fallback
         return md
 
     @property
@@ -302,7 +305,7 @@ class CompiledModel:
     def with_options(self, precision: str | None = None, minimum_deployment_target: str | None = None,
                      target: str | None = None, io_dtype: str | None = None,
                      fallback: bool | None = None, cost=None, compress: str | None = None,
-                     format: str | None = None) -> "CompiledModel":
+                     format: str | None = None, strict_precision: bool | None = None) -> "CompiledModel":
         """A copy sharing the traced graph, with other build options (:meth:`BuildOptions.replace`;
         no re-trace; ``compress=""`` turns compression off) and no plan yet. Raises
         :class:`~tlc.errors.InputError` for a bad option (:meth:`BuildOptions.decide`),
@@ -310,7 +313,7 @@ class CompiledModel:
         runtime."""
         o = self.options.replace(precision=precision, minimum_deployment_target=minimum_deployment_target,
                                  target=target, io_dtype=io_dtype, fallback=fallback, cost=cost, compress=compress,
-                                 format=format)
+                                 format=format, strict_precision=strict_precision)
         if not o.fallback:
             check_shippable(self.graph)
         cm = copy.copy(self)

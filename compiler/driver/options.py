@@ -201,9 +201,12 @@ class BuildOptions:
     name: ``"iOS17"``), ``target`` (:data:`TARGETS`), ``io_dtype`` (``"float32"``/``"float16"``),
     ``fallback`` (whether ops may leave Core ML), ``cost`` (a
     :class:`tlc.passes.partition.CostModel`, None for the default), ``compress`` (a
-    :data:`tlc.backends.coreml.compress.MODES` key or None) and ``format`` (:data:`FORMATS`: what
+    :data:`tlc.backends.coreml.compress.MODES` key or None), ``format`` (:data:`FORMATS`: what
     ``save`` writes; the plan does not depend on it), ``interface`` (:class:`tlc.iospec.Interface`:
-    the package's I/O declarations and metadata, :func:`decide_interface`)."""
+    the package's I/O declarations and metadata, :func:`decide_interface`) and ``strict_precision``
+    (``mixed`` raises :class:`tlc.check.calibrate.PrecisionError` instead of shipping a fallback
+    program when no island assignment passes its closed loop; named apart from
+    ``tlc.build(strict=)``, torch.export's mode)."""
 
     precision: str
     minimum_deployment_target: str
@@ -214,11 +217,13 @@ class BuildOptions:
     compress: str | None = None
     format: str = "mlpackage"
     interface: Interface = Interface()
+    strict_precision: bool = False
 
     @classmethod
     def decide(cls, *, precision: str | None = None, minimum_deployment_target=None, target: str = "ane",
                io_dtype: str = "float32", fallback: bool = True, cost=None, compress: str | None = None,
-               format: str = "mlpackage", functions: int = 1, interface: Interface | None = None) -> "BuildOptions":
+               format: str = "mlpackage", functions: int = 1, interface: Interface | None = None,
+               strict_precision: bool = False) -> "BuildOptions":
         """Apply the defaults and check every option once. Defaults: ``precision`` ``"mixed"`` for
         ``target="ane"``, else ``"fp32"``; ``minimum_deployment_target`` ``"iOS17"``, or ``"iOS18"``
         when ``functions`` > 1 (a multifunction package). Raises :class:`~tlc.errors.InputError`
@@ -242,7 +247,8 @@ class BuildOptions:
         io_dtype = check_interface(interface, io_dtype, functions)
         check_io_dtype(io_dtype, mdt)
         check_compress(compress, target, mdt)
-        return cls(precision, mdt, target, io_dtype, bool(fallback), cost, compress, format, interface)
+        return cls(precision, mdt, target, io_dtype, bool(fallback), cost, compress, format, interface,
+                   bool(strict_precision))
 
     def replace(self, **changes) -> "BuildOptions":
         """These options with ``changes`` (None values keep the current one), checked again by

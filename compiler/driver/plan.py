@@ -153,8 +153,9 @@ def make_plan(graph: Graph, options: BuildOptions, *, calibration: list[dict], m
     name for ``mixed`` (the example inputs first); ``metadata(emit graph)``: the package metadata
     the closed loop's emissions carry; ``progress``: print the closed loop's rounds to stderr.
 
-    Raises :class:`tlc.check.calibrate.PrecisionError` when ``mixed`` finds no passing program, and
-    what the passes and emission raise (naming the pass or op)."""
+    Raises :class:`tlc.check.calibrate.PrecisionError` when ``mixed`` with ``strict_precision`` finds
+    no passing island assignment (without it, the loop ships a fallback program), and what the
+    passes and emission raise (naming the pass or op)."""
     io = options.io_ir_dtype
     timings: dict[str, float] = {}
     check = mlm = info = placement = None
@@ -187,7 +188,8 @@ def _verified_mixed(graph, options, io, calibration, metadata, progress, timings
 
     log = note if progress else None
     try:
-        eg, (placement, m, inf), check = verified_mixed(graph, calibration, io, emit, log=log)
+        eg, (placement, m, inf), check = verified_mixed(graph, calibration, io, emit, log=log,
+                                                        strict=options.strict_precision)
     finally:
         tmp.cleanup()
     timings["precision"] = check.plan_s

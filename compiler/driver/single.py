@@ -81,7 +81,7 @@ def build_one(model_or_fn: Callable, example_inputs, options: BuildOptions, *, p
     if _cache.enabled(cache or cache_key is not None):
         store = _cache.Cache()
         opts = {f: getattr(options, f) for f in ("precision", "minimum_deployment_target", "target", "io_dtype",
-                                                  "fallback", "compress", "format")}
+                                                  "fallback", "compress", "format", "strict_precision")}
         opts["interface"] = repr(options.interface)
         opts.update(profile=file_key(profile) if profile is not None else None, strict=strict, passes=names)
         key = source_key(model_or_fn, example_inputs, opts, values=cache_values, calibration=calibration,

@@ -49,6 +49,9 @@ class VerifyReport:
     coreai: list[OutputCheck] | None = None
     apple_agreement: list[OutputCheck] | None = None
     apple_divergence: Divergence | None = None
+    #: the package's ``tlc.precision_fallback`` metadata: why ``mixed``'s closed loop shipped a
+    #: fallback program (no island assignment passed within its rounds); empty otherwise
+    precision_fallback: str = ""
 
     @property
     def passed(self) -> bool:
@@ -72,6 +75,8 @@ class VerifyReport:
                 lines.append(f"  {o.name:<24} {str(list(o.shape)):<16} {o.max_abs:9.2e} {o.rel_l2:9.2e} {o.cosine:10.7f} "
                              f"{o.nonfinite:7d} {o.tol:7.0e}  {'PASS' if o.passed else 'FAIL'}")
         lines.append("PASS" if self.passed else "FAIL")
+        if self.precision_fallback:
+            lines.append(f"note: this package is the FALLBACK program of precision='mixed': {self.precision_fallback}")
         if self.divergence is not None:
             lines.append(str(self.divergence))
         if self.apple_divergence is not None:
@@ -205,10 +210,11 @@ def verify(
     try:
         if is_bundle(package):
             interp = BundleModel(package, backend="interpreter")
-            prec = interp.manifest["precision"]
+            prec, meta = interp.manifest["precision"], interp.manifest.get("metadata", {})
         else:
             interp = MILInterpreter(package)
-            prec = package_info(package)["precision"]
+            info = package_info(package)
+            prec, meta = info["precision"], info["metadata"]
         tol_v = tols["fp32"] if prec == "fp32" else tols["fp16"]
         args, kwargs = normalize_inputs(example_inputs)
         leaves = pytree.tree_leaves((args, kwargs))
@@ -237,7 +243,8 @@ def verify(
             if name not in got:
                 raise TlcError(f"package {str(package)!r} has no output {name!r} (outputs: {', '.join(got)})")
             rows.append(compare(name, got[name], r.detach().double().numpy(), tol_v))
-        report = VerifyReport(Path(package), prec, rows, timings={"build": t_build, "interpreter": t_interp})
+        report = VerifyReport(Path(package), prec, rows, timings={"build": t_build, "interpreter": t_interp},
+                              precision_fallback=meta.get("tlc.precision_fallback", ""))
         if not all(o.passed for o in rows):
             with stage("bisecting to the first op that diverges"):
                 report.divergence = first_divergence(cm.graph, interp, feeds, tol_v)
