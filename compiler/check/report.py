@@ -19,7 +19,7 @@ from pathlib import Path
 from dataclasses import asdict, dataclass, field
 
 from tlc.ir import Graph
-from tlc.ops import get_op, rule_of
+from tlc.ops import ANE_RULES, EVIDENCE, get_op, rule_of
 from tlc.passes.partition import ane_reason, node_cost_inputs
 
 from .report_html import render
@@ -56,6 +56,7 @@ class OpRow:
     flops: int
     inputs: tuple[str, ...] = ()
     efficiency: tuple[str, ...] = ()  # efficiency-rule reasons (tlc.ops.Reason) of an op on the ANE
+    rules: tuple[str, ...] = ()  # every eligibility rule (tlc.ops.ANE_RULES id) an op in a Core ML segment breaks
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,54 @@ class PlacementReport:
     #: the former name of :attr:`residency`
     predicted_ane_share = residency
 
+    def residency_under(self, evidence: str = "unverified") -> float:
+        """Static ANE residency counting only the eligibility rules whose evidence is ``evidence``
+        or stronger (:data:`tlc.ops.EVIDENCE`: ``"documented"`` applies Apple's own rules and the
+        format's facts; ``"unverified"``, the default, every rule = :attr:`residency`)."""
+        keep = EVIDENCE[:EVIDENCE.index(evidence) + 1]
+        on = [o for o in self.ops if o.target == "ane" and not any(ANE_RULES[r].evidence in keep for r in o.rules)]
+        if not self.total_flops:
+            return 1.0 if len(on) == len(self.ops) else 0.0
+        return sum(o.flops for o in on) / self.total_flops
+
+    def residency_gap(self, evidence: str = "documented") -> list[dict]:
+        """The rules behind the gap between :meth:`residency_under` ``evidence`` and under every rule:
+        ``{rule, evidence, ops, flops_share, source}`` per rule of weaker evidence that keeps ops
+        off the ANE which the stronger rules alone would leave on it (an op breaking two such rules
+        counts for both), largest share first."""
+        keep = EVIDENCE[:EVIDENCE.index(evidence) + 1]
+        return self._per_rule(((r, o) for o in self.ops if o.target == "ane"
+                               and not any(ANE_RULES[r].evidence in keep for r in o.rules) for r in o.rules), "flops")
+
+    def _per_rule(self, pairs, most: str) -> list[dict]:
+        """``{rule, evidence, ops, flops_share, source}`` per rule id of ``pairs`` ((rule id, op row)),
+        largest ``most`` (``"ops"`` or ``"flops"``) first."""
+        rows: dict[str, dict] = {}
+        for rid, o in pairs:
+            rule = ANE_RULES[rid]
+            row = rows.setdefault(rid, {"rule": rid, "evidence": rule.evidence, "ops": 0, "flops": 0,
+                                        "source": rule.source})
+            row["ops"] += 1
+            row["flops"] += o.flops
+        out = sorted(rows.values(), key=lambda r: (-r[most], r["rule"]))
+        for r in out:
+            r["flops_share"] = r.pop("flops") / self.total_flops if self.total_flops else 0.0
+        return out
+
+    def precision_costs(self) -> tuple[list[dict], list[dict]]:
+        """``(islands, rescaled regions)`` of ``precision="mixed"`` with the share of FLOPs each
+        holds: per fp32 island op its reason and share (ops Core ML runs off the ANE because they
+        are fp32), per rescaled region its exponent, why, and the share of FLOPs it keeps in fp16
+        (its ops), from :attr:`precision_check`. Empty without the closed loop."""
+        pc = self.precision_check or {}
+        flops = {o.name: o.flops for o in self.ops}
+        share = (lambda names: sum(flops.get(n, 0) for n in names) / self.total_flops) if self.total_flops else \
+            (lambda names: 0.0)
+        isl = sorted(({"name": k, "reason": v, "flops_share": share([k])} for k, v in pc.get("islands", {}).items()),
+                     key=lambda r: -r["flops_share"])
+        regions = [{**r, "flops_share": share(r.get("ops", ()))} for r in pc.get("rescaled", ())]
+        return isl, regions
+
     @property
     def coreml_share(self) -> float:
         """Share of FLOPs in Core ML (``ane``) segments, eligible for the ANE or not."""
@@ -90,19 +139,9 @@ class PlacementReport:
         return sum(s.flops for s in self.segments if s.target == "ane") / self.total_flops
 
     def efficiency(self) -> list[dict]:
-        """Efficiency rules broken by ops on the ANE: ``{rule, ops, flops_share, source}`` per rule
+        """Efficiency rules broken by ops on the ANE: ``{rule, evidence, ops, flops_share, source}`` per rule
         (most ops first)."""
-        rows: dict[str, dict] = {}
-        for o in self.ops:
-            for r in o.efficiency:
-                rule = rule_of(r)
-                row = rows.setdefault(rule.id, {"rule": rule.id, "ops": 0, "flops": 0, "source": rule.source})
-                row["ops"] += 1
-                row["flops"] += o.flops
-        out = sorted(rows.values(), key=lambda r: (-r["ops"], r["rule"]))
-        for r in out:
-            r["flops_share"] = r.pop("flops") / self.total_flops if self.total_flops else 0.0
-        return out
+        return self._per_rule(((rule_of(r).id, o) for o in self.ops for r in o.efficiency), "ops")
 
     def not_on_ane(self) -> list[OpRow]:
         """Ops not predicted to run on the ANE, in graph order."""
@@ -113,6 +152,11 @@ class PlacementReport:
                  f"{100 * self.residency:.1f}% of {_flops(self.total_flops)} (ops passing every eligibility rule; "
                  f"in Core ML segments: {100 * self.coreml_share:.1f}%)"]
         eff = self.efficiency()
+        doc, gap = self.residency_under("documented"), self.residency_gap()
+        lines.append(f"  under documented rules only (Apple's own and the format's): {100 * doc:.1f}%"
+                     + (" (the same)" if not gap else "; the gap: " + "; ".join(
+                         f"{r['rule']} ({r['evidence']}: {r['source']}) {r['ops']} op(s), "
+                         f"{100 * r['flops_share']:.1f}% of FLOPs" for r in gap)))
         lines.append("  efficiency on the ANE: " + ("; ".join(
             f"{r['rule']} {r['ops']} op(s), {100 * r['flops_share']:.1f}% of FLOPs" for r in eff)
             if eff else "no layout rule broken") + " (predicted; MLComputePlan on a Mac confirms)")
@@ -133,8 +177,19 @@ class PlacementReport:
             for o in pc["outputs"]:
                 lines.append(f"  {o['name']}: max_abs {o['max_abs']:.3g}, rel-L2 {o['rel_l2']:.3g}, nan/inf {o['nonfinite']}"
                              if isinstance(o["rel_l2"], float) else f"  {o['name']}: rel-L2 {o['rel_l2']}, nan/inf {o['nonfinite']}")
-            for name, why in pc["islands"].items():
-                lines.append(f"  fp32 island {name}: {why}")
+            isl, regions = self.precision_costs()
+            for r in regions:
+                lines.append(f"  rescaled region of {len(r['ops'])} op(s) ({', '.join(r['ops'][:3])}"
+                             f"{', ...' if len(r['ops']) > 3 else ''}), {100 * r['flops_share']:.1f}% of FLOPs: "
+                             + (f"{r['why']}; scale enters at {', '.join(r['scaled_at'][:4])}, undone at "
+                                f"{', '.join(r['undone_at']) or 'the next weighted ops'}" if r["exponent"]
+                                else f"not rescaled: {r['why_not']}"))
+            for r in isl:
+                lines.append(f"  fp32 island {r['name']} ({100 * r['flops_share']:.2f}% of FLOPs off the ANE): {r['reason']}")
+            for name, why in pc.get("pruned", {}).items():
+                lines.append(f"  pruned island {name} (the program passes without it): {why}")
+            if pc.get("fallback"):
+                lines.append(f"  FALLBACK: {pc['fallback']}")
             for name, why in pc["fp16_constants"].items():
                 lines.append(f"  fp16 constant of {name}: {why}")
         return "\n".join(lines)
@@ -147,7 +202,8 @@ class PlacementReport:
         constant fixes of the closed loop; else null)."""
         return {"model": self.model, "precision": self.precision, "artifact": self.artifact,
                 "residency": self.residency, "predicted_ane_share": self.residency, "coreml_share": self.coreml_share,
-                "efficiency": self.efficiency(),
+                "residency_by_evidence": {e: self.residency_under(e) for e in EVIDENCE},
+                "residency_gap": self.residency_gap(), "efficiency": self.efficiency(),
                 "total_flops": self.total_flops, "segments": [asdict(s) for s in self.segments],
                 "ops": [asdict(o) for o in self.ops], "precision_check": self.precision_check}
 
@@ -212,6 +268,9 @@ def build_report(graph: Graph, segments, placement, *, model: str, precision: st
         src = f"{n.loc.file}:{n.loc.line}" if n.loc and n.loc.file else ""
         eff = tuple(get_op(n.op).ane_efficiency([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs)
                     if on_ane else ())
+        ins, outs = [v.type for v in n.inputs], [v.type for v in n.outputs]
+        rules = tuple(dict.fromkeys(rule_of(r).id for r in get_op(n.op).ane_reasons(ins, outs, n.attrs))
+                      if target == "ane" else ())
         ops.append(OpRow(n.name, n.op, seg, target, on_ane, reason, src, node_cost_inputs(n)[0],
-                         tuple(dict.fromkeys(prod[v] for v in n.inputs if v in prod)), eff))
+                         tuple(dict.fromkeys(prod[v] for v in n.inputs if v in prod)), eff, rules))
     return PlacementReport(model, precision, tuple(seg_rows), tuple(ops), int(total), artifact, precision_check)
