@@ -6,21 +6,21 @@ import torch
 
 import tlc
 from tlc.ir import GraphBuilder, TensorType
-from tlc.passes.precision import SAFE_MAX, choose_islands
+from tlc.passes.precision import choose_islands
 from tlc.runtime import MILInterpreter
 from tlc.check.metrics import rel_l2
 
 
 class Hot(torch.nn.Module):
-    """A block whose activations exceed 1e5 and feed a norm."""
+    """A block whose activations exceed 1e5 and feed a softmax (which needs the true values:
+    rescaling cannot keep them in fp16)."""
 
     def __init__(self):
         super().__init__()
         self.proj = torch.nn.Linear(16, 16)
-        self.norm = torch.nn.LayerNorm(16)
 
     def forward(self, x):
-        return self.norm(self.proj(x) * 3e5)
+        return torch.softmax(self.proj(x) * 3e5, -1)
 
 
 class Net(torch.nn.Module):
@@ -51,31 +51,48 @@ def test_fp16_overflows_mixed_keeps_exactly_the_hot_region(net, tmp_path):
     fp16 = tlc.build(model, (x,), precision="fp16")
     with pytest.warns(UserWarning, match="overflows fp16"):
         out16 = run_package(fp16, x, tmp_path, "fp16")
-    assert not np.isfinite(out16).all()  # overflow -> inf -> NaN through the norm, as on device
+    assert not np.isfinite(out16).all()  # overflow -> inf -> NaN through the softmax, as on device
 
     mixed = tlc.build(model, (x,), precision="mixed")
     out = run_package(mixed, x, tmp_path, "mixed")
     assert np.isfinite(out).all()
     assert rel_l2(out, ref) <= 1e-2
-    hot = {n.name for n in mixed.graph.nodes if n.loc and (n.loc.module or "").startswith("hot") and n.op in ("mul", "layer_norm")}
+    hot = {n.name for n in mixed.graph.nodes if n.loc and (n.loc.module or "").startswith("hot") and n.op in ("mul", "softmax")}
     assert set(mixed.islands) == hot and len(hot) == 2
-    assert mixed.precision_check.passed and len(mixed.precision_check.rounds) == 1  # range analysis alone found it
-    assert all(f"> {SAFE_MAX:g}" in why for why in mixed.islands.values())
+    assert mixed.precision_check.passed and len(mixed.precision_check.rounds) == 1  # required: no round to find it
+    assert all("> 65504: inf in fp16" in why for why in mixed.islands.values())
+    assert "softmax" in mixed.precision_check.rescaled[0]["why_not"]  # the region the softmax reads stays as it is
     # everything else computes in fp16
     g = mixed.emit_graph
     fp32_ops = {n.name for n in g.nodes if n.op not in ("const", "cast") and any(v.type.dtype == "fp32" for v in n.outputs)}
     assert fp32_ops == hot
 
 
+def test_overflow_into_a_norm_is_rescaled_not_islanded(tmp_path):
+    """The same overflow feeding a LayerNorm (scale-invariant) instead: precision::rescale folds
+    2^-k into the multiply's constant and the norm's epsilon; no island."""
+    def f(x, w):
+        return torch.nn.functional.layer_norm((x @ w) * 3e5, (16,))
+
+    torch.manual_seed(0)
+    x, w = torch.randn(4, 16), torch.randn(16, 16)
+    cm = tlc.build(lambda x: f(x, w), (x,))
+    assert cm.islands == {} and cm.precision_check.passed
+    (region,) = [r for r in cm.precision_check.rescaled if r["exponent"]]
+    assert region["max_abs"] > 65504 and region["undone_at"] == [n.name for n in cm.graph.nodes if n.op == "layer_norm"]
+    out = run_package(cm, x, tmp_path, "norm")
+    assert np.isfinite(out).all() and rel_l2(out, f(x.double(), w.double()).numpy()) <= 1e-2
+
+
 def test_calibration_inputs_widen_the_ranges(tmp_path):
     def f(x):
-        return torch.nn.functional.layer_norm(x * 1000.0, (8,))
+        return torch.softmax(x * 1000.0, -1)
 
     small = torch.randn(2, 8) * 0.01  # |x * 1000| ~ 10: safe
     big = torch.randn(2, 8) * 100  # |x * 1000| ~ 1e5: not
     assert tlc.build(f, (small,)).islands == {}
     cm = tlc.build(f, (small,), calibration_inputs=[(big,)])
-    assert set(n for n in cm.islands) == {n.name for n in cm.graph.nodes if n.op in ("mul", "layer_norm")}
+    assert set(n for n in cm.islands) == {n.name for n in cm.graph.nodes if n.op in ("mul", "softmax")}
     out = run_package(cm, big, tmp_path, "cal")
     assert np.isfinite(out).all() and rel_l2(out, f(big.double()).numpy()) < 1e-2
 
