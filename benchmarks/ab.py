@@ -5,7 +5,11 @@ a folder of links laid out as pyproject.toml's package-dir says (``compiler/`` i
 ``passes/`` is ``tlc.passes``, ``runtime/`` is ``tlc.runtime``) and put first on ``PYTHONPATH``;
 the head is the working tree as installed, or another revision checked out the same way (``--head``). Each tree runs *its own* copy of the script (a refactor
 may change the script's imports too), one model per process, alternating base and head model by
-model so that drift in the machine's speed hits both alike. Every script must take ``--models A``
+model so that drift in the machine's speed hits both alike; ``--same-script`` runs the head's copy on
+both trees instead (a new script, or one that must measure both the same way: it may then use only
+what both trees have). Each side's ``PYTHONPATH`` is its tree first, then the caller's (packages a
+benchmark needs from elsewhere, e.g. the ``bench`` extra installed with ``pip --target``). Every
+script must take ``--models A``
 and ``--json FILE`` (a list of row dicts with a ``model`` key): ``bench_passes.py`` and
 ``bench_spine.py`` do.
 
@@ -53,13 +57,15 @@ def checkout(rev: str, dest: Path) -> Path:
     return dest / "site"
 
 
-def run(tree: Path, script: str, model: str, args: list[str], site: Path | None, out: Path) -> list[dict]:
-    """One process: ``tree``'s own ``benchmarks/SCRIPT --models MODEL --json OUT ARGS``."""
+def run(tree: Path, script: str, model: str, args: list[str], site: Path | None, out: Path,
+        script_tree: Path | None = None) -> list[dict]:
+    """One process: ``tree``'s own ``benchmarks/SCRIPT --models MODEL --json OUT ARGS`` (``script_tree``'s
+    copy of the script when given), with ``site`` (the tree's ``tlc``) first on ``PYTHONPATH``."""
     env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
     if site is not None:
-        env["PYTHONPATH"] = str(site)
-    cmd = [sys.executable, str(tree / "benchmarks" / script), "--models", model, "--json", str(out), *args]
+        env["PYTHONPATH"] = os.pathsep.join([str(site)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    cmd = [sys.executable, str((script_tree or tree) / "benchmarks" / script), "--models", model, "--json", str(out),
+           *args]
     r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     if r.returncode not in (0, 1) or not out.is_file():
         raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
@@ -96,6 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--head", help="git revision of the head tree (default: the working tree as installed)")
     ap.add_argument("--models", required=True, help="comma-separated models, one process each per tree")
     ap.add_argument("--rounds", type=int, default=1, help="runs per model and tree (times: the median is shown)")
+    ap.add_argument("--same-script", action="store_true", help="run the head tree's copy of the script on both trees")
     ap.add_argument("script", help="a script in benchmarks/ of both trees (bench_passes.py, bench_spine.py)")
     ap.add_argument("args", nargs=argparse.REMAINDER, help="more arguments for the script")
     a = ap.parse_args(argv)
@@ -112,7 +119,8 @@ def main(argv=None) -> int:
             for r in range(a.rounds):
                 for side, (tree, s) in sides.items():
                     print(f"[{model}] round {r + 1}: {side}", file=sys.stderr, flush=True)
-                    rows[side] += run(tree, a.script, model, a.args, s, tmp / f"{side}-{model}-{r}.json")
+                    rows[side] += run(tree, a.script, model, a.args, s, tmp / f"{side}-{model}-{r}.json",
+                                      sides["head"][0] if a.same_script else None)
             merged = {}
             for side, rs in rows.items():
                 row = dict(rs[0])
