@@ -109,14 +109,19 @@ def _fp16_error(c: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(r - c, dtype=np.float64)))) / ref if ref > 0 else 0.0
 
 
-def _holds(c: np.ndarray, k: int) -> bool:
-    """Whether constant ``c`` scaled by 2^k keeps its fp16 quality: no overflow, and a rounding
-    error at most twice that of ``c`` itself or fp16's unit roundoff 2^-11 (values pushed into
-    subnormals are what makes it grow)."""
+def _holds(c: np.ndarray, k: int, additive: bool = False) -> bool:
+    """Whether constant ``c`` scaled by 2^k keeps its fp16 quality: no overflow, and for a
+    multiplying constant (a weight, a gamma) a rounding error at most twice that of ``c`` itself or
+    fp16's unit roundoff 2^-11 (values pushed into subnormals are what makes it grow). An
+    ``additive`` constant (a bias, a beta, a value added into the region) is only checked for
+    overflow: what it loses to subnormals is below 2^-24 in a region whose values reach 2^12 or
+    more after the scale, far below their own rounding."""
     if k == 0 or c.dtype.kind != "f":
         return True
     with np.errstate(over="ignore"):
         scaled = np.asarray(c, np.float32) * np.float32(2.0 ** k)
+    if additive:
+        return bool(np.isfinite(scaled[np.isfinite(c)]).all()) and float(np.abs(scaled).max(initial=0.0)) <= SAFE_MAX
     return _fp16_error(scaled) <= max(2.0 * _fp16_error(c), 2.0 ** -11)
 
 
@@ -264,12 +269,14 @@ def _failing(factors, const_of, memo: dict, reads: dict) -> list:
             by_const[c].add(0)
     bad = []
     for f in factors:
-        n, k, s, _ = f
+        n, k, s, x = f
         c = n.inputs[k]
         arr = np.asarray(const_of[c].attrs["val"])
-        if s and (c, s) not in memo:
-            memo[(c, s)] = _holds(arr, s)
-        if s and (not memo[(c, s)] or (len(by_const[c]) > 1 and arr.nbytes > COPY_LIMIT)):
+        additive = x is None and not (n.op != "const" and get_op(n.op).scale.kind == "invariant"
+                                      and k == get_op(n.op).scale.affine[0])
+        if s and (c, s, additive) not in memo:
+            memo[(c, s, additive)] = _holds(arr, s, additive)
+        if s and (not memo[(c, s, additive)] or (len(by_const[c]) > 1 and arr.nbytes > COPY_LIMIT)):
             bad.append(f)
     return bad
 
