@@ -19,7 +19,7 @@ two revisions, one model per process, alternating::
 
 Alone: ``python benchmarks/bench_residency.py [--models a,b] [--json out.json]`` (default: all).
 torchvision's compiled ops do not load beside tlc's CPU torch ("operator torchvision::nms does
-not exist"); :func:`_vision` declares the two op schemas its import registers fakes for first.
+not exist"); the script declares the two op schemas its import registers fakes for first.
 """
 from __future__ import annotations
 
@@ -39,22 +39,22 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.utils._pytree as pytree  # noqa: E402
 
+# torchvision's import registers fake kernels for ``torchvision::nms`` / ``qnms``, which must exist; when its
+# compiled ops do not match the installed torch they do not, so they are declared here, before anything
+# (transformers included, which imports torchvision when it is installed) imports it. Never called.
+_LIB = torch.library.Library("torchvision", "DEF")
+for _op in ("nms", "qnms"):
+    _LIB.define(f"{_op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+
+
 import tlc  # noqa: E402
 from bench_spine import MODELS as ZOO, log  # noqa: E402
 from tlc.runtime import load  # noqa: E402
 
-_LIB = None
-
 
 def _vision():
-    """``(torchvision, timm)``, importable beside a torch whose build torchvision's C++ ops do not
-    match: torchvision's import registers fake kernels for ``torchvision::nms`` / ``qnms``, which
-    must exist; they are declared here (never called: no model below runs them)."""
-    global _LIB
-    if _LIB is None:
-        _LIB = torch.library.Library("torchvision", "DEF")
-        for op in ("nms", "qnms"):
-            _LIB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    """``(torchvision, timm)`` (importable beside a torch whose build torchvision's C++ ops do not
+    match: see ``_LIB`` above)."""
     import timm
     import torchvision
 
