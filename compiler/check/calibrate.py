@@ -26,8 +26,8 @@ for NaN/inf only).
 4. **Never abort by default**: when no program passes within the rounds, the smallest passing
    one is shipped — fp32 from the first diverging op to the outputs, else every op in fp32 — and
    :class:`PrecisionCheck` (``fallback``), the build output, the report and ``tlc verify`` (the
-   package's ``tlc.precision_fallback`` metadata) say so. ``strict=True``
-   (``strict_precision=True``, ``--strict-precision``) raises :class:`PrecisionError` instead.
+   package's ``tlc.precision_fallback`` metadata) say so. ``strict_precision=True``
+   (``--strict-precision``; :func:`verified_mixed`'s ``strict``) raises :class:`PrecisionError` instead.
 
 Cost when the start program passes: one emission (which ``save`` reuses) and one program run per
 calibration feed, as before this loop decided by pruning.
