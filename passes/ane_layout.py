@@ -39,11 +39,13 @@ import numpy as np
 
 from tlc.ir import Graph, Value
 from tlc.ops.linalg import MASK_FILL
-from tlc.ops.norm import norm_axes
+from tlc.ops.norm import REDUCE_OPS, norm_axes
 
 from .cleanup import dce
 from .registry import register_pass
-from .ane_forms import BINARY, PAD_SAFE, UNARY, Ctx, Heads, Seq, seed
+from .ane_forms import BINARY, PAD_SAFE, UNARY, Ctx, Heads, Seq, seed, seq_view
+from .ane_masks import float_masks
+from .ane_pad import MISALIGNED_COST
 from .cleanup import merge_layout
 
 # ------------------------------------------------------------------------------- rewrites
@@ -77,7 +79,7 @@ def _linear(c: Ctx, n):
     if w is None or any(b not in c.consts for b in bias):
         return None
     L = c.lay.get(x)
-    if L is None and x.type.rank == 3 and x.type.is_static:
+    if L is None and x.type.rank >= 3 and x.type.is_static:  # tokens (B, S, C) or a channels-last map
         L = c.seed_seq(x)
     if not isinstance(L, Seq):
         return None
@@ -106,6 +108,19 @@ def _norm(c: Ctx, n):
     return {n.out: L.like(parts)}
 
 
+def _reduce(c: Ctx, n):
+    """A reduction over the channel axis (C of tokens, d of heads; F.normalize's norm) per part."""
+    L = c.lay.get(n.inputs[0])
+    axes = n.attrs.get("axes")
+    if L is None or axes is None or not n.attrs.get("keep_dims") or len(n.inputs) != 1:
+        return None
+    if tuple(norm_axes(axes, len(L.shape))) != (len(L.shape) - 1,):
+        return None
+    parts = [c.add(n.op, [p], {**n.attrs, "axes": (1,)}, f"_h{i}" if len(L.parts) > 1 else "")
+             for i, p in enumerate(L.parts)]
+    return {n.out: L.like(parts, 1)}
+
+
 def _softmax(c: Ctx, n):
     L = c.lay.get(n.inputs[0])
     if not isinstance(L, Seq) or not _channel_axis(L, n.attrs.get("axis", -1), len(L.shape)):
@@ -115,8 +130,11 @@ def _softmax(c: Ctx, n):
 
 def _split(c: Ctx, n):
     L = c.lay.get(n.inputs[0])
-    if not isinstance(L, Seq) or not _channel_axis(L, n.attrs["axis"], len(L.shape)):
+    if L is None or not _channel_axis(L, n.attrs["axis"], len(L.shape)):
         return None
+    if isinstance(L, Heads):  # per head (LeViT's q, k, v packed in each head's channels)
+        per = [c.add("split", [p], {**n.attrs, "axis": 1}, f"_h{i}", outs=len(n.outputs)) for i, p in enumerate(L.parts)]
+        return {o: L.like([ps[k] for ps in per], o.type.shape[-1]) for k, o in enumerate(n.outputs)}
     outs = c.add("split", [L.phys], {**n.attrs, "axis": 1}, outs=len(n.outputs))
     return {o: L.like([p], C=o.type.shape[-1]) for o, p in zip(n.outputs, outs)}
 
@@ -173,7 +191,7 @@ def _concat(c: Ctx, n):
         heads = [c.lay[v] if v in c.lay else c.heads_of(v) for v in n.inputs]
     else:
         heads = [c.lay.get(v) for v in n.inputs]
-    if any(not isinstance(M, Heads) or M.h != L.h or M.order != L.order or M.pad != L.pad for M in heads):
+    if any(not isinstance(M, Heads) or M.h != L.h or M.order != L.order or M.pad != L.pad or M.view for M in heads):
         return None
     if ax == rank - 1:
         if any(M.S != L.S for M in heads):
@@ -190,12 +208,25 @@ def _transpose(c: Ctx, n):
     x = n.inputs[0]
     L = c.lay.get(x)
     perm = tuple(n.attrs["perm"])
-    if isinstance(L, Heads) and perm == (0, 2, 1, 3):
+    if isinstance(L, Seq) and _only_unit_axes_move(x.type.shape, perm):
+        return _reshape(c, n)  # (1, S, C) -> (S, 1, C): the same data
+    if isinstance(L, Heads) and L.view is None and perm == (0, 2, 1, 3):
         return {n.out: Heads(L.parts, L.B, L.S, L.d, "bshd" if L.order == "bhsd" else "bhsd", L.whole, L.pad)}
+    if isinstance(L, Heads) and L.roles() is not None:  # B = 1: a transpose of the (h, S, d) roles
+        nu = [k for k, d in enumerate(x.type.shape) if d != 1]
+        role = dict(zip(nu, L.roles()))
+        M = L.viewed(n.out.type.shape, [role[a] for a in perm if a in role])
+        return {n.out: M} if M is not None else None
     if L is None and perm == (0, 2, 1) and x.type.rank == 3 and x.type.is_static and x not in c.consts:
         B, C, S = x.type.shape  # channels-first data (a conv's output) read as tokens: a reshape suffices
         return {n.out: c.fresh_seq(c.add("reshape", [c.logical(x)], {"shape": (B, C, 1, S)}, "_ane"), B, S, C)}
     return None
+
+
+def _only_unit_axes_move(shape, perm) -> bool:
+    """Whether transposing ``shape`` by ``perm`` keeps the non-unit axes in order (a reshape)."""
+    moved = [a for a in perm if shape[a] != 1]
+    return moved == sorted(moved)
 
 
 def _reshape(c: Ctx, n):
@@ -203,20 +234,28 @@ def _reshape(c: Ctx, n):
     L = c.lay.get(x)
     if isinstance(L, Seq):
         B, S, C = L.B, L.S, L.C
-        if want in ((B * S, C), (B, S, C)):
-            return {n.out: Seq(L.phys, B, S, C, len(want) == 2, L.pad)}
-        if len(want) == 4 and want[:2] == (B, S) and want[2] * want[3] == C:
+        nu = [d for d in want if d != 1]
+        if B == 1 and len(nu) == 3 and nu[0] == S and nu[1] * nu[2] == C and len(want) != 4 and S > 1 and nu[1] > 1:
+            want = (1, S, nu[1], nu[2])  # sequence-first heads (S, h, d) of nn.MultiheadAttention
+            parts = c.add("split", [L.phys], {"split_sizes": (nu[2],) * nu[1], "axis": 1}, "_heads", outs=nu[1])
+            H = Heads(tuple(parts), 1, S, nu[2], "bshd", L.phys, L.pad).viewed(n.out.type.shape)
+            return {n.out: H} if H is not None else None
+        if len(want) == 4 and want[:2] == (B, S) and want[2] * want[3] == C and not (want[2] == 1 and L.flat):
             h, d = want[2], want[3]
             parts = (L.phys,) if h == 1 else c.add("split", [L.phys], {"split_sizes": (d,) * h, "axis": 1},
                                                     "_heads", outs=h)
             return {n.out: Heads(tuple(parts), B, S, d, "bshd", L.phys, L.pad)}
+        view = seq_view(want, B, S, C)
+        if view is not False:  # the same tokens seen flat, as a (B, H, W, C) map, or sequence-first
+            return {n.out: Seq(L.phys, B, S, C, view, L.pad)}
         return None
     if isinstance(L, Heads):
         B, S = L.B, L.S
-        if L.order == "bshd" and want in ((B * S, L.h * L.d), (B, S, L.h * L.d)):
+        if L.order == "bshd" and seq_view(want, B, S, L.h * L.d) is not False:
             phys = L.parts[0] if L.h == 1 else c.add("concat", L.parts, {"axis": 1}, "_merge")
-            return {n.out: Seq(phys, B, S, L.h * L.d, len(want) == 2, L.pad)}
-        return None
+            return {n.out: Seq(phys, B, S, L.h * L.d, seq_view(want, B, S, L.h * L.d), L.pad)}
+        M = L.viewed(want)  # B = 1: unit axes inserted or dropped
+        return {n.out: M} if M is not None else None
     if (x.type.rank == 3 and want == (x.type.shape[0] * x.type.shape[1], x.type.shape[2]) and x not in c.consts
             and any(u.op == "linear" for u in c.users.get(n.out, []))):  # tokens flattened for a linear (GPT-2's Conv1D)
         return {n.out: c.seed_seq(x, flat=True)}
@@ -324,7 +363,8 @@ def _sdpa(c: Ctx, n):
 
 RULES = {"linear": _linear, "layer_norm": _norm, "rms_norm": _norm, "softmax": _softmax, "split": _split,
          "slice_by_index": _slice, "concat": _concat, "transpose": _transpose, "reshape": _reshape,
-         "scaled_dot_product_attention": _sdpa, **{o: _unary for o in UNARY}, **{o: _binary for o in BINARY}}
+         "scaled_dot_product_attention": _sdpa, **{o: _unary for o in UNARY}, **{o: _binary for o in BINARY},
+         **{o: _reduce for o in REDUCE_OPS}}
 
 
 def has_attention(g: Graph) -> bool:
@@ -333,7 +373,7 @@ def has_attention(g: Graph) -> bool:
 
 
 @register_pass("layout::ane_transformer")
-def ane_transformer(g: Graph, *, max_pad: float = 0.25) -> Graph:
+def ane_transformer(g: Graph, *, misaligned_cost: float = MISALIGNED_COST) -> Graph:
     """Rewrite transformer blocks into the ANE's (B, C, 1, S) layout (see module docstring).
 
     Given:  %q = linear(%x, Wq); %qh = transpose(reshape(%q, (B, S, h, d)), (0, 2, 1, 3))   (same for k, v)
@@ -346,15 +386,17 @@ def ane_transformer(g: Graph, *, max_pad: float = 0.25) -> Graph:
             %a_i = einsum(%v_j, %p_i)                                             ; [B, d, 1, Sq]
             %o = conv(concat(%a_0, .., %a_{h-1}, axis=1), Wo[:, :, None, None])
     Fires only when the graph has rank-4 ``scaled_dot_product_attention``; ``tlc.build`` runs it
-    for ``target="ane"`` only. ``max_pad``: a sequence whose length is not a multiple of 32
-    (64 bytes of fp16, Apple neural_engine_rules.md L23) is padded up to one when that adds at
-    most this share of positions (default 0.25: ViT-base's 197 -> 224, Whisper's 1500 -> 1504;
-    0 turns padding off); padded keys are masked and the padding is sliced off at the edges, so
-    results do not change.
+    for ``target="ane"`` only. ``misaligned_cost``: a sequence whose length is not a multiple of
+    32 (64 bytes of fp16, Apple neural_engine_rules.md L23) is padded up to one when the padded
+    program costs less, an op on a misaligned axis counted this many times its FLOPs
+    (:mod:`tlc.passes.ane_pad`: ViT-B/16's 197 -> 224, ViT-B/32's 50 -> 64, a 7x7 window's
+    49 -> 64; 1.0 turns padding off); padded keys are masked and the padding is sliced off at the
+    edges, so results do not change.
     """
     if not has_attention(g):
         return g
-    c = Ctx(g, max_pad)
+    g = float_masks(g)  # bool/int32 mask logic as float arithmetic (passes/ane_masks.py)
+    c = Ctx(g, misaligned_cost)
     for v in g.inputs:
         c.env[v] = c.b.add_input(v.name, v.type)
     for n in g.nodes:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tlc.errors import IRError
 from tlc.ir import Graph, GraphBuilder, Node, Value
 from tlc.ops import elementwise_ops
 from tlc.ops.norm import REDUCE_OPS, norm_axes
@@ -222,21 +223,41 @@ def fold_rank(g: Graph) -> Graph:
             %w: fp32[4,16,8] = reshape(%p)
     Result: %v: fp32[2,4,2,32] = reshape(%x) ; %p: fp32[2,2,4,32] = transpose(%v, perm=(0,2,1,3))
             %w: fp32[4,16,8] = reshape(%p)
+    A region that cannot be rebuilt (an op's type rule rejects the merged shapes) is left as
+    traced; the pass never raises for a graph it cannot fold.
     """
     high = {v for n in g.nodes for v in list(n.inputs) + list(n.outputs) if _high(v)}
     if not high:
         return g
-    plan: dict[Value, _Cuts] = {}
-    rewrite: set[Node] = set()
+    solved = []
     for values, nodes in _regions(g, high):
         c = _solve(g, values, nodes)
-        if c is None:
-            continue
+        if c is not None:
+            solved.append((values, nodes, c))
+    if not solved:
+        return g
+    try:
+        return _rebuild(g, solved)
+    except (IRError, ValueError):  # a region the rebuild cannot type: keep those regions as traced, one by one
+        kept = []
+        for region in solved:
+            try:
+                _rebuild(g, kept + [region])
+            except (IRError, ValueError):
+                continue
+            kept.append(region)
+        return _rebuild(g, kept) if kept else g
+
+
+def _rebuild(g: Graph, regions: list) -> Graph:
+    """``g`` with every node of the solved ``regions`` ((values, nodes, cuts) triples) rebuilt on
+    merged shapes; raises :class:`IRError` when an op's type rule rejects a rebuilt node."""
+    plan: dict[Value, _Cuts] = {}
+    rewrite: set[Node] = set()
+    for values, nodes, c in regions:
         for v in values:
             plan[v] = c
         rewrite.update(nodes)
-    if not rewrite:
-        return g
     b = GraphBuilder(dict(g.meta))
     env: dict[Value, Value] = {}
     for v in g.inputs:

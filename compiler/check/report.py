@@ -104,6 +104,13 @@ class PlacementReport:
             r["flops_share"] = r.pop("flops") / self.total_flops if self.total_flops else 0.0
         return out
 
+    @property
+    def transitions(self) -> int:
+        """Edges (a value one op writes and another reads) between an op predicted on the ANE and
+        one that is not: each is a potential ANE <-> CPU/GPU hand-over (issue 29)."""
+        on = {o.name: o.on_ane for o in self.ops}
+        return sum(on[i] != o.on_ane for o in self.ops for i in o.inputs if i in on)
+
     def not_on_ane(self) -> list[OpRow]:
         """Ops not predicted to run on the ANE, in graph order."""
         return [o for o in self.ops if not o.on_ane]
@@ -111,7 +118,8 @@ class PlacementReport:
     def __str__(self) -> str:
         lines = [f"placement of {self.model} ({self.precision}): {len(self.segments)} segment(s), static ANE residency "
                  f"{100 * self.residency:.1f}% of {_flops(self.total_flops)} (ops passing every eligibility rule; "
-                 f"in Core ML segments: {100 * self.coreml_share:.1f}%)"]
+                 f"in Core ML segments: {100 * self.coreml_share:.1f}%); {self.transitions} transition(s) between ops "
+                 f"on and off the ANE"]
         eff = self.efficiency()
         lines.append("  efficiency on the ANE: " + ("; ".join(
             f"{r['rule']} {r['ops']} op(s), {100 * r['flops_share']:.1f}% of FLOPs" for r in eff)
@@ -143,11 +151,11 @@ class PlacementReport:
 
     def to_json(self) -> dict:
         """JSON-ready dict: model, precision, residency (= predicted_ane_share, its former name),
-        coreml_share, efficiency (:meth:`efficiency`), total_flops, segments, ops, precision_check (``mixed``: per-output results, rounds, islands and fp16
+        coreml_share, transitions (:attr:`transitions`), efficiency (:meth:`efficiency`), total_flops, segments, ops, precision_check (``mixed``: per-output results, rounds, islands and fp16
         constant fixes of the closed loop; else null)."""
         return {"model": self.model, "precision": self.precision, "artifact": self.artifact,
                 "residency": self.residency, "predicted_ane_share": self.residency, "coreml_share": self.coreml_share,
-                "efficiency": self.efficiency(),
+                "transitions": self.transitions, "efficiency": self.efficiency(),
                 "total_flops": self.total_flops, "segments": [asdict(s) for s in self.segments],
                 "ops": [asdict(o) for o in self.ops], "precision_check": self.precision_check}
 
