@@ -28,6 +28,8 @@ left unchanged and its ops run in tlc's fallback runtime (the partitioner's reas
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from tlc.errors import IRError
@@ -35,6 +37,7 @@ from tlc.ir import Graph, GraphBuilder, Node, Value
 from tlc.ops import elementwise_ops
 from tlc.ops.norm import REDUCE_OPS, norm_axes
 
+from .cleanup import merge_layout
 from .registry import register_pass
 
 MAX_RANK = 5
@@ -223,9 +226,16 @@ def fold_rank(g: Graph) -> Graph:
             %w: fp32[4,16,8] = reshape(%p)
     Result: %v: fp32[2,4,2,32] = reshape(%x) ; %p: fp32[2,2,4,32] = transpose(%v, perm=(0,2,1,3))
             %w: fp32[4,16,8] = reshape(%p)
+    A rank-5 transpose that moves every axis (MaxViT's grid partition (gh, wh, gw, ww, C) ->
+    (wh, ww, gh, gw, C)) becomes two transposes of rank <= 4 (:func:`_split_rank5_transposes`).
     A region that cannot be rebuilt (an op's type rule rejects the merged shapes) is left as
     traced; the pass never raises for a graph it cannot fold.
     """
+    return _split_rank5_transposes(_fold_high(g))
+
+
+def _fold_high(g: Graph) -> Graph:
+    """The rank > 5 regions of ``g`` rebuilt at rank <= 5 where they can be (:func:`fold_rank`)."""
     high = {v for n in g.nodes for v in list(n.inputs) + list(n.outputs) if _high(v)}
     if not high:
         return g
@@ -247,6 +257,69 @@ def fold_rank(g: Graph) -> Graph:
                 continue
             kept.append(region)
         return _rebuild(g, kept) if kept else g
+
+
+def _runs(target: list[int], cur: list[int]) -> list[list[int]]:
+    """``target`` (axis ids in the wanted order) cut into runs of ids that are adjacent and in
+    order in ``cur`` (the current memory order): each run moves as one axis."""
+    pos = {a: i for i, a in enumerate(cur)}
+    out: list[list[int]] = []
+    for a in target:
+        if out and pos[a] == pos[out[-1][-1]] + 1:
+            out[-1].append(a)
+        else:
+            out.append([a])
+    return out
+
+
+def _transpose_steps(perm: tuple[int, ...]) -> list[list[int]] | None:
+    """Orders (lists of axis ids) that take the identity to ``perm`` in steps each moving at most
+    4 runs of axes (one transpose of rank <= 4 per step); None if two steps cannot."""
+    ident = list(range(len(perm)))
+    if len(_runs(list(perm), ident)) <= 4:
+        return [list(perm)]
+    for mid in itertools.permutations(ident):
+        mid = list(mid)
+        if len(_runs(mid, ident)) <= 4 and len(_runs(list(perm), mid)) <= 4:
+            return [mid, list(perm)]
+    return None
+
+
+def _split_rank5_transposes(g: Graph) -> Graph:
+    """Every rank-5 transpose as transposes of rank <= 4 of merged axes (module docstring of
+    :func:`fold_rank`); the reshapes around them are merged with their neighbours afterwards."""
+    todo = [n for n in g.nodes if n.op == "transpose" and n.inputs[0].type.rank == MAX_RANK and n.inputs[0].type.is_static]
+    if not todo:
+        return g
+    b = GraphBuilder(dict(g.meta))
+    env: dict[Value, Value] = {v: b.add_input(v.name, v.type) for v in g.inputs}
+    changed = False
+    for n in g.nodes:
+        x = n.inputs[0] if n.inputs else None
+        steps = None
+        if n in todo:
+            ids = [a for a in range(x.type.rank) if x.type.shape[a] != 1]
+            perm = [a for a in n.attrs["perm"] if x.type.shape[a] != 1]
+            steps = _transpose_steps(tuple(ids.index(a) for a in perm))
+        if steps is None:
+            new = b.add(n.op, [env[v] for v in n.inputs], dict(n.attrs), name=n.name, loc=n.loc)
+            env.update(zip(n.outputs, new.outputs))
+            continue
+        sizes = [x.type.shape[a] for a in ids]
+        cur, v = list(range(len(ids))), env[x]
+        for k, order in enumerate(steps):
+            runs = _runs(order, cur)
+            by_mem = sorted(runs, key=lambda r: cur.index(r[0]))
+            v = b.add("reshape", [v], {"shape": tuple(int(np.prod([sizes[a] for a in r])) for r in by_mem)},
+                      name=f"{n.name}_r{k}", loc=n.loc).out
+            v = b.add("transpose", [v], {"perm": tuple(by_mem.index(r) for r in runs)}, name=f"{n.name}_t{k}",
+                      loc=n.loc).out
+            cur = order
+        env[n.out] = b.add("reshape", [v], {"shape": n.out.type.shape}, name=n.name, loc=n.loc).out
+        changed = True
+    if not changed:
+        return g
+    return merge_layout(b.build([env[v] for v in g.outputs], g.output_names))
 
 
 def _rebuild(g: Graph, regions: list) -> Graph:
