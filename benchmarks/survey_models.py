@@ -67,4 +67,8 @@ def make(name: str):
         model = timm.create_model(ctor, pretrained=False)
     else:
         model = getattr(torchvision.models, ctor)(weights=None)
+    with torch.no_grad():  # zero-initialised heads (torchvision's ViT, timm's LeViT) would make every output 0
+        for p in model.parameters():
+            if p.dim() >= 2 and not p.any():
+                p.normal_(0.0, 0.02)
     return model.eval(), ((torch.randn(1, 3, size, size),), {})

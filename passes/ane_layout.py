@@ -44,6 +44,7 @@ from tlc.ops.norm import REDUCE_OPS, norm_axes
 from .cleanup import dce
 from .registry import register_pass
 from .ane_forms import BINARY, PAD_SAFE, UNARY, Ctx, Heads, Seq, seed, seq_view
+from .ane_heads import heads_first, heads_last, heads_matmul, heads_softmax, heads_swap, talking_heads
 from .ane_masks import float_masks
 from .ane_pad import MISALIGNED_COST
 from .cleanup import merge_layout
@@ -79,6 +80,8 @@ def _linear(c: Ctx, n):
     if w is None or any(b not in c.consts for b in bias):
         return None
     L = c.lay.get(x)
+    if isinstance(L, Heads):
+        return talking_heads(c, n, L)
     if L is None and x.type.rank >= 3 and x.type.is_static:  # tokens (B, S, C) or a channels-last map
         L = c.seed_seq(x)
     if not isinstance(L, Seq):
@@ -123,6 +126,8 @@ def _reduce(c: Ctx, n):
 
 def _softmax(c: Ctx, n):
     L = c.lay.get(n.inputs[0])
+    if isinstance(L, Heads):
+        return heads_softmax(c, n, L)
     if not isinstance(L, Seq) or not _channel_axis(L, n.attrs.get("axis", -1), len(L.shape)):
         return None
     return {n.out: L.like([c.add("softmax", [L.phys], {**n.attrs, "axis": 1})])}
@@ -210,7 +215,9 @@ def _transpose(c: Ctx, n):
     perm = tuple(n.attrs["perm"])
     if isinstance(L, Seq) and _only_unit_axes_move(x.type.shape, perm):
         return _reshape(c, n)  # (1, S, C) -> (S, 1, C): the same data
-    if isinstance(L, Heads) and L.view is None and perm == (0, 2, 1, 3):
+    if isinstance(L, Heads) and L.view is None and perm in HEAD_PERMS:  # explicit attention (ane_heads.py)
+        return HEAD_PERMS[perm](c, n, L)
+    if isinstance(L, Heads) and L.view is None and perm == (0, 2, 1, 3) and L.order != "bsdh":
         return {n.out: Heads(L.parts, L.B, L.S, L.d, "bshd" if L.order == "bhsd" else "bhsd", L.whole, L.pad)}
     if isinstance(L, Heads) and L.roles() is not None:  # B = 1: a transpose of the (h, S, d) roles
         nu = [k for k, d in enumerate(x.type.shape) if d != 1]
@@ -221,6 +228,9 @@ def _transpose(c: Ctx, n):
         B, C, S = x.type.shape  # channels-first data (a conv's output) read as tokens: a reshape suffices
         return {n.out: c.fresh_seq(c.add("reshape", [c.logical(x)], {"shape": (B, C, 1, S)}, "_ane"), B, S, C)}
     return None
+
+
+HEAD_PERMS = {(0, 1, 3, 2): heads_swap, (0, 2, 3, 1): heads_last, (0, 3, 1, 2): heads_first}
 
 
 def _only_unit_axes_move(shape, perm) -> bool:
@@ -363,7 +373,7 @@ def _sdpa(c: Ctx, n):
 
 RULES = {"linear": _linear, "layer_norm": _norm, "rms_norm": _norm, "softmax": _softmax, "split": _split,
          "slice_by_index": _slice, "concat": _concat, "transpose": _transpose, "reshape": _reshape,
-         "scaled_dot_product_attention": _sdpa, **{o: _unary for o in UNARY}, **{o: _binary for o in BINARY},
+         "scaled_dot_product_attention": _sdpa, "matmul": heads_matmul, **{o: _unary for o in UNARY}, **{o: _binary for o in BINARY},
          **{o: _reduce for o in REDUCE_OPS}}
 
 

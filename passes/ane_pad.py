@@ -17,7 +17,9 @@ padding is applied iff
 with ``lin`` the FLOPs of the per-token ops on S, ``quad`` of attention over S × S, ``cross`` of
 attention with one side on S. At the default 2.0 this pads ViT-B/16 (197 -> 224, r = 1.14),
 ViT-B/32 (50 -> 64, r = 1.28), Swin's 7x7 windows (49 -> 64) and Whisper (1500 -> 1504), and
-leaves short sequences alone (12 -> 32: r = 2.7).
+leaves short sequences alone (12 -> 32: r = 2.7). A sequence that an explicit attention product
+reads (matmul -> softmax -> matmul left unfused, laid out by passes/ane_heads.py) is not padded:
+its padded keys would sit unmasked on the scores' channel axis.
 
 Apple publishes no figure for what a misaligned axis costs; 2.0 is an assumption (the ANE stores
 a misaligned axis padded to its 64-byte boundary, so it does the padded work anyway, and Core ML
@@ -60,7 +62,10 @@ class PadPolicy:
         self.quad: dict[int, int] = {}
         self.cross: dict[int, int] = {}
         self._memo: dict[int, int] = {}
+        self.unpadded: set[int] = set()  # sequences an explicit attention product reads (passes/ane_heads.py)
         for n in g.nodes:
+            if n.op == "matmul" and n.outputs and n.out.type.rank >= 4:
+                self.unpadded.update(n.out.type.shape[-2:])
             if not n.outputs or not all(v.type.is_static for v in list(n.inputs) + list(n.outputs)):
                 continue
             if n.op == "scaled_dot_product_attention" and n.inputs[0].type.rank == 4:
@@ -85,7 +90,7 @@ class PadPolicy:
 
     def _decide(self, S: int) -> int:
         p = -S % ALIGN
-        if S <= 1 or not p or self.cost <= 1.0:
+        if S <= 1 or not p or self.cost <= 1.0 or S in self.unpadded:
             return 0
         r = (S + p) / S
         lin, quad, cross = self.lin.get(S, 0), self.quad.get(S, 0), self.cross.get(S, 0)
