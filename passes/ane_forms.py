@@ -77,9 +77,10 @@ def seq_view(shape, B: int, S: int, C: int) -> tuple[int, ...] | None | bool:
 
 @dataclass(frozen=True)
 class Heads:
-    """Head tensor: logical (B, h, S, d) (``order="bhsd"``), (B, S, h, d) (``"bshd"``) or, only
-    between a talking-heads transpose and its linear, (B, S, d, h) (``"bsdh"``), held as
-    ``parts``: h tensors [B, d, 1, S]. For B = 1, ``view`` is the logical shape when unit axes
+    """Head tensor: logical (B, h, S, d) (``order="bhsd"``), (B, S, h, d) (``"bshd"``), its last
+    two axes swapped (B, h, d, S) (``"bhds"``: keys transposed, or heads split from the channels of
+    a conv's (B, C, H, W) output) or, only between a talking-heads transpose and its linear,
+    (B, S, d, h) (``"bsdh"``), held as ``parts``: h tensors [B, d, 1, S]. For B = 1, ``view`` is the logical shape when unit axes
     sit elsewhere (``nn.MultiheadAttention``'s (S, h, d), (h, S, d), (S, 1, h, d))."""
 
     parts: tuple[Value, ...]
@@ -98,7 +99,7 @@ class Heads:
     @property
     def canonical(self) -> tuple[int, ...]:
         B, h, S, d = self.B, self.h, self.S, self.d
-        return {"bhsd": (B, h, S, d), "bshd": (B, S, h, d), "bsdh": (B, S, d, h)}[self.order]
+        return {"bhsd": (B, h, S, d), "bshd": (B, S, h, d), "bsdh": (B, S, d, h), "bhds": (B, h, d, S)}[self.order]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -106,7 +107,7 @@ class Heads:
 
     @property
     def head_axis(self) -> int:
-        return {"bhsd": 1, "bshd": 2, "bsdh": 3}[self.order]
+        return {"bhsd": 1, "bshd": 2, "bsdh": 3, "bhds": 1}[self.order]
 
     def like(self, parts, d: int | None = None) -> "Heads":
         d = self.d if d is None else d
@@ -116,7 +117,7 @@ class Heads:
     def roles(self) -> list[str] | None:
         """For B = 1 with h, S, d > 1: the role ('h', 's', 'd') of each non-unit logical axis in
         order; else None (no unit-axis view can be followed)."""
-        if self.B != 1 or 1 in (self.h, self.S, self.d) or self.order == "bsdh":
+        if self.B != 1 or 1 in (self.h, self.S, self.d) or self.order not in ("bhsd", "bshd"):
             return None
         return ["h", "s", "d"] if self.order == "bhsd" else ["s", "h", "d"]
 
@@ -208,7 +209,8 @@ class Ctx:
         else:  # h x [B, d, 1, S] -> [B, d, h, S] -> logical
             c = L.parts[0] if L.h == 1 else self.add("concat", L.parts, {"axis": 2}, "_heads")
             t = self.add("transpose", [self.unpadded(c, L.pad)],
-                         {"perm": {"bhsd": (0, 2, 3, 1), "bshd": (0, 3, 2, 1), "bsdh": (0, 3, 1, 2)}[L.order]},
+                         {"perm": {"bhsd": (0, 2, 3, 1), "bshd": (0, 3, 2, 1), "bsdh": (0, 3, 1, 2),
+                                   "bhds": (0, 2, 1, 3)}[L.order]},
                          "_from_ane")
         out = t if t.type.shape == v.type.shape else self.add("reshape", [t], {"shape": v.type.shape}, "_logical")
         self.node = keep
@@ -259,7 +261,7 @@ class Ctx:
         if len(shape) > 4:
             return None
         s4 = (1,) * (4 - len(shape)) + tuple(shape)
-        if L.view is not None:
+        if L.view is not None or L.order not in ("bhsd", "bshd"):
             return None
         ha = L.head_axis
         full = L.shape

@@ -31,15 +31,33 @@ EINSUM = {"equation": "nchw,nwhu->nchu"}  # MIL's einsum form: contracts x's las
 
 
 def heads_swap(c: Ctx, n, L: Heads):
-    """``transpose(x, (0, 1, 3, 2))`` of (B, h, S, d) heads: (B, h, d, S) heads."""
-    if L.order != "bhsd" or L.pad or L.view is not None:
+    """``transpose(x, (0, 1, 3, 2))`` of (B, h, S, d) heads: the same parts seen as (B, h, d, S)
+    (and back): no data moves until a product needs the other orientation."""
+    if L.order not in ("bhsd", "bhds") or L.view is not None:
         return None
-    parts = [c.add("transpose", [p], {"perm": (0, 3, 2, 1)}, f"_h{i}") for i, p in enumerate(L.parts)]
-    return {n.out: Heads(tuple(parts), L.B, L.d, L.S, "bhsd")}
+    return {n.out: Heads(L.parts, L.B, L.S, L.d, "bhds" if L.order == "bhsd" else "bhsd", L.whole, L.pad)}
+
+
+def _oriented(c: Ctx, L: Heads, want: str) -> list:
+    """``L``'s parts as [B, d, 1, S] of the orientation ``want`` ("bhsd": as held; "bhds": each part
+    transposed (0, 3, 2, 1), once per part)."""
+    if L.order == want:
+        return list(L.parts)
+    return [c.memo(("swap", p), lambda p=p: c.add("transpose", [p], {"perm": (0, 3, 2, 1)}, f"_T{i}"))
+            for i, p in enumerate(L.parts)]
+
+
+def as_bhsd(c: Ctx, L: Heads) -> Heads:
+    """``L`` held as (B, h, S, d) heads (a (B, h, d, S) view's parts transposed, once each)."""
+    if L.order == "bhsd":
+        return L
+    B, h, S, d = L.shape
+    return Heads(tuple(_oriented(c, L, "bhsd")), B, S, d, "bhsd")
 
 
 def heads_matmul(c: Ctx, n):
-    """``matmul(a, b)`` of (B, h, M, K) and (B, h, K, N) heads: one einsum per head."""
+    """``matmul(a, b)`` of (B, h, M, K) and (B, h, K, N) heads: one einsum per head,
+    ``einsum(b_i [B, N, 1, K], a_i [B, K, 1, M])`` = [B, N, 1, M]."""
     if n.attrs.get("transpose_x") or n.attrs.get("transpose_y") or any(x.type.rank != 4 for x in n.inputs):
         return None
     ops = []
@@ -47,20 +65,52 @@ def heads_matmul(c: Ctx, n):
         L = c.lay.get(x)
         if L is None and x not in c.consts and x.type.shape[1] > 1:
             L = c.heads_of(x)  # a head tensor made outside the layout (one conversion)
-        if not isinstance(L, Heads) or L.order != "bhsd" or L.pad or L.view is not None:
+        if not isinstance(L, Heads) or L.order not in ("bhsd", "bhds") or L.pad or L.view is not None:
             return None
         ops.append(L)
     a, b = ops
-    if a.h != b.h or a.d != b.S or a.B != b.B:
+    (B, h, M, K), (B2, h2, K2, N) = a.shape, b.shape
+    if (B, h) != (B2, h2) or K != K2:
         return None
-    parts = [c.add("einsum", [pb, pa], EINSUM, f"_h{i}") for i, (pa, pb) in enumerate(zip(a.parts, b.parts))]
-    return {n.out: Heads(tuple(parts), a.B, a.S, b.d, "bhsd")}
+    ya = _oriented(c, a, "bhsd")  # [B, K, 1, M]
+    xb = _oriented(c, b, "bhsd")  # [B, N, 1, K]
+    parts = [c.add("einsum", [pb, pa], EINSUM, f"_h{i}") for i, (pa, pb) in enumerate(zip(ya, xb))]
+    return {n.out: Heads(tuple(parts), B, M, N, "bhsd")}
+
+
+def heads_from_channels(c: Ctx, n):
+    """``reshape`` of a channels-first map (B, C, H, W) (a conv's output) into heads
+    (B, h, C/h, H*W): its channels split into h parts [B, C/h, 1, H*W], seen as (B, h, d, S)
+    (EfficientFormer-v2's attention)."""
+    x = n.inputs[0]
+    want = tuple(n.out.type.shape)
+    if x.type.rank != 4 or len(want) != 4 or x in c.lay or x in c.consts:
+        return None
+    B, C, H, W = x.type.shape
+    if want[0] != B or want[1] * want[2] != C or want[3] != H * W or want[1] < 2:
+        return None
+    h, d = want[1], want[2]
+    flat = c.add("reshape", [c.logical(x)], {"shape": (B, C, 1, H * W)}, "_cf")
+    parts = tuple(c.add("split", [flat], {"split_sizes": (d,) * h, "axis": 1}, "_heads", outs=h))
+    return {n.out: Heads(parts, B, H * W, d, "bhds", whole=flat)}
+
+
+def heads_to_channels(c: Ctx, n, L: Heads):
+    """``reshape`` of (B, h, d, S) heads into a channels-first map (B, h*d, H, W), H*W = S: the
+    parts joined on channels (the logical value itself: no transpose)."""
+    want = tuple(n.out.type.shape)
+    if L.order != "bhds" or L.pad or L.view is not None or len(want) != 4:
+        return None
+    if want[:2] != (L.B, L.h * L.d) or want[2] * want[3] != L.S:
+        return None
+    joined = L.parts[0] if L.h == 1 else c.add("concat", L.parts, {"axis": 1}, "_merge")
+    return {n.out: c.add("reshape", [joined], {"shape": want}, "_map")}
 
 
 def heads_softmax(c: Ctx, n, L: Heads):
     """``softmax`` over the last axis of heads: over axis 1 of every part."""
     rank = len(L.shape)
-    if L.order == "bsdh" or n.attrs.get("axis", -1) % rank != rank - 1 or L.pad:
+    if L.order not in ("bhsd", "bshd") or n.attrs.get("axis", -1) % rank != rank - 1 or L.pad:
         return None
     parts = [c.add("softmax", [p], {**n.attrs, "axis": 1}, f"_h{i}") for i, p in enumerate(L.parts)]
     return {n.out: L.like(parts)}
@@ -88,14 +138,30 @@ def talking_heads(c: Ctx, n, L: Heads):
         return None
     if not all(u.op == "transpose" and tuple(u.attrs["perm"]) == (0, 3, 1, 2) for u in c.users.get(n.out, [])):
         return None
+    return {n.out: _mix_heads(c, L, w, n.inputs[2:], "bsdh")}
+
+
+def heads_conv(c: Ctx, n, L: Heads):
+    """A 1x1 ``conv`` over the head axis of (B, h, S, d) scores (EfficientFormer-v2's talking
+    heads, written as Conv2d on (B, h, N, N)): one 1x1 conv over [B, h, d, S]."""
+    w = c.consts.get(n.inputs[1])
+    a = n.attrs
+    if (L.order != "bhsd" or L.view is not None or w is None or w.shape[2:] != (1, 1) or a.get("groups", 1) != 1
+            or any(a.get("pad") or ()) or any(s != 1 for s in a.get("strides") or ()) or any(b not in c.consts
+                                                                                           for b in n.inputs[2:])):
+        return None
+    return {n.out: _mix_heads(c, L, w, n.inputs[2:], "bhsd")}
+
+
+def _mix_heads(c: Ctx, L: Heads, w, bias, order: str) -> dict | Heads:
     joined = L.parts[0] if L.h == 1 else c.add("concat", L.parts, {"axis": 2}, "_heads")  # [B, d, h, S]
     x = c.add("transpose", [joined], {"perm": (0, 2, 1, 3)}, "_hfirst")  # [B, h, d, S]
-    w4 = c.const(np.ascontiguousarray(w.reshape(w.shape + (1, 1))), "_w1x1")
-    y = c.add("conv", [x, w4] + [c.logical(b) for b in n.inputs[2:]], {"pad": (0, 0, 0, 0)})
+    w4 = c.const(np.ascontiguousarray(w.reshape(w.shape[:2] + (1, 1))), "_w1x1")
+    y = c.add("conv", [x, w4] + [c.logical(b) for b in bias], {"pad": (0, 0, 0, 0)})
     y = c.add("transpose", [y], {"perm": (0, 2, 1, 3)}, "_hback")  # [B, d, h', S]
     h2 = w.shape[0]
     parts = (y,) if h2 == 1 else tuple(c.add("split", [y], {"split_sizes": (1,) * h2, "axis": 2}, "_hsplit", outs=h2))
-    return {n.out: Heads(parts, L.B, L.S, L.d, "bsdh", pad=L.pad)}
+    return Heads(parts, L.B, L.S, L.d, order, pad=L.pad)
 
 
-__all__ = ["heads_swap", "heads_matmul", "heads_softmax", "heads_last", "heads_first", "talking_heads"]
+__all__ = ["as_bhsd", "heads_conv", "heads_from_channels", "heads_to_channels", "heads_swap", "heads_matmul", "heads_softmax", "heads_last", "heads_first", "talking_heads"]

@@ -35,8 +35,12 @@ values, up to float summation order (tests: tests/test_ane_layout.py).
 """
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 
+from tlc.errors import IRError
 from tlc.ir import Graph, Value
 from tlc.ops.linalg import MASK_FILL
 from tlc.ops.norm import REDUCE_OPS, norm_axes
@@ -44,7 +48,8 @@ from tlc.ops.norm import REDUCE_OPS, norm_axes
 from .cleanup import dce
 from .registry import register_pass
 from .ane_forms import BINARY, PAD_SAFE, UNARY, Ctx, Heads, Seq, seed, seq_view
-from .ane_heads import heads_first, heads_last, heads_matmul, heads_softmax, heads_swap, talking_heads
+from .ane_heads import (as_bhsd, heads_conv, heads_first, heads_from_channels, heads_last, heads_matmul, heads_softmax,
+                        heads_swap, heads_to_channels, talking_heads)
 from .ane_masks import float_masks
 from .ane_pad import MISALIGNED_COST
 from .cleanup import merge_layout
@@ -95,13 +100,18 @@ def _linear(c: Ctx, n):
     return {n.out: L.like([y], C=w.shape[0])}
 
 
+def _channels_last(L) -> bool:
+    """Whether ``L`` is a form whose last logical axis is its physical channel axis (axis 1)."""
+    return isinstance(L, Seq) or isinstance(L, Heads) and L.order in ("bhsd", "bshd")
+
+
 def _channel_axis(L, axis: int, rank: int) -> bool:
     return norm_axes([axis], rank)[0] == rank - 1
 
 
 def _norm(c: Ctx, n):
     L = c.lay.get(n.inputs[0]) or seed(c, n)
-    if L is None or tuple(norm_axes(n.attrs["axes"], len(L.shape))) != (len(L.shape) - 1,):
+    if not _channels_last(L) or tuple(norm_axes(n.attrs["axes"], len(L.shape))) != (len(L.shape) - 1,):
         return None
     if L.pad and not n.attrs.get("epsilon", 1e-5) > 0:
         return None  # a zero-filled padding position would divide 0 by 0
@@ -115,7 +125,7 @@ def _reduce(c: Ctx, n):
     """A reduction over the channel axis (C of tokens, d of heads; F.normalize's norm) per part."""
     L = c.lay.get(n.inputs[0])
     axes = n.attrs.get("axes")
-    if L is None or axes is None or not n.attrs.get("keep_dims") or len(n.inputs) != 1:
+    if not _channels_last(L) or axes is None or not n.attrs.get("keep_dims") or len(n.inputs) != 1:
         return None
     if tuple(norm_axes(axes, len(L.shape))) != (len(L.shape) - 1,):
         return None
@@ -135,7 +145,7 @@ def _softmax(c: Ctx, n):
 
 def _split(c: Ctx, n):
     L = c.lay.get(n.inputs[0])
-    if L is None or not _channel_axis(L, n.attrs["axis"], len(L.shape)):
+    if not _channels_last(L) or not _channel_axis(L, n.attrs["axis"], len(L.shape)):
         return None
     if isinstance(L, Heads):  # per head (LeViT's q, k, v packed in each head's channels)
         per = [c.add("split", [p], {**n.attrs, "axis": 1}, f"_h{i}", outs=len(n.outputs)) for i, p in enumerate(L.parts)]
@@ -147,7 +157,7 @@ def _split(c: Ctx, n):
 def _slice(c: Ctx, n):
     L = c.lay.get(n.inputs[0])
     a = n.attrs
-    if L is None or a.get("squeeze_mask") and any(a["squeeze_mask"]) or a.get("flip"):
+    if not _channels_last(L) or a.get("squeeze_mask") and any(a["squeeze_mask"]) or a.get("flip"):
         return None
     full = L.shape
     cut = [k for k in range(len(full)) if (a["begin"][k], a["end"][k], a["stride"][k]) != (0, full[k], 1)]
@@ -163,7 +173,7 @@ def _slice(c: Ctx, n):
 
 def _concat(c: Ctx, n):
     lays = [c.lay[v] for v in n.inputs if v in c.lay]
-    if not lays:
+    if not lays or not all(_channels_last(M) for M in lays):
         return None
     L = lays[0]
     rank = len(L.shape)
@@ -259,6 +269,8 @@ def _reshape(c: Ctx, n):
         if view is not False:  # the same tokens seen flat, as a (B, H, W, C) map, or sequence-first
             return {n.out: Seq(L.phys, B, S, C, view, L.pad)}
         return None
+    if isinstance(L, Heads) and L.order == "bhds":
+        return heads_to_channels(c, n, L)
     if isinstance(L, Heads):
         B, S = L.B, L.S
         if L.order == "bshd" and seq_view(want, B, S, L.h * L.d) is not False:
@@ -266,6 +278,8 @@ def _reshape(c: Ctx, n):
             return {n.out: Seq(phys, B, S, L.h * L.d, seq_view(want, B, S, L.h * L.d), L.pad)}
         M = L.viewed(want)  # B = 1: unit axes inserted or dropped
         return {n.out: M} if M is not None else None
+    if L is None and heads_from_channels(c, n) is not None:
+        return heads_from_channels(c, n)
     if (x.type.rank == 3 and want == (x.type.shape[0] * x.type.shape[1], x.type.shape[2]) and x not in c.consts
             and any(u.op == "linear" for u in c.users.get(n.out, []))):  # tokens flattened for a linear (GPT-2's Conv1D)
         return {n.out: c.seed_seq(x, flat=True)}
@@ -340,10 +354,12 @@ def _keys_transposed(c: Ctx, k: Heads) -> list[Value]:
 
 
 def _sdpa(c: Ctx, n):
-    if any(x.type.rank != 4 or (x in c.lay and not (isinstance(c.lay[x], Heads) and c.lay[x].order == "bhsd"))
+    if any(x.type.rank != 4 or (x in c.lay and not (isinstance(c.lay[x], Heads) and c.lay[x].order in ("bhsd", "bhds")
+                                                    and c.lay[x].view is None and not (c.lay[x].order == "bhds"
+                                                                                       and c.lay[x].pad)))
            for x in n.inputs[:3]):
         return None
-    q, k, v = (c.lay[x] if x in c.lay else c.heads_of(x) for x in n.inputs[:3])
+    q, k, v = (as_bhsd(c, c.lay[x]) if x in c.lay else c.heads_of(x) for x in n.inputs[:3])
     if k.h != v.h or q.h % k.h or k.S != v.S or k.pad != v.pad:
         return None
     dt = n.out.type.dtype
@@ -373,13 +389,20 @@ def _sdpa(c: Ctx, n):
 
 RULES = {"linear": _linear, "layer_norm": _norm, "rms_norm": _norm, "softmax": _softmax, "split": _split,
          "slice_by_index": _slice, "concat": _concat, "transpose": _transpose, "reshape": _reshape,
-         "scaled_dot_product_attention": _sdpa, "matmul": heads_matmul, **{o: _unary for o in UNARY}, **{o: _binary for o in BINARY},
+         "scaled_dot_product_attention": _sdpa, "matmul": heads_matmul,
+         "conv": lambda c, n: heads_conv(c, n, c.lay[n.inputs[0]]) if isinstance(c.lay.get(n.inputs[0]), Heads) else None, **{o: _unary for o in UNARY}, **{o: _binary for o in BINARY},
          **{o: _reduce for o in REDUCE_OPS}}
 
 
 def has_attention(g: Graph) -> bool:
-    """Whether ``g`` holds rank-4 attention (what makes :func:`ane_transformer` fire)."""
-    return any(n.op == "scaled_dot_product_attention" and n.inputs[0].type.rank == 4 for n in g.nodes)
+    """Whether ``g`` holds rank-4 attention (what makes :func:`ane_transformer` fire): fused
+    ``scaled_dot_product_attention``, or a softmax over the last axis of a head tensor that a
+    rank-4 matmul over heads computes (explicit attention, passes/ane_heads.py)."""
+    if any(n.op == "scaled_dot_product_attention" and n.inputs[0].type.rank == 4 for n in g.nodes):
+        return True
+    heads_mm = any(n.op == "matmul" and n.out.type.rank == 4 and n.out.type.shape[1] > 1 for n in g.nodes)
+    return heads_mm and any(n.op == "softmax" and n.out.type.rank == 4 and n.attrs.get("axis", -1) in (-1, 3)
+                            for n in g.nodes)
 
 
 @register_pass("layout::ane_transformer")
@@ -396,7 +419,8 @@ def ane_transformer(g: Graph, *, misaligned_cost: float = MISALIGNED_COST) -> Gr
             %a_i = einsum(%v_j, %p_i)                                             ; [B, d, 1, Sq]
             %o = conv(concat(%a_0, .., %a_{h-1}, axis=1), Wo[:, :, None, None])
     Fires only when the graph has rank-4 ``scaled_dot_product_attention``; ``tlc.build`` runs it
-    for ``target="ane"`` only. ``misaligned_cost``: a sequence whose length is not a multiple of
+    for ``target="ane"`` only. A form the pass cannot rebuild leaves the graph as traced (a
+    warning; under ``TLC_VERIFY``/``TLC_DEBUG`` the error is raised). ``misaligned_cost``: a sequence whose length is not a multiple of
     32 (64 bytes of fp16, Apple neural_engine_rules.md L23) is padded up to one when the padded
     program costs less, an op on a misaligned axis counted this many times its FLOPs
     (:mod:`tlc.passes.ane_pad`: ViT-B/16's 197 -> 224, ViT-B/32's 50 -> 64, a 7x7 window's
@@ -405,6 +429,16 @@ def ane_transformer(g: Graph, *, misaligned_cost: float = MISALIGNED_COST) -> Gr
     """
     if not has_attention(g):
         return g
+    try:
+        return _layout(g, misaligned_cost)
+    except (IRError, ValueError) as e:  # a form this pass mis-reads: the graph as traced is still right
+        if os.environ.get("TLC_VERIFY") or os.environ.get("TLC_DEBUG"):
+            raise
+        warnings.warn(f"layout::ane_transformer left the graph as traced: {e}", stacklevel=2)
+        return g
+
+
+def _layout(g: Graph, misaligned_cost: float) -> Graph:
     g = float_masks(g)  # bool/int32 mask logic as float arithmetic (passes/ane_masks.py)
     c = Ctx(g, misaligned_cost)
     for v in g.inputs:
@@ -418,7 +452,8 @@ def ane_transformer(g: Graph, *, misaligned_cost: float = MISALIGNED_COST) -> Gr
         if rule is not None and all(x.type.is_static for x in n.inputs):
             got = rule(c, n)
         if got:
-            c.lay.update(got)
+            for v, form in got.items():  # a layout, or (ane_heads.heads_to_channels) the logical value itself
+                (c.env if isinstance(form, Value) else c.lay)[v] = form
             continue
         new = c.b.add(n.op, [c.logical(v) for v in n.inputs], dict(n.attrs), name=n.name, loc=n.loc)
         c.env.update(zip(n.outputs, new.outputs))

@@ -19,7 +19,8 @@ attention with one side on S. At the default 2.0 this pads ViT-B/16 (197 -> 224,
 ViT-B/32 (50 -> 64, r = 1.28), Swin's 7x7 windows (49 -> 64) and Whisper (1500 -> 1504), and
 leaves short sequences alone (12 -> 32: r = 2.7). A sequence that an explicit attention product
 reads (matmul -> softmax -> matmul left unfused, laid out by passes/ane_heads.py) is not padded:
-its padded keys would sit unmasked on the scores' channel axis.
+its padded keys would sit unmasked on the scores' channel axis; nor is one that q·kᵀ contracts
+over (XCiT's attention over channels sums over the tokens).
 
 Apple publishes no figure for what a misaligned axis costs; 2.0 is an assumption (the ANE stores
 a misaligned axis padded to its 64-byte boundary, so it does the padded work anyway, and Core ML
@@ -70,6 +71,7 @@ class PadPolicy:
                 continue
             if n.op == "scaled_dot_product_attention" and n.inputs[0].type.rank == 4:
                 sq, sk = n.inputs[0].type.shape[2], n.inputs[1].type.shape[2]
+                self.unpadded.add(n.inputs[0].type.shape[3])  # contracted in q·kᵀ (XCiT: the tokens)
                 f = _flops(n)
                 if sq == sk:
                     self.quad[sq] = self.quad.get(sq, 0) + f
