@@ -34,6 +34,8 @@ import numpy as np
 from tlc.ir import Graph, GraphBuilder, Value
 from tlc.ops.linalg import MASK_FILL
 
+from .rewrite import dce
+
 VIEWS = {"reshape", "transpose", "expand_dims", "squeeze", "tile", "slice_by_index", "concat"}
 LOGICAL = {"logical_and": "mul", "logical_or": "maximum"}
 INTS = ("bool", "int32")
@@ -144,4 +146,4 @@ def float_masks(g: Graph) -> Graph:
             ins[3] = b.add("mul", [off, t.scalar(-MASK_FILL, n)], {}, name=n.name + "_maskadd", loc=n.loc).out
         new = b.add(n.op, ins, dict(n.attrs), name=n.name, loc=n.loc)
         env.update(zip(n.outputs, new.outputs))
-    return b.build([env[v] for v in g.outputs], g.output_names)
+    return dce(b.build([env[v] for v in g.outputs], g.output_names))

@@ -232,14 +232,14 @@ def test_unpack_qkv_fires_and_keeps_numbers():
 def test_bias_and_window_rules_must_not_fire():
     """Two adds of constants where the first sum is read elsewhere; a view that does not only split
     the leading axis."""
-    c1, c2 = torch.randn(4, 4), torch.randn(4, 4)
+    c1, c2, c3 = torch.randn(4, 4), torch.randn(4, 4), torch.randn(2, 4)
 
     def shared(s):
         a = s + c1
         return a + c2, a
 
     def not_leading(s):
-        return (s.view(2, 2, 2, 4) + c1.view(2, 4)).view(2, 4, 4)
+        return (s.view(2, 2, 2, 4) + c3).view(2, 4, 4)
 
     for fn, x in ((shared, torch.randn(2, 4, 4)), (not_leading, torch.randn(2, 4, 4))):
         g = _trace(fn, x)
