@@ -20,8 +20,9 @@ default ``target="ane"`` build of this tree ("after") and, with ``--base REV``, 
 the emitted program (the IR the package is built from; ``tlc build --report``'s figures): per
 efficiency rule the ops breaking it and their FLOP share, ``linear`` ops on token tensors
 (rank >= 3 input: inside blocks; a classifier head on (B, C) is not counted), rank-5 ops, ops not
-predicted on the ANE, transitions (edges between ops on and off the ANE), ops left to tlc's
-fallback runtime, build seconds, and the error of a build that fails.
+predicted on the ANE, transitions (edges between ops on and off the ANE; also with
+``io_dtype="float16"``, where no fp32 output cast is needed), ops left to tlc's fallback runtime,
+build seconds, and the error of a build that fails.
 
 Run::
 
@@ -118,11 +119,20 @@ def survey_one(name: str) -> dict:
         kinds[o.op] = kinds.get(o.op, 0) + 1
     row["not_on_ane"] = len(off)
     row["off_kinds"] = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
-    on = {o.name: o.on_ane for o in rep.ops}  # transitions, computed here so that an older tlc is measured alike
-    row["transitions"] = sum(on[i] != o.on_ane for o in rep.ops for i in o.inputs if i in on)
+    row["transitions"] = _transitions(rep)
+    try:  # fp16 inputs/outputs: no fp32 casts at the outputs (the edges left are the inputs')
+        row["transitions_io16"] = _transitions(cm.with_options(io_dtype="float16").report())
+    except Exception as e:  # noqa: BLE001
+        row["transitions_io16"] = f"{type(e).__name__}"
     row["fallback_ops"] = len(cm.fallback_ops())
     row["gflop"] = round(rep.total_flops / 1e9, 2)
     return row
+
+
+def _transitions(rep) -> int:
+    """Edges between ops on and off the ANE, computed here so that an older tlc is measured alike."""
+    on = {o.name: o.on_ane for o in rep.ops}
+    return sum(on[i] != o.on_ane for o in rep.ops for i in o.inputs if i in on)
 
 
 def _survey_side(name: str, site: Path | None, tmp: Path, side: str) -> dict:
@@ -151,7 +161,7 @@ def survey(models: list[str], base: str | None, json_out: str | None) -> int:
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     cols = ["model", "side", "gflop", "block_linear", "head_batched_matmul", "fused_sdpa", "rank5_ops", "rank6_ops",
-            "last_axis_alignment", "not_on_ane", "transitions", "fallback_ops", "s"]
+            "last_axis_alignment", "not_on_ane", "transitions", "transitions_io16", "fallback_ops", "s"]
     print("| " + " | ".join(cols) + " | ops not on the ANE |")
     print("|" + "---|" * (len(cols) + 1))
     for r in rows:

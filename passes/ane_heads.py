@@ -108,11 +108,19 @@ def heads_to_channels(c: Ctx, n, L: Heads):
 
 
 def heads_softmax(c: Ctx, n, L: Heads):
-    """``softmax`` over the last axis of heads: over axis 1 of every part."""
+    """``softmax`` over the last axis of heads: over axis 1 of every part; over the sequence axis
+    of (B, h, S, d) heads (CoaT's keys, softmax over tokens): over axis 3 of every part."""
     rank = len(L.shape)
-    if L.order not in ("bhsd", "bshd") or n.attrs.get("axis", -1) % rank != rank - 1 or L.pad:
+    ax = n.attrs.get("axis", -1) % rank
+    if L.view is not None or L.pad or rank != 4:
         return None
-    parts = [c.add("softmax", [p], {**n.attrs, "axis": 1}, f"_h{i}") for i, p in enumerate(L.parts)]
+    if L.order in ("bhsd", "bshd") and ax == 3:
+        phys = 1
+    elif L.order == "bhsd" and ax == 2 or L.order == "bhds" and ax == 3:
+        phys = 3
+    else:
+        return None
+    parts = [c.add("softmax", [p], {**n.attrs, "axis": phys}, f"_h{i}") for i, p in enumerate(L.parts)]
     return {n.out: L.like(parts)}
 
 

@@ -396,13 +396,12 @@ RULES = {"linear": _linear, "layer_norm": _norm, "rms_norm": _norm, "softmax": _
 
 def has_attention(g: Graph) -> bool:
     """Whether ``g`` holds rank-4 attention (what makes :func:`ane_transformer` fire): fused
-    ``scaled_dot_product_attention``, or a softmax over the last axis of a head tensor that a
-    rank-4 matmul over heads computes (explicit attention, passes/ane_heads.py)."""
+    ``scaled_dot_product_attention``, or a rank-4 softmax beside a rank-4 matmul over heads
+    (explicit attention, passes/ane_heads.py)."""
     if any(n.op == "scaled_dot_product_attention" and n.inputs[0].type.rank == 4 for n in g.nodes):
         return True
     heads_mm = any(n.op == "matmul" and n.out.type.rank == 4 and n.out.type.shape[1] > 1 for n in g.nodes)
-    return heads_mm and any(n.op == "softmax" and n.out.type.rank == 4 and n.attrs.get("axis", -1) in (-1, 3)
-                            for n in g.nodes)
+    return heads_mm and any(n.op == "softmax" and n.out.type.rank == 4 for n in g.nodes)
 
 
 @register_pass("layout::ane_transformer")

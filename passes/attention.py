@@ -18,6 +18,8 @@ left as traced:
 * :func:`scale_queries` -- scores scaled per head (SwinV2's logit scale) scale the queries instead;
 * :func:`drop_broadcast_tile` -- a ``tile`` that only materializes a broadcast for an elementwise op
   (``F.normalize``'s ``expand_as``) is dropped;
+* :func:`fold_batch_axes` -- attention over extra batch axes (NesT's blocks, Hiera's mask units:
+  rank-5 q, k, v) as rank-4 attention over merged batch axes;
 * :func:`merge_bias_adds` -- scores + relative-position bias + window mask (two constant adds,
   Swin, BEiT) become one add of their sum, so the attention fusion sees one additive bias;
 * :func:`fold_window_view_add` -- torchvision Swin's shifted-window mask, added through a rank-5
@@ -158,8 +160,7 @@ def unpack_qkv(m: Match):
     return yi if yi.type.shape == rs else m.add("reshape", [yi], {"shape": rs}, name=name)
 
 
-UNPACK = Pat(("squeeze", "reshape", "slice_by_index", "expand_dims", "transpose"),
-             where=lambda n: len(n.outputs) == 1 and n.out.type.rank <= 4)
+UNPACK = Pat(("squeeze", "reshape", "slice_by_index", "expand_dims", "transpose"), where=lambda n: len(n.outputs) == 1)
 
 
 # ---------------------------------------------------------------------------- per-head scales
@@ -206,6 +207,42 @@ def drop_broadcast_tile(m: Match):
         return None
     ins = [src if v is t.out else v for v in op.inputs]
     return m.add(op.op, ins, dict(op.attrs), name=op.name)
+
+
+# ------------------------------------------------------------------------------- batch axes
+
+
+def fold_batch_axes(m: Match):
+    """Attention over more than one batch axis besides the heads (NesT's blocks, Hiera's mask units:
+    q (B, h, T, N, d)) as rank-4 attention over (B*T, h, N, d).
+
+    Given:  %a: [B, h, T, N, d] = scaled_dot_product_attention(%q, %k, %v)
+    Result: %x4 = reshape(transpose(%x, (0, 2, 1, 3, 4)), (B*T, h, N, d)) for x in q, k, v
+            %a = transpose(reshape(scaled_dot_product_attention(%q4, %k4, %v4), (B, T, h, N, d)), (0, 2, 1, 3, 4))
+    Fires only for rank >= 5 inputs of one batch shape and no mask, or a mask of rank <= 2.
+    """
+    n = m.root
+    q, k, v = n.inputs[:3]
+    r = q.type.rank
+    if r < 5 or k.type.rank != r or v.type.rank != r or not q.type.is_static:
+        return None
+    if q.type.shape[:-2] != k.type.shape[:-2] or k.type.shape[:-2] != v.type.shape[:-2]:
+        return None
+    if len(n.inputs) == 4 and n.inputs[3].type.rank > 2:
+        return None
+    perm = (0,) + tuple(range(2, r - 2)) + (1, r - 2, r - 1)  # heads next to the matrices
+    h = q.type.shape[1]
+    lead = int(np.prod([q.type.shape[a] for a in perm[:r - 3]]))
+
+    def four(x, tag):
+        t = m.add("transpose", [x], {"perm": perm}, name=f"{n.name}_{tag}_b")
+        return m.add("reshape", [t], {"shape": (lead, h) + tuple(x.type.shape[-2:])}, name=f"{n.name}_{tag}_4")
+
+    ins = [four(q, "q"), four(k, "k"), four(v, "v")] + list(n.inputs[3:])
+    a = m.add("scaled_dot_product_attention", ins, dict(n.attrs), name=n.name + "_4")
+    moved = tuple(n.out.type.shape[p] for p in perm)
+    a = m.add("reshape", [a], {"shape": moved}, name=n.name + "_b")
+    return m.add("transpose", [a], {"perm": tuple(int(i) for i in np.argsort(perm))}, name=n.name)
 
 
 # ------------------------------------------------------------------------------ additive biases
@@ -318,6 +355,7 @@ def interleave_stack(m: Match):
 
 
 RULES = [(UNPACK, unpack_qkv),
+    (Pat("scaled_dot_product_attention"), fold_batch_axes),
     (Pat("mul", (Pat("matmul", name="mm"), const("c")), commutative=True), scale_queries),
     (Pat(BINARY, (Pat("tile", name="t"), None), commutative=True), drop_broadcast_tile),
     (Pat("reshape", (Pat("concat", name="cat"),)), interleave_stack),

@@ -226,12 +226,14 @@ def fold_rank(g: Graph) -> Graph:
             %w: fp32[4,16,8] = reshape(%p)
     Result: %v: fp32[2,4,2,32] = reshape(%x) ; %p: fp32[2,2,4,32] = transpose(%v, perm=(0,2,1,3))
             %w: fp32[4,16,8] = reshape(%p)
-    A rank-5 transpose that moves every axis (MaxViT's grid partition (gh, wh, gw, ww, C) ->
-    (wh, ww, gh, gw, C)) becomes two transposes of rank <= 4 (:func:`_split_rank5_transposes`).
+    A transpose of rank >= 5 left after that (one that moves every axis: MaxViT's grid partition
+    (gh, wh, gw, ww, C) -> (wh, ww, gh, gw, C), Hiera's unroll) becomes transposes of rank <= 4
+    (:func:`_split_rank5_transposes`), and what it left at rank > 5 is folded again.
     A region that cannot be rebuilt (an op's type rule rejects the merged shapes) is left as
     traced; the pass never raises for a graph it cannot fold.
     """
-    return _split_rank5_transposes(_fold_high(g))
+    g2 = _split_rank5_transposes(_fold_high(g))
+    return _fold_high(g2) if g2 is not g else g
 
 
 def _fold_high(g: Graph) -> Graph:
@@ -272,23 +274,50 @@ def _runs(target: list[int], cur: list[int]) -> list[list[int]]:
     return out
 
 
-def _transpose_steps(perm: tuple[int, ...]) -> list[list[int]] | None:
+def _transpose_steps(perm: tuple[int, ...]) -> list[list[int]]:
     """Orders (lists of axis ids) that take the identity to ``perm`` in steps each moving at most
-    4 runs of axes (one transpose of rank <= 4 per step); None if two steps cannot."""
+    4 runs of axes (one transpose of rank <= 4 per step). One step when ``perm`` has at most 4
+    runs; else two where an intermediate order allows (searched for up to 6 axes: MaxViT's
+    grid); else one step per run moved into place (the placed prefix, the run, what was before
+    and after it: at most 4 runs), consecutive steps merged while they still move at most 4."""
     ident = list(range(len(perm)))
-    if len(_runs(list(perm), ident)) <= 4:
-        return [list(perm)]
-    for mid in itertools.permutations(ident):
-        mid = list(mid)
-        if len(_runs(mid, ident)) <= 4 and len(_runs(list(perm), mid)) <= 4:
-            return [mid, list(perm)]
-    return None
+    target = list(perm)
+    if len(_runs(target, ident)) <= 4:
+        return [target]
+    if len(perm) <= 6:
+        for mid in itertools.permutations(ident):
+            mid = list(mid)
+            if len(_runs(mid, ident)) <= 4 and len(_runs(target, mid)) <= 4:
+                return [mid, target]
+    steps, cur = [], ident
+    while cur != target:
+        i = next(k for k in range(len(cur)) if cur[k] != target[k])
+        j = i + 1
+        while j < len(target) and cur.index(target[j]) == cur.index(target[j - 1]) + 1:
+            j += 1
+        moved = target[i:j]
+        cur = target[:i] + moved + [a for a in cur if a not in target[:j]]
+        steps.append(cur)
+    merged = [steps[0]]
+    for order in steps[1:]:
+        before = merged[-2] if len(merged) > 1 else ident
+        if len(_runs(order, before)) <= 4:
+            merged[-1] = order
+        else:
+            merged.append(order)
+    return merged
 
 
 def _split_rank5_transposes(g: Graph) -> Graph:
-    """Every rank-5 transpose as transposes of rank <= 4 of merged axes (module docstring of
-    :func:`fold_rank`); the reshapes around them are merged with their neighbours afterwards."""
-    todo = [n for n in g.nodes if n.op == "transpose" and n.inputs[0].type.rank == MAX_RANK and n.inputs[0].type.is_static]
+    """Every transpose of rank >= 5 (up to 8 non-unit axes) as transposes of rank <= 4 of merged
+    axes (:func:`_transpose_steps`; module docstring of :func:`fold_rank`); the reshapes around
+    them are merged with their neighbours afterwards. A transpose of a graph input or into a
+    graph output is left alone (its rank is the model's I/O contract), and so is one of rank > 5
+    read by anything but reshapes (its result would stay at rank > 5)."""
+    users = g.users()
+    todo = [n for n in g.nodes if n.op == "transpose" and n.inputs[0].type.rank >= MAX_RANK and n.inputs[0].type.is_static
+            and n.inputs[0] not in g.inputs and n.out not in g.outputs
+            and (n.out.type.rank <= MAX_RANK or all(u.op == "reshape" for u in users.get(n.out, [])))]
     if not todo:
         return g
     b = GraphBuilder(dict(g.meta))
@@ -300,7 +329,7 @@ def _split_rank5_transposes(g: Graph) -> Graph:
         if n in todo:
             ids = [a for a in range(x.type.rank) if x.type.shape[a] != 1]
             perm = [a for a in n.attrs["perm"] if x.type.shape[a] != 1]
-            steps = _transpose_steps(tuple(ids.index(a) for a in perm))
+            steps = _transpose_steps(tuple(ids.index(a) for a in perm)) if len(ids) <= 8 else None
         if steps is None:
             new = b.add(n.op, [env[v] for v in n.inputs], dict(n.attrs), name=n.name, loc=n.loc)
             env.update(zip(n.outputs, new.outputs))

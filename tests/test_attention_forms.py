@@ -145,6 +145,21 @@ class LeViTAttention(nn.Module):
         return self.proj(F.hardswish((a @ v).transpose(1, 2).reshape(B, N, self.h * self.val)))
 
 
+class BlockAttention(nn.Module):
+    """timm NesT: tokens grouped in blocks (B, T, N, C); packed qkv at rank 6, attention at rank 5
+    (B, h, T, N, d) -- the blocks are one more batch axis."""
+
+    def __init__(self, dim=32, heads=2):
+        super().__init__()
+        self.h, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, T, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, T, N, 3, self.h, C // self.h).permute(3, 0, 4, 1, 2, 5).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.permute(0, 2, 3, 4, 1).reshape(B, T, N, C))
+
+
 def _case(name):
     torch.manual_seed(0)
     if name == "vit":
@@ -153,6 +168,8 @@ def _case(name):
         return ViT(rel_bias=True).eval(), (torch.randn(1, 3, 28, 28),)
     if name == "swin":
         return SwinBlock().eval(), (torch.randn(1, 14, 14, 32),)
+    if name == "nest":
+        return BlockAttention().eval(), (torch.randn(1, 4, 16, 32),)
     return LeViTAttention().eval(), (torch.randn(1, 49, 64),)
 
 
@@ -160,7 +177,7 @@ def _ranks(g):
     return {v.type.rank for n in g.nodes for v in list(n.inputs) + list(n.outputs)}
 
 
-@pytest.mark.parametrize("name", ["vit", "beit", "swin", "levit"])
+@pytest.mark.parametrize("name", ["vit", "beit", "swin", "levit", "nest"])
 def test_forms_are_laid_out_and_keep_numbers(name, tmp_path):
     m, args = _case(name)
     before = tlc.build(m, args, precision="fp32", skip_passes=["layout::ane_transformer", "canon::attention"])
@@ -244,6 +261,14 @@ def test_bias_and_window_rules_must_not_fire():
     for fn, x in ((shared, torch.randn(2, 4, 4)), (not_leading, torch.randn(2, 4, 4))):
         g = _trace(fn, x)
         assert _pass("canon::attention", g).op_histogram() == g.op_histogram()
+
+
+def test_batch_axes_must_not_fire_with_a_batched_mask():
+    def masked(q, m):
+        return F.scaled_dot_product_attention(q, q, q, attn_mask=m)
+
+    g = _trace(masked, torch.randn(1, 2, 3, 4, 8), torch.randn(1, 2, 3, 4, 4))
+    assert _pass("canon::attention", g).op_histogram() == g.op_histogram()
 
 
 def test_key_transpose_must_not_fire_on_plain_swaps():
