@@ -360,6 +360,10 @@ def _sdpa(c: Ctx, n):
            for x in n.inputs[:3]):
         return None
     q, k, v = (as_bhsd(c, c.lay[x]) if x in c.lay else c.heads_of(x) for x in n.inputs[:3])
+    if k.pad != v.pad and k.S == v.S and (n.inputs[1] not in c.lay or n.inputs[2] not in c.lay):
+        pad = max(k.pad, v.pad)  # keys or values from outside the layout (EVA's RoPE): padded like the others
+        k, v = (L if L.pad == pad else Heads(tuple(c.padded(p, pad) for p in L.parts), L.B, L.S, L.d, L.order, pad=pad)
+                for L in (k, v))
     if k.h != v.h or q.h % k.h or k.S != v.S or k.pad != v.pad:
         return None
     dt = n.out.type.dtype
