@@ -28,6 +28,7 @@ Run::
 
     python benchmarks/bench_ane_layout.py [--models bert,gpt2] [--no-coremltools] [--json FILE]
     python benchmarks/bench_ane_layout.py --survey [--base main] [--models vit_b16,swin_t] [--json FILE]
+    python benchmarks/bench_ane_layout.py --table FILE [FILE ...]   # the table of saved survey runs
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ import tlc  # noqa: E402
 from tlc.check.lint import lint  # noqa: E402
 
 from bench_spine import MODELS  # noqa: E402
-from survey_models import HF, SURVEY, make as make_survey  # noqa: E402
+from survey_models import HF, SURVEY, make as make_survey, vision  # noqa: E402
 
 ZOO = ["bert", "distilbert", "gpt2", "vit", "minilm", "whisper_enc"]
 RULES = ["linear_bsc", "fused_sdpa", "head_batched_matmul", "rank5", "last_axis_alignment"]
@@ -93,6 +94,7 @@ SURVEY_RULES = ["linear_bsc", "fused_sdpa", "head_batched_matmul", "rank5", "las
 
 def survey_one(name: str) -> dict:
     """One survey model built by the ``tlc`` on ``sys.path`` (fp16, target ane); its row."""
+    vision()  # torchvision on the path breaks transformers' import of it unless its op schemas exist
     torch.manual_seed(0)
     model, example = MODELS[name]() if name in MODELS else make_survey(name)
     model.eval()
@@ -160,16 +162,47 @@ def survey(models: list[str], base: str | None, json_out: str | None) -> int:
             row = {"side": side, **_survey_side(name, s, tmp, side)}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    cols = ["model", "side", "gflop", "block_linear", "head_batched_matmul", "fused_sdpa", "rank5_ops", "rank6_ops",
-            "last_axis_alignment", "not_on_ane", "transitions", "transitions_io16", "fallback_ops", "s"]
-    print("| " + " | ".join(cols) + " | ops not on the ANE |")
-    print("|" + "---|" * (len(cols) + 1))
-    for r in rows:
-        tail = r.get("error", r.get("off_kinds", ""))
-        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + f" | {tail} |")
     if json_out:
         Path(json_out).write_text(json.dumps(rows, indent=1) + "\n")
+    print(survey_table(rows))
     return 0
+
+
+#: survey columns: (row key, table heading)
+SURVEY_COLS = [("block_linear", "linear on tokens"), ("head_batched_matmul", "head-batched matmul"),
+               ("fused_sdpa", "fused SDPA"), ("rank5_ops", "rank-5 ops"), ("rank6_ops", "rank > 5 ops"),
+               ("last_axis_alignment", "misaligned (FLOPs)"), ("not_on_ane", "off the ANE"),
+               ("transitions", "transitions"), ("transitions_io16", "transitions, fp16 I/O"),
+               ("fallback_ops", "fallback ops"), ("s", "build s")]
+
+
+def survey_table(rows: list[dict]) -> str:
+    """One markdown row per model, each cell ``before → after`` (later rows of the same model and
+    side replace earlier ones); a failed build shows its error."""
+    by: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by.setdefault(r["model"], {})[r.get("side", "after")] = r
+    lines = ["| model | GFLOP | " + " | ".join(h for _, h in SURVEY_COLS) + " |", "|" + "---|" * (len(SURVEY_COLS) + 2)]
+
+    def cell(r, k):
+        if r is None:
+            return ""
+        if "error" in r:
+            return "fails" if k == SURVEY_COLS[0][0] else ""
+        return str(r.get(k, "")).replace(" (", "&nbsp;(")
+
+    for model, sides in by.items():
+        b, a = sides.get("before"), sides.get("after")
+        gf = (a or b or {}).get("gflop", "")
+        cells = []
+        for k, _ in SURVEY_COLS:
+            cb, ca = cell(b, k), cell(a, k)
+            cells.append(ca if b is None else f"{cb} → {ca}")
+        lines.append(f"| {model} | {gf} | " + " | ".join(cells) + " |")
+        for side, r in sides.items():
+            if r and "error" in r:
+                lines.append(f"|  | {side} fails: {r['error'][:150].replace('|', '/')} |" + " |" * (len(SURVEY_COLS) - 1))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -180,11 +213,15 @@ def main(argv=None) -> int:
     ap.add_argument("--survey", action="store_true", help="the issue-29 survey (module docstring)")
     ap.add_argument("--base", help="survey: git revision measured as 'before'")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # survey: measure one model in this process
+    ap.add_argument("--table", nargs="+", help="survey: print the table of saved --json files (later rows win)")
     a = ap.parse_args(argv)
     if a.one:
         row = survey_one(a.one)
         if a.json:
             Path(a.json).write_text(json.dumps([row]) + "\n")
+        return 0
+    if a.table:
+        print(survey_table([r for f in a.table for r in json.loads(Path(f).read_text())]))
         return 0
     if a.survey:
         return survey((a.models or ",".join(list(SURVEY) + HF)).split(","), a.base, a.json)
