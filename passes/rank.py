@@ -45,8 +45,8 @@ _ELEMENTWISE = set(elementwise_ops())  # the rows' elementwise trait
 _SUPPORTED = _ELEMENTWISE | set(REDUCE_OPS) | {"reshape", "transpose", "softmax", "expand_dims", "squeeze"}
 
 
-def _high(v: Value) -> bool:
-    return v.type.is_static and v.type.rank > MAX_RANK
+def _high(v: Value, limit: int = MAX_RANK) -> bool:
+    return v.type.is_static and v.type.rank > limit
 
 
 class _Cuts:
@@ -190,7 +190,7 @@ def _regions(g: Graph, high: set) -> list[tuple[set, list]]:
     return list(comps.values())
 
 
-def _solve(g: Graph, values: set, nodes: list) -> _Cuts | None:
+def _solve(g: Graph, values: set, nodes: list, limit: int = MAX_RANK) -> _Cuts | None:
     """The cuts of one region, or None if it cannot be folded to rank <= 5."""
     if any(v in values for v in list(g.inputs) + list(g.outputs)):
         return None
@@ -204,7 +204,7 @@ def _solve(g: Graph, values: set, nodes: list) -> _Cuts | None:
             _constrain(n, c, values)
         if not c.changed:
             break
-    if any(len(c.groups(v)) > MAX_RANK for v in values):
+    if any(len(c.groups(v)) > limit for v in values):
         return None
     return c
 
@@ -228,22 +228,26 @@ def fold_rank(g: Graph) -> Graph:
             %w: fp32[4,16,8] = reshape(%p)
     A transpose of rank >= 5 left after that (one that moves every axis: MaxViT's grid partition
     (gh, wh, gw, ww, C) -> (wh, ww, gh, gw, C), Hiera's unroll) becomes transposes of rank <= 4
-    (:func:`_split_rank5_transposes`), and what it left at rank > 5 is folded again.
+    (:func:`_split_rank5_transposes`), and what it left at rank > 5 is folded again. Last, rank-5
+    regions (rank 5 runs on the ANE but breaks the ``rank5`` efficiency rule) are folded to rank
+    <= 4 the same way where they can be (Hiera's q-pooling max over a rank-5 view of its heads).
     A region that cannot be rebuilt (an op's type rule rejects the merged shapes) is left as
     traced; the pass never raises for a graph it cannot fold.
     """
     g2 = _split_rank5_transposes(_fold_high(g))
-    return _fold_high(g2) if g2 is not g else g
+    g3 = _fold_high(g2) if g2 is not g else g
+    return _fold_high(g3, limit=MAX_RANK - 1)  # rank 5 runs on the ANE, slower (rule rank5): rank 4 where it folds
 
 
-def _fold_high(g: Graph) -> Graph:
-    """The rank > 5 regions of ``g`` rebuilt at rank <= 5 where they can be (:func:`fold_rank`)."""
-    high = {v for n in g.nodes for v in list(n.inputs) + list(n.outputs) if _high(v)}
+def _fold_high(g: Graph, limit: int = MAX_RANK) -> Graph:
+    """The regions of rank > ``limit`` values of ``g`` rebuilt at rank <= ``limit`` where they can
+    be (:func:`fold_rank`)."""
+    high = {v for n in g.nodes for v in list(n.inputs) + list(n.outputs) if _high(v, limit)}
     if not high:
         return g
     solved = []
     for values, nodes in _regions(g, high):
-        c = _solve(g, values, nodes)
+        c = _solve(g, values, nodes, limit)
         if c is not None:
             solved.append((values, nodes, c))
     if not solved:

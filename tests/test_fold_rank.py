@@ -102,6 +102,22 @@ def test_maxvit_grid_partition_is_two_rank_4_transposes():
     assert run_pipeline(g, ["layout::fold_rank"]) is g
 
 
+def test_rank_5_regions_fold_to_rank_4():
+    """Hiera's q pooling: a max over a rank-5 view of the heads ((1, h, 4, 49, d) -> (1, h, 49, d))
+    runs at rank <= 4 (rule rank5); a rank-5 graph input keeps its region as it is."""
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType("fp32", (1, 8, 196, 16)))
+    v = b.add("reshape", [x], {"shape": (1, 8, 4, 49, 16)}).out
+    g = b.build([b.add("reduce_max", [v], {"axes": (2,), "keep_dims": False}).out], ["y"])
+    h = run_pipeline(g, ["layout::fold_rank"])
+    assert max(_ranks(g)) == 5 and max(_ranks(h)) <= 4
+    _same(g, h, {"x": np.random.default_rng(2).standard_normal((1, 8, 196, 16)).astype(np.float32)})
+    b = GraphBuilder()
+    x5 = b.add_input("x", TensorType("fp32", (1, 8, 4, 49, 16)))
+    g = b.build([b.add("reduce_max", [x5], {"axes": (2,), "keep_dims": False}).out], ["y"])
+    assert run_pipeline(g, ["layout::fold_rank"]) is g
+
+
 def test_a_rank_6_graph_output_must_not_fold():
     b = GraphBuilder()
     x = b.add_input("x", TensorType("fp32", (4, 6)))
