@@ -35,6 +35,7 @@ import numpy as np
 from tlc.errors import IRError
 from tlc.ir import Graph, GraphBuilder, Node, Value
 from tlc.ops import elementwise_ops
+from tlc.ops.table import ANE_MAX_DIM
 from tlc.ops.norm import REDUCE_OPS, norm_axes
 
 from .cleanup import merge_layout
@@ -190,23 +191,54 @@ def _regions(g: Graph, high: set) -> list[tuple[set, list]]:
     return list(comps.values())
 
 
-def _solve(g: Graph, values: set, nodes: list, limit: int = MAX_RANK) -> _Cuts | None:
-    """The cuts of one region, or None if it cannot be folded to rank <= 5."""
-    if any(v in values for v in list(g.inputs) + list(g.outputs)):
-        return None
-    if any(n.op not in _SUPPORTED for n in nodes):
-        return None
-    c = _Cuts(values)
-    limit = sum(len(ax) for ax in c.nu.values()) + 1
-    for _ in range(limit):
+def _settle(c: _Cuts, values: set, nodes: list) -> None:
+    """Apply every node's constraint until no cut is added (cuts only grow, so this ends)."""
+    for _ in range(sum(len(ax) for ax in c.nu.values()) + 1):
         c.changed = False
         for n in nodes:
             _constrain(n, c, values)
         if not c.changed:
             break
+
+
+def _cut_oversized(c: _Cuts, values: set) -> bool:
+    """Cut merged groups whose size would pass the ANE's dimension limit (``ANE_MAX_DIM``) in a
+    value whose traced axes all keep within it (a scalar ``mul`` on a rank-5 view of 200704
+    elements must not become one axis of 200704). Returns whether a cut was added."""
+    added = False
+    for v in values:
+        if max(v.type.shape, default=1) > ANE_MAX_DIM:
+            continue
+        for grp in c.groups(v):
+            size = 1
+            for j, a in enumerate(grp):
+                size *= v.type.shape[a]
+                if j and size > ANE_MAX_DIM:
+                    c.cut_between(v, grp[j - 1], a)
+                    added, size = True, v.type.shape[a]
+    return added
+
+
+def _solve(g: Graph, values: set, nodes: list, limit: int = MAX_RANK) -> _Cuts | None:
+    """The cuts of one region, or None if it cannot be folded to rank <= ``limit``. Merged axes
+    are kept within the ANE's dimension limit where that still folds (:func:`_cut_oversized`);
+    a fold to rank <= 4 that cannot keep them so is not made (rank 5 is eligible on the ANE, an
+    oversized axis is not), a fold of rank > 5 is made anyway (Core ML cannot run rank 6)."""
+    if any(v in values for v in list(g.inputs) + list(g.outputs)):
+        return None
+    if any(n.op not in _SUPPORTED for n in nodes):
+        return None
+    c = _Cuts(values)
+    _settle(c, values, nodes)
     if any(len(c.groups(v)) > limit for v in values):
         return None
-    return c
+    sized = _Cuts(values)
+    sized.cuts = {v: set(cs) for v, cs in c.cuts.items()}
+    while _cut_oversized(sized, values):
+        _settle(sized, values, nodes)
+    if all(len(sized.groups(v)) <= limit for v in values):
+        return sized
+    return c if limit >= MAX_RANK else None
 
 
 def _operand_shape(v: Value, y: Value, c: _Cuts) -> tuple[int, ...]:

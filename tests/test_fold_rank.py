@@ -118,6 +118,20 @@ def test_rank_5_regions_fold_to_rank_4():
     assert run_pipeline(g, ["layout::fold_rank"]) is g
 
 
+def test_folded_axes_keep_within_the_ane_size_limit():
+    """torchvision MaxViT's scaled keys: a scalar ``mul`` on a rank-5 view of 200704 elements
+    folds to rank <= 4 with no axis above 65536 (one merged axis would leave the ANE), same numbers."""
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType("fp32", (64, 98, 32)))
+    v = b.add("reshape", [x], {"shape": (1, 64, 49, 2, 32)}).out
+    s = b.add("mul", [v, b.const(np.float32(0.5))]).out
+    g = b.build([b.add("reshape", [s], {"shape": (64, 98, 32)}).out], ["y"])
+    h = run_pipeline(g, ["layout::fold_rank"])
+    assert max(_ranks(h)) <= 4
+    assert max(d for n in h.nodes for v in n.outputs for d in v.type.shape) <= 65536
+    _same(g, h, {"x": np.random.default_rng(3).standard_normal((64, 98, 32)).astype(np.float32)})
+
+
 def test_a_rank_6_graph_output_must_not_fold():
     b = GraphBuilder()
     x = b.add_input("x", TensorType("fp32", (4, 6)))
