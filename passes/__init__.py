@@ -26,6 +26,7 @@ PIPELINE = [
     "fuse::activations",  # after const_fold: the pattern constants must be plain consts
     "canon::attention",  # after const_fold (masks, biases are plain consts); before norm_attention, which fuses what it unpacks
     "fuse::norm_attention",  # after const_fold, like fuse::activations
+    "canon::attention_batch",  # after norm_attention: folds the rank-5 attention it fused to rank 4
     "cleanup::attention_mask",  # after const_fold and norm_attention: masks are plain consts by then
     "stable::logsumexp",  # the stable:: rewrites only need plain ops; before layout, which moves reductions' axes
     "stable::log_softmax",

@@ -18,8 +18,11 @@ left as traced:
 * :func:`scale_queries` -- scores scaled per head (SwinV2's logit scale) scale the queries instead;
 * :func:`drop_broadcast_tile` -- a ``tile`` that only materializes a broadcast for an elementwise op
   (``F.normalize``'s ``expand_as``) is dropped;
-* :func:`fold_batch_axes` -- attention over extra batch axes (NesT's blocks, Hiera's mask units:
-  rank-5 q, k, v) as rank-4 attention over merged batch axes;
+* :func:`fold_batch_axes` -- attention over extra batch axes (NesT's blocks, Hiera's mask units,
+  MaxViT's windows: rank-5 q, k, v) as rank-4 attention over merged batch axes (again, as
+  ``canon::attention_batch``, after ``fuse::norm_attention`` has fused explicit products);
+* :func:`batched_products` -- ``einsum`` products over several batch axes that torch lowered to
+  rank-3 ``bmm`` through rank-6 views (torchvision's MaxViT) as the ``matmul`` over those axes;
 * :func:`merge_bias_adds` -- scores + relative-position bias + window mask (two constant adds,
   Swin, BEiT) become one add of their sum, so the attention fusion sees one additive bias;
 * :func:`fold_window_view_add` -- torchvision Swin's shifted-window mask, added through a rank-5
@@ -35,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from tlc.ir import DTYPES, Graph
-from tlc.ops import elementwise_ops
+from tlc.ops import elementwise_ops, get_op
 
 from .registry import register_pass
 from .rewrite import Match, Pat, const, either, rewrite
@@ -214,12 +217,15 @@ def drop_broadcast_tile(m: Match):
 
 def fold_batch_axes(m: Match):
     """Attention over more than one batch axis besides the heads (NesT's blocks, Hiera's mask units:
-    q (B, h, T, N, d)) as rank-4 attention over (B*T, h, N, d).
+    q (B, h, T, N, d); MaxViT's windows: q (B, G, h, N, d)) as rank-4 attention over (B*T, h, N, d).
 
     Given:  %a: [B, h, T, N, d] = scaled_dot_product_attention(%q, %k, %v)
     Result: %x4 = reshape(transpose(%x, (0, 2, 1, 3, 4)), (B*T, h, N, d)) for x in q, k, v
             %a = transpose(reshape(scaled_dot_product_attention(%q4, %k4, %v4), (B, T, h, N, d)), (0, 2, 1, 3, 4))
-    Fires only for rank >= 5 inputs of one batch shape and no mask, or a mask of rank <= 2.
+    The heads are axis 1, or the one batch axis along which the mask varies (MaxViT's
+    relative-position bias (1, h, N, N) on (B, G, h, N, d): axis 2, no transpose needed).
+    Fires only for rank >= 5 inputs of one batch shape and no mask, a mask of rank <= 2, or one
+    that varies along at most one batch axis.
     """
     n = m.root
     q, k, v = n.inputs[:3]
@@ -228,21 +234,112 @@ def fold_batch_axes(m: Match):
         return None
     if q.type.shape[:-2] != k.type.shape[:-2] or k.type.shape[:-2] != v.type.shape[:-2]:
         return None
-    if len(n.inputs) == 4 and n.inputs[3].type.rank > 2:
-        return None
-    perm = (0,) + tuple(range(2, r - 2)) + (1, r - 2, r - 1)  # heads next to the matrices
-    h = q.type.shape[1]
+    mask, heads = list(n.inputs[3:]), 1
+    if mask and mask[0].type.rank > 2:
+        ms = (1,) * (r - mask[0].type.rank) + tuple(mask[0].type.shape)
+        varies = [a for a in range(r - 2) if ms[a] != 1]
+        if not mask[0].type.is_static or len(ms) != r or len(varies) > 1:
+            return None  # a mask that differs along more than one batch axis
+        heads = varies[0] if varies else 1
+        mask = [m.add("reshape", mask, {"shape": (1, ms[heads]) + ms[-2:]}, name=f"{n.name}_mask_4")]
+    perm = tuple(a for a in range(r - 2) if a != heads) + (heads, r - 2, r - 1)  # heads next to the matrices
+    h = q.type.shape[heads]
     lead = int(np.prod([q.type.shape[a] for a in perm[:r - 3]]))
+    moves = perm != tuple(range(r))
 
     def four(x, tag):
-        t = m.add("transpose", [x], {"perm": perm}, name=f"{n.name}_{tag}_b")
+        t = m.add("transpose", [x], {"perm": perm}, name=f"{n.name}_{tag}_b") if moves else x
         return m.add("reshape", [t], {"shape": (lead, h) + tuple(x.type.shape[-2:])}, name=f"{n.name}_{tag}_4")
 
-    ins = [four(q, "q"), four(k, "k"), four(v, "v")] + list(n.inputs[3:])
+    ins = [four(q, "q"), four(k, "k"), four(v, "v")] + mask
     a = m.add("scaled_dot_product_attention", ins, dict(n.attrs), name=n.name + "_4")
     moved = tuple(n.out.type.shape[p] for p in perm)
+    if not moves:
+        return m.add("reshape", [a], {"shape": moved}, name=n.name)
     a = m.add("reshape", [a], {"shape": moved}, name=n.name + "_b")
     return m.add("transpose", [a], {"perm": tuple(int(i) for i in np.argsort(perm))}, name=n.name)
+
+
+# ------------------------------------------------------------------- products over merged batch axes
+
+_VIEWS = ("reshape", "transpose", "expand_dims", "squeeze")
+_MAX_INDEX = 1 << 22  # elements: index arrays of views above this are not built (a rule must stay cheap)
+
+
+def _view_chain(m: Match, v):
+    """The views (outermost first) between ``v`` and the first value that a view does not
+    produce, with every value along the way: ``(nodes, values)``, ``values[0]`` is ``v``."""
+    nodes, values = [], [v]
+    while (n := m.producer(values[-1])) is not None and n.op in _VIEWS:
+        nodes.append(n)
+        values.append(n.inputs[0])
+    return nodes, values
+
+
+def _through(nodes, idx: np.ndarray) -> np.ndarray:
+    """``idx`` carried through the views ``nodes`` (innermost last in the list, applied first)."""
+    for n in reversed(nodes):
+        idx = get_op(n.op).numpy(n.attrs, idx)
+    return idx
+
+
+def _operand(m: Match, v, batch: tuple):
+    """``(x, swapped)`` when matmul operand ``v`` (rank 3, batch axes merged) is a view of a value
+    ``x`` of batch shape ``batch`` -- ``x`` itself (``swapped=False``) or ``x`` with its last two
+    axes swapped -- merged by a plain reshape; else None. The nearest such ``x`` wins."""
+    nodes, values = _view_chain(m, v)
+    for k in range(1, len(values)):
+        x = values[k]
+        if tuple(x.type.shape[:-2]) != batch or x.type.size > _MAX_INDEX:
+            continue
+        idx = np.arange(x.type.size).reshape(x.type.shape)
+        got = _through(nodes[:k], idx)
+        for swapped, want in ((False, idx), (True, np.swapaxes(idx, -1, -2))):
+            if got.shape == v.type.shape and np.array_equal(got.ravel(), want.ravel()):
+                return x, swapped
+    return None
+
+
+def batched_products(m: Match):
+    """A product over several batch axes that was lowered to a rank-3 ``matmul`` on merged batch
+    axes (``torch.einsum("bghid,bghjd->bghij")`` as torch lowers it: each operand
+    ``expand_dims -> transpose -> reshape``, the result ``reshape -> transpose -> reshape`` back;
+    torchvision's MaxViT) as the ``matmul`` over those batch axes, with no rank-3 or rank-6 view.
+
+    Given:  %a3 = reshape(transpose(expand_dims(%q: [B, G, h, N, d]))): [B*G*h, N, d]  (a plain merge)
+            %b3 = reshape(transpose(expand_dims(%k: [B, G, h, M, d]))): [B*G*h, d, M]  (merge of k^T)
+            %y = reshape(transpose(reshape(matmul(%a3, %b3)))): [B, G, h, N, M]  (a plain split)
+    Result: %y = matmul(%q, transpose(%k, swap last two))
+    Fires only when every view is proven a plain merge/split (index arrays carried through the
+    views, at most 2^22 elements), the operands' batch shapes equal the result's, and the values
+    between the matmul and the root have no other reader.
+    """
+    y = m.root.out
+    nodes, values = _view_chain(m, y)
+    mm = m.producer(values[-1])
+    if mm is None or mm.op != "matmul" or mm.attrs.get("transpose_x") or mm.attrs.get("transpose_y"):
+        return None
+    r3 = mm.out
+    if r3.type.rank != 3 or y.type.rank <= 3 or not y.type.is_static or y.type.size > _MAX_INDEX:
+        return None
+    if any(m.uses(v) != 1 for v in values[1:]):
+        return None
+    idx = np.arange(r3.type.size).reshape(r3.type.shape)
+    if tuple(y.type.shape[-2:]) != tuple(r3.type.shape[-2:]):
+        return None
+    if not np.array_equal(_through(nodes, idx).ravel(), idx.ravel()):
+        return None  # the views move data: not a plain split of the batch axes
+    batch = tuple(y.type.shape[:-2])
+    ops = [_operand(m, v, batch) for v in mm.inputs]
+    if None in ops:
+        return None
+    ins = []
+    for tag, (x, swapped) in zip("ab", ops):
+        if swapped:
+            r = x.type.rank
+            x = m.add("transpose", [x], {"perm": tuple(range(r - 2)) + (r - 1, r - 2)}, name=f"{mm.name}_{tag}T")
+        ins.append(x)
+    return m.add("matmul", ins, {}, name=m.root.name)
 
 
 # ------------------------------------------------------------------------------ additive biases
@@ -355,6 +452,7 @@ def interleave_stack(m: Match):
 
 
 RULES = [(UNPACK, unpack_qkv),
+    (Pat(_VIEWS, where=lambda n: n.out.type.rank > 3), batched_products),
     (Pat("scaled_dot_product_attention"), fold_batch_axes),
     (Pat("mul", (Pat("matmul", name="mm"), const("c")), commutative=True), scale_queries),
     (Pat(BINARY, (Pat("tile", name="t"), None), commutative=True), drop_broadcast_tile),
@@ -380,3 +478,16 @@ def canon_attention(g: Graph) -> Graph:
     Graphs without these forms are returned unchanged.
     """
     return rewrite(g, RULES)
+
+
+@register_pass("canon::attention_batch")
+def canon_attention_batch(g: Graph) -> Graph:
+    """:func:`fold_batch_axes` again, for the ``scaled_dot_product_attention`` that
+    ``fuse::norm_attention`` made of explicit products over extra batch axes (MaxViT's
+    ``einsum`` attention, after :func:`batched_products`).
+
+    Given:  %a: [B, h, T, N, d] = scaled_dot_product_attention(%q, %k, %v, %bias: [1, h, N, N])
+    Result: rank-4 attention over (B*T, h, N, d) (:func:`fold_batch_axes`)
+    Graphs without rank >= 5 attention are returned unchanged.
+    """
+    return rewrite(g, [(Pat("scaled_dot_product_attention"), fold_batch_axes)])

@@ -160,6 +160,24 @@ class BlockAttention(nn.Module):
         return self.proj(y.permute(0, 2, 3, 4, 1).reshape(B, T, N, C))
 
 
+class EinsumWindowAttention(nn.Module):
+    """torchvision's MaxViT attention: windows as a batch axis G of (B, G, P, C), q/k/v by
+    ``chunk``, keys scaled, ``einsum`` products over (B, G, h) -- lowered by torch to rank-3 ``bmm``
+    through rank-6 views -- and a relative-position bias (1, h, P, P)."""
+
+    def __init__(self, dim=32, heads=2, tokens=16):
+        super().__init__()
+        self.h, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.bias = nn.Parameter(torch.randn(1, heads, tokens, tokens))
+
+    def forward(self, x):
+        B, G, P, C = x.shape
+        q, k, v = (t.reshape(B, G, P, self.h, C // self.h).permute(0, 1, 3, 2, 4) for t in self.qkv(x).chunk(3, -1))
+        s = torch.einsum("bghid,bghjd->bghij", q, k * (C // self.h) ** -0.5)
+        y = torch.einsum("bghij,bghjd->bghid", F.softmax(s + self.bias, dim=-1), v)
+        return self.proj(y.permute(0, 1, 3, 2, 4).reshape(B, G, P, C))
+
+
 def _case(name):
     torch.manual_seed(0)
     if name == "vit":
@@ -170,6 +188,8 @@ def _case(name):
         return SwinBlock().eval(), (torch.randn(1, 14, 14, 32),)
     if name == "nest":
         return BlockAttention().eval(), (torch.randn(1, 4, 16, 32),)
+    if name == "maxvit":
+        return EinsumWindowAttention().eval(), (torch.randn(1, 4, 16, 32),)
     return LeViTAttention().eval(), (torch.randn(1, 49, 64),)
 
 
@@ -177,10 +197,10 @@ def _ranks(g):
     return {v.type.rank for n in g.nodes for v in list(n.inputs) + list(n.outputs)}
 
 
-@pytest.mark.parametrize("name", ["vit", "beit", "swin", "levit", "nest"])
+@pytest.mark.parametrize("name", ["vit", "beit", "swin", "levit", "nest", "maxvit"])
 def test_forms_are_laid_out_and_keep_numbers(name, tmp_path):
     m, args = _case(name)
-    before = tlc.build(m, args, precision="fp32", skip_passes=["layout::ane_transformer", "canon::attention"])
+    before = tlc.build(m, args, precision="fp32", skip_passes=["layout::ane_transformer", "canon::attention", "canon::attention_batch"])
     after = tlc.build(m, args, precision="fp32")
     g0, g1 = before.graph, after.graph
     assert 5 in _ranks(g0) or name == "levit"  # the traced packed qkv / window view
@@ -269,6 +289,36 @@ def test_batch_axes_must_not_fire_with_a_batched_mask():
 
     g = _trace(masked, torch.randn(1, 2, 3, 4, 8), torch.randn(1, 2, 3, 4, 4))
     assert _pass("canon::attention", g).op_histogram() == g.op_histogram()
+
+
+def test_batched_products_fire_and_keep_numbers():
+    """einsum over (B, G, h) lowered to rank-3 bmm through rank-6 views becomes the matmul over
+    the batch axes: no rank-3 matmul, no rank-6 view; the same numbers."""
+    def products(q, k):
+        return torch.einsum("bghid,bghjd->bghij", q, k)
+
+    q, k = torch.randn(1, 3, 2, 5, 8), torch.randn(1, 3, 2, 6, 8)
+    g = _trace(products, q, k)
+    g2 = _pass("canon::attention", g)
+    assert 6 in _ranks(g) and max(_ranks(g2)) <= 5
+    assert [n.out.type.rank for n in g2.nodes if n.op == "matmul"] == [5]
+    feeds = {g.inputs[0].name: q.numpy(), g.inputs[1].name: k.numpy()}
+    got = run_graph(g2, feeds)[g2.output_names[0]]
+    assert np.abs(got - products(q, k).numpy()).max() <= 1e-5
+
+
+def test_batched_products_must_not_fire_on_mixed_views():
+    """A merge that moves batch axes (the result's batch order is not the operands') and a split
+    of the result that cuts across its matrix axes are left as traced."""
+    def moved(a, b):
+        return torch.bmm(a.permute(1, 0, 2, 3).reshape(6, 4, 5), b.reshape(6, 5, 4)).view(2, 3, 4, 4)
+
+    def cut(a, b):
+        return torch.bmm(a.reshape(6, 4, 5), b.reshape(6, 5, 4)).view(2, 3, 2, 8)
+
+    for fn in (moved, cut):
+        g = _trace(fn, torch.randn(2, 3, 4, 5), torch.randn(2, 3, 5, 4))
+        assert _pass("canon::attention", g).op_histogram() == g.op_histogram()
 
 
 def test_key_transpose_must_not_fire_on_plain_swaps():
