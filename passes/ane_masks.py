@@ -7,7 +7,8 @@ of those ops breaks the ANE's dtype rule (float16 only: Apple neural_engine_rule
 forces CPU casts: apple/coremltools#2365), so each is a hand-over between the ANE and the CPU in
 the middle of the network. The math is a multiply by 0/1, which float16 does exactly. This
 module rewrites the region of bool/int32 ops that computes a ``scaled_dot_product_attention``
-mask into float twins over {0, 1} (an integer input is converted once, where it enters):
+mask, or that a ``cast`` to float reads (mean pooling), into float twins over {0, 1} (an integer
+input is converted once, where it enters):
 
 =====================================  ====================================================
 bool/int op                            float twin (exact on integers)
@@ -39,6 +40,7 @@ from .rewrite import dce
 VIEWS = {"reshape", "transpose", "expand_dims", "squeeze", "tile", "slice_by_index", "concat"}
 LOGICAL = {"logical_and": "mul", "logical_or": "maximum"}
 INTS = ("bool", "int32")
+FLOATS = ("fp16", "fp32")
 
 
 def _mask_region(g: Graph, root: Value, prod: dict) -> bool:
@@ -126,12 +128,18 @@ def float_masks(g: Graph) -> Graph:
             %a = scaled_dot_product_attention(%q, %k, %v, %m)
     Result: %f = cast(%attention_mask, fp32); %k = mul(%causal_f, reshape(minimum(abs(%f), 1)))
             %a = scaled_dot_product_attention(%q, %k, %v, mul(sub(%k, 1), 30000))
+    A ``cast`` to float of a value such a region computes (mean pooling's
+    ``mask[..., None].expand(...).float()``) becomes its float twin too, so the integer mask
+    enters the network through one cast.
     Returns ``g`` itself when no mask qualifies.
     """
     prod = g.producers()
     todo = {n for n in g.nodes if n.op == "scaled_dot_product_attention" and len(n.inputs) == 4
             and n.inputs[3].type.dtype == "bool" and _mask_region(g, n.inputs[3], prod)}
-    if not todo:
+    to_float = {n for n in g.nodes if n.op == "cast" and n.attrs["dtype"] in FLOATS and
+                n.inputs[0].type.dtype in INTS and prod.get(n.inputs[0]) is not None
+                and _mask_region(g, n.inputs[0], prod)}  # mean pooling's float(mask[..., None])
+    if not todo and not to_float:
         return g
     b = GraphBuilder(dict(g.meta))
     env: dict[Value, Value] = {v: b.add_input(v.name, v.type) for v in g.inputs}
@@ -144,6 +152,10 @@ def float_masks(g: Graph) -> Graph:
             keep = t.of(n.inputs[3], n)
             off = b.add("sub", [keep, t.scalar(1.0, n)], {}, name=n.name + "_maskoff", loc=n.loc).out
             ins[3] = b.add("mul", [off, t.scalar(-MASK_FILL, n)], {}, name=n.name + "_maskadd", loc=n.loc).out
+        if n in to_float:  # the float twin of the mask region is the cast's value
+            dt = n.attrs["dtype"]
+            env[n.out] = twins.setdefault(dt, _Twins(b, env, prod, dt)).of(n.inputs[0], n)
+            continue
         new = b.add(n.op, ins, dict(n.attrs), name=n.name, loc=n.loc)
         env.update(zip(n.outputs, new.outputs))
     return dce(b.build([env[v] for v in g.outputs], g.output_names))

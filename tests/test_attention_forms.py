@@ -376,6 +376,25 @@ def test_float_masks_keep_numbers_and_must_not_fire_on_comparisons():
     assert float_masks(g) is g
 
 
+def test_float_masks_take_mean_pooling_s_cast():
+    """Mean pooling's ``mask[..., None].expand(...).float()``: the views run on the float twin,
+    the int32 input is cast once where it enters; same numbers."""
+    from tlc.passes.ane_masks import float_masks
+
+    def pooled(x, mask):
+        m = mask[:, :, None].expand(x.shape).float()
+        return (x * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+    x, mask = torch.randn(2, 6, 8), torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    g = _trace(pooled, x, mask)
+    g2 = float_masks(g)
+    assert any(n.out.type.dtype == "int32" for n in g.nodes if n.op not in ("const", "cast"))
+    assert all(n.out.type.dtype == "fp32" for n in g2.nodes if n.op not in ("const", "cast"))
+    assert [n.inputs[0] for n in g2.nodes if n.op == "cast"] == [g2.inputs[1]]
+    feeds = {g.inputs[0].name: x.numpy(), g.inputs[1].name: mask.numpy().astype(np.int32)}
+    assert np.array_equal(run_graph(g2, feeds)[g2.output_names[0]], run_graph(g, feeds)[g.output_names[0]])
+
+
 def test_transitions_are_counted_in_the_report_and_lint(tmp_path):
     import sys
     from pathlib import Path
