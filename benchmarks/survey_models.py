@@ -4,7 +4,10 @@ Full-size default configurations from timm and torchvision, random weights (``pr
 nothing downloaded), one 224x224 image (256 for SwinV2), plus the Hugging Face models of
 ``bench_spine.py``. Each factory returns ``(model, (args, kwargs))``.
 
-timm and torchvision are not tlc dependencies: ``pip install timm torchvision``. Beside the CPU
+timm and torchvision are not tlc dependencies: install them into a folder of their own and put
+it on ``PYTHONPATH`` for the survey only (``pip install --no-deps --target /tmp/vision
+timm==1.0.29 torchvision==0.28.0``; docs/partitioning.md): in site-packages, torchvision breaks
+``transformers``' imports in every other process. Beside the CPU
 build of torch, ``import torchvision`` fails with "operator torchvision::nms does not exist" (the
 wheel's C++ ops do not load, and its Python code registers a fake kernel for ``nms`` at import);
 :func:`vision` defines the two op schemas it needs with ``torch.library`` first. The models here
