@@ -3,7 +3,7 @@
 The default pipeline is a plain list of names (:data:`PIPELINE`), each ordering constraint
 commented beside its entry. :func:`run_pipeline` re-verifies the graph after every pass when
 ``TLC_DEBUG`` or ``TLC_VERIFY`` is set (the test suite sets ``TLC_VERIFY=1``) and prints per-pass timing and op counts at ``TLC_DEBUG=1``.
-Passes live in ``cleanup.py``, ``fuse.py``, ``stable.py``, ``layout.py``, ``ane_layout.py`` (its forms in ``ane_forms.py``) and ``precision.py`` (the fp16 program it builds in ``fp16_program.py``, the exact rescaling it runs first in ``rescale.py``); fusions are
+Passes live in ``cleanup.py``, ``fuse.py``, ``attention.py``, ``stable.py``, ``layout.py``, ``ane_layout.py`` (its forms in ``ane_forms.py``) and ``precision.py`` (the fp16 program it builds in ``fp16_program.py``, the exact rescaling it runs first in ``rescale.py``); fusions are
 declarative patterns run by the bounded engine in ``rewrite.py``. docs/passes.md lists them.
 """
 from __future__ import annotations
@@ -24,7 +24,9 @@ PIPELINE = [
     "fuse::conv_batchnorm",  # needs const conv weights (after const_fold)
     "fuse::linear_bias",  # after conv_batchnorm: a folded conv already has its bias
     "fuse::activations",  # after const_fold: the pattern constants must be plain consts
+    "canon::attention",  # after const_fold (masks, biases are plain consts); before norm_attention, which fuses what it unpacks
     "fuse::norm_attention",  # after const_fold, like fuse::activations
+    "canon::attention_batch",  # after norm_attention: folds the rank-5 attention it fused to rank 4
     "cleanup::attention_mask",  # after const_fold and norm_attention: masks are plain consts by then
     "stable::logsumexp",  # the stable:: rewrites only need plain ops; before layout, which moves reductions' axes
     "stable::log_softmax",
@@ -110,5 +112,5 @@ def run_pipeline(g: Graph, names: list[str] | None = None, options: dict[str, di
     return g
 
 
-from . import ane_layout, cleanup, fuse, layout, precision, rank, rescale, stable  # noqa: E402,F401  (register their passes)
+from . import ane_layout, attention, cleanup, fuse, layout, precision, rank, rescale, stable  # noqa: E402,F401  (register their passes)
 from .cleanup import dce  # noqa: E402,F401  (tlc.passes.dce: used by passes and the build alike)

@@ -16,10 +16,10 @@ from tlc.ir import Graph, GraphBuilder, Value
 from tlc.ops import elementwise_ops
 from tlc.ops.norm import norm_axes
 
+from .ane_pad import MISALIGNED_COST, PadPolicy
+
 UNARY = elementwise_ops("unary")
 BINARY = elementwise_ops("binary")
-#: 32 fp16 values = 64 bytes, the ANE's last-axis alignment (Apple neural_engine_rules.md L23)
-ALIGN = 32
 #: Elementwise ops allowed on padded sequences: they keep the (garbage but finite) padding
 #: positions finite, so that masked keys contribute exactly 0 to attention (p = 0 times a finite
 #: value). Division, log, rsqrt, exp, pow may not (0 -> inf / NaN, overflow): they read the
@@ -30,31 +30,58 @@ PAD_SAFE = {"add", "sub", "mul", "maximum", "minimum", "gelu", "silu", "relu", "
 
 @dataclass(frozen=True)
 class Seq:
-    """Token tensor: logical (B, S, C) (``flat``: (B*S, C)) held as ``phys[B, C, 1, S]``."""
+    """Token tensor: logical (B, S, C), or a ``view`` of it, held as ``phys[B, C, 1, S]``.
+
+    ``view``: the logical shape when it is not (B, S, C): the flattened (B*S, C) (GPT-2's
+    Conv1D), a channels-last map (B, H, W, C) with S = H*W (torchvision's Swin and MaxViT run
+    their MLPs so), or, for B = 1, the sequence-first (S, 1, C) of ``nn.MultiheadAttention``;
+    always C last and the product of the rest B*S."""
 
     phys: Value
     B: int
     S: int
     C: int
-    flat: bool = False
+    view: tuple[int, ...] | None = None
     pad: int = 0  # phys holds S + pad positions; the last ``pad`` are padding (never read back)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (self.B * self.S, self.C) if self.flat else (self.B, self.S, self.C)
+        return self.view if self.view is not None else (self.B, self.S, self.C)
+
+    @property
+    def flat(self) -> bool:
+        """Whether the logical shape is not (B, S, C) (a flattened, spatial or sequence-first view)."""
+        return self.view is not None
 
     @property
     def parts(self) -> tuple[Value, ...]:
         return (self.phys,)
 
     def like(self, parts, C: int | None = None) -> "Seq":
-        return Seq(parts[0], self.B, self.S, self.C if C is None else C, self.flat, self.pad)
+        C = self.C if C is None else C
+        return Seq(parts[0], self.B, self.S, C, None if self.view is None else self.view[:-1] + (C,), self.pad)
+
+
+def seq_view(shape, B: int, S: int, C: int) -> tuple[int, ...] | None | bool:
+    """``shape`` as a view of tokens (B, S, C) for :class:`Seq` (None: (B, S, C) itself), or False
+    when it is none (see :class:`Seq`)."""
+    shape = tuple(shape)
+    if shape == (B, S, C):
+        return None
+    if not shape or shape[-1] != C or int(np.prod(shape[:-1])) != B * S:
+        return False
+    if len(shape) == 2 or shape[0] == B or B == 1:
+        return shape
+    return False
 
 
 @dataclass(frozen=True)
 class Heads:
-    """Head tensor: logical (B, h, S, d) (``order="bhsd"``) or (B, S, h, d) (``"bshd"``) held as
-    ``parts``: h tensors [B, d, 1, S]."""
+    """Head tensor: logical (B, h, S, d) (``order="bhsd"``), (B, S, h, d) (``"bshd"``), its last
+    two axes swapped (B, h, d, S) (``"bhds"``: keys transposed, or heads split from the channels of
+    a conv's (B, C, H, W) output) or, only between a talking-heads transpose and its linear,
+    (B, S, d, h) (``"bsdh"``), held as ``parts``: h tensors [B, d, 1, S]. For B = 1, ``view`` is the logical shape when unit axes
+    sit elsewhere (``nn.MultiheadAttention``'s (S, h, d), (h, S, d), (S, 1, h, d))."""
 
     parts: tuple[Value, ...]
     B: int
@@ -63,26 +90,55 @@ class Heads:
     order: str = "bhsd"
     whole: Value | None = None  # the [B, h*d, 1, S] tensor the parts were split from, if any
     pad: int = 0  # padding positions at the end of each part's last (S) axis
+    view: tuple[int, ...] | None = None
 
     @property
     def h(self) -> int:
         return len(self.parts)
 
     @property
+    def canonical(self) -> tuple[int, ...]:
+        B, h, S, d = self.B, self.h, self.S, self.d
+        return {"bhsd": (B, h, S, d), "bshd": (B, S, h, d), "bsdh": (B, S, d, h), "bhds": (B, h, d, S)}[self.order]
+
+    @property
     def shape(self) -> tuple[int, ...]:
-        return (self.B, self.h, self.S, self.d) if self.order == "bhsd" else (self.B, self.S, self.h, self.d)
+        return self.view if self.view is not None else self.canonical
 
     @property
     def head_axis(self) -> int:
-        return 1 if self.order == "bhsd" else 2
+        return {"bhsd": 1, "bshd": 2, "bsdh": 3, "bhds": 1}[self.order]
 
     def like(self, parts, d: int | None = None) -> "Heads":
-        return Heads(tuple(parts), self.B, self.S, self.d if d is None else d, self.order, pad=self.pad)
+        d = self.d if d is None else d
+        view = None if self.view is None else self.view[:-1] + (d,)
+        return Heads(tuple(parts), self.B, self.S, d, self.order, pad=self.pad, view=view)
+
+    def roles(self) -> list[str] | None:
+        """For B = 1 with h, S, d > 1: the role ('h', 's', 'd') of each non-unit logical axis in
+        order; else None (no unit-axis view can be followed)."""
+        if self.B != 1 or 1 in (self.h, self.S, self.d) or self.order not in ("bhsd", "bshd"):
+            return None
+        return ["h", "s", "d"] if self.order == "bhsd" else ["s", "h", "d"]
+
+    def viewed(self, shape, roles: list[str] | None = None) -> "Heads | None":
+        """The same parts seen as logical ``shape`` (B = 1: unit axes moved, the non-unit axes in
+        the order of ``roles``, default unchanged), or None when ``shape`` is no such view."""
+        mine = self.roles()
+        roles = mine if roles is None else roles
+        if mine is None or [d for d in shape if d != 1] != [{"h": self.h, "s": self.S, "d": self.d}[r] for r in roles]:
+            return None
+        order = {"hsd": "bhsd", "shd": "bshd"}.get("".join(roles))
+        if order is None:
+            return None
+        canon = (1, self.h, self.S, self.d) if order == "bhsd" else (1, self.S, self.h, self.d)
+        return Heads(self.parts, 1, self.S, self.d, order, self.whole if order == self.order else None, self.pad,
+                     None if tuple(shape) == canon else tuple(shape))
 
 
 class Ctx:
-    def __init__(self, g: Graph, max_pad: float = 0.25):
-        self.max_pad = max_pad
+    def __init__(self, g: Graph, misaligned_cost: float = MISALIGNED_COST):
+        self.pads = PadPolicy(g, misaligned_cost)
         self.b = GraphBuilder(dict(g.meta))
         self.env: dict[Value, Value] = {}
         self.lay: dict[Value, Seq | Heads] = {}
@@ -103,10 +159,9 @@ class Ctx:
 
     def pad_of(self, S: int) -> int:
         """Positions to append to a sequence of length ``S`` so that its last axis spans a
-        multiple of 64 bytes (Apple neural_engine_rules.md L23; 32 fp16 values), when that
-        costs at most ``max_pad`` of S (ViT-base's 197 -> 224, Whisper's 1500 -> 1504); else 0."""
-        p = -S % ALIGN
-        return p if S > 1 and p and p <= self.max_pad * S else 0
+        multiple of 64 bytes (Apple neural_engine_rules.md L23), when the padded program costs
+        less (:class:`~tlc.passes.ane_pad.PadPolicy`); else 0."""
+        return self.pads.pad(S)
 
     def padded(self, x: Value, pad: int, axes=(3,)) -> Value:
         """``x`` with ``pad`` zeros appended along each of ``axes`` (axes of a rank-4 tensor)."""
@@ -117,16 +172,20 @@ class Ctx:
             spec += [0, pad if a in axes else 0]
         return self.add("pad", [x], {"pad": tuple(spec), "mode": "constant", "constant_val": 0.0}, "_pad")
 
-    def fresh_seq(self, phys: Value, B: int, S: int, C: int, flat: bool = False) -> "Seq":
+    def fresh_seq(self, phys: Value, B: int, S: int, C: int, view=None) -> "Seq":
         """A :class:`Seq` made here from logical data: padded per :meth:`pad_of`."""
         p = self.pad_of(S)
-        return Seq(self.padded(phys, p), B, S, C, flat, p)
+        return Seq(self.padded(phys, p), B, S, C, view, p)
 
     def seed_seq(self, x: Value, flat: bool = False) -> "Seq":
-        """The :class:`Seq` of a logical (B, S, C) value ``x`` (padded per :meth:`pad_of`)."""
-        B, S, C = x.type.shape
+        """The :class:`Seq` of a logical (B, S, C) value ``x``, or of a channels-last map
+        (B, H, W, C) as tokens S = H*W (padded per :meth:`pad_of`); ``flat``: ``x`` is read as
+        (B*S, C) by the node that asks."""
+        sh = tuple(x.type.shape)
+        B, S, C = sh[0], int(np.prod(sh[1:-1])), sh[-1]
         p = self.pad_of(S)
-        return Seq(self.to_seq(x, B, S, C, p), B, S, C, flat, p)
+        view = (B * S, C) if flat else (None if len(sh) == 3 else sh)
+        return Seq(self.to_seq(x, B, S, C, p), B, S, C, view, p)
 
     def memo(self, key, make):
         if key not in self._memo:
@@ -150,7 +209,9 @@ class Ctx:
         else:  # h x [B, d, 1, S] -> [B, d, h, S] -> logical
             c = L.parts[0] if L.h == 1 else self.add("concat", L.parts, {"axis": 2}, "_heads")
             t = self.add("transpose", [self.unpadded(c, L.pad)],
-                         {"perm": (0, 2, 3, 1) if L.order == "bhsd" else (0, 3, 2, 1)}, "_from_ane")
+                         {"perm": {"bhsd": (0, 2, 3, 1), "bshd": (0, 3, 2, 1), "bsdh": (0, 3, 1, 2),
+                                   "bhds": (0, 2, 1, 3)}[L.order]},
+                         "_from_ane")
         out = t if t.type.shape == v.type.shape else self.add("reshape", [t], {"shape": v.type.shape}, "_logical")
         self.node = keep
         self.env[v] = out
@@ -170,6 +231,8 @@ class Ctx:
         shape = v.type.shape
         if len(shape) == 2 and shape[0] == B * S and B * S > 1:  # the flattened (B*S, C) view
             shape = (B, S, shape[1])
+        if len(shape) > 3 and seq_view(shape, B, S, C):  # a spatial (B, H, W, C) or other full view
+            shape = (B, S, C)
         if len(shape) > 3:
             return None
         s3 = (1,) * (3 - len(shape)) + tuple(shape)
@@ -198,6 +261,8 @@ class Ctx:
         if len(shape) > 4:
             return None
         s4 = (1,) * (4 - len(shape)) + tuple(shape)
+        if L.view is not None or L.order not in ("bhsd", "bshd"):
+            return None
         ha = L.head_axis
         full = L.shape
         if any(a not in (1, b) for a, b in zip(s4, full)):
@@ -249,7 +314,11 @@ class Ctx:
         """``v`` as physical parts matching layout ``L`` (broadcasting), or None."""
         if v in self.lay:
             M = self.lay[v]
-            return list(M.parts) if type(M) is type(L) and M.shape == L.shape and M.pad == L.pad else None
+            if type(M) is not type(L) or M.pad != L.pad or len(M.parts) != len(L.parts):
+                return None
+            if M.shape == L.shape or M.shape == L.shape[:-1] + (1,):  # equal, or broadcast over channels
+                return list(M.parts)
+            return None
         if v.type.rank == 0:
             return [self.logical(v)] * len(L.parts)
         if isinstance(L, Seq):
@@ -270,13 +339,13 @@ def per_token(n) -> bool:
 
 def wanted(g: Graph) -> set[Value]:
     """Token tensors (B, S, C) worth holding in (B, C, 1, S) from where they are made: what a
-    linear reads (directly or flattened), and, backwards through per-token ops (norms,
+    linear reads (directly, flattened, or as a channels-last (B, H, W, C) map), and, backwards through per-token ops (norms,
     elementwise), what those are computed from, so that the layout change sits at the block's
     edge (after the embedding gather, a conv, a transpose) and not between a norm and its linear."""
     users = g.users()
     want = set()
     for n in g.nodes:
-        if n.op == "linear" and n.inputs[0].type.rank == 3:
+        if n.op == "linear" and n.inputs[0].type.rank in (3, 4):
             want.add(n.inputs[0])
         if (n.op == "reshape" and n.inputs[0].type.rank == 3 and n.out.type.rank == 2
                 and any(u.op == "linear" for u in users.get(n.out, []))):
@@ -289,7 +358,7 @@ def wanted(g: Graph) -> set[Value]:
 
 def seed(c: "Ctx", n) -> "Seq | None":
     """A wanted per-token op with no input in layout yet: its full-shape input converted."""
-    if n.out not in c.want or n.out.type.rank != 3 or not per_token(n):
+    if n.out not in c.want or n.out.type.rank not in (3, 4) or not per_token(n):
         return None
     x = next((v for v in n.inputs if v.type.shape == n.out.type.shape and v not in c.consts), None)
     if x is None:

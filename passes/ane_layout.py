@@ -35,15 +35,23 @@ values, up to float summation order (tests: tests/test_ane_layout.py).
 """
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 
+from tlc.errors import IRError
 from tlc.ir import Graph, Value
 from tlc.ops.linalg import MASK_FILL
-from tlc.ops.norm import norm_axes
+from tlc.ops.norm import REDUCE_OPS, norm_axes
 
 from .cleanup import dce
 from .registry import register_pass
-from .ane_forms import BINARY, PAD_SAFE, UNARY, Ctx, Heads, Seq, seed
+from .ane_forms import BINARY, PAD_SAFE, UNARY, Ctx, Heads, Seq, seed, seq_view
+from .ane_heads import (as_bhsd, heads_conv, heads_first, heads_from_channels, heads_last, heads_matmul, heads_softmax,
+                        heads_swap, heads_to_channels, talking_heads)
+from .ane_masks import float_masks
+from .ane_pad import MISALIGNED_COST
 from .cleanup import merge_layout
 
 # ------------------------------------------------------------------------------- rewrites
@@ -77,7 +85,9 @@ def _linear(c: Ctx, n):
     if w is None or any(b not in c.consts for b in bias):
         return None
     L = c.lay.get(x)
-    if L is None and x.type.rank == 3 and x.type.is_static:
+    if isinstance(L, Heads):
+        return talking_heads(c, n, L)
+    if L is None and x.type.rank >= 3 and x.type.is_static:  # tokens (B, S, C) or a channels-last map
         L = c.seed_seq(x)
     if not isinstance(L, Seq):
         return None
@@ -90,13 +100,18 @@ def _linear(c: Ctx, n):
     return {n.out: L.like([y], C=w.shape[0])}
 
 
+def _channels_last(L) -> bool:
+    """Whether ``L`` is a form whose last logical axis is its physical channel axis (axis 1)."""
+    return isinstance(L, Seq) or isinstance(L, Heads) and L.order in ("bhsd", "bshd")
+
+
 def _channel_axis(L, axis: int, rank: int) -> bool:
     return norm_axes([axis], rank)[0] == rank - 1
 
 
 def _norm(c: Ctx, n):
     L = c.lay.get(n.inputs[0]) or seed(c, n)
-    if L is None or tuple(norm_axes(n.attrs["axes"], len(L.shape))) != (len(L.shape) - 1,):
+    if not _channels_last(L) or tuple(norm_axes(n.attrs["axes"], len(L.shape))) != (len(L.shape) - 1,):
         return None
     if L.pad and not n.attrs.get("epsilon", 1e-5) > 0:
         return None  # a zero-filled padding position would divide 0 by 0
@@ -106,8 +121,23 @@ def _norm(c: Ctx, n):
     return {n.out: L.like(parts)}
 
 
+def _reduce(c: Ctx, n):
+    """A reduction over the channel axis (C of tokens, d of heads; F.normalize's norm) per part."""
+    L = c.lay.get(n.inputs[0])
+    axes = n.attrs.get("axes")
+    if not _channels_last(L) or axes is None or not n.attrs.get("keep_dims") or len(n.inputs) != 1:
+        return None
+    if tuple(norm_axes(axes, len(L.shape))) != (len(L.shape) - 1,):
+        return None
+    parts = [c.add(n.op, [p], {**n.attrs, "axes": (1,)}, f"_h{i}" if len(L.parts) > 1 else "")
+             for i, p in enumerate(L.parts)]
+    return {n.out: L.like(parts, 1)}
+
+
 def _softmax(c: Ctx, n):
     L = c.lay.get(n.inputs[0])
+    if isinstance(L, Heads):
+        return heads_softmax(c, n, L)
     if not isinstance(L, Seq) or not _channel_axis(L, n.attrs.get("axis", -1), len(L.shape)):
         return None
     return {n.out: L.like([c.add("softmax", [L.phys], {**n.attrs, "axis": 1})])}
@@ -115,8 +145,11 @@ def _softmax(c: Ctx, n):
 
 def _split(c: Ctx, n):
     L = c.lay.get(n.inputs[0])
-    if not isinstance(L, Seq) or not _channel_axis(L, n.attrs["axis"], len(L.shape)):
+    if not _channels_last(L) or not _channel_axis(L, n.attrs["axis"], len(L.shape)):
         return None
+    if isinstance(L, Heads):  # per head (LeViT's q, k, v packed in each head's channels)
+        per = [c.add("split", [p], {**n.attrs, "axis": 1}, f"_h{i}", outs=len(n.outputs)) for i, p in enumerate(L.parts)]
+        return {o: L.like([ps[k] for ps in per], o.type.shape[-1]) for k, o in enumerate(n.outputs)}
     outs = c.add("split", [L.phys], {**n.attrs, "axis": 1}, outs=len(n.outputs))
     return {o: L.like([p], C=o.type.shape[-1]) for o, p in zip(n.outputs, outs)}
 
@@ -124,7 +157,7 @@ def _split(c: Ctx, n):
 def _slice(c: Ctx, n):
     L = c.lay.get(n.inputs[0])
     a = n.attrs
-    if L is None or a.get("squeeze_mask") and any(a["squeeze_mask"]) or a.get("flip"):
+    if not _channels_last(L) or a.get("squeeze_mask") and any(a["squeeze_mask"]) or a.get("flip"):
         return None
     full = L.shape
     cut = [k for k in range(len(full)) if (a["begin"][k], a["end"][k], a["stride"][k]) != (0, full[k], 1)]
@@ -140,7 +173,7 @@ def _slice(c: Ctx, n):
 
 def _concat(c: Ctx, n):
     lays = [c.lay[v] for v in n.inputs if v in c.lay]
-    if not lays:
+    if not lays or not all(_channels_last(M) for M in lays):
         return None
     L = lays[0]
     rank = len(L.shape)
@@ -173,7 +206,7 @@ def _concat(c: Ctx, n):
         heads = [c.lay[v] if v in c.lay else c.heads_of(v) for v in n.inputs]
     else:
         heads = [c.lay.get(v) for v in n.inputs]
-    if any(not isinstance(M, Heads) or M.h != L.h or M.order != L.order or M.pad != L.pad for M in heads):
+    if any(not isinstance(M, Heads) or M.h != L.h or M.order != L.order or M.pad != L.pad or M.view for M in heads):
         return None
     if ax == rank - 1:
         if any(M.S != L.S for M in heads):
@@ -190,12 +223,30 @@ def _transpose(c: Ctx, n):
     x = n.inputs[0]
     L = c.lay.get(x)
     perm = tuple(n.attrs["perm"])
-    if isinstance(L, Heads) and perm == (0, 2, 1, 3):
+    if isinstance(L, Seq) and _only_unit_axes_move(x.type.shape, perm):
+        return _reshape(c, n)  # (1, S, C) -> (S, 1, C): the same data
+    if isinstance(L, Heads) and L.view is None and perm in HEAD_PERMS:  # explicit attention (ane_heads.py)
+        return HEAD_PERMS[perm](c, n, L)
+    if isinstance(L, Heads) and L.view is None and perm == (0, 2, 1, 3) and L.order != "bsdh":
         return {n.out: Heads(L.parts, L.B, L.S, L.d, "bshd" if L.order == "bhsd" else "bhsd", L.whole, L.pad)}
+    if isinstance(L, Heads) and L.roles() is not None:  # B = 1: a transpose of the (h, S, d) roles
+        nu = [k for k, d in enumerate(x.type.shape) if d != 1]
+        role = dict(zip(nu, L.roles()))
+        M = L.viewed(n.out.type.shape, [role[a] for a in perm if a in role])
+        return {n.out: M} if M is not None else None
     if L is None and perm == (0, 2, 1) and x.type.rank == 3 and x.type.is_static and x not in c.consts:
         B, C, S = x.type.shape  # channels-first data (a conv's output) read as tokens: a reshape suffices
         return {n.out: c.fresh_seq(c.add("reshape", [c.logical(x)], {"shape": (B, C, 1, S)}, "_ane"), B, S, C)}
     return None
+
+
+HEAD_PERMS = {(0, 1, 3, 2): heads_swap, (0, 2, 3, 1): heads_last, (0, 3, 1, 2): heads_first}
+
+
+def _only_unit_axes_move(shape, perm) -> bool:
+    """Whether transposing ``shape`` by ``perm`` keeps the non-unit axes in order (a reshape)."""
+    moved = [a for a in perm if shape[a] != 1]
+    return moved == sorted(moved)
 
 
 def _reshape(c: Ctx, n):
@@ -203,20 +254,32 @@ def _reshape(c: Ctx, n):
     L = c.lay.get(x)
     if isinstance(L, Seq):
         B, S, C = L.B, L.S, L.C
-        if want in ((B * S, C), (B, S, C)):
-            return {n.out: Seq(L.phys, B, S, C, len(want) == 2, L.pad)}
-        if len(want) == 4 and want[:2] == (B, S) and want[2] * want[3] == C:
+        nu = [d for d in want if d != 1]
+        if B == 1 and len(nu) == 3 and nu[0] == S and nu[1] * nu[2] == C and len(want) != 4 and S > 1 and nu[1] > 1:
+            want = (1, S, nu[1], nu[2])  # sequence-first heads (S, h, d) of nn.MultiheadAttention
+            parts = c.add("split", [L.phys], {"split_sizes": (nu[2],) * nu[1], "axis": 1}, "_heads", outs=nu[1])
+            H = Heads(tuple(parts), 1, S, nu[2], "bshd", L.phys, L.pad).viewed(n.out.type.shape)
+            return {n.out: H} if H is not None else None
+        if len(want) == 4 and want[:2] == (B, S) and want[2] * want[3] == C and not (want[2] == 1 and L.flat):
             h, d = want[2], want[3]
             parts = (L.phys,) if h == 1 else c.add("split", [L.phys], {"split_sizes": (d,) * h, "axis": 1},
                                                     "_heads", outs=h)
             return {n.out: Heads(tuple(parts), B, S, d, "bshd", L.phys, L.pad)}
+        view = seq_view(want, B, S, C)
+        if view is not False:  # the same tokens seen flat, as a (B, H, W, C) map, or sequence-first
+            return {n.out: Seq(L.phys, B, S, C, view, L.pad)}
         return None
+    if isinstance(L, Heads) and L.order == "bhds":
+        return heads_to_channels(c, n, L)
     if isinstance(L, Heads):
         B, S = L.B, L.S
-        if L.order == "bshd" and want in ((B * S, L.h * L.d), (B, S, L.h * L.d)):
+        if L.order == "bshd" and seq_view(want, B, S, L.h * L.d) is not False:
             phys = L.parts[0] if L.h == 1 else c.add("concat", L.parts, {"axis": 1}, "_merge")
-            return {n.out: Seq(phys, B, S, L.h * L.d, len(want) == 2, L.pad)}
-        return None
+            return {n.out: Seq(phys, B, S, L.h * L.d, seq_view(want, B, S, L.h * L.d), L.pad)}
+        M = L.viewed(want)  # B = 1: unit axes inserted or dropped
+        return {n.out: M} if M is not None else None
+    if L is None and heads_from_channels(c, n) is not None:
+        return heads_from_channels(c, n)
     if (x.type.rank == 3 and want == (x.type.shape[0] * x.type.shape[1], x.type.shape[2]) and x not in c.consts
             and any(u.op == "linear" for u in c.users.get(n.out, []))):  # tokens flattened for a linear (GPT-2's Conv1D)
         return {n.out: c.seed_seq(x, flat=True)}
@@ -291,10 +354,16 @@ def _keys_transposed(c: Ctx, k: Heads) -> list[Value]:
 
 
 def _sdpa(c: Ctx, n):
-    if any(x.type.rank != 4 or (x in c.lay and not (isinstance(c.lay[x], Heads) and c.lay[x].order == "bhsd"))
+    if any(x.type.rank != 4 or (x in c.lay and not (isinstance(c.lay[x], Heads) and c.lay[x].order in ("bhsd", "bhds")
+                                                    and c.lay[x].view is None and not (c.lay[x].order == "bhds"
+                                                                                       and c.lay[x].pad)))
            for x in n.inputs[:3]):
         return None
-    q, k, v = (c.lay[x] if x in c.lay else c.heads_of(x) for x in n.inputs[:3])
+    q, k, v = (as_bhsd(c, c.lay[x]) if x in c.lay else c.heads_of(x) for x in n.inputs[:3])
+    if k.pad != v.pad and k.S == v.S and (n.inputs[1] not in c.lay or n.inputs[2] not in c.lay):
+        pad = max(k.pad, v.pad)  # keys or values from outside the layout (EVA's RoPE): padded like the others
+        k, v = (L if L.pad == pad else Heads(tuple(c.padded(p, pad) for p in L.parts), L.B, L.S, L.d, L.order, pad=pad)
+                for L in (k, v))
     if k.h != v.h or q.h % k.h or k.S != v.S or k.pad != v.pad:
         return None
     dt = n.out.type.dtype
@@ -324,16 +393,23 @@ def _sdpa(c: Ctx, n):
 
 RULES = {"linear": _linear, "layer_norm": _norm, "rms_norm": _norm, "softmax": _softmax, "split": _split,
          "slice_by_index": _slice, "concat": _concat, "transpose": _transpose, "reshape": _reshape,
-         "scaled_dot_product_attention": _sdpa, **{o: _unary for o in UNARY}, **{o: _binary for o in BINARY}}
+         "scaled_dot_product_attention": _sdpa, "matmul": heads_matmul,
+         "conv": lambda c, n: heads_conv(c, n, c.lay[n.inputs[0]]) if isinstance(c.lay.get(n.inputs[0]), Heads) else None, **{o: _unary for o in UNARY}, **{o: _binary for o in BINARY},
+         **{o: _reduce for o in REDUCE_OPS}}
 
 
 def has_attention(g: Graph) -> bool:
-    """Whether ``g`` holds rank-4 attention (what makes :func:`ane_transformer` fire)."""
-    return any(n.op == "scaled_dot_product_attention" and n.inputs[0].type.rank == 4 for n in g.nodes)
+    """Whether ``g`` holds rank-4 attention (what makes :func:`ane_transformer` fire): fused
+    ``scaled_dot_product_attention``, or a rank-4 softmax beside a rank-4 matmul over heads
+    (explicit attention, passes/ane_heads.py)."""
+    if any(n.op == "scaled_dot_product_attention" and n.inputs[0].type.rank == 4 for n in g.nodes):
+        return True
+    heads_mm = any(n.op == "matmul" and n.out.type.rank == 4 and n.out.type.shape[1] > 1 for n in g.nodes)
+    return heads_mm and any(n.op == "softmax" and n.out.type.rank == 4 for n in g.nodes)
 
 
 @register_pass("layout::ane_transformer")
-def ane_transformer(g: Graph, *, max_pad: float = 0.25) -> Graph:
+def ane_transformer(g: Graph, *, misaligned_cost: float = MISALIGNED_COST) -> Graph:
     """Rewrite transformer blocks into the ANE's (B, C, 1, S) layout (see module docstring).
 
     Given:  %q = linear(%x, Wq); %qh = transpose(reshape(%q, (B, S, h, d)), (0, 2, 1, 3))   (same for k, v)
@@ -346,15 +422,28 @@ def ane_transformer(g: Graph, *, max_pad: float = 0.25) -> Graph:
             %a_i = einsum(%v_j, %p_i)                                             ; [B, d, 1, Sq]
             %o = conv(concat(%a_0, .., %a_{h-1}, axis=1), Wo[:, :, None, None])
     Fires only when the graph has rank-4 ``scaled_dot_product_attention``; ``tlc.build`` runs it
-    for ``target="ane"`` only. ``max_pad``: a sequence whose length is not a multiple of 32
-    (64 bytes of fp16, Apple neural_engine_rules.md L23) is padded up to one when that adds at
-    most this share of positions (default 0.25: ViT-base's 197 -> 224, Whisper's 1500 -> 1504;
-    0 turns padding off); padded keys are masked and the padding is sliced off at the edges, so
-    results do not change.
+    for ``target="ane"`` only. A form the pass cannot rebuild leaves the graph as traced (a
+    warning; under ``TLC_VERIFY``/``TLC_DEBUG`` the error is raised). ``misaligned_cost``: a sequence whose length is not a multiple of
+    32 (64 bytes of fp16, Apple neural_engine_rules.md L23) is padded up to one when the padded
+    program costs less, an op on a misaligned axis counted this many times its FLOPs
+    (:mod:`tlc.passes.ane_pad`: ViT-B/16's 197 -> 224, ViT-B/32's 50 -> 64, a 7x7 window's
+    49 -> 64; 1.0 turns padding off); padded keys are masked and the padding is sliced off at the
+    edges, so results do not change.
     """
     if not has_attention(g):
         return g
-    c = Ctx(g, max_pad)
+    try:
+        return _layout(g, misaligned_cost)
+    except (IRError, ValueError) as e:  # a form this pass mis-reads: the graph as traced is still right
+        if os.environ.get("TLC_VERIFY") or os.environ.get("TLC_DEBUG"):
+            raise
+        warnings.warn(f"layout::ane_transformer left the graph as traced: {e}", stacklevel=2)
+        return g
+
+
+def _layout(g: Graph, misaligned_cost: float) -> Graph:
+    g = float_masks(g)  # bool/int32 mask logic as float arithmetic (passes/ane_masks.py)
+    c = Ctx(g, misaligned_cost)
     for v in g.inputs:
         c.env[v] = c.b.add_input(v.name, v.type)
     for n in g.nodes:
@@ -366,7 +455,8 @@ def ane_transformer(g: Graph, *, max_pad: float = 0.25) -> Graph:
         if rule is not None and all(x.type.is_static for x in n.inputs):
             got = rule(c, n)
         if got:
-            c.lay.update(got)
+            for v, form in got.items():  # a layout, or (ane_heads.heads_to_channels) the logical value itself
+                (c.env if isinstance(form, Value) else c.lay)[v] = form
             continue
         new = c.b.add(n.op, [c.logical(v) for v in n.inputs], dict(n.attrs), name=n.name, loc=n.loc)
         c.env.update(zip(n.outputs, new.outputs))

@@ -49,11 +49,38 @@ def fuse_conv_batchnorm(g: Graph) -> Graph:
 
     Given:  %y = conv(%x, W, b)        ; %z = batch_norm(%y, mean, var, gamma, beta, eps)
     Result: %z = conv(%x, W * s, (b - mean) * s + beta)   where s = gamma / sqrt(var + eps)
+    Given:  %y = linear(%x: [B, S, C], W, b); %f = reshape(%y, (B*S, C')); %z = batch_norm(%f, ...)
+    Result: %z = reshape(linear(%x, W * s, (b - mean) * s + beta), (B*S, C'))   (timm LeViT)
     Fires only when %y has no other user and is not a graph output, and all parameters are const.
     """
     conv = any_of(Pat("conv", (None, const("w"), const("b")), name="conv"), Pat("conv", (None, const("w")), name="conv"))
     pat = Pat("batch_norm", (conv, const("mean"), const("var"), const("gamma"), const("beta")), name="bn")
-    return rewrite(g, [(pat, _conv_bn)])
+    lin = any_of(Pat("linear", (None, const("w"), const("b")), name="conv"), Pat("linear", (None, const("w")), name="conv"))
+    flat = Pat("batch_norm", (Pat("reshape", (lin,), name="flat", where=_keeps_last_axis), const("mean"), const("var"),
+                              const("gamma"), const("beta")), name="bn")
+    return rewrite(g, [(pat, _conv_bn), (flat, _linear_bn)])
+
+
+def _keeps_last_axis(n) -> bool:
+    """A reshape to (N, C) that only merges the leading axes (BatchNorm1d over flattened tokens)."""
+    return n.out.type.rank == 2 and n.out.type.shape[-1] == n.inputs[0].type.shape[-1]
+
+
+def _linear_bn(m: Match):
+    """batch_norm over the channels of flattened linear outputs (timm LeViT's ``LinearNorm``: the
+    linear's per-channel scale and shift, then the reshape)."""
+    lin, bn = m["conv"], m["bn"]
+    if not (m.single_use("conv") and m.single_use("flat")):
+        return None
+    w = m.const_val("w")
+    b = m.const_val("b") if len(lin.inputs) == 3 else np.zeros(w.shape[0], w.dtype)
+    mean, var, gamma, beta = (m.const_val(k).astype(np.float64) for k in ("mean", "var", "gamma", "beta"))
+    s = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
+    w2 = np.ascontiguousarray(w * s.astype(w.dtype)[:, None])
+    b2 = _as((b.astype(np.float64) - mean) * s + beta, lin.out.type.dtype)
+    y = m.add("linear", [lin.inputs[0], m.const(w2, lin.name + "_w_bn"), m.const(b2, lin.name + "_b_bn")], {},
+              name=lin.name)
+    return m.add("reshape", [y], {"shape": tuple(bn.out.type.shape)}, name=bn.name)
 
 
 # ------------------------------------------------------------------------------------ pad + conv

@@ -28,12 +28,17 @@ left unchanged and its ops run in tlc's fallback runtime (the partitioner's reas
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
+from tlc.errors import IRError
 from tlc.ir import Graph, GraphBuilder, Node, Value
 from tlc.ops import elementwise_ops
+from tlc.ops.table import ANE_MAX_DIM
 from tlc.ops.norm import REDUCE_OPS, norm_axes
 
+from .cleanup import merge_layout
 from .registry import register_pass
 
 MAX_RANK = 5
@@ -41,8 +46,8 @@ _ELEMENTWISE = set(elementwise_ops())  # the rows' elementwise trait
 _SUPPORTED = _ELEMENTWISE | set(REDUCE_OPS) | {"reshape", "transpose", "softmax", "expand_dims", "squeeze"}
 
 
-def _high(v: Value) -> bool:
-    return v.type.is_static and v.type.rank > MAX_RANK
+def _high(v: Value, limit: int = MAX_RANK) -> bool:
+    return v.type.is_static and v.type.rank > limit
 
 
 class _Cuts:
@@ -186,23 +191,54 @@ def _regions(g: Graph, high: set) -> list[tuple[set, list]]:
     return list(comps.values())
 
 
-def _solve(g: Graph, values: set, nodes: list) -> _Cuts | None:
-    """The cuts of one region, or None if it cannot be folded to rank <= 5."""
-    if any(v in values for v in list(g.inputs) + list(g.outputs)):
-        return None
-    if any(n.op not in _SUPPORTED for n in nodes):
-        return None
-    c = _Cuts(values)
-    limit = sum(len(ax) for ax in c.nu.values()) + 1
-    for _ in range(limit):
+def _settle(c: _Cuts, values: set, nodes: list) -> None:
+    """Apply every node's constraint until no cut is added (cuts only grow, so this ends)."""
+    for _ in range(sum(len(ax) for ax in c.nu.values()) + 1):
         c.changed = False
         for n in nodes:
             _constrain(n, c, values)
         if not c.changed:
             break
-    if any(len(c.groups(v)) > MAX_RANK for v in values):
+
+
+def _cut_oversized(c: _Cuts, values: set) -> bool:
+    """Cut merged groups whose size would pass the ANE's dimension limit (``ANE_MAX_DIM``) in a
+    value whose traced axes all keep within it (a scalar ``mul`` on a rank-5 view of 200704
+    elements must not become one axis of 200704). Returns whether a cut was added."""
+    added = False
+    for v in values:
+        if max(v.type.shape, default=1) > ANE_MAX_DIM:
+            continue
+        for grp in c.groups(v):
+            size = 1
+            for j, a in enumerate(grp):
+                size *= v.type.shape[a]
+                if j and size > ANE_MAX_DIM:
+                    c.cut_between(v, grp[j - 1], a)
+                    added, size = True, v.type.shape[a]
+    return added
+
+
+def _solve(g: Graph, values: set, nodes: list, limit: int = MAX_RANK) -> _Cuts | None:
+    """The cuts of one region, or None if it cannot be folded to rank <= ``limit``. Merged axes
+    are kept within the ANE's dimension limit where that still folds (:func:`_cut_oversized`);
+    a fold to rank <= 4 that cannot keep them so is not made (rank 5 is eligible on the ANE, an
+    oversized axis is not), a fold of rank > 5 is made anyway (Core ML cannot run rank 6)."""
+    if any(v in values for v in list(g.inputs) + list(g.outputs)):
         return None
-    return c
+    if any(n.op not in _SUPPORTED for n in nodes):
+        return None
+    c = _Cuts(values)
+    _settle(c, values, nodes)
+    if any(len(c.groups(v)) > limit for v in values):
+        return None
+    sized = _Cuts(values)
+    sized.cuts = {v: set(cs) for v, cs in c.cuts.items()}
+    while _cut_oversized(sized, values):
+        _settle(sized, values, nodes)
+    if all(len(sized.groups(v)) <= limit for v in values):
+        return sized
+    return c if limit >= MAX_RANK else None
 
 
 def _operand_shape(v: Value, y: Value, c: _Cuts) -> tuple[int, ...]:
@@ -222,21 +258,144 @@ def fold_rank(g: Graph) -> Graph:
             %w: fp32[4,16,8] = reshape(%p)
     Result: %v: fp32[2,4,2,32] = reshape(%x) ; %p: fp32[2,2,4,32] = transpose(%v, perm=(0,2,1,3))
             %w: fp32[4,16,8] = reshape(%p)
+    A transpose of rank >= 5 left after that (one that moves every axis: MaxViT's grid partition
+    (gh, wh, gw, ww, C) -> (wh, ww, gh, gw, C), Hiera's unroll) becomes transposes of rank <= 4
+    (:func:`_split_rank5_transposes`), and what it left at rank > 5 is folded again. Last, rank-5
+    regions (rank 5 runs on the ANE but breaks the ``rank5`` efficiency rule) are folded to rank
+    <= 4 the same way where they can be (Hiera's q-pooling max over a rank-5 view of its heads).
+    A region that cannot be rebuilt (an op's type rule rejects the merged shapes) is left as
+    traced; the pass never raises for a graph it cannot fold.
     """
-    high = {v for n in g.nodes for v in list(n.inputs) + list(n.outputs) if _high(v)}
+    g2 = _split_rank5_transposes(_fold_high(g))
+    g3 = _fold_high(g2) if g2 is not g else g
+    return _fold_high(g3, limit=MAX_RANK - 1)  # rank 5 runs on the ANE, slower (rule rank5): rank 4 where it folds
+
+
+def _fold_high(g: Graph, limit: int = MAX_RANK) -> Graph:
+    """The regions of rank > ``limit`` values of ``g`` rebuilt at rank <= ``limit`` where they can
+    be (:func:`fold_rank`)."""
+    high = {v for n in g.nodes for v in list(n.inputs) + list(n.outputs) if _high(v, limit)}
     if not high:
         return g
+    solved = []
+    for values, nodes in _regions(g, high):
+        c = _solve(g, values, nodes, limit)
+        if c is not None:
+            solved.append((values, nodes, c))
+    if not solved:
+        return g
+    try:
+        return _rebuild(g, solved)
+    except (IRError, ValueError):  # a region the rebuild cannot type: keep those regions as traced, one by one
+        kept = []
+        for region in solved:
+            try:
+                _rebuild(g, kept + [region])
+            except (IRError, ValueError):
+                continue
+            kept.append(region)
+        return _rebuild(g, kept) if kept else g
+
+
+def _runs(target: list[int], cur: list[int]) -> list[list[int]]:
+    """``target`` (axis ids in the wanted order) cut into runs of ids that are adjacent and in
+    order in ``cur`` (the current memory order): each run moves as one axis."""
+    pos = {a: i for i, a in enumerate(cur)}
+    out: list[list[int]] = []
+    for a in target:
+        if out and pos[a] == pos[out[-1][-1]] + 1:
+            out[-1].append(a)
+        else:
+            out.append([a])
+    return out
+
+
+def _transpose_steps(perm: tuple[int, ...]) -> list[list[int]]:
+    """Orders (lists of axis ids) that take the identity to ``perm`` in steps each moving at most
+    4 runs of axes (one transpose of rank <= 4 per step). One step when ``perm`` has at most 4
+    runs; else two where an intermediate order allows (searched for up to 6 axes: MaxViT's
+    grid); else one step per run moved into place (the placed prefix, the run, what was before
+    and after it: at most 4 runs), consecutive steps merged while they still move at most 4."""
+    ident = list(range(len(perm)))
+    target = list(perm)
+    if len(_runs(target, ident)) <= 4:
+        return [target]
+    if len(perm) <= 6:
+        for mid in itertools.permutations(ident):
+            mid = list(mid)
+            if len(_runs(mid, ident)) <= 4 and len(_runs(target, mid)) <= 4:
+                return [mid, target]
+    steps, cur = [], ident
+    while cur != target:
+        i = next(k for k in range(len(cur)) if cur[k] != target[k])
+        j = i + 1
+        while j < len(target) and cur.index(target[j]) == cur.index(target[j - 1]) + 1:
+            j += 1
+        moved = target[i:j]
+        cur = target[:i] + moved + [a for a in cur if a not in target[:j]]
+        steps.append(cur)
+    merged = [steps[0]]
+    for order in steps[1:]:
+        before = merged[-2] if len(merged) > 1 else ident
+        if len(_runs(order, before)) <= 4:
+            merged[-1] = order
+        else:
+            merged.append(order)
+    return merged
+
+
+def _split_rank5_transposes(g: Graph) -> Graph:
+    """Every transpose of rank >= 5 (up to 8 non-unit axes) as transposes of rank <= 4 of merged
+    axes (:func:`_transpose_steps`; module docstring of :func:`fold_rank`); the reshapes around
+    them are merged with their neighbours afterwards. A transpose of a graph input or into a
+    graph output is left alone (its rank is the model's I/O contract), and so is one of rank > 5
+    read by anything but reshapes (its result would stay at rank > 5)."""
+    users = g.users()
+    todo = [n for n in g.nodes if n.op == "transpose" and n.inputs[0].type.rank >= MAX_RANK and n.inputs[0].type.is_static
+            and n.inputs[0] not in g.inputs and n.out not in g.outputs
+            and (n.out.type.rank <= MAX_RANK or all(u.op == "reshape" for u in users.get(n.out, [])))]
+    if not todo:
+        return g
+    b = GraphBuilder(dict(g.meta))
+    env: dict[Value, Value] = {v: b.add_input(v.name, v.type) for v in g.inputs}
+    changed = False
+    for n in g.nodes:
+        x = n.inputs[0] if n.inputs else None
+        steps = None
+        if n in todo:
+            ids = [a for a in range(x.type.rank) if x.type.shape[a] != 1]
+            perm = [a for a in n.attrs["perm"] if x.type.shape[a] != 1]
+            steps = _transpose_steps(tuple(ids.index(a) for a in perm)) if len(ids) <= 8 else None
+        if steps is None:
+            new = b.add(n.op, [env[v] for v in n.inputs], dict(n.attrs), name=n.name, loc=n.loc)
+            env.update(zip(n.outputs, new.outputs))
+            continue
+        sizes = [x.type.shape[a] for a in ids]
+        cur, v = list(range(len(ids))), env[x]
+        for k, order in enumerate(steps):
+            runs = _runs(order, cur)
+            by_mem = sorted(runs, key=lambda r: cur.index(r[0]))
+            v = b.add("reshape", [v], {"shape": tuple(int(np.prod([sizes[a] for a in r])) for r in by_mem)},
+                      name=f"{n.name}_r{k}", loc=n.loc).out
+            v = b.add("transpose", [v], {"perm": tuple(by_mem.index(r) for r in runs)}, name=f"{n.name}_t{k}",
+                      loc=n.loc).out
+            cur = order
+        env[n.out] = b.add("reshape", [v], {"shape": n.out.type.shape}, name=n.name, loc=n.loc).out
+        changed = True
+    if not changed:
+        return g
+    return merge_layout(b.build([env[v] for v in g.outputs], g.output_names))
+
+
+def _rebuild(g: Graph, regions: list) -> Graph:
+    """``g`` with every node of the solved ``regions`` ((values, nodes, cuts) triples) rebuilt on
+    merged shapes; raises :class:`IRError` when an op's type rule rejects a rebuilt node."""
     plan: dict[Value, _Cuts] = {}
     rewrite: set[Node] = set()
-    for values, nodes in _regions(g, high):
-        c = _solve(g, values, nodes)
-        if c is None:
-            continue
+    for values, nodes, c in regions:
         for v in values:
             plan[v] = c
         rewrite.update(nodes)
-    if not rewrite:
-        return g
     b = GraphBuilder(dict(g.meta))
     env: dict[Value, Value] = {}
     for v in g.inputs:

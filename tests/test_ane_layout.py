@@ -299,17 +299,17 @@ def _example_fn():
 
 @pytest.mark.parametrize("name", ["bert", "vit", "llama"])
 def test_sequence_padding_to_64_bytes_keeps_numbers(name):
-    """With ``max_pad`` high enough the small configs' sequences (12, 17, 11) are padded to 32
+    """With ``misaligned_cost`` high enough the small configs' sequences (12, 17, 11) are padded to 32
     positions (64 bytes of fp16): every (B, C, 1, S) tensor is aligned, padded keys are masked,
     the padding is sliced off at the edges, and the outputs are those of the unpadded graph."""
     m, args, kwargs = _case(name)
     g0 = tlc.build(m, (args, kwargs), precision="fp32", skip_passes=["layout::ane_transformer"]).graph
-    g1 = PASSES["layout::ane_transformer"](g0, max_pad=4.0)
+    g1 = PASSES["layout::ane_transformer"](g0, misaligned_cost=16.0)
     assert any(n.op == "pad" for n in g1.nodes)
     seq = {n.out.type.shape[-1] for n in g1.nodes if n.op in ("layer_norm", "rms_norm", "einsum")
            or n.op == "conv" and n.inputs[1].type.shape[2:] == (1, 1)}  # not ViT's patch-embedding conv
     assert seq == {32}
-    assert PASSES["layout::ane_transformer"](g0).op_histogram().get("pad") is None  # default: too costly here
+    assert PASSES["layout::ane_transformer"](g0, misaligned_cost=1.0).op_histogram().get("pad") is None  # never pads
     feeds = _feeds(g0, args, kwargs)
     o0, o1 = run_graph(g0, feeds), run_graph(g1, feeds)
     for k in o0:

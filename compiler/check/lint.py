@@ -69,6 +69,14 @@ class LintReport:
     total_flops: int = 0
     findings: list[Finding] = field(default_factory=list)
     unchecked: dict[str, int] = field(default_factory=dict)
+    #: edges (a value one op writes and another reads) between an op the rules place on the ANE
+    #: and one they do not (each a potential ANE <-> CPU/GPU hand-over), as (producer, reader) names
+    transition_edges: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def transitions(self) -> int:
+        """Number of :attr:`transition_edges`."""
+        return len(self.transition_edges)
 
     def summary(self) -> list[dict]:
         """Per rule: ``rule``, ``kind``, ``ops`` (distinct ops breaking it), ``flops_share`` of the
@@ -100,7 +108,8 @@ class LintReport:
         """The summary table, then each finding (the first ``limit``; None: all)."""
         lines = [f"lint {self.path}: {self.num_ops} op(s) in {len(self.functions)} function(s); "
                  f"{self.count('eligibility')} op(s) break an eligibility rule (off the ANE), "
-                 f"{self.count('efficiency')} an efficiency rule (on the ANE, slower)"]
+                 f"{self.count('efficiency')} an efficiency rule (on the ANE, slower); "
+                 f"{self.transitions} transition(s) between ops on and off the ANE"]
         if self.findings:
             lines.append(f"  {'rule':<22} {'kind':<12} {'ops':>5} {'FLOPs':>7}  source")
             for r in self.summary():
@@ -123,7 +132,8 @@ class LintReport:
     def to_json(self) -> dict:
         """JSON-ready dict: path, functions, num_ops, total_flops, summary, findings, unchecked."""
         return {"path": self.path, "functions": self.functions, "num_ops": self.num_ops,
-                "total_flops": self.total_flops, "summary": self.summary(),
+                "total_flops": self.total_flops, "summary": self.summary(), "transitions": self.transitions,
+                "transition_edges": [list(e) for e in self.transition_edges],
                 "findings": [asdict(f) for f in self.findings], "unchecked": self.unchecked}
 
 
@@ -236,6 +246,7 @@ def lint(path: str | Path) -> LintReport:
         prefix = f"{pkg.name}:" if len(pkgs) > 1 else ""
         for fname, fn in prog.functions.items():
             rep.functions.append(prefix + fname)
+            on_ane: dict[int, bool] = {}  # id(op) -> whether the eligibility rules place it on the ANE
             for op in _walk(fn.operations):
                 if op.op_type == "const" or op.op_type.startswith("constexpr_"):
                     continue
@@ -251,4 +262,18 @@ def lint(path: str | Path) -> LintReport:
                     rule = rule_of(r)
                     rep.findings.append(Finding(prefix + fname, op.op_type, op.name, rule.id, rule.kind, str(r),
                                                 rule.source, src, flops))
+                on_ane[id(op)] = not any(rule_of(r).kind == "eligibility" for r in reasons)
+                rep.transition_edges += [(prefix + p.name, prefix + op.name) for p in _producers(op)
+                                         if id(p) in on_ane and on_ane[id(p)] != on_ane[id(op)]]
     return rep
+
+
+def _producers(op) -> list:
+    """The distinct ops whose outputs ``op`` reads (function inputs and constants have none)."""
+    out: dict[int, object] = {}
+    for v in op.inputs.values():
+        for var in (v if isinstance(v, (list, tuple)) else [v]):
+            p = getattr(var, "op", None)
+            if p is not None:
+                out.setdefault(id(p), p)
+    return list(out.values())

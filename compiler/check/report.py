@@ -143,6 +143,13 @@ class PlacementReport:
         (most ops first)."""
         return self._per_rule(((rule_of(r).id, o) for o in self.ops for r in o.efficiency), "ops")
 
+    @property
+    def transitions(self) -> int:
+        """Edges (a value one op writes and another reads) between an op predicted on the ANE and
+        one that is not: each is a potential ANE <-> CPU/GPU hand-over (issue 29)."""
+        on = {o.name: o.on_ane for o in self.ops}
+        return sum(on[i] != o.on_ane for o in self.ops for i in o.inputs if i in on)
+
     def not_on_ane(self) -> list[OpRow]:
         """Ops not predicted to run on the ANE, in graph order."""
         return [o for o in self.ops if not o.on_ane]
@@ -150,7 +157,8 @@ class PlacementReport:
     def __str__(self) -> str:
         lines = [f"placement of {self.model} ({self.precision}): {len(self.segments)} segment(s), static ANE residency "
                  f"{100 * self.residency:.1f}% of {_flops(self.total_flops)} (ops passing every eligibility rule; "
-                 f"in Core ML segments: {100 * self.coreml_share:.1f}%)"]
+                 f"in Core ML segments: {100 * self.coreml_share:.1f}%); {self.transitions} transition(s) between ops "
+                 f"on and off the ANE"]
         eff = self.efficiency()
         doc, gap = self.residency_under("documented"), self.residency_gap()
         lines.append(f"  under documented rules only (Apple's own and the format's): {100 * doc:.1f}%"
@@ -198,12 +206,13 @@ class PlacementReport:
 
     def to_json(self) -> dict:
         """JSON-ready dict: model, precision, residency (= predicted_ane_share, its former name),
-        coreml_share, efficiency (:meth:`efficiency`), total_flops, segments, ops, precision_check (``mixed``: per-output results, rounds, islands and fp16
+        coreml_share, transitions (:attr:`transitions`), efficiency (:meth:`efficiency`), total_flops, segments, ops, precision_check (``mixed``: per-output results, rounds, islands and fp16
         constant fixes of the closed loop; else null)."""
         return {"model": self.model, "precision": self.precision, "artifact": self.artifact,
                 "residency": self.residency, "predicted_ane_share": self.residency, "coreml_share": self.coreml_share,
                 "residency_by_evidence": {e: self.residency_under(e) for e in EVIDENCE},
-                "residency_gap": self.residency_gap(), "efficiency": self.efficiency(),
+                "residency_gap": self.residency_gap(), "transitions": self.transitions,
+                "efficiency": self.efficiency(),
                 "total_flops": self.total_flops, "segments": [asdict(s) for s in self.segments],
                 "ops": [asdict(o) for o in self.ops], "precision_check": self.precision_check}
 
