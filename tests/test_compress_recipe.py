@@ -108,6 +108,17 @@ def test_bits_budget(tmp_path):
         rep.outputs["last_hidden_state"][0], abs=0.5)
 
 
+def test_by_block(tmp_path):
+    """``by="block"``: a layer's weights are measured and compressed together (one unit per block)."""
+    m, feeds = _bert(), _feeds(2)
+    cm = tlc.build(m, (torch.from_numpy(feeds[0]["input_ids"]),), calibration=feeds[1:],
+                   compress={"target_psnr": 30, "max_bits": 4, "by": "block"})
+    cm.save(tmp_path / "k.mlpackage")
+    units = {r["unit"]: r for r in cm.compression.layers if r["role"] == "weight"}
+    assert {"encoder_layer_0", "encoder_layer_1"} <= set(units), sorted(units)
+    assert len(units["encoder_layer_0"]["weights"]) == 6 and cm.compression.met
+
+
 def test_out_of_reach_target_leaves_every_weight_dense(tmp_path):
     """Must-not-fire: no config keeps 150 dB, so nothing is compressed and the build says why."""
     m, feeds = _bert(), _feeds(2)
@@ -247,6 +258,12 @@ def test_cli_compress_auto_and_recipe(tmp_path):
     r = run_tlc("build", f, "-o", again, "--compress-recipe", tmp_path / "m.recipe.json")
     assert r.returncode == 0, r.stderr
     assert tree_digest(again) == tree_digest(out)
+    # built again (the trace and plan from the compile cache): measured again, the recipe written again
+    r = run_tlc("build", f, "-o", tmp_path / "second" / "m.mlpackage", "--compress", "auto", "--target-psnr", "30",
+                "--max-bits", "4")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "second" / "m.recipe.json").read_text())["weights"] == \
+        json.loads((tmp_path / "m.recipe.json").read_text())["weights"]
     r = run_tlc("build", f, "-o", tmp_path / "x.mlpackage", "--compress", "auto", "--target-psnr", "0")
     assert r.returncode == 2 and "target_psnr must be a PSNR in dB above 0" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "x.mlpackage").exists()

@@ -91,6 +91,10 @@ def _e(s) -> str:
     return html.escape(str(s))
 
 
+def _blank(x):
+    return "" if x is None else x
+
+
 def _compression(c: dict | None) -> str:
     """The compression section: summary, PSNR / rel-L2 per output, notes and the per-layer table
     (config, bits, PSNR with that unit alone compressed, cumulative PSNR where the recipe came from it)."""
@@ -101,8 +105,8 @@ def _compression(c: dict | None) -> str:
                    for k, v in c.get("outputs", {}).items())
     notes = "".join(f"<li>{_e(n)}</li>" for n in c.get("notes", []))
     rows = "".join(f"<tr><td><code>{_e(r['unit'])}</code></td><td>{_e(r['role'])}</td><td class=num>{r['size']:,}</td>"
-                   f"<td>{_e(r['config'])}</td><td class=num>{r['bits']:.2f}</td><td class=num>{_e(r.get('single_psnr', ''))}</td>"
-                   f"<td class=num>{_e(r.get('cumulative_psnr', ''))}</td></tr>" for r in c.get("layers", []))
+                   f"<td>{_e(r['config'])}</td><td class=num>{r['bits']:.2f}</td><td class=num>{_e(_blank(r.get('single_psnr')))}</td>"
+                   f"<td class=num>{_e(_blank(r.get('cumulative_psnr')))}</td></tr>" for r in c.get("layers", []))
     return (f"<h2>Compression</h2><p>{_e(c['request'])}: <b>{c['avg_bits']:.2f} bits per weight</b>, PSNR {_e(c['psnr'])} dB "
             f"(uncompressed {_e(c.get('baseline_psnr'))} dB){met}</p>"
             f"<table><tr><th>output</th><th>PSNR dB</th><th>rel-L2</th></tr>{outs}</table>"

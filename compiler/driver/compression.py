@@ -45,8 +45,9 @@ def candidates(c: Compression, ios18: bool) -> list[WeightConfig]:
     (the ANE's grouped form; per tensor before), one per tensor for 6 bits (its 64-entry k-means
     per 16 channels cost ~30x more time for ~1 dB, measured on all-MiniLM-L6-v2) — and for 8 bits
     int8 per output channel (exact to ~50-64 dB there, without a 256-entry k-means).
-    ``per_channel``: int4 (iOS18) / int8 quantization only."""
-    bits = [b for b in (1, 2, 3, 4, 6, 8) if c.min_bits <= b <= c.max_bits]
+    ``per_channel``: int4 (iOS18) / int8 quantization only. Before iOS18, ``constexpr_lut_to_dense``
+    takes tables of 2, 4, 16, 64 or 256 entries only (iOS16 opset), so 3 bits is not tried."""
+    bits = [b for b in ((1, 2, 3, 4, 6, 8) if ios18 else (1, 2, 4, 6, 8)) if c.min_bits <= b <= c.max_bits]
     out = []
     for b in bits:
         if c.granularity == "per_channel":

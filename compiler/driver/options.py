@@ -230,7 +230,7 @@ def check_compress(compress, target: str, minimum_deployment_target: str) -> Com
         if late:
             raise InputError(f"recipe {c.recipe.source}: {late[0][0]} ({late[0][1]}) and {len(late) - 1} more need "
                              f"minimum_deployment_target iOS18 or newer (got {target_name(minimum_deployment_target)}): "
-                             f"grouped tables, per-channel scales, vector tables and int4 arrived in that opset")
+                             f"grouped tables, per-channel scales, vector tables, int4 and 3-bit tables arrived in that opset")
     if c.measured and not ios18 and c.granularity == "per_grouped_channel":
         raise InputError(f"compress granularity 'per_grouped_channel' needs minimum_deployment_target iOS18 or newer "
                          f"(got {target_name(minimum_deployment_target)}); 'auto' uses what the target holds")

@@ -84,7 +84,9 @@ def save(cm, path: str | os.PathLike, force: bool = False) -> Path:
     storing them. Returns the path written (the Core ML one for ``format="both"``)."""
     path = Path(path)
     cm._written = []
-    if cm.cache_key is None:
+    if cm.cache_key is None or (cm.compress and cm.compress.measured):
+        # compression by target/budget: its report and recipe file come from the measurement, which a
+        # cached artifact does not carry (the trace and the plan are still taken from the cache)
         return _save(cm, path, force)
     akey = artifact_key(cm.cache_key, path, cm.format)
     got = None if cm._mlmodel_handed_out else cm._cache.get("artifacts", akey)

@@ -89,6 +89,25 @@ def mode_config(compress: str, ios18: bool = False) -> WeightConfig:
 WEIGHT_THRESHOLD = 2048
 
 
+def _large_consts(prog, skip: tuple[str, ...]):
+    """``(const op name, readers reading it as a weight, readers gathering rows of it, other
+    readers)`` for every ``const`` of at least :data:`WEIGHT_THRESHOLD` elements read by no op in
+    ``skip``: a weight reader is a :data:`WEIGHT_OPS` op reading it as ``weight`` (``x``/``y`` for
+    ``matmul``), never as ``bias``; a gather reads it as ``x``."""
+    for f in prog.functions.values():
+        for op in f.operations:
+            if op.op_type != "const" or np.size(op.outputs[0].val) < WEIGHT_THRESHOLD:
+                continue
+            var = op.outputs[0]
+            readers = var.child_ops
+            if not readers or any(r.name in skip for r in readers):
+                continue
+            weights = [r for r in readers if r.op_type in WEIGHT_OPS and r.inputs.get("bias") is not var
+                       and any(v is var for k, v in r.inputs.items() if k in ("weight", "x", "y"))]
+            gathers = [r for r in readers if r.op_type == "gather" and r.inputs.get("x") is var]
+            yield op.name, weights, gathers, len(readers) - len(weights) - len(gathers)
+
+
 def weight_consts(prog, skip: tuple[str, ...] = ()) -> list[str]:
     """Names of the ``const`` ops of a MIL program that are weights of :data:`WEIGHT_OPS` only
     (every reader is one of them, reads it as its ``weight`` — ``x``/``y`` for ``matmul`` — and is
@@ -96,18 +115,7 @@ def weight_consts(prog, skip: tuple[str, ...] = ()) -> list[str]:
     constant also read by another op (a shared scalar, a layer-norm gamma), a bias (a linear
     without one gets a zero vector; a 1.1B LM had 111 of 2048+ elements) or one read by an fp32
     island stays as it is."""
-    out = []
-    for f in prog.functions.values():
-        for op in f.operations:
-            if op.op_type != "const" or np.size(op.outputs[0].val) < WEIGHT_THRESHOLD:
-                continue
-            var = op.outputs[0]
-            readers = var.child_ops
-            if readers and all(r.op_type in WEIGHT_OPS and r.name not in skip
-                               and any(v is var for k, v in r.inputs.items() if k in ("weight", "x", "y"))
-                               and r.inputs.get("bias") is not var for r in readers):
-                out.append(op.name)
-    return out
+    return [n for n, weights, gathers, others in _large_consts(prog, skip) if weights and not gathers and not others]
 
 
 def const_bytes(prog) -> int:
@@ -225,19 +233,7 @@ def embedding_consts(prog, skip: tuple[str, ...] = ()) -> list[str]:
     tables: read as the ``x`` of a ``gather`` (rows looked up by token id), and otherwise only as a
     :data:`WEIGHT_OPS` weight (an LM head tied to its embedding), by no op in ``skip``. Uniform
     modes leave them dense; compression by target may give them int8 (one scale per row)."""
-    out = []
-    for f in prog.functions.values():
-        for op in f.operations:
-            if op.op_type != "const" or np.size(op.outputs[0].val) < WEIGHT_THRESHOLD:
-                continue
-            var = op.outputs[0]
-            readers = var.child_ops
-            gathers = [r for r in readers if r.op_type == "gather" and r.inputs.get("x") is var]
-            weights = [r for r in readers if r.op_type in WEIGHT_OPS and r.inputs.get("bias") is not var
-                       and any(v is var for k, v in r.inputs.items() if k in ("weight", "x", "y"))]
-            if gathers and len(gathers) + len(weights) == len(readers) and not any(r.name in skip for r in readers):
-                out.append(op.name)
-    return out
+    return [n for n, _, gathers, others in _large_consts(prog, skip) if gathers and not others]
 
 
 @dataclass

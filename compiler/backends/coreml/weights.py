@@ -92,9 +92,10 @@ class WeightConfig:
     @property
     def needs_ios18(self) -> bool:
         """Whether the config's ``constexpr_*`` form exists only from iOS18 (grouped tables, per-channel
-        scales, vector tables, int4)."""
-        return bool(self.group_size or self.enable_per_channel_scale or self.cluster_dim > 1 or self.nbits == 4
-                    and self.kind == "quantize")
+        scales, vector tables, int4, 3-bit tables: iOS16's ``constexpr_lut_to_dense`` takes 2, 4, 16, 64
+        or 256 entries)."""
+        return bool(self.group_size or self.enable_per_channel_scale or self.cluster_dim > 1
+                    or (self.nbits == 4 and self.kind == "quantize") or (self.nbits == 3 and self.kind == "palettize"))
 
     def bits(self, shape, axis: int = 0) -> float:
         """Bits per weight element stored for a weight of ``shape`` whose output channels are along
