@@ -48,7 +48,7 @@ def build(
     io_dtype: str = "float32",
     fallback: bool = True,
     progress: bool = False,
-    compress: str | None = None,
+    compress: str | dict | None = None,
     function_names: list[str] | None = None,
     default_function_name: str | None = None,
     paddable: dict | None = None,
@@ -102,7 +102,14 @@ def build(
     activations calibrated on the calibration samples in tlc's MIL interpreter) or None: the
     weights of conv/linear/matmul in the package compressed by coremltools after precision
     (per-channel or per-tensor for ``target="ane"``; embeddings and fp32 islands untouched;
-    :mod:`tlc.backends.coreml.compress`; CLI: ``--compress``).
+    :mod:`tlc.backends.coreml.compress`; CLI: ``--compress``). By measured sensitivity (issue 31):
+    ``"auto"`` or ``{"target_psnr": 40, "max_bits": 4, "granularity": "auto"}`` (the fewest bits per
+    weight whose package reaches that PSNR in dB on the calibration samples) or ``{"avg_bits": 4.5}``
+    (the best PSNR within a bits budget), keys as :func:`tlc.driver.options.check_compress`; or a
+    recipe file ``"NAME.recipe.json"`` such a build wrote beside its package (a byte-identical
+    rebuild). What was decided and measured: ``cm.compression``
+    (:class:`tlc.driver.compression.CompressionReport`). CLI: ``--compress auto --target-psnr DB``,
+    ``--avg-bits B``, ``--compress-recipe FILE``.
 
     **The package's interface** (:mod:`tlc.iospec`; coremltools' names): ``inputs`` / ``outputs``,
     one entry per model input / output in order (from the first; None keeps one as traced):

@@ -24,7 +24,7 @@ import contextlib
 import io
 import warnings
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -170,6 +170,7 @@ class MILInterpreter:
         #: ``(name, shape, numpy dtype)`` of each output, as the package declares it
         self.output_rows = [(v.name, _dims(v.shape), self._out_dtypes[v.name]) for v in self.function.outputs]
         self._wide: dict[int, np.ndarray] = {}  # fp16 constants widened once (id of the MIL var)
+        self._subst: dict[str, np.ndarray] | None = None  # constants replaced during replay()
         ops = [op for op in self.function.operations if op.op_type != "const"]
         for op in _walk(ops):
             if op.op_type not in OPS and op.op_type not in BUILTINS and op.op_type != "const":
@@ -183,6 +184,7 @@ class MILInterpreter:
                 if op.op_type in CONSTEXPR_OPS:
                     self._run_op(op, self._consts)
         self._all_ops = ops
+        self._first_reader: dict[str, int] | None = None  # const name -> index of the first top-level op reading it
         self._ops = [op for op in ops if op.op_type not in CONSTEXPR_OPS]
         # values to free after each top-level op (their last reader, nested blocks included)
         last: dict[str, int] = {}
@@ -269,6 +271,49 @@ class MILInterpreter:
                 out[n] = a.item()
         return out
 
+    def record(self, feeds: Mapping[str, np.ndarray]) -> "Recording":
+        """Run on ``feeds`` keeping every top-level value (for :meth:`replay`); a stateless
+        function only. Memory: every intermediate value of one run."""
+        values: dict[str, tuple[int, np.ndarray]] = {}
+        index = {id(op): i for i, op in enumerate(self._ops)}
+        self.run(feeds, observer=lambda op, outs: values.update(
+            (v.name, (index[id(op)], a)) for v, a in zip(op.outputs, outs)))
+        return Recording(self.check_feeds(feeds), values)
+
+    def replay(self, rec: "Recording", weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The outputs :meth:`run` gives on ``rec``'s feeds with the constants ``weights``
+        (``{const name: array}``, e.g. a weight as it decompresses after compression) in place of
+        the program's, computed from the first op that reads one of them on (the values before it
+        are ``rec``'s). Raises :class:`TlcError` for a name that is no constant any op reads."""
+        if self._first_reader is None:
+            self._first_reader = {}
+            for i, op in enumerate(self._ops):
+                for sub in _walk([op]):
+                    for var in sub.inputs.values():
+                        for v in (var if isinstance(var, (list, tuple)) else (var,)):
+                            if v.val is not None:
+                                self._first_reader.setdefault(v.name, i)
+        missing = [k for k in weights if k not in self._first_reader]
+        if missing:
+            raise TlcError(f"replay: {missing} are no constants the program's ops read")
+        start = min((self._first_reader[k] for k in weights), default=len(self._ops))
+        env = dict(self._consts)
+        env.update((k, v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in rec.feeds.items())
+        env.update((k, a) for k, (i, a) in rec.values.items() if i < start)
+        self._subst = {k: to_float32(v) if v.dtype == np.float16 else v for k, v in weights.items()}
+        try:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                for op, free in zip(self._ops[start:], self._free[start:]):
+                    self._exec(op, env)
+                    for name in free:
+                        env.pop(name, None)
+        finally:
+            self._subst = None
+        out = {n: env[n] if n in env else rec.values[n][1] if n in rec.values else self._constant_output(n)
+               for n in self.outputs}
+        return {n: a.astype(self._out_dtypes[n]) if a.dtype != self._out_dtypes[n] and a.dtype.kind == "f" else a
+                for n, a in out.items()}
+
     def _constant_output(self, name: str) -> np.ndarray:
         """An output no op computes: a constant of the program (coremltools' const_elimination
         turns an output that does not depend on the inputs into a ``const`` op)."""
@@ -279,6 +324,8 @@ class MILInterpreter:
 
     def _value(self, op, var, env):
         if var.val is not None:
+            if self._subst is not None and var.name in self._subst:
+                return self._subst[var.name]
             v = var.val
             if isinstance(v, np.ndarray) and v.dtype == np.float16:
                 w = self._wide.get(id(var))
@@ -338,6 +385,14 @@ class MILInterpreter:
             env[var.name] = a
             outs.append(a)
         return tuple(outs)
+
+
+class Recording(NamedTuple):
+    """One run of :meth:`MILInterpreter.record`: the checked ``feeds`` and every top-level value
+    ``{name: (index of the op that made it, array)}``."""
+
+    feeds: dict
+    values: dict
 
 
 def _dims(shape) -> tuple:

@@ -71,6 +71,7 @@ class PlacementReport:
     total_flops: int
     artifact: str = field(default="")
     precision_check: dict | None = None  # the closed loop of precision="mixed" (tlc.check.calibrate.PrecisionCheck.to_json)
+    compression: dict | None = None  # compression by target/budget/recipe (tlc.driver.compression.CompressionReport.to_json)
 
     @property
     def residency(self) -> float:
@@ -200,6 +201,7 @@ class PlacementReport:
                 lines.append(f"  FALLBACK: {pc['fallback']}")
             for name, why in pc["fp16_constants"].items():
                 lines.append(f"  fp16 constant of {name}: {why}")
+        lines += compression_lines(self.compression)
         return "\n".join(lines)
 
     text = __str__
@@ -207,14 +209,16 @@ class PlacementReport:
     def to_json(self) -> dict:
         """JSON-ready dict: model, precision, residency (= predicted_ane_share, its former name),
         coreml_share, transitions (:attr:`transitions`), efficiency (:meth:`efficiency`), total_flops, segments, ops, precision_check (``mixed``: per-output results, rounds, islands and fp16
-        constant fixes of the closed loop; else null)."""
+        constant fixes of the closed loop; else null), compression (by target, budget or recipe: the
+        summary, per-output PSNR/rel-L2 and the per-layer table, :func:`compression_lines`; else null)."""
         return {"model": self.model, "precision": self.precision, "artifact": self.artifact,
                 "residency": self.residency, "predicted_ane_share": self.residency, "coreml_share": self.coreml_share,
                 "residency_by_evidence": {e: self.residency_under(e) for e in EVIDENCE},
                 "residency_gap": self.residency_gap(), "transitions": self.transitions,
                 "efficiency": self.efficiency(),
                 "total_flops": self.total_flops, "segments": [asdict(s) for s in self.segments],
-                "ops": [asdict(o) for o in self.ops], "precision_check": self.precision_check}
+                "ops": [asdict(o) for o in self.ops], "precision_check": self.precision_check,
+                "compression": self.compression}
 
     def to_html(self) -> str:
         """A standalone HTML page: summary, the op graph drawn (SVG) with segments coloured, the
@@ -253,7 +257,7 @@ def _names(items, limit: int = 3) -> str:
 
 
 def build_report(graph: Graph, segments, placement, *, model: str, precision: str, artifact: str = "",
-                 precision_check: dict | None = None) -> PlacementReport:
+                 precision_check: dict | None = None, compression: dict | None = None) -> PlacementReport:
     """Assemble a :class:`PlacementReport` from a graph, its segments
     (:func:`tlc.passes.partition.split`) and :class:`~tlc.passes.partition.Placement`."""
     total = sum(s.flops for s in segments)
@@ -282,4 +286,23 @@ def build_report(graph: Graph, segments, placement, *, model: str, precision: st
                       if target == "ane" else ())
         ops.append(OpRow(n.name, n.op, seg, target, on_ane, reason, src, node_cost_inputs(n)[0],
                          tuple(dict.fromkeys(prod[v] for v in n.inputs if v in prod)), eff, rules))
-    return PlacementReport(model, precision, tuple(seg_rows), tuple(ops), int(total), artifact, precision_check)
+    return PlacementReport(model, precision, tuple(seg_rows), tuple(ops), int(total), artifact, precision_check,
+                           compression)
+
+
+def compression_lines(c: dict | None, layers: int = 12) -> list[str]:
+    """Text of a compression entry (``PlacementReport.compression``): the request, average bits
+    per weight, PSNR (coremltools' definition, dB) and rel-L2 per output of the compressed program
+    on the calibration samples, the notes, and the ``layers`` least-PSNR units of the per-layer
+    table (config, bits, single-unit PSNR)."""
+    if not c:
+        return []
+    met = "" if c.get("met") is None else (" (target met)" if c["met"] else " (TARGET NOT MET)")
+    out = [f"compression {c['request']}: {c['avg_bits']:.2f} bits/weight, PSNR {c['psnr']} dB{met}"]
+    out += [f"  {k}: PSNR {v['psnr']} dB, rel-L2 {v['rel_l2']:.3g}" for k, v in c.get("outputs", {}).items()]
+    out += [f"  note: {n}" for n in c.get("notes", [])]
+    rows = sorted(c.get("layers", []), key=lambda r: (r.get("single_psnr") is None, r.get("single_psnr") or 0))[:layers]
+    if rows:
+        out.append(f"  {'unit':<48} {'config':<20} {'bits':>6} {'alone dB':>9}")
+        out += [f"  {r['unit'][:48]:<48} {r['config']:<20} {r['bits']:>6.2f} {r.get('single_psnr') or '':>9}" for r in rows]
+    return out

@@ -91,6 +91,30 @@ def _e(s) -> str:
     return html.escape(str(s))
 
 
+def _blank(x):
+    return "" if x is None else x
+
+
+def _compression(c: dict | None) -> str:
+    """The compression section: summary, PSNR / rel-L2 per output, notes and the per-layer table
+    (config, bits, PSNR with that unit alone compressed, cumulative PSNR where the recipe came from it)."""
+    if not c:
+        return ""
+    met = "" if c.get("met") is None else (" (target met)" if c["met"] else " (<b>target not met</b>)")
+    outs = "".join(f"<tr><td><code>{_e(k)}</code></td><td class=num>{_e(v['psnr'])}</td><td class=num>{v['rel_l2']:.3g}</td></tr>"
+                   for k, v in c.get("outputs", {}).items())
+    notes = "".join(f"<li>{_e(n)}</li>" for n in c.get("notes", []))
+    rows = "".join(f"<tr><td><code>{_e(r['unit'])}</code></td><td>{_e(r['role'])}</td><td class=num>{r['size']:,}</td>"
+                   f"<td>{_e(r['config'])}</td><td class=num>{r['bits']:.2f}</td><td class=num>{_e(_blank(r.get('single_psnr')))}</td>"
+                   f"<td class=num>{_e(_blank(r.get('cumulative_psnr')))}</td></tr>" for r in c.get("layers", []))
+    return (f"<h2>Compression</h2><p>{_e(c['request'])}: <b>{c['avg_bits']:.2f} bits per weight</b>, PSNR {_e(c['psnr'])} dB "
+            f"(uncompressed {_e(c.get('baseline_psnr'))} dB){met}</p>"
+            f"<table><tr><th>output</th><th>PSNR dB</th><th>rel-L2</th></tr>{outs}</table>"
+            + (f"<ul>{notes}</ul>" if notes else "")
+            + f"<table><tr><th>unit</th><th>role</th><th>elements</th><th>config</th><th>bits</th><th>alone dB</th>"
+              f"<th>cumulative dB</th></tr>{rows}</table>")
+
+
 def render(rep: dict) -> str:
     """The page for a report dict (:meth:`tlc.check.report.PlacementReport.to_json`)."""
     pos = layout(rep["ops"])
@@ -122,6 +146,7 @@ def render(rep: dict) -> str:
                      f"{len(pc['rounds'])} round(s): <b>{'PASS' if pc['passed'] else 'FAIL'}</b></p>"
                      f"<table><tr><th>output</th><th>max abs</th><th>rel-L2</th><th>nan/inf</th><th></th></tr>{rows}</table>"
                      + (f"<table><tr><th>op</th><th>change</th><th>reason</th></tr>{fixes}</table>" if fixes else ""))
+    compression = _compression(rep.get("compression"))
     legend = " ".join(f"<span class=swatch style='background:{f};border-color:{s}'></span>{t}"
                       for t, (s, f) in COLORS.items())
     return f"""<!DOCTYPE html>
@@ -138,6 +163,7 @@ ANE eligibility rule; in Core ML segments: {100 * rep.get('coreml_share', rep['r
 <h2>Ops not on the ANE</h2><table><tr><th>op</th><th>kind</th><th>seg</th><th>target</th><th>reason</th><th>source</th></tr>
 {op_rows}</table>
 {precision}
+{compression}
 <script type="application/json" id="tlc-data">{payload}</script>
 <script>{_SCRIPT}</script>
 </body></html>

@@ -268,11 +268,21 @@ def add_parser(sub) -> None:
     b.add_argument("--no-fallback", action="store_true",
                    help="demand one shippable .mlpackage: every op Core ML can hold goes there; fail (writing nothing) "
                         "listing each op that would need tlc's fallback runtime")
-    b.add_argument("--compress", choices=list(MODES),
+    b.add_argument("--compress", choices=list(MODES) + ["auto"],
                    help="compress conv/linear/matmul weights with coremltools (int8/int4: per-channel linear "
                         "quantization, int4 needs iOS18; palettizeN: a 2^N-entry k-means table per tensor; w8a8: "
-                        "int8 weights and activations calibrated on the example/--calibration inputs, iOS17+); "
-                        "embeddings and fp32 islands stay as they are")
+                        "int8 weights and activations calibrated on the example/--calibration inputs, iOS17+; "
+                        "auto: mixed bits per weight chosen by measured sensitivity to reach --target-psnr, default "
+                        "40 dB, or --avg-bits; writes NAME.recipe.json beside the package); fp32 islands stay as they are")
+    b.add_argument("--target-psnr", type=float, metavar="DB",
+                   help="with --compress auto: the PSNR (dB, coremltools' definition) the package must reach on the "
+                        "calibration inputs against the fp32 model, with the fewest bits per weight")
+    b.add_argument("--avg-bits", type=float, metavar="BITS",
+                   help="with --compress auto: a budget of bits per weight (tables included); the best PSNR within it")
+    b.add_argument("--max-bits", type=int, metavar="N", help="with --compress auto: the most bits a weight may take (1-8)")
+    b.add_argument("--compress-recipe", metavar="FILE",
+                   help="compress with the per-weight configs of a recipe file a --compress auto build wrote "
+                        "(NAME.recipe.json): the same weights give a byte-identical package, without measuring")
     b.add_argument("--shape", action="append", metavar="NAME=DIMS[,DIMS...]",
                    help="build one function per shape into one multifunction package (iOS18+), e.g. "
                         "input_ids=1x64,1x128,1x512; inputs sharing NAME's example shape follow it (repeatable)")

@@ -142,7 +142,34 @@ def merged_options(a: argparse.Namespace, spec: ModelSpec | None, keys=OPTION_KE
             opts[k] = v
     if "fallback" in keys and getattr(a, "no_fallback", False):
         opts["fallback"] = False
+    if "compress" in keys:
+        c = compress_option(a)
+        if c is not None:
+            opts["compress"] = c
     return opts
+
+
+def compress_option(a: argparse.Namespace):
+    """``compress=`` of ``--compress MODE|auto``, ``--target-psnr DB`` / ``--avg-bits B``, ``--max-bits N``
+    and ``--compress-recipe FILE`` (None when none is given): a mode string, a dict
+    (``{"target_psnr": 40, "max_bits": 4}``; ``--target-psnr`` or ``--avg-bits`` alone imply ``auto``)
+    or the recipe path. Raises :class:`InputError` for a recipe beside ``--compress`` and for the
+    target flags beside a uniform mode. Values are checked by
+    :func:`tlc.driver.options.check_compress`."""
+    mode, recipe = getattr(a, "compress", None), getattr(a, "compress_recipe", None)
+    auto = {k: getattr(a, f, None) for k, f in (("target_psnr", "target_psnr"), ("avg_bits", "avg_bits"),
+                                                  ("max_bits", "max_bits"))}
+    auto = {k: v for k, v in auto.items() if v is not None}
+    if recipe is not None:
+        if mode or auto:
+            raise InputError("--compress-recipe FILE gives every weight's config; leave out --compress, --target-psnr, "
+                             "--avg-bits and --max-bits")
+        return str(recipe)
+    if auto:
+        if mode not in (None, "auto"):
+            raise InputError(f"--target-psnr, --avg-bits and --max-bits go with --compress auto, not --compress {mode}")
+        return auto
+    return mode or None
 
 
 def io_options(a: argparse.Namespace, spec: ModelSpec | None = None) -> dict:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from tlc.check.metrics import accuracy
+from tlc.check.report import compression_lines
 from tlc.util.coreml import package_size, weight_file_size
 
 
@@ -39,7 +40,7 @@ def print_compression(cm, path, function_name: str | None = None, weights_after:
     after = weights_after if weights_after is not None else weight_file_size(path)
     label = f" {function_name}" if function_name else ""
     if cm.is_bundle:
-        n = sum(s.target == "ane" for s in cm.segments)
+        n = sum(s.target == "ane" for s in cm.segments)  # (compress by target/recipe: one program only)
         print(f"  weights {cm.compress}: " + (f"compressed in the {n} Core ML segment(s); weight files {human(after)}"
                                              if n else "nothing compressed: no op runs in a Core ML segment"))
     elif weights_after is None or function_name == default:
@@ -49,6 +50,13 @@ def print_compression(cm, path, function_name: str | None = None, weights_after:
                                                         "of >= 2048 elements outside fp32 islands)")
               + (f"  (the {function_name} function's constants before; the package's weight file after)"
                  if weights_after is not None else ""))
+        if cm.compression is not None:
+            for line in compression_lines(cm.compression.to_json(), layers=5):
+                print("  " + line)
+            if cm.compress.measured:
+                from tlc.driver.recipe import recipe_path
+
+                print(f"  recipe  {recipe_path(path)}  (--compress-recipe FILE rebuilds this package)")
         if cm.float_activation_ops:
             print(f"          {cm.float_activation_ops} op(s) keep float activations: a tensor they read or write is "
                   f"outlier-dominated (estimated int8 SNR < 30 dB on the calibration inputs)")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from tlc.backends.coreml.compress import compress_mlmodel, const_bytes
+from tlc.backends.coreml.compress import const_bytes
 from tlc.backends.coreml.emit import convert
 from tlc.backends.coreml.features import finish_package
 from tlc.check.report import build_report
@@ -36,6 +36,7 @@ from tlc.util.progress import stage
 from . import save as _save
 from .cache import Cache, load_graph_entry, read_entry, save_graph_entry, use_for_inductor
 from .cache_key import derived_key
+from .compression import compress_model
 from .inputs import complex_boundary, image_feeds, model_outputs, pixel_feeds, signature_key
 from .options import RUN_BACKENDS as BACKENDS, BuildOptions
 from .plan import BuildPlan, check_shippable, is_bundle, make_plan, where
@@ -94,6 +95,8 @@ class CompiledModel:
         self.weights_before_compress = None  # bytes of the program's constants before compression
         self.compressed_weights: list[str] = []  # MIL const ops compress= compressed
         self.float_activation_ops = 0  # w8a8: ops kept with float activations (outlier tensors)
+        #: compression by target, budget or recipe: what was decided and measured (tlc.driver.compression.CompressionReport)
+        self.compression = None
         #: the persistent compile cache (tlc.driver.cache): this build's key, the store, and "hit" / "miss" (None: not cached)
         self.cache_key: str | None = None
         self._cache = None
@@ -108,7 +111,8 @@ class CompiledModel:
     io_dtype = property(lambda self: self.options.io_dtype, doc="``float32`` or ``float16`` package I/O")
     fallback = property(lambda self: self.options.fallback, doc="whether ops may run outside Core ML")
     cost = property(lambda self: self.options.cost, doc="the placement cost model (None: the default)")
-    compress = property(lambda self: self.options.compress, doc="weight compression mode (tlc.backends.coreml.compress.MODES) or None")
+    compress = property(lambda self: self.options.compress,
+                        doc="the decided compression (tlc.driver.options.Compression; str() is its label) or None")
     format = property(lambda self: self.options.format,
                       doc='what :meth:`save` writes: "mlpackage", "aimodel" (Core AI) or "both" (``tlc.build(format=)``)')
 
@@ -201,14 +205,15 @@ class CompiledModel:
         ANE with its reason and source line (text via ``str``, JSON, HTML)."""
         plan = self.plan
         pc = plan.precision_check.to_json() if plan.precision_check is not None else None
+        comp = self.compression.to_json() if self.compression is not None else None
         return build_report(plan.emit_graph, list(plan.segments), plan.placement, model=self.name,
-                            precision=self.precision, precision_check=pc)
+                            precision=self.precision, precision_check=pc, compression=comp)
 
     def _metadata(self, g: Graph | None = None) -> dict:
         md = {"tlc.source": relative_source(self.source, source_roots(source=self.source))} if self.source else {}
         md["tlc.io_dtype"] = self.io_dtype
         if self.compress:
-            md["tlc.compress"] = self.compress
+            md["tlc.compress"] = str(self.compress)
         md.update(self.boundary.metadata())  # complex model I/O (a bundle's manifest needs it too)
         islands = (self.emit_graph if g is None else g).meta.get("tlc.islands", {})
         if islands:
@@ -240,9 +245,7 @@ class CompiledModel:
             if self.compress and not self._compressed:
                 t0 = time.perf_counter()  # after the closed loop: it judges fp16, not the compression
                 self.weights_before_compress = const_bytes(self._mlmodel._mil_program)
-                c = compress_mlmodel(self._mlmodel, self.compress, skip=tuple(plan.islands),
-                                     calibration=[self._package_feed(f) for f in self.calibration],
-                                     progress=self.progress)
+                c, self.compression = compress_model(self, self._mlmodel, skip=tuple(plan.islands))
                 self._mlmodel, self.compressed_weights, self.float_activation_ops = c.mlmodel, c.weights, \
                     c.float_activation_ops
                 self._compressed = True
@@ -324,6 +327,7 @@ class CompiledModel:
         cm.timings = {k: v for k, v in self.timings.items() if k in TRACE_STAGES}
         cm._plan = cm._mlmodel = cm._coreml = cm._torch = None
         cm._compressed = cm._finished = False
+        cm.compression = None
         return cm
 
     # --------------------------------------------------------------------------------- running

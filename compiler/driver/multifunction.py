@@ -45,7 +45,7 @@ from tlc.util.progress import note
 
 from .cache_key import calibration_key
 from .inputs import calibration_feed, signature_key
-from .options import BuildOptions
+from .options import BuildOptions, Compression
 from .single import build_one
 
 def signatures(example_inputs) -> list | None:
@@ -202,12 +202,17 @@ class MultiFunctionModel:
 
         def write(staged: Path):
             mlms = {}
+            recipe = None  # compression by target/budget: measured on the first function, its recipe for the others
             with shared_compression():  # a weight every function reads is compressed once
                 for k, (name, cm) in enumerate(self.functions.items()):
+                    if recipe is not None and cm.compress and cm.compress.measured and not cm._compressed:
+                        cm.options = dataclasses.replace(cm.options, compress=Compression(recipe=recipe))
                     if progress:
                         note(f"emitting function {name} ({k + 1} of {len(self.functions)})"
                              + (f", weights {self.compress}" if self.compress else ""))
                     mlm = cm.mlmodel
+                    if recipe is None and cm.compression is not None and cm.compress.measured:
+                        recipe = cm.compression.recipe
                     if states:
                         mlm = stateful_mlmodel(mlm, states, self.minimum_deployment_target)
                     # the spec in memory: the metadata (tlc's boundary record among it) is set on the MLModel,

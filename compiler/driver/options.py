@@ -10,14 +10,18 @@ Two "targets" exist and are kept apart: :data:`TARGETS` is *where* capable ops r
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from tlc import dtypes
-from tlc.backends.coreml.compress import MODES
+from tlc.backends.coreml.compress import GROUP_SIZE, MODES
 from tlc.errors import InputError
 from tlc.iospec import ClassifierConfig, ImageType, Interface, PackageMetadata, TensorType
 from tlc.util.coreml import MULTIFUNCTION_MIN_TARGET, at_least, coreai, target_name
+
+from .recipe import Recipe, read_recipe
 
 #: ``precision=``: ``mixed`` (fp16 except measured fp32 islands; the default for ``target="ane"``),
 #: ``fp16`` (every float op in fp16), ``fp32`` (no fp16; the default for gpu/cpu). See tlc.passes.precision.
@@ -80,23 +84,157 @@ def check_io_dtype(io_dtype: str, minimum_deployment_target) -> str:
     return IO_DTYPES[io_dtype]
 
 
-def check_compress(compress: str | None, target: str, minimum_deployment_target: str) -> str | None:
-    """``compress`` if it is None or a key of :data:`tlc.backends.coreml.compress.MODES` that
-    ``minimum_deployment_target`` can hold; raises :class:`InputError` naming the option, the
-    allowed values and, for a target too old, the one needed, and for ``target`` other than
-    ``"ane"`` (gpu/cpu builds run in tlc's fallback runtime: there is no Core ML program to compress)."""
-    if compress is None:
+#: ``compress=`` that measures: ``"auto"`` is ``{"target_psnr": DEFAULT_TARGET_PSNR}``. 40 dB is what
+#: Apple's guidance expects of 4-bit palettization (coreai-models working-with-coreai SKILL.md:
+#: on-device fp16 > 50 dB, 4-bit palettized typically ~40 dB, below 30 dB investigate)
+DEFAULT_TARGET_PSNR = 40.0
+#: keys of a ``compress={...}`` dict (:class:`Compression` fields)
+COMPRESS_KEYS = ("target_psnr", "avg_bits", "max_bits", "min_bits", "granularity", "group_size", "by", "embeddings")
+#: ``granularity`` of compression by target: ``auto`` tries the forms the deployment target holds
+COMPRESS_GRANULARITIES = ("auto", "per_tensor", "per_grouped_channel", "per_channel")
+#: ``by``: measure one weight at a time, or a block's weights together (LLMs: one decoder layer's)
+COMPRESS_BY = ("weight", "block")
+
+
+@dataclass(frozen=True, eq=False)
+class Compression:
+    """The decided ``compress=`` option (:func:`check_compress`). One of: ``mode``, a uniform mode
+    (:data:`tlc.backends.coreml.compress.MODES`: every weight alike); ``target_psnr`` (dB: the fewest
+    bits per weight whose package reaches it on the calibration samples, :mod:`tlc.driver.compression`)
+    or ``avg_bits`` (a bits-per-weight budget: the best package within it), with the candidate configs
+    limited by ``min_bits``..``max_bits``, ``granularity`` (``auto``: what the deployment target holds;
+    else coremltools' ``per_tensor`` / ``per_grouped_channel`` (``group_size`` channels per table) /
+    ``per_channel`` (int4/int8 quantization)), ``by`` (``weight`` or ``block``: what is measured at once)
+    and ``embeddings`` (``auto``: int8 where measured harmless, else dense; ``dense``); or ``recipe``
+    (:class:`tlc.driver.recipe.Recipe`: the per-weight configs of a recipe file). ``str()`` is its label;
+    a uniform mode compares equal to its name (``cm.compress == "int8"``, as before issue 31)."""
+
+    mode: str | None = None
+    target_psnr: float | None = None
+    avg_bits: float | None = None
+    max_bits: int = 8
+    min_bits: int = 2
+    granularity: str = "auto"
+    group_size: int = GROUP_SIZE
+    by: str = "weight"
+    embeddings: str = "auto"
+    recipe: Recipe | None = None
+
+    @property
+    def activations(self) -> bool:
+        """Whether a uniform mode calibrates activations (``w8a8``)."""
+        return self.mode is not None and MODES[self.mode].activations
+
+    @property
+    def measured(self) -> bool:
+        """True for compression by target or budget (sensitivity is measured on the calibration samples)."""
+        return self.mode is None and self.recipe is None
+
+    def _key(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, str):
+            return self.mode is not None and self.mode == other
+        return isinstance(other, Compression) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __str__(self) -> str:
+        if self.mode is not None:
+            return self.mode
+        if self.recipe is not None:
+            return f"recipe {self.recipe.source or '(given)'}"
+        goal = f"PSNR >= {self.target_psnr:g} dB" if self.target_psnr is not None else f"<= {self.avg_bits:g} bits/weight"
+        return f"auto ({goal}, {self.min_bits}-{self.max_bits} bits, {self.granularity})"
+
+
+def _number(d: dict, key: str, kind, lo, hi, what: str):
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and float(v) != int(v)) \
+            or not math.isfinite(v) or not lo(v) or not hi(v):
+        raise InputError(f"compress {key} must be {what}, got {v!r}")
+    return kind(v)
+
+
+def _compress_dict(d: dict) -> Compression:
+    unknown = [k for k in d if k not in COMPRESS_KEYS]
+    if unknown:
+        raise InputError(f"compress has unknown key(s) {unknown}; a compress dict takes {', '.join(COMPRESS_KEYS)}")
+    if "target_psnr" in d and "avg_bits" in d:
+        raise InputError("compress takes target_psnr (the fewest bits reaching it) or avg_bits (the best PSNR within "
+                         "that many bits per weight), not both")
+    kw = {}
+    if "target_psnr" in d:
+        kw["target_psnr"] = _number(d, "target_psnr", float, lambda v: v > 0, lambda v: v < 200,
+                                    "a PSNR in dB above 0 (coremltools' definition: 40 is typical of 4-bit palettization)")
+    elif "avg_bits" in d:
+        kw["avg_bits"] = _number(d, "avg_bits", float, lambda v: v >= 1, lambda v: v <= 8,
+                                 "a number of bits per weight from 1 to 8")
+    else:
+        kw["target_psnr"] = DEFAULT_TARGET_PSNR
+    for key in ("max_bits", "min_bits"):
+        if key in d:
+            kw[key] = _number(d, key, int, lambda v: v >= 1, lambda v: v <= 8, "an integer from 1 to 8")
+    kw.setdefault("max_bits", 8)
+    kw.setdefault("min_bits", min(2, kw["max_bits"]))
+    if kw["min_bits"] > kw["max_bits"]:
+        raise InputError(f"compress min_bits ({kw['min_bits']}) is above max_bits ({kw['max_bits']})")
+    if "group_size" in d:
+        kw["group_size"] = _number(d, "group_size", int, lambda v: v >= 1, lambda v: True, "a positive integer")
+    for key, allowed in (("granularity", COMPRESS_GRANULARITIES), ("by", COMPRESS_BY), ("embeddings", ("auto", "dense"))):
+        if key in d:
+            if d[key] not in allowed:
+                raise InputError(f"compress {key} must be one of {', '.join(allowed)}, got {d[key]!r}")
+            kw[key] = d[key]
+    return Compression(**kw)
+
+
+def check_compress(compress, target: str, minimum_deployment_target: str) -> Compression | None:
+    """The decided :class:`Compression` of ``compress=``: None (or ``""``) for none; a uniform mode
+    (a key of :data:`tlc.backends.coreml.compress.MODES`); ``"auto"`` (``{"target_psnr":
+    DEFAULT_TARGET_PSNR}``); a dict of :data:`COMPRESS_KEYS` (``{"target_psnr": 40, "max_bits": 4,
+    "granularity": "auto"}`` or ``{"avg_bits": 4.5}``); a recipe file (a path ending in ``.json``:
+    :func:`tlc.driver.recipe.read_recipe`); or a :class:`Compression`. Raises :class:`InputError`
+    naming the option: an unknown mode or key, a PSNR <= 0, bits outside 1..8, an unknown
+    granularity, a recipe file that cannot be read, a config the deployment target cannot hold (the
+    oldest one it needs is named), and ``target`` other than ``"ane"`` (gpu/cpu builds run in
+    tlc's fallback runtime: there is no Core ML program to compress)."""
+    if compress is None or compress == "" or compress is False:
         return None
-    if compress not in MODES:
-        raise InputError(f"compress must be one of {', '.join(MODES)} (or None), got {compress!r}")
+    if isinstance(compress, Compression):
+        c = compress
+    elif isinstance(compress, dict):
+        c = _compress_dict(compress)
+    elif isinstance(compress, os.PathLike) or (isinstance(compress, str) and compress.endswith(".json")):
+        c = Compression(recipe=read_recipe(compress))
+    elif compress == "auto":
+        c = Compression(target_psnr=DEFAULT_TARGET_PSNR)
+    elif isinstance(compress, str) and compress in MODES:
+        c = Compression(mode=compress)
+    else:
+        raise InputError(f"compress must be one of {', '.join(MODES)}, 'auto', a dict of {', '.join(COMPRESS_KEYS)} or a "
+                         f"recipe file (.json), got {compress!r}")
     if target != "ane":
-        raise InputError(f"compress={compress!r} compresses the Core ML program; target={target!r} runs every op in "
+        raise InputError(f"compress={str(c)!r} compresses the Core ML program; target={target!r} runs every op in "
                          f"tlc's fallback runtime, so there is none (use target='ane')")
-    need = MODES[compress].min_target
-    if not at_least(minimum_deployment_target, need):
-        raise InputError(f"compress={compress!r} needs minimum_deployment_target {need} or newer (got "
-                         f"{target_name(minimum_deployment_target)}): its constexpr ops arrived in that opset")
-    return compress
+    if c.mode is not None:
+        need = MODES[c.mode].min_target
+        if not at_least(minimum_deployment_target, need):
+            raise InputError(f"compress={c.mode!r} needs minimum_deployment_target {need} or newer (got "
+                             f"{target_name(minimum_deployment_target)}): its constexpr ops arrived in that opset")
+    ios18 = at_least(minimum_deployment_target, "iOS18")
+    if c.recipe is not None and not ios18:
+        late = [(k, v.label) for k, v in c.recipe.weights.items() if v is not None and v.needs_ios18]
+        if late:
+            raise InputError(f"recipe {c.recipe.source}: {late[0][0]} ({late[0][1]}) and {len(late) - 1} more need "
+                             f"minimum_deployment_target iOS18 or newer (got {target_name(minimum_deployment_target)}): "
+                             f"grouped tables, per-channel scales, vector tables, int4 and 3-bit tables arrived in that opset")
+    if c.measured and not ios18 and c.granularity == "per_grouped_channel":
+        raise InputError(f"compress granularity 'per_grouped_channel' needs minimum_deployment_target iOS18 or newer "
+                         f"(got {target_name(minimum_deployment_target)}); 'auto' uses what the target holds")
+    return c
 
 
 def check_format(format: str) -> str:
@@ -109,11 +247,11 @@ def check_format(format: str) -> str:
     return format
 
 
-def check_coreai_compress(compress: str | None) -> None:
+def check_coreai_compress(compress) -> None:
     """Raise :class:`InputError` when ``compress`` is set for a Core AI artifact: tlc compresses
     ``.mlpackage`` weights with coremltools.optimize only (issue 17: not yet for Core AI)."""
     if compress:
-        raise InputError(f"compress={compress!r} applies to the .mlpackage (coremltools.optimize); Core AI assets "
+        raise InputError(f"compress={str(compress)!r} applies to the .mlpackage (coremltools.optimize); Core AI assets "
                          f"are not compressed by tlc yet")
 
 
@@ -200,8 +338,8 @@ class BuildOptions:
     ``precision`` (:data:`PRECISIONS`), ``minimum_deployment_target`` (a canonical coremltools target
     name: ``"iOS17"``), ``target`` (:data:`TARGETS`), ``io_dtype`` (``"float32"``/``"float16"``),
     ``fallback`` (whether ops may leave Core ML), ``cost`` (a
-    :class:`tlc.passes.partition.CostModel`, None for the default), ``compress`` (a
-    :data:`tlc.backends.coreml.compress.MODES` key or None), ``format`` (:data:`FORMATS`: what
+    :class:`tlc.passes.partition.CostModel`, None for the default), ``compress`` (a decided
+    :class:`Compression` or None: :func:`check_compress`), ``format`` (:data:`FORMATS`: what
     ``save`` writes; the plan does not depend on it), ``interface`` (:class:`tlc.iospec.Interface`:
     the package's I/O declarations and metadata, :func:`decide_interface`) and ``strict_precision``
     (``mixed`` raises :class:`tlc.check.calibrate.PrecisionError` instead of shipping a fallback
@@ -214,14 +352,14 @@ class BuildOptions:
     io_dtype: str = "float32"
     fallback: bool = True
     cost: Any = None
-    compress: str | None = None
+    compress: Compression | None = None
     format: str = "mlpackage"
     interface: Interface = Interface()
     strict_precision: bool = False
 
     @classmethod
     def decide(cls, *, precision: str | None = None, minimum_deployment_target=None, target: str = "ane",
-               io_dtype: str = "float32", fallback: bool = True, cost=None, compress: str | None = None,
+               io_dtype: str = "float32", fallback: bool = True, cost=None, compress=None,
                format: str = "mlpackage", functions: int = 1, interface: Interface | None = None,
                strict_precision: bool = False) -> "BuildOptions":
         """Apply the defaults and check every option once. Defaults: ``precision`` ``"mixed"`` for
@@ -246,7 +384,7 @@ class BuildOptions:
         interface = interface if interface is not None else Interface()
         io_dtype = check_interface(interface, io_dtype, functions)
         check_io_dtype(io_dtype, mdt)
-        check_compress(compress, target, mdt)
+        compress = check_compress(compress, target, mdt)
         return cls(precision, mdt, target, io_dtype, bool(fallback), cost, compress, format, interface,
                    bool(strict_precision))
 
@@ -267,5 +405,5 @@ class BuildOptions:
 
 __all__ = ["PRECISIONS", "TARGETS", "FORMATS", "IO_DTYPES", "KV_CACHE", "RUN_BACKENDS", "BuildOptions", "check_target", "check_precision",
            "decide_interface", "check_interface", "TASKS", "TASK_ALIASES",
-           "check_io_dtype", "check_compress", "check_format", "check_coreai_compress", "check_multifunction_target",
+           "check_io_dtype", "check_compress", "Compression", "DEFAULT_TARGET_PSNR", "COMPRESS_KEYS", "check_format", "check_coreai_compress", "check_multifunction_target",
 ]

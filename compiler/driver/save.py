@@ -24,7 +24,6 @@ from pathlib import Path
 
 from tlc.backends.bundle import bundle_path, write_bundle
 from tlc.backends.coreai.emit import save_aimodel as write_aimodel_atomic
-from tlc.backends.coreml.compress import MODES
 from tlc.backends.coreml.package import check_output_path, check_package_io, save_atomic
 from tlc.errors import InputError, NotShippableError, OutputExistsError, TlcError
 from tlc.util.files import refuse_existing
@@ -33,6 +32,7 @@ from tlc.util.progress import stage
 from .cache import copy_artifact
 from .cache_key import artifact_key
 from .options import check_coreai_compress, check_format
+from .recipe import recipe_json, recipe_path, write_recipe
 
 
 def requested_output(output: str | os.PathLike | None, stem: str, format: str | None) -> tuple[str, Path]:
@@ -84,7 +84,9 @@ def save(cm, path: str | os.PathLike, force: bool = False) -> Path:
     storing them. Returns the path written (the Core ML one for ``format="both"``)."""
     path = Path(path)
     cm._written = []
-    if cm.cache_key is None:
+    if cm.cache_key is None or (cm.compress and cm.compress.measured):
+        # compression by target/budget: its report and recipe file come from the measurement, which a
+        # cached artifact does not carry (the trace and the plan are still taken from the cache)
         return _save(cm, path, force)
     akey = artifact_key(cm.cache_key, path, cm.format)
     got = None if cm._mlmodel_handed_out else cm._cache.get("artifacts", akey)
@@ -124,24 +126,36 @@ def _save(cm, path: Path, force: bool) -> Path:
 def save_coreml(cm, path: Path, force: bool) -> Path:
     """Write the Core ML artifact at ``path``: a bundle for a ``.tlc`` path (Core ML segments and
     fallback segments, :func:`tlc.backends.bundle.write_bundle`), else the one package, reloaded and
-    checked against the IR (:func:`tlc.backends.coreml.package.check_package_io`). Raises
-    :class:`InputError` for an activation-calibrating ``compress`` mode on a bundle (its Core ML
-    segments do not see the model's inputs)."""
+    checked against the IR (:func:`tlc.backends.coreml.package.check_package_io`), and, for
+    compression by target or budget, its recipe beside it (``NAME.recipe.json``,
+    :mod:`tlc.driver.recipe`; checked writable before the package is written). Raises
+    :class:`InputError` on a bundle for an activation-calibrating ``compress`` mode (its Core ML
+    segments do not see the model's inputs) and for compression by target, budget or recipe
+    (measured on one program's outputs: a bundle has several)."""
     if path.suffix == ".tlc":
-        if cm.compress and MODES[cm.compress].activations:
-            raise InputError(f"compress={cm.compress!r} calibrates activations on the whole model's inputs, which "
-                             f"a bundle's Core ML segments do not see (ops run in tlc's fallback runtime: see "
-                             f"report()); use a weight-only mode (int8, int4, palettize4/6/8) for bundles")
+        c = cm.compress
+        if c and (c.activations or c.mode is None):
+            raise InputError(f"compress={str(c)!r} " + (
+                "calibrates activations on the whole model's inputs, which a bundle's Core ML segments do not see"
+                if c.activations else "measures and compresses one Core ML program, and this model is a bundle")
+                + " (ops run in tlc's fallback runtime: see report()); use a weight-only mode (int8, int4, "
+                  "palettize4/6/8) for bundles")
         t0 = time.perf_counter()
         out = write_bundle(path, cm.emit_graph, cm.segments, precision=cm.precision,
                            minimum_deployment_target=cm.minimum_deployment_target,
-                           metadata={**cm._metadata(), **cm.io.metadata.as_dict()}, force=force, compress=cm.compress,
-                           skip=tuple(cm.islands))
+                           metadata={**cm._metadata(), **cm.io.metadata.as_dict()}, force=force,
+                           compress=c.mode if c else None, skip=tuple(cm.islands))
     else:
         path = check_output_path(path, force)  # before spending time on emission
+        measured = bool(cm.compress) and cm.compress.measured
+        if measured and recipe_path(path).exists():
+            refuse_existing(recipe_path(path), force)
         mlm = cm._emitted_mlmodel()
         t0 = time.perf_counter()
         out = save_atomic(mlm, path, force=force, check=lambda staged: check_package_io(staged, cm.emit_graph, io=cm.io))
+        if measured and cm.compression is not None:
+            r = cm.compression
+            write_recipe(recipe_path(out), recipe_json(r.recipe, r.summary(), r.layers), force=True)
     cm.timings["save"] = time.perf_counter() - t0
     cm._written.append(out)
     return out

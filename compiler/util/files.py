@@ -101,6 +101,28 @@ def atomic_dir(path: Path, force: bool, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def atomic_file(path: Path, force: bool, data: bytes) -> Path:
+    """Write file ``path`` with ``data`` through a temp file beside it and a rename (an existing
+    ``path`` is replaced only if ``force``: :func:`refuse_existing`). Raises
+    :class:`OutputExistsError`, or :class:`EmitError` when it cannot be written (nothing is left
+    behind)."""
+    path = refuse_existing(path, force)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise EmitError(f"could not write {str(path)!r}: {e}") from e
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
 def tree_digest(p: Path) -> str:
     """SHA-256 (hex) of a file, or of a directory's files (relative paths and contents, in sorted order)."""
     h = hashlib.sha256()
@@ -110,4 +132,4 @@ def tree_digest(p: Path) -> str:
     return h.hexdigest()
 
 
-__all__ = ["refuse_existing", "atomic_dir", "clean_stale_temp", "tree_digest", "OWNER_FILE"]
+__all__ = ["refuse_existing", "atomic_dir", "atomic_file", "clean_stale_temp", "tree_digest", "OWNER_FILE"]

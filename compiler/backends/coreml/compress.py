@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from tlc.util.progress import enabled as progress_enabled, note
+
+from .weights import WeightConfig, palettize_params
 
 #: MIL op types whose constant weights are compressed.
 WEIGHT_OPS = ("conv", "conv_transpose", "linear", "matmul")
@@ -70,20 +73,39 @@ MODES = {
 GROUP_SIZE = 16
 
 
-def _op_config(compress: str, ios18: bool = False):
-    import coremltools.optimize.coreml as cto
-
+def mode_config(compress: str, ios18: bool = False) -> WeightConfig:
+    """The :class:`~tlc.backends.coreml.weights.WeightConfig` a uniform mode gives every weight:
+    per-channel quantization, or per-tensor palettization (4-bit tables per :data:`GROUP_SIZE`
+    output channels when ``ios18``)."""
     m = MODES[compress]
     if m.kind == "quantize":
-        return cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8" if m.nbits == 8 else "int4",
-                                           granularity="per_channel")
+        return WeightConfig("quantize", m.nbits, "per_channel")
     if m.nbits == 4 and ios18:
-        return cto.OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=GROUP_SIZE)
-    return cto.OpPalettizerConfig(mode="kmeans", nbits=m.nbits, granularity="per_tensor")
+        return WeightConfig("palettize", 4, "per_grouped_channel", GROUP_SIZE)
+    return WeightConfig("palettize", m.nbits)
 
 
 #: coremltools' default ``weight_threshold``: smaller weights are not worth a constexpr op.
 WEIGHT_THRESHOLD = 2048
+
+
+def _large_consts(prog, skip: tuple[str, ...]):
+    """``(const op name, readers reading it as a weight, readers gathering rows of it, other
+    readers)`` for every ``const`` of at least :data:`WEIGHT_THRESHOLD` elements read by no op in
+    ``skip``: a weight reader is a :data:`WEIGHT_OPS` op reading it as ``weight`` (``x``/``y`` for
+    ``matmul``), never as ``bias``; a gather reads it as ``x``."""
+    for f in prog.functions.values():
+        for op in f.operations:
+            if op.op_type != "const" or np.size(op.outputs[0].val) < WEIGHT_THRESHOLD:
+                continue
+            var = op.outputs[0]
+            readers = var.child_ops
+            if not readers or any(r.name in skip for r in readers):
+                continue
+            weights = [r for r in readers if r.op_type in WEIGHT_OPS and r.inputs.get("bias") is not var
+                       and any(v is var for k, v in r.inputs.items() if k in ("weight", "x", "y"))]
+            gathers = [r for r in readers if r.op_type == "gather" and r.inputs.get("x") is var]
+            yield op.name, weights, gathers, len(readers) - len(weights) - len(gathers)
 
 
 def weight_consts(prog, skip: tuple[str, ...] = ()) -> list[str]:
@@ -93,28 +115,7 @@ def weight_consts(prog, skip: tuple[str, ...] = ()) -> list[str]:
     constant also read by another op (a shared scalar, a layer-norm gamma), a bias (a linear
     without one gets a zero vector; a 1.1B LM had 111 of 2048+ elements) or one read by an fp32
     island stays as it is."""
-    out = []
-    for f in prog.functions.values():
-        for op in f.operations:
-            if op.op_type != "const" or np.size(op.outputs[0].val) < WEIGHT_THRESHOLD:
-                continue
-            var = op.outputs[0]
-            readers = var.child_ops
-            if readers and all(r.op_type in WEIGHT_OPS and r.name not in skip
-                               and any(v is var for k, v in r.inputs.items() if k in ("weight", "x", "y"))
-                               and r.inputs.get("bias") is not var for r in readers):
-                out.append(op.name)
-    return out
-
-
-def config(compress: str, names: list[str], ios18: bool = False):
-    """The ``coremltools.optimize.coreml.OptimizationConfig`` compressing exactly the const ops
-    ``names`` (:func:`weight_consts`): per-channel quantization or per-tensor palettization
-    (4-bit tables per :data:`GROUP_SIZE` output channels when ``ios18``)."""
-    import coremltools.optimize.coreml as cto
-
-    op = _op_config(compress, ios18)
-    return cto.OptimizationConfig(op_name_configs={n: op for n in names})
+    return [n for n, weights, gathers, others in _large_consts(prog, skip) if weights and not gathers and not others]
 
 
 def const_bytes(prog) -> int:
@@ -227,26 +228,38 @@ def quantize_activations(mlmodel, calibration: list[dict], skip: tuple[str, ...]
     return out, len(keep) - len(set(skip))
 
 
+def embedding_consts(prog, skip: tuple[str, ...] = ()) -> list[str]:
+    """Names of the ``const`` ops of at least :data:`WEIGHT_THRESHOLD` elements that are embedding
+    tables: read as the ``x`` of a ``gather`` (rows looked up by token id), and otherwise only as a
+    :data:`WEIGHT_OPS` weight (an LM head tied to its embedding), by no op in ``skip``. Uniform
+    modes leave them dense; compression by target may give them int8 (one scale per row)."""
+    return [n for n, _, gathers, others in _large_consts(prog, skip) if gathers and not others]
+
+
 @dataclass
 class Compressed:
     """What :func:`compress_mlmodel` made: the new ``mlmodel``, the MIL const ops whose weights
-    were compressed (``weights``) and, for ``w8a8``, the ops left with float activations because a
-    tensor they touch is outlier-dominated (``float_activation_ops``)."""
+    were compressed (``weights``, with their ``configs``) and, for ``w8a8``, the ops left with
+    float activations because a tensor they touch is outlier-dominated (``float_activation_ops``)."""
 
     mlmodel: object
     weights: list
     float_activation_ops: int = 0
+    configs: dict = dataclasses.field(default_factory=dict)
 
 
-def compress_mlmodel(mlmodel, compress: str, skip: tuple[str, ...] = (),
-                     calibration: list[dict] | None = None, progress: bool = False) -> Compressed:
-    """``mlmodel`` (an mlprogram ``MLModel`` tlc emitted: it keeps its MIL program) with the
-    weights :func:`weight_consts` selects compressed as ``compress`` says; returns a new
-    ``MLModel`` (``mlmodel`` itself when nothing qualifies) in a :class:`Compressed`. ``skip``: op names (fp32 islands) whose weights stay. A mode with ``activations``
-    (``w8a8``) first quantizes the activations with ranges measured on ``calibration``
-    (:func:`quantize_activations`), as coremltools' docs order it. Quiet: coremltools' progress
-    bars and warnings are suppressed; ``progress`` prints tlc's own line to stderr every 10% of
-    the weights (a 1.1B-parameter palettization runs for minutes)."""
+def compress_mlmodel(mlmodel, compress, skip: tuple[str, ...] = (), calibration: list[dict] | None = None,
+                     progress: bool = False, metadata: dict | None = None) -> Compressed:
+    """``mlmodel`` (an mlprogram ``MLModel`` tlc emitted: it keeps its MIL program) with weights
+    compressed; returns a new ``MLModel`` (``mlmodel`` itself when nothing is compressed) in a
+    :class:`Compressed`. ``compress``: a uniform mode (a :data:`MODES` key: every weight
+    :func:`weight_consts` selects, outside the ops ``skip`` (fp32 islands), gets
+    :func:`mode_config`) or a recipe ``{const op name: WeightConfig}`` (the caller checked the names).
+    A mode with ``activations`` (``w8a8``) first quantizes the activations with ranges measured on
+    ``calibration`` (:func:`quantize_activations`), as coremltools' docs order it. ``metadata``:
+    user-defined keys set on the result (``tlc.compress``). Quiet: coremltools' progress bars and
+    warnings are suppressed; ``progress`` prints tlc's own line to stderr every 10% of the weights
+    (a 1.1B-parameter palettization runs for minutes)."""
     import io
     import sys
     import warnings
@@ -256,14 +269,21 @@ def compress_mlmodel(mlmodel, compress: str, skip: tuple[str, ...] = (),
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         kept = 0
-        if MODES[compress].activations:
-            mlmodel, kept = quantize_activations(mlmodel, list(calibration or []), skip)
-        names = weight_consts(mlmodel._mil_program, skip)
-        ios18 = mlmodel.get_spec().specificationVersion >= _IOS18_SPEC
-        if not names:
-            return Compressed(mlmodel, names, kept)
-        tick = _Progress(len(names), compress, stderr) if progress and progress_enabled(stderr) else None
-        return Compressed(_compress_in_memory(mlmodel, compress, names, ios18, tick), names, kept)
+        if isinstance(compress, str):
+            if MODES[compress].activations:
+                mlmodel, kept = quantize_activations(mlmodel, list(calibration or []), skip)
+            ios18 = mlmodel.get_spec().specificationVersion >= _IOS18_SPEC
+            configs = {n: mode_config(compress, ios18) for n in weight_consts(mlmodel._mil_program, skip)}
+        else:
+            configs = dict(compress)
+        if not configs:
+            return Compressed(mlmodel, [], kept)
+        label = compress if isinstance(compress, str) else "recipe"
+        tick = _Progress(len(configs), label, stderr) if progress and progress_enabled(stderr) else None
+        out = _compress_in_memory(mlmodel, configs, tick)
+        for k, v in (metadata or {}).items():
+            out.user_defined_metadata[k] = v
+        return Compressed(out, list(configs), kept, configs)
 
 
 class _Progress:
@@ -285,7 +305,7 @@ class _Progress:
                  f"{time.perf_counter() - self.t0:.0f} s)", self.stream)
 
 
-#: while :func:`shared_compression` is active: ``{(mode, weight identity): (weight, constexpr op
+#: while :func:`shared_compression` is active: ``{(WeightConfig, weight identity): (weight, constexpr op
 #: type, its inputs, its name)}``, what the first program that compressed a weight made of it
 _SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("tlc_shared_compression", default=None)
 
@@ -297,7 +317,7 @@ def shared_compression():
     quantized once: the first program runs coremltools' pass on it, the others get the same
     ``constexpr_*`` op built from the same arrays (no second k-means, no second copy of the
     indices; the package stores them once, :func:`tlc.backends.coreml.multifunction.share_weights`). Keyed by the
-    weight's memory (address, shape, dtype, strides) and the mode; the record keeps the weight
+    weight's memory (address, shape, dtype, strides) and its config; the record keeps the weight
     alive, so an address is never reused while it is recorded."""
     token = _SHARED.set({})
     try:
@@ -312,23 +332,47 @@ def array_identity(a: np.ndarray) -> tuple:
     return (a.__array_interface__["data"][0], a.shape, a.dtype.str, a.strides)
 
 
-def _ticking(fn, tick):
-    def call(*args, **kw):
+def _pass(base, tick):
+    """coremltools' pass class ``base`` whose ``blockwise_compress`` ticks the progress line and,
+    for k-means palettization, takes a weight's tables from :func:`tlc.backends.coreml.weights.kmeans_memo`
+    (computed while measuring sensitivity) or computes them on every core
+    (:func:`~tlc.backends.coreml.weights.palettize_params`): the same bytes as coremltools' own."""
+    from coremltools.optimize.coreml import _quantization_passes as Q
+
+    if base is Q.palettize_weights:
+        def blockwise_compress(data, mode, nbits, block_sizes, lut_function=None, cluster_dim=1, channel_axis=None,
+                               num_kmeans_workers=1):
+            if tick is not None:
+                tick()
+            if str(mode).upper() == "KMEANS":
+                return palettize_params(data, nbits, block_sizes, cluster_dim, channel_axis, take=True)
+            return base.blockwise_compress(data, mode, nbits, block_sizes, lut_function, cluster_dim,
+                                           channel_axis=channel_axis, num_kmeans_workers=num_kmeans_workers)
+
+        return type("tlc_palettize_weights", (base,), {"blockwise_compress": staticmethod(blockwise_compress)})
+    if tick is None:
+        return base
+    inner = base.blockwise_compress_by_dtype
+
+    def by_dtype(cls, *args, **kw):
         tick()
-        return fn(*args, **kw)
-    return call
+        return inner(*args, **kw)
+
+    return type("tlc_linear_quantize_weights", (base,), {"blockwise_compress_by_dtype": classmethod(by_dtype)})
 
 
-def _compress_in_memory(mlmodel, compress: str, names: list[str], ios18: bool, tick=None):
-    """Apply coremltools' compression graph pass (``compression::palettize_weights`` /
-    ``compression::linear_quantize_weights``: what ``cto.palettize_weights`` /
-    ``cto.linear_quantize_weights`` apply) to the const ops ``names`` of ``mlmodel``'s program in
-    memory and serialize it. The public functions first reload the program from the package (a
-    second copy of every weight: a 1.1B-parameter LM held three) and rerun coremltools' whole pass
-    pipeline; here the program tlc emitted, whose constants are views of the model's weights, is
-    compressed in place, and weights another program already compressed are taken from it
-    (:func:`shared_compression`). The caller replaces ``mlmodel`` by the result: its program is
-    the compressed one afterwards."""
+def _compress_in_memory(mlmodel, configs: dict, tick=None):
+    """Apply coremltools' compression graph passes (``compression::palettize_weights`` and
+    ``compression::linear_quantize_weights``, what ``cto.palettize_weights`` /
+    ``cto.linear_quantize_weights`` apply), each once with per-op-name configs
+    (``OptimizationConfig(op_name_configs=...)``), to the const ops ``configs`` names in
+    ``mlmodel``'s program in memory, and serialize it. The public functions first reload the
+    program from the package (a second copy of every weight: a 1.1B-parameter LM held three) and
+    rerun coremltools' whole pass pipeline; here the program tlc emitted, whose constants are views
+    of the model's weights, is compressed in place, and weights another program already compressed
+    the same way are taken from it (:func:`shared_compression`). The caller replaces ``mlmodel`` by
+    the result: its program is the compressed one afterwards."""
+    import coremltools.optimize.coreml as cto
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil._deployment_compatibility import AvailableTarget
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
@@ -341,12 +385,12 @@ def _compress_in_memory(mlmodel, compress: str, names: list[str], ios18: bool, t
     prog = mlmodel._mil_program
     func = prog.functions["main"]
     shared = _SHARED.get()
-    consts = {op.name: op for op in func.operations if op.op_type == "const" and op.name in set(names)}
-    todo = [n for n in names if n not in consts]  # (in nested blocks: the pass finds them)
+    consts = {op.name: op for op in func.operations if op.op_type == "const" and op.name in configs}
+    todo = [n for n in configs if n not in consts]  # (in nested blocks: the pass finds them)
     with func:
         for name, op in consts.items():
             val = op.outputs[0].val
-            rec = shared.get((compress, array_identity(val))) if shared is not None and isinstance(val, np.ndarray) else None
+            rec = shared.get((configs[name], array_identity(val))) if shared is not None and isinstance(val, np.ndarray) else None
             if rec is None:
                 todo.append(name)
                 continue
@@ -356,26 +400,26 @@ def _compress_in_memory(mlmodel, compress: str, names: list[str], ios18: bool, t
             func.remove_ops([op])
             if tick is not None:
                 tick()
-    if todo:
-        # who reads each weight: after the pass, their input is what replaced it
-        readers = {n: next(((c, k) for c in consts[n].outputs[0].child_ops for k, v in c.inputs.items()
-                            if v is consts[n].outputs[0]), None) for n in todo if n in consts}
-        sources = {n: consts[n].outputs[0].val for n in readers}
-        base = Q.palettize_weights if MODES[compress].kind == "palettize" else Q.linear_quantize_weights
-        method = "blockwise_compress" if base is Q.palettize_weights else "blockwise_compress_by_dtype"
-        graph_pass = base() if tick is None else type(f"ticking_{base.__name__}", (base,), {
-            method: staticmethod(_ticking(getattr(base, method), tick))})()
-        graph_pass.set_options([PassOption("config", config(compress, todo, ios18)),
-                                PassOption("joint_compression", False)])
-        graph_pass.apply(prog)
-        if shared is not None:
-            for n, reader in readers.items():
-                if reader is None or not isinstance(sources[n], np.ndarray):
-                    continue
-                new = reader[0].inputs[reader[1]].op
-                if new is not None and new.op_type.startswith("constexpr_"):
-                    shared[(compress, array_identity(sources[n]))] = (
-                        sources[n], new.op_type, {k: v.val for k, v in new.inputs.items()}, new.name)
+    # who reads each weight: after the pass, their input is what replaced it
+    readers = {n: next(((c, k) for c in consts[n].outputs[0].child_ops for k, v in c.inputs.items()
+                        if v is consts[n].outputs[0]), None) for n in todo if n in consts}
+    sources = {n: consts[n].outputs[0].val for n in readers}
+    for base, kind in ((Q.palettize_weights, "palettize"), (Q.linear_quantize_weights, "quantize")):
+        names = {n: configs[n].op_config() for n in todo if configs[n].kind == kind}
+        if names:
+            graph_pass = _pass(base, tick)()
+            graph_pass.set_options([PassOption("config", cto.OptimizationConfig(op_name_configs=names)),
+                                    PassOption("joint_compression", False)])
+            graph_pass.apply(prog)
+    if shared is not None:
+        for n, reader in readers.items():
+            if reader is None or not isinstance(sources[n], np.ndarray):
+                continue
+            new = reader[0].inputs[reader[1]].op
+            if new is not None and new.op_type.startswith("constexpr_") and all(
+                    v.op is None or v.op.op_type == "const" for v in new.inputs.values()):
+                shared[(configs[n], array_identity(sources[n]))] = (
+                    sources[n], new.op_type, {k: v.val for k, v in new.inputs.items()}, new.name)
     spec = mlmodel.get_spec()
     target = AvailableTarget(spec.specificationVersion)
     run_mil_passes(prog, target)  # tidy what the pass leaves (dead consts), validate
@@ -384,6 +428,6 @@ def _compress_in_memory(mlmodel, compress: str, names: list[str], ios18: bool, t
     return out
 
 
-__all__ = ["MODES", "WEIGHT_OPS", "WEIGHT_THRESHOLD", "Mode", "weight_consts", "config",
+__all__ = ["MODES", "WEIGHT_OPS", "WEIGHT_THRESHOLD", "Mode", "weight_consts", "embedding_consts", "mode_config",
            "const_bytes", "activation_stats", "int8_snr_db", "quantize_activations", "Compressed",
            "compress_mlmodel", "shared_compression", "array_identity", "MIN_ACTIVATION_SNR_DB", "GROUP_SIZE"]
