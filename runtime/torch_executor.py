@@ -160,40 +160,44 @@ class TorchExecutor:
         self._in_slots = [slot[v] for v in g.inputs]
         self._out_slots = [slot[v] for v in g.outputs]
 
+    def _env(self, inputs: list[torch.Tensor]) -> list:
+        """The value slots at the start of a call: constants from the template, ``inputs`` (device
+        tensors in graph order) in their slots."""
+        env = self._template.copy()
+        for s, t in zip(self._in_slots, inputs):
+            env[s] = t
+        return env
+
+    @staticmethod
+    def _step(env: list, step) -> None:
+        """Run one precompiled step on ``env``: its kernel, its outputs into their slots, and the
+        slots it reads last freed."""
+        fn, attrs, ins, outs, free = step
+        r = fn(attrs, *[env[j] for j in ins])
+        if len(outs) == 1:
+            env[outs[0]] = r
+        else:
+            for o, t in zip(outs, r):
+                env[o] = t
+        for j in free:
+            env[j] = None
+
     def _loop(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """One pass over the precompiled steps; ``inputs`` are device tensors in graph order. Plain
         Python over plain torch calls, with nothing ``torch.compile`` cannot trace: it compiles
         this (a failing kernel is named by :meth:`_execute`)."""
-        env = self._template.copy()
-        for s, t in zip(self._in_slots, inputs):
-            env[s] = t
-        for fn, attrs, ins, outs, free in self._steps:
-            r = fn(attrs, *[env[j] for j in ins])
-            if len(outs) == 1:
-                env[outs[0]] = r
-            else:
-                for o, t in zip(outs, r):
-                    env[o] = t
-            for j in free:
-                env[j] = None
+        env = self._env(inputs)
+        for step in self._steps:
+            self._step(env, step)
         return [env[s] for s in self._out_slots]
 
     def _execute(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """:meth:`_loop`, eagerly, naming the node (and source line) whose kernel fails."""
-        env = self._template.copy()
-        for s, t in zip(self._in_slots, inputs):
-            env[s] = t
+        env = self._env(inputs)
         i = -1
         try:
-            for i, (fn, attrs, ins, outs, free) in enumerate(self._steps):
-                r = fn(attrs, *[env[j] for j in ins])
-                if len(outs) == 1:
-                    env[outs[0]] = r
-                else:
-                    for o, t in zip(outs, r):
-                        env[o] = t
-                for j in free:
-                    env[j] = None
+            for i, step in enumerate(self._steps):
+                self._step(env, step)
         except TlcError:
             raise
         except Exception as e:
