@@ -132,6 +132,11 @@ def test_out_of_reach_target_leaves_every_weight_dense(tmp_path):
     ref = tlc.build(m, (torch.from_numpy(feeds[0]["input_ids"]),), calibration=feeds[1:]).save(tmp_path / "u.mlpackage")
     a, b = MILInterpreter(path).run(feeds[1]), MILInterpreter(ref).run(feeds[1])
     assert all(np.array_equal(a[k], b[k]) for k in a)
+    # its recipe (every weight dense) rebuilds the same package, metadata included
+    (tmp_path / "again").mkdir()
+    again = tlc.build(m, (torch.from_numpy(feeds[0]["input_ids"]),), calibration=feeds[1:],
+                      compress=str(path.with_name("d.recipe.json")))
+    assert tree_digest(again.save(tmp_path / "again" / "d.mlpackage")) == tree_digest(path)
 
 
 class ConvNet(torch.nn.Module):
@@ -214,8 +219,10 @@ def test_kmeans_on_every_core_matches_coremltools():
     """tlc's threaded kmeans1d call gives coremltools' own tables and indices, byte for byte."""
     from coremltools.optimize.coreml._quantization_passes import palettize_weights as P
 
-    from tlc.backends.coreml.weights import palettize_params
+    from tlc.backends.coreml.weights import _kmeans1d, palettize_params
 
+    if _kmeans1d() is None:  # tlc then calls coremltools' own path: the comparison would be with itself
+        pytest.skip("coremltools' kmeans1d library is not built for this platform")
     w = np.random.default_rng(0).standard_normal((64, 2048)).astype(np.float16)
     for nbits, blocks in ((4, [16, 0]), (2, [0, 0]), (6, [0, 0])):
         ours = palettize_params(w, nbits, blocks)

@@ -276,12 +276,12 @@ def compress_mlmodel(mlmodel, compress, skip: tuple[str, ...] = (), calibration:
             configs = {n: mode_config(compress, ios18) for n in weight_consts(mlmodel._mil_program, skip)}
         else:
             configs = dict(compress)
-        if not configs:
-            return Compressed(mlmodel, [], kept)
-        label = compress if isinstance(compress, str) else "recipe"
-        tick = _Progress(len(configs), label, stderr) if progress and progress_enabled(stderr) else None
-        out = _compress_in_memory(mlmodel, configs, tick)
-        for k, v in (metadata or {}).items():
+        out = mlmodel
+        if configs:
+            label = compress if isinstance(compress, str) else "recipe"
+            tick = _Progress(len(configs), label, stderr) if progress and progress_enabled(stderr) else None
+            out = _compress_in_memory(mlmodel, configs, tick)
+        for k, v in (metadata or {}).items():  # also when every weight stays dense: a recipe rebuild writes the same
             out.user_defined_metadata[k] = v
         return Compressed(out, list(configs), kept, configs)
 
