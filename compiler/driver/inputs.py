@@ -159,18 +159,16 @@ def model_outputs(io: PackageIO, out: dict) -> dict:
 def graph_outputs(io: PackageIO, got: dict, output_names: list[str]) -> dict:
     """A package's outputs (``MILInterpreter.run``) as the graph's: a classifier's dictionary as the
     probabilities tensor (``[1, N]``, label order) under the graph's output name, an image output
-    (uint8 ``[H, W, C]``) as its float ``[1, C, H, W]`` pixels; for comparing with the model."""
+    (uint8 ``[H, W, C]`` or a PIL image: :func:`tlc.runtime.mil_io.image_to_tensor`) as its float
+    ``[1, C, H, W]`` pixels; for comparing with the model."""
     got = dict(got)
     c = io.classifier
     if c is not None and c.dict_name in got:
         d = got.pop(c.dict_name)
         d = d.item() if isinstance(d, np.ndarray) else d
         got[c.probabilities] = np.asarray([[d[k] for k in c.labels]], np.float32)
-    for im in io.image_outputs:
-        a = np.asarray(got[im.name], np.float32)
-        got[im.name] = (a[None, None] if a.ndim == 2 else a.transpose(2, 0, 1)[None])
-        if im.color_layout == "BGR":
-            got[im.name] = got[im.name][:, ::-1]
+    for im in io.image_outputs:  # a bundle's image output is already the [1, C, H, W] tensor
+        got[im.name] = np.asarray(image_to_tensor(got[im.name], ImageFormat(im.color_layout), im.name), np.float32)
     return {n: got[n] for n in output_names if n in got}
 
 

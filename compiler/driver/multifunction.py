@@ -327,6 +327,8 @@ class MultiFunctionModel:
         if self.lm is None:
             raise InputError("generate needs a model built by tlc.build_lm")
         on_device = self.default.resolved_backend(backend) == "torch"
+        if on_device and kwargs.get("cache") is not None and not isinstance(getattr(kwargs["cache"], "k", None), torch.Tensor):
+            on_device = False  # a host cache (``new_cache()``'s default): each step's outputs come back to the host
         if on_device and kwargs.get("cache") is None:
             kwargs["cache"] = self.new_cache(backend=backend)
         return generate(lambda feeds: self.run(feeds, backend=backend, keep_on_device=on_device), self.lm, input_ids,

@@ -49,15 +49,20 @@ def optimize(g, names: list[str]):
     per-head attention) shapes the Core ML program only; tlc's own executors (torch on a GPU or the
     CPU, NumPy) run the graph without it, as a ``target="gpu"`` build would (issue 33: a default
     build's GPT-2 ran 2.5x slower than torch eager on CUDA in the per-head form). The passes before
-    the first layout pass run once; the rest run for each graph, the executor's without the layout
-    passes. When the layout does not fire, both are the same graph."""
+    the first layout pass run once; when the layout pass leaves its input as it was (it returns the
+    same object), the rest run once too and both are that graph; else the rest run for each graph,
+    the executor's without the layout passes."""
     first = next((i for i, n in enumerate(names) if n in ANE_ONLY), None)
     if first is None:
         g = run_pipeline(g, names)
         return g, g
     before = run_pipeline(g, names[:first])
-    rest = names[first:]
-    program = run_pipeline(before, rest)
+    rest = names[first + 1:]
+    laid = run_pipeline(before, names[first:first + 1])
+    if laid is before and not ANE_ONLY.intersection(rest):  # the layout did not fire: one graph, passes run once
+        g = run_pipeline(before, rest)
+        return g, g
+    program = run_pipeline(laid, rest)
     plain = run_pipeline(before, [n for n in rest if n not in ANE_ONLY])
     return program, program if _same(program, plain) else plain
 
