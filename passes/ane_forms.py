@@ -98,6 +98,8 @@ class Heads:
 
     @property
     def canonical(self) -> tuple[int, ...]:
+        """The logical shape of the heads in :attr:`order` (``bhsd``: ``(B, h, S, d)``, ...),
+        whatever physical ``view`` they are held in."""
         B, h, S, d = self.B, self.h, self.S, self.d
         return {"bhsd": (B, h, S, d), "bshd": (B, S, h, d), "bsdh": (B, S, d, h), "bhds": (B, h, d, S)}[self.order]
 

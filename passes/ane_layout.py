@@ -273,13 +273,13 @@ def _reshape(c: Ctx, n):
         return heads_to_channels(c, n, L)
     if isinstance(L, Heads):
         B, S = L.B, L.S
-        if L.order == "bshd" and seq_view(want, B, S, L.h * L.d) is not False:
+        if L.order == "bshd" and (view := seq_view(want, B, S, L.h * L.d)) is not False:
             phys = L.parts[0] if L.h == 1 else c.add("concat", L.parts, {"axis": 1}, "_merge")
-            return {n.out: Seq(phys, B, S, L.h * L.d, seq_view(want, B, S, L.h * L.d), L.pad)}
+            return {n.out: Seq(phys, B, S, L.h * L.d, view, L.pad)}
         M = L.viewed(want)  # B = 1: unit axes inserted or dropped
         return {n.out: M} if M is not None else None
-    if L is None and heads_from_channels(c, n) is not None:
-        return heads_from_channels(c, n)
+    if L is None and (heads := heads_from_channels(c, n)) is not None:  # once: each call adds its ops to the builder
+        return heads
     if (x.type.rank == 3 and want == (x.type.shape[0] * x.type.shape[1], x.type.shape[2]) and x not in c.consts
             and any(u.op == "linear" for u in c.users.get(n.out, []))):  # tokens flattened for a linear (GPT-2's Conv1D)
         return {n.out: c.seed_seq(x, flat=True)}
