@@ -89,7 +89,7 @@ def _coremltools(model, example, path: Path):
     return path
 
 
-SURVEY_RULES = ["linear_bsc", "fused_sdpa", "head_batched_matmul", "rank5", "last_axis_alignment"]
+SURVEY_RULES = RULES
 
 
 def survey_one(name: str) -> dict:

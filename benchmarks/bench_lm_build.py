@@ -101,8 +101,8 @@ def main(argv=None) -> int:
     print(f"TinyLlama-shaped, {res['layers']} layers, {res['params'] / 1e9:.2f}B parameters in float16: "
           f"model {m:.0f} MiB; compress={a.compress}, precision={a.precision}, max_context={a.max_context}, "
           f"prefill {a.prefill_lengths}")
-    print(f"| peak RSS | peak - base | (peak - base) / model | base (imports) | package | build | save | wall |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    print("| peak RSS | peak - base | (peak - base) / model | base (imports) | package | build | save | wall |")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| {res['peak_mb']:.0f} MiB | {res['peak_mb'] - res['base_mb']:.0f} MiB | "
           f"{(res['peak_mb'] - res['base_mb']) / m:.2f}x | {res['base_mb']:.0f} MiB | {res['package_mb']:.0f} MiB | "
           f"{res['build_s']:.0f} s | {res['save_s']:.0f} s | {wall:.0f} s |")

@@ -47,7 +47,7 @@ import numpy as np
 from tlc.ir import DTYPES, Graph, GraphBuilder, Node, Value, replace
 from tlc.ops import get_op, round_fp16
 
-from .fp16_program import FLOAT, FP16_MAX, fallback_only
+from .fp16_program import FLOAT, fallback_only
 from .registry import register_pass
 
 #: Above this a value may overflow fp16 (half of 65504: one more doubling); tlc.passes.precision's rule too.
@@ -60,7 +60,7 @@ HIGH_TARGET = 2.0 ** 12
 #: An underflowing region's max |x| is brought to at least 2^-6: 8 octaves above fp16's smallest
 #: normal, so values 256x below the max are still normal.
 LOW_TARGET = 2.0 ** -6
-#: Shared constants above this size are never copied to hold a second scale (a tied embedding
+#: Shared constants above this many bytes are never copied to hold a second scale (a tied embedding
 #: would be stored twice); smaller ones are.
 COPY_LIMIT = 1 << 16
 
@@ -202,7 +202,8 @@ def _exponent(vals: list[Value], maxabs: dict) -> tuple[int, float, str]:
 
 
 def plan_rescale(g: Graph, maxabs: dict, io_dtype: str = "fp32"):
-    """``(exponent per region root, regions, constant uses with their factors, records)`` for
+    """``(exponent per region root, regions, constant uses with their factors, epsilon exponent per
+    invariant (normalization) op name, records)`` for
     ``g`` with ``maxabs`` (max |x| per :class:`Value`, :func:`tlc.passes.precision.analyze`).
     ``records`` describe every out-of-range region (``meta["tlc.rescaled"]``). Bounded: each
     round ties or fixes at least one region, and there are finitely many constant uses."""

@@ -140,7 +140,7 @@ class PrecisionCheck:
         for r in self.rounds:
             w = max(r.outputs, key=lambda o: (o.nonfinite, o.rel_l2))
             what = {"prune": f"without {len(r.removed)} island op(s) ({_names(r.removed)})", "start": "fp16 but the "
-                    f"required islands", "fallback": "fallback"}.get(r.phase, "")
+                    "required islands", "fallback": "fallback"}.get(r.phase, "")
             lines.append(f"{indent}  round {r.index} ({r.phase}{', ' + what if what else ''}; {r.islands} island op(s)): "
                          f"{w.name} rel-L2 {w.rel_l2:.3g}, {w.nonfinite} nan/inf -> {'PASS' if r.passed else 'FAIL'}"
                          + (" (shipped)" if r.index == self.shipped % len(self.rounds) else "")

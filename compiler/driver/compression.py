@@ -29,6 +29,7 @@ from tlc.check import sensitivity as S
 from tlc.check.metrics import psnr, rel_l2
 from tlc.runtime import MILInterpreter, run_graph
 from tlc.util.progress import note, stage
+from tlc.util.coreml import SPEC_VERSIONS
 
 from .options import Compression
 from .recipe import Recipe, weight_name
@@ -168,7 +169,7 @@ def compress_measured(mlmodel, spec: Compression, *, skip: tuple, feeds: list[di
     :class:`~tlc.errors.InputError` for a recipe naming a weight the program does not have."""
     prog = mlmodel._mil_program
     ops = {op.name: op for op in prog.functions["main"].operations}
-    ios18 = mlmodel.get_spec().specificationVersion >= 9
+    ios18 = mlmodel.get_spec().specificationVersion >= SPEC_VERSIONS["iOS18"]
     names = weight_consts(prog, skip)
     emb = embedding_consts(prog, skip) if spec.embeddings == "auto" or spec.recipe is not None else []
     units = _units(ops, names, emb, spec.by)

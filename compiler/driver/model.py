@@ -37,7 +37,7 @@ from . import save as _save
 from .cache import Cache, load_graph_entry, read_entry, save_graph_entry, use_for_inductor
 from .cache_key import derived_key
 from .compression import compress_model
-from .inputs import complex_boundary, image_feeds, model_outputs, pixel_feeds, signature_key
+from .inputs import complex_boundary, model_outputs, pixel_feeds, signature_key
 from .options import RUN_BACKENDS as BACKENDS, BuildOptions
 from .plan import BuildPlan, check_shippable, is_bundle, make_plan, where
 

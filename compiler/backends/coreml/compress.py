@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tlc.util.progress import enabled as progress_enabled, note
+from tlc.util.coreml import SPEC_VERSIONS
 
 from .weights import WeightConfig, palettize_params
 
@@ -37,7 +38,7 @@ WEIGHT_OPS = ("conv", "conv_transpose", "linear", "matmul")
 
 #: Core ML specification versions of iOS17 / iOS18 (coremltools ``_SPECIFICATION_VERSION_IOS_17``/``18``)
 _IOS17_SPEC = 8
-_IOS18_SPEC = 9
+_IOS18_SPEC = SPEC_VERSIONS["iOS18"]
 
 
 @dataclass(frozen=True)
