@@ -350,6 +350,16 @@ def test_padding_policy_by_cost():
     assert p.pad(49) == 15 and p.pad(50) == 14 and p.pad(12) == 0 and p.pad(64) == 0 and p.pad(1) == 0
     assert PadPolicy(g, misaligned_cost=1.0).pad(50) == 0
 
+    def attention_over(S):  # the lengths the graph's attention reads: the cost formula decides
+        b = GraphBuilder()
+        x = b.add_input("x", TensorType("fp32", (1, 4, S, 32)))
+        b.add("scaled_dot_product_attention", [x, x, x], {})
+        return b.build([b.nodes[-1].out], ["y"])
+
+    for S, pad in ((49, 15), (50, 14), (12, 0)):
+        assert PadPolicy(attention_over(S)).pad(S) == pad, S
+        assert PadPolicy(attention_over(S), misaligned_cost=1.0).pad(S) == 0, S
+
 
 def test_float_masks_keep_numbers_and_must_not_fire_on_comparisons():
     """A padding mask from an int32 input becomes fp arithmetic (no bool/int op left inside); a mask
@@ -392,7 +402,9 @@ def test_float_masks_take_mean_pooling_s_cast():
     assert all(n.out.type.dtype == "fp32" for n in g2.nodes if n.op not in ("const", "cast"))
     assert [n.inputs[0] for n in g2.nodes if n.op == "cast"] == [g2.inputs[1]]
     feeds = {g.inputs[0].name: x.numpy(), g.inputs[1].name: mask.numpy().astype(np.int32)}
-    assert np.array_equal(run_graph(g2, feeds)[g2.output_names[0]], run_graph(g, feeds)[g.output_names[0]])
+    got = run_graph(g2, feeds)[g2.output_names[0]]
+    assert np.array_equal(got, run_graph(g, feeds)[g.output_names[0]])  # the rewrite is exact
+    assert np.abs(got - pooled(x, mask).numpy()).max() <= 1e-6  # and torch eager agrees
 
 
 def test_transitions_are_counted_in_the_report_and_lint(tmp_path):
