@@ -224,10 +224,28 @@ def test_kmeans_on_every_core_matches_coremltools():
     if _kmeans1d() is None:  # tlc then calls coremltools' own path: the comparison would be with itself
         pytest.skip("coremltools' kmeans1d library is not built for this platform")
     w = np.random.default_rng(0).standard_normal((64, 2048)).astype(np.float16)
+    w[:, :40] = np.array([0.0, -0.0, 6e-8, -6e-8, 1e-6, -1e-6, 65504, -65504], np.float16).repeat(5)  # +-0, subnormals
     for nbits, blocks in ((4, [16, 0]), (2, [0, 0]), (6, [0, 0])):
         ours = palettize_params(w, nbits, blocks)
         theirs = P.blockwise_compress(w, "KMEANS", nbits, blocks)
         assert np.array_equal(ours.indices, theirs.indices) and np.array_equal(ours.lut, theirs.lut), nbits
+
+
+def test_unique_by_bit_pattern_is_numpy_unique():
+    """The histogram of fp16 bit patterns palettize_params uses instead of a sort gives np.unique's
+    values (in order, -0.0 merged with 0.0), inverse and counts; an array with a NaN is left to
+    np.unique (None)."""
+    from tlc.backends.coreml.weights import _unique_fp16
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(50_000) * 0.02).astype(np.float16)
+    x[:8] = np.array([0.0, -0.0, np.inf, -np.inf, 6e-8, -6e-8, 65504, -65504], np.float16)
+    values, inverse, counts = _unique_fp16(x)
+    ref_values, ref_inverse, ref_counts = np.unique(x, return_inverse=True, return_counts=True)
+    assert np.array_equal(values, ref_values) and np.array_equal(inverse, ref_inverse.reshape(-1))
+    assert np.array_equal(counts, ref_counts) and counts.sum() == x.size
+    x[3] = np.nan
+    assert _unique_fp16(x) is None
 
 
 def test_replay_matches_run(tmp_path):

@@ -318,7 +318,8 @@ def test_cli_build_text_generation_and_generate(tmp_path):
                  "model = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,\n"
                  "    num_attention_heads=4, num_key_value_heads=2, vocab_size=256, max_position_embeddings=128)).eval()\n")
     pkg = tmp_path / "llm.mlpackage"
-    r = run_tlc("build", f, "--task", "text-generation", "-o", pkg, "--max-context", "32", "--prefill-lengths", "4,8",
+    # causal-lm: the exporters' older name for text-generation (test_cache.py builds with the newer one)
+    r = run_tlc("build", f, "--task", "causal-lm", "-o", pkg, "--max-context", "32", "--prefill-lengths", "4,8",
                 "--precision", "fp32")
     assert r.returncode == 0, r.stderr
     assert "functions prefill_4, prefill_8, decode" in r.stdout and "k_cache/v_cache float32[2, 1, 2, 32, 16]" in r.stdout

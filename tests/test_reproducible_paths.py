@@ -105,3 +105,19 @@ def test_relative_source(tmp_path):
 
     assert relative_source(torch.__file__) == "torch/__init__.py"  # site-packages is on sys.path
     assert source_roots() and all(os.path.dirname(r) != r for r in source_roots())  # never the file-system root
+
+
+def test_digests_read_files_in_chunks(tmp_path):
+    """tree_digest hashes a package's files a few MiB at a time (a 1.1B LM's weight file read whole
+    was the peak of its build) and gives the digest of the bytes, whatever the chunk size."""
+    import hashlib
+
+    from tlc.util.files import file_sha256, tree_digest
+
+    data = os.urandom(3 * 1024 + 17)
+    f = tmp_path / "pkg" / "Data" / "weight.bin"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(data)
+    assert file_sha256(f, chunk=1000) == file_sha256(f) == hashlib.sha256(data).digest()
+    expected = hashlib.sha256(b"Data/weight.bin\0" + hashlib.sha256(data).digest()).hexdigest()
+    assert tree_digest(tmp_path / "pkg") == expected

@@ -45,6 +45,7 @@ def _cmd_build(a: argparse.Namespace) -> int:  # noqa: C901 - one linear story o
     from tlc.driver.save import check_writable, requested_output
     from tlc.driver.specialize import CompiledFunction
 
+    a.task = TASK_ALIASES.get(a.task, a.task)  # one name per task from here on
     if Path(a.model).is_dir():
         return build_directory(a)
     if a.task == "text-generation":
@@ -118,7 +119,7 @@ def build_directory(a: argparse.Namespace) -> int:
     desc = io_options(a).get("short_description")
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always", UserWarning)
-        if a.task in ("text-generation", "causal-lm"):
+        if a.task == "text-generation":
             out = Path(a.output) if a.output else Path(name + ".mlpackage")
             mf = build_pretrained(a.model, "text-generation", max_context=a.max_context, short_description=desc,
                                   prefill_lengths=prefill_lengths(a), kv_cache=a.kv_cache, progress=True, cache=True,

@@ -123,13 +123,23 @@ def atomic_file(path: Path, force: bool, data: bytes) -> Path:
     return path
 
 
+def file_sha256(f: Path, chunk: int = 1 << 22) -> bytes:
+    """SHA-256 of a file's bytes, read 4 MiB at a time (a package's weight file can be gigabytes:
+    read whole, it was the peak of a 1.1B-parameter LM build, issue 31)."""
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.digest()
+
+
 def tree_digest(p: Path) -> str:
     """SHA-256 (hex) of a file, or of a directory's files (relative paths and contents, in sorted order)."""
     h = hashlib.sha256()
     for f in sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]:
         h.update(str(f.relative_to(p) if p.is_dir() else "").encode() + b"\0")
-        h.update(hashlib.sha256(f.read_bytes()).digest())
+        h.update(file_sha256(f))
     return h.hexdigest()
 
 
-__all__ = ["refuse_existing", "atomic_dir", "atomic_file", "clean_stale_temp", "tree_digest", "OWNER_FILE"]
+__all__ = ["refuse_existing", "atomic_dir", "atomic_file", "clean_stale_temp", "file_sha256", "tree_digest", "OWNER_FILE"]

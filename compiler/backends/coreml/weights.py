@@ -189,12 +189,31 @@ def _kmeans1d():
     return fn
 
 
+def _unique_fp16(values: np.ndarray):
+    """``np.unique(values, return_inverse=True, return_counts=True)`` of a flat fp16 array, by a
+    histogram of the 16-bit patterns instead of a sort (~40x faster for a 32768-value group):
+    the patterns are mapped to keys in the floats' order (-0.0 counted as +0.0, as ``np.unique``
+    compares them equal). ``None`` if the array holds a NaN (``np.unique`` orders those)."""
+    bits = values.view(np.uint16)
+    if ((bits & 0x7C00) == 0x7C00).any() and ((bits & 0x7FFF) > 0x7C00).any():
+        return None
+    bits = np.where(bits == 0x8000, np.uint16(0), bits)
+    key = np.where(bits & 0x8000, 0x7FFF - (bits & 0x7FFF), bits | 0x8000).astype(np.intp)
+    counts = np.bincount(key, minlength=1 << 16)
+    present = np.flatnonzero(counts)
+    rank = np.cumsum(counts > 0) - 1
+    pattern = np.where(present >= 0x8000, present - 0x8000, 0x8000 | (0x7FFF - present)).astype(np.uint16)
+    return pattern.view(np.float16), rank[key], counts[present]
+
+
 def _group_lut(group: np.ndarray, nbits: int, fn):
     """coremltools' ``_get_kmeans_lookup_table_and_weight`` for an fp16 group of >= 10000 values
     (its kmeans1d branch): k-means of the unique values weighted by their counts; the same C call
     on NumPy buffers."""
     lut_len = 1 << nbits
-    values, inverse, counts = np.unique(group.reshape(-1), return_inverse=True, return_counts=True)
+    flat = group.reshape(-1)
+    got = _unique_fp16(flat) if flat.dtype == np.float16 else None
+    values, inverse, counts = got if got is not None else np.unique(flat, return_inverse=True, return_counts=True)
     n = len(values)
     k = min(n, lut_len)
     a = np.ascontiguousarray(values, np.float64)
@@ -206,7 +225,7 @@ def _group_lut(group: np.ndarray, nbits: int, fn):
        clusters.ctypes.data_as(ctypes.POINTER(ctypes.c_ulong)), centroids.ctypes.data_as(dbl))
     lut = np.zeros(lut_len)
     lut[:k] = centroids
-    return lut.astype(group.dtype), clusters[inverse.reshape(-1)].astype(np.uint8)
+    return lut.astype(group.dtype), clusters.astype(np.uint8)[inverse.reshape(-1)]
 
 
 def palettize_params(data: np.ndarray, nbits: int, block_sizes, cluster_dim: int = 1, channel_axis=None,
