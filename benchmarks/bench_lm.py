@@ -65,34 +65,24 @@ def decode_ms(run, info, prefix: int, runs: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def hf_decode_tokens_per_s(model, prefix: int, new: int, device: str) -> float:
-    ids = torch.randint(0, model.config.vocab_size, (1, prefix), generator=torch.Generator().manual_seed(1)).to(device)
-    m = model.to(device)
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        m.generate(ids, max_new_tokens=1, do_sample=False, pad_token_id=0, min_new_tokens=1)
-        t1 = time.perf_counter()
-        m.generate(ids, max_new_tokens=new, do_sample=False, pad_token_id=0, min_new_tokens=new)
-        t2 = time.perf_counter()
-    return (new - 1) / max((t2 - t1) - (t1 - t0), 1e-9)
-
-
 def hf_generate_tokens_per_s(model, prefix: int, new: int, device: str, static: bool = False) -> float:
-    """HF ``generate`` decode tokens/s after ``prefix`` tokens: the second of two calls (the first
-    warms up or compiles), minus a one-token call's time (the prefill)."""
+    """HF ``generate`` decode tokens/s after ``prefix`` tokens on ``device``: the second of two calls
+    (the first warms up or compiles), minus a one-token call's time (the prefill)."""
     ids = torch.randint(0, model.config.vocab_size, (1, prefix), generator=torch.Generator().manual_seed(1)).to(device)
+    model = model.to(device)
     kw = dict(do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(ids))
     if static:
         kw["cache_implementation"] = "static"
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     with torch.no_grad():
         model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)  # warm-up (compiles, for static)
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
-        torch.cuda.synchronize()
+        sync()
         t1 = time.perf_counter()
         model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)
-        torch.cuda.synchronize()
+        sync()
         t2 = time.perf_counter()
     return (new - 1) / max((t2 - t1) - (t1 - t0), 1e-9)
 
@@ -168,7 +158,7 @@ def main(argv=None) -> int:
             row = {"prefix": prefix}
             for name, run in runners.items():
                 row[name + "_ms"] = decode_ms(run, mf.lm, prefix, a.runs)
-            row["hf_eager_tok_s"] = hf_decode_tokens_per_s(model, prefix, a.new, a.device)
+            row["hf_eager_tok_s"] = hf_generate_tokens_per_s(model, prefix, a.new, a.device)
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
         prompt = np.arange(2, 66) % a.vocab

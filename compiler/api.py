@@ -15,7 +15,7 @@ from .driver.hf import prepare
 from .driver.lm import build_lm
 from .driver.model import CompiledModel
 from .driver.multifunction import MultiFunctionModel, build_multifunction, signatures
-from .driver.options import BuildOptions, decide_interface
+from .driver.options import BuildOptions, decide_interface, default_precision
 from .driver.profile import cost_model
 from .driver.single import build_one
 from .driver.specialize import CompiledFunction, compile
@@ -194,7 +194,7 @@ def build_pretrained(path: str | os.PathLike, task: str | None = None, *, sequen
     p = prepare(path, task, sequence_length)
     for note in p.notes:
         warnings.warn(note, stacklevel=2)
-    precision = options.get("precision") or ("mixed" if options.get("target", "ane") == "ane" else "fp32")
+    precision = options.get("precision") or default_precision(options.get("target", "ane"))
     md = {**p.metadata, "co.huggingface.exporters.precision": HF_PRECISION.get(precision, precision), **(metadata or {})}
     desc = short_description or p.short_description
     if p.task == "text-generation":

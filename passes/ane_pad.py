@@ -35,6 +35,8 @@ from __future__ import annotations
 from tlc.ir import Graph
 from tlc.ops import OPS
 
+from .partition import node_flops
+
 #: 32 fp16 values = 64 bytes, the ANE's last-axis alignment (Apple neural_engine_rules.md L23)
 ALIGN = 32
 #: What an op breaking ``last_axis_alignment`` costs per FLOP relative to an aligned one (an
@@ -43,11 +45,10 @@ MISALIGNED_COST = 2.0
 
 
 def _flops(n) -> int:
-    row = OPS.get(n.op)
-    if row is None or n.op == "const":
+    if n.op == "const" or n.op not in OPS:
         return 0
     try:
-        return int(row.flops([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs))
+        return node_flops(n)
     except Exception:  # a row whose FLOP rule cannot read this node: it weighs nothing here
         return 0
 

@@ -131,12 +131,14 @@ class Placement:
     reasons: Mapping[str, str] = field(default_factory=dict)
 
 
+def node_flops(n: Node) -> int:
+    """FLOPs of one node: its op row's estimate (``OpDef.flops``, tlc.ops.table)."""
+    return int(get_op(n.op).flops([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs))
+
+
 def node_cost_inputs(n: Node) -> tuple[int, int]:
     """(FLOPs, bytes read + written) of one node, from its op row."""
-    row = get_op(n.op)
-    ins = [v.type for v in n.inputs]
-    outs = [v.type for v in n.outputs]
-    return int(row.flops(ins, outs, n.attrs)), sum(t.nbytes for t in ins + outs)
+    return node_flops(n), sum(v.type.nbytes for v in list(n.inputs) + list(n.outputs))
 
 
 #: what an "ane" segment becomes: "coreml" (an mlprogram in an ``.mlpackage``) or "coreai" (a Core AI
@@ -356,7 +358,7 @@ def split(g: Graph, placement: Placement) -> list[Segment]:
         sg = Graph(tuple(ins), tuple(used_consts + nodes), tuple(outs), tuple(v.name for v in outs),
                    {"tlc.segment": s})
         verify(sg)
-        flops = sum(node_cost_inputs(n)[0] for n in nodes)
+        flops = sum(node_flops(n) for n in nodes)
         segments.append(Segment(s, placement.target[nodes[0].name], sg, flops))
     check_segments(g, segments)
     return segments

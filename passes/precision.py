@@ -51,6 +51,7 @@ from tlc.ops import get_op, round_fp16, run_kernel, to_float16, to_float32
 from tlc.ops.linalg import MASK_FILL
 
 from .fp16_program import FLOAT, FP16_MAX, fallback_only, plan_fp16_constants, to_half
+from .partition import node_flops
 from .registry import register_pass
 from .rescale import FP16_NORMAL_MIN, SAFE_MAX, rescale
 
@@ -330,8 +331,7 @@ def island_groups(g: Graph, names) -> list[tuple[frozenset, int, int]]:
     result = []
     for members in groups.values():
         inside = {n.name for n in members}
-        flops = sum(int(get_op(n.op).flops([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs))
-                    for n in members)
+        flops = sum(node_flops(n) for n in members)
         cross = 0
         for n in members:
             cross += sum(1 for v in n.inputs if v.type.dtype in FLOAT and (producer.get(v) is None or (

@@ -103,6 +103,24 @@ def test_conv_batchnorm(bias):
     assert ops(g) == ["conv", "batch_norm"] and ops(g2) == ["conv"]
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_batchnorm(bias):
+    """timm LeViT's LinearNorm: batch_norm over the channels of flattened linear outputs folds into
+    the linear (the same scale and shift as a conv's)."""
+    torch.manual_seed(0)
+    lin, bn = torch.nn.Linear(8, 6, bias=bias), torch.nn.BatchNorm1d(6).eval()
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.normal_()
+    bn.bias.data.normal_()
+
+    def linear_norm(x):
+        return bn(lin(x).flatten(0, 1)).reshape(x.shape[0], x.shape[1], 6)
+
+    g, g2 = run_pass("fuse::conv_batchnorm", linear_norm, torch.randn(2, 5, 8))
+    assert "batch_norm" in ops(g) and "batch_norm" not in ops(g2)
+
+
 def test_conv_batchnorm_must_not_fire_when_conv_is_reused():
     class M(ConvBN):
         def forward(self, x):

@@ -46,6 +46,7 @@ from tlc.ir import Graph, replace
 from tlc.ops import get_op
 from tlc.passes import precision  # precision.plan_mixed / .apply_plan, looked up when called
 from tlc.passes.fp16_program import plan_fp16_constants
+from tlc.passes.partition import node_flops
 
 from .metrics import DEFAULT_TOL, OutputCheck, compare, node_errors, worst
 
@@ -215,6 +216,7 @@ class _Loop:
         self.graph, self.feeds, self.io, self.emit, self.tol, self.log = graph, feeds_list, io_dtype, emit, tol, log
         self.prune_tol = tol / PRUNE_MARGIN if len(feeds_list) < PRUNE_SAMPLES else tol
         self.ref = self.plan.graph  # sentinels clamped, regions rescaled: the program's own reference
+        self._flops_of = {n.name: node_flops(n) for n in self.ref.nodes}
         # ops whose constants fp16 cannot hold: fp32 whatever is asked (apply_plan adds them), never pruned
         self.blockers = set(plan_fp16_constants(self.ref, set())[2])
         self.order = {n.name: i for i, n in enumerate(self.ref.nodes)}
@@ -231,7 +233,8 @@ class _Loop:
         self.earliest: int | None = None  # its topological index, for the fallback's fp32 tail
 
     def flops(self, names) -> int:
-        return sum(f for _, f, _ in precision.island_groups(self.ref, names))
+        """FLOPs of the ops ``names`` of :attr:`ref` (each op's estimate computed once per loop)."""
+        return sum(self._flops_of.get(x, 0) for x in set(names))
 
     def attempt(self, islands: dict[str, str], phase: str, removed=(), tol: float | None = None,
                 note: str = "") -> _Program | LoopRound:

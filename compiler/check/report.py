@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 from tlc.ir import Graph
 from tlc.ops import ANE_RULES, EVIDENCE, get_op, rule_of
-from tlc.passes.partition import ane_reason, node_cost_inputs
+from tlc.passes.partition import ane_reason, node_flops
 
 from .report_html import render
 
@@ -284,7 +284,7 @@ def build_report(graph: Graph, segments, placement, *, model: str, precision: st
         ins, outs = [v.type for v in n.inputs], [v.type for v in n.outputs]
         rules = tuple(dict.fromkeys(rule_of(r).id for r in get_op(n.op).ane_reasons(ins, outs, n.attrs))
                       if target == "ane" else ())
-        ops.append(OpRow(n.name, n.op, seg, target, on_ane, reason, src, node_cost_inputs(n)[0],
+        ops.append(OpRow(n.name, n.op, seg, target, on_ane, reason, src, node_flops(n),
                          tuple(dict.fromkeys(prod[v] for v in n.inputs if v in prod)), eff, rules))
     return PlacementReport(model, precision, tuple(seg_rows), tuple(ops), int(total), artifact, precision_check,
                            compression)

@@ -227,11 +227,23 @@ def budget_recipe(units: Sequence[Unit], candidates, single: Mapping[str, Mappin
 
 def apply(units: Sequence[Unit], assignment: Mapping, simulate: Simulate) -> dict:
     """``{const name: decompressed weight}`` of an assignment (dense units omitted)."""
-    rep: dict = {}
+    return _merged(_parts(units, assignment, simulate))
+
+
+def _parts(units: Sequence[Unit], assignment: Mapping, simulate: Simulate) -> dict[str, dict]:
+    """``{unit name: {const name: decompressed weight}}`` of the compressed units of an assignment."""
+    parts = {}
     for u in units:
         cfg = assignment.get(u.name)
         if cfg is not None:
-            rep.update(_replaced(u, cfg, simulate) or {})
+            parts[u.name] = _replaced(u, cfg, simulate) or {}
+    return parts
+
+
+def _merged(parts: Mapping[str, dict]) -> dict:
+    rep: dict = {}
+    for p in parts.values():
+        rep.update(p)
     return rep
 
 
@@ -239,9 +251,11 @@ def repair(probe: Probe, units: Sequence[Unit], recipe: Recipe, candidates, sing
            target: float | None) -> Recipe:
     """Measure ``recipe`` as a whole (its ``psnr``); with a ``target``, move the most damaging unit
     to its next more expensive config (or dense) while the whole is below it (at most
-    :data:`MAX_REPAIRS` runs). Returns the recipe it ends with."""
+    :data:`MAX_REPAIRS` runs; each round decompresses only the unit it moved). Returns the recipe
+    it ends with."""
     by = {u.name: u for u in units}
-    recipe.psnr = probe(apply(units, recipe.assignment, simulate))
+    parts = _parts(units, recipe.assignment, simulate)
+    recipe.psnr = probe(_merged(parts))
     n = 0
     while target is not None and recipe.psnr < target and n < MAX_REPAIRS:
         live = [(single[k][c], k) for k, c in recipe.assignment.items() if c is not None]
@@ -253,7 +267,10 @@ def repair(probe: Probe, units: Sequence[Unit], recipe: Recipe, candidates, sing
                         key=lambda d: (bits(u, d), repr(d)))
         recipe.assignment[k] = dearer[0] if dearer else None
         recipe.repairs.append((k, cfg_label(c), cfg_label(recipe.assignment[k])))
-        recipe.psnr = probe(apply(units, recipe.assignment, simulate))
+        parts.pop(k, None)
+        if recipe.assignment[k] is not None:
+            parts[k] = _replaced(u, recipe.assignment[k], simulate) or {}
+        recipe.psnr = probe(_merged(parts))
         n += 1
     return recipe
 

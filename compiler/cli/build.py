@@ -115,8 +115,8 @@ def build_directory(a: argparse.Namespace) -> int:
         raise InputError("--shape, --paddable, --entry and --class-labels apply to model files; a model directory's "
                          "task sets its inputs and labels (--sequence-length sets the text length)")
     opts = merged_options(a, None)
-    io = {k: v for k, v in io_options(a).items() if k != "short_description"}
-    desc = io_options(a).get("short_description")
+    io = io_options(a)
+    desc = io.pop("short_description", None)
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always", UserWarning)
         if a.task == "text-generation":

@@ -53,6 +53,12 @@ TASK_ALIASES = {"default": "feature-extraction", "text-classification": "sequenc
 RUN_BACKENDS = ("auto", "coreml", "torch", "numpy")
 
 
+def default_precision(target: str = "ane") -> str:
+    """The precision a build gets when none is given: ``"mixed"`` (fp16 with measured fp32 islands)
+    for the Neural Engine target, else ``"fp32"``."""
+    return "mixed" if target == "ane" else "fp32"
+
+
 def check_target(target: str) -> str:
     """``target`` if it is one of :data:`TARGETS`, else :class:`~tlc.errors.InputError`."""
     if target not in TARGETS:
@@ -377,7 +383,7 @@ class BuildOptions:
         if not fallback and target != "ane":
             raise InputError(f"fallback=False (one .mlpackage) needs target='ane'; target={target!r} runs everything in "
                              f"tlc's fallback runtime")
-        precision = check_precision(precision if precision is not None else "mixed" if target == "ane" else "fp32")
+        precision = check_precision(precision if precision is not None else default_precision(target))
         mdt = target_name(minimum_deployment_target or ("iOS18" if functions > 1 else "iOS17"))
         if functions > 1:
             check_multifunction_target(mdt)
@@ -404,6 +410,6 @@ class BuildOptions:
 
 
 __all__ = ["PRECISIONS", "TARGETS", "FORMATS", "IO_DTYPES", "KV_CACHE", "RUN_BACKENDS", "BuildOptions", "check_target", "check_precision",
-           "decide_interface", "check_interface", "TASKS", "TASK_ALIASES",
+           "decide_interface", "check_interface", "TASKS", "TASK_ALIASES", "default_precision",
            "check_io_dtype", "check_compress", "Compression", "DEFAULT_TARGET_PSNR", "COMPRESS_KEYS", "check_format", "check_coreai_compress", "check_multifunction_target",
 ]

@@ -27,7 +27,7 @@ import numpy as np
 
 from tlc.errors import InputError
 from tlc.ir import Graph
-from tlc.passes.partition import CostModel, node_cost_inputs
+from tlc.passes.partition import CostModel, node_flops
 from tlc.runtime import run_graph
 
 FORMAT = "tlc-profile"
@@ -52,7 +52,7 @@ def measure(g: Graph, feeds: Mapping[str, np.ndarray], runs: int = 5) -> list[di
     rows = []
     for n in g.nodes:
         if n.name in times:
-            rows.append({"node": n.name, "op": n.op, "flops": node_cost_inputs(n)[0], "s": median(times[n.name])})
+            rows.append({"node": n.name, "op": n.op, "flops": node_flops(n), "s": median(times[n.name])})
     return rows
 
 
