@@ -241,8 +241,7 @@ class MILInterpreter:
         not allow, a missing state; :class:`TlcError` naming the op when a kernel fails or
         produces a shape other than the program declares.
         """
-        env = dict(self._consts)
-        env.update((k, v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in self.check_feeds(feeds).items())
+        env = self._fed(self.check_feeds(feeds))
         if self.states:
             if state is None:
                 raise InputError(f"{self.path.name} ({self.function_name}) is stateful (states: "
@@ -254,16 +253,8 @@ class MILInterpreter:
                 if tuple(state[n].shape) != shape:
                     raise InputError(f"state {n!r} has shape {list(state[n].shape)}, expected {list(shape)}")
                 env[n] = _State(state, n)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for op, free in zip(self._ops, self._free):
-                outs = self._exec(op, env)
-                if observer is not None:
-                    observer(op, outs)
-                for name in free:
-                    env.pop(name, None)
-        out = {n: env[n] if n in env else self._constant_output(n) for n in self.outputs}
-        out = {n: a.astype(self._out_dtypes[n]) if a.dtype != self._out_dtypes[n] and a.dtype.kind == "f" else a
-               for n, a in out.items()}
+        self._execute(env, 0, observer)
+        out = self._typed({n: env[n] if n in env else self._constant_output(n) for n in self.outputs})
         for n, fmt in self.image_outputs.items():
             out[n] = tensor_to_image(out[n], fmt)
         for n, a in out.items():  # a classifier's label and {class: probability}, as Core ML returns them
@@ -297,20 +288,36 @@ class MILInterpreter:
         if missing:
             raise TlcError(f"replay: {missing} are no constants the program's ops read")
         start = min((self._first_reader[k] for k in weights), default=len(self._ops))
-        env = dict(self._consts)
-        env.update((k, v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in rec.feeds.items())
+        env = self._fed(rec.feeds)
         env.update((k, a) for k, (i, a) in rec.values.items() if i < start)
         self._subst = {k: to_float32(v) if v.dtype == np.float16 else v for k, v in weights.items()}
         try:
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                for op, free in zip(self._ops[start:], self._free[start:]):
-                    self._exec(op, env)
-                    for name in free:
-                        env.pop(name, None)
+            self._execute(env, start)
         finally:
             self._subst = None
-        out = {n: env[n] if n in env else rec.values[n][1] if n in rec.values else self._constant_output(n)
-               for n in self.outputs}
+        return self._typed({n: env[n] if n in env else rec.values[n][1] if n in rec.values else self._constant_output(n)
+                            for n in self.outputs})
+
+    def _fed(self, feeds: Mapping[str, np.ndarray]) -> dict:
+        """The environment a run starts from: the program's constants and the (checked) feeds,
+        fp16 feeds widened to fp32 as every kernel computes."""
+        env = dict(self._consts)
+        env.update((k, v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in feeds.items())
+        return env
+
+    def _execute(self, env: dict, start: int = 0, observer: Callable | None = None) -> None:
+        """Run the top-level ops from index ``start`` on in ``env``, freeing each value after its
+        last reader; ``observer(op, outputs)`` after each op."""
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for op, free in zip(self._ops[start:], self._free[start:]):
+                outs = self._exec(op, env)
+                if observer is not None:
+                    observer(op, outs)
+                for name in free:
+                    env.pop(name, None)
+
+    def _typed(self, out: dict) -> dict:
+        """Float outputs in the dtypes the program declares (kernels compute in fp32)."""
         return {n: a.astype(self._out_dtypes[n]) if a.dtype != self._out_dtypes[n] and a.dtype.kind == "f" else a
                 for n, a in out.items()}
 
