@@ -287,14 +287,14 @@ def _fold_high(g: Graph, limit: int = MAX_RANK) -> Graph:
     try:
         return _rebuild(g, solved)
     except (IRError, ValueError):  # a region the rebuild cannot type: keep those regions as traced, one by one
-        kept = []
+        kept, out = [], g
         for region in solved:
             try:
-                _rebuild(g, kept + [region])
+                out = _rebuild(g, kept + [region])  # the graph with every region kept so far
             except (IRError, ValueError):
                 continue
             kept.append(region)
-        return _rebuild(g, kept) if kept else g
+        return out
 
 
 def _runs(target: list[int], cur: list[int]) -> list[list[int]]:
