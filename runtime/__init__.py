@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bundle import BundleModel, is_bundle
-from .mil_interpreter import MILInterpreter, PackageError, UnsupportedMILOpError, load_program, package_info
+from .mil_interpreter import MILInterpreter, PackageError, UnsupportedMILOpError, load_program
+from .mlspec import package_info
 from .numpy_executor import check_inputs, run_graph, validate_feeds
 from .package import BACKENDS, COMPUTE_UNITS, LoadedModel, coreml_available, gpu_available
 from .protocol import IOSpec, LoadedArtifact

@@ -28,7 +28,7 @@ from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from tlc._coreml import package_size, quiet_coremltools
+from tlc._coreml import quiet_coremltools
 from tlc.errors import TlcError
 from tlc.ops import OPS, args_from_mil, round_fp16, run_kernel, to_float32
 from tlc.ops.compression import CONSTEXPR_OPS
@@ -37,7 +37,7 @@ from tlc.errors import InputError
 
 from .mil_control import CONTROL_BUILTINS
 from .mil_io import ShapeRule, function_description, image_format, image_to_tensor, shape_rule, tensor_to_image
-from .mlspec import PackageError, check_package, read_spec, spec_summary
+from .mlspec import PackageError, check_package
 from .numpy_executor import validate_feeds
 
 
@@ -170,6 +170,7 @@ class MILInterpreter:
         #: ``(name, shape, numpy dtype)`` of each output, as the package declares it
         self.output_rows = [(v.name, _dims(v.shape), self._out_dtypes[v.name]) for v in self.function.outputs]
         self._wide: dict[int, np.ndarray] = {}  # fp16 constants widened once (id of the MIL var)
+        self._plans: dict[int, tuple] = {}  # per op (id): its row, output dtypes and declared shapes (_plan)
         self._subst: dict[str, np.ndarray] | None = None  # constants replaced during replay()
         ops = [op for op in self.function.operations if op.op_type != "const"]
         for op in _walk(ops):
@@ -369,23 +370,32 @@ class MILInterpreter:
                 self._exec(op, env)
         return [self._value(block, v, env) for v in block.outputs]
 
+    def _plan(self, op) -> tuple:
+        """``(op row, output dtypes, the dtypes its kernel computes in, declared output shapes)`` of
+        ``op``, read from coremltools' MIL once per op instead of on every run (its type queries:
+        MiniLM's fp16 package ran in 73 instead of 79 ms, mean of 3 alternating runs of 60)."""
+        p = self._plans.get(id(op))
+        if p is None:
+            dts = [_np_dtype(v.dtype) for v in op.outputs]
+            p = self._plans[id(op)] = (OPS[op.op_type], dts, [np.float32 if d == np.float16 else d for d in dts],
+                                       [tuple(v.shape) for v in op.outputs])
+        return p
+
     def _run_op(self, op, env) -> tuple:
         vals = {}
         for k, var in op.inputs.items():
             vals[k] = [self._value(op, v, env) for v in var] if isinstance(var, (list, tuple)) else self._value(op, var, env)
-        row = OPS[op.op_type]
+        row, dts, compute_dts, wants = self._plan(op)
         try:
             arrays, attrs = args_from_mil(row, vals)
-            dts = [_np_dtype(v.dtype) for v in op.outputs]
-            res = run_kernel(row, attrs, [np.asarray(a) for a in arrays], [np.float32 if d == np.float16 else d for d in dts])
+            res = run_kernel(row, attrs, [np.asarray(a) for a in arrays], compute_dts)
             res = tuple(round_fp16(a) if d == np.float16 else a for a, d in zip(res, dts))
         except TlcError as e:
             raise TlcError(f"MIL op {op.name} ({op.op_type}): {e.args[0]}") from None
         except Exception as e:
             raise TlcError(f"MIL op {op.name} ({op.op_type}) failed in tlc's kernel: {type(e).__name__}: {e}") from e
         outs = []
-        for var, a in zip(op.outputs, res):
-            want = tuple(var.shape)
+        for var, a, want in zip(op.outputs, res, wants):
             if len(want) != a.ndim or any(isinstance(d, (int, np.integer)) and d != s for d, s in zip(want, a.shape)):
                 raise TlcError(f"MIL op {op.name} ({op.op_type}) produced shape {list(a.shape)}; "
                                f"the program declares {[d if isinstance(d, (int, np.integer)) else str(d) for d in want]}")
@@ -457,43 +467,3 @@ def _update_state(interp, op, env):
 #: MIL ops the interpreter runs itself rather than through an op-table kernel: states, and the control
 #: flow and list ops of :mod:`tlc.runtime.mil_control`
 BUILTINS: dict[str, Callable] = {"read_state": _read_state, "coreml_update_state": _update_state, **CONTROL_BUILTINS}
-
-
-def package_info(path: str | Path, function_name: str | None = None) -> dict:
-    """What ``tlc inspect`` shows for one function (default: the package's default function),
-    read from the spec alone (:mod:`tlc.runtime.mlspec`: no coremltools or torch import, no
-    weights read): inputs (with ``allowed`` shapes for a flexible input: ``RangeDim`` ranges or
-    the enumerated shapes, and ``image`` for an image input), outputs, states, the package's
-    functions, op histogram (non-const), precision (``fp16`` if every float op computes in fp16,
-    ``fp32`` if none does, else ``mixed``), size in bytes, spec version, opset and metadata;
-    ``function_inputs`` (``{function: {input: shape}}``, every function, default first) and
-    ``compression`` (``{constexpr op type: count}`` of the function: its compressed weights,
-    :data:`COMPRESSION_OPS` says which kind each is); the model page's ``author``, ``license``,
-    ``version`` and ``short_description``; ``classifier`` (``{"label": name, "probabilities": name}``
-    of a Core ML classifier, else None).
-    Raises :class:`PackageError` for a path that is not an mlprogram package."""
-    spec = read_spec(path)
-    desc = spec.description
-    info = spec_summary(spec, function_name)
-    default = desc.defaultFunctionName or info["functions"][0]
-    order = sorted(info["functions"], key=lambda f: f != default)
-    shapes = {f: {d["name"]: d["shape"] for d in (info if f == info["function"] else spec_summary(spec, f))["inputs"]}
-              for f in order}
-    compression = {k: v for k, v in info["ops"].items() if k in COMPRESSION_OPS}
-    return {"path": str(path), **info, "default_function": default, "function_inputs": shapes,
-            "compression": compression, "size_bytes": package_size(path),
-            "specification_version": spec.specificationVersion, "metadata": dict(desc.metadata.userDefined),
-            "short_description": desc.metadata.shortDescription, "author": desc.metadata.author,
-            "license": desc.metadata.license, "version": desc.metadata.versionString,
-            "classifier": ({"label": desc.predictedFeatureName, "probabilities": desc.predictedProbabilitiesName}
-                           if desc.predictedFeatureName else None)}
-
-
-#: constexpr op types coremltools' compression emits, and what each holds
-COMPRESSION_OPS = {
-    "constexpr_affine_dequantize": "linear-quantized (iOS16)",
-    "constexpr_blockwise_shift_scale": "linear-quantized (iOS18)",
-    "constexpr_lut_to_dense": "palettized",
-    "constexpr_sparse_to_dense": "sparse",
-    "constexpr_cast": "fp16 stored, cast",
-}

@@ -17,6 +17,7 @@ import sys
 import types
 from pathlib import Path
 
+from tlc._coreml import package_size
 from tlc.errors import TlcError
 
 #: MIL_pb2.DataType names -> NumPy dtype names (coremltools ``MIL.proto``).
@@ -186,4 +187,45 @@ def spec_summary(spec, function_name: str | None = None) -> dict:
             "precision": precision, "opset": _OPSETS.get(opset, opset)}
 
 
-__all__ = ["PackageError", "proto", "check_package", "read_spec", "spec_summary"]
+
+
+def package_info(path: str | Path, function_name: str | None = None) -> dict:
+    """What ``tlc inspect`` shows for one function (default: the package's default function),
+    read from the spec alone (:mod:`tlc.runtime.mlspec`: no coremltools or torch import, no
+    weights read): inputs (with ``allowed`` shapes for a flexible input: ``RangeDim`` ranges or
+    the enumerated shapes, and ``image`` for an image input), outputs, states, the package's
+    functions, op histogram (non-const), precision (``fp16`` if every float op computes in fp16,
+    ``fp32`` if none does, else ``mixed``), size in bytes, spec version, opset and metadata;
+    ``function_inputs`` (``{function: {input: shape}}``, every function, default first) and
+    ``compression`` (``{constexpr op type: count}`` of the function: its compressed weights,
+    :data:`COMPRESSION_OPS` says which kind each is); the model page's ``author``, ``license``,
+    ``version`` and ``short_description``; ``classifier`` (``{"label": name, "probabilities": name}``
+    of a Core ML classifier, else None).
+    Raises :class:`PackageError` for a path that is not an mlprogram package."""
+    spec = read_spec(path)
+    desc = spec.description
+    info = spec_summary(spec, function_name)
+    default = desc.defaultFunctionName or info["functions"][0]
+    order = sorted(info["functions"], key=lambda f: f != default)
+    shapes = {f: {d["name"]: d["shape"] for d in (info if f == info["function"] else spec_summary(spec, f))["inputs"]}
+              for f in order}
+    compression = {k: v for k, v in info["ops"].items() if k in COMPRESSION_OPS}
+    return {"path": str(path), **info, "default_function": default, "function_inputs": shapes,
+            "compression": compression, "size_bytes": package_size(path),
+            "specification_version": spec.specificationVersion, "metadata": dict(desc.metadata.userDefined),
+            "short_description": desc.metadata.shortDescription, "author": desc.metadata.author,
+            "license": desc.metadata.license, "version": desc.metadata.versionString,
+            "classifier": ({"label": desc.predictedFeatureName, "probabilities": desc.predictedProbabilitiesName}
+                           if desc.predictedFeatureName else None)}
+
+
+#: constexpr op types coremltools' compression emits, and what each holds
+COMPRESSION_OPS = {
+    "constexpr_affine_dequantize": "linear-quantized (iOS16)",
+    "constexpr_blockwise_shift_scale": "linear-quantized (iOS18)",
+    "constexpr_lut_to_dense": "palettized",
+    "constexpr_sparse_to_dense": "sparse",
+    "constexpr_cast": "fp16 stored, cast",
+}
+
+__all__ = ["PackageError", "proto", "check_package", "read_spec", "spec_summary", "package_info", "COMPRESSION_OPS"]

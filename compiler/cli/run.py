@@ -14,7 +14,7 @@ from tlc.runtime import BACKENDS, COMPUTE_UNITS, BundleModel, is_bundle, load, p
 from tlc.runtime.bundle import FALLBACKS
 from tlc.runtime.coreai_runtime import CoreAIModel, is_aimodel
 from tlc.runtime.generate import LMInfo
-from tlc.runtime.mil_interpreter import COMPRESSION_OPS
+from tlc.runtime.mlspec import COMPRESSION_OPS
 from tlc.util.coreml import package_size
 
 from .output import human
