@@ -191,11 +191,11 @@ def _kmeans1d():
 
 def _unique_fp16(values: np.ndarray):
     """``np.unique(values, return_inverse=True, return_counts=True)`` of a flat fp16 array, by a
-    histogram of the 16-bit patterns instead of a sort (~40x faster for a 32768-value group):
+    histogram of the 16-bit patterns instead of a sort (0.6 instead of 4 ms for a 16 x 2048 group):
     the patterns are mapped to keys in the floats' order (-0.0 counted as +0.0, as ``np.unique``
     compares them equal). ``None`` if the array holds a NaN (``np.unique`` orders those)."""
     bits = values.view(np.uint16)
-    if ((bits & 0x7C00) == 0x7C00).any() and ((bits & 0x7FFF) > 0x7C00).any():
+    if ((bits & 0x7FFF) > 0x7C00).any():  # exponent all ones, mantissa not zero: NaN
         return None
     bits = np.where(bits == 0x8000, np.uint16(0), bits)
     key = np.where(bits & 0x8000, 0x7FFF - (bits & 0x7FFF), bits | 0x8000).astype(np.intp)
