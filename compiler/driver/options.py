@@ -144,8 +144,8 @@ class Compression:
             return self.mode is not None and self.mode == other
         return isinstance(other, Compression) and self._key() == other._key()
 
-    def __hash__(self) -> int:
-        return hash(self._key())
+    def __hash__(self) -> int:  # equal to its mode's string (__eq__), so hashed as that string
+        return hash(self.mode) if self.mode is not None else hash(self._key())
 
     def __str__(self) -> str:
         if self.mode is not None:
@@ -158,8 +158,8 @@ class Compression:
 
 def _number(d: dict, key: str, kind, lo, hi, what: str):
     v = d[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and float(v) != int(v)) \
-            or not math.isfinite(v) or not lo(v) or not hi(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+            or (kind is int and float(v) != int(v)) or not lo(v) or not hi(v):
         raise InputError(f"compress {key} must be {what}, got {v!r}")
     return kind(v)
 

@@ -105,9 +105,9 @@ def recipe_json(recipe: Recipe, summary: dict, layers: list) -> dict:
 
 
 def recipe_path(package: str | os.PathLike) -> Path:
-    """Where the recipe of ``package`` is written: ``NAME.recipe.json`` beside ``NAME.mlpackage``."""
-    p = Path(package)
-    return p.with_name(p.name.split(".")[0] + ".recipe.json")
+    """Where the recipe of ``package`` is written: ``NAME.recipe.json`` beside ``NAME.mlpackage``
+    (only the last suffix replaced: ``bert.v2.mlpackage`` -> ``bert.v2.recipe.json``)."""
+    return Path(package).with_suffix(".recipe.json")
 
 
 def write_recipe(path: Path, data: dict, force: bool) -> Path:

@@ -37,7 +37,7 @@ from .weights import WeightConfig, palettize_params
 WEIGHT_OPS = ("conv", "conv_transpose", "linear", "matmul")
 
 #: Core ML specification versions of iOS17 / iOS18 (coremltools ``_SPECIFICATION_VERSION_IOS_17``/``18``)
-_IOS17_SPEC = 8
+_IOS17_SPEC = SPEC_VERSIONS["iOS17"]
 _IOS18_SPEC = SPEC_VERSIONS["iOS18"]
 
 

@@ -169,16 +169,6 @@ def _key(data: np.ndarray, nbits, block_sizes, cluster_dim, channel_axis) -> tup
     return (digest, data.shape, data.dtype.str, nbits, tuple(int(b) for b in block_sizes), cluster_dim, channel_axis)
 
 
-def remembered(data: np.ndarray, nbits, block_sizes, cluster_dim, channel_axis, pop: bool = False):
-    """The LutParams :func:`palettize_params` remembered for these arguments (None if none, or no
-    :func:`kmeans_memo` is active); ``pop`` forgets them (the pass takes each once)."""
-    memo = _MEMO.get()
-    if memo is None:
-        return None
-    k = _key(data, nbits, block_sizes, cluster_dim, channel_axis)
-    return memo.pop(k, None) if pop else memo.get(k)
-
-
 def _kmeans1d():
     """coremltools' vendored kmeans1d C library, or None (not built for this platform)."""
     try:
@@ -239,7 +229,9 @@ def palettize_params(data: np.ndarray, nbits: int, block_sizes, cluster_dim: int
     is coremltools' own function."""
     from coremltools.optimize.coreml._quantization_passes import palettize_weights as P
 
-    got = remembered(data, nbits, block_sizes, cluster_dim, channel_axis, pop=take)
+    memo = _MEMO.get()
+    key = None if memo is None else _key(data, nbits, block_sizes, cluster_dim, channel_axis)  # hashed once
+    got = None if memo is None else memo.pop(key, None) if take else memo.get(key)
     if got is not None:
         return got
     fn = _kmeans1d()
@@ -278,9 +270,8 @@ def palettize_params(data: np.ndarray, nbits: int, block_sizes, cluster_dim: int
             lut, indices = np.swapaxes(lut, 0, axis), np.swapaxes(indices, 0, axis)
         np_dtype = types.nptype_from_builtin(types.string_to_builtin(f"uint{nbits}"))
         params = optimize_utils.LutParams(indices.astype(np_dtype), lut, None)
-    memo = _MEMO.get()
     if memo is not None and params is not None and not take:
-        memo[_key(data, nbits, block_sizes, cluster_dim, channel_axis)] = params
+        memo[key] = params
     return params
 
 
@@ -327,5 +318,5 @@ def simulate(op, cfg: WeightConfig) -> np.ndarray | None:
     return (dense * scale if scale is not None else dense).astype(w.dtype)
 
 
-__all__ = ["WeightConfig", "PALETTE_NBITS", "QUANTIZE_NBITS", "GRANULARITIES", "KINDS", "kmeans_memo", "remembered",
+__all__ = ["WeightConfig", "PALETTE_NBITS", "QUANTIZE_NBITS", "GRANULARITIES", "KINDS", "kmeans_memo",
            "palettize_params", "simulate", "output_axis"]
