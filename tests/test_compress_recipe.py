@@ -113,10 +113,12 @@ def test_by_block(tmp_path):
     m, feeds = _bert(), _feeds(2)
     cm = tlc.build(m, (torch.from_numpy(feeds[0]["input_ids"]),), calibration=feeds[1:],
                    compress={"target_psnr": 30, "max_bits": 4, "by": "block"})
-    cm.save(tmp_path / "k.mlpackage")
+    path = cm.save(tmp_path / "k.mlpackage")
     units = {r["unit"]: r for r in cm.compression.layers if r["role"] == "weight"}
     assert {"encoder_layer_0", "encoder_layer_1"} <= set(units), sorted(units)
     assert len(units["encoder_layer_0"]["weights"]) == 6 and cm.compression.met
+    got, ref = tlc.runtime.load(path, backend="interpreter")(feeds[1]), _eager64(m, feeds[1])  # the saved package
+    assert psnr(got["last_hidden_state"], ref["last_hidden_state"]) >= 30
 
 
 def test_out_of_reach_target_leaves_every_weight_dense(tmp_path):
@@ -173,6 +175,8 @@ def test_grouped_tables_on_ios18(tmp_path):
     ({"target_psnr": -3}, "target_psnr must be a PSNR in dB above 0"),
     ({"target_psnr": 40, "max_bits": 9}, "max_bits must be an integer from 1 to 8"),
     ({"target_psnr": 40, "max_bits": 0}, "max_bits must be an integer from 1 to 8"),
+    ({"target_psnr": 40, "max_bits": float("inf")}, "max_bits must be an integer from 1 to 8"),
+    ({"target_psnr": float("nan")}, "target_psnr must be a PSNR in dB above 0"),
     ({"avg_bits": 12}, "avg_bits must be a number of bits per weight from 1 to 8"),
     ({"target_psnr": 40, "granularity": "per_block"}, "granularity must be one of auto, per_tensor"),
     ({"target_psnr": 40, "avg_bits": 4}, "not both"),
@@ -315,3 +319,13 @@ def test_multifunction_measures_once_and_shares_the_recipe(tmp_path):
     with torch.no_grad():
         ref = m.double()(sigs[1][0].double()).numpy()
     assert psnr(got, ref) >= 30 - 3
+
+
+def test_recipe_path_beside_a_dotted_package_name():
+    """Only the package suffix is replaced: two packages m.a / m.b get two recipe files."""
+    from pathlib import Path
+
+    from tlc.driver.recipe import recipe_path
+
+    assert recipe_path("d/bert.v2.mlpackage") == Path("d/bert.v2.recipe.json")
+    assert recipe_path("m.a.mlpackage") != recipe_path("m.b.mlpackage")

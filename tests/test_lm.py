@@ -318,8 +318,7 @@ def test_cli_build_text_generation_and_generate(tmp_path):
                  "model = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,\n"
                  "    num_attention_heads=4, num_key_value_heads=2, vocab_size=256, max_position_embeddings=128)).eval()\n")
     pkg = tmp_path / "llm.mlpackage"
-    # causal-lm: the exporters' older name for text-generation (test_cache.py builds with the newer one)
-    r = run_tlc("build", f, "--task", "causal-lm", "-o", pkg, "--max-context", "32", "--prefill-lengths", "4,8",
+    r = run_tlc("build", f, "--task", "text-generation", "-o", pkg, "--max-context", "32", "--prefill-lengths", "4,8",
                 "--precision", "fp32")
     assert r.returncode == 0, r.stderr
     assert "functions prefill_4, prefill_8, decode" in r.stdout and "k_cache/v_cache float32[2, 1, 2, 32, 16]" in r.stdout
@@ -336,6 +335,11 @@ def test_cli_build_text_generation_and_generate(tmp_path):
     assert r.returncode != 0 and "token id 300 at position 2 is outside the vocabulary" in r.stderr
     r = run_tlc("generate", f, "--prompt", "hello")
     assert r.returncode != 0 and "--prompt needs a tokenizer" in r.stderr
+    # causal-lm (the exporters' older name) takes the same LM path for a model file, not the directory-only refusal
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    r = run_tlc("build", empty, "--task", "causal-lm", "-o", tmp_path / "empty.mlpackage")
+    assert r.returncode != 0 and "defines no model" in r.stderr and "Hugging Face model directory" not in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("name", ["llama", "gemma"])

@@ -117,8 +117,13 @@ def test_linear_batchnorm(bias):
     def linear_norm(x):
         return bn(lin(x).flatten(0, 1)).reshape(x.shape[0], x.shape[1], 6)
 
-    g, g2 = run_pass("fuse::conv_batchnorm", linear_norm, torch.randn(2, 5, 8))
+    x = torch.randn(2, 5, 8)
+    g, g2 = run_pass("fuse::conv_batchnorm", linear_norm, x)
     assert "batch_norm" in ops(g) and "batch_norm" not in ops(g2)
+    with torch.no_grad():
+        ref = linear_norm(x).numpy()
+    got = next(iter(run_graph(g2, {g2.inputs[0].name: x.numpy()}).values()))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)  # the folded graph against torch eager
 
 
 def test_conv_batchnorm_must_not_fire_when_conv_is_reused():
